@@ -1,0 +1,1 @@
+"""Building template rootfs trees from their definitions."""

@@ -1,0 +1,82 @@
+"""lxpy's own errors.
+
+Every layer raises these (never a bare OSError) once a failure has a meaning
+a human can act on. The API maps them to HTTP status codes and back, so the
+CLI prints the same message and hint the daemon produced.
+"""
+
+from __future__ import annotations
+
+
+class LxpyError(Exception):
+    """Base error: a message for the human and an optional hint."""
+
+    code = "error"
+    status = 500
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def to_json(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
+
+class InvalidArgument(LxpyError):
+    code = "invalid_argument"
+    status = 400
+
+
+class NotFound(LxpyError):
+    code = "not_found"
+    status = 404
+
+
+class AlreadyExists(LxpyError):
+    code = "already_exists"
+    status = 409
+
+
+class Busy(LxpyError):
+    code = "busy"
+    status = 409
+
+
+class Unsupported(LxpyError):
+    code = "unsupported"
+    status = 501
+
+
+class Cancelled(LxpyError):
+    code = "cancelled"
+    status = 499
+
+
+class DaemonUnavailable(LxpyError):
+    """The client could not reach lxpyd."""
+
+    code = "daemon_unavailable"
+    status = 503
+
+
+_BY_CODE: dict[str, type[LxpyError]] = {
+    cls.code: cls
+    for cls in (
+        LxpyError,
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        Busy,
+        Unsupported,
+        Cancelled,
+        DaemonUnavailable,
+    )
+}
+
+
+def from_json(data: dict[str, object]) -> LxpyError:
+    """Rebuild an error sent by the daemon (the client side of to_json)."""
+    cls = _BY_CODE.get(str(data.get("code")), LxpyError)
+    hint = data.get("hint")
+    return cls(str(data.get("message", "unknown error")), str(hint) if hint else None)

@@ -1,0 +1,220 @@
+"""Container records and their configuration keys.
+
+A container's config is a flat mapping of dotted keys (`hostname`,
+`environment.TZ`, later `limits.memory`) to values, as in Incus. Each key is
+declared once in KEYS with a parser that turns what a user typed (always a
+string on the command line) or what a TOML/JSON file holds into the stored
+value, or raises InvalidArgument naming the key.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from lxpy.errors import InvalidArgument
+from lxpy.model import tomlw
+from lxpy.model.names import validate_name
+from lxpy.model.units import parse_signal, signal_name
+
+Parser = Callable[[str, object], object]
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    name: str
+    parse: Parser
+    doc: str
+    # True for keys whose change applies to a running container at once.
+    live: bool = False
+
+
+def _text(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{key}: expected a string, got {value!r}")
+    if "\x00" in value or "\n" in value:
+        raise InvalidArgument(f"{key}: must be a single line of text")
+    return value
+
+
+def _hostname(key: str, value: object) -> str:
+    try:
+        return validate_name(value, "host")
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{key}: {e.message}", e.hint) from None
+
+
+def _abspath(key: str, value: object) -> str:
+    text = _text(key, value)
+    if not text.startswith("/") or "/../" in text + "/":
+        raise InvalidArgument(f"{key}: expected an absolute path inside the container, got {text!r}")
+    return text
+
+
+def _signal(key: str, value: object) -> str:
+    return signal_name(parse_signal(value, key))
+
+
+def _bool(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise InvalidArgument(f"{key}: expected true or false, got {value!r}")
+
+
+def _args(key: str, value: object) -> list[str]:
+    # A list in TOML/JSON, or a space-separated string on the command line.
+    if isinstance(value, str):
+        return value.split()
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise InvalidArgument(f"{key}: expected a list of strings, got {value!r}")
+
+
+KEYS: dict[str, ConfigKey] = {
+    k.name: k
+    for k in (
+        ConfigKey("description", _text, "Free text shown in `lxpy info`.", live=True),
+        ConfigKey("hostname", _hostname, "Hostname inside the container (default: its name)."),
+        ConfigKey("init", _abspath, "Program run as PID 1 (default: the template's, /sbin/init)."),
+        ConfigKey("init.args", _args, "Arguments passed to init."),
+        ConfigKey(
+            "halt_signal",
+            _signal,
+            "Signal that asks init to power off (default: the template's), like lxc.signal.halt.",
+        ),
+        ConfigKey(
+            "reboot_signal", _signal, "Signal that asks init to reboot (default: the template's)."
+        ),
+    )
+}
+
+# Families of free-form keys: the part after the prefix is the user's.
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+PREFIXES: dict[str, ConfigKey] = {
+    "environment.": ConfigKey("environment.*", _text, "Environment variable for init."),
+    "user.": ConfigKey("user.*", _text, "Free-form user metadata.", live=True),
+}
+
+
+def lookup_key(key: str) -> ConfigKey:
+    """The declaration of config key `key`.
+
+    Raises:
+        InvalidArgument: for an unknown key.
+    """
+    if key in KEYS:
+        return KEYS[key]
+    for prefix, decl in PREFIXES.items():
+        if key.startswith(prefix):
+            rest = key[len(prefix) :]
+            if prefix == "environment." and not _ENV_NAME.fullmatch(rest):
+                raise InvalidArgument(f"{key}: {rest!r} is not a valid environment variable name")
+            if not rest:
+                raise InvalidArgument(f"config key {key!r} needs a name after {prefix!r}")
+            return decl
+    raise InvalidArgument(
+        f"unknown config key {key!r}",
+        hint="known keys: " + ", ".join([*KEYS, *(p + "*" for p in PREFIXES)]),
+    )
+
+
+def parse_value(key: str, value: object) -> object:
+    """Validate one config value, returning what is stored."""
+    return lookup_key(key).parse(key, value)
+
+
+def validate_config(values: Mapping[str, object]) -> dict[str, object]:
+    """Validate a whole mapping of config keys; the first bad key raises."""
+    return {key: parse_value(key, value) for key, value in values.items()}
+
+
+def _flatten(data: Mapping[str, object], prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        full = prefix + key
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+@dataclass(frozen=True)
+class Container:
+    """The on-disk record of one container (its state lives in the daemon)."""
+
+    name: str
+    template: str
+    created_at: str
+    config: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
+
+    def with_config(self, set_: Mapping[str, object], unset: list[str]) -> Container:
+        """A copy with keys set (validated) and unset.
+
+        Raises:
+            InvalidArgument: for an unknown key or a bad value.
+        """
+        new = dict(self.config)
+        for key in unset:
+            lookup_key(key)
+            new.pop(key, None)
+        new.update(validate_config(set_))
+        return replace(self, config=new)
+
+    def renamed(self, name: str) -> Container:
+        return replace(self, name=validate_name(name))
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "template": self.template,
+            "created_at": self.created_at,
+            "config": dict(self.config),
+        }
+
+    def to_toml(self) -> str:
+        return tomlw.dumps(
+            {
+                "name": self.name,
+                "template": self.template,
+                "created_at": self.created_at,
+                "config": dict(self.config),
+            }
+        )
+
+    @classmethod
+    def from_toml(cls, text: str, source: str = "config") -> Container:
+        """Parse a container record.
+
+        Raises:
+            InvalidArgument: naming `source` and what is wrong.
+        """
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidArgument(f"{source}: not valid TOML: {e}") from None
+        try:
+            name = validate_name(data["name"])
+            template = str(data["template"])
+            created = str(data.get("created_at", ""))
+        except KeyError as e:
+            raise InvalidArgument(f"{source}: missing key {e.args[0]!r}") from None
+        raw = data.get("config", {})
+        if not isinstance(raw, Mapping):
+            raise InvalidArgument(f"{source}: [config] must be a table")
+        try:
+            config = validate_config(_flatten(raw))
+        except InvalidArgument as e:
+            raise InvalidArgument(f"{source}: {e.message}", e.hint) from None
+        return cls(name=name, template=template, created_at=created, config=config)

@@ -1,0 +1,116 @@
+"""lxpyd's settings: /etc/lxpy/lxpyd.toml, --config FILE, then flags."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from lxpy.errors import InvalidArgument
+from lxpy.model.units import parse_size
+
+DEFAULT_CONFIG = Path("/etc/lxpy/lxpyd.toml")
+DEFAULT_ROOT = Path("/var/lib/lxpy")
+DEFAULT_SOCKET = Path("/run/lxpy/lxpy.sock")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+STORAGE_CHOICES = ("auto", "btrfs", "dir")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def builtin_template_dir() -> Path:
+    """Where the shipped template definitions are: the checkout's, else the package's."""
+    here = Path(__file__).resolve().parents[2] / "templates"
+    if here.is_dir():
+        return here
+    return Path("/usr/share/lxpy/templates")
+
+
+@dataclass(frozen=True)
+class Settings:
+    root: Path = DEFAULT_ROOT
+    socket: Path = DEFAULT_SOCKET
+    # auto: use btrfs when the root is on btrfs or a loop pool can be made;
+    # btrfs: fail loudly when it cannot; dir: plain directories.
+    storage: str = "auto"
+    # Size of the loop-file pool made on first start; None picks a share of
+    # the free disk (see lxpy.storage.pool).
+    pool_size: int | None = None
+    template_dirs: tuple[Path, ...] = field(default_factory=lambda: (builtin_template_dir(),))
+    # Built rootfs tarballs keyed by definition hash, shared between pools;
+    # None disables the cache.
+    build_cache: Path | None = None
+    mirror: str = DEFAULT_MIRROR
+    log_level: str = "info"
+
+
+def _path(key: str, value: object) -> Path:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgument(f"{key}: expected a path, got {value!r}")
+    return Path(value)
+
+
+def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise InvalidArgument(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
+    return str(value)
+
+
+def settings_from_mapping(data: Mapping[str, object], source: str = "settings") -> Settings:
+    """Validate a settings mapping (a parsed lxpyd.toml).
+
+    Raises:
+        InvalidArgument: naming the file, the key and the bad value.
+    """
+    known = {f.name for f in fields(Settings)}
+    values: dict[str, object] = {}
+    try:
+        for key, value in data.items():
+            if key not in known:
+                raise InvalidArgument(
+                    f"unknown setting {key!r}", hint="known settings: " + ", ".join(sorted(known))
+                )
+            if key in ("root", "socket"):
+                values[key] = _path(key, value)
+            elif key == "storage":
+                values[key] = _choice(key, value, STORAGE_CHOICES)
+            elif key == "log_level":
+                values[key] = _choice(key, value, LOG_LEVELS)
+            elif key == "pool_size":
+                values[key] = None if value == "auto" else parse_size(value, key)
+            elif key == "template_dirs":
+                if not isinstance(value, list):
+                    raise InvalidArgument(f"{key}: expected a list of paths, got {value!r}")
+                # The shipped templates always come first; a user's file of
+                # the same name in a later directory overrides it.
+                values[key] = (builtin_template_dir(), *(_path(key, v) for v in value))
+            elif key == "build_cache":
+                values[key] = None if value == "" else _path(key, value)
+            elif key == "mirror":
+                if not isinstance(value, str) or "://" not in value:
+                    raise InvalidArgument(f"{key}: expected a URL, got {value!r}")
+                values[key] = value
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{source}: {e.message}", e.hint) from None
+    return replace(Settings(), **values)  # type: ignore[arg-type]
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read settings from `path`, or the default file when it exists.
+
+    Raises:
+        InvalidArgument: when the file is missing (given explicitly) or invalid.
+    """
+    if path is None:
+        if not DEFAULT_CONFIG.exists():
+            return Settings()
+        path = DEFAULT_CONFIG
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InvalidArgument(f"cannot read settings file {path}: {e.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidArgument(f"{path}: not valid TOML: {e}") from None
+    return settings_from_mapping(data, str(path))

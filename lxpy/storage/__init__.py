@@ -1,0 +1,1 @@
+"""Storage backends: btrfs subvolumes, or plain directories."""

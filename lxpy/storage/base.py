@@ -1,0 +1,109 @@
+"""The interface every storage backend implements.
+
+A pool is one directory holding three trees:
+
+    templates/<name>          read-only rootfs of a built template
+    containers/<name>         a container's writable rootfs
+    snapshots/<name>/<snap>   read-only snapshots of a container
+
+All methods are synchronous and may block (ioctls, copies): the daemon calls
+them through trio.to_thread with the storage limiter. Every method either
+completes or leaves the pool as it found it. Deletes are idempotent.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    # create, clone and snapshot cost O(1), whatever the rootfs size
+    instant_snapshot: bool
+    # templates and snapshots are read-only at the filesystem level
+    readonly_snapshots: bool
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    name: str
+    created_at: str  # ISO 8601, UTC
+
+
+class Backend(ABC):
+    """A storage pool rooted at `path`."""
+
+    name: str
+    caps: Capabilities
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    # -- templates ---------------------------------------------------------
+    @abstractmethod
+    def template_path(self, name: str) -> Path: ...
+
+    @abstractmethod
+    def template_exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def begin_template(self, name: str) -> Path:
+        """Create an empty writable staging volume for building template
+        `name` (replacing a stale one left by a crash) and return its path."""
+
+    @abstractmethod
+    def commit_template(self, name: str) -> None:
+        """Turn the staging volume into the read-only template `name`,
+        replacing an existing template of that name."""
+
+    @abstractmethod
+    def abort_template(self, name: str) -> None:
+        """Delete the staging volume of `name` if there is one."""
+
+    @abstractmethod
+    def delete_template(self, name: str) -> None: ...
+
+    # -- containers --------------------------------------------------------
+    @abstractmethod
+    def container_path(self, name: str) -> Path: ...
+
+    @abstractmethod
+    def container_exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def create_container(self, name: str, template: str) -> None:
+        """Writable rootfs for container `name` from template `template`.
+
+        Raises:
+            NotFound: the template is not built.
+            AlreadyExists: the container volume exists.
+        """
+
+    @abstractmethod
+    def delete_container(self, name: str) -> None:
+        """Delete the rootfs (with any nested subvolumes) and all snapshots."""
+
+    @abstractmethod
+    def rename_container(self, old: str, new: str) -> None:
+        """Rename the rootfs and the snapshots of `old`."""
+
+    @abstractmethod
+    def clone_container(self, src: str, dst: str) -> None:
+        """A writable copy of container `src` (not its snapshots) as `dst`."""
+
+    # -- snapshots ---------------------------------------------------------
+    @abstractmethod
+    def create_snapshot(self, name: str, snap: str) -> None: ...
+
+    @abstractmethod
+    def list_snapshots(self, name: str) -> list[SnapshotInfo]: ...
+
+    @abstractmethod
+    def delete_snapshot(self, name: str, snap: str) -> None: ...
+
+    @abstractmethod
+    def restore_snapshot(self, name: str, snap: str) -> None:
+        """Make the container's rootfs a writable copy of `snap`. If this
+        fails half way, the rootfs is as it was before."""

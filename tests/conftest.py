@@ -1,0 +1,170 @@
+"""Shared fixtures: capability probes, loop-file btrfs pools, real daemons.
+
+Everything a fixture makes is removed in its finaliser, also when the test
+fails. Integration tests need root, btrfs and loop devices; when those are
+missing they are skipped with the reason, and .ci/run fails on such skips.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def _probe_integration() -> str | None:
+    """Why integration tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "integration tests need root"
+    for tool in ("mkfs.btrfs", "losetup", "mount"):
+        if shutil.which(tool) is None:
+            return f"integration tests need {tool} (run scripts/setup)"
+    if "btrfs" not in Path("/proc/filesystems").read_text():
+        return "the kernel has no btrfs"
+    return None
+
+
+INTEGRATION_SKIP = _probe_integration()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if INTEGRATION_SKIP is None:
+        return
+    marker = pytest.mark.skip(reason=INTEGRATION_SKIP)
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(marker)
+
+
+def make_btrfs(image: Path, mountpoint: Path, size: str = "3G") -> None:
+    """A sparse loop-file btrfs filesystem mounted at `mountpoint`."""
+    image.parent.mkdir(parents=True, exist_ok=True)
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["truncate", "-s", size, str(image)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", str(image)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mountpoint)], check=True)
+
+
+def unmount_all_under(path: Path) -> None:
+    """Lazily unmount every mount at or below `path`, deepest first."""
+    target = str(path.resolve())
+    mounts = [
+        line.split()[1]
+        for line in Path("/proc/self/mounts").read_text().splitlines()
+        if line.split()[1] == target or line.split()[1].startswith(target + "/")
+    ]
+    for mnt in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", mnt], check=False)
+
+
+@pytest.fixture
+def btrfs_dir(tmp_path: Path) -> Iterator[Path]:
+    """An empty directory on a fresh loop-file btrfs filesystem of its own."""
+    mnt = tmp_path / "btrfs"
+    make_btrfs(tmp_path / "btrfs.img", mnt)
+    try:
+        yield mnt
+    finally:
+        unmount_all_under(tmp_path)
+
+
+@pytest.fixture
+def plain_dir(tmp_path: Path) -> Path:
+    """A directory that is not on btrfs (the dir backend's home)."""
+    d = tmp_path / "plain"
+    d.mkdir()
+    return d
+
+
+@dataclass
+class Daemon:
+    """A real lxpyd process on its own root and socket."""
+
+    root: Path
+    socket: Path
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def cli(self, *args: str, check: bool = True, input: str | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run the real `lxpy` command against this daemon."""
+        res = subprocess.run(
+            [str(VENV_BIN / "lxpy"), "--socket", str(self.socket), *args],
+            capture_output=True, text=True, input=input, timeout=timeout,
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(
+                f"lxpy {' '.join(args)} exited {res.returncode}\n"
+                f"stdout: {res.stdout}\nstderr: {res.stderr}"
+            )
+        return res
+
+
+def start_daemon(root: Path, socket: Path, log: Path, *extra: str,
+                 settings: str | None = None) -> Daemon:
+    """Start lxpyd and wait until its socket answers."""
+    args = [str(VENV_BIN / "lxpyd"), "--root", str(root), "--socket", str(socket), *extra]
+    if settings is not None:
+        conf = root.parent / f"{root.name}-lxpyd.toml"
+        conf.write_text(settings)
+        args += ["--config", str(conf)]
+    logf = log.open("ab")
+    proc = subprocess.Popen(args, stdout=logf, stderr=logf, start_new_session=True)
+    logf.close()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"lxpyd exited {proc.returncode}:\n{log.read_text()}")
+        if socket.exists():
+            return Daemon(root, socket, proc, log)
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"lxpyd did not open {socket} in time:\n{log.read_text()}")
+
+
+def stop_daemon(d: Daemon) -> None:
+    if d.proc.poll() is None:
+        d.proc.terminate()
+        try:
+            d.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            d.proc.kill()
+            d.proc.wait()
+
+
+@pytest.fixture
+def test_cache() -> Path:
+    """The suite's build cache: built rootfs tarballs kept between runs, so
+    the Debian template is bootstrapped once per machine, not per test."""
+    d = Path(os.environ.get("LXPY_TEST_CACHE", "/var/cache/lxpy-tests"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, test_cache: Path) -> Iterator[Daemon]:
+    """A real lxpyd on a root of its own (its loop-file btrfs pool is made by
+    lxpyd itself on first start), with the suite's build cache."""
+    root = tmp_path / "root"
+    root.mkdir()
+    d = start_daemon(
+        root,
+        tmp_path / "lxpy.sock",
+        tmp_path / "lxpyd.log",
+        settings=f'pool_size = "3GiB"\nbuild_cache = "{test_cache}"\n',
+    )
+    try:
+        yield d
+    finally:
+        stop_daemon(d)
+        unmount_all_under(tmp_path)
