@@ -95,12 +95,16 @@ class Daemon:
     proc: subprocess.Popen[bytes]
     log: Path
 
-    def cli(self, *args: str, check: bool = True, input: str | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real `lxpy` command against this daemon."""
         res = subprocess.run(
             [str(VENV_BIN / "lxpy"), "--socket", str(self.socket), *args],
-            capture_output=True, text=True, input=input, timeout=timeout,
+            capture_output=True,
+            text=True,
+            input=input,
+            timeout=timeout,
         )
         if check and res.returncode != 0:
             raise AssertionError(
@@ -110,8 +114,9 @@ class Daemon:
         return res
 
 
-def start_daemon(root: Path, socket: Path, log: Path, *extra: str,
-                 settings: str | None = None) -> Daemon:
+def start_daemon(
+    root: Path, socket: Path, log: Path, *extra: str, settings: str | None = None
+) -> Daemon:
     """Start lxpyd and wait until its socket answers."""
     args = [str(VENV_BIN / "lxpyd"), "--root", str(root), "--socket", str(socket), *extra]
     if settings is not None:
@@ -168,3 +173,22 @@ def daemon(tmp_path: Path, test_cache: Path) -> Iterator[Daemon]:
     finally:
         stop_daemon(d)
         unmount_all_under(tmp_path)
+
+
+# -- a run that must exercise the integration tests fails when they skip ----
+_skipped_integration: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "integration" in report.keywords:
+        _skipped_integration.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("LXPY_REQUIRE_INTEGRATION") != "1" or not _skipped_integration:
+        return
+    print(
+        f"\nerror: {len(_skipped_integration)} integration test(s) were skipped "
+        f"(first: {_skipped_integration[0]}); this run requires them"
+    )
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

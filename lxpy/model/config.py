@@ -50,7 +50,9 @@ def _hostname(key: str, value: object) -> str:
 def _abspath(key: str, value: object) -> str:
     text = _text(key, value)
     if not text.startswith("/") or "/../" in text + "/":
-        raise InvalidArgument(f"{key}: expected an absolute path inside the container, got {text!r}")
+        raise InvalidArgument(
+            f"{key}: expected an absolute path inside the container, got {text!r}"
+        )
     return text
 
 

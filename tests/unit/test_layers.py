@@ -1,0 +1,50 @@
+"""The layer rules of CONVENTIONS.md, checked on the real import graph."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+FORBIDDEN_IN_CLIENTS = (
+    "trio",
+    "h11",
+    "pyroute2",
+    "btrfsutil",
+    "textual",
+    "lxpy.daemon",
+    "lxpy.storage",
+    "lxpy.build",
+    "lxpy.runtime",
+    "lxpy.network",
+)
+
+
+def _modules_after_import(module: str) -> set[str]:
+    code = f"import json, sys, {module}; print(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout))
+
+
+@pytest.mark.parametrize("module", ["lxpy.cli", "lxpy.api.client"])
+def test_clients_never_import_daemon_side_code(module: str) -> None:
+    loaded = _modules_after_import(module)
+    bad = sorted(m for m in loaded for f in FORBIDDEN_IN_CLIENTS if m == f or m.startswith(f + "."))
+    assert bad == []
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["lxpy.model.config", "lxpy.model.settings", "lxpy.model.template", "lxpy.model.state"],
+)
+def test_model_is_pure_data(module: str) -> None:
+    loaded = _modules_after_import(module)
+    heavy = ("trio", "pyroute2", "btrfsutil", "textual")
+    assert not [m for m in loaded if m.split(".")[0] in heavy]
+
+
+def test_core_never_imports_textual() -> None:
+    loaded = _modules_after_import("lxpy.daemon.main")
+    assert "textual" not in loaded

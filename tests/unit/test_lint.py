@@ -1,0 +1,25 @@
+"""ruff and mypy run as part of the tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def test_ruff_check() -> None:
+    res = subprocess.run(
+        [str(BIN / "ruff"), "check", "lxpy", "tests", "bench"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_mypy() -> None:
+    res = subprocess.run([str(BIN / "mypy")], cwd=REPO, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -1,0 +1,147 @@
+"""Names, config keys, settings and units: what users type, validated."""
+
+from __future__ import annotations
+
+import signal
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from lxpy.errors import InvalidArgument
+from lxpy.model import tomlw
+from lxpy.model.config import Container, parse_value
+from lxpy.model.names import validate_name
+from lxpy.model.settings import load_settings, settings_from_mapping
+from lxpy.model.state import State, can_move
+from lxpy.model.units import parse_signal, parse_size, signal_name
+
+
+@pytest.mark.parametrize("name", ["a", "web", "web-1", "A1", "x" * 63, "db2-eu"])
+def test_valid_names(name: str) -> None:
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("", "must not be empty"),
+        ("../x", "invalid container name '../x'"),
+        ("a b", "invalid container name 'a b'"),
+        ("x" * 64, "64 characters long"),
+        ("1abc", "invalid"),
+        ("-x", "invalid"),
+        ("x-", "invalid"),
+        ("a_b", "invalid"),
+        ("a.b", "invalid"),
+        (None, "must not be empty"),
+    ],
+)
+def test_bad_names_say_what_is_wrong(name: object, fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        validate_name(name)
+    assert fragment in e.value.message
+
+
+def test_config_round_trips_through_toml() -> None:
+    c = Container(
+        "web",
+        "busybox",
+        "2026-11-27T20:00:00Z",
+        {
+            "hostname": "www",
+            "environment.TZ": "Europe/Paris",
+            "init.args": ["--log-level", "info"],
+            "description": 'quote " and \\ backslash',
+        },
+    )
+    back = Container.from_toml(c.to_toml())
+    assert back == c
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("nonsense", "1", "unknown config key 'nonsense'"),
+        ("hostname", "bad name", "hostname:"),
+        ("init", "sbin/init", "init: expected an absolute path"),
+        ("halt_signal", "SIGNOPE", "halt_signal: unknown signal 'SIGNOPE'"),
+        ("environment.1X", "v", "not a valid environment variable name"),
+        ("description", "two\nlines", "description: must be a single line"),
+    ],
+)
+def test_bad_config_values_name_the_key(key: str, value: str, fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        parse_value(key, value)
+    assert fragment in e.value.message
+
+
+def test_with_config_sets_unsets_and_keeps_the_original() -> None:
+    c = Container("web", "busybox", "now", {"hostname": "a"})
+    d = c.with_config({"halt_signal": "RTMIN+3"}, ["hostname"])
+    assert dict(d.config) == {"halt_signal": "SIGRTMIN+3"}
+    assert dict(c.config) == {"hostname": "a"}
+    with pytest.raises(InvalidArgument):
+        c.with_config({}, ["bogus"])
+
+
+def test_broken_record_names_its_source() -> None:
+    with pytest.raises(InvalidArgument) as e:
+        Container.from_toml('name = "web"\ntemplate = "t"\n[config]\nhostname = 5\n', "web.toml")
+    assert e.value.message.startswith("web.toml: hostname")
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("512MiB", 512 * 2**20),
+        ("20G", 20 * 2**30),
+        ("1.5GB", 1_500_000_000),
+        ("4096", 4096),
+        (7, 7),
+    ],
+)
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["-1", "12XB", "lots", True, -5])
+def test_bad_sizes(bad: object) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_size(bad, "pool_size")
+
+
+def test_signals() -> None:
+    assert parse_signal("SIGRTMIN+3") == signal.SIGRTMIN + 3
+    assert parse_signal("pwr") == signal.SIGPWR
+    assert parse_signal("10") == 10
+    assert signal_name(int(signal.SIGRTMIN) + 3) == "SIGRTMIN+3"
+    assert signal_name(int(signal.SIGUSR2)) == "SIGUSR2"
+    with pytest.raises(InvalidArgument):
+        parse_signal("0")
+
+
+def test_settings_validation(tmp_path: Path) -> None:
+    s = settings_from_mapping({"root": "/srv/lxpy", "storage": "dir", "pool_size": "10GiB"})
+    assert s.root == Path("/srv/lxpy") and s.storage == "dir" and s.pool_size == 10 * 2**30
+    with pytest.raises(InvalidArgument, match="storage: expected one of auto, btrfs, dir"):
+        settings_from_mapping({"storage": "zfs"})
+    with pytest.raises(InvalidArgument, match="unknown setting 'rooot'"):
+        settings_from_mapping({"rooot": "/x"})
+    f = tmp_path / "lxpyd.toml"
+    f.write_text("pool_size = 'huge'\n")
+    with pytest.raises(InvalidArgument, match=f"{f}: pool_size: invalid size"):
+        load_settings(f)
+    with pytest.raises(InvalidArgument, match="cannot read settings file"):
+        load_settings(tmp_path / "missing.toml")
+
+
+def test_state_machine() -> None:
+    assert can_move(State.STOPPED, State.STARTING)
+    assert not can_move(State.STOPPED, State.RUNNING)
+    assert can_move(State.RUNNING, State.FROZEN)
+
+
+def test_toml_writer_quotes_and_nests() -> None:
+    text = tomlw.dumps({"a": 1, "b c": "x\ty", "t": {"d.e": [1, 2], "f": True}})
+    assert tomllib.loads(text) == {"a": 1, "b c": "x\ty", "t": {"d.e": [1, 2], "f": True}}
