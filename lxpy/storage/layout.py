@@ -1,0 +1,399 @@
+"""The pool layout and the steps both backends share.
+
+Both backends keep the same three trees and differ only in a handful of
+primitives (make an empty volume, copy one, seal a staging volume, destroy
+one). Everything that decides *order* lives here once: existence checks with
+clear errors, moving aside before replacing, rollback, and the rule that a
+volume is renamed out of sight before it is destroyed, so a half-deleted tree
+is never visible under a real name.
+
+Hidden names (a leading '.', which validated names never have) in a tree:
+
+    .build-NAME        staging volume of template NAME (templates/)
+    .old-NAME          the previous template NAME while a new one is committed
+    .restore-NAME      a container's rootfs while a snapshot is restored over it
+    .trash-NAME-XXXX   a volume being destroyed
+    .tmp-NAME-XXXX     a copy in progress (dir backend)
+
+`recover()` settles all of these after a crash.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+from abc import abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
+from lxpy.storage.base import Backend, SnapshotInfo
+from lxpy.storage.mounts import mounts_under
+
+log = logging.getLogger("lxpy.storage")
+
+TREES = ("templates", "containers", "snapshots")
+
+
+def guard_name(name: str, what: str) -> str:
+    """Refuse names that would leave their tree or hit a hidden entry.
+
+    Callers validate names with lxpy.model.names; this is the last line of
+    defence against path traversal, not the place for friendly rules.
+
+    Raises:
+        InvalidArgument: for an empty name, one with '/' or NUL, or one
+            starting with '.'.
+    """
+    if not name or "/" in name or "\0" in name or name.startswith("."):
+        raise InvalidArgument(f"invalid {what} name {name!r}")
+    return name
+
+
+def iso_utc(ts: float) -> str:
+    """Seconds since the epoch as ISO 8601 UTC with a 'Z'."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@contextmanager
+def translate(what: str) -> Iterator[None]:
+    """Turn an OSError raised inside into lxpy's error for `what`."""
+    try:
+        yield
+    except LxpyError:
+        raise
+    except OSError as e:
+        raise os_error(e, what) from e
+
+
+def os_error(e: OSError, what: str) -> LxpyError:
+    """lxpy's error for an OSError that happened while working on `what`."""
+    reason = e.strerror or str(e)
+    if e.errno == errno.ENOENT:
+        return NotFound(f"{what}: does not exist ({reason})")
+    if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+        return AlreadyExists(f"{what}: already exists")
+    if e.errno == errno.EBUSY:
+        return Busy(
+            f"{what}: in use ({reason})",
+            hint="stop the container and unmount anything mounted inside its rootfs",
+        )
+    if e.errno == errno.ENOSPC:
+        return LxpyError(f"{what}: the storage pool is full", hint="delete snapshots or containers")
+    return LxpyError(f"{what}: {reason}")
+
+
+class TreeBackend(Backend):
+    """Shared orchestration over a pool with templates/, containers/, snapshots/."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        for tree in TREES:
+            (path / tree).mkdir(parents=True, exist_ok=True)
+
+    # -- primitives each backend provides ------------------------------------
+    @abstractmethod
+    def _is_volume(self, path: Path) -> bool:
+        """Whether `path` is a volume of this backend (not just any entry)."""
+
+    @abstractmethod
+    def _new_volume(self, path: Path) -> None:
+        """An empty writable volume at `path` (which does not exist)."""
+
+    @abstractmethod
+    def _copy(self, src: Path, dst: Path, *, read_only: bool) -> None:
+        """A copy of volume `src` at `dst` (which does not exist). Either it
+        completes or nothing is left at `dst`."""
+
+    @abstractmethod
+    def _seal(self, staging: Path, dst: Path) -> None:
+        """Make `dst` the finished, read-only-if-possible form of `staging`.
+        `staging` may be consumed; whatever is left of it is removed after."""
+
+    @abstractmethod
+    def _destroy(self, path: Path) -> None:
+        """Delete the volume at `path` with everything in it (nested
+        volumes too). `path` is already out of sight (a .trash name)."""
+
+    @abstractmethod
+    def _created_at(self, path: Path) -> float:
+        """When the snapshot at `path` was taken (seconds since the epoch)."""
+
+    # -- paths ---------------------------------------------------------------
+    def template_path(self, name: str) -> Path:
+        return self.path / "templates" / guard_name(name, "template")
+
+    def container_path(self, name: str) -> Path:
+        return self.path / "containers" / guard_name(name, "container")
+
+    def snapshot_dir(self, name: str) -> Path:
+        """The directory holding the snapshots of container `name`."""
+        return self.path / "snapshots" / guard_name(name, "container")
+
+    def snapshot_path(self, name: str, snap: str) -> Path:
+        """Where snapshot `snap` of container `name` lives."""
+        return self.snapshot_dir(name) / guard_name(snap, "snapshot")
+
+    def _staging(self, name: str) -> Path:
+        return self.path / "templates" / f".build-{guard_name(name, 'template')}"
+
+    @staticmethod
+    def _aside(path: Path, tag: str) -> Path:
+        return path.with_name(f".{tag}-{path.name}")
+
+    @staticmethod
+    def _scratch(path: Path, tag: str) -> Path:
+        # Same directory as `path`: renames stay within one parent, which
+        # btrfs needs for read-only subvolumes (moving one to another
+        # directory would rewrite its '..' and fails with EROFS).
+        return path.with_name(f".{tag}-{path.name}-{secrets.token_hex(4)}")
+
+    # -- shared steps --------------------------------------------------------
+    def _remove(self, path: Path, what: str) -> None:
+        """Delete the volume at `path` if there is one (idempotent)."""
+        if not os.path.lexists(path):
+            return
+        # Renaming would carry a mount inside along, and deleting would then
+        # fail half way (btrfs) or walk into the mounted files (rmtree):
+        # refuse while the volume is whole and still under its name.
+        mounted = mounts_under(path)
+        if mounted:
+            raise Busy(
+                f"{what}: something is mounted inside {path}",
+                hint="stop the container, or unmount " + ", ".join(mounted),
+            )
+        trash = self._scratch(path, "trash")
+        with translate(what):
+            # A local mountpoint refuses the rename with EBUSY: that is the
+            # moment to stop, before anything is gone.
+            os.rename(path, trash)
+            self._destroy(trash)
+
+    def _rename_back(self, aside: Path, path: Path, what: str) -> None:
+        try:
+            os.rename(aside, path)
+        except OSError as e:
+            # Nothing more can be done here; recover() retries on next start.
+            log.error("%s: could not put %s back at %s: %s", what, aside, path, e)
+
+    # -- templates -----------------------------------------------------------
+    def template_exists(self, name: str) -> bool:
+        return self._is_volume(self.template_path(name))
+
+    def begin_template(self, name: str) -> Path:
+        staging = self._staging(name)
+        what = f"staging volume of template {name!r}"
+        self._remove(staging, what)
+        with translate(what):
+            self._new_volume(staging)
+        return staging
+
+    def commit_template(self, name: str) -> None:
+        staging = self._staging(name)
+        dst = self.template_path(name)
+        what = f"template {name!r}"
+        if not self._is_volume(staging):
+            raise NotFound(
+                f"template {name!r} has no staging volume to commit",
+                hint="begin_template() makes one; a crash or abort removes it",
+            )
+        old = self._aside(dst, "old")
+        self._remove(old, what)
+        had_old = os.path.lexists(dst)
+        with translate(what):
+            if had_old:
+                # The old template stays whole until the new one is in place.
+                os.rename(dst, old)
+            try:
+                self._seal(staging, dst)
+            except BaseException:
+                if had_old:
+                    self._rename_back(old, dst, what)
+                raise
+        if had_old:
+            self._cleanup(old, what)
+        self._cleanup(staging, what)
+
+    def _cleanup(self, path: Path, what: str) -> None:
+        # The operation itself succeeded; a leftover is only wasted space
+        # and recover() removes it on the next start.
+        try:
+            self._remove(path, what)
+        except LxpyError as e:
+            log.warning("%s: could not remove %s: %s", what, path, e.message)
+
+    def abort_template(self, name: str) -> None:
+        self._remove(self._staging(name), f"staging volume of template {name!r}")
+
+    def delete_template(self, name: str) -> None:
+        self._remove(self.template_path(name), f"template {name!r}")
+
+    # -- containers ----------------------------------------------------------
+    def container_exists(self, name: str) -> bool:
+        return self._is_volume(self.container_path(name))
+
+    def _need_container(self, name: str) -> Path:
+        path = self.container_path(name)
+        if not self._is_volume(path):
+            raise NotFound(f"container {name!r} has no storage volume")
+        return path
+
+    def _need_free(self, path: Path, what: str) -> None:
+        if os.path.lexists(path):
+            raise AlreadyExists(f"{what} already exists", hint=f"its volume is {path}")
+
+    def create_container(self, name: str, template: str) -> None:
+        src = self.template_path(template)
+        dst = self.container_path(name)
+        if not self._is_volume(src):
+            raise NotFound(
+                f"template {template!r} is not built", hint=f"build template {template!r} first"
+            )
+        self._need_free(dst, f"container {name!r}")
+        with translate(f"container {name!r}"):
+            self._copy(src, dst, read_only=False)
+
+    def delete_container(self, name: str) -> None:
+        what = f"container {name!r}"
+        self._remove(self.container_path(name), what)
+        sdir = self.snapshot_dir(name)
+        if not sdir.is_dir():
+            return
+        for entry in sorted(os.listdir(sdir)):
+            if not entry.startswith("."):
+                self._remove(sdir / entry, f"snapshot {entry!r} of {what}")
+        with translate(f"snapshots of {what}"):
+            self._clear_snapshot_dir(sdir)
+
+    def _clear_snapshot_dir(self, sdir: Path) -> None:
+        # Only hidden leftovers (side files, trash) remain at this point.
+        for entry in os.listdir(sdir):
+            p = sdir / entry
+            if entry.startswith(".trash-") or entry.startswith(".tmp-"):
+                self._destroy(p)
+            else:
+                p.unlink()
+        sdir.rmdir()
+
+    def rename_container(self, old: str, new: str) -> None:
+        src, dst = self.container_path(old), self.container_path(new)
+        ssrc, sdst = self.snapshot_dir(old), self.snapshot_dir(new)
+        self._need_container(old)
+        # os.rename silently replaces an empty directory: check first.
+        self._need_free(dst, f"container {new!r}")
+        self._need_free(sdst, f"snapshots of container {new!r}")
+        what = f"container {old!r}"
+        with translate(what):
+            os.rename(src, dst)
+            try:
+                if ssrc.exists():
+                    os.rename(ssrc, sdst)
+            except BaseException:
+                self._rename_back(dst, src, what)
+                raise
+
+    def clone_container(self, src: str, dst: str) -> None:
+        spath = self._need_container(src)
+        dpath = self.container_path(dst)
+        self._need_free(dpath, f"container {dst!r}")
+        with translate(f"container {dst!r}"):
+            self._copy(spath, dpath, read_only=False)
+
+    # -- snapshots -----------------------------------------------------------
+    def create_snapshot(self, name: str, snap: str) -> None:
+        dst = self.snapshot_path(name, snap)
+        src = self._need_container(name)
+        self._need_free(dst, f"snapshot {snap!r} of container {name!r}")
+        with translate(f"snapshot {snap!r} of container {name!r}"):
+            dst.parent.mkdir(exist_ok=True)
+            self._copy(src, dst, read_only=True)
+
+    def list_snapshots(self, name: str) -> list[SnapshotInfo]:
+        sdir = self.snapshot_dir(name)
+        if not sdir.is_dir():
+            return []
+        found: list[tuple[float, str]] = []
+        for entry in os.listdir(sdir):
+            if entry.startswith("."):
+                continue
+            with translate(f"snapshot {entry!r} of container {name!r}"):
+                found.append((self._created_at(sdir / entry), entry))
+        return [SnapshotInfo(n, iso_utc(t)) for t, n in sorted(found)]
+
+    def delete_snapshot(self, name: str, snap: str) -> None:
+        self._remove(self.snapshot_path(name, snap), f"snapshot {snap!r} of container {name!r}")
+
+    def restore_snapshot(self, name: str, snap: str) -> None:
+        src = self.snapshot_path(name, snap)
+        if not self._is_volume(src):
+            raise NotFound(f"container {name!r} has no snapshot {snap!r}")
+        root = self._need_container(name)
+        aside = self._aside(root, "restore")
+        what = f"restore of snapshot {snap!r} of container {name!r}"
+        # A leftover from a crash while root exists: root is the truth.
+        self._remove(aside, what)
+        with translate(what):
+            # Rename, not copy: O(1), no space, and it keeps whatever nested
+            # volumes the rootfs has, should we have to put it back.
+            os.rename(root, aside)
+            try:
+                self._copy(src, root, read_only=False)
+            except BaseException:
+                self._undo_restore(root, aside, what)
+                raise
+        self._cleanup(aside, what)
+
+    def _undo_restore(self, root: Path, aside: Path, what: str) -> None:
+        try:
+            self._remove(root, what)
+        except LxpyError as e:
+            log.error("%s: could not remove the partial rootfs %s: %s", what, root, e.message)
+            return
+        self._rename_back(aside, root, what)
+
+    # -- crash recovery ------------------------------------------------------
+    def recover(self) -> None:
+        """Settle what an interrupted operation left behind: put back a
+        rootfs or template that was moved aside and never replaced, and
+        destroy trash, copies in progress and stale staging volumes.
+
+        Call it when opening the pool, before any operation runs.
+        """
+        for tree in TREES:
+            self._recover_dir(self.path / tree)
+        snaps = self.path / "snapshots"
+        for entry in os.listdir(snaps):
+            if not entry.startswith(".") and (snaps / entry).is_dir():
+                self._recover_dir(snaps / entry)
+
+    def _recover_dir(self, d: Path) -> None:
+        for entry in os.listdir(d):
+            if not entry.startswith("."):
+                continue
+            p = d / entry
+            try:
+                self._settle(d, entry)
+            except (OSError, LxpyError) as e:
+                log.warning("storage recovery: could not settle %s: %s", p, e)
+
+    def _settle(self, d: Path, entry: str) -> None:
+        p = d / entry
+        if mounts_under(p):
+            log.warning("storage recovery: leaving %s alone, something is mounted inside", p)
+            return
+        if entry.startswith((".trash-", ".tmp-", ".build-")):
+            log.info("storage recovery: removing %s", p)
+            self._destroy(p)
+        elif entry.startswith((".old-", ".restore-")):
+            real = d / entry.split("-", 1)[1]
+            if os.path.lexists(real):
+                # The replacement is in place: the old one is garbage.
+                log.info("storage recovery: removing %s", p)
+                self._remove(p, str(p))
+            else:
+                log.info("storage recovery: putting %s back at %s", p, real)
+                os.rename(p, real)

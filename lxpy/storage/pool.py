@@ -1,0 +1,191 @@
+"""Choosing and opening the storage pool at `root/pool`.
+
+In order:
+  1. storage = "dir": plain directories.
+  2. Something btrfs is already mounted at root/pool (our loop image from an
+     earlier start, or a disk the admin mounted there): use it.
+  3. root/pool.img exists: mount it (an earlier start made it).
+  4. The root is on btrfs: root/pool is a plain directory on it.
+  5. Otherwise make a loop-file btrfs pool, root/pool.img, mounted at
+     root/pool (as LXD does). When that is impossible, storage = "btrfs"
+     fails and "auto" falls back to plain directories with a warning.
+A directory pool left by such a fallback stays a directory pool: a loop
+mount over it would hide its containers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from lxpy.errors import Unsupported
+from lxpy.model.settings import Settings
+from lxpy.storage.base import Backend
+from lxpy.storage.btrfs import BtrfsBackend
+from lxpy.storage.dir import DirBackend
+from lxpy.storage.layout import TREES, TreeBackend
+from lxpy.storage.mounts import is_mount_point, mount_of
+
+log = logging.getLogger("lxpy.storage")
+
+GiB = 1024**3
+# The loop file is sparse, so its size is a ceiling, not what it costs. Its
+# default follows LXD's reasoning: a share of the free space, so the pool
+# can never promise the host's last bytes away (a full host under a
+# half-empty pool is worse than a full pool); at least 5 GiB, enough for
+# a few Debian templates and their containers even on a small disk; at most
+# 100 GiB, because a btrfs pool is easy to grow (`btrfs filesystem resize`)
+# but hard to shrink. Set pool_size to choose.
+POOL_SHARE = 0.2
+POOL_MIN = 5 * GiB
+POOL_MAX = 100 * GiB
+_TOOL_TIMEOUT = 120
+
+
+class _NoLoopPool(Exception):
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+def default_pool_size(root: Path) -> int:
+    """The loop pool size used when settings.pool_size is not set."""
+    st = os.statvfs(root)
+    free = st.f_bavail * st.f_frsize
+    return min(max(int(free * POOL_SHARE), POOL_MIN), POOL_MAX)
+
+
+def open_pool(settings: Settings) -> Backend:
+    """Open (making it on first use) the storage pool of `settings.root`.
+
+    Synchronous and may block for seconds on first use (mkfs, mount). Also
+    settles what a crash left half done (see TreeBackend.recover).
+
+    Raises:
+        Unsupported: storage = "btrfs" and no btrfs pool can be had here.
+    """
+    root = settings.root
+    pool = root / "pool"
+    root.mkdir(parents=True, exist_ok=True)
+    backend = DirBackend(pool) if settings.storage == "dir" else _open_btrfs(settings)
+    os.chmod(pool, 0o711)  # containers' files are nobody else's business
+    backend.recover()
+    log.info("storage pool: %s at %s", backend.name, pool)
+    return backend
+
+
+def _open_btrfs(settings: Settings) -> TreeBackend:
+    root = settings.root
+    pool = root / "pool"
+    image = root / "pool.img"
+    strict = settings.storage == "btrfs"
+    if is_mount_point(pool):
+        fstype = mount_of(pool).fstype
+        if fstype == "btrfs":
+            return BtrfsBackend(pool)
+        return _fallback(
+            strict,
+            pool,
+            f"{pool} is a {fstype} mount, not btrfs",
+            'mount a btrfs filesystem there, or set storage = "dir"',
+        )
+    if not image.exists():
+        if mount_of(root).fstype == "btrfs":
+            return BtrfsBackend(pool)
+        if _holds_volumes(pool):
+            return _fallback(
+                strict,
+                pool,
+                f"{pool} already holds a directory pool",
+                'keep storage = "auto" or "dir" for it, or move it away to start a btrfs pool',
+            )
+    try:
+        _loop_pool(image, pool, settings.pool_size)
+    except _NoLoopPool as e:
+        return _fallback(strict, pool, e.message, e.hint)
+    return BtrfsBackend(pool)
+
+
+def _fallback(strict: bool, pool: Path, message: str, hint: str) -> TreeBackend:
+    if strict:
+        raise Unsupported(f"cannot use a btrfs storage pool: {message}", hint=hint)
+    log.warning(
+        "no btrfs storage pool (%s; %s): using plain directories, where create and "
+        "snapshot copy the whole rootfs",
+        message,
+        hint,
+    )
+    return DirBackend(pool)
+
+
+def _holds_volumes(pool: Path) -> bool:
+    for tree in TREES:
+        d = pool / tree
+        if d.is_dir() and any(not e.startswith(".") for e in os.listdir(d)):
+            return True
+    return False
+
+
+def _run(args: list[str]) -> str | None:
+    """Run a tool; its error output when it fails, None when it worked."""
+    try:
+        res = subprocess.run(args, capture_output=True, text=True, timeout=_TOOL_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return str(e)
+    if res.returncode == 0:
+        return None
+    out = (res.stderr.strip() or res.stdout.strip()).splitlines()
+    return out[-1] if out else f"{args[0]} exited {res.returncode}"
+
+
+def _loop_pool(image: Path, pool: Path, size: int | None) -> None:
+    """Mount the loop image at `pool`, making the image first if needed.
+    A pool made here and not usable is removed again."""
+    created = False
+    if not image.exists():
+        if shutil.which("mkfs.btrfs") is None:
+            raise _NoLoopPool(
+                "mkfs.btrfs is not installed", 'install btrfs-progs, or set storage = "dir"'
+            )
+        size = size if size is not None else default_pool_size(image.parent)
+        with open(image, "xb") as f:
+            f.truncate(size)  # sparse: blocks are allocated as btrfs writes
+        created = True
+        err = _run(["mkfs.btrfs", "-q", str(image)])
+        if err is not None:
+            image.unlink()
+            raise _NoLoopPool(
+                f"mkfs.btrfs failed on {image} ({size} bytes): {err}",
+                'give pool_size a value of at least 256MiB, or set storage = "dir"',
+            )
+    made_dir = not pool.exists()
+    pool.mkdir(exist_ok=True)
+    err = _run(["mount", "-o", "loop", str(image), str(pool)])
+    if err is not None:
+        if created:
+            image.unlink()
+        if made_dir:
+            pool.rmdir()
+        raise _NoLoopPool(
+            f"cannot mount {image} at {pool}: {err}",
+            "a loop device (/dev/loop-control) and btrfs support in the kernel are needed; "
+            'or set storage = "dir"',
+        )
+
+
+def pool_info(backend: Backend) -> dict[str, object]:
+    """What GET /1.0 reports about the pool: backend, path, capabilities and
+    the size and free space of its filesystem in bytes."""
+    st = os.statvfs(backend.path)
+    return {
+        "backend": backend.name,
+        "path": str(backend.path),
+        "instant_snapshot": backend.caps.instant_snapshot,
+        "readonly_snapshots": backend.caps.readonly_snapshots,
+        "size_bytes": st.f_blocks * st.f_frsize,
+        "free_bytes": st.f_bavail * st.f_frsize,
+    }
