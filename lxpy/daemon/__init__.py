@@ -1,0 +1,1 @@
+"""lxpyd: the trio supervisor, its registry, operations, events and API server."""

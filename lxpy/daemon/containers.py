@@ -1,0 +1,280 @@
+"""Containers: create, delete, config, rename, copy, snapshots, restore.
+
+Each change is a few steps (storage, then the record); when a later step
+fails, the earlier ones are undone in a shielded scope, so an error leaves
+nothing half-made. Requests on one container are serialized by its lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from lxpy.daemon.events import now_iso
+from lxpy.daemon.service import Daemon
+from lxpy.daemon.templates import Templates
+from lxpy.errors import AlreadyExists, Busy, InvalidArgument, NotFound
+from lxpy.model.config import Container, validate_config
+from lxpy.model.names import validate_name
+from lxpy.model.state import State
+
+log = logging.getLogger("lxpyd.containers")
+
+
+async def _undo(step: Callable[[], Awaitable[object]], what: str) -> None:
+    # Undo runs even while the request is being cancelled; its own failure
+    # is logged, and the original error is what the caller sees.
+    with trio.CancelScope(shield=True):
+        try:
+            await step()
+        except Exception:
+            log.exception("undo failed: %s", what)
+
+
+def _str_field(body: dict[str, object], key: str, required: bool = True) -> str | None:
+    value = body.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{key!r} must be a string, got {value!r}")
+    return value
+
+
+class Containers:
+    def __init__(self, d: Daemon, templates: Templates) -> None:
+        self.d = d
+        self.templates = templates
+
+    # -- reading ------------------------------------------------------------
+    def _snapshot_names(self, name: str) -> list[str]:
+        try:
+            return [s.name for s in self.d.backend.list_snapshots(name)]
+        except NotFound:
+            return []
+
+    async def describe(self, name: str) -> dict[str, object]:
+        """The API's container object."""
+        d = self.d
+        snaps = await d.storage(self._snapshot_names, name)
+        path = str(d.backend.container_path(name))
+        if name in d.broken:
+            return {
+                "name": name,
+                "template": "",
+                "state": str(d.states.get(name, State.ERROR)),
+                "created_at": "",
+                "config": {},
+                "snapshots": snaps,
+                "path": path,
+                "error": d.broken[name],
+            }
+        c = d.require(name)
+        return {
+            **c.to_json(),
+            "state": str(d.states[name]),
+            "snapshots": snaps,
+            "path": path,
+            "error": None,
+        }
+
+    async def list_all(self) -> list[dict[str, object]]:
+        return [await self.describe(n) for n in sorted(self.d.states)]
+
+    async def get(self, name: str) -> dict[str, object]:
+        if not self.d.known(name):
+            self.d.require(name)
+        return await self.describe(name)
+
+    def _require_stopped(self, name: str, what: str) -> None:
+        state = self.d.states.get(name)
+        if state not in (State.STOPPED, State.ERROR):
+            raise Busy(
+                f"cannot {what} container {name!r} while it is {state}", hint="stop it first"
+            )
+
+    # -- create / delete ----------------------------------------------------
+    async def create(self, body: dict[str, object]) -> dict[str, object]:
+        """POST /1.0/containers. Validates everything before storage is touched.
+
+        Raises:
+            InvalidArgument, NotFound (template), AlreadyExists, or a build error.
+        """
+        d = self.d
+        name = validate_name(body.get("name"))
+        template = validate_name(body.get("template"), "template")
+        raw = body.get("config") or {}
+        if not isinstance(raw, dict):
+            raise InvalidArgument(f"'config' must be an object of key: value, got {raw!r}")
+        config = validate_config(raw)
+        await self.templates.find(template)
+        d.reserve(name)
+        try:
+            await self.templates.ensure_built(template)
+            await d.storage(d.backend.create_container, name, template)
+            record = Container(name=name, template=template, created_at=now_iso(), config=config)
+            try:
+                await d.files(d.registry.save, record)
+            except BaseException:
+                await _undo(lambda: d.storage(d.backend.delete_container, name), f"delete {name}")
+                raise
+            d.records[name] = record
+            d.states[name] = State.STOPPED
+        finally:
+            d.reserved.discard(name)
+        d.bus.lifecycle("container-created", f"containers/{name}", {"template": template})
+        return await self.describe(name)
+
+    async def delete(self, name: str, force: bool) -> dict[str, object]:
+        """DELETE /1.0/containers/NAME: the rootfs, its snapshots, its record.
+
+        Raises:
+            NotFound, Busy (running, without force).
+        """
+        d = self.d
+        if not d.known(name):
+            d.require(name)
+        async with d.lock(name):
+            if not d.known(name):
+                d.require(name)
+            if not force:
+                self._require_stopped(name, "delete")
+            # Storage first: if it fails half way the record stays, and a
+            # retry (deletes are idempotent) finishes the job.
+            await d.storage(d.backend.delete_container, name)
+            await d.files(d.registry.delete, name)
+            d.forget(name)
+        d.bus.lifecycle("container-deleted", f"containers/{name}")
+        return {}
+
+    # -- config -------------------------------------------------------------
+    async def update_config(self, name: str, body: dict[str, object]) -> dict[str, object]:
+        """PATCH /1.0/containers/NAME/config: `{"set": {...}, "unset": [...]}`."""
+        d = self.d
+        set_ = body.get("set") or {}
+        unset = body.get("unset") or []
+        if not isinstance(set_, dict):
+            raise InvalidArgument(f"'set' must be an object of key: value, got {set_!r}")
+        if not isinstance(unset, list) or not all(isinstance(k, str) for k in unset):
+            raise InvalidArgument(f"'unset' must be a list of keys, got {unset!r}")
+        async with d.lock(name):
+            new = d.require(name).with_config(set_, unset)
+            await d.files(d.registry.save, new)
+            d.records[name] = new
+        d.bus.lifecycle(
+            "container-updated", f"containers/{name}", {"set": list(set_), "unset": unset}
+        )
+        return await self.describe(name)
+
+    # -- rename / copy ------------------------------------------------------
+    async def rename(self, name: str, body: dict[str, object]) -> dict[str, object]:
+        """POST /1.0/containers/NAME/rename: storage, then the record (undone on failure)."""
+        d = self.d
+        new = validate_name(body.get("name"))
+        async with d.lock(name):
+            old_record = d.require(name)
+            self._require_stopped(name, "rename")
+            if new == name:
+                return await self.describe(name)
+            d.reserve(new)
+            try:
+                await d.storage(d.backend.rename_container, name, new)
+                record = old_record.renamed(new)
+                try:
+                    await d.files(d.registry.rename, name, record)
+                except BaseException:
+                    await _undo(
+                        lambda: d.storage(d.backend.rename_container, new, name),
+                        f"rename {new} back to {name}",
+                    )
+                    raise
+                d.records[new] = record
+                d.states[new] = d.states[name]
+                d.forget(name)
+            finally:
+                d.reserved.discard(new)
+        d.bus.lifecycle("container-renamed", f"containers/{new}", {"old": name, "new": new})
+        return await self.describe(new)
+
+    async def copy(self, name: str, body: dict[str, object]) -> dict[str, object]:
+        """POST /1.0/containers/NAME/copy: a new container from this one's rootfs."""
+        d = self.d
+        dst = validate_name(body.get("name"))
+        async with d.lock(name):
+            src = d.require(name)
+            d.reserve(dst)
+            try:
+                await d.storage(d.backend.clone_container, name, dst)
+                record = Container(
+                    name=dst, template=src.template, created_at=now_iso(), config=src.config
+                )
+                try:
+                    await d.files(d.registry.save, record)
+                except BaseException:
+                    await _undo(lambda: d.storage(d.backend.delete_container, dst), f"delete {dst}")
+                    raise
+                d.records[dst] = record
+                d.states[dst] = State.STOPPED
+            finally:
+                d.reserved.discard(dst)
+        d.bus.lifecycle("container-copied", f"containers/{dst}", {"source": name})
+        return await self.describe(dst)
+
+    # -- snapshots ----------------------------------------------------------
+    async def snapshots(self, name: str) -> list[dict[str, object]]:
+        self.d.require(name)
+        infos = await self.d.storage(self.d.backend.list_snapshots, name)
+        return [{"name": s.name, "created_at": s.created_at} for s in infos]
+
+    async def _snapshot_exists(self, name: str, snap: str) -> bool:
+        return snap in await self.d.storage(self._snapshot_names, name)
+
+    async def create_snapshot(self, name: str, body: dict[str, object]) -> dict[str, object]:
+        """POST /1.0/containers/NAME/snapshots: `{"name": "s1"}` or the next `snapN`."""
+        d = self.d
+        wanted = _str_field(body, "name", required=False)
+        async with d.lock(name):
+            d.require(name)
+            existing = await d.storage(self._snapshot_names, name)
+            if wanted is None:
+                nums = [int(m.group(1)) for s in existing if (m := re.fullmatch(r"snap(\d+)", s))]
+                snap = f"snap{max(nums, default=-1) + 1}"
+            else:
+                snap = validate_name(wanted, "snapshot")
+                if snap in existing:
+                    raise AlreadyExists(f"container {name!r} has a snapshot {snap!r} already")
+            await d.storage(d.backend.create_snapshot, name, snap)
+            infos = await d.storage(d.backend.list_snapshots, name)
+        d.bus.lifecycle("snapshot-created", f"containers/{name}", {"snapshot": snap})
+        info = next((s for s in infos if s.name == snap), None)
+        return {"name": snap, "created_at": info.created_at if info else now_iso()}
+
+    async def _require_snapshot(self, name: str, snap: str) -> None:
+        if not await self._snapshot_exists(name, snap):
+            raise NotFound(
+                f"container {name!r} has no snapshot {snap!r}",
+                hint=f"list them with GET /1.0/containers/{name}/snapshots",
+            )
+
+    async def restore(self, name: str, snap: str) -> dict[str, object]:
+        """POST /1.0/containers/NAME/snapshots/SNAP/restore (the backend rolls back on failure)."""
+        d = self.d
+        async with d.lock(name):
+            d.require(name)
+            self._require_stopped(name, "restore")
+            await self._require_snapshot(name, snap)
+            await d.storage(d.backend.restore_snapshot, name, snap)
+        d.bus.lifecycle("snapshot-restored", f"containers/{name}", {"snapshot": snap})
+        return await self.describe(name)
+
+    async def delete_snapshot(self, name: str, snap: str) -> dict[str, object]:
+        """DELETE /1.0/containers/NAME/snapshots/SNAP."""
+        d = self.d
+        async with d.lock(name):
+            d.require(name)
+            await self._require_snapshot(name, snap)
+            await d.storage(d.backend.delete_snapshot, name, snap)
+        d.bus.lifecycle("snapshot-deleted", f"containers/{name}", {"snapshot": snap})
+        return {}

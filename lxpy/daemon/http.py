@@ -1,0 +1,305 @@
+"""A small HTTP/1.1 server for lxpyd's API: h11 over trio streams.
+
+One task per connection, keep-alive, JSON bodies with Content-Length, and
+chunked NDJSON streams that end when the client hangs up. Handlers raise
+lxpy errors; the server turns them into the documented error format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import h11
+import trio
+
+from lxpy.errors import InvalidArgument, LxpyError, NotFound
+
+log = logging.getLogger("lxpyd.http")
+
+MAX_BODY = 4 * 1024 * 1024
+JSON_TYPE = "application/json"
+NDJSON_TYPE = "application/x-ndjson"
+
+
+class MethodNotAllowed(InvalidArgument):
+    """A known path asked with a method it does not serve (405, invalid_argument)."""
+
+    status = 405
+
+
+Send = Callable[[object], Awaitable[None]]
+
+
+class Stream:
+    """An NDJSON response: `produce(send)` awaits `send(obj)` once per line.
+
+    The server cancels `produce` when the client hangs up, so a stream that
+    follows something forever needs no end condition of its own.
+    """
+
+    def __init__(
+        self,
+        produce: Callable[[Send], Awaitable[None]],
+        close: Callable[[], None] | None = None,
+    ) -> None:
+        self.produce = produce
+        # Called when the response is over (or never started), to release
+        # what the handler set up before answering, such as a subscription.
+        self.close = close or (lambda: None)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def json(self) -> dict[str, object]:
+        """The body as a JSON object ({} for an empty body).
+
+        Raises:
+            InvalidArgument: the body is not JSON, or not an object.
+        """
+        if not self.body.strip():
+            return {}
+        try:
+            data = json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidArgument(f"request body is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise InvalidArgument(
+                "request body must be a JSON object", hint='send e.g. {"name": "web"}'
+            )
+        return data
+
+    def flag(self, name: str) -> bool:
+        """A boolean query parameter: present as 1/true/yes/on."""
+        return self.query.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
+Handler = Callable[[Request], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: str
+    handler: Handler
+    summary: str
+    status: int = 200
+    # JSON schema of the request body, and of the answer (for openapi.json).
+    body: dict[str, object] | None = None
+    response: dict[str, object] | None = None
+    # (name, description) of query parameters.
+    query: tuple[tuple[str, str], ...] = ()
+    stream: bool = False
+    regex: re.Pattern[str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        parts = []
+        for seg in self.pattern.strip("/").split("/"):
+            m = re.fullmatch(r"\{(\w+)\}", seg)
+            parts.append(f"(?P<{m.group(1)}>[^/]+)" if m else re.escape(seg))
+        object.__setattr__(self, "regex", re.compile("/" + "/".join(parts)))
+
+
+class Router:
+    """Method + path pattern (`/1.0/containers/{name}`) → handler."""
+
+    def __init__(self) -> None:
+        self.routes: list[Route] = []
+
+    def add(self, method: str, pattern: str, handler: Handler, summary: str, **kw: object) -> None:
+        self.routes.append(Route(method, pattern, handler, summary, **kw))  # type: ignore[arg-type]
+
+    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]]:
+        """The route for `method path` and its path parameters.
+
+        Raises:
+            NotFound: no route has this path.
+            MethodNotAllowed: the path exists but not with this method.
+        """
+        allowed = []
+        for route in self.routes:
+            m = route.regex.fullmatch(path)
+            if not m:
+                continue
+            if route.method == method:
+                return route, {k: unquote(v) for k, v in m.groupdict().items()}
+            allowed.append(route.method)
+        if allowed:
+            raise MethodNotAllowed(
+                f"method {method} is not allowed on {path}", hint="allowed: " + ", ".join(allowed)
+            )
+        raise NotFound(f"no such API path: {path}", hint="GET /1.0/openapi.json lists them all")
+
+
+def leaf_error(exc: BaseException) -> BaseException:
+    """The one error inside (nested) exception groups of one, else `exc`.
+
+    trio's nurseries wrap even a single failure in a group; the API wants
+    the lxpy error inside it.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _error_body(err: LxpyError) -> dict[str, object]:
+    return {"error": err.to_json()}
+
+
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> object:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        # b"" (EOF) tells h11 the peer closed; it then yields ConnectionClosed.
+        conn.receive_data(bytes(await stream.receive_some(65536)))
+
+
+async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> Request | None:
+    event = await _next_event(conn, stream)
+    if isinstance(event, h11.ConnectionClosed):
+        return None
+    if not isinstance(event, h11.Request):
+        raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+    url = urlsplit(event.target.decode("ascii", "replace"))
+    body = bytearray()
+    while True:
+        ev = await _next_event(conn, stream)
+        if isinstance(ev, h11.Data):
+            body += ev.data
+            if len(body) > MAX_BODY:
+                raise h11.RemoteProtocolError("request body too large", error_status_hint=413)
+        elif isinstance(ev, h11.EndOfMessage):
+            break
+        else:
+            return None
+    return Request(
+        method=event.method.decode("ascii", "replace"),
+        # Matched raw, so an escaped "/" inside a name cannot split a segment;
+        # the router unquotes the parameters.
+        path=url.path,
+        query=dict(parse_qsl(url.query)),
+        body=bytes(body),
+    )
+
+
+async def _send_json(
+    conn: h11.Connection, stream: trio.abc.Stream, status: int, body: object
+) -> None:
+    data = json.dumps(body).encode() + b"\n"
+    headers = [("Content-Type", JSON_TYPE), ("Content-Length", str(len(data)))]
+    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
+    await stream.send_all(conn.send(h11.Data(data=data)))
+    await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+async def _send_stream(conn: h11.Connection, stream: trio.abc.Stream, body: Stream) -> None:
+    # A stream owns the connection to its end (Connection: close): the client
+    # sends nothing more, so a read that returns EOF means it hung up.
+    headers = [
+        ("Content-Type", NDJSON_TYPE),
+        ("Transfer-Encoding", "chunked"),
+        ("Connection", "close"),
+    ]
+    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
+
+    async def send(obj: object) -> None:
+        line = json.dumps(obj).encode() + b"\n"
+        await stream.send_all(conn.send(h11.Data(data=line)))
+
+    async def watch_hangup(scope: trio.CancelScope) -> None:
+        try:
+            while await stream.receive_some(4096):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_hangup, nursery.cancel_scope)
+        try:
+            try:
+                await body.produce(send)
+            except LxpyError as e:
+                # The status line is gone already: report in-band, then end.
+                await send(_error_body(e))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client hung up: nothing to finish
+        nursery.cancel_scope.cancel()
+
+
+async def _dispatch(router: Router, req: Request) -> tuple[int, object]:
+    try:
+        route, req.params = router.match(req.method, req.path)
+        result = await route.handler(req)
+        return route.status, result
+    except Exception as exc:
+        e = leaf_error(exc)
+        if isinstance(e, LxpyError):
+            log.debug("%s %s: %s", req.method, req.path, e.message)
+            return e.status, _error_body(e)
+        log.exception("%s %s failed", req.method, req.path)
+        err = LxpyError(f"internal error: {type(e).__name__}: {e}", hint="see lxpyd's log")
+        return 500, _error_body(err)
+
+
+async def serve_connection(stream: trio.abc.Stream, router: Router) -> None:
+    """Serve HTTP requests on one connection until either side closes it."""
+    conn = h11.Connection(h11.SERVER)
+    try:
+        while True:
+            try:
+                req = await _read_request(conn, stream)
+            except h11.RemoteProtocolError as e:
+                if conn.our_state is h11.SEND_RESPONSE:
+                    err = InvalidArgument(f"bad HTTP request: {e}")
+                    await _send_json(conn, stream, e.error_status_hint, _error_body(err))
+                return
+            if req is None:
+                return
+            status, result = await _dispatch(router, req)
+            log.debug("%s %s → %s", req.method, req.path, status)
+            if isinstance(result, Stream):
+                try:
+                    await _send_stream(conn, stream, result)
+                finally:
+                    result.close()
+                return
+            await _send_json(conn, stream, status, result)
+            if conn.our_state is h11.MUST_CLOSE:
+                return
+            conn.start_next_cycle()
+    except Exception as exc:
+        # One connection's trouble must never reach the server's nursery.
+        if not isinstance(leaf_error(exc), trio.BrokenResourceError | trio.ClosedResourceError):
+            log.exception("connection failed")
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+async def serve(
+    listener: trio.abc.Listener[trio.abc.Stream],
+    router: Router,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Accept connections on `listener` forever, one task each."""
+
+    async def handle(stream: trio.abc.Stream) -> None:
+        await serve_connection(stream, router)
+
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        await trio.serve_listeners(handle, [listener], handler_nursery=nursery)

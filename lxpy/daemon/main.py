@@ -1,0 +1,256 @@
+"""`lxpyd`: the daemon's entry point.
+
+Reads settings (file, then flags), takes the root's lock so only one daemon
+serves a root, opens the storage pool, binds the API socket and serves until
+SIGTERM or SIGINT. Logs go to stderr in a form journald understands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import fcntl
+import grp
+import logging
+import os
+import signal
+import socket as pysocket
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import trio
+
+from lxpy.daemon import http
+from lxpy.daemon.routes import build_router
+from lxpy.daemon.service import Daemon
+from lxpy.errors import Busy, LxpyError
+from lxpy.model.settings import LOG_LEVELS, Settings, load_settings
+
+log = logging.getLogger("lxpyd")
+
+SOCKET_GROUP = "lxpy"
+
+
+class _Formatter(logging.Formatter):
+    """Plain lines; with sd-daemon `<N>` priority prefixes when journald (or
+    any non-terminal) reads stderr. No timestamps: journald adds its own."""
+
+    PRIORITY = {
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
+        logging.CRITICAL: 2,
+    }
+
+    def __init__(self, journal: bool) -> None:
+        super().__init__("%(message)s")
+        self.journal = journal
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if self.journal:
+            prefix = f"<{self.PRIORITY.get(record.levelno, 6)}>lxpyd: "
+        elif record.levelno >= logging.WARNING:
+            prefix = f"lxpyd: {record.levelname.lower()}: "
+        else:
+            prefix = "lxpyd: "
+        # Each line (a traceback has many) carries the prefix, so journald
+        # files every line with the right priority.
+        return "\n".join(prefix + line for line in text.splitlines() or [""])
+
+
+def setup_logging(level: str) -> None:
+    journal = "JOURNAL_STREAM" in os.environ or not sys.stderr.isatty()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(journal))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="lxpyd", description="lxpy's system-container daemon (serves the lxpy API)."
+    )
+    p.add_argument("--config", type=Path, help="settings file (default: /etc/lxpy/lxpyd.toml)")
+    p.add_argument("--root", type=Path, help="state directory (default: /var/lib/lxpy)")
+    p.add_argument("--socket", type=Path, help="API socket (default: /run/lxpy/lxpy.sock)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, help="log level (default: info)")
+    return p.parse_args(argv)
+
+
+def _fail(err: LxpyError, status: int) -> int:
+    print(f"error: {err.message}", file=sys.stderr)
+    if err.hint:
+        print(f"hint: {err.hint}", file=sys.stderr)
+    return status
+
+
+def take_root_lock(root: Path) -> int:
+    """Lock `root` for this process's lifetime; the fd holds the lock.
+
+    Raises:
+        Busy: another lxpyd holds it (naming its pid).
+    """
+    root.mkdir(parents=True, exist_ok=True, mode=0o711)
+    path = root / "lxpyd.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise Busy(
+            f"another lxpyd is already running for {root} (pid {pid})",
+            hint="stop it first, or use another --root",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _socket_in_use(path: Path) -> bool:
+    s = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    try:
+        s.settimeout(1)
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _prepare_socket_path(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    if path.exists() or path.is_symlink():
+        # Our root lock is held, but another root's daemon may use this path.
+        if _socket_in_use(path):
+            raise Busy(
+                f"socket {path} is in use by another daemon",
+                hint="stop it, or use another --socket",
+            )
+        path.unlink()
+
+
+def _secure_and_publish(tmp: Path, path: Path) -> None:
+    try:
+        gid = grp.getgrnam(SOCKET_GROUP).gr_gid
+    except KeyError:
+        os.chmod(tmp, 0o600)
+    else:
+        os.chown(tmp, -1, gid)
+        os.chmod(tmp, 0o660)
+    # Renamed into place only now: no client ever sees it with looser modes.
+    os.rename(tmp, path)
+
+
+async def bind_socket(path: Path) -> tuple[trio.SocketListener, int]:
+    """Listen on the unix socket `path`; returns the listener and the socket file's inode.
+
+    Raises:
+        Busy: a live daemon answers on `path`.
+    """
+    await trio.to_thread.run_sync(_prepare_socket_path, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    await trio.to_thread.run_sync(lambda: tmp.unlink(missing_ok=True))
+    sock = trio.socket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    try:
+        await sock.bind(str(tmp))
+        # Listening before the path appears: a client that sees the socket
+        # file can connect at once.
+        sock.listen(128)
+        await trio.to_thread.run_sync(_secure_and_publish, tmp, path)
+    except BaseException:
+        sock.close()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lambda: tmp.unlink(missing_ok=True))
+        raise
+    ino = (await trio.to_thread.run_sync(path.stat)).st_ino
+    return trio.SocketListener(sock), ino
+
+
+async def _watch_signals(
+    scope: trio.CancelScope, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
+        async for signum in signals:
+            log.info("stopping on %s", signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+async def run(settings: Settings, bound: list[int]) -> None:
+    """Serve until a stop signal; `bound` receives the socket file's inode."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(_watch_signals, nursery.cancel_scope)
+        # A socket held by a live daemon fails the start before the pool is
+        # opened (which can mean making a loop-file filesystem).
+        await trio.to_thread.run_sync(_prepare_socket_path, settings.socket)
+        daemon = await Daemon.open(settings, nursery)
+        router = build_router(daemon)
+        listener, ino = await bind_socket(settings.socket)
+        bound.append(ino)
+        await nursery.start(http.serve, listener, router)
+        log.info("lxpyd ready: root %s, socket %s", settings.root, settings.socket)
+
+
+def _remove_socket(path: Path, ino: int) -> None:
+    # Only our own socket: a daemon started after us may own the path now.
+    with contextlib.suppress(OSError):
+        if path.stat().st_ino == ino:
+            path.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run lxpyd; returns the exit status (0 after a clean stop)."""
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except LxpyError as e:
+        return _fail(e, 2)
+    over: dict[str, object] = {}
+    if args.root is not None:
+        over["root"] = args.root
+    if args.socket is not None:
+        over["socket"] = args.socket
+    if args.log_level is not None:
+        over["log_level"] = args.log_level
+    settings = replace(settings, **over)  # type: ignore[arg-type]
+    settings = replace(settings, root=settings.root.absolute(), socket=settings.socket.absolute())
+    setup_logging(settings.log_level)
+    try:
+        lock_fd = take_root_lock(settings.root)
+    except LxpyError as e:
+        return _fail(e, 1)
+    except OSError as e:
+        print(
+            f"error: cannot lock {settings.root}: {os.strerror(e.errno or errno.EIO)}",
+            file=sys.stderr,
+        )
+        return 1
+    bound: list[int] = []
+    try:
+        trio.run(run, settings, bound)
+    except Exception as exc:
+        err = http.leaf_error(exc)
+        if isinstance(err, LxpyError):
+            return _fail(err, 1)
+        if isinstance(err, OSError):
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        if bound:
+            _remove_socket(settings.socket, bound[0])
+        os.close(lock_fd)
+    log.info("lxpyd stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The OpenAPI 3.1 document of lxpyd's API, built from the router's table.
+
+The schemas below describe the objects of docs/api.md; the paths come from
+the routes themselves, so the document lists exactly what is served.
+"""
+
+from __future__ import annotations
+
+import re
+
+from lxpy import __version__
+from lxpy.daemon.http import JSON_TYPE, NDJSON_TYPE, Router
+from lxpy.errors import (
+    AlreadyExists,
+    Busy,
+    Cancelled,
+    InvalidArgument,
+    LxpyError,
+    NotFound,
+    Unsupported,
+)
+
+Schema = dict[str, object]
+
+
+def ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def array(items: Schema) -> Schema:
+    return {"type": "array", "items": items}
+
+
+def _obj(props: dict[str, Schema], required: tuple[str, ...] = (), **extra: object) -> Schema:
+    return {"type": "object", "properties": props, "required": list(required), **extra}
+
+
+STR: Schema = {"type": "string"}
+NULL_STR: Schema = {"type": ["string", "null"]}
+EMPTY: Schema = _obj({}, additionalProperties=False)
+NAME: Schema = {"type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"}
+
+BUILD_BODY = _obj({"force": {"type": "boolean", "default": False}})
+CREATE_BODY = _obj(
+    {
+        "name": NAME,
+        "template": NAME,
+        "config": {"type": "object", "additionalProperties": True},
+    },
+    ("name", "template"),
+)
+CONFIG_BODY = _obj({"set": {"type": "object", "additionalProperties": True}, "unset": array(STR)})
+NAME_BODY = _obj({"name": NAME}, ("name",))
+SNAPSHOT_BODY = _obj({"name": NAME})
+
+ERROR_CODES = [
+    cls.code
+    for cls in (InvalidArgument, NotFound, AlreadyExists, Busy, Cancelled, LxpyError, Unsupported)
+]
+
+SCHEMAS: dict[str, Schema] = {
+    "ErrorDetail": _obj(
+        {"code": {"type": "string", "enum": ERROR_CODES}, "message": STR, "hint": NULL_STR},
+        ("code", "message", "hint"),
+    ),
+    "Error": _obj({"error": ref("ErrorDetail")}, ("error",)),
+    "Info": _obj(
+        {
+            "api_version": STR,
+            "version": STR,
+            "root": STR,
+            "storage": _obj(
+                {"backend": STR, "path": STR, "instant_snapshot": {"type": "boolean"}},
+                ("backend", "path", "instant_snapshot"),
+            ),
+            "pid": {"type": "integer"},
+        },
+        ("api_version", "version", "root", "storage", "pid"),
+    ),
+    "Template": _obj(
+        {
+            "name": STR,
+            "description": STR,
+            "kind": {"type": "string", "enum": ["busybox", "debootstrap", "tarball"]},
+            "file": STR,
+            "built": {"type": "boolean"},
+            "stale": {"type": "boolean"},
+            "digest": STR,
+            "built_digest": NULL_STR,
+            "built_at": NULL_STR,
+            "build_seconds": {"type": ["number", "null"]},
+        },
+        ("name", "kind", "built", "stale", "digest"),
+    ),
+    "Container": _obj(
+        {
+            "name": STR,
+            "template": STR,
+            "state": {
+                "type": "string",
+                "enum": ["STOPPED", "STARTING", "RUNNING", "STOPPING", "FROZEN", "ERROR"],
+            },
+            "created_at": STR,
+            "config": {"type": "object", "additionalProperties": True},
+            "snapshots": array(STR),
+            "path": STR,
+            "error": {
+                "type": ["string", "null"],
+                "description": "why the container is in ERROR (e.g. a broken record file)",
+            },
+        },
+        ("name", "template", "state", "created_at", "config", "snapshots", "path"),
+    ),
+    "Snapshot": _obj({"name": STR, "created_at": STR}, ("name", "created_at")),
+    "Operation": _obj(
+        {
+            "id": STR,
+            "kind": STR,
+            "resource": STR,
+            "status": {"type": "string", "enum": ["running", "success", "failure", "cancelled"]},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "stage": STR,
+            "created_at": STR,
+            "finished_at": NULL_STR,
+            "error": {"oneOf": [{"type": "null"}, ref("ErrorDetail")]},
+        },
+        ("id", "kind", "resource", "status", "progress", "stage", "created_at"),
+    ),
+    "OperationStreamItem": {
+        "oneOf": [
+            _obj({"log": STR}, ("log",)),
+            _obj({"progress": {"type": "number"}, "stage": STR}, ("progress", "stage")),
+            _obj({"operation": ref("Operation")}, ("operation",)),
+        ]
+    },
+    "Event": {
+        "oneOf": [
+            _obj(
+                {
+                    "type": {"const": "lifecycle"},
+                    "timestamp": STR,
+                    "action": STR,
+                    "resource": STR,
+                    "data": {"type": "object"},
+                },
+                ("type", "timestamp", "action", "resource", "data"),
+            ),
+            _obj(
+                {"type": {"const": "operation"}, "timestamp": STR, "operation": ref("Operation")},
+                ("type", "timestamp", "operation"),
+            ),
+        ]
+    },
+}
+
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    400: "Invalid argument",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Already exists or busy",
+    499: "Cancelled",
+    500: "Internal error",
+}
+
+
+def _error_response(status: int) -> Schema:
+    return {"description": _REASONS[status], "content": {JSON_TYPE: {"schema": ref("Error")}}}
+
+
+def document(router: Router) -> dict[str, object]:
+    """The OpenAPI 3.1 document for every route of `router`."""
+    paths: dict[str, dict[str, object]] = {}
+    for route in router.routes:
+        op: dict[str, object] = {
+            "summary": route.summary,
+            "operationId": _operation_id(route.method, route.pattern),
+        }
+        params: list[Schema] = [
+            {"name": n, "in": "path", "required": True, "schema": STR}
+            for n in re.findall(r"\{(\w+)\}", route.pattern)
+        ]
+        params += [
+            {"name": n, "in": "query", "required": False, "description": doc, "schema": STR}
+            for n, doc in route.query
+        ]
+        if params:
+            op["parameters"] = params
+        if route.body is not None:
+            op["requestBody"] = {
+                "required": False,
+                "content": {JSON_TYPE: {"schema": route.body}},
+            }
+        media = NDJSON_TYPE if route.stream else JSON_TYPE
+        ok: Schema = {"description": _REASONS[route.status]}
+        if route.response is not None:
+            ok["content"] = {media: {"schema": route.response}}
+        responses: dict[str, object] = {str(route.status): ok}
+        for status in (400, 404, 405, 409, 500):
+            responses[str(status)] = _error_response(status)
+        if route.pattern.startswith("/1.0/operations") or route.pattern.endswith("/build"):
+            responses["499"] = _error_response(499)
+        op["responses"] = responses
+        paths.setdefault(route.pattern, {})[route.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "lxpyd API",
+            "version": __version__,
+            "description": "lxpy's system-container daemon, HTTP/1.1 + JSON on a unix socket.",
+        },
+        "servers": [{"url": "http://lxpyd"}],
+        "paths": paths,
+        "components": {"schemas": SCHEMAS},
+    }
+
+
+def _operation_id(method: str, pattern: str) -> str:
+    words = [w.strip("{}") for w in pattern.split("/")[2:] if w]
+    return method.lower() + "".join(w.replace(".", "_").replace("-", "_").title() for w in words)

@@ -1,0 +1,300 @@
+"""The API's route table (docs/api.md): HTTP requests to service calls.
+
+The table carries the summary and the body and answer schemas of each route,
+so GET /1.0/openapi.json is built from the same table that serves requests.
+"""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+
+import trio
+
+from lxpy.daemon import openapi
+from lxpy.daemon.containers import Containers
+from lxpy.daemon.events import EVENT_TYPES
+from lxpy.daemon.http import Request, Router, Send, Stream
+from lxpy.daemon.service import Daemon
+from lxpy.daemon.templates import Templates
+from lxpy.errors import InvalidArgument
+
+S = openapi.ref
+
+
+def _timeout(req: Request) -> float | None:
+    raw = req.query.get("timeout")
+    if raw is None or raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidArgument(f"timeout: expected seconds, got {raw!r}") from None
+    if value < 0:
+        raise InvalidArgument(f"timeout: must not be negative, got {raw!r}")
+    return value
+
+
+def build_router(d: Daemon) -> Router:
+    """Every endpoint of API 1.0, bound to daemon `d`."""
+    r = Router()
+    templates = Templates(d)
+    containers = Containers(d, templates)
+    ops = d.ops
+
+    # -- server -------------------------------------------------------------
+    async def info(req: Request) -> object:
+        return await d.info()
+
+    async def spec(req: Request) -> object:
+        return openapi.document(r)
+
+    r.add("GET", "/1.0", info, "Server information", response=S("Info"))
+    r.add("GET", "/1.0/openapi.json", spec, "This OpenAPI document", response={"type": "object"})
+
+    # -- templates ----------------------------------------------------------
+    async def list_templates(req: Request) -> object:
+        return await templates.list_all()
+
+    async def get_template(req: Request) -> object:
+        return await templates.get(req.params["name"])
+
+    async def build_template(req: Request) -> object:
+        body = req.json()
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise InvalidArgument(f"'force' must be true or false, got {force!r}")
+        op = await templates.start_build(req.params["name"], force)
+        return op.to_json()
+
+    async def delete_template(req: Request) -> object:
+        await templates.delete(req.params["name"])
+        return {}
+
+    r.add(
+        "GET",
+        "/1.0/templates",
+        list_templates,
+        "List templates",
+        response=openapi.array(S("Template")),
+    )
+    r.add("GET", "/1.0/templates/{name}", get_template, "Show a template", response=S("Template"))
+    r.add(
+        "POST",
+        "/1.0/templates/{name}/build",
+        build_template,
+        "Build a template (cached unless its definition changed or force)",
+        status=202,
+        body=openapi.BUILD_BODY,
+        response=S("Operation"),
+    )
+    r.add(
+        "DELETE",
+        "/1.0/templates/{name}",
+        delete_template,
+        "Delete a built template",
+        response=openapi.EMPTY,
+    )
+
+    # -- containers ---------------------------------------------------------
+    async def list_containers(req: Request) -> object:
+        return await containers.list_all()
+
+    async def create_container(req: Request) -> object:
+        return await containers.create(req.json())
+
+    async def get_container(req: Request) -> object:
+        return await containers.get(req.params["name"])
+
+    async def delete_container(req: Request) -> object:
+        return await containers.delete(req.params["name"], req.flag("force"))
+
+    async def patch_config(req: Request) -> object:
+        return await containers.update_config(req.params["name"], req.json())
+
+    async def rename(req: Request) -> object:
+        return await containers.rename(req.params["name"], req.json())
+
+    async def copy(req: Request) -> object:
+        return await containers.copy(req.params["name"], req.json())
+
+    C = "/1.0/containers/{name}"
+    r.add(
+        "GET",
+        "/1.0/containers",
+        list_containers,
+        "List containers",
+        response=openapi.array(S("Container")),
+    )
+    r.add(
+        "POST",
+        "/1.0/containers",
+        create_container,
+        "Create a container (building its template first if needed)",
+        status=201,
+        body=openapi.CREATE_BODY,
+        response=S("Container"),
+    )
+    r.add("GET", C, get_container, "Show a container", response=S("Container"))
+    r.add(
+        "DELETE",
+        C,
+        delete_container,
+        "Delete a container with its snapshots",
+        query=(("force", "1 to delete a running container"),),
+        response=openapi.EMPTY,
+    )
+    r.add(
+        "PATCH",
+        C + "/config",
+        patch_config,
+        "Set and unset config keys",
+        body=openapi.CONFIG_BODY,
+        response=S("Container"),
+    )
+    r.add(
+        "POST",
+        C + "/rename",
+        rename,
+        "Rename a stopped container",
+        body=openapi.NAME_BODY,
+        response=S("Container"),
+    )
+    r.add(
+        "POST",
+        C + "/copy",
+        copy,
+        "Copy a container (without its snapshots)",
+        status=201,
+        body=openapi.NAME_BODY,
+        response=S("Container"),
+    )
+
+    # -- snapshots ----------------------------------------------------------
+    async def list_snapshots(req: Request) -> object:
+        return await containers.snapshots(req.params["name"])
+
+    async def create_snapshot(req: Request) -> object:
+        return await containers.create_snapshot(req.params["name"], req.json())
+
+    async def restore(req: Request) -> object:
+        return await containers.restore(req.params["name"], req.params["snap"])
+
+    async def delete_snapshot(req: Request) -> object:
+        return await containers.delete_snapshot(req.params["name"], req.params["snap"])
+
+    r.add(
+        "GET",
+        C + "/snapshots",
+        list_snapshots,
+        "List a container's snapshots",
+        response=openapi.array(S("Snapshot")),
+    )
+    r.add(
+        "POST",
+        C + "/snapshots",
+        create_snapshot,
+        "Snapshot a container",
+        status=201,
+        body=openapi.SNAPSHOT_BODY,
+        response=S("Snapshot"),
+    )
+    r.add(
+        "POST",
+        C + "/snapshots/{snap}/restore",
+        restore,
+        "Restore a stopped container to a snapshot",
+        response=S("Container"),
+    )
+    r.add(
+        "DELETE",
+        C + "/snapshots/{snap}",
+        delete_snapshot,
+        "Delete a snapshot",
+        response=openapi.EMPTY,
+    )
+
+    # -- operations ---------------------------------------------------------
+    async def list_ops(req: Request) -> object:
+        return [op.to_json() for op in ops.list()]
+
+    async def get_op(req: Request) -> object:
+        return ops.get(req.params["id"]).to_json()
+
+    async def wait_op(req: Request) -> object:
+        op = ops.get(req.params["id"])
+        timeout = _timeout(req)
+        with trio.move_on_after(float("inf") if timeout is None else timeout):
+            await op.done.wait()
+        return op.to_json()
+
+    async def stream_op(req: Request) -> object:
+        op = ops.get(req.params["id"])
+
+        async def produce(send: Send) -> None:
+            async with aclosing(op.follow()) as items:
+                async for item in items:
+                    await send(item)
+
+        return Stream(produce)
+
+    async def cancel_op(req: Request) -> object:
+        ops.cancel(req.params["id"])
+        return {}
+
+    O = "/1.0/operations/{id}"  # noqa: E741
+    r.add(
+        "GET",
+        "/1.0/operations",
+        list_ops,
+        "List recent and running operations",
+        response=openapi.array(S("Operation")),
+    )
+    r.add("GET", O, get_op, "Show an operation", response=S("Operation"))
+    r.add(
+        "GET",
+        O + "/wait",
+        wait_op,
+        "Wait until an operation ends (or the timeout)",
+        query=(("timeout", "seconds to wait at most"),),
+        response=S("Operation"),
+    )
+    r.add(
+        "GET",
+        O + "/stream",
+        stream_op,
+        "Follow an operation: its log so far and new lines, progress, then the operation",
+        stream=True,
+        response=S("OperationStreamItem"),
+    )
+    r.add("DELETE", O, cancel_op, "Cancel an operation", response=openapi.EMPTY)
+
+    # -- events -------------------------------------------------------------
+    async def events(req: Request) -> object:
+        raw = req.query.get("type", "")
+        types = [t for t in raw.split(",") if t] or list(EVENT_TYPES)
+        for t in types:
+            if t not in EVENT_TYPES:
+                raise InvalidArgument(
+                    f"unknown event type {t!r}", hint="types: " + ", ".join(EVENT_TYPES)
+                )
+
+        # Subscribed before the answer starts: a client that sees the headers
+        # and then acts sees the events of what it did.
+        sub = d.bus.subscribe(types)
+
+        async def produce(send: Send) -> None:
+            async for event in sub.channel:
+                await send(event)
+
+        return Stream(produce, sub.close)
+
+    r.add(
+        "GET",
+        "/1.0/events",
+        events,
+        "Follow the event stream",
+        query=(("type", "comma-separated event types: lifecycle, operation"),),
+        stream=True,
+        response=S("Event"),
+    )
+    return r

@@ -1,0 +1,163 @@
+"""The Daemon object: settings, storage, registry, operations, events and the
+in-memory state of every container, shared by the template and container
+services.
+
+Nothing here blocks the event loop: storage calls run in worker threads under
+the storage limiter, file reads and writes under the file limiter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import TypeVar
+
+import trio
+
+from lxpy import __version__
+from lxpy.daemon.events import EventBus
+from lxpy.daemon.operations import Operations
+from lxpy.daemon.registry import Registry
+from lxpy.errors import AlreadyExists, InvalidArgument, NotFound
+from lxpy.model.config import Container
+from lxpy.model.settings import Settings
+from lxpy.model.state import State
+from lxpy.storage.base import Backend
+from lxpy.storage.pool import open_pool, pool_info
+
+log = logging.getLogger("lxpyd")
+
+T = TypeVar("T")
+
+
+class Daemon:
+    """lxpyd's shared state. Build it with `await Daemon.open(...)`."""
+
+    def __init__(
+        self, settings: Settings, backend: Backend, registry: Registry, nursery: trio.Nursery
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.registry = registry
+        self.bus = EventBus()
+        self.ops = Operations(nursery, self.bus)
+        # btrfs ioctls are short but hold the GIL; a dir-backend copy is long.
+        # Two lets a long copy not stall every other storage call.
+        self.storage_limiter = trio.CapacityLimiter(2)
+        self.file_limiter = trio.CapacityLimiter(4)
+        self.records: dict[str, Container] = {}
+        # Containers whose record file could not be read: name -> reason.
+        self.broken: dict[str, str] = {}
+        self.states: dict[str, State] = {}
+        self._locks: dict[str, trio.Lock] = {}
+        # Names being created, copied or renamed to: not in `records` yet,
+        # but taken.
+        self.reserved: set[str] = set()
+
+    @classmethod
+    async def open(cls, settings: Settings, nursery: trio.Nursery) -> Daemon:
+        """Open the storage pool and load the registry.
+
+        Raises:
+            LxpyError: the pool cannot be opened or made.
+        """
+        registry = Registry(settings.root)
+        await trio.to_thread.run_sync(registry.prepare)
+        backend = await trio.to_thread.run_sync(open_pool, settings)
+        d = cls(settings, backend, registry, nursery)
+        d.records, d.broken = await d.files(registry.load_all)
+        for name in d.records:
+            d.states[name] = State.STOPPED
+        for name in d.broken:
+            d.states[name] = State.ERROR
+        log.info(
+            "storage: %s pool at %s; %d containers (%d broken records)",
+            backend.name,
+            backend.path,
+            len(d.states),
+            len(d.broken),
+        )
+        return d
+
+    async def storage(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a blocking storage call in a worker thread."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.storage_limiter)
+
+    async def files(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a blocking file call in a worker thread."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.file_limiter)
+
+    def lock(self, name: str) -> trio.Lock:
+        """The lock that serializes requests on container `name`."""
+        return self._locks.setdefault(name, trio.Lock())
+
+    def forget(self, name: str) -> None:
+        """Drop everything held in memory about container `name`."""
+        self.records.pop(name, None)
+        self.broken.pop(name, None)
+        self.states.pop(name, None)
+        self._locks.pop(name, None)
+
+    def known(self, name: str) -> bool:
+        return name in self.records or name in self.broken
+
+    def require(self, name: str) -> Container:
+        """The record of container `name`.
+
+        Raises:
+            NotFound: no such container.
+            LxpyError: its record file is broken (with the reason).
+        """
+        if name in self.broken:
+            raise InvalidArgument(
+                f"container {name!r} has a broken record: {self.broken[name]}",
+                hint=f"fix {self.registry.record_path(name)} and restart lxpyd, "
+                "or delete the container",
+            )
+        try:
+            return self.records[name]
+        except KeyError:
+            raise NotFound(
+                f"container {name!r} not found",
+                hint="known containers: " + (", ".join(sorted(self.states)) or "none"),
+            ) from None
+
+    def reserve(self, name: str) -> None:
+        """Claim `name` for a container being made.
+
+        Raises:
+            AlreadyExists: a container has it, or is being made with it.
+        """
+        if self.known(name) or name in self.reserved:
+            raise AlreadyExists(
+                f"container {name!r} already exists", hint="pick another name or delete it first"
+            )
+        self.reserved.add(name)
+
+    def set_state(self, name: str, new: State) -> None:
+        old = self.states.get(name)
+        self.states[name] = new
+        if old is not None and old != new:
+            self.bus.lifecycle(
+                "container-state", f"containers/{name}", {"old": str(old), "new": str(new)}
+            )
+
+    async def info(self) -> dict[str, object]:
+        """GET /1.0."""
+        storage: dict[str, object] = {
+            "backend": self.backend.name,
+            "path": str(self.backend.path),
+            "instant_snapshot": self.backend.caps.instant_snapshot,
+        }
+        try:
+            storage.update(await self.storage(pool_info, self.backend))
+        except Exception as e:
+            log.warning("cannot read pool info: %s", e)
+        return {
+            "api_version": "1.0",
+            "version": __version__,
+            "root": str(self.settings.root),
+            "storage": storage,
+            "pid": os.getpid(),
+        }
