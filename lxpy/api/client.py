@@ -1,0 +1,432 @@
+"""Synchronous client of lxpyd's HTTP/JSON API (docs/api.md) for the CLI.
+
+It speaks just enough HTTP/1.1 over a unix socket with the stdlib `socket`
+module: one connection per request (`Connection: close`), bodies framed by
+Content-Length, chunked transfer coding or the end of the connection.
+http.client is not used because its import alone costs about 25 ms, and
+`lxpy list` must start, ask and print in well under 150 ms.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+
+from lxpy.errors import DaemonUnavailable, InvalidArgument, LxpyError, from_json
+
+# typing costs import time the CLI does not need at run time: the
+# annotations are strings (see the __future__ import) that only mypy reads.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping
+    from typing import Any, BinaryIO
+
+# Same default as lxpy.model.settings.DEFAULT_SOCKET, spelled out here so the
+# CLI does not import the daemon-side settings parser (and tomllib) to start.
+DEFAULT_SOCKET = "/run/lxpy/lxpy.sock"
+SOCKET_ENV = "LXPY_SOCKET"
+
+START_HINT = (
+    "start it with `lxpyd` (or `systemctl start lxpy`), "
+    "or point --socket/LXPY_SOCKET at a running daemon"
+)
+PERMISSION_HINT = (
+    "add your user to the `lxpy` group (`adduser $USER lxpy`, then log in again), or run as root"
+)
+
+# Bounds on what the daemon may send in a status line and headers, so a
+# confused peer cannot make the client buffer without end.
+_MAX_LINE = 65536
+_MAX_HEADERS = 100
+# RFC 3986 unreserved characters minus '.', so that a name such as '..'
+# reaches the daemon as a name to reject, never as a path step.
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_~")
+
+
+def resolve_socket(path: str | os.PathLike[str] | None = None) -> str:
+    """The socket to use: `path`, else $LXPY_SOCKET, else the default."""
+    if path:
+        return os.fspath(path)
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def quote(segment: str, what: str = "name") -> str:
+    """Percent-encode one path segment.
+
+    Raises:
+        InvalidArgument: for an empty segment, which would change the path's meaning.
+    """
+    if not segment:
+        raise InvalidArgument(f"{what} must not be empty")
+    return "".join(
+        chr(b) if b in _SAFE else f"%{b:02X}" for b in segment.encode("utf-8", "surrogateescape")
+    )
+
+
+def _query_string(query: Mapping[str, object] | None) -> str:
+    if not query:
+        return ""
+    parts = []
+    for key, value in query.items():
+        if value is None or value is False:
+            continue
+        text = "1" if value is True else str(value)
+        parts.append(f"{quote(key)}={quote(text) if text else ''}")
+    return "?" + "&".join(parts) if parts else ""
+
+
+class Response:
+    """A response whose body is read as it arrives."""
+
+    def __init__(self, sock: socket.socket, rfile: BinaryIO, where: str) -> None:
+        self._sock = sock
+        self._rfile = rfile
+        self._where = where
+        self.status = 0
+        self.reason = ""
+        self.headers: dict[str, str] = {}
+        self._read_head()
+
+    def _lost(self, what: str) -> DaemonUnavailable:
+        return DaemonUnavailable(
+            f"lost connection to lxpyd at {self._where}: {what}",
+            hint="the daemon may have stopped; check its log (`journalctl -u lxpy`)",
+        )
+
+    def _line(self) -> bytes:
+        try:
+            line = self._rfile.readline(_MAX_LINE + 1)
+        except OSError as e:
+            raise self._lost(e.strerror or str(e)) from None
+        if len(line) > _MAX_LINE:
+            raise self._lost("header line too long")
+        return line
+
+    def _read_head(self) -> None:
+        line = self._line()
+        if not line:
+            raise self._lost("no answer")
+        parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise self._lost(f"not an HTTP answer: {line[:80]!r}")
+        self.status = int(parts[1])
+        self.reason = parts[2] if len(parts) > 2 else ""
+        for _ in range(_MAX_HEADERS):
+            line = self._line()
+            if line in (b"\r\n", b"\n"):
+                return
+            if not line:
+                raise self._lost("connection closed inside the headers")
+            name, sep, value = line.decode("latin-1").partition(":")
+            if not sep:
+                raise self._lost(f"malformed header {line[:80]!r}")
+            self.headers[name.strip().lower()] = value.strip()
+        raise self._lost("too many headers")
+
+    def chunks(self) -> Iterator[bytes]:
+        """The body in pieces as they arrive, whatever its framing."""
+        try:
+            if "chunked" in self.headers.get("transfer-encoding", "").lower():
+                yield from self._chunked()
+            elif "content-length" in self.headers:
+                try:
+                    left = int(self.headers["content-length"])
+                except ValueError:
+                    raise self._lost("bad Content-Length") from None
+                while left > 0:
+                    data = self._rfile.read1(min(left, 65536))  # type: ignore[attr-defined]
+                    if not data:
+                        raise self._lost("body shorter than its Content-Length")
+                    left -= len(data)
+                    yield data
+            else:
+                # HTTP/1.0 style: the body ends with the connection.
+                while data := self._rfile.read1(65536):  # type: ignore[attr-defined]
+                    yield data
+        except OSError as e:
+            raise self._lost(e.strerror or str(e)) from None
+
+    def _chunked(self) -> Iterator[bytes]:
+        while True:
+            line = self._line()
+            if not line:
+                raise self._lost("connection closed inside a chunked body")
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise self._lost(f"bad chunk size line {line[:80]!r}") from None
+            if size == 0:
+                # Trailers (ignored) up to the blank line ending the body.
+                while self._line() not in (b"\r\n", b"\n", b""):
+                    pass
+                return
+            data = self._rfile.read(size)
+            if len(data) < size:
+                raise self._lost("connection closed inside a chunk")
+            self._line()  # the CRLF after the chunk data
+            yield data
+
+    def read(self) -> bytes:
+        """The whole body."""
+        return b"".join(self.chunks())
+
+    def json(self) -> Any:
+        """The body parsed as JSON (None for an empty body)."""
+        body = self.read()
+        if not body.strip():
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise LxpyError(
+                f"lxpyd at {self._where} sent a body that is not JSON: {body[:80]!r}"
+            ) from None
+
+    def error(self) -> LxpyError:
+        """The error this (4xx/5xx) response carries."""
+        try:
+            data = self.json()
+        except LxpyError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            return from_json(data["error"])
+        return LxpyError(f"lxpyd answered {self.status} {self.reason}".rstrip())
+
+    def close(self) -> None:
+        self._rfile.close()
+        self._sock.close()
+
+
+class Client:
+    """A connection-per-request client of lxpyd.
+
+    Args:
+        socket_path: the daemon's socket; None for $LXPY_SOCKET or the default.
+        timeout: seconds to wait for the daemon on each request; None waits
+            as long as it takes (a create may wait for a template build).
+    """
+
+    def __init__(
+        self, socket_path: str | os.PathLike[str] | None = None, timeout: float | None = None
+    ) -> None:
+        self.socket_path = resolve_socket(socket_path)
+        self.timeout = timeout
+
+    # -- transport ---------------------------------------------------------
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # A live daemon accepts at once; only the answer may take long.
+        sock.settimeout(10 if self.timeout is None else self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError as e:
+            sock.close()
+            reason = e.strerror or str(e)
+            msg = f"cannot reach lxpyd at {self.socket_path}: {reason}"
+            if e.errno in (errno.EACCES, errno.EPERM):
+                raise DaemonUnavailable(msg, hint=PERMISSION_HINT) from None
+            raise DaemonUnavailable(msg, hint=START_HINT) from None
+        sock.settimeout(self.timeout)
+        return sock
+
+    def open(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        query: Mapping[str, object] | None = None,
+    ) -> Response:
+        """Send one request and return the response once its head is read.
+
+        The caller reads the body and closes the response.
+
+        Raises:
+            DaemonUnavailable: when the daemon cannot be reached or hangs up.
+        """
+        target = path + _query_string(query)
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = [
+            f"{method} {target} HTTP/1.1",
+            "Host: lxpyd",
+            "Connection: close",
+            "Accept: application/json",
+        ]
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            head += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+        sock = self._connect()
+        try:
+            sock.sendall(data)
+            return Response(sock, sock.makefile("rb"), self.socket_path)
+        except TimeoutError:
+            sock.close()
+            raise DaemonUnavailable(
+                f"lxpyd at {self.socket_path} did not answer within {self.timeout} s"
+            ) from None
+        except OSError as e:
+            sock.close()
+            raise DaemonUnavailable(
+                f"lost connection to lxpyd at {self.socket_path}: {e.strerror or e}",
+                hint="the daemon may have stopped; check its log (`journalctl -u lxpy`)",
+            ) from None
+        except BaseException:
+            sock.close()
+            raise
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        query: Mapping[str, object] | None = None,
+    ) -> Any:
+        """One API call: the parsed JSON answer.
+
+        Args:
+            method: HTTP method.
+            path: absolute path under /1.0 (segments already quoted).
+            body: JSON-able request body, or None.
+            query: query parameters; True is sent as 1, None/False are left out.
+
+        Raises:
+            LxpyError: the subclass the daemon's error code names.
+            DaemonUnavailable: when the daemon cannot be reached.
+        """
+        resp = self.open(method, path, body, query)
+        try:
+            if resp.status >= 400:
+                raise resp.error()
+            return resp.json()
+        finally:
+            resp.close()
+
+    def stream(self, path: str, query: Mapping[str, object] | None = None) -> Iterator[Any]:
+        """The JSON objects of an NDJSON stream, each as soon as its line arrives.
+
+        The connection closes when the iterator is exhausted or closed.
+
+        Raises:
+            LxpyError: for an error answer or a line that is not JSON.
+            DaemonUnavailable: when the daemon cannot be reached.
+        """
+        resp = self.open("GET", path, None, query)
+        try:
+            if resp.status >= 400:
+                raise resp.error()
+            pending = b""
+            for chunk in resp.chunks():
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield self._decode_line(line)
+            if pending.strip():
+                yield self._decode_line(pending)
+        finally:
+            resp.close()
+
+    def _decode_line(self, line: bytes) -> Any:
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise LxpyError(
+                f"lxpyd at {self.socket_path} sent a stream line that is not JSON: {line[:80]!r}"
+            ) from None
+
+    # -- endpoints (docs/api.md) ---------------------------------------------
+
+    def server_info(self) -> dict[str, Any]:
+        return self.request("GET", "/1.0")  # type: ignore[no-any-return]
+
+    def templates(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/1.0/templates")  # type: ignore[no-any-return]
+
+    def template(self, name: str) -> dict[str, Any]:
+        return self.request("GET", f"/1.0/templates/{quote(name, 'template name')}")  # type: ignore[no-any-return]
+
+    def build_template(self, name: str, force: bool = False) -> dict[str, Any]:
+        """Start a template build: the operation (already `success` when cached)."""
+        path = f"/1.0/templates/{quote(name, 'template name')}/build"
+        return self.request("POST", path, {"force": force})  # type: ignore[no-any-return]
+
+    def delete_template(self, name: str) -> None:
+        self.request("DELETE", f"/1.0/templates/{quote(name, 'template name')}")
+
+    def containers(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/1.0/containers")  # type: ignore[no-any-return]
+
+    def container(self, name: str) -> dict[str, Any]:
+        return self.request("GET", _ct(name))  # type: ignore[no-any-return]
+
+    def create_container(
+        self, name: str, template: str, config: Mapping[str, object] | None = None
+    ) -> dict[str, Any]:
+        body = {"name": name, "template": template, "config": dict(config or {})}
+        return self.request("POST", "/1.0/containers", body)  # type: ignore[no-any-return]
+
+    def delete_container(self, name: str, force: bool = False) -> None:
+        self.request("DELETE", _ct(name), query={"force": force})
+
+    def update_config(
+        self,
+        name: str,
+        set_: Mapping[str, object] | None = None,
+        unset: list[str] | None = None,
+    ) -> dict[str, Any]:
+        body = {"set": dict(set_ or {}), "unset": list(unset or [])}
+        return self.request("PATCH", _ct(name) + "/config", body)  # type: ignore[no-any-return]
+
+    def rename_container(self, name: str, new: str) -> dict[str, Any]:
+        return self.request("POST", _ct(name) + "/rename", {"name": new})  # type: ignore[no-any-return]
+
+    def copy_container(self, source: str, dest: str) -> dict[str, Any]:
+        return self.request("POST", _ct(source) + "/copy", {"name": dest})  # type: ignore[no-any-return]
+
+    def snapshots(self, name: str) -> list[dict[str, Any]]:
+        return self.request("GET", _ct(name) + "/snapshots")  # type: ignore[no-any-return]
+
+    def create_snapshot(self, name: str, snapshot: str | None = None) -> dict[str, Any]:
+        body = {} if snapshot is None else {"name": snapshot}
+        return self.request("POST", _ct(name) + "/snapshots", body)  # type: ignore[no-any-return]
+
+    def restore_snapshot(self, name: str, snapshot: str) -> dict[str, Any]:
+        return self.request("POST", _snap(name, snapshot) + "/restore")  # type: ignore[no-any-return]
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        self.request("DELETE", _snap(name, snapshot))
+
+    def operations(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/1.0/operations")  # type: ignore[no-any-return]
+
+    def operation(self, op_id: str) -> dict[str, Any]:
+        return self.request("GET", _op(op_id))  # type: ignore[no-any-return]
+
+    def wait_operation(self, op_id: str, timeout: float | None = None) -> dict[str, Any]:
+        query = None if timeout is None else {"timeout": timeout}
+        return self.request("GET", _op(op_id) + "/wait", query=query)  # type: ignore[no-any-return]
+
+    def operation_stream(self, op_id: str) -> Iterator[dict[str, Any]]:
+        """`{"log": ...}`, `{"progress": ..., "stage": ...}`, then `{"operation": ...}`."""
+        return self.stream(_op(op_id) + "/stream")
+
+    def cancel_operation(self, op_id: str) -> None:
+        self.request("DELETE", _op(op_id))
+
+    def events(self, types: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        query = {"type": ",".join(types)} if types else None
+        return self.stream("/1.0/events", query)
+
+
+def _ct(name: str) -> str:
+    return "/1.0/containers/" + quote(name, "container name")
+
+
+def _snap(name: str, snapshot: str) -> str:
+    return f"{_ct(name)}/snapshots/{quote(snapshot, 'snapshot name')}"
+
+
+def _op(op_id: str) -> str:
+    return "/1.0/operations/" + quote(op_id, "operation id")

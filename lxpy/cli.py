@@ -1,0 +1,570 @@
+"""The `lxpy` command: parse the command line, call lxpyd, print the answer.
+
+A thin client: every decision is the daemon's (docs/api.md). Commands are
+rows of one table (COMMANDS, filled by the @command decorator), so adding
+one is a function and a decorator. Every failure leaves through fail():
+`error: ...` and `hint: ...` on stderr, status 1 (2 for usage errors, 130
+for Ctrl-C), never a traceback for an LxpyError.
+
+Imports are kept to the standard library's cheap modules and lxpy.api: the
+CLI starts, asks and prints within a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from lxpy import __version__
+from lxpy.api.client import Client
+from lxpy.errors import Cancelled, LxpyError, NotFound, from_json
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import Any
+
+    Handler = Callable[[Client, argparse.Namespace], int | None]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+# -- exits -------------------------------------------------------------------
+
+
+def fail(message: str, hint: str | None = None, status: int = EXIT_ERROR) -> int:
+    """Print `error: MESSAGE` (and `hint: HINT`) to stderr; return the exit status."""
+    print(f"error: {message}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+    return status
+
+
+class UsageError(Exception):
+    """A bad command line, found by argparse."""
+
+    def __init__(self, message: str, usage: str, prog: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.usage = usage
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints and exits on its own; route its errors through fail()
+    # so every error of the CLI looks the same.
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise UsageError(message, self.format_usage(), self.prog)
+
+
+# -- the command table ---------------------------------------------------------
+
+
+class Command:
+    """One row of the table: `path` is ("create",) or ("snapshot", "create")."""
+
+    __slots__ = ("path", "help", "args", "run", "formats")
+
+    def __init__(
+        self,
+        path: tuple[str, ...],
+        help: str,
+        args: tuple[tuple[tuple[str, ...], dict[str, Any]], ...],
+        run: Handler,
+        formats: bool,
+    ) -> None:
+        self.path = path
+        self.help = help
+        self.args = args
+        self.run = run
+        self.formats = formats
+
+
+COMMANDS: list[Command] = []
+
+# Help for commands that only group subcommands.
+GROUPS = {
+    "config": "show and change a container's configuration",
+    "snapshot": "create, list, restore and delete snapshots of a container",
+    "template": "list, build and delete templates",
+}
+
+
+def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """One add_argument() call, for @command."""
+    return flags, kwargs
+
+
+def command(
+    path: str, help: str, *args: tuple[tuple[str, ...], dict[str, Any]], formats: bool = False
+) -> Callable[[Handler], Handler]:
+    """Register a handler as the command `path` ("destroy", "snapshot list").
+
+    formats=True adds `--format table|json`.
+    """
+
+    def register(fn: Handler) -> Handler:
+        COMMANDS.append(Command(tuple(path.split()), help, args, fn, formats))
+        return fn
+
+    return register
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser for every command in COMMANDS."""
+    parser = _Parser(prog="lxpy", description="Manage system containers through lxpyd.")
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="lxpyd's socket (default: $LXPY_SOCKET, else /run/lxpy/lxpy.sock)",
+    )
+    parser.add_argument("--version", action="version", version=f"lxpy {__version__}")
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, Any] = {}
+    for cmd in COMMANDS:
+        where = top
+        if len(cmd.path) == 2:
+            group = cmd.path[0]
+            if group not in groups:
+                gp = top.add_parser(group, help=GROUPS[group], description=GROUPS[group])
+                groups[group] = gp.add_subparsers(
+                    dest="subcommand", metavar="SUBCOMMAND", required=True
+                )
+            where = groups[group]
+        p = where.add_parser(cmd.path[-1], help=cmd.help, description=cmd.help)
+        for flags, kwargs in cmd.args:
+            p.add_argument(*flags, **kwargs)
+        if cmd.formats:
+            p.add_argument(
+                "--format", choices=("table", "json"), default="table", help="output format"
+            )
+        p.set_defaults(run=cmd.run)
+    return parser
+
+
+# -- output ------------------------------------------------------------------------
+
+
+def print_json(data: object) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """Columns aligned to their widest cell; the last column is not padded."""
+    rows = [list(headers), *([str(c) for c in r] for r in rows)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
+    for r in rows:
+        cells = [c.ljust(w) for c, w in zip(r[:-1], widths, strict=False)]
+        print("  ".join([*cells, r[-1]]).rstrip())
+
+
+def format_value(value: object) -> str:
+    """A config value as a user would type it back into `config set`."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return " ".join(value)
+    return json.dumps(value)
+
+
+def _yes_no(value: object) -> str:
+    return "yes" if value else "no"
+
+
+# -- argument types ------------------------------------------------------------------
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """argparse type of `--set KEY=VALUE`."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+NAME = arg("name", metavar="NAME", help="container name")
+
+# -- containers ------------------------------------------------------------------
+
+
+@command(
+    "create",
+    "create a container from a template (built first if needed)",
+    NAME,
+    arg("-t", "--template", required=True, metavar="TEMPLATE", help="template name"),
+    arg(
+        "--set",
+        dest="config",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="config key to set (repeatable)",
+    ),
+    formats=True,
+)
+def cmd_create(client: Client, args: argparse.Namespace) -> None:
+    ct = client.create_container(args.name, args.template, dict(args.config))
+    if args.format == "json":
+        print_json(ct)
+    else:
+        print(f"created {ct.get('name', args.name)} from template {args.template}")
+
+
+@command("list", "list containers", formats=True)
+def cmd_list(client: Client, args: argparse.Namespace) -> None:
+    cts = client.containers()
+    if args.format == "json":
+        print_json(cts)
+        return
+    print_table(
+        ("NAME", "STATE", "TEMPLATE", "SNAPSHOTS", "CREATED"),
+        (
+            (
+                c.get("name", ""),
+                c.get("state", ""),
+                c.get("template", ""),
+                str(len(c.get("snapshots") or ())),
+                c.get("created_at", ""),
+            )
+            for c in sorted(cts, key=lambda c: str(c.get("name", "")))
+        ),
+    )
+
+
+# Fields of a container in the order `info` shows them; others follow.
+_INFO_FIELDS = ("name", "state", "template", "created_at", "path", "snapshots")
+
+
+@command("info", "show a container", NAME, formats=True)
+def cmd_info(client: Client, args: argparse.Namespace) -> None:
+    ct = client.container(args.name)
+    if args.format == "json":
+        print_json(ct)
+        return
+    # Fields the daemon adds beyond docs/api.md are shown when they say something.
+    rest = [k for k in ct if k not in _INFO_FIELDS and k != "config" and ct[k] not in (None, "")]
+    fields = [k for k in _INFO_FIELDS if k in ct] + rest
+    width = max(len(k) for k in fields) + 1 if fields else 0
+    for key in fields:
+        value = ct[key]
+        if isinstance(value, list):
+            text = ", ".join(str(v) for v in value) or "-"
+        elif value is None:
+            text = "-"
+        else:
+            text = format_value(value)
+        print(f"{(key + ':').ljust(width)} {text}")
+    config = ct.get("config") or {}
+    print("config:" + ("" if config else " -"))
+    for key in sorted(config):
+        print(f"  {key} = {format_value(config[key])}")
+
+
+@command(
+    "destroy",
+    "delete a container and its snapshots",
+    NAME,
+    arg("-f", "--force", action="store_true", help="stop it first if it runs"),
+)
+def cmd_destroy(client: Client, args: argparse.Namespace) -> None:
+    client.delete_container(args.name, force=args.force)
+    print(f"destroyed {args.name}")
+
+
+@command(
+    "rename",
+    "rename a stopped container",
+    arg("old", metavar="OLD", help="current name"),
+    arg("new", metavar="NEW", help="new name"),
+)
+def cmd_rename(client: Client, args: argparse.Namespace) -> None:
+    client.rename_container(args.old, args.new)
+    print(f"renamed {args.old} to {args.new}")
+
+
+@command(
+    "copy",
+    "copy a container (a clone, by snapshot)",
+    arg("source", metavar="SRC", help="container to copy"),
+    arg("dest", metavar="DST", help="name of the copy"),
+    formats=True,
+)
+def cmd_copy(client: Client, args: argparse.Namespace) -> None:
+    ct = client.copy_container(args.source, args.dest)
+    if args.format == "json":
+        print_json(ct)
+    else:
+        print(f"copied {args.source} to {ct.get('name', args.dest)}")
+
+
+# -- config ------------------------------------------------------------------------
+
+
+@command(
+    "config show",
+    "print a container's configuration as `key = value` lines",
+    NAME,
+    arg("key", metavar="KEY", nargs="?", help="print only this key's value"),
+    formats=True,
+)
+def cmd_config_show(client: Client, args: argparse.Namespace) -> None:
+    config = client.container(args.name).get("config") or {}
+    if args.key is not None:
+        if args.key not in config:
+            raise NotFound(
+                f"container {args.name!r} has no config key {args.key!r} set",
+                hint=f"`lxpy config show {args.name}` lists the keys that are set",
+            )
+        config = {args.key: config[args.key]}
+        if args.format != "json":
+            print(format_value(config[args.key]))
+            return
+    if args.format == "json":
+        print_json(config)
+        return
+    for key in sorted(config):
+        print(f"{key} = {format_value(config[key])}")
+
+
+@command(
+    "config set",
+    "set one configuration key",
+    NAME,
+    arg("key", metavar="KEY"),
+    arg("value", metavar="VALUE"),
+)
+def cmd_config_set(client: Client, args: argparse.Namespace) -> None:
+    client.update_config(args.name, set_={args.key: args.value})
+
+
+@command("config unset", "remove one configuration key", NAME, arg("key", metavar="KEY"))
+def cmd_config_unset(client: Client, args: argparse.Namespace) -> None:
+    client.update_config(args.name, unset=[args.key])
+
+
+# -- snapshots ---------------------------------------------------------------------
+
+
+SNAP = arg("snapshot", metavar="SNAP", help="snapshot name")
+
+
+@command(
+    "snapshot create",
+    "snapshot a container (named snap0, snap1, ... unless SNAP is given)",
+    NAME,
+    arg("snapshot", metavar="SNAP", nargs="?", help="snapshot name"),
+    formats=True,
+)
+def cmd_snapshot_create(client: Client, args: argparse.Namespace) -> None:
+    snap = client.create_snapshot(args.name, args.snapshot)
+    if args.format == "json":
+        print_json(snap)
+    else:
+        print(f"created snapshot {args.name}/{snap.get('name', args.snapshot)}")
+
+
+@command("snapshot list", "list a container's snapshots", NAME, formats=True)
+def cmd_snapshot_list(client: Client, args: argparse.Namespace) -> None:
+    snaps = client.snapshots(args.name)
+    if args.format == "json":
+        print_json(snaps)
+        return
+    print_table(("NAME", "CREATED"), ((s.get("name", ""), s.get("created_at", "")) for s in snaps))
+
+
+@command("snapshot restore", "roll a stopped container back to a snapshot", NAME, SNAP)
+def cmd_snapshot_restore(client: Client, args: argparse.Namespace) -> None:
+    client.restore_snapshot(args.name, args.snapshot)
+    print(f"restored {args.name} to snapshot {args.snapshot}")
+
+
+@command("snapshot delete", "delete a snapshot", NAME, SNAP)
+def cmd_snapshot_delete(client: Client, args: argparse.Namespace) -> None:
+    client.delete_snapshot(args.name, args.snapshot)
+    print(f"deleted snapshot {args.name}/{args.snapshot}")
+
+
+# -- templates ---------------------------------------------------------------------
+
+
+TEMPLATE = arg("name", metavar="NAME", help="template name")
+
+
+@command("template list", "list templates and whether they are built", formats=True)
+def cmd_template_list(client: Client, args: argparse.Namespace) -> None:
+    tpls = client.templates()
+    if args.format == "json":
+        print_json(tpls)
+        return
+    print_table(
+        ("NAME", "BUILT", "STALE", "DESCRIPTION"),
+        (
+            (
+                t.get("name", ""),
+                _yes_no(t.get("built")),
+                _yes_no(t.get("stale")) if t.get("built") else "-",
+                t.get("description") or "",
+            )
+            for t in sorted(tpls, key=lambda t: str(t.get("name", "")))
+        ),
+    )
+
+
+@command(
+    "template build",
+    "build a template (nothing to do when it is up to date, unless --force)",
+    TEMPLATE,
+    arg("-f", "--force", action="store_true", help="rebuild even when up to date"),
+    formats=True,
+)
+def cmd_template_build(client: Client, args: argparse.Namespace) -> int | None:
+    started = time.monotonic()
+    op = client.build_template(args.name, force=args.force)
+    if op.get("status") == "running":
+        try:
+            op = follow_operation(client, op)
+        except KeyboardInterrupt:
+            return _cancel(client, op, f"the build of template {args.name}")
+    status = op.get("status")
+    if status == "failure":
+        err = op.get("error")
+        if isinstance(err, dict):
+            raise from_json(err)
+        raise LxpyError(f"building template {args.name} failed")
+    if status == "cancelled":
+        raise Cancelled(f"the build of template {args.name} was cancelled")
+    if args.format == "json":
+        print_json(op)
+    elif op.get("stage") == "cached":
+        print(f"template {args.name} is up to date")
+    else:
+        print(f"built template {args.name} in {time.monotonic() - started:.1f} s")
+    return None
+
+
+@command("template delete", "delete a built template", TEMPLATE)
+def cmd_template_delete(client: Client, args: argparse.Namespace) -> None:
+    client.delete_template(args.name)
+    print(f"deleted template {args.name}")
+
+
+# -- operations --------------------------------------------------------------------
+
+
+class Progress:
+    """Build output on stderr: log lines as they come, and a progress line.
+
+    On a terminal the progress line is redrawn in place under the log; in
+    a pipe it is printed once per stage, so logs stay readable.
+    """
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.line = ""
+        self.stage: object = None
+
+    def _clear(self) -> None:
+        if self.tty and self.line:
+            sys.stderr.write("\r\x1b[K")
+
+    def log(self, text: str) -> None:
+        self._clear()
+        sys.stderr.write(text.rstrip("\n") + "\n")
+        if self.tty and self.line:
+            sys.stderr.write(self.line)
+        sys.stderr.flush()
+
+    def update(self, progress: object, stage: object) -> None:
+        try:
+            pct = f"{float(progress) * 100:3.0f}%"  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            pct = "  ?%"
+        text = f"[{pct}] {stage or ''}".rstrip()
+        if self.tty:
+            self._clear()
+            self.line = text
+            sys.stderr.write(text)
+        elif stage != self.stage:
+            sys.stderr.write(text + "\n")
+        self.stage = stage
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        self._clear()
+        self.line = ""
+        sys.stderr.flush()
+
+
+def follow_operation(client: Client, op: dict[str, Any]) -> dict[str, Any]:
+    """Show a running operation's log and progress; return it once it has ended."""
+    op_id = str(op["id"])
+    progress = Progress()
+    final: dict[str, Any] | None = None
+    try:
+        for msg in client.operation_stream(op_id):
+            if "log" in msg:
+                progress.log(str(msg["log"]))
+            elif "operation" in msg:
+                # The last line; the daemon ends the stream right after it,
+                # so read on to the end rather than hang up mid-response.
+                final = msg["operation"]
+            elif "progress" in msg or "stage" in msg:
+                progress.update(msg.get("progress"), msg.get("stage"))
+    finally:
+        progress.done()
+    if final is None:
+        # The stream ended without its last line (daemon restart, proxy):
+        # ask for the outcome instead.
+        final = client.wait_operation(op_id)
+    return final
+
+
+def _cancel(client: Client, op: dict[str, Any], what: str) -> int:
+    # Ctrl-C: the work runs in the daemon, so stop it there too; a fresh
+    # client bounds the wait in case the daemon is itself stuck.
+    try:
+        Client(client.socket_path, timeout=15).cancel_operation(str(op["id"]))
+    except LxpyError as e:
+        return fail(f"interrupted; could not cancel {what}: {e.message}", e.hint, EXIT_INTERRUPTED)
+    return fail(f"interrupted; cancelled {what}", status=EXIT_INTERRUPTED)
+
+
+# -- entry point -------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `lxpy` command; return its exit status."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        client = Client(args.socket)
+        status = args.run(client, args) or 0
+        # Flush here so a closed pipe is seen below, not at interpreter exit.
+        sys.stdout.flush()
+        return int(status)
+    except UsageError as e:
+        sys.stderr.write(e.usage)
+        return fail(e.message, f"see `{e.prog} --help`", EXIT_USAGE)
+    except LxpyError as e:
+        return fail(e.message, e.hint)
+    except KeyboardInterrupt:
+        return fail("interrupted", status=EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # The reader went away (`lxpy list | head`): nothing left to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
+    except SystemExit as e:
+        # --help and --version end through parser.exit().
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_ERROR)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
