@@ -1,0 +1,131 @@
+"""`lxpy list` with 100 containers: whole-command wall time, Python start-up
+included, side by side with `lxc-ls -f` over 100 LXC containers.
+
+Run as root: .venv/bin/python bench/bench_list.py [--count 100] [--runs 30]
+
+It starts its own lxpyd on a scratch root (with its own loop-file btrfs
+pool), and makes a scratch LXC path with as many stopped containers sharing
+one busybox rootfs, and removes both at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from lxpy.api.client import Client  # noqa: E402
+from tests.conftest import start_daemon, stop_daemon, unmount_all_under  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+def timed(cmd: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:
+    out = []
+    subprocess.run(cmd, check=True, capture_output=True, env=env)  # warm the page cache
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, capture_output=True, env=env)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def row(label: str, ms: list[float]) -> str:
+    ms = sorted(ms)
+    p90 = ms[int(len(ms) * 0.9) - 1] if len(ms) >= 10 else ms[-1]
+    return f"{label:<44}{len(ms):>5}{statistics.median(ms):>11.1f}{p90:>9.1f}{ms[0]:>9.1f}"
+
+
+def import_time_ms() -> float:
+    res = subprocess.run(
+        [str(BIN / "python"), "-X", "importtime", "-c", "import lxpy.cli"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    total = 0
+    for line in res.stderr.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and parts[2].strip() == "lxpy.cli":
+            total = int(parts[1])
+    return total / 1000
+
+
+def lxc_path(tmp: Path, rootfs: Path, count: int) -> Path | None:
+    if shutil.which("lxc-ls") is None:
+        return None
+    path = tmp / "lxc"
+    for i in range(count):
+        d = path / f"c{i}"
+        d.mkdir(parents=True)
+        (d / "config").write_text(
+            f"lxc.uts.name = c{i}\nlxc.rootfs.path = dir:{rootfs}\nlxc.net.0.type = empty\n"
+        )
+    return path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=100)
+    ap.add_argument("--runs", type=int, default=30)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench_list: run as root", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="lxpy-bench-list-"))
+    d = None
+    try:
+        root = tmp / "root"
+        root.mkdir()
+        d = start_daemon(
+            root, tmp / "lxpy.sock", tmp / "lxpyd.log", settings='pool_size = "2GiB"\n'
+        )
+        client = Client(str(d.socket))
+        op = client.build_template("busybox")
+        client.wait_operation(op["id"], timeout=120)
+        t0 = time.perf_counter()
+        for i in range(args.count):
+            client.create_container(f"c{i}", "busybox")
+        per_create = (time.perf_counter() - t0) * 1000 / args.count
+        env = {**os.environ, "LXPY_SOCKET": str(d.socket)}
+        lxpy = timed([str(BIN / "lxpy"), "list"], args.runs, env)
+        lxpy_json = timed([str(BIN / "lxpy"), "list", "--format", "json"], args.runs, env)
+        startup = timed([str(BIN / "python"), "-I", "-S", "-c", "pass"], args.runs)
+        lxc = None
+        lxcpath = lxc_path(tmp, Path(client.container("c0")["path"]), args.count)
+        if lxcpath is not None:
+            lxc = timed(["lxc-ls", "-f", "-P", str(lxcpath)], args.runs)
+
+        print(
+            f"{args.count} containers; lxpy.cli import {import_time_ms():.1f} ms; "
+            f"create through the API {per_create:.1f} ms each (request + snapshot)"
+        )
+        print(f"{'command':<44}{'runs':>5}{'median ms':>11}{'p90':>9}{'min':>9}")
+        print(row("lxpy list", lxpy))
+        print(row("lxpy list --format json", lxpy_json))
+        if lxc is not None:
+            print(row("lxc-ls -f (LXC 5, same count, stopped)", lxc))
+        print(row("python3 -I -S -c pass (start-up floor)", startup))
+        print(
+            f"target: lxpy list median < 150 ms: "
+            f"{'met' if statistics.median(lxpy) < 150 else 'NOT met'}"
+        )
+        return 0
+    finally:
+        if d is not None:
+            stop_daemon(d)
+        unmount_all_under(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
