@@ -150,6 +150,9 @@ class Templates:
                         mirror=d.settings.mirror,
                         cache_dir=d.settings.build_cache,
                         report=report,
+                        # A forced build means "from the source again", not
+                        # "unpack the cached tarball again".
+                        refresh_cache=force,
                     )
                 except BaseException:
                     with trio.CancelScope(shield=True):

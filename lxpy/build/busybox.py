@@ -1,0 +1,249 @@
+"""The busybox kind: a tiny rootfs made from the host's static busybox.
+
+No network and no package manager: the binary is copied, every applet gets a
+symlink, and busybox init is given an inittab and boot scripts. It builds in
+well under a second, so it is never cached.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+from pathlib import Path
+
+import trio
+
+from lxpy.build.proc import capture
+from lxpy.build.report import Reporter
+from lxpy.errors import LxpyError, NotFound, Unsupported
+from lxpy.model.template import TemplateDef
+
+_PT_INTERP = 3
+
+# Mode of each top-level directory; the rest of the tree is made on demand.
+DIRS: dict[str, int] = {
+    "bin": 0o755,
+    "sbin": 0o755,
+    "usr/bin": 0o755,
+    "usr/sbin": 0o755,
+    "usr/share/udhcpc": 0o755,
+    "etc": 0o755,
+    "etc/init.d": 0o755,
+    "dev": 0o755,
+    "proc": 0o555,
+    "sys": 0o555,
+    "run": 0o755,
+    "tmp": 0o1777,
+    "root": 0o700,
+    "home": 0o755,
+    "var/log": 0o755,
+    "var/tmp": 0o1777,
+    "mnt": 0o755,
+}
+
+INITTAB = """\
+# busybox init reads this at boot (format: id:runlevel:action:process).
+# lxpy mounts /proc, /sys, /dev and /run before init starts.
+::sysinit:/etc/init.d/rcS
+::ctrlaltdel:/sbin/reboot
+::shutdown:/etc/init.d/rcK
+::restart:/sbin/init
+"""
+
+# The console getty line setup adds when setup.console_getty is true. Baud
+# rate 0 leaves the line alone: the console is a pty, not a serial port.
+GETTY_LINE = "::respawn:/sbin/getty -L 0 console vt100\n"
+
+RCS = """\
+#!/bin/sh
+# Run once by init at boot (::sysinit). lxpy mounts /proc, /sys, /dev and
+# /run before init starts, so nothing is mounted here.
+PATH=/sbin:/bin:/usr/sbin:/usr/bin
+export PATH
+[ -s /etc/hostname ] && hostname -F /etc/hostname
+ip link set lo up
+# Start scripts run in name order: S40network is lxpy's DHCP client.
+for script in /etc/init.d/S??*; do
+	[ -x "$script" ] && "$script" start
+done
+exit 0
+"""
+
+RCK = """\
+#!/bin/sh
+# Run by init on halt, poweroff and reboot (::shutdown), before it kills
+# every process. Nothing is unmounted or remounted read-only: the root
+# filesystem is the host's btrfs volume, and remounting it would reach the
+# host.
+PATH=/sbin:/bin:/usr/sbin:/usr/bin
+export PATH
+for script in $(ls -r /etc/init.d/S??* 2>/dev/null); do
+	[ -x "$script" ] && "$script" stop
+done
+sync
+exit 0
+"""
+
+PROFILE = """\
+PATH=/sbin:/bin:/usr/sbin:/usr/bin
+export PATH
+PS1='\\u@\\h:\\w\\$ '
+"""
+
+PASSWD = """\
+root:x:0:0:root:/root:/bin/sh
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
+"""
+
+GROUP = """\
+root:x:0:
+daemon:x:1:
+tty:x:5:
+utmp:x:43:
+nogroup:x:65534:
+"""
+
+# '*' in the password field: no password matches, the account is locked.
+# An empty "last change" field keeps login from demanding a new password.
+SHADOW = """\
+root:*::0:99999:7:::
+daemon:*::0:99999:7:::
+nobody:*::0:99999:7:::
+"""
+
+
+def is_static_elf(path: Path) -> bool:
+    """True when `path` is an ELF executable without a program interpreter
+    (PT_INTERP), i.e. it runs without the host's dynamic loader and libc.
+
+    Raises:
+        LxpyError: the file is not an ELF binary.
+    """
+    with path.open("rb") as f:
+        ident = f.read(16)
+        if len(ident) < 16 or ident[:4] != b"\x7fELF":
+            raise LxpyError(f"{path} is not an ELF binary")
+        is64 = ident[4] == 2
+        endian = "<" if ident[5] == 1 else ">"
+        if is64:
+            header = f.read(48)
+            phoff, phentsize, phnum = (
+                struct.unpack_from(endian + "Q", header, 16)[0],
+                *struct.unpack_from(endian + "HH", header, 38),
+            )
+        else:
+            header = f.read(36)
+            phoff, phentsize, phnum = (
+                struct.unpack_from(endian + "I", header, 12)[0],
+                *struct.unpack_from(endian + "HH", header, 26),
+            )
+        for i in range(phnum):
+            f.seek(phoff + i * phentsize)
+            (p_type,) = struct.unpack(endian + "I", f.read(4))
+            if p_type == _PT_INTERP:
+                return False
+    return True
+
+
+def check_busybox(defn: TemplateDef) -> Path:
+    """The host busybox the definition names, checked to be static.
+
+    Raises:
+        NotFound: it does not exist.
+        Unsupported: it is dynamically linked (it would not run inside a
+            rootfs that has no libc).
+    """
+    path = Path(defn.source.busybox)
+    if not path.is_file():
+        raise NotFound(
+            f"source.busybox: {path} does not exist",
+            hint="install the busybox-static package (apt-get install busybox-static)",
+        )
+    if not is_static_elf(path):
+        raise Unsupported(
+            f"source.busybox: {path} is dynamically linked and cannot run in a rootfs "
+            "without a C library",
+            hint="install the busybox-static package (apt-get install busybox-static)",
+        )
+    return path
+
+
+def parse_applets(listing: str) -> list[str]:
+    """Relative install paths from `busybox --list-full` (bin/sh, sbin/init, ...)."""
+    applets = []
+    for line in listing.splitlines():
+        rel = line.strip().lstrip("/")
+        if not rel or rel in ("bin/busybox", "linuxrc") or ".." in rel.split("/"):
+            continue
+        applets.append(rel)
+    return applets
+
+
+def parse_version(banner: str) -> str:
+    """The version from busybox's banner (`BusyBox v1.35.0 (...) multi-call binary.`)."""
+    m = re.search(r"BusyBox v(\S+)", banner)
+    return m.group(1) if m else "unknown"
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    os.chmod(path, mode)
+
+
+def lay_out(root: Path, busybox: Path, applets: list[str], version: str) -> int:
+    """Fill the empty directory `root` with a busybox system (blocking).
+
+    Returns the number of applet links made.
+    """
+    for rel, mode in DIRS.items():
+        d = root / rel
+        d.mkdir(parents=True, exist_ok=True)
+        # mkdir honours the umask; the sticky bit and 0700 must be exact.
+        os.chmod(d, mode)
+    (root / "var/run").symlink_to("../run")
+    shutil.copyfile(busybox, root / "bin/busybox")
+    os.chmod(root / "bin/busybox", 0o755)
+    made = 0
+    for rel in applets:
+        link = root / rel
+        if link.exists() or link.is_symlink():
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        # Absolute target: it resolves inside the container once it is the root.
+        link.symlink_to("/bin/busybox")
+        made += 1
+    etc = root / "etc"
+    _write(etc / "inittab", INITTAB)
+    _write(etc / "init.d/rcS", RCS, 0o755)
+    _write(etc / "init.d/rcK", RCK, 0o755)
+    _write(etc / "profile", PROFILE)
+    _write(etc / "passwd", PASSWD)
+    _write(etc / "group", GROUP)
+    _write(etc / "shadow", SHADOW, 0o600)
+    _write(etc / "shells", "/bin/sh\n/bin/ash\n")
+    _write(
+        etc / "os-release",
+        f'NAME="BusyBox"\nID=busybox\nVERSION_ID="{version}"\nPRETTY_NAME="BusyBox {version}"\n',
+    )
+    _write(etc / "resolv.conf", "# written by udhcpc when a lease is bound\n")
+    return made
+
+
+async def build(defn: TemplateDef, target: Path, report: Reporter) -> None:
+    """Fill `target` with a busybox system from the host's static busybox.
+
+    Raises:
+        NotFound, Unsupported: see `check_busybox`.
+        LxpyError: busybox could not list its applets.
+    """
+    bb = await trio.to_thread.run_sync(check_busybox, defn)
+    report.progress(0.1, "busybox")
+    listing = await capture([bb, "--list-full"])
+    version = parse_version(await capture([bb]))
+    applets = parse_applets(listing)
+    made = await trio.to_thread.run_sync(lay_out, target, bb, applets, version)
+    report.log(f"busybox {version} from {bb}: {made} applet links")

@@ -1,0 +1,191 @@
+"""The debootstrap kind: a Debian rootfs from a mirror, with mmdebstrap
+(preferred: apt resolves dependencies, faster) or debootstrap."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from lxpy.build.proc import run_logged, unmount_under
+from lxpy.build.report import Reporter
+from lxpy.build.rootfs import resolve_in
+from lxpy.errors import InvalidArgument, NotFound
+from lxpy.model.template import Source, TemplateDef
+
+# The share of the whole build the bootstrap tool's run stands for; setup
+# and caching take the rest.
+BOOTSTRAP_SHARE = 0.85
+
+
+def choose_tool(source: Source) -> str:
+    """The bootstrap program to run: `auto` takes mmdebstrap when installed.
+
+    Raises:
+        NotFound: the chosen tool (or, for auto, both) is not installed.
+    """
+    wanted = ("mmdebstrap", "debootstrap") if source.tool == "auto" else (source.tool,)
+    for tool in wanted:
+        if shutil.which(tool, path=_path_env()):
+            return tool
+    raise NotFound(
+        f"source.tool: {' or '.join(wanted)} is not installed",
+        hint=f"apt-get install {wanted[0]}",
+    )
+
+
+def command(tool: str, source: Source, target: Path, mirror: str) -> list[str]:
+    """The command line that bootstraps `source` into the empty `target`."""
+    argv = [tool, f"--variant={source.variant}", f"--components={','.join(source.components)}"]
+    if tool == "mmdebstrap":
+        # root mode: we are root, so no user namespace or fakechroot is
+        # needed; the format is explicit so a target name never picks a
+        # tarball by its suffix.
+        # --verbose: apt's and dpkg's output goes to the build log too,
+        # which is what one reads when a package fails to configure.
+        argv[1:1] = ["--mode=root", "--format=directory", "--verbose"]
+    if source.packages:
+        argv.append(f"--include={','.join(source.packages)}")
+    argv += [source.suite, str(target), mirror]
+    return argv
+
+
+@dataclass(frozen=True)
+class _Rule:
+    pattern: re.Pattern[str]
+    stage: str
+    start: float
+    end: float
+
+
+def _rules(*rows: tuple[str, str, float, float]) -> tuple[_Rule, ...]:
+    return tuple(_Rule(re.compile(p), s, a, b) for p, s, a, b in rows)
+
+
+# What each tool prints as it moves through its phases, mapped to fractions
+# of the bootstrap (measured shares of a bookworm minbase build).
+STAGES = {
+    "mmdebstrap": _rules(
+        (r"^I: running apt-get update", "updating", 0.02, 0.10),
+        (r"^I: downloading packages", "retrieving", 0.10, 0.40),
+        (r"^I: extracting archives", "unpacking", 0.40, 0.50),
+        (r"^I: installing essential packages", "configuring", 0.50, 0.70),
+        (r"^I: installing remaining packages", "configuring", 0.70, 0.92),
+        (r"^I: cleaning", "cleaning", 0.92, 0.98),
+        (r"^I: success", "bootstrapped", 1.0, 1.0),
+    ),
+    "debootstrap": _rules(
+        (r"^I: Retrieving (InRelease|Release|Packages)", "updating", 0.02, 0.06),
+        (r"^I: Resolving dependencies", "resolving", 0.06, 0.08),
+        (r"^I: Retrieving ", "retrieving", 0.08, 0.40),
+        (r"^I: (Extracting|Chosen extractor)", "unpacking", 0.40, 0.50),
+        (r"^I: (Installing|Unpacking)", "unpacking", 0.50, 0.60),
+        (r"^I: Configuring", "configuring", 0.60, 0.95),
+        (r"^I: Base system installed", "bootstrapped", 1.0, 1.0),
+    ),
+}
+
+
+class StageTracker:
+    """Turns a tool's output lines into monotonic (fraction, stage) updates.
+
+    A line that starts a phase jumps to that phase's start; any other line
+    creeps a little toward the phase's end, so a long download still moves.
+    """
+
+    def __init__(self, rules: tuple[_Rule, ...]) -> None:
+        self.rules = rules
+        self.index = -1
+        self.fraction = 0.0
+        self.stage = "starting"
+
+    def feed(self, line: str) -> tuple[float, str] | None:
+        """Update from one line; the new state when it moved noticeably."""
+        before = (round(self.fraction, 2), self.stage)
+        for i, rule in enumerate(self.rules):
+            if i >= self.index and rule.pattern.search(line):
+                if i > self.index:
+                    self.index = i
+                    self.stage = rule.stage
+                    self.fraction = max(self.fraction, rule.start)
+                break
+        if 0 <= self.index:
+            end = self.rules[self.index].end
+            self.fraction += (end - self.fraction) * 0.03
+        after = (round(self.fraction, 2), self.stage)
+        return (self.fraction, self.stage) if after != before else None
+
+
+def _path_env() -> str:
+    # The daemon may run with a minimal PATH; the tools and the chroot they
+    # run need the sbin directories.
+    dirs = os.environ.get("PATH", "").split(":")
+    for d in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        if d not in dirs:
+            dirs.append(d)
+    return ":".join(d for d in dirs if d)
+
+
+def clean_apt(root: Path) -> int:
+    """Remove downloaded packages and package lists (blocking): a template
+    should be small, and `apt update` in a container fetches fresh lists.
+
+    Returns the bytes freed.
+    """
+    freed = 0
+    for rel in ("var/cache/apt/archives", "var/cache/apt/archives/partial", "var/lib/apt/lists"):
+        d = resolve_in(root, rel)
+        if not d.is_dir():
+            continue
+        for entry in d.iterdir():
+            if entry.is_file() and not entry.is_symlink() and entry.name != "lock":
+                if rel.endswith("archives") and not entry.name.endswith(".deb"):
+                    continue
+                freed += entry.stat().st_size
+                entry.unlink()
+    cache = resolve_in(root, "var/cache/apt")
+    if cache.is_dir():
+        for entry in cache.glob("*.bin"):
+            freed += entry.stat().st_size
+            entry.unlink()
+    return freed
+
+
+async def build(defn: TemplateDef, target: Path, mirror: str, report: Reporter) -> None:
+    """Bootstrap the definition's Debian suite into the empty `target`.
+
+    Raises:
+        InvalidArgument: the mirror is not a URL.
+        NotFound: no bootstrap tool is installed.
+        LxpyError: the tool failed (its last output lines in the message).
+    """
+    src = defn.source
+    url = src.mirror or mirror
+    if "://" not in url:
+        raise InvalidArgument(f"source.mirror: expected a URL, got {url!r}")
+    tool = choose_tool(src)
+    argv = command(tool, src, target, url)
+    report.log("$ " + " ".join(argv))
+    tracker = StageTracker(STAGES[tool])
+    report.progress(0.0, "bootstrapping")
+
+    def on_line(line: str) -> None:
+        report.log(line)
+        moved = tracker.feed(line)
+        if moved:
+            report.progress(moved[0] * BOOTSTRAP_SHARE, moved[1])
+
+    env = dict(os.environ, PATH=_path_env(), LC_ALL="C.UTF-8", DEBIAN_FRONTEND="noninteractive")
+    try:
+        await run_logged(argv, on_line, env=env)
+    finally:
+        # A killed or failed tool can leave /proc, /sys or /dev mounted in
+        # the target; the caller could not delete it then.
+        with trio.CancelScope(shield=True):
+            await unmount_under(target, report.log)
+    freed = await trio.to_thread.run_sync(clean_apt, target)
+    report.log(f"apt caches cleaned ({freed // 1024} KiB)")

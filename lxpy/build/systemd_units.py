@@ -1,0 +1,108 @@
+"""Enabling and masking systemd units in a rootfs that is not running.
+
+What `systemctl enable` does offline, done from the unit files' [Install]
+sections, so no binary of the rootfs has to run on the host.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lxpy.build.rootfs import exists_in, remove_in, resolve_in, symlink_in
+from lxpy.errors import LxpyError
+
+ETC_UNITS = "etc/systemd/system"
+# Vendor unit directories, in the order systemd reads them (Debian 12 still
+# ships units in /lib, which merged /usr makes the same as /usr/lib).
+VENDOR_UNITS = ("lib/systemd/system", "usr/lib/systemd/system")
+
+# Units masked in every systemd template because they fail or make no sense
+# in a container. Empty for now: add a unit here only when a boot shows it
+# failing, with the reason beside it.
+CONTAINER_MASKED_UNITS: tuple[str, ...] = ()
+
+
+def find_unit(root: Path, unit: str) -> str | None:
+    """The unit file's absolute path inside the rootfs, or None."""
+    for d in (ETC_UNITS, *VENDOR_UNITS):
+        rel = f"{d}/{unit}"
+        p = resolve_in(root, rel)
+        if p.is_file():
+            return "/" + rel
+    return None
+
+
+def install_section(text: str) -> dict[str, list[str]]:
+    """The [Install] section's keys, each with its space-separated values."""
+    out: dict[str, list[str]] = {}
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        if section != "Install" or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(key.strip(), []).extend(value.split())
+    return out
+
+
+def enable_unit(root: Path, unit: str, _seen: set[str] | None = None) -> list[str]:
+    """Enable `unit` (and what its Also= names) in the rootfs.
+
+    Returns the links made, as paths inside the rootfs.
+
+    Raises:
+        LxpyError: the unit does not exist in the rootfs.
+    """
+    seen = _seen if _seen is not None else set()
+    if unit in seen:
+        return []
+    seen.add(unit)
+    where = find_unit(root, unit)
+    if where is None:
+        raise LxpyError(
+            f"cannot enable {unit}: no such unit in the rootfs",
+            hint="add the package that ships it to source.packages",
+        )
+    inst = install_section(resolve_in(root, where).read_text())
+    links = []
+    for key, suffix in (("WantedBy", ".wants"), ("RequiredBy", ".requires")):
+        for target in inst.get(key, []):
+            link = f"{ETC_UNITS}/{target}{suffix}/{unit}"
+            symlink_in(root, link, where)
+            links.append("/" + link)
+    for alias in inst.get("Alias", []):
+        link = f"{ETC_UNITS}/{alias}"
+        symlink_in(root, link, where)
+        links.append("/" + link)
+    for also in inst.get("Also", []):
+        if "@" in also:
+            continue  # template units need an instance name; none of ours do
+        if find_unit(root, also) is not None:
+            links += enable_unit(root, also, seen)
+    return links
+
+
+def is_masked(root: Path, unit: str) -> bool:
+    link = root / ETC_UNITS / unit
+    return link.is_symlink() and str(link.readlink()) == "/dev/null"
+
+
+def mask_unit(root: Path, unit: str) -> None:
+    """Mask `unit` (a symlink to /dev/null in /etc/systemd/system)."""
+    symlink_in(root, f"{ETC_UNITS}/{unit}", "/dev/null")
+
+
+def unmask_unit(root: Path, unit: str) -> bool:
+    """Remove a mask of `unit`; True when it was masked."""
+    if is_masked(root, unit):
+        return remove_in(root, f"{ETC_UNITS}/{unit}")
+    return False
+
+
+def has_unit(root: Path, unit: str) -> bool:
+    return any(exists_in(root, f"{d}/{unit}") for d in VENDOR_UNITS)

@@ -1,0 +1,150 @@
+"""The builders' pure parts: no root, no network, no processes beyond `true`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from lxpy.build import busybox, cache, debootstrap, setup, systemd_units
+from lxpy.build.rootfs import resolve_in, write_in
+from lxpy.errors import InvalidArgument, LxpyError
+from lxpy.model.template import Source, parse_template
+
+
+def test_static_elf_detection() -> None:
+    # The interpreter itself is dynamically linked on Debian.
+    assert busybox.is_static_elf(Path(sys.executable).resolve()) is False
+    if Path("/bin/busybox").exists():
+        assert busybox.is_static_elf(Path("/bin/busybox")) is True
+
+
+def test_static_elf_rejects_non_elf(tmp_path: Path) -> None:
+    f = tmp_path / "script"
+    f.write_text("#!/bin/sh\n")
+    with pytest.raises(LxpyError, match="not an ELF"):
+        busybox.is_static_elf(f)
+
+
+def test_dynamic_busybox_names_the_package() -> None:
+    defn = parse_template(
+        "bb", f'[source]\nkind = "busybox"\nbusybox = "{Path(sys.executable).resolve()}"\n'
+    )
+    with pytest.raises(LxpyError) as e:
+        busybox.check_busybox(defn)
+    assert "dynamically linked" in e.value.message
+    assert "busybox-static" in (e.value.hint or "")
+
+
+def test_parse_applets() -> None:
+    listing = "usr/bin/[\nbin/sh\nsbin/init\nlinuxrc\n../../etc/x\n\n"
+    assert busybox.parse_applets(listing) == ["usr/bin/[", "bin/sh", "sbin/init"]
+    assert busybox.parse_version("BusyBox v1.35.0 (Debian 1:1.35.0-4) multi-call binary.") == (
+        "1.35.0"
+    )
+
+
+def test_mmdebstrap_and_debootstrap_commands() -> None:
+    src = Source(kind="debootstrap", suite="bookworm", packages=("systemd", "iproute2"))
+    argv = debootstrap.command("mmdebstrap", src, Path("/t"), "http://m/debian")
+    assert argv[:3] == ["mmdebstrap", "--mode=root", "--format=directory"]
+    assert "--include=systemd,iproute2" in argv
+    assert argv[-3:] == ["bookworm", "/t", "http://m/debian"]
+    argv = debootstrap.command("debootstrap", src, Path("/t"), "http://m/debian")
+    assert argv[0] == "debootstrap" and "--mode=root" not in argv
+    assert "--variant=minbase" in argv and "--components=main" in argv
+
+
+def test_stage_tracker_is_monotonic() -> None:
+    t = debootstrap.StageTracker(debootstrap.STAGES["debootstrap"])
+    seen = []
+    for line in [
+        "I: Retrieving InRelease",
+        "I: Resolving dependencies of required packages...",
+        "I: Retrieving libc6 2.36",
+        "I: Validating libc6 2.36",
+        "I: Retrieving Packages",  # an earlier phase's pattern must not go back
+        "I: Extracting base-files...",
+        "I: Configuring libc-bin...",
+        "I: Base system installed successfully.",
+    ]:
+        t.feed(line)
+        seen.append((t.fraction, t.stage))
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions)
+    assert seen[3][1] == "retrieving" and seen[4][1] == "retrieving"
+    assert seen[-1] == (1.0, "bootstrapped")
+
+
+def test_resolve_in_keeps_absolute_links_inside(tmp_path: Path) -> None:
+    (tmp_path / "usr/lib/systemd").mkdir(parents=True)
+    (tmp_path / "usr/lib/systemd/systemd").write_text("")
+    (tmp_path / "lib").symlink_to("usr/lib")
+    (tmp_path / "sbin").mkdir()
+    (tmp_path / "sbin/init").symlink_to("/lib/systemd/systemd")
+    assert resolve_in(tmp_path, "/sbin/init") == tmp_path / "usr/lib/systemd/systemd"
+    (tmp_path / "escape").symlink_to("/../../etc")
+    assert resolve_in(tmp_path, "escape/passwd") == tmp_path / "etc/passwd"
+    assert setup.init_flavour(tmp_path, "/sbin/init") is setup.Flavour.SYSTEMD
+
+
+def test_write_in_replaces_a_symlink_instead_of_following_it(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.write_text("keep")
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hostname").symlink_to(outside)
+    write_in(root, "etc/hostname", "box\n")
+    assert outside.read_text() == "keep"
+    assert (root / "etc/hostname").read_text() == "box\n"
+
+
+def test_enable_unit_follows_install_section(tmp_path: Path) -> None:
+    units = tmp_path / "lib/systemd/system"
+    units.mkdir(parents=True)
+    (units / "a.service").write_text(
+        "[Unit]\nDescription=a\n[Install]\nWantedBy=multi-user.target\n"
+        "Alias=dbus-org.a.service\nAlso=a.socket\n"
+    )
+    (units / "a.socket").write_text("[Install]\nWantedBy=sockets.target\n")
+    links = systemd_units.enable_unit(tmp_path, "a.service")
+    etc = tmp_path / "etc/systemd/system"
+    assert (etc / "multi-user.target.wants/a.service").readlink() == Path(
+        "/lib/systemd/system/a.service"
+    )
+    assert (etc / "dbus-org.a.service").is_symlink()
+    assert (etc / "sockets.target.wants/a.socket").is_symlink()
+    assert len(links) == 3
+    with pytest.raises(LxpyError, match="no such unit"):
+        systemd_units.enable_unit(tmp_path, "missing.service")
+    systemd_units.mask_unit(tmp_path, "a.service")
+    assert systemd_units.is_masked(tmp_path, "a.service")
+    assert systemd_units.unmask_unit(tmp_path, "a.service")
+
+
+def test_root_password_and_timezone(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root::0:0:root:/root:/bin/sh\n")
+    (tmp_path / "etc/shadow").write_text("root:$6$old:19000:0:99999:7:::\nbin:*:1::::::\n")
+    setup.set_root_password(tmp_path, "locked")
+    assert (tmp_path / "etc/shadow").read_text().splitlines()[0].startswith("root:*:19000:")
+    assert (tmp_path / "etc/passwd").read_text().startswith("root:x:0:0:")
+    setup.set_root_password(tmp_path, "$6$salt$hash")
+    assert (tmp_path / "etc/shadow").read_text().startswith("root:$6$salt$hash:")
+    with pytest.raises(InvalidArgument, match="setup.root_password"):
+        setup.set_root_password(tmp_path, "a:b")
+    with pytest.raises(InvalidArgument, match="setup.timezone"):
+        setup.set_timezone(tmp_path, "../../etc/passwd")
+    with pytest.raises(InvalidArgument, match="setup.timezone"):
+        setup.set_timezone(tmp_path, "Nowhere/Atlantis")
+    setup.set_timezone(tmp_path, "Etc/UTC")
+    assert (tmp_path / "etc/timezone").read_text() == "Etc/UTC\n"
+
+
+def test_stale_cache_files(tmp_path: Path) -> None:
+    d1, d2 = "a" * 64, "b" * 64
+    for name in (f"debian-{d1}.tar", f"debian-{d2}.tar", f"debian-bookworm-{d1}.tar", "x.tar"):
+        (tmp_path / name).write_text("")
+    stale = cache.stale_files(tmp_path, "debian", tmp_path / f"debian-{d2}.tar")
+    assert [p.name for p in stale] == [f"debian-{d1}.tar"]
