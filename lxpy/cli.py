@@ -92,6 +92,7 @@ GROUPS = {
     "config": "show and change a container's configuration",
     "snapshot": "create, list, restore and delete snapshots of a container",
     "template": "list, build and delete templates",
+    "network": "create, list, show and delete managed networks (bridges)",
 }
 
 
@@ -456,6 +457,81 @@ def cmd_template_delete(client: Client, args: argparse.Namespace) -> None:
     print(f"deleted template {args.name}")
 
 
+# -- networks ----------------------------------------------------------------------
+
+
+NETWORK = arg("name", metavar="NAME", help="network name (also its bridge's name)")
+
+
+@command(
+    "network create",
+    "create a managed network: a bridge with DHCP, DNS (NAME.lxpy) and NAT",
+    NETWORK,
+    arg("--subnet", metavar="CIDR", help="IPv4 subnet (default: a free 10.x.y.0/24)"),
+    arg(
+        "--nat",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="masquerade the containers' traffic out of the host (default: on)",
+    ),
+    formats=True,
+)
+def cmd_network_create(client: Client, args: argparse.Namespace) -> None:
+    net = client.create_network(args.name, args.subnet, args.nat)
+    if args.format == "json":
+        print_json(net)
+    else:
+        print(f"created network {args.name}: {net.get('subnet')} via {net.get('gateway')}")
+
+
+@command("network list", "list managed networks", formats=True)
+def cmd_network_list(client: Client, args: argparse.Namespace) -> None:
+    nets = client.networks()
+    if args.format == "json":
+        print_json(nets)
+        return
+    print_table(
+        ("NAME", "SUBNET", "GATEWAY", "NAT", "STATUS", "USED BY"),
+        (
+            (
+                n.get("name", ""),
+                n.get("subnet", ""),
+                n.get("gateway", ""),
+                _yes_no(n.get("nat")),
+                n.get("status", ""),
+                ", ".join(n.get("used_by") or ()) or "-",
+            )
+            for n in nets
+        ),
+    )
+
+
+@command("network info", "show a managed network and its leases", NETWORK, formats=True)
+def cmd_network_info(client: Client, args: argparse.Namespace) -> None:
+    net = client.network(args.name)
+    if args.format == "json":
+        print_json(net)
+        return
+    for key in ("name", "subnet", "gateway", "nat", "domain", "bridge", "status", "error"):
+        value = net.get(key)
+        if key == "error" and not value:
+            continue
+        text = _yes_no(value) if isinstance(value, bool) else str(value)
+        print(f"{key + ':':9} {text}")
+    print(f"dnsmasq:  pid {net.get('dnsmasq_pid') or '-'}, restarts {net.get('dnsmasq_restarts')}")
+    print("used by:  " + (", ".join(net.get("used_by") or ()) or "-"))
+    leases = net.get("leases") or []
+    print("leases:" + ("" if leases else "   -"))
+    for le in leases:
+        print(f"  {le.get('ipv4')}  {le.get('mac')}  {le.get('hostname')}")
+
+
+@command("network delete", "delete a managed network no container uses", NETWORK)
+def cmd_network_delete(client: Client, args: argparse.Namespace) -> None:
+    client.delete_network(args.name)
+    print(f"deleted network {args.name}")
+
+
 # -- operations --------------------------------------------------------------------
 
 
@@ -535,6 +611,24 @@ def _cancel(client: Client, op: dict[str, Any], what: str) -> int:
     except LxpyError as e:
         return fail(f"interrupted; could not cancel {what}: {e.message}", e.hint, EXIT_INTERRUPTED)
     return fail(f"interrupted; cancelled {what}", status=EXIT_INTERRUPTED)
+
+
+# -- the terminal UI --------------------------------------------------------------
+
+
+@command("tui", "open the terminal UI (lxpy-tui) on this daemon")
+def cmd_tui(client: Client, args: argparse.Namespace) -> int:
+    # exec rather than import: the CLI stays free of Textual, and the TUI
+    # gets the terminal and the process to itself.
+    here = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "lxpy-tui")
+    program = here if os.access(here, os.X_OK) else "lxpy-tui"
+    try:
+        os.execvp(program, [program, "--socket", client.socket_path])
+    except OSError as e:
+        return fail(
+            f"cannot run {program}: {e.strerror or e}",
+            "install lxpy with its terminal UI (`pip install lxpy`), which provides lxpy-tui",
+        )
 
 
 # -- entry point -------------------------------------------------------------------

@@ -147,7 +147,7 @@ def stop_daemon(d: Daemon) -> None:
             d.proc.wait()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def test_cache() -> Path:
     """The suite's build cache: built rootfs tarballs kept between runs, so
     the Debian template is bootstrapped once per machine, not per test."""
@@ -166,7 +166,9 @@ def daemon(tmp_path: Path, test_cache: Path) -> Iterator[Daemon]:
         root,
         tmp_path / "lxpy.sock",
         tmp_path / "lxpyd.log",
-        settings=f'pool_size = "3GiB"\nbuild_cache = "{test_cache}"\n',
+        # No default network: parallel test daemons must not share lxpybr0;
+        # a test that wants networking makes a network of its own.
+        settings=f'pool_size = "3GiB"\nbuild_cache = "{test_cache}"\ndefault_network = ""\n',
     )
     try:
         yield d

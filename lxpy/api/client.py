@@ -419,6 +419,24 @@ class Client:
         query = {"type": ",".join(types)} if types else None
         return self.stream("/1.0/events", query)
 
+    def networks(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/1.0/networks")  # type: ignore[no-any-return]
+
+    def network(self, name: str) -> dict[str, Any]:
+        return self.request("GET", _net(name))  # type: ignore[no-any-return]
+
+    def create_network(
+        self, name: str, subnet: str | None = None, nat: bool = True
+    ) -> dict[str, Any]:
+        """Create a managed network; `subnet` None picks a free /24."""
+        body: dict[str, object] = {"name": name, "nat": nat}
+        if subnet is not None:
+            body["subnet"] = subnet
+        return self.request("POST", "/1.0/networks", body)  # type: ignore[no-any-return]
+
+    def delete_network(self, name: str) -> None:
+        self.request("DELETE", _net(name))
+
 
 def _ct(name: str) -> str:
     return "/1.0/containers/" + quote(name, "container name")
@@ -430,3 +448,7 @@ def _snap(name: str, snapshot: str) -> str:
 
 def _op(op_id: str) -> str:
     return "/1.0/operations/" + quote(op_id, "operation id")
+
+
+def _net(name: str) -> str:
+    return "/1.0/networks/" + quote(name, "network name")

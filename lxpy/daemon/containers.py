@@ -114,6 +114,10 @@ class Containers:
         if not isinstance(raw, dict):
             raise InvalidArgument(f"'config' must be an object of key: value, got {raw!r}")
         config = validate_config(raw)
+        if "network" not in config and d.settings.default_network:
+            # New containers join the default network unless told otherwise
+            # (`network = []` for none); it is made when one first starts.
+            config["network"] = [d.settings.default_network]
         await self.templates.find(template)
         d.reserve(name)
         try:

@@ -297,4 +297,64 @@ def build_router(d: Daemon) -> Router:
         stream=True,
         response=S("Event"),
     )
+    add_network_routes(r, d)
     return r
+
+
+def add_network_routes(r: Router, d: Daemon) -> None:
+    """The /1.0/networks endpoints (managed bridges)."""
+    nets = d.networks
+    network_obj: dict[str, object] = {"type": "object", "additionalProperties": True}
+
+    async def list_networks(req: Request) -> object:
+        return await nets.list_all()
+
+    async def create_network(req: Request) -> object:
+        body = req.json()
+        subnet = body.get("subnet")
+        if subnet is not None and not isinstance(subnet, str):
+            raise InvalidArgument(f"'subnet' must be a string, got {subnet!r}")
+        nat = body.get("nat", True)
+        if not isinstance(nat, bool):
+            raise InvalidArgument(f"'nat' must be true or false, got {nat!r}")
+        return await nets.create(str(body.get("name", "")), subnet, nat)
+
+    async def get_network(req: Request) -> object:
+        return await nets.info(req.params["name"])
+
+    async def delete_network(req: Request) -> object:
+        await nets.delete(req.params["name"])
+        return {}
+
+    r.add(
+        "GET",
+        "/1.0/networks",
+        list_networks,
+        "List managed networks",
+        response=openapi.array(network_obj),
+    )
+    r.add(
+        "POST",
+        "/1.0/networks",
+        create_network,
+        "Create a managed network (bridge, DHCP/DNS, NAT)",
+        status=201,
+        body={
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "subnet": {"type": "string", "description": "IPv4 CIDR, or auto"},
+                "nat": {"type": "boolean", "default": True},
+            },
+            "required": ["name"],
+        },
+        response=network_obj,
+    )
+    r.add("GET", "/1.0/networks/{name}", get_network, "Show a network", response=network_obj)
+    r.add(
+        "DELETE",
+        "/1.0/networks/{name}",
+        delete_network,
+        "Delete an unused network",
+        response=openapi.EMPTY,
+    )

@@ -17,6 +17,7 @@ import trio
 
 from lxpy import __version__
 from lxpy.daemon.events import EventBus
+from lxpy.daemon.networks import Networks
 from lxpy.daemon.operations import Operations
 from lxpy.daemon.registry import Registry
 from lxpy.errors import AlreadyExists, InvalidArgument, NotFound
@@ -33,6 +34,9 @@ T = TypeVar("T")
 
 class Daemon:
     """lxpyd's shared state. Build it with `await Daemon.open(...)`."""
+
+    # Managed networks and container NICs; set by open().
+    networks: Networks
 
     def __init__(
         self, settings: Settings, backend: Backend, registry: Registry, nursery: trio.Nursery
@@ -67,6 +71,13 @@ class Daemon:
         backend = await trio.to_thread.run_sync(open_pool, settings)
         d = cls(settings, backend, registry, nursery)
         d.records, d.broken = await d.files(registry.load_all)
+        d.networks = await Networks.open(
+            settings.root,
+            nursery,
+            default_network=settings.default_network,
+            default_subnet=settings.default_subnet,
+            users=lambda: {n: c.config for n, c in d.records.items()},
+        )
         for name in d.records:
             d.states[name] = State.STOPPED
         for name in d.broken:

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from lxpy.errors import InvalidArgument
 from lxpy.model import tomlw
 from lxpy.model.names import validate_name
+from lxpy.model.network import parse_ipv4, parse_network_list
 from lxpy.model.units import parse_signal, signal_name
 
 Parser = Callable[[str, object], object]
@@ -94,6 +95,17 @@ KEYS: dict[str, ConfigKey] = {
         ),
         ConfigKey(
             "reboot_signal", _signal, "Signal that asks init to reboot (default: the template's)."
+        ),
+        ConfigKey(
+            "network",
+            parse_network_list,
+            "Networks the container joins, one NIC each (eth0, eth1, ...); empty for none "
+            "(default for new containers: the daemon's default network, lxpybr0).",
+        ),
+        ConfigKey(
+            "ipv4.address",
+            parse_ipv4,
+            "IPv4 address pinned to eth0 (a static DHCP lease on the first network).",
         ),
     )
 }

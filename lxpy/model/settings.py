@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from lxpy.errors import InvalidArgument
+from lxpy.model.network import parse_subnet, validate_network_name
 from lxpy.model.units import parse_size
 
 DEFAULT_CONFIG = Path("/etc/lxpy/lxpyd.toml")
@@ -42,6 +43,11 @@ class Settings:
     build_cache: Path | None = None
     mirror: str = DEFAULT_MIRROR
     log_level: str = "info"
+    # The network new containers join unless their config says otherwise
+    # (made on first use); "" gives new containers no network.
+    default_network: str = "lxpybr0"
+    # The default network's subnet: "auto" picks a free 10.x.y.0/24.
+    default_subnet: str = "auto"
 
 
 def _path(key: str, value: object) -> Path:
@@ -86,6 +92,10 @@ def settings_from_mapping(data: Mapping[str, object], source: str = "settings") 
                 values[key] = (builtin_template_dir(), *(_path(key, v) for v in value))
             elif key == "build_cache":
                 values[key] = None if value == "" else _path(key, value)
+            elif key == "default_network":
+                values[key] = "" if value == "" else validate_network_name(value)
+            elif key == "default_subnet":
+                values[key] = "auto" if value == "auto" else str(parse_subnet(value, key))
             elif key == "mirror":
                 if not isinstance(value, str) or "://" not in value:
                     raise InvalidArgument(f"{key}: expected a URL, got {value!r}")

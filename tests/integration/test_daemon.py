@@ -150,6 +150,10 @@ ROUTES = {
     ("get", "/1.0/operations/{id}/stream"),
     ("delete", "/1.0/operations/{id}"),
     ("get", "/1.0/events"),
+    ("get", "/1.0/networks"),
+    ("post", "/1.0/networks"),
+    ("get", "/1.0/networks/{name}"),
+    ("delete", "/1.0/networks/{name}"),
 }
 
 

@@ -1,0 +1,705 @@
+"""The daemon's network service: managed networks and container NICs.
+
+A managed network is a bridge with the subnet's first address, one dnsmasq
+(DHCP, DNS for `NAME.lxpy`), and rules in lxpy's own nftables table. Its
+record is `ROOT/networks/NAME.toml`; its leases are in `ROOT/networks/NAME/`;
+its hosts file and pid file are in the run dir, with the bound network
+namespaces (`RUN/netns/CONTAINER`) and the NIC records of running containers
+(`RUN/nics/CONTAINER.json`). Everything is re-created idempotently by
+`Networks.open` when lxpyd starts, and removed on delete.
+
+Entry points for the container lifecycle:
+
+    handle = await networks.attach(name, config)   # before the monitor starts
+    ... the monitor joins handle.path with setns(CLONE_NEWNET) ...
+    await networks.detach(name)                    # after the container stopped
+    await networks.addresses(name)                 # ["10.87.0.12", ...]
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import trio
+
+from lxpy.daemon.registry import write_atomic
+from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
+from lxpy.model.network import (
+    DEFAULT_NETWORK,
+    DOMAIN,
+    Network,
+    first_free_subnet,
+    mac_address,
+    parse_subnet,
+    root_id,
+    validate_network_name,
+    veth_name,
+)
+from lxpy.network import dnsmasq, links, nftables, preflight
+from lxpy.network.links import Nic
+
+log = logging.getLogger("lxpyd.networks")
+
+T = TypeVar("T")
+RUN_BASE = Path("/run/lxpy")
+READY_TIMEOUT = 10.0
+BACKOFF_FIRST = 0.2
+BACKOFF_MAX = 10.0
+
+# Container name -> its config (the `network` and `ipv4.address` keys matter).
+Users = Callable[[], Mapping[str, Mapping[str, object]]]
+
+
+@dataclass(frozen=True)
+class NetnsHandle:
+    """What a starting container joins: the bound netns and its NICs."""
+
+    path: str
+    nics: tuple[Nic, ...]
+
+
+@dataclass
+class _Dnsmasq:
+    """The supervision state of one network's dnsmasq."""
+
+    net: Network
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    proc: trio.Process | None = None
+    restarts: int = 0
+    error: str | None = None
+
+
+class Networks:
+    """Managed networks of one daemon root. Build it with `await Networks.open(...)`."""
+
+    def __init__(
+        self,
+        root: Path,
+        nursery: trio.Nursery,
+        run_dir: Path | None = None,
+        default_network: str = DEFAULT_NETWORK,
+        default_subnet: str = "auto",
+        users: Users | None = None,
+    ) -> None:
+        self.root = root
+        self.id = root_id(str(root))
+        self.run_dir = run_dir or RUN_BASE / self.id
+        self.state_dir = root / "networks"
+        self.nursery = nursery
+        self.default_network = default_network
+        self.default_subnet = default_subnet
+        self.users = users or (lambda: {})
+        self.table = nftables.table_name(self.id)
+        self.nets: dict[str, Network] = {}
+        self.dnsmasq: dict[str, _Dnsmasq] = {}
+        self.attached: dict[str, tuple[Nic, ...]] = {}
+        self._lock = trio.Lock()
+        # Netlink calls are short; one at a time keeps bridge and veth
+        # changes of concurrent requests from interleaving.
+        self.limiter = trio.CapacityLimiter(1)
+        self._bins: dict[str, str] | None = None
+
+    # -- paths -----------------------------------------------------------------
+    def record_path(self, name: str) -> Path:
+        return self.state_dir / f"{name}.toml"
+
+    def netns_path(self, container: str) -> Path:
+        """Where container `container`'s network namespace is bound."""
+        return self.run_dir / "netns" / container
+
+    def _nics_path(self, container: str) -> Path:
+        return self.run_dir / "nics" / f"{container}.json"
+
+    def _paths(self, name: str) -> dnsmasq.Paths:
+        run = self.run_dir / "networks" / name
+        return dnsmasq.Paths(
+            leases=self.state_dir / name / "leases", hosts=run / "hosts", pid=run / "dnsmasq.pid"
+        )
+
+    def _mark(self, name: str) -> str:
+        return links.bridge_mark(self.id, name)
+
+    def _bridge_mac(self, name: str) -> str:
+        return mac_address(str(self.root), "bridge:" + name)
+
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    def _binaries(self) -> dict[str, str]:
+        if self._bins is None:
+            self._bins = preflight.find_binaries()
+        return self._bins
+
+    # -- start -----------------------------------------------------------------
+    @classmethod
+    async def open(
+        cls,
+        root: Path,
+        nursery: trio.Nursery,
+        run_dir: Path | None = None,
+        default_network: str = DEFAULT_NETWORK,
+        default_subnet: str = "auto",
+        users: Users | None = None,
+    ) -> Networks:
+        """Load the networks of `root` and bring each up again (bridge,
+        nftables, dnsmasq), adopting the NICs of containers still running.
+        A network that cannot be brought up is logged and shown in error; it
+        does not stop the daemon."""
+        self = cls(root, nursery, run_dir, default_network, default_subnet, users)
+        self.nets, self.attached = await self._run(self._load)
+        for net in sorted(self.nets.values(), key=lambda n: n.name):
+            try:
+                await self._bring_up(net, created_bridge=[])
+            except LxpyError as e:
+                log.error("network %s: %s%s", net.name, e.message, f" ({e.hint})" if e.hint else "")
+                self.dnsmasq[net.name] = _Dnsmasq(net, error=e.message)
+                self.dnsmasq[net.name].done.set()
+        if self.nets:
+            log.info("networks: %s", ", ".join(sorted(self.nets)))
+        return self
+
+    def _load(self) -> tuple[dict[str, Network], dict[str, tuple[Nic, ...]]]:
+        # Nothing is made here: a daemon without networks leaves no trace in
+        # the run dir.
+        nets: dict[str, Network] = {}
+        for f in sorted(self.state_dir.glob("*.toml")):
+            try:
+                net = Network.from_toml(f.read_text(), str(f))
+            except LxpyError as e:
+                log.error("skipping network record: %s", e.message)
+                continue
+            nets[net.name] = net
+        attached: dict[str, tuple[Nic, ...]] = {}
+        for f in sorted((self.run_dir / "nics").glob("*.json")):
+            container = f.stem
+            try:
+                nics = tuple(Nic.from_json(n) for n in json.loads(f.read_text()))
+            except (ValueError, KeyError, TypeError):
+                nics = ()
+            if links.netns_exists(self.netns_path(container)):
+                attached[container] = nics
+                continue
+            # The container ended while lxpyd was away: drop what it left.
+            links.delete_links(n.host for n in nics)
+            f.unlink(missing_ok=True)
+        if (self.run_dir / "netns").is_dir():
+            for p in (self.run_dir / "netns").iterdir():
+                if p.name not in attached:
+                    links.remove_netns(p)
+        self._prune_run_dir()
+        return nets, attached
+
+    def _prune_run_dir(self) -> None:
+        # Empty directories only: whatever is still in use stays.
+        for d in (
+            self.run_dir / "netns",
+            self.run_dir / "nics",
+            self.run_dir / "networks",
+            self.run_dir,
+        ):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+    async def _bring_up(self, net: Network, created_bridge: list[bool]) -> None:
+        # Idempotent: every step checks what is there first.
+        bins = self._binaries()
+        paths = self._paths(net.name)
+
+        def host_side() -> None:
+            with preflight.host_lock():
+                others = [n.subnet for n in self.nets.values() if n.name != net.name]
+                used = links.used_subnets(exclude=[net.name]) + others
+                preflight.check_subnet_free(net.subnet, used, f"network {net.name}")
+                gw = ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}")
+                created = links.ensure_bridge(
+                    net.name, self._mark(net.name), gw, self._bridge_mac(net.name)
+                )
+                created_bridge.append(created)
+            links.enslave(n for nics in self.attached.values() for n in nics)
+            for p in paths.as_tuple():
+                p.parent.mkdir(parents=True, exist_ok=True)
+            # dnsmasq re-reads the hosts file after dropping root.
+            for d in (self.run_dir, self.run_dir / "networks", paths.hosts.parent):
+                os.chmod(d, 0o755)
+            self._write_hosts_sync(net.name)
+            dnsmasq.kill_stale(paths)
+            preflight.check_ports(net.gateway, net.name)
+
+        await self._run(host_side)
+        nets = {**self.nets, net.name: net}
+        await self._run(nftables.apply, self.table, list(nets.values()), bins["nft"])
+        if net.nat:
+            await self._run(nftables.enable_ip_forward)
+        await self._run(_resolved_link_dns, net)
+        state = _Dnsmasq(net)
+        self.dnsmasq[net.name] = state
+        try:
+            await self.nursery.start(self._supervise, state, bins["dnsmasq"])
+        except BaseException:
+            self.dnsmasq.pop(net.name, None)
+            raise
+
+    # -- dnsmasq supervision ---------------------------------------------------
+    async def _supervise(
+        self,
+        st: _Dnsmasq,
+        binary: str,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the network's dnsmasq; restart it with backoff when it dies.
+        Reports started once the first one serves; a first start that fails
+        raises (the caller undoes the network)."""
+        paths = self._paths(st.net.name)
+        cmd = dnsmasq.command(binary, st.net, paths)
+        first = True
+        backoff = BACKOFF_FIRST
+        try:
+            with st.scope:
+                while True:
+                    began = trio.current_time()
+                    tail: collections.deque[str] = collections.deque(maxlen=10)
+                    ready = await self._run_once(
+                        st, cmd, paths, tail, task_status if first else None
+                    )
+                    why = "; ".join(tail) or f"exit status {st.proc.returncode if st.proc else '?'}"
+                    if first and not ready:
+                        raise _start_error(st.net, why)
+                    first = False
+                    st.restarts += 1
+                    st.error = why
+                    if trio.current_time() - began > 30:
+                        backoff = BACKOFF_FIRST
+                    log.warning(
+                        "dnsmasq of network %s ended (%s); restarting in %.1f s",
+                        st.net.name,
+                        why,
+                        backoff,
+                    )
+                    await trio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+        finally:
+            st.proc = None
+            st.done.set()
+
+    async def _run_once(
+        self,
+        st: _Dnsmasq,
+        cmd: list[str],
+        paths: dnsmasq.Paths,
+        tail: collections.deque[str],
+        task_status: trio.TaskStatus[None] | None,
+    ) -> bool:
+        # Returns whether this dnsmasq became ready (before it ended).
+        with contextlib.suppress(FileNotFoundError):
+            paths.pid.unlink()
+        proc = await trio.lowlevel.open_process(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        st.proc = proc
+        ready = False
+        try:
+            async with trio.open_nursery() as n:
+                n.start_soon(_pump_log, proc, tail, st.net.name)
+                ready = await _wait_ready(proc, paths.pid)
+                if ready:
+                    st.error = None
+                    if task_status is not None:
+                        task_status.started()
+                    log.info("dnsmasq of network %s serving (pid %d)", st.net.name, proc.pid)
+                await proc.wait()
+        finally:
+            with trio.CancelScope(shield=True):
+                if proc.returncode is None:
+                    proc.terminate()
+                    with trio.move_on_after(5):
+                        await proc.wait()
+                    if proc.returncode is None:
+                        proc.kill()
+                        await proc.wait()
+        return ready
+
+    async def _stop_dnsmasq(self, name: str) -> None:
+        st = self.dnsmasq.pop(name, None)
+        if st is not None:
+            st.scope.cancel()
+            with trio.CancelScope(shield=True):
+                await st.done.wait()
+
+    def _reload(self, name: str) -> None:
+        st = self.dnsmasq.get(name)
+        if st is not None and st.proc is not None and st.proc.returncode is None:
+            # SIGHUP re-reads the hosts file (static leases).
+            with contextlib.suppress(ProcessLookupError):
+                st.proc.send_signal(signal.SIGHUP)
+
+    def _write_hosts_sync(self, name: str) -> None:
+        hosts = [
+            dnsmasq.Host(n.mac, container, n.ipv4)
+            for container, nics in self.attached.items()
+            for n in nics
+            if n.network == name
+        ]
+        path = self._paths(name).hosts
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dnsmasq.write_hosts(path, hosts)
+
+    # -- managed networks --------------------------------------------------------
+    async def create(
+        self, name: str, subnet: str | None = None, nat: bool = True
+    ) -> dict[str, object]:
+        """Create network `name` (bridge, nftables rules, dnsmasq).
+
+        Args:
+            subnet: an IPv4 CIDR, or None/"auto" for the first free 10.x.y.0/24.
+            nat: masquerade the subnet's traffic out of the host.
+
+        Raises:
+            InvalidArgument: a bad name or subnet.
+            AlreadyExists: the network exists.
+            Busy: the subnet overlaps a host route, the bridge name is taken,
+                or port 53/67 is taken.
+            Unsupported: dnsmasq or nft is missing.
+        """
+        name = validate_network_name(name)
+        async with self._lock:
+            net = await self._create_locked(name, subnet, nat)
+        return await self.info(net.name)
+
+    async def _create_locked(self, name: str, subnet: str | None, nat: bool) -> Network:
+        if name in self.nets:
+            raise AlreadyExists(
+                f"network {name!r} already exists", hint="pick another name or delete it first"
+            )
+        chosen = None if subnet in (None, "", "auto") else parse_subnet(subnet)
+        self._binaries()
+        if chosen is None:
+            chosen = await self._run(self._pick_subnet, name)
+        net = Network(name=name, subnet=chosen, nat=nat)
+        created: list[bool] = []
+        try:
+            await self._bring_up(net, created)
+            self.nets[name] = net
+            await self._run(self._save, net)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                self.nets.pop(name, None)
+                await self._teardown(net, delete_bridge=bool(created and created[0]))
+            raise
+        log.info("network %s created: %s, nat %s", name, net.subnet, "on" if nat else "off")
+        return net
+
+    def _pick_subnet(self, name: str) -> ipaddress.IPv4Network:
+        with preflight.host_lock():
+            used = links.used_subnets(exclude=[name]) + [n.subnet for n in self.nets.values()]
+        found = first_free_subnet(used)
+        if found is None:
+            raise Busy(
+                "no free 10.87.0.0/24 .. 10.99.255.0/24 subnet is left on this host",
+                hint="give one with --subnet",
+            )
+        return found
+
+    def _save(self, net: Network) -> None:
+        (self.state_dir / net.name).mkdir(parents=True, exist_ok=True)
+        write_atomic(self.record_path(net.name), net.to_toml().encode())
+
+    async def _teardown(self, net: Network, delete_bridge: bool = True) -> None:
+        # Removes what _bring_up made; each step is idempotent.
+        await self._stop_dnsmasq(net.name)
+        errors: list[str] = []
+        try:
+            nft = self._binaries()["nft"]
+            await self._run(nftables.apply, self.table, list(self.nets.values()), nft)
+        except LxpyError as e:
+            errors.append(e.message)
+        if delete_bridge:
+            await self._run(links.delete_bridge, net.name, self._mark(net.name))
+        if errors:
+            log.error("network %s teardown: %s", net.name, "; ".join(errors))
+
+    async def delete(self, name: str) -> None:
+        """Delete network `name`: dnsmasq, its rules, the bridge, its files.
+
+        Raises:
+            NotFound: no such network.
+            Busy: a container is attached to it or names it in its config.
+        """
+        async with self._lock:
+            net = self._require(name)
+            running = sorted(
+                c for c, nics in self.attached.items() if any(n.network == name for n in nics)
+            )
+            if running:
+                raise Busy(
+                    f"network {name!r} is in use by running containers: {', '.join(running)}",
+                    hint="stop them first",
+                )
+            configured = sorted(
+                c for c, cfg in self.users().items() if name in _as_list(cfg.get("network"))
+            )
+            if configured:
+                raise Busy(
+                    f"network {name!r} is named in the config of: {', '.join(configured)}",
+                    hint="change their `network` key (lxpy config set NAME network ...) first",
+                )
+            del self.nets[name]
+            await self._teardown(net)
+            await self._run(self._remove_files, name)
+        log.info("network %s deleted", name)
+
+    def _remove_files(self, name: str) -> None:
+        self.record_path(name).unlink(missing_ok=True)
+        shutil.rmtree(self.state_dir / name, ignore_errors=True)
+        shutil.rmtree(self.run_dir / "networks" / name, ignore_errors=True)
+        self._prune_run_dir()
+
+    def _require(self, name: str) -> Network:
+        try:
+            return self.nets[name]
+        except KeyError:
+            raise NotFound(
+                f"network {name!r} not found",
+                hint="known networks: "
+                + (", ".join(sorted(self.nets)) or "none")
+                + "; create one with `lxpy network create NAME`",
+            ) from None
+
+    async def ensure_default(self) -> Network | None:
+        """The default network, created (with a free subnet) when missing;
+        None when the daemon has no default network."""
+        if not self.default_network:
+            return None
+        async with self._lock:
+            if self.default_network not in self.nets:
+                await self._create_locked(self.default_network, self.default_subnet, True)
+            return self.nets[self.default_network]
+
+    async def list_all(self) -> list[dict[str, object]]:
+        return [self._describe(n) for n in sorted(self.nets)]
+
+    async def info(self, name: str) -> dict[str, object]:
+        """The network object, with its dnsmasq state and current leases."""
+        self._require(name)
+        out = self._describe(name)
+        leases = await self._run(dnsmasq.read_leases, self._paths(name).leases)
+        out["leases"] = [
+            {"mac": le.mac, "ipv4": le.ipv4, "hostname": le.hostname, "expires": le.expires}
+            for le in leases
+        ]
+        return out
+
+    def _describe(self, name: str) -> dict[str, object]:
+        net = self.nets[name]
+        st = self.dnsmasq.get(name)
+        proc = st.proc if st else None
+        alive = proc is not None and proc.returncode is None
+        return {
+            **net.to_json(),
+            "bridge": name,
+            "status": "running" if alive else "error",
+            "dnsmasq_pid": proc.pid if alive and proc else None,
+            "dnsmasq_restarts": st.restarts if st else 0,
+            "error": None if alive else (st.error if st else "not running"),
+            "used_by": sorted(
+                c for c, nics in self.attached.items() if any(n.network == name for n in nics)
+            ),
+        }
+
+    # -- container NICs ----------------------------------------------------------
+    async def _network_for(self, name: str) -> Network:
+        if name in self.nets:
+            return self.nets[name]
+        if name == self.default_network:
+            net = await self.ensure_default()
+            assert net is not None
+            return net
+        return self._require(name)
+
+    async def attach(self, container: str, config: Mapping[str, object]) -> NetnsHandle:
+        """Make container `container`'s network namespace with one NIC per
+        network its config names (eth0, eth1, ...), each host end on its
+        bridge, and register its static lease. A stale namespace of the same
+        container is replaced. On failure nothing is left behind; on success
+        `detach` is the undo.
+
+        Raises:
+            NotFound: a named network does not exist (the default one is made).
+            InvalidArgument: `ipv4.address` is not usable on the first network.
+            Busy: the pinned address is held by another running container.
+        """
+        names = _as_list(config.get("network"))
+        pinned = config.get("ipv4.address")
+        nets = [await self._network_for(n) for n in names]
+        if pinned is not None and not nets:
+            raise InvalidArgument(
+                f"container {container!r} pins ipv4.address {pinned} but joins no network",
+                hint="set `network` too, or unset ipv4.address",
+            )
+        if pinned is not None:
+            nets[0].check_pinned(str(pinned))
+            for other, nics in self.attached.items():
+                if other != container and any(
+                    n.network == nets[0].name and n.ipv4 == str(pinned) for n in nics
+                ):
+                    raise Busy(
+                        f"ipv4.address {pinned} on network {nets[0].name} is held by "
+                        f"running container {other!r}",
+                        hint="pick another address",
+                    )
+        root = str(self.root)
+        nics = tuple(
+            Nic(
+                network=net.name,
+                bridge=net.name,
+                host=veth_name(root, container, i),
+                peer=f"eth{i}",
+                mac=mac_address(root, container, i),
+                ipv4=str(pinned) if i == 0 and pinned is not None else None,
+            )
+            for i, net in enumerate(nets)
+        )
+        if container in self.attached or self.netns_path(container).exists():
+            await self.detach(container)
+        path = self.netns_path(container)
+        await self._run(links.create_netns, path, list(nics))
+        self.attached[container] = nics
+        try:
+            await self._run(self._save_nics, container, nics)
+            await self._update_hosts({n.network for n in nics})
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self.detach(container)
+            raise
+        return NetnsHandle(str(path), nics)
+
+    def _save_nics(self, container: str, nics: tuple[Nic, ...]) -> None:
+        data = json.dumps([n.to_json() for n in nics]).encode()
+        self._nics_path(container).parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self._nics_path(container), data)
+
+    async def _update_hosts(self, networks: set[str]) -> None:
+        for name in networks:
+            if name in self.nets:
+                await self._run(self._write_hosts_sync, name)
+                self._reload(name)
+
+    async def detach(self, container: str) -> None:
+        """Remove container `container`'s veths, namespace and static leases
+        (idempotent)."""
+        nics = self.attached.pop(container, ())
+        with trio.CancelScope(shield=True):
+
+            def work() -> None:
+                links.delete_links(n.host for n in nics)
+                links.remove_netns(self.netns_path(container))
+                self._nics_path(container).unlink(missing_ok=True)
+                self._prune_run_dir()
+
+            await self._run(work)
+            await self._update_hosts({n.network for n in nics})
+
+    def nics(self, container: str) -> tuple[Nic, ...]:
+        """The NICs of a running container (empty when it has none)."""
+        return self.attached.get(container, ())
+
+    async def addresses(self, container: str) -> list[str]:
+        """IPv4 addresses of a running container: read in its namespace, or
+        from the leases when the namespace cannot be read."""
+        nics = self.attached.get(container)
+        if nics is None:
+            return []
+        path = self.netns_path(container)
+        try:
+            per_if = await self._run(links.netns_ipv4, path)
+            return [a.split("/")[0] for n in nics for a in per_if.get(n.peer, [])]
+        except OSError as e:
+            log.debug("cannot read addresses in %s: %s", path, e)
+        out: list[str] = []
+        for n in nics:
+            leases = await self._run(dnsmasq.read_leases, self._paths(n.network).leases)
+            out += [le.ipv4 for le in leases if le.mac == n.mac]
+        return out
+
+    async def addresses_of(self, containers: list[str]) -> dict[str, list[str]]:
+        """addresses() of many containers (for listings)."""
+        return {c: await self.addresses(c) for c in containers if c in self.attached}
+
+
+def _as_list(value: object) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v for v in value.replace(",", " ").split() if v]
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    return []
+
+
+def _start_error(net: Network, why: str) -> LxpyError:
+    if "Address already in use" in why:
+        return Busy(
+            f"dnsmasq for network {net.name} cannot bind its ports on {net.gateway}: {why}",
+            hint="another DNS or DHCP server listens there; stop it or restrict it to "
+            "its own addresses",
+        )
+    return LxpyError(
+        f"dnsmasq for network {net.name} failed to start: {why}",
+        hint="see lxpyd's log for dnsmasq's messages",
+    )
+
+
+async def _wait_ready(proc: trio.Process, pidfile: Path) -> bool:
+    # dnsmasq writes its pid file once its sockets are bound; an early
+    # exit is a failure to start.
+    with trio.move_on_after(READY_TIMEOUT):
+        while proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                if int((await trio.Path(pidfile).read_text()).split()[0]) == proc.pid:
+                    return True
+            await trio.sleep(0.01)
+    return False
+
+
+async def _pump_log(proc: trio.Process, tail: collections.deque[str], name: str) -> None:
+    assert proc.stderr is not None
+    buf = b""
+    while True:
+        chunk = await proc.stderr.receive_some(4096)
+        if not chunk:
+            break
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for raw in lines:
+            line = raw.decode(errors="replace").strip()
+            if line:
+                tail.append(line.removeprefix("dnsmasq: "))
+                log.debug("dnsmasq[%s]: %s", name, line)
+
+
+def _resolved_link_dns(net: Network) -> None:
+    # Where systemd-resolved runs, the host resolves NAME.lxpy through the
+    # bridge's dnsmasq (per-link DNS, like systemd-networkd sets up). Best
+    # effort: without resolved, point a resolver at the gateway by hand.
+    if not Path("/run/systemd/resolve").is_dir():
+        return
+    exe = shutil.which("resolvectl")
+    if exe is None:
+        return
+    for args in (["dns", net.name, str(net.gateway)], ["domain", net.name, f"~{DOMAIN}"]):
+        res = subprocess.run([exe, *args], capture_output=True, text=True, timeout=10)
+        if res.returncode != 0:
+            log.warning("resolvectl %s: %s", " ".join(args), res.stderr.strip())

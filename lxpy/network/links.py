@@ -1,0 +1,338 @@
+"""Bridges, veth pairs and bound network namespaces, over netlink (pyroute2).
+
+Every function here blocks and opens its own IPRoute: the daemon runs each
+in a worker thread (pyroute2's sync IPRoute belongs to the thread that
+opened it). Errors come out as lxpy errors naming the interface.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from lxpy.errors import Busy, LxpyError
+from lxpy.kernel import syscalls as sc
+from lxpy.kernel.netif import link_up
+
+_RT_TABLE_MAIN = 254
+
+
+@dataclass(frozen=True)
+class Nic:
+    """One container NIC: `host` on bridge `bridge`, `peer` (eth0) inside."""
+
+    network: str
+    bridge: str
+    host: str
+    peer: str
+    mac: str
+    ipv4: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "network": self.network,
+            "bridge": self.bridge,
+            "host": self.host,
+            "peer": self.peer,
+            "mac": self.mac,
+            "ipv4": self.ipv4,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Nic:
+        ipv4 = data.get("ipv4")
+        return cls(
+            network=str(data["network"]),
+            bridge=str(data["bridge"]),
+            host=str(data["host"]),
+            peer=str(data["peer"]),
+            mac=str(data["mac"]),
+            ipv4=None if ipv4 is None else str(ipv4),
+        )
+
+
+def _index(ip: IPRoute, name: str) -> int | None:
+    found = ip.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def _attr(msg: Any, name: str) -> Any:
+    return msg.get_attr(name)
+
+
+# -- bridges -------------------------------------------------------------------
+
+
+def bridge_mark(root_id: str, network: str) -> str:
+    """The interface alias that says a bridge is this daemon's network."""
+    return f"lxpy:{root_id}:{network}"
+
+
+def link_alias(name: str) -> str | None:
+    """The alias of link `name`; None when it does not exist."""
+    with IPRoute() as ip:
+        idx = _index(ip, name)
+        if idx is None:
+            return None
+        link = ip.get_links(idx)[0]
+        return str(_attr(link, "IFLA_IFALIAS") or "")
+
+
+def ensure_bridge(name: str, mark: str, gateway: ipaddress.IPv4Interface, mac: str) -> bool:
+    """Make bridge `name` with address `gateway`, up; reuse it when it is ours.
+
+    Returns True when the bridge was created (the caller's undo deletes it).
+
+    Raises:
+        Busy: a link of that name exists and is not this network's bridge.
+    """
+    with IPRoute() as ip:
+        idx = _index(ip, name)
+        created = False
+        if idx is not None:
+            link = ip.get_links(idx)[0]
+            kind = None
+            info = _attr(link, "IFLA_LINKINFO")
+            if info is not None:
+                kind = info.get_attr("IFLA_INFO_KIND")
+            if _attr(link, "IFLA_IFALIAS") != mark or kind != "bridge":
+                raise Busy(
+                    f"interface {name} exists and is not lxpy's bridge for this network",
+                    hint=f"delete or rename that interface (`ip link del {name}`), "
+                    "or pick another network name",
+                )
+        else:
+            # A fixed MAC: a bridge otherwise takes the lowest MAC of its
+            # ports, which changes as containers come and go and breaks the
+            # containers' ARP caches for the gateway.
+            ip.link("add", ifname=name, kind="bridge", address=mac, br_stp_state=0)
+            created = True
+            idx = _index(ip, name)
+            assert idx is not None
+        try:
+            ip.link("set", index=idx, ifalias=mark)
+            ip.link("set", index=idx, br_forward_delay=0)
+            have = {
+                (str(_attr(a, "IFA_ADDRESS")), int(a["prefixlen"]))
+                for a in ip.get_addr(index=idx, family=socket.AF_INET)
+            }
+            want = (str(gateway.ip), gateway.network.prefixlen)
+            if want not in have:
+                ip.addr("add", index=idx, address=want[0], prefixlen=want[1])
+            ip.link("set", index=idx, state="up")
+        except BaseException:
+            if created:
+                _delete_link(ip, name)
+            raise
+        return created
+
+
+def delete_bridge(name: str, mark: str) -> None:
+    """Delete bridge `name` if it is ours (idempotent)."""
+    with IPRoute() as ip:
+        idx = _index(ip, name)
+        if idx is None:
+            return
+        if _attr(ip.get_links(idx)[0], "IFLA_IFALIAS") != mark:
+            return
+        _delete_link(ip, name)
+
+
+def _delete_link(ip: IPRoute, name: str) -> None:
+    try:
+        ip.link("del", ifname=name)
+    except NetlinkError as e:
+        if e.code != errno.ENODEV:
+            raise
+
+
+def delete_links(names: Iterable[str]) -> None:
+    """Delete the links `names` that exist (a veth takes its peer with it)."""
+    with IPRoute() as ip:
+        for name in names:
+            if _index(ip, name) is not None:
+                _delete_link(ip, name)
+
+
+def existing_links(names: Iterable[str]) -> set[str]:
+    """Which of `names` exist as links in the host namespace."""
+    with IPRoute() as ip:
+        return {n for n in names if _index(ip, n) is not None}
+
+
+def enslave(nics: Iterable[Nic]) -> None:
+    """Put each existing host end back on its bridge (after the bridge was re-made)."""
+    with IPRoute() as ip:
+        for nic in nics:
+            idx, br = _index(ip, nic.host), _index(ip, nic.bridge)
+            if idx is None or br is None:
+                continue
+            if _attr(ip.get_links(idx)[0], "IFLA_MASTER") != br:
+                ip.link("set", index=idx, master=br, state="up")
+
+
+def used_subnets(exclude: Iterable[str] = ()) -> list[ipaddress.IPv4Network]:
+    """IPv4 networks the host uses: main-table routes (but the default route)
+    and interface addresses, leaving out links named in `exclude`."""
+    skip = set(exclude)
+    out: list[ipaddress.IPv4Network] = []
+    with IPRoute() as ip:
+        names = {int(link["index"]): str(_attr(link, "IFLA_IFNAME")) for link in ip.get_links()}
+        for r in ip.get_routes(family=socket.AF_INET, table=_RT_TABLE_MAIN):
+            if not r["dst_len"]:
+                continue
+            if names.get(int(_attr(r, "RTA_OIF") or 0), "") in skip:
+                continue
+            dst = _attr(r, "RTA_DST")
+            out.append(ipaddress.IPv4Network(f"{dst}/{r['dst_len']}", strict=False))
+        for a in ip.get_addr(family=socket.AF_INET):
+            if names.get(int(a["index"]), "") in skip:
+                continue
+            out.append(
+                ipaddress.IPv4Network(f"{_attr(a, 'IFA_ADDRESS')}/{a['prefixlen']}", strict=False)
+            )
+    return out
+
+
+# -- network namespaces and veth pairs ----------------------------------------
+
+
+def _is_mountpoint(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == target for line in f)
+
+
+def netns_exists(path: Path) -> bool:
+    """Whether `path` is a bound network namespace."""
+    return path.exists() and _is_mountpoint(path)
+
+
+def remove_netns(path: Path) -> None:
+    """Unbind and remove the namespace file `path` (idempotent). The namespace
+    itself ends when nothing else holds it."""
+    if not path.exists():
+        return
+    try:
+        sc.umount2(path, sc.MNT_DETACH)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
+    path.unlink(missing_ok=True)
+
+
+def _setup_in_new_netns(path: Path, nics: list[Nic]) -> None:
+    # Runs on a thread of its own: unshare(CLONE_NEWNET) moves only this
+    # thread into the new namespace, so the daemon's other threads stay in
+    # the host's, and the thread ends there: nothing has to switch back.
+    # The netlink socket is opened first, so it stays in the host namespace
+    # where the bridges are.
+    with IPRoute() as ip:
+        ip.link_lookup(ifname="lo")
+        sc.unshare(sc.CLONE_NEWNET)
+        path.touch(mode=0o444)
+        sc.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path, None, sc.MS_BIND)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for nic in nics:
+                bridge = _index(ip, nic.bridge)
+                if bridge is None:
+                    raise LxpyError(
+                        f"bridge {nic.bridge} of network {nic.network} is missing",
+                        hint="restart lxpyd to re-create its networks",
+                    )
+                if _index(ip, nic.host) is not None:
+                    _delete_link(ip, nic.host)
+                # One request makes the pair, puts the host end on the bridge
+                # and up, and creates the peer inside the namespace with its
+                # final name and MAC: no rename, no move.
+                ip.link(
+                    "add",
+                    ifname=nic.host,
+                    kind="veth",
+                    master=bridge,
+                    state="up",
+                    peer={"ifname": nic.peer, "address": nic.mac, "net_ns_fd": fd},
+                )
+            # This thread is in the new namespace: the ioctl socket is too.
+            link_up("lo")
+            for nic in nics:
+                link_up(nic.peer)
+        except BaseException:
+            for nic in nics:
+                _delete_link(ip, nic.host)
+            raise
+        finally:
+            os.close(fd)
+
+
+def create_netns(path: Path, nics: list[Nic]) -> None:
+    """Bind a new network namespace at `path` holding `nics` (veth peers,
+    up, with their MACs), their host ends on their bridges and up.
+
+    On failure nothing is left: no veth, no bound namespace.
+
+    Raises:
+        LxpyError: a bridge is missing, or netlink refused a step.
+        OSError: from unshare/mount.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            _setup_in_new_netns(path, nics)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=work, name="lxpy-netns")
+    t.start()
+    t.join()
+    if errors:
+        remove_netns(path)
+        err = errors[0]
+        if isinstance(err, NetlinkError):
+            raise LxpyError(f"cannot set up the network of {path.name}: {err}") from err
+        raise err
+
+
+def netns_ipv4(path: Path) -> dict[str, list[str]]:
+    """IPv4 addresses (CIDR) per interface inside the namespace at `path`,
+    leaving out lo."""
+    result: dict[str, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            sc.setns_path(path, sc.CLONE_NEWNET)
+            with IPRoute() as ip:
+                names = {
+                    int(link["index"]): str(_attr(link, "IFLA_IFNAME")) for link in ip.get_links()
+                }
+                for a in ip.get_addr(family=socket.AF_INET):
+                    name = names.get(int(a["index"]), "?")
+                    if name == "lo":
+                        continue
+                    result.setdefault(name, []).append(
+                        f"{_attr(a, 'IFA_ADDRESS')}/{a['prefixlen']}"
+                    )
+        except BaseException as e:
+            errors.append(e)
+
+    # A thread of its own: it leaves the host namespace and ends there.
+    t = threading.Thread(target=work, name="lxpy-netns-read")
+    t.start()
+    t.join()
+    if errors:
+        raise errors[0]
+    return result

@@ -1,0 +1,88 @@
+"""lxpy's nftables table: NAT and forwarding for its managed networks.
+
+Each daemon root owns one table, `inet lxpy-<root id>`, holding the rules of
+all its networks. The table is always replaced whole, in one `nft -f -`
+transaction (declare, delete, re-add), so a reader never sees half of it and
+no other table, chain or the host's policy is ever touched.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterable
+
+from lxpy.errors import LxpyError, Unsupported
+from lxpy.model.network import Network
+
+IP_FORWARD = "/proc/sys/net/ipv4/ip_forward"
+
+
+def table_name(root_id: str) -> str:
+    return f"lxpy-{root_id}"
+
+
+def render(table: str, networks: Iterable[Network]) -> str:
+    """The nft script that makes `table` hold exactly the rules of `networks`
+    (or removes the table when there are none)."""
+    nets = sorted(networks, key=lambda n: n.name)
+    # Declaring first makes the delete valid when the table does not exist.
+    lines = [f"table inet {table} {{}}", f"delete table inet {table}"]
+    if not nets:
+        return "\n".join(lines) + "\n"
+    lines.append(f"table inet {table} {{")
+    lines.append("  chain forward {")
+    lines.append("    type filter hook forward priority filter; policy accept;")
+    for n in nets:
+        lines.append(f'    iifname "{n.name}" accept')
+        lines.append(f'    oifname "{n.name}" ct state established,related accept')
+    lines.append("  }")
+    lines.append("  chain input {")
+    lines.append("    type filter hook input priority filter; policy accept;")
+    for n in nets:
+        # DHCP and DNS from the containers to the bridge's dnsmasq.
+        lines.append(f'    iifname "{n.name}" udp dport {{ 53, 67 }} accept')
+        lines.append(f'    iifname "{n.name}" tcp dport 53 accept')
+    lines.append("  }")
+    lines.append("  chain postrouting {")
+    lines.append("    type nat hook postrouting priority srcnat; policy accept;")
+    for n in nets:
+        if n.nat:
+            lines.append(
+                f'    ip saddr {n.subnet} ip daddr != {n.subnet} oifname != "{n.name}" masquerade'
+            )
+    lines.append("  }")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def apply(table: str, networks: Iterable[Network], nft: str = "nft") -> None:
+    """Replace `table` with the rules of `networks` in one transaction.
+
+    Raises:
+        Unsupported: no nft binary.
+        LxpyError: nft refused the script (its message included).
+    """
+    script = render(table, networks)
+    try:
+        res = subprocess.run(
+            [nft, "-f", "-"], input=script, capture_output=True, text=True, timeout=30
+        )
+    except FileNotFoundError:
+        raise Unsupported(
+            "nft is not installed", hint="install nftables (`apt install nftables`)"
+        ) from None
+    if res.returncode != 0:
+        raise LxpyError(
+            f"nft refused lxpy's table {table}: {res.stderr.strip()}",
+            hint="check that the kernel has nf_tables with nat (`nft list tables`)",
+        )
+
+
+def enable_ip_forward() -> None:
+    """Turn on IPv4 forwarding (needed for NAT). It is left on afterwards:
+    other software on the host may rely on it by then."""
+    with open(IP_FORWARD) as f:
+        if f.read().strip() == "1":
+            return
+    with open(IP_FORWARD, "w") as f:
+        f.write("1\n")
