@@ -1,0 +1,1 @@
+"""Thin synchronous kernel interfaces: syscalls, cgroups, network interfaces."""

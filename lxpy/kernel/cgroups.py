@@ -1,0 +1,368 @@
+"""Container cgroups on cgroup v2, v1, and hybrid hosts.
+
+A container gets one cgroup directory, `lxpy.payload.NAME`, on every
+mounted hierarchy: on a pure v2 host that is one directory; on a hybrid
+host it is one per v1 controller hierarchy (memory, pids, freezer, ...),
+one on the named `name=systemd` v1 hierarchy, and one on the controller-less
+unified cgroup2 hierarchy. The v2 directory, when there is one, is the
+authority for "which processes belong to the container" because it is
+recursive and has cgroup.kill and cgroup.freeze.
+
+Only os and the lxpy errors are imported: the monitor uses this module.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from lxpy.errors import Busy, LxpyError, NotFound, Unsupported
+
+PREFIX = "lxpy.payload."
+
+# Super options of a v1 cgroup mount that are not controller names.
+_V1_NON_CONTROLLERS = {"rw", "ro", "noprefix", "clone_children", "xattr", "cpuset_v2_mode"}
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted cgroup hierarchy."""
+
+    mountpoint: str
+    version: int
+    # v1: its controllers (and `name=X` for a named hierarchy); v2: what
+    # cgroup.controllers of the root lists (may be empty on hybrid hosts).
+    controllers: tuple[str, ...]
+
+
+def parse_mountinfo(text: str) -> list[Hierarchy]:
+    """The cgroup hierarchies in the text of a /proc/PID/mountinfo.
+
+    A hierarchy mounted twice is listed once (first mount wins); mounts of a
+    sub-directory of a hierarchy (bind mounts, a cgroup namespace's view) are
+    skipped because their root is not the hierarchy's root. v2 controllers
+    are left empty here: `hierarchies()` reads them from the mounted tree.
+    """
+    found: list[Hierarchy] = []
+    seen: set[tuple[str, str]] = set()
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields, rfields = left.split(), right.split()
+        if len(fields) < 5 or len(rfields) < 3:
+            continue
+        root, mountpoint = fields[3], fields[4].replace("\\040", " ")
+        fstype, superopts = rfields[0], rfields[2]
+        if fstype not in ("cgroup", "cgroup2") or root != "/":
+            continue
+        if fstype == "cgroup2":
+            key = ("cgroup2", "")
+            ctrls: tuple[str, ...] = ()
+        else:
+            opts = [o for o in superopts.split(",") if o not in _V1_NON_CONTROLLERS]
+            ctrls = tuple(o for o in opts if not o.startswith("release_agent="))
+            key = ("cgroup", ",".join(sorted(ctrls)))
+        if key in seen:
+            continue
+        seen.add(key)
+        found.append(Hierarchy(mountpoint, 2 if fstype == "cgroup2" else 1, ctrls))
+    return found
+
+
+def hierarchies() -> list[Hierarchy]:
+    """The cgroup hierarchies mounted in the caller's mount namespace."""
+    with open("/proc/self/mountinfo") as f:
+        found = parse_mountinfo(f.read())
+    out = []
+    for h in found:
+        if h.version == 2:
+            try:
+                with open(os.path.join(h.mountpoint, "cgroup.controllers")) as f:
+                    h = Hierarchy(h.mountpoint, 2, tuple(f.read().split()))
+            except OSError:
+                pass
+        out.append(h)
+    return out
+
+
+def layout(hs: list[Hierarchy]) -> str:
+    """`unified` (v2 only), `hybrid` (v1 controllers plus a cgroup2 tree),
+    `legacy` (v1 only) or `none`."""
+    v1 = any(h.version == 1 for h in hs)
+    v2 = any(h.version == 2 for h in hs)
+    if v2 and not v1:
+        return "unified"
+    if v2 and v1:
+        return "hybrid"
+    return "legacy" if v1 else "none"
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: str, value: str) -> None:
+    # Why open/write and not pathlib: one syscall each, no buffering, and
+    # the kernel's errno (EBUSY, EINVAL, ESRCH) reaches the caller as is.
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _pids_under(path: str) -> set[int]:
+    pids: set[int] = set()
+    for dirpath, _dirs, files in os.walk(path):
+        if "cgroup.procs" not in files:
+            continue
+        try:
+            pids.update(int(p) for p in _read(os.path.join(dirpath, "cgroup.procs")).split())
+        except FileNotFoundError:
+            continue  # removed while we walked
+    return pids
+
+
+class ContainerCgroup:
+    """The cgroup directories of one container, one per hierarchy."""
+
+    def __init__(self, name: str, dirs: list[tuple[Hierarchy, str]]) -> None:
+        self.name = name
+        self.dirs = dirs
+
+    @classmethod
+    def for_name(
+        cls, name: str, hs: list[Hierarchy] | None = None, parent: str = ""
+    ) -> ContainerCgroup:
+        """Where container `name`'s cgroups live (nothing is created).
+
+        Args:
+            name: the container name; the directory is `lxpy.payload.NAME`.
+            hs: the hierarchies (default: the ones mounted now).
+            parent: a path relative to each hierarchy's root to nest under.
+
+        Raises:
+            Unsupported: when no cgroup hierarchy is mounted.
+        """
+        hs = hierarchies() if hs is None else hs
+        if not hs:
+            raise Unsupported(
+                "no cgroup hierarchy is mounted", hint="mount cgroup2 on /sys/fs/cgroup"
+            )
+        rel = os.path.join(parent.strip("/"), PREFIX + name)
+        return cls(name, [(h, os.path.join(h.mountpoint, rel)) for h in hs])
+
+    @property
+    def paths(self) -> list[str]:
+        return [d for _h, d in self.dirs]
+
+    @property
+    def unified(self) -> str | None:
+        """The directory on the cgroup2 hierarchy, if the host has one."""
+        return next((d for h, d in self.dirs if h.version == 2), None)
+
+    def _v1(self, controller: str) -> str | None:
+        return next(
+            (d for h, d in self.dirs if h.version == 1 and controller in h.controllers), None
+        )
+
+    def procs_files(self) -> list[str]:
+        """The cgroup.procs files a process writes "0" to in order to join."""
+        return [os.path.join(d, "cgroup.procs") for d in self.paths]
+
+    def exists(self) -> bool:
+        return any(os.path.isdir(d) for d in self.paths)
+
+    def create(self) -> None:
+        """Make the directories; reuse leftovers of a previous run if empty.
+
+        Raises:
+            Busy: when a leftover cgroup of this name still has processes.
+            LxpyError: when a directory cannot be made.
+        """
+        if self.exists() and self.pids():
+            raise Busy(
+                f"cgroup {PREFIX}{self.name} still has processes {sorted(self.pids())[:5]}",
+                hint="a previous run of this container is still alive; stop or kill it first",
+            )
+        for h, d in self.dirs:
+            try:
+                os.makedirs(d, exist_ok=True)
+            except OSError as e:
+                self.remove(timeout=1)
+                raise LxpyError(f"cannot create cgroup {d}: {e.strerror}") from None
+            if h.version == 1 and "cpuset" in h.controllers:
+                self._init_cpuset(d)
+
+    @staticmethod
+    def _init_cpuset(d: str) -> None:
+        # Why: a new v1 cpuset cgroup starts with empty cpus and mems, and
+        # the kernel refuses to attach a task to it (ENOSPC) until both are
+        # set. Copy them from the parent, as clone_children would.
+        for key in ("cpuset.cpus", "cpuset.mems"):
+            mine = os.path.join(d, key)
+            if _read(mine).strip():
+                continue
+            _write(mine, _read(os.path.join(os.path.dirname(d), key)).strip())
+
+    def attach(self, pid: int) -> None:
+        """Move process `pid` (host pid namespace) into every directory.
+
+        Raises:
+            NotFound: when the process is gone.
+            LxpyError: when a hierarchy refuses it.
+        """
+        for path in self.procs_files():
+            try:
+                _write(path, str(pid))
+            except ProcessLookupError:
+                raise NotFound(f"process {pid} does not exist") from None
+            except OSError as e:
+                raise LxpyError(f"cannot move {pid} into {path}: {e.strerror}") from None
+
+    def pids(self) -> set[int]:
+        """All processes in the container's cgroup tree (host pids)."""
+        src = self.unified or (self.paths[0] if self.paths else None)
+        if src is None or not os.path.isdir(src):
+            return set()
+        return _pids_under(src)
+
+    # -- freezer --------------------------------------------------------------
+
+    def _v2_freeze_file(self) -> str | None:
+        if self.unified and os.path.exists(os.path.join(self.unified, "cgroup.freeze")):
+            return os.path.join(self.unified, "cgroup.freeze")
+        return None
+
+    def frozen(self) -> bool:
+        """Whether the container is frozen (fully, not still freezing)."""
+        v2 = self._v2_freeze_file()
+        if v2:
+            events = _read(os.path.join(os.path.dirname(v2), "cgroup.events"))
+            return "frozen 1" in events.splitlines()
+        v1 = self._v1("freezer")
+        if v1 is None:
+            return False
+        return _read(os.path.join(v1, "freezer.state")).strip() == "FROZEN"
+
+    def _set_frozen(self, on: bool, timeout: float) -> None:
+        v2 = self._v2_freeze_file()
+        v1 = self._v1("freezer")
+        if v2:
+            _write(v2, "1" if on else "0")
+        elif v1:
+            _write(os.path.join(v1, "freezer.state"), "FROZEN" if on else "THAWED")
+        else:
+            raise Unsupported("this host has no cgroup freezer", hint="enable the freezer")
+        # Why wait: freezing is asynchronous; a task in an uninterruptible
+        # sleep freezes only when it comes out of it.
+        deadline = time.monotonic() + timeout
+        while self.frozen() != on:
+            if time.monotonic() > deadline:
+                raise Busy(
+                    f"cgroup {PREFIX}{self.name} did not {'freeze' if on else 'thaw'} "
+                    f"within {timeout}s",
+                    hint="a process may be stuck in uninterruptible I/O",
+                )
+            time.sleep(0.005)
+
+    def freeze(self, timeout: float = 5.0) -> None:
+        """Freeze every process of the container and wait until they are.
+
+        Raises:
+            Unsupported: without any freezer.
+            Busy: when freezing does not complete within `timeout`.
+        """
+        self._set_frozen(True, timeout)
+
+    def thaw(self, timeout: float = 5.0) -> None:
+        """Undo freeze().
+
+        Raises:
+            Unsupported: without any freezer.
+            Busy: when thawing does not complete within `timeout`.
+        """
+        self._set_frozen(False, timeout)
+
+    # -- kill and remove ----------------------------------------------------
+
+    def kill(self, timeout: float = 5.0) -> None:
+        """SIGKILL every process in the container's cgroups; wait until none is left.
+
+        Raises:
+            Busy: when processes remain after `timeout` (stuck in the kernel).
+        """
+        deadline = time.monotonic() + timeout
+        v2kill = self.unified and os.path.join(self.unified, "cgroup.kill")
+        while True:
+            pids = self.pids()
+            if not pids:
+                return
+            if v2kill and os.path.exists(v2kill):
+                # One write kills the whole subtree, including processes
+                # forked while we would otherwise be iterating.
+                _write(v2kill, "1")
+            else:
+                self._kill_by_listing()
+            if time.monotonic() > deadline:
+                raise Busy(
+                    f"cgroup {PREFIX}{self.name} still has processes {sorted(pids)[:5]} "
+                    f"after SIGKILL",
+                    hint="they are probably in uninterruptible sleep; retry later",
+                )
+            time.sleep(0.005)
+
+    def _kill_by_listing(self) -> None:
+        # Why freeze first: a forking process could otherwise create
+        # children faster than we list and kill them.
+        frozen = False
+        try:
+            self.freeze(timeout=1)
+            frozen = True
+        except LxpyError:
+            pass
+        for pid in self.pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if frozen:
+            # v1-frozen tasks only die once thawed.
+            try:
+                self.thaw(timeout=1)
+            except LxpyError:
+                pass
+
+    def remove(self, timeout: float = 5.0) -> None:
+        """Remove the directories (and sub-cgroups the container made).
+
+        Idempotent. Retries while the kernel still reports them busy, which
+        it does for a short while after the last process was killed.
+
+        Raises:
+            Busy: when a directory cannot be removed within `timeout`.
+        """
+        deadline = time.monotonic() + timeout
+        for _h, d in self.dirs:
+            if not os.path.isdir(d):
+                continue
+            subdirs = [p for p, _ds, _fs in os.walk(d, topdown=False)]
+            for sub in subdirs:
+                while True:
+                    try:
+                        os.rmdir(sub)
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError as e:
+                        if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                            raise Busy(
+                                f"cannot remove cgroup {sub}: {e.strerror}",
+                                hint="processes are still in it; kill them first",
+                            ) from None
+                        time.sleep(0.005)

@@ -1,0 +1,199 @@
+"""ctypes bindings for the few syscalls Python 3.11's os module lacks.
+
+One wrapper per syscall. Each raises OSError carrying the errno and naming
+the call and its arguments, so a failure deep in a container launch reads
+as "mount('proc', '/x/proc', 'proc'): Permission denied" rather than a bare
+errno. Only ctypes and os are imported: the monitor loads this module and
+must stay lean.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+# -- namespaces (linux/sched.h) -------------------------------------------
+CLONE_NEWTIME = 0x00000080
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# -- mount flags (linux/mount.h) ------------------------------------------
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+
+MNT_FORCE = 1
+MNT_DETACH = 2
+
+# -- prctl options (linux/prctl.h) ----------------------------------------
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+PR_CAPBSET_DROP = 24
+PR_SET_CHILD_SUBREAPER = 36
+
+# pivot_root has no glibc wrapper: it is reached through syscall(2) by
+# number, which differs per architecture.
+_PIVOT_ROOT_NR = {
+    "x86_64": 155,
+    "aarch64": 41,
+    "riscv64": 41,
+    "loongarch64": 41,
+    "ppc64le": 203,
+    "ppc64": 203,
+    "s390x": 217,
+    "armv7l": 218,
+    "armv6l": 218,
+    "i686": 217,
+    "i386": 217,
+}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_libc.prctl.argtypes = [
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
+_libc.syscall.restype = ctypes.c_long
+
+
+def _check(ret: int, what: str) -> None:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _b(value: str | os.PathLike[str] | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def unshare(flags: int) -> None:
+    """unshare(2): move the calling process into new namespaces.
+
+    Raises:
+        OSError: with the kernel's errno (EPERM without CAP_SYS_ADMIN, EINVAL
+            for a second CLONE_NEWPID before a fork).
+    """
+    _check(_libc.unshare(flags), f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """setns(2): join the namespace that `fd` (an open /proc/PID/ns/* file) names.
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
+    _check(_libc.setns(fd, nstype), f"setns({fd}, {nstype:#x})")
+
+
+def setns_path(path: str | os.PathLike[str], nstype: int = 0) -> None:
+    """setns(2) on a namespace file given by path (e.g. a bound netns).
+
+    Raises:
+        OSError: when the file cannot be opened or joined.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        setns(fd, nstype)
+    finally:
+        os.close(fd)
+
+
+def mount(
+    source: str | os.PathLike[str] | None,
+    target: str | os.PathLike[str],
+    fstype: str | None = None,
+    flags: int = 0,
+    data: str | None = None,
+) -> None:
+    """mount(2).
+
+    Raises:
+        OSError: with the kernel's errno, naming source, target and type.
+    """
+    ret = _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data))
+    _check(ret, f"mount({str(source)!r}, {str(target)!r}, {fstype!r}, {flags:#x}, {data!r})")
+
+
+def umount2(target: str | os.PathLike[str], flags: int = 0) -> None:
+    """umount2(2).
+
+    Raises:
+        OSError: with the kernel's errno (EINVAL when `target` is not a mount point).
+    """
+    _check(_libc.umount2(_b(target), flags), f"umount2({str(target)!r}, {flags})")
+
+
+def pivot_root(new_root: str | os.PathLike[str], put_old: str | os.PathLike[str]) -> None:
+    """pivot_root(2), through syscall(2).
+
+    Raises:
+        OSError: with the kernel's errno; ENOSYS on an architecture this
+            module does not know.
+    """
+    nr = _PIVOT_ROOT_NR.get(os.uname().machine)
+    if nr is None:
+        raise OSError(38, f"pivot_root: unknown syscall number on {os.uname().machine}")
+    ret = _libc.syscall(ctypes.c_long(nr), _b(new_root), _b(put_old))
+    _check(ret, f"pivot_root({str(new_root)!r}, {str(put_old)!r})")
+
+
+def sethostname(name: str) -> None:
+    """sethostname(2) in the caller's UTS namespace.
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
+    raw = name.encode()
+    _check(_libc.sethostname(raw, len(raw)), f"sethostname({name!r})")
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """prctl(2) with integer arguments.
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
+    ret = _libc.prctl(option, arg2, arg3, arg4, arg5)
+    _check(ret, f"prctl({option}, {arg2})")
+    return int(ret)
+
+
+def set_process_name(name: str) -> None:
+    """Set the calling thread's comm (what ps and top show), cut to 15 bytes.
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    ret = _libc.prctl(PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0)
+    _check(ret, f"prctl(PR_SET_NAME, {name!r})")

@@ -1,0 +1,1 @@
+"""Running containers: the launch path, the monitor, its control protocol, the zygote."""

@@ -1,0 +1,304 @@
+"""The launch path: what the container's init-to-be does before exec.
+
+The monitor has already unshared CLONE_NEWPID and forked, so this code runs
+as PID 1 of a fresh pid namespace, with the monitor (outside it) as parent.
+It joins the container's cgroups, takes the console, enters its other
+namespaces, builds the root filesystem view, pivots into it and execs init.
+Any failure is written to `errfd` (close-on-exec, so a successful exec
+reads as EOF on the monitor's side) and the process exits 127.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import termios
+from collections.abc import Sequence
+from typing import NoReturn
+
+from lxpy.kernel import syscalls as sc
+from lxpy.kernel.netif import link_up
+from lxpy.runtime.spec import CAPS, LaunchSpec
+
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Host device nodes a container may use: harmless character devices.
+_DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+
+# Parts of /proc and /sys that leak or control host-wide state. Files get
+# /dev/null bound over them, directories an empty read-only tmpfs.
+_MASKED = (
+    "proc/kcore",
+    "proc/keys",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/latency_stats",
+    "proc/sysrq-trigger",
+    "proc/acpi",
+    "proc/scsi",
+    "proc/asound",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+)
+# Host-wide kernel knobs that must stay read-only in a container.
+_READ_ONLY = ("proc/sys", "proc/bus", "proc/fs", "proc/irq")
+
+_NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+
+
+def child_main(
+    spec: LaunchSpec,
+    console_fd: int,
+    console_path: str,
+    tty_paths: Sequence[str],
+    cgroup_procs: Sequence[str],
+    errfd: int,
+) -> NoReturn:
+    """Set the container up and exec its init; never returns.
+
+    Args:
+        spec: the container.
+        console_fd: the console pty slave (becomes init's stdio and ctty).
+        console_path: the host path of that slave, bound on /dev/console.
+        tty_paths: host paths of the pty slaves bound on /dev/tty1..N.
+        cgroup_procs: the cgroup.procs files of the container's cgroups.
+        errfd: write end of the monitor's error pipe (close-on-exec).
+    """
+    try:
+        _setup(spec, console_fd, console_path, tty_paths, cgroup_procs)
+        env = _environment(spec)
+        _step("exec " + spec.init)
+        os.execve(spec.init, [spec.init, *spec.args], env)
+    except BaseException as e:  # noqa: B036 - anything must reach the monitor
+        msg = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else str(e)
+        msg = f"{_STEP[0]}: {msg}"
+        try:
+            os.write(errfd, msg.encode(errors="replace")[:4000])
+        except OSError:
+            pass
+    os._exit(127)
+
+
+# What the child is doing, for the error message if it fails.
+_STEP = ["start"]
+
+
+def _step(what: str) -> None:
+    _STEP[0] = what
+
+
+def _setup(
+    spec: LaunchSpec,
+    console_fd: int,
+    console_path: str,
+    tty_paths: Sequence[str],
+    cgroup_procs: Sequence[str],
+) -> None:
+    # Why: if the monitor dies, nobody would reap or supervise init; LXC's
+    # answer is the same, the container dies with its monitor.
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The monitor may ignore these; init must start with default dispositions.
+    for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+
+    _step("joining the cgroups")
+    # Join the cgroups first: the cgroup namespace made below takes the
+    # cgroup we are in as its root, and every later child inherits it.
+    # "0" means "the writer", which avoids pid-namespace translation.
+    for path in cgroup_procs:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+    _step("taking the console")
+    # A session of our own with the console as controlling terminal: the
+    # shell on the console gets job control and ^C.
+    os.setsid()
+    fcntl.ioctl(console_fd, termios.TIOCSCTTY, 0)
+    for std in (0, 1, 2):
+        os.dup2(console_fd, std)
+    if console_fd > 2:
+        os.close(console_fd)
+
+    _step("network namespace")
+    # Network first, so that sysfs mounted below shows this namespace's
+    # interfaces. A pre-made netns (veth already inside) is joined; without
+    # one, a new namespace with only loopback keeps the host's out of reach.
+    if spec.netns:
+        sc.setns_path(spec.netns, sc.CLONE_NEWNET)
+    else:
+        sc.unshare(sc.CLONE_NEWNET)
+        link_up("lo")
+
+    _step("namespaces")
+    sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP)
+    sc.sethostname(spec.effective_hostname)
+
+    _step("mounting the rootfs")
+    root = os.path.realpath(spec.rootfs)
+    # Why private: without it, every mount below would propagate back to
+    # the host's (shared) mount namespace.
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    # pivot_root needs the new root to be a mount point.
+    sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
+
+    _step("mounting /proc")
+    _mount_proc(root)
+    _step("mounting /sys")
+    _mount_sys(root, spec)
+    _step("building /dev")
+    _mount_dev(root, console_path, tty_paths)
+    _step("mounting /run")
+    _mount_run(root)
+
+    # pivot_root(".", ".") stacks the old root on top of the new one; the
+    # detach then drops it, so no path to the host's tree is left behind.
+    _step("pivot_root")
+    os.chdir(root)
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")
+
+    _step("dropping capabilities")
+    for cap in spec.drop_caps:
+        sc.prctl(sc.PR_CAPBSET_DROP, CAPS[cap.lower().removeprefix("cap_")])
+
+
+def _environment(spec: LaunchSpec) -> dict[str, str]:
+    # `container` is how systemd and others detect a container (systemd's
+    # Container Interface); container_uuid seeds /etc/machine-id when empty.
+    env = {"container": "lxpy", "TERM": "linux", "PATH": _PATH, "HOME": "/"}
+    if spec.uuid:
+        env["container_uuid"] = spec.uuid
+    env.update(spec.env)
+    return env
+
+
+def _target(root: str, rel: str, is_dir: bool = True) -> str:
+    """The absolute mount point `rel` under `root`, created if missing.
+
+    A symlink is refused: the mount would follow it, to wherever the
+    container's files point.
+    """
+    path = os.path.join(root, rel)
+    if os.path.islink(path):
+        raise OSError(40, f"refusing to mount on {rel}: it is a symlink in the rootfs")
+    if not os.path.exists(path):
+        if is_dir:
+            os.makedirs(path, mode=0o755, exist_ok=True)
+        else:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    return path
+
+
+def _bind(src: str, dst: str, flags: int = 0) -> None:
+    sc.mount(src, dst, None, sc.MS_BIND)
+    if flags:
+        # Flags other than MS_BIND are ignored by the first bind mount;
+        # they take effect only through a remount of the bind.
+        sc.mount(None, dst, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
+
+
+def _mount_proc(root: str) -> None:
+    proc = _target(root, "proc")
+    sc.mount("proc", proc, "proc", _NOSUID_NODEV_NOEXEC)
+    for rel in _READ_ONLY:
+        path = os.path.join(root, rel)
+        if os.path.exists(path):
+            _bind(path, path, sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+    # The container owns its network namespace, so its net sysctls are its
+    # own to set (systemd-networkd, ip forwarding).
+    net = os.path.join(proc, "sys/net")
+    if os.path.isdir(net):
+        _bind(net, net, _NOSUID_NODEV_NOEXEC)
+    _mask(root, [m for m in _MASKED if m.startswith("proc/")])
+
+
+def _mask(root: str, rels: Sequence[str]) -> None:
+    for rel in rels:
+        path = os.path.join(root, rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC, "size=0,mode=555")
+        elif os.path.exists(path):
+            _bind("/dev/null", path)
+
+
+def _mount_sys(root: str, spec: LaunchSpec) -> None:
+    sys_ = _target(root, "sys")
+    sc.mount("sysfs", sys_, "sysfs", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+    _mask(root, [m for m in _MASKED if m.startswith("sys/")])
+    view = spec.cgroup_view
+    if view == "auto":
+        view = "cgroup2" if _host_has_cgroup2() else "none"
+    if view == "cgroup2":
+        # Mounted inside the new cgroup namespace, cgroup2 shows the
+        # container's own subtree as its root: systemd in the container
+        # manages that subtree (on a hybrid host, without controllers).
+        cg = os.path.join(sys_, "fs/cgroup")
+        sc.mount("cgroup2", cg, "cgroup2", _NOSUID_NODEV_NOEXEC)
+
+
+def _host_has_cgroup2() -> bool:
+    with open("/proc/self/mountinfo") as f:
+        return any(" - cgroup2 " in line for line in f)
+
+
+def _mount_dev(root: str, console_path: str, tty_paths: Sequence[str]) -> None:
+    dev = _target(root, "dev")
+    # A tmpfs of our own: the container sees only the nodes bound below, not
+    # the host's disks. Not nodev, so nodes the container makes still work.
+    sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
+    for node in _DEV_NODES:
+        _bind(f"/dev/{node}", _target(dev, node, is_dir=False))
+    # A private devpts instance: ptys opened in the container are numbered
+    # and visible only there. gid=5 is the tty group of Debian rootfs trees.
+    pts = _target(dev, "pts")
+    sc.mount(
+        "devpts",
+        pts,
+        "devpts",
+        sc.MS_NOSUID | sc.MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    )
+    os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
+    # The console and ttys are host ptys whose masters the monitor holds:
+    # that is how it logs the console and hands it to `attach`.
+    _bind(console_path, _target(dev, "console", is_dir=False))
+    for i, path in enumerate(tty_paths, start=1):
+        _bind(path, _target(dev, f"tty{i}", is_dir=False))
+    shm = _target(dev, "shm")
+    sc.mount("tmpfs", shm, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777")
+    # mqueue belongs to the ipc namespace of whoever mounts it: ours.
+    mq = _target(dev, "mqueue")
+    sc.mount("mqueue", mq, "mqueue", _NOSUID_NODEV_NOEXEC)
+    for name, dest in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        os.symlink(dest, os.path.join(dev, name))
+
+
+def _mount_run(root: str) -> None:
+    run = _target(root, "run")
+    sc.mount("tmpfs", run, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755,size=20%")
+    # systemd's Container Interface: the host's os-release and the
+    # manager's name, for tools that want to know what they run on.
+    host = os.path.join(run, "host")
+    os.mkdir(host, 0o755)
+    for src in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            with open(src, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        with open(os.path.join(host, "os-release"), "wb") as f:
+            f.write(data)
+        break
+    with open(os.path.join(host, "container-manager"), "w") as f:
+        f.write("lxpy\n")

@@ -1,0 +1,715 @@
+"""The per-container monitor: parent of init, holder of the console.
+
+One monitor runs per running container, in its own session, so it outlives
+whoever started it (lxpyd, the zygote, a shell). It:
+
+* creates the container's cgroups and the console and tty ptys (it keeps
+  the masters; console output goes to a ring buffer and a log file);
+* forks init into a new pid namespace (see launch.py) and reaps it through
+  a pidfd, so it knows why init ended: in a pid namespace, reboot(2)
+  kills init with SIGHUP for a reboot and with SIGINT for a halt or power
+  off. A reboot relaunches the container with the same spec;
+* answers a unix control socket with one JSON object per line (see
+  control.py for the commands);
+* when init ends for good, kills what is left in the cgroups, removes
+  them and the socket, writes its last state, and exits.
+
+Stdlib only, single-threaded, one poll() loop: it must cost little memory
+when fifty containers idle.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import termios
+import time
+from collections.abc import Callable
+
+from lxpy.errors import Busy, InvalidArgument, LxpyError
+from lxpy.kernel import syscalls as sc
+from lxpy.kernel.cgroups import ContainerCgroup
+from lxpy.runtime import launch
+from lxpy.runtime.spec import LaunchSpec
+
+LAUNCH_TIMEOUT = 30.0
+_READ = select.POLLIN | select.POLLPRI
+_ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
+
+
+class _Client:
+    __slots__ = ("sock", "buf", "subscribed", "attached")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+        self.subscribed = False
+        self.attached = False
+
+
+def _error(e: LxpyError) -> dict[str, object]:
+    return {"ok": False, "error": e.to_json()}
+
+
+class Monitor:
+    """Runs one container until it ends for good. See the module docstring."""
+
+    def __init__(self, spec: LaunchSpec) -> None:
+        self.spec = spec
+        self.cg = ContainerCgroup.for_name(spec.name, parent=spec.cgroup_parent)
+        self.state = "STARTING"
+        self.init_pid = 0
+        self.pidfd = -1
+        self.started_at = 0.0
+        self.boots = 0
+        self.last_exit: dict[str, object] | None = None
+        self.clients: dict[int, _Client] = {}
+        self.stop_waiters: list[_Client] = []
+        self.stop_deadline: float | None = None
+        self.stop_forced = False
+        self.stopping = False
+        self.pending_signal: int | None = None
+        self.pending_until = 0.0
+        self.pending_next = 0.0
+        self.ring = bytearray()
+        self.log_fd = -1
+        self.console_master = -1
+        self.console_slave = -1
+        self.console_path = ""
+        self.tty_masters: list[int] = []
+        self.tty_slaves: list[int] = []
+        self.tty_paths: list[str] = []
+        self.listener: socket.socket | None = None
+        self.poll = select.poll()
+        self.handlers: dict[int, Callable[[int], None]] = {}
+        self.done = False
+        self._pidns_fd = -1
+        self._wake_r = self._wake_w = -1
+        # Set once the cgroups are ours: a start refused because another run
+        # holds them must not kill that run on its way out.
+        self._owns_cgroup = False
+
+    # -- set-up ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Everything up to a running init. On failure, undoes what it did.
+
+        Raises:
+            LxpyError: why the container could not start.
+        """
+        try:
+            self._signals()
+            self._listen()
+            self.cg.create()
+            self._owns_cgroup = True
+            self._make_ptys()
+            if self.spec.console_log:
+                self.log_fd = os.open(
+                    self.spec.console_log,
+                    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                    0o640,
+                )
+            self._pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            self._launch()
+        except BaseException:
+            self._cleanup()
+            raise
+
+    def _signals(self) -> None:
+        # Outlive the terminal and peers that hang up; a SIGTERM to the
+        # monitor is a request to stop the container cleanly.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Default, not ignored: an ignored SIGCHLD would auto-reap init and
+        # lose its exit status.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, lambda *_: None)
+        self._watch(self._wake_r, self._on_signal)
+
+    def _listen(self) -> None:
+        path = self.spec.control_socket
+        if os.path.exists(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+            except OSError:
+                os.unlink(path)  # stale: its monitor is gone
+            else:
+                raise Busy(
+                    f"a monitor already answers on {path}",
+                    hint=f"container {self.spec.name!r} is probably running",
+                )
+            finally:
+                probe.close()
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(16)
+        sock.setblocking(False)
+        self.listener = sock
+        self._watch(sock.fileno(), self._on_accept)
+
+    def _make_pty(self) -> tuple[int, int, str]:
+        master, slave = os.openpty()
+        # A console with 0x0 size confuses getty and full-screen programs.
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        os.set_blocking(master, False)
+        return master, slave, os.ttyname(slave)
+
+    def _make_ptys(self) -> None:
+        # The monitor keeps the slaves open too: the ptys then survive init's
+        # death (a reboot), and reading the master never hits EIO.
+        self.console_master, self.console_slave, self.console_path = self._make_pty()
+        for _ in range(self.spec.ttys):
+            m, s, p = self._make_pty()
+            self.tty_masters.append(m)
+            self.tty_slaves.append(s)
+            self.tty_paths.append(p)
+        self._watch(self.console_master, self._on_console)
+
+    @staticmethod
+    def _reopen(fd: int, path: str) -> int:
+        # A hangup (systemd hangs up /dev/console on shutdown and when a
+        # getty restarts) leaves every open slave fd returning EIO; a fresh
+        # open of the same pty works as long as we hold the master.
+        new = os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        if fd >= 0:
+            os.close(fd)
+        return new
+
+    def _reopen_slaves(self) -> None:
+        self.console_slave = self._reopen(self.console_slave, self.console_path)
+        for i, path in enumerate(self.tty_paths):
+            self.tty_slaves[i] = self._reopen(self.tty_slaves[i], path)
+
+    def _launch(self) -> None:
+        self._reopen_slaves()
+        r, w = os.pipe2(os.O_CLOEXEC)
+        # The next child is created in a new pid namespace as its PID 1,
+        # while the monitor stays outside as its parent and reaper.
+        sc.unshare(sc.CLONE_NEWPID)
+        try:
+            pid = os.fork()
+        except BaseException:
+            sc.setns(self._pidns_fd, sc.CLONE_NEWPID)
+            raise
+        if pid == 0:
+            os.close(r)
+            launch.child_main(
+                self.spec,
+                self.console_slave,
+                self.console_path,
+                self.tty_paths,
+                self.cg.procs_files(),
+                w,
+            )
+        # Back to our own namespace for children, so the next launch (after a
+        # reboot) may unshare a fresh one: a second unshare would be EINVAL.
+        sc.setns(self._pidns_fd, sc.CLONE_NEWPID)
+        os.close(w)
+        err = self._read_launch_error(r, pid)
+        if err:
+            os.waitpid(pid, 0)
+            raise LxpyError(
+                f"container {self.spec.name!r} failed to start: {err}",
+                hint="check the rootfs, its init and the console log",
+            )
+        self.init_pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        self._watch(self.pidfd, self._on_init_exit)
+        self.started_at = time.time()
+        self.boots += 1
+        self._set_state("RUNNING")
+
+    @staticmethod
+    def _read_launch_error(r: int, pid: int) -> str:
+        data = b""
+        deadline = time.monotonic() + LAUNCH_TIMEOUT
+        p = select.poll()
+        p.register(r, select.POLLIN)
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not p.poll(left * 1000):
+                    os.kill(pid, signal.SIGKILL)
+                    return f"init was not exec'd within {LAUNCH_TIMEOUT}s"
+                chunk = os.read(r, 4096)
+                if not chunk:
+                    return data.decode(errors="replace")
+                data += chunk
+        finally:
+            os.close(r)
+
+    # -- the loop ---------------------------------------------------------
+
+    def _watch(self, fd: int, handler: Callable[[int], None], events: int = _READ) -> None:
+        self.handlers[fd] = handler
+        self.poll.register(fd, events)
+
+    def _unwatch(self, fd: int) -> None:
+        if self.handlers.pop(fd, None) is not None:
+            self.poll.unregister(fd)
+
+    def serve(self) -> None:
+        """Answer requests and follow init until the container ends for good."""
+        while not self.done:
+            timeout = None
+            if self.stop_deadline is not None:
+                timeout = max(0.0, self.stop_deadline - time.monotonic()) * 1000
+            if self.pending_signal is not None:
+                left = max(0.0, self.pending_next - time.monotonic()) * 1000
+                timeout = left if timeout is None else min(timeout, left)
+            for fd, _ev in self.poll.poll(timeout):
+                handler = self.handlers.get(fd)
+                if handler is not None:
+                    handler(fd)
+                if self.done:
+                    break
+            if (
+                self.pending_signal is not None
+                and not self.done
+                and time.monotonic() >= self.pending_next
+            ):
+                self._signal_init(self.pending_signal)
+            if self.stop_deadline is not None and time.monotonic() >= self.stop_deadline:
+                self.stop_deadline = None
+                self.pending_signal = None
+                self._force_kill()
+        self._cleanup()
+
+    def _on_signal(self, fd: int) -> None:
+        try:
+            sigs = os.read(fd, 64)
+        except BlockingIOError:
+            return
+        if signal.SIGTERM in sigs and not self.stopping:
+            self._begin_stop(self.spec.halt_signum(), self.spec.stop_timeout)
+
+    def _on_console(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            # EIO: no slave is open, the console was hung up. Hold it open
+            # again, or poll() would report the hangup in a busy loop.
+            self.console_slave = self._reopen(self.console_slave, self.console_path)
+            return
+        if not data:
+            return
+        self.ring += data
+        excess = len(self.ring) - self.spec.console_buffer
+        if excess > 0:
+            del self.ring[:excess]
+        if self.log_fd >= 0:
+            try:
+                os.write(self.log_fd, data)
+            except OSError:
+                pass  # a full disk must not stop the console
+
+    def _on_accept(self, _fd: int) -> None:
+        assert self.listener is not None
+        try:
+            sock, _addr = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        # Replies are small and clients read them; a stuck client is dropped
+        # after this rather than stalling every container operation.
+        sock.settimeout(5.0)
+        client = _Client(sock)
+        self.clients[sock.fileno()] = client
+        self._watch(sock.fileno(), self._on_client)
+
+    def _drop(self, client: _Client) -> None:
+        fd = client.sock.fileno()
+        if fd >= 0:
+            self._unwatch(fd)
+            self.clients.pop(fd, None)
+        if client in self.stop_waiters:
+            self.stop_waiters.remove(client)
+        if client.attached:
+            self._resume_console()
+        client.sock.close()
+
+    def _send(
+        self, client: _Client, reply: dict[str, object], fds: list[int] | None = None
+    ) -> None:
+        data = (json.dumps(reply) + "\n").encode()
+        try:
+            if fds:
+                socket.send_fds(client.sock, [data], fds)
+            else:
+                client.sock.sendall(data)
+        except OSError:
+            self._drop(client)
+
+    def _on_client(self, fd: int) -> None:
+        client = self.clients.get(fd)
+        if client is None:
+            return
+        try:
+            chunk = client.sock.recv(65536)
+        except (BlockingIOError, InterruptedError, TimeoutError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._drop(client)
+            return
+        client.buf += chunk
+        if len(client.buf) > 1 << 20:
+            self._drop(client)
+            return
+        while b"\n" in client.buf and client.sock.fileno() >= 0:
+            line, _, client.buf = client.buf.partition(b"\n")
+            if line.strip():
+                self._request(client, line)
+
+    # -- requests ---------------------------------------------------------
+
+    def _request(self, client: _Client, line: bytes) -> None:
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                raise InvalidArgument('a request is a JSON object with a "cmd" string')
+            cmd = req["cmd"]
+            handler = getattr(self, "_cmd_" + cmd.replace("-", "_"), None)
+            if handler is None:
+                raise InvalidArgument(
+                    f"unknown command {cmd!r}",
+                    hint="commands: status, stop, kill, reboot, freeze, thaw, "
+                    "console-log, attach, subscribe",
+                )
+            reply = handler(client, req)
+        except ValueError as e:
+            reply = _error(InvalidArgument(f"bad request: {e}"))
+        except LxpyError as e:
+            reply = _error(e)
+        except OSError as e:
+            reply = _error(LxpyError(f"{e.strerror or e}"))
+        if reply is not None:
+            self._send(client, reply)
+
+    def status(self) -> dict[str, object]:
+        """The state as `status` reports it (also written to the state file)."""
+        return {
+            "name": self.spec.name,
+            "state": self.state,
+            "init_pid": self.init_pid,
+            "monitor_pid": os.getpid(),
+            "started_at": self.started_at,
+            "boots": self.boots,
+            "last_exit": self.last_exit,
+            "cgroup": self.cg.paths,
+            "console": self.console_path,
+        }
+
+    def _cmd_status(self, _c: _Client, _req: dict[str, object]) -> dict[str, object]:
+        return {"ok": True, **self.status()}
+
+    def _cmd_console_log(self, _c: _Client, req: dict[str, object]) -> dict[str, object]:
+        size = req.get("max", len(self.ring))
+        if not isinstance(size, int) or size < 0:
+            raise InvalidArgument("console-log: max must be a non-negative integer")
+        data = bytes(self.ring[-size:]) if size else b""
+        return {"ok": True, "text": data.decode("utf-8", "replace")}
+
+    def _signal_arg(self, req: dict[str, object], default: int) -> int:
+        from lxpy.model.units import parse_signal
+
+        value = req.get("signal")
+        return default if value in (None, "") else parse_signal(value, "signal")
+
+    def _cmd_stop(self, client: _Client, req: dict[str, object]) -> None:
+        sig = self._signal_arg(req, self.spec.halt_signum())
+        timeout = req.get("timeout", self.spec.stop_timeout)
+        if not isinstance(timeout, int | float) or timeout < 0:
+            raise InvalidArgument("stop: timeout must be a non-negative number of seconds")
+        self.stop_waiters.append(client)
+        self._begin_stop(sig, float(timeout))
+
+    def _begin_stop(self, sig: int, timeout: float) -> None:
+        first = not self.stopping
+        self.stopping = True
+        self._set_state("STOPPING")
+        if self.cg.exists() and self._frozen_safe():
+            # A frozen init cannot act on the signal; thaw so it can.
+            self.cg.thaw()
+        deadline = time.monotonic() + timeout
+        if first or self.stop_deadline is None or deadline < self.stop_deadline:
+            self.stop_deadline = deadline
+        if first:
+            self._signal_init(sig)
+        if timeout == 0:
+            self.stop_deadline = None
+            self._force_kill()
+
+    def _frozen_safe(self) -> bool:
+        try:
+            return self.cg.frozen()
+        except OSError:
+            return False
+
+    def _signal_init(self, sig: int, retry: bool = True) -> None:
+        # The kernel drops a signal sent to a pid namespace's init unless
+        # init handles or blocks it (SIGKILL aside), and an init exec'd a
+        # moment ago may not have set that up yet (systemd takes a few ms).
+        # Unless /proc shows init taking the signal, send it again every
+        # half second until init ends or the retry window closes. (Inits
+        # waiting in sigtimedwait, like busybox, never show it: they get a
+        # repeat, which they ignore while shutting down.)
+        try:
+            os.kill(self.init_pid, sig)
+        except ProcessLookupError:
+            return
+        now = time.monotonic()
+        if not retry or sig == signal.SIGKILL or _catches(self.init_pid, sig):
+            self.pending_signal = None
+        elif self.pending_signal is None:
+            self.pending_signal = sig
+            self.pending_until = now + max(self.spec.stop_timeout, 5.0)
+        elif now >= self.pending_until:
+            self.pending_signal = None
+        self.pending_next = now + 0.5
+
+    def _force_kill(self) -> None:
+        # Graceful did not work (or was not asked for): kill the whole
+        # cgroup; init's death then arrives through the pidfd as usual.
+        self.stop_forced = True
+        try:
+            self.cg.kill(timeout=5)
+        except LxpyError:
+            self._signal_init(signal.SIGKILL)
+
+    def _cmd_kill(self, client: _Client, req: dict[str, object]) -> None:
+        self.stopping = True
+        self._set_state("STOPPING")
+        self.stop_waiters.append(client)
+        self._force_kill()
+
+    def _cmd_reboot(self, _c: _Client, req: dict[str, object]) -> dict[str, object]:
+        if self.state not in ("RUNNING",):
+            raise Busy(f"cannot reboot a container that is {self.state}")
+        self._signal_init(self._signal_arg(req, self.spec.reboot_signum()))
+        return {"ok": True}
+
+    def _cmd_freeze(self, _c: _Client, _req: dict[str, object]) -> dict[str, object]:
+        if self.state not in ("RUNNING", "FROZEN"):
+            raise Busy(f"cannot freeze a container that is {self.state}")
+        self.cg.freeze()
+        self._set_state("FROZEN")
+        return {"ok": True}
+
+    def _cmd_thaw(self, _c: _Client, _req: dict[str, object]) -> dict[str, object]:
+        if self.state not in ("RUNNING", "FROZEN"):
+            raise Busy(f"cannot thaw a container that is {self.state}")
+        self.cg.thaw()
+        self._set_state("RUNNING")
+        return {"ok": True}
+
+    def _cmd_subscribe(self, client: _Client, _req: dict[str, object]) -> dict[str, object]:
+        client.subscribed = True
+        return {"ok": True, **self.status()}
+
+    def _cmd_attach(self, client: _Client, req: dict[str, object]) -> None:
+        tty = req.get("tty", 0)
+        if not isinstance(tty, int) or not 0 <= tty <= len(self.tty_masters):
+            raise InvalidArgument(
+                f"attach: tty must be 0 (console) to {len(self.tty_masters)}, got {tty!r}"
+            )
+        master = self.console_master if tty == 0 else self.tty_masters[tty - 1]
+        if tty == 0:
+            if any(c.attached for c in self.clients.values()):
+                raise Busy("someone is already attached to the console")
+            # While the client holds the console, the monitor stops reading
+            # it, or the two would split the output between them. Logging
+            # resumes when the client's connection closes.
+            client.attached = True
+            self._unwatch(self.console_master)
+        self._send(client, {"ok": True, "tty": tty}, [master])
+
+    def _resume_console(self) -> None:
+        if self.console_master >= 0 and self.console_master not in self.handlers:
+            self._watch(self.console_master, self._on_console)
+
+    # -- init's end -------------------------------------------------------
+
+    def _on_init_exit(self, fd: int) -> None:
+        self._unwatch(fd)
+        os.close(fd)
+        self.pidfd = -1
+        self.pending_signal = None
+        _pid, status = os.waitpid(self.init_pid, 0)
+        reason, detail = _why(status)
+        self.last_exit = {"reason": reason, "detail": detail, "at": time.time()}
+        # The pid namespace died with init; anything still in the cgroups
+        # came in from outside (nsenter) and goes too.
+        try:
+            self.cg.kill(timeout=5)
+        except LxpyError:
+            pass
+        if reason == "reboot" and not self.stopping:
+            self._set_state("REBOOTING")
+            try:
+                self._launch()
+                return
+            except LxpyError as e:
+                self.last_exit = {"reason": "error", "detail": e.message, "at": time.time()}
+        if self.stopping:
+            self.last_exit["stopped"] = True
+            self.last_exit["forced"] = self.stop_forced
+        self.init_pid = 0
+        self._set_state("STOPPED")
+        self.done = True
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self._write_state_file()
+        event = {"event": "state", **self.status()}
+        for client in [c for c in self.clients.values() if c.subscribed]:
+            self._send(client, event)
+
+    def _write_state_file(self) -> None:
+        if not self.spec.state_file:
+            return
+        tmp = self.spec.state_file + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.status(), f)
+            os.replace(tmp, self.spec.state_file)
+        except OSError:
+            pass
+
+    def _cleanup(self) -> None:
+        # Idempotent: runs after the loop, or after a failed start.
+        if self._owns_cgroup:
+            try:
+                self.cg.kill(timeout=5)
+                self.cg.remove(timeout=5)
+            except LxpyError as e:
+                print(f"lxpy monitor {self.spec.name}: {e.message}", file=sys.stderr)
+        for client in list(self.stop_waiters):
+            self._send(client, {"ok": True, "last_exit": self.last_exit})
+        self.stop_waiters.clear()
+        for client in list(self.clients.values()):
+            self._drop(client)
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+            try:
+                os.unlink(self.spec.control_socket)
+            except FileNotFoundError:
+                pass
+        for fd in (
+            self.console_master,
+            self.console_slave,
+            *self.tty_masters,
+            *self.tty_slaves,
+            self.log_fd,
+            self._pidns_fd,
+            self.pidfd,
+        ):
+            if fd >= 0:
+                os.close(fd)
+        self.console_master = self.console_slave = self.log_fd = self._pidns_fd = -1
+        self.pidfd = -1
+        self.tty_masters, self.tty_slaves = [], []
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether `sig` sent to `pid`, a pid namespace's init, would be delivered.
+
+    It is when init has a handler for it (SigCgt) or blocks it (SigBlk:
+    systemd blocks its signals and reads them from a signalfd).
+    """
+    mask = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("SigCgt:", "SigBlk:")):
+                    mask |= int(line.split()[1], 16)
+    except (OSError, ValueError):
+        return False
+    return bool(mask >> (sig - 1) & 1)
+
+
+def _why(status: int) -> tuple[str, str]:
+    """Why init ended, from its wait status."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        # reboot(2) in a pid namespace: init is killed with SIGHUP for a
+        # restart and SIGINT for a halt or power-off.
+        if sig == signal.SIGHUP:
+            return "reboot", "reboot requested inside the container"
+        if sig == signal.SIGINT:
+            return "poweroff", "halt or power-off requested inside the container"
+        return "killed", f"killed by {signal.Signals(sig).name}"
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1
+    return "exited", f"exited with status {code}"
+
+
+def run(spec: LaunchSpec, ready_fd: int = -1) -> int:
+    """Run a monitor for `spec` in the calling process until the container ends.
+
+    Args:
+        spec: the container.
+        ready_fd: if >= 0, one JSON line is written there once init runs
+            ({"ok": true, "monitor_pid", "init_pid"}) or the start failed
+            ({"ok": false, "error": {...}}), and it is closed.
+
+    Returns:
+        The exit status for the process: 0 after a normal end, 1 when the
+        container could not start.
+    """
+    try:
+        sc.set_process_name(f"lxpy-mon {spec.name}")
+    except OSError:
+        pass
+    mon = Monitor(spec)
+    try:
+        mon.start()
+    except LxpyError as e:
+        _ready(ready_fd, _error(e))
+        return 1
+    except Exception as e:  # anything else is still a failed start to report
+        _ready(ready_fd, _error(LxpyError(f"{type(e).__name__}: {e}")))
+        return 1
+    _ready(ready_fd, {"ok": True, "monitor_pid": os.getpid(), "init_pid": mon.init_pid})
+    mon.serve()
+    return 0
+
+
+def _ready(fd: int, msg: dict[str, object]) -> None:
+    if fd < 0:
+        return
+    try:
+        os.write(fd, (json.dumps(msg) + "\n").encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m lxpy.runtime.monitor SPEC.json`: run one monitor in the foreground."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m lxpy.runtime.monitor SPEC.json", file=sys.stderr)
+        return 2
+    with open(args[0]) as f:
+        spec = LaunchSpec.from_json(json.load(f))
+    return run(spec, ready_fd=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""What a monitor needs to run one container: the launch spec.
+
+The daemon (or a test) fills a LaunchSpec, sends it as JSON to the zygote,
+and the forked monitor rebuilds it here. Stdlib plus lxpy.model.units only:
+the monitor imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+from lxpy.errors import InvalidArgument
+from lxpy.model.units import parse_signal
+
+# Capabilities removed from the bounding set before init runs (LXC's
+# defaults): loading kernel modules, raw I/O ports, setting the host clock
+# and changing the host's MAC policy are host-wide, not per container.
+DEFAULT_DROP_CAPS = ("mac_admin", "mac_override", "sys_time", "sys_module", "sys_rawio")
+
+CAPS = {
+    "chown": 0,
+    "dac_override": 1,
+    "dac_read_search": 2,
+    "fowner": 3,
+    "fsetid": 4,
+    "kill": 5,
+    "setgid": 6,
+    "setuid": 7,
+    "setpcap": 8,
+    "linux_immutable": 9,
+    "net_bind_service": 10,
+    "net_broadcast": 11,
+    "net_admin": 12,
+    "net_raw": 13,
+    "ipc_lock": 14,
+    "ipc_owner": 15,
+    "sys_module": 16,
+    "sys_rawio": 17,
+    "sys_chroot": 18,
+    "sys_ptrace": 19,
+    "sys_pacct": 20,
+    "sys_admin": 21,
+    "sys_boot": 22,
+    "sys_nice": 23,
+    "sys_resource": 24,
+    "sys_time": 25,
+    "sys_tty_config": 26,
+    "mknod": 27,
+    "lease": 28,
+    "audit_write": 29,
+    "audit_control": 30,
+    "setfcap": 31,
+    "mac_override": 32,
+    "mac_admin": 33,
+    "syslog": 34,
+    "wake_alarm": 35,
+    "block_suspend": 36,
+    "audit_read": 37,
+    "perfmon": 38,
+    "bpf": 39,
+    "checkpoint_restore": 40,
+}
+
+CGROUP_VIEWS = ("auto", "cgroup2", "none")
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One container as the monitor runs it."""
+
+    name: str
+    rootfs: str
+    control_socket: str
+    init: str = "/sbin/init"
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    hostname: str = ""
+    # Signal names as lxpy.model.units.parse_signal reads them.
+    halt_signal: str = "SIGPWR"
+    reboot_signal: str = "SIGINT"
+    stop_timeout: float = 30.0
+    # Nest the container's cgroup under this path of every hierarchy.
+    cgroup_parent: str = ""
+    console_log: str = ""
+    console_buffer: int = 256 * 1024
+    # The monitor rewrites this JSON file on every state change, so its
+    # last word (why the container ended) outlives it.
+    state_file: str = ""
+    # A pre-made network namespace file to join; empty: a new one with lo only.
+    netns: str = ""
+    ttys: int = 4
+    cgroup_view: str = "auto"
+    uuid: str = ""
+    drop_caps: tuple[str, ...] = DEFAULT_DROP_CAPS
+
+    @property
+    def effective_hostname(self) -> str:
+        return self.hostname or self.name
+
+    def halt_signum(self) -> int:
+        return parse_signal(self.halt_signal, "halt_signal")
+
+    def reboot_signum(self) -> int:
+        return parse_signal(self.reboot_signal, "reboot_signal")
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["args"] = list(self.args)
+        data["env"] = dict(self.env)
+        data["drop_caps"] = list(self.drop_caps)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> LaunchSpec:
+        """Validate a spec sent as JSON.
+
+        Raises:
+            InvalidArgument: naming the bad field.
+        """
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidArgument(f"launch spec: unknown field(s) {', '.join(unknown)}")
+        for req in ("name", "rootfs", "control_socket"):
+            if not isinstance(data.get(req), str) or not data[req]:
+                raise InvalidArgument(f"launch spec: {req} must be a non-empty string")
+        kw = dict(data)
+        if "args" in kw:
+            kw["args"] = tuple(_strs(kw["args"], "args"))
+        if "drop_caps" in kw:
+            kw["drop_caps"] = tuple(_strs(kw["drop_caps"], "drop_caps"))
+        env = kw.get("env", {})
+        if not isinstance(env, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+        ):
+            raise InvalidArgument("launch spec: env must map strings to strings")
+        spec = cls(**kw)  # type: ignore[arg-type]
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        """Check the fields that would otherwise fail late, in the child.
+
+        Raises:
+            InvalidArgument: naming the bad field.
+        """
+        if not os.path.isabs(self.rootfs) or not os.path.isdir(self.rootfs):
+            raise InvalidArgument(f"launch spec: rootfs {self.rootfs!r} is not a directory")
+        if not self.init.startswith("/"):
+            raise InvalidArgument(f"launch spec: init {self.init!r} must be an absolute path")
+        if self.cgroup_view not in CGROUP_VIEWS:
+            raise InvalidArgument(
+                f"launch spec: cgroup_view {self.cgroup_view!r} is not one of {CGROUP_VIEWS}"
+            )
+        bad = [c for c in self.drop_caps if c.lower().removeprefix("cap_") not in CAPS]
+        if bad:
+            raise InvalidArgument(f"launch spec: unknown capabilities {bad}")
+        if not 0 <= self.ttys <= 64:
+            raise InvalidArgument(f"launch spec: ttys must be 0..64, got {self.ttys}")
+        self.halt_signum()
+        self.reboot_signum()
+
+
+def _strs(value: object, key: str) -> list[str]:
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgument(f"launch spec: {key} must be a list of strings")
+    return list(value)

@@ -1,0 +1,512 @@
+"""Booting busybox system containers through the zygote and a monitor.
+
+Real namespaces, cgroups, ptys and pivot_root; checks are made from the
+host (nsenter, /proc, /sys/fs/cgroup). Every test is bounded by an alarm,
+and its finaliser kills whatever it started and removes its cgroups.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from lxpy.errors import LxpyError
+from lxpy.kernel.cgroups import PREFIX, ContainerCgroup
+from lxpy.runtime.control import MonitorClient
+from lxpy.runtime.spec import LaunchSpec
+from lxpy.runtime.zygote import spawn_monitor, start_zygote
+
+pytestmark = pytest.mark.integration
+
+BUSYBOX = "/bin/busybox"
+DEFAULT_INITTAB = """\
+::sysinit:/bin/echo hello from lxpy > /dev/console
+::respawn:/bin/sleep 3600
+console::respawn:/bin/sh
+::shutdown:/bin/echo bye
+"""
+
+
+def make_busybox_rootfs(root: Path, inittab: str = DEFAULT_INITTAB) -> Path:
+    """A minimal busybox system: the host's static busybox plus applet links."""
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "tmp"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    shutil.copy2(BUSYBOX, root / "bin/busybox")
+    applets = subprocess.run(
+        [BUSYBOX, "--list-full"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for rel in applets:
+        link = root / rel
+        if not link.exists() and not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to("/bin/busybox")
+    (root / "etc/inittab").write_text(inittab)
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\ntty:x:5:\n")
+    return root
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 10, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def nsenter(pid: int, *cmd: str) -> str:
+    res = subprocess.run(
+        ["nsenter", "-a", "-t", str(pid), *cmd], capture_output=True, text=True, timeout=10
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def host_mounts_under(path: Path) -> list[str]:
+    text = Path("/proc/self/mountinfo").read_text()
+    return [line for line in text.splitlines() if str(path) in line]
+
+
+@pytest.fixture(autouse=True)
+def _bounded() -> Iterator[None]:
+    def expired(*_: object) -> None:
+        raise TimeoutError("test took longer than 60 s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(60)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture(scope="module")
+def zygote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("zygote") / "zygote.sock"
+    proc = start_zygote(path)
+    try:
+        yield path
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+@dataclass
+class Booted:
+    spec: LaunchSpec
+    client: MonitorClient
+    monitor_pid: int
+    init_pid: int
+    dir: Path
+
+    def status(self) -> dict[str, object]:
+        return self.client.request("status")
+
+
+def _teardown(b: Booted) -> None:
+    if pid_alive(b.monitor_pid):
+        try:
+            b.client.request("kill", wait=15)
+        except LxpyError:
+            pass
+        try:
+            wait_for(lambda: not pid_alive(b.monitor_pid), 10, "the monitor to exit")
+        except AssertionError:
+            os.kill(b.monitor_pid, signal.SIGKILL)
+    cg = ContainerCgroup.for_name(b.spec.name)
+    cg.kill(timeout=5)
+    cg.remove(timeout=5)
+
+
+@pytest.fixture
+def boot(tmp_path: Path, zygote: Path) -> Iterator[Callable[..., Booted]]:
+    """Boot a busybox container; everything it made is removed afterwards."""
+    booted: list[Booted] = []
+
+    def _boot(
+        inittab: str = DEFAULT_INITTAB, files: dict[str, str] | None = None, **spec_args: object
+    ) -> Booted:
+        name = "t" + uuid.uuid4().hex[:10]
+        d = tmp_path / name
+        rootfs = make_busybox_rootfs(d / "rootfs", inittab)
+        for rel, text in (files or {}).items():
+            (rootfs / rel).write_text(text)
+            (rootfs / rel).chmod(0o755)
+        fields: dict[str, object] = {
+            "name": name,
+            "rootfs": str(rootfs),
+            "control_socket": str(d / "monitor.sock"),
+            "console_log": str(d / "console.log"),
+            "state_file": str(d / "state.json"),
+            "halt_signal": "SIGUSR2",
+            "reboot_signal": "SIGTERM",
+            "stop_timeout": 10,
+        }
+        fields.update(spec_args)
+        spec = LaunchSpec.from_json(fields)
+        reply = spawn_monitor(zygote, spec)
+        b = Booted(
+            spec,
+            MonitorClient(spec.control_socket),
+            int(reply["monitor_pid"]),  # type: ignore[call-overload]
+            int(reply["init_pid"]),  # type: ignore[call-overload]
+            d,
+        )
+        booted.append(b)
+        return b
+
+    try:
+        yield _boot
+    finally:
+        for b in booted:
+            _teardown(b)
+        leftovers = [line for b in booted for line in host_mounts_under(b.dir)]
+        assert leftovers == []
+
+
+def assert_gone(b: Booted) -> None:
+    """Nothing of the container is left on the host."""
+    wait_for(lambda: not pid_alive(b.monitor_pid), 10, "the monitor to exit")
+    assert not pid_alive(b.init_pid)
+    assert not Path(b.spec.control_socket).exists()
+    assert not any(Path(p).exists() for p in ContainerCgroup.for_name(b.spec.name).paths)
+    assert host_mounts_under(b.dir) == []
+
+
+def test_boots_busybox_with_init_as_pid1(boot: Callable[..., Booted]) -> None:
+    b = boot(hostname="bbox")
+    status = Path(f"/proc/{b.init_pid}/status").read_text()
+    nspid = next(line for line in status.splitlines() if line.startswith("NSpid:"))
+    assert nspid.split()[1:] == [str(b.init_pid), "1"]
+    assert nsenter(b.init_pid, "hostname").strip() == "bbox"
+    # Only the container's own processes are visible inside.
+    wait_for(lambda: "sleep 3600" in nsenter(b.init_pid, "ps"), 5, "the respawned sleep")
+    rows = [line.split(None, 2) for line in nsenter(b.init_pid, "ps").splitlines()[1:]]
+    assert rows[0][0] == "1"
+    assert {r[2].split()[0] for r in rows} <= {"init", "/bin/sleep", "/bin/sh", "ps"}
+    # The console is captured, in the ring buffer and in the log file.
+    wait_for(lambda: "hello from lxpy" in str(b.client.request("console-log")["text"]), 5, "log")
+    assert "hello from lxpy" in Path(b.spec.console_log).read_text()
+    st = b.status()
+    assert st["state"] == "RUNNING" and st["init_pid"] == b.init_pid
+    # Mounts made for the container stay in its mount namespace.
+    assert host_mounts_under(b.dir) == []
+    # Every process of the container is in its cgroup on every hierarchy.
+    cg = ContainerCgroup.for_name(b.spec.name)
+    assert b.init_pid in cg.pids()
+    for path in cg.procs_files():
+        assert str(b.init_pid) in Path(path).read_text().split()
+
+
+def test_stop_with_halt_signal_removes_everything(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    reply = b.client.request("stop", wait=20, signal="SIGUSR2")
+    last = reply["last_exit"]
+    assert isinstance(last, dict)
+    assert last["reason"] == "poweroff" and last["forced"] is False
+    assert_gone(b)
+    assert "bye" in Path(b.spec.console_log).read_text()
+
+
+def test_stop_timeout_falls_back_to_kill(boot: Callable[..., Booted]) -> None:
+    # An init that ignores the halt signal.
+    stubborn = '#!/bin/sh\ntrap "" USR2 TERM\nwhile :; do sleep 1; done\n'
+    b = boot(init="/sbin/stubborn", files={"sbin/stubborn": stubborn})
+    start = time.monotonic()
+    reply = b.client.request("stop", wait=20, timeout=0.5)
+    assert time.monotonic() - start < 5
+    last = reply["last_exit"]
+    assert isinstance(last, dict)
+    assert last["forced"] is True and last["reason"] == "killed"
+    assert_gone(b)
+
+
+def test_reboot_inside_relaunches(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    nsenter(b.init_pid, "reboot", "-f")
+    st = wait_for(
+        lambda: (s := b.status())["boots"] == 2 and s["state"] == "RUNNING" and s, 10, "reboot"
+    )
+    assert isinstance(st, dict)
+    assert st["monitor_pid"] == b.monitor_pid
+    assert st["init_pid"] != b.init_pid and pid_alive(int(st["init_pid"]))  # type: ignore[call-overload]
+    assert st["last_exit"]["reason"] == "reboot"  # type: ignore[index]
+    assert not pid_alive(b.init_pid)
+    b.init_pid = int(st["init_pid"])  # type: ignore[call-overload]
+    assert nsenter(b.init_pid, "hostname").strip() == b.spec.name
+
+
+def test_reboot_command_uses_the_reboot_signal(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    b.client.request("reboot")
+    # busybox init reboots gracefully on SIGTERM (about 2 s of shutdown).
+    st = wait_for(lambda: (s := b.status())["boots"] == 2 and s, 10, "reboot")
+    assert st["last_exit"]["reason"] == "reboot"  # type: ignore[index]
+
+
+def test_poweroff_inside_ends_the_monitor(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    nsenter(b.init_pid, "poweroff", "-f")
+    assert_gone(b)
+    state = json.loads(Path(b.spec.state_file).read_text())
+    assert state["state"] == "STOPPED"
+    assert state["last_exit"]["reason"] == "poweroff"
+
+
+def test_freeze_and_thaw(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    cg = ContainerCgroup.for_name(b.spec.name)
+    b.client.request("freeze")
+    assert b.status()["state"] == "FROZEN"
+    assert cg.frozen()
+    b.client.request("thaw")
+    assert b.status()["state"] == "RUNNING"
+    assert not cg.frozen()
+    # A frozen container still stops cleanly: the monitor thaws it first.
+    b.client.request("freeze")
+    reply = b.client.request("stop", wait=20)
+    assert reply["last_exit"]["reason"] == "poweroff"  # type: ignore[index]
+    assert_gone(b)
+
+
+def test_kill_command(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    reply = b.client.request("kill", wait=10)
+    assert reply["last_exit"]["reason"] == "killed"  # type: ignore[index]
+    assert_gone(b)
+
+
+def test_attach_talks_to_the_console_shell(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    wait_for(lambda: "/bin/sh" in nsenter(b.init_pid, "ps"), 5, "the console shell")
+    conn, master = b.client.attach()
+    try:
+        os.write(master, b"echo $((40 + 2))x\n")
+        out = b""
+        deadline = time.monotonic() + 5
+        while b"42x" not in out and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                out += os.read(master, 4096)
+        assert b"42x" in out
+        # Only one console attach at a time.
+        with pytest.raises(LxpyError, match="already attached"):
+            b.client.attach()
+    finally:
+        os.close(master)
+        conn.close()
+    # Detached: the monitor logs the console again.
+    nsenter(b.init_pid, "sh", "-c", "echo back-in-log > /dev/console")
+    wait_for(lambda: "back-in-log" in str(b.client.request("console-log")["text"]), 5, "log")
+
+
+def test_failed_start_reports_and_leaves_nothing(tmp_path: Path, zygote: Path) -> None:
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    name = "t" + uuid.uuid4().hex[:10]
+    spec = LaunchSpec.from_json(
+        {
+            "name": name,
+            "rootfs": str(rootfs),
+            "control_socket": str(tmp_path / "m.sock"),
+            "init": "/sbin/no-such-init",
+        }
+    )
+    with pytest.raises(LxpyError, match="no-such-init|No such file"):
+        spawn_monitor(zygote, spec)
+    assert not (tmp_path / "m.sock").exists()
+    assert not any(Path(p).exists() for p in ContainerCgroup.for_name(name).paths)
+    assert host_mounts_under(tmp_path) == []
+
+
+def test_second_monitor_for_the_same_socket_is_busy(
+    boot: Callable[..., Booted], zygote: Path
+) -> None:
+    b = boot()
+    with pytest.raises(LxpyError, match="already answers"):
+        spawn_monitor(zygote, b.spec)
+    assert b.status()["state"] == "RUNNING"
+
+
+def test_monitor_survives_its_starter_and_the_zygote(tmp_path: Path) -> None:
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    name = "t" + uuid.uuid4().hex[:10]
+    sock = tmp_path / "m.sock"
+    spec = LaunchSpec.from_json(
+        {
+            "name": name,
+            "rootfs": str(rootfs),
+            "control_socket": str(sock),
+            "halt_signal": "SIGUSR2",
+        }
+    )
+    # A starter process (standing in for lxpyd) starts a zygote of its own,
+    # has it spawn the monitor, reports the pids and waits to be killed.
+    starter_code = (
+        "import json, sys, time\n"
+        "from lxpy.runtime.spec import LaunchSpec\n"
+        "from lxpy.runtime.zygote import start_zygote, spawn_monitor\n"
+        f"zs = {str(tmp_path / 'z.sock')!r}\n"
+        "z = start_zygote(zs)\n"
+        "r = spawn_monitor(zs, LaunchSpec.from_json(json.loads(sys.argv[1])))\n"
+        "print(json.dumps({'zygote': z.pid, **r}), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    starter = subprocess.Popen(
+        [sys.executable, "-c", starter_code, json.dumps(spec.to_json())],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    monitor_pid = 0
+    try:
+        assert starter.stdout is not None
+        info = json.loads(starter.stdout.readline())
+        monitor_pid = int(info["monitor_pid"])
+        starter.kill()
+        starter.wait(timeout=10)
+        os.kill(int(info["zygote"]), signal.SIGKILL)
+        time.sleep(0.2)
+        client = MonitorClient(str(sock))
+        st = client.request("status")
+        assert st["state"] == "RUNNING" and st["monitor_pid"] == monitor_pid
+        assert pid_alive(int(info["init_pid"]))
+        reply = client.request("stop", wait=20)
+        assert reply["last_exit"]["reason"] == "poweroff"  # type: ignore[index]
+        wait_for(lambda: not pid_alive(monitor_pid), 10, "the monitor to exit")
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+            starter.wait()
+        if monitor_pid and pid_alive(monitor_pid):
+            os.kill(monitor_pid, signal.SIGKILL)
+        cg = ContainerCgroup.for_name(name)
+        cg.kill(timeout=5)
+        cg.remove(timeout=5)
+    assert not any(Path(p).exists() for p in ContainerCgroup.for_name(name).paths)
+    assert not sock.exists()
+
+
+def test_unknown_command_is_an_error(boot: Callable[..., Booted]) -> None:
+    b = boot()
+    with pytest.raises(LxpyError, match="unknown command"):
+        b.client.request("dance")
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.settimeout(5)
+    raw.connect(b.spec.control_socket)
+    raw.sendall(b"not json\n")
+    assert b'"invalid_argument"' in raw.recv(4096)
+    raw.close()
+    assert b.status()["state"] == "RUNNING"
+    assert PREFIX + b.spec.name in str(b.status()["cgroup"])
+
+
+def _debian_rootfs(cache: Path, dest: Path) -> Path:
+    """A Debian bookworm systemd rootfs at `dest`: unpacked from the suite's
+    build cache when a built tarball is there, else bootstrapped."""
+    dest.mkdir()
+    tars = sorted(cache.glob("debian-bookworm-*.tar"), key=lambda p: p.stat().st_mtime)
+    if tars:
+        subprocess.run(
+            ["tar", "-x", "--numeric-owner", "-f", str(tars[-1]), "-C", str(dest)],
+            check=True,
+            timeout=120,
+        )
+    else:
+        subprocess.run(
+            [
+                "mmdebstrap",
+                "--quiet",
+                "--variant=minbase",
+                "--include=systemd,systemd-sysv,dbus",
+                "bookworm",
+                str(dest),
+                "http://deb.debian.org/debian",
+            ],
+            check=True,
+            timeout=600,
+        )
+    return dest
+
+
+def _system_running(pid: int, timeout: float = 20) -> str:
+    """`systemctl is-system-running --wait` inside, once systemd answers."""
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        res = subprocess.run(
+            ["nsenter", "-a", "-t", str(pid), "systemctl", "is-system-running", "--wait"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        state = res.stdout.strip()
+        if state not in ("", "offline"):
+            return state
+        time.sleep(0.01)
+    return state or "no answer"
+
+
+@pytest.mark.slow
+def test_boots_debian_systemd_to_running(tmp_path: Path, zygote: Path, test_cache: Path) -> None:
+    signal.alarm(700)  # may have to bootstrap the rootfs first
+    rootfs = _debian_rootfs(test_cache, tmp_path / "rootfs")
+    signal.alarm(60)
+    name = "t" + uuid.uuid4().hex[:10]
+    spec = LaunchSpec.from_json(
+        {
+            "name": name,
+            "rootfs": str(rootfs),
+            "control_socket": str(tmp_path / "m.sock"),
+            "console_log": str(tmp_path / "console.log"),
+            "halt_signal": "SIGRTMIN+4",
+            "reboot_signal": "SIGINT",
+            "uuid": str(uuid.uuid4()),
+        }
+    )
+    b = Booted(spec, MonitorClient(spec.control_socket), 0, 0, tmp_path)
+    try:
+        reply = spawn_monitor(zygote, spec)
+        b.monitor_pid = int(reply["monitor_pid"])  # type: ignore[call-overload]
+        b.init_pid = int(reply["init_pid"])  # type: ignore[call-overload]
+        state = _system_running(b.init_pid)
+        failed = nsenter(b.init_pid, "systemctl", "--failed", "--no-legend", "--plain")
+        assert state == "running", f"{state}; failed units:\n{failed}"
+        # systemd got its own cgroup2 subtree to manage.
+        assert (Path(ContainerCgroup.for_name(name).unified or "") / "init.scope").is_dir()
+        # A reboot requested through the monitor (SIGINT, ctrl-alt-del)
+        # comes back as a new boot of the same container.
+        b.client.request("reboot")
+        st = wait_for(
+            lambda: (s := b.status())["boots"] == 2 and s["state"] == "RUNNING" and s, 15, "reboot"
+        )
+        b.init_pid = int(st["init_pid"])  # type: ignore[call-overload,index]
+        assert _system_running(b.init_pid) == "running"
+        reply = b.client.request("stop", wait=40)
+        assert reply["last_exit"]["reason"] == "poweroff"  # type: ignore[index]
+        assert reply["last_exit"]["forced"] is False  # type: ignore[index]
+        assert_gone(b)
+    finally:
+        _teardown(b)
+        shutil.rmtree(rootfs, ignore_errors=True)

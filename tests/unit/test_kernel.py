@@ -1,0 +1,134 @@
+"""Kernel bindings and runtime pieces that need no root: parsing, errors, specs."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from lxpy.errors import InvalidArgument
+from lxpy.kernel import syscalls as sc
+from lxpy.kernel.cgroups import PREFIX, ContainerCgroup, Hierarchy, layout, parse_mountinfo
+from lxpy.runtime.monitor import _why
+from lxpy.runtime.spec import LaunchSpec
+
+HYBRID = """\
+25 30 0:23 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+26 25 0:24 / /sys/fs/cgroup rw,relatime shared:8 - tmpfs tmpfs rw,mode=755
+27 26 0:25 / /sys/fs/cgroup/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu
+28 26 0:26 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:10 - cgroup cgroup rw,cpuacct,cpu
+29 26 0:27 / /sys/fs/cgroup/memory rw,relatime shared:11 - cgroup cgroup rw,memory
+30 26 0:28 / /sys/fs/cgroup/systemd rw,relatime shared:12 - cgroup cgroup rw,xattr,name=systemd
+31 26 0:29 / /sys/fs/cgroup/unified rw,relatime shared:13 - cgroup2 cgroup2 rw
+32 30 0:28 /lxc /mnt/x rw,relatime - cgroup cgroup rw,memory
+33 26 0:27 / /mnt/again rw,relatime shared:11 - cgroup cgroup rw,memory
+"""
+
+UNIFIED = """\
+35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate
+"""
+
+
+def test_parse_mountinfo_hybrid() -> None:
+    hs = parse_mountinfo(HYBRID)
+    assert [(h.mountpoint, h.version, h.controllers) for h in hs] == [
+        ("/sys/fs/cgroup/cpu", 1, ("cpu",)),
+        ("/sys/fs/cgroup/cpu,cpuacct", 1, ("cpuacct", "cpu")),
+        ("/sys/fs/cgroup/memory", 1, ("memory",)),
+        ("/sys/fs/cgroup/systemd", 1, ("name=systemd",)),
+        ("/sys/fs/cgroup/unified", 2, ()),
+    ]
+    assert layout(hs) == "hybrid"
+
+
+def test_parse_mountinfo_unified_and_none() -> None:
+    hs = parse_mountinfo(UNIFIED)
+    assert hs == [Hierarchy("/sys/fs/cgroup", 2, ())]
+    assert layout(hs) == "unified"
+    assert layout([]) == "none"
+    assert layout([Hierarchy("/x", 1, ("memory",))]) == "legacy"
+
+
+def test_container_cgroup_paths() -> None:
+    hs = parse_mountinfo(HYBRID)
+    cg = ContainerCgroup.for_name("web", hs, parent="/machines/")
+    assert cg.paths[0] == f"/sys/fs/cgroup/cpu/machines/{PREFIX}web"
+    assert cg.unified == f"/sys/fs/cgroup/unified/machines/{PREFIX}web"
+    assert cg.procs_files()[-1].endswith(f"{PREFIX}web/cgroup.procs")
+
+
+def test_cgroup_pids_of_missing_cgroup_is_empty(tmp_path: Path) -> None:
+    cg = ContainerCgroup("gone", [(Hierarchy(str(tmp_path), 2, ()), str(tmp_path / "nope"))])
+    assert cg.pids() == set()
+    assert not cg.exists()
+    cg.remove()  # idempotent
+
+
+def test_syscall_errors_name_the_call(tmp_path: Path) -> None:
+    with pytest.raises(OSError) as info:
+        sc.umount2(tmp_path)
+    # EINVAL as root (not a mount point), EPERM otherwise.
+    assert info.value.errno in (errno.EINVAL, errno.EPERM)
+    assert "umount2(" in str(info.value) and str(tmp_path) in str(info.value)
+    with pytest.raises(OSError) as info:
+        sc.setns(-1, sc.CLONE_NEWNET)
+    assert info.value.errno == errno.EBADF and "setns(" in str(info.value)
+
+
+def test_set_process_name_truncates() -> None:
+    # Runs in a child so the test runner keeps its own name.
+    pid = os.fork()
+    if pid == 0:
+        try:
+            sc.set_process_name("lxpy-a-very-long-name")
+            ok = Path("/proc/self/comm").read_text().strip() == "lxpy-a-very-lon"
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+
+
+def test_why_init_ended() -> None:
+    # Wait statuses as waitpid(2) encodes them.
+    assert _why(signal.SIGHUP)[0] == "reboot"
+    assert _why(signal.SIGINT)[0] == "poweroff"
+    assert _why(signal.SIGKILL) == ("killed", "killed by SIGKILL")
+    assert _why(3 << 8) == ("exited", "exited with status 3")
+
+
+def _spec(tmp_path: Path, **kw: object) -> dict[str, object]:
+    return {"name": "c1", "rootfs": str(tmp_path), "control_socket": str(tmp_path / "s"), **kw}
+
+
+def test_launch_spec_round_trip(tmp_path: Path) -> None:
+    spec = LaunchSpec.from_json(
+        _spec(tmp_path, args=["--x"], env={"A": "b"}, halt_signal="RTMIN+3", ttys=2)
+    )
+    assert LaunchSpec.from_json(spec.to_json()) == spec
+    assert spec.effective_hostname == "c1"
+    assert spec.halt_signum() == signal.SIGRTMIN + 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"bogus": 1}, "unknown field"),
+        ({"init": "sbin/init"}, "absolute"),
+        ({"halt_signal": "SIGNOPE"}, "unknown signal"),
+        ({"cgroup_view": "v1"}, "cgroup_view"),
+        ({"drop_caps": ["sys_fly"]}, "capabilities"),
+        ({"env": {"A": 1}}, "env"),
+        ({"args": "x"}, "args"),
+    ],
+)
+def test_launch_spec_rejects(tmp_path: Path, extra: dict[str, object], match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        LaunchSpec.from_json(_spec(tmp_path, **extra))
+
+
+def test_launch_spec_needs_a_rootfs_directory(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="not a directory"):
+        LaunchSpec.from_json(_spec(tmp_path, rootfs=str(tmp_path / "missing")))
