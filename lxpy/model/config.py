@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from lxpy.errors import InvalidArgument
+from lxpy.model import limits as lm
 from lxpy.model import tomlw
 from lxpy.model.names import validate_name
 from lxpy.model.network import parse_ipv4, parse_network_list
@@ -106,6 +107,59 @@ KEYS: dict[str, ConfigKey] = {
             "ipv4.address",
             parse_ipv4,
             "IPv4 address pinned to eth0 (a static DHCP lease on the first network).",
+        ),
+        # Resource limits apply to a running container at once; boot.* keys
+        # are read by lxpyd when it decides, so they need no restart either.
+        ConfigKey(
+            "limits.memory",
+            lm.parse_memory,
+            "Hard memory limit: a size (512MiB) or a share of host RAM (50%).",
+            live=True,
+        ),
+        ConfigKey(
+            "limits.memory.swap",
+            lm.parse_swap,
+            "Swap: true (as the kernel allows), false (none) or a size.",
+            live=True,
+        ),
+        ConfigKey(
+            "limits.cpu",
+            lm.parse_cpu,
+            "CPU time in CPUs' worth (0.5, 2) or a pinned CPU set (0-1,3; 1-1 for CPU 1).",
+            live=True,
+        ),
+        ConfigKey(
+            "limits.cpu.weight",
+            lm.parse_weight,
+            "CPU share under contention, 1..10000 (default 100).",
+            live=True,
+        ),
+        ConfigKey("limits.processes", lm.parse_processes, "Most processes at once.", live=True),
+        ConfigKey("boot.autostart", _bool, "Start when lxpyd starts.", live=True),
+        ConfigKey("boot.priority", lm.parse_priority, "Autostart order: higher first.", live=True),
+        ConfigKey(
+            "boot.delay",
+            lm.parse_delay,
+            "Seconds to wait after autostarting this one before the next.",
+            live=True,
+        ),
+        ConfigKey(
+            "boot.stop_priority",
+            lm.parse_priority,
+            "Shutdown order when lxpyd stops them all: higher first.",
+            live=True,
+        ),
+        ConfigKey(
+            "boot.restart",
+            lm.parse_restart,
+            "Restart policy: no, on-failure or always.",
+            live=True,
+        ),
+        ConfigKey(
+            "boot.restart_max",
+            lm.parse_restart_max,
+            "Restarts allowed within 60 s before the container is left in ERROR (default 5).",
+            live=True,
         ),
     )
 }
