@@ -1,0 +1,636 @@
+"""User namespaces, ID maps and idmapped mounts for unprivileged containers.
+
+An unprivileged container runs in a user namespace whose root is an
+ordinary host ID (say 1065536): root inside is not root on the host. Its
+rootfs stays owned by 0..65535 on disk (templates and snapshots are shared
+and never chowned) and is presented through an *idmapped mount* that
+translates on-disk ID k to host ID base + k. Where the kernel or the
+filesystem cannot idmap a mount, the tree is shifted once instead: every
+inode chowned by +base (`shift_tree`).
+
+Pieces, in the order a start uses them:
+
+* `parse_subid`, `allowed_ranges`, `allocate`: pick the container's host
+  ID range from root's entries in /etc/subuid and /etc/subgid.
+* `create_userns`: a user namespace with that map, as a file descriptor
+  (`pin_ns` binds it to a path so it outlives the process that made it).
+* `create_netns_in`: a network namespace owned by that user namespace (so
+  the container's root may configure its interfaces and mount sysfs).
+* `idmapped_tree` + `attach_tree`: the idmapped view of the rootfs.
+* `enter_userns`: what the launch path does to become the container's root.
+
+Only ctypes, os, stat, struct and the lxpy errors are imported: the launch
+path loads this module.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import signal
+import stat
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from lxpy.errors import Busy, InvalidArgument, Unsupported
+
+# What a container gets, and what a Debian system needs: 0..65535 covers
+# root, system users and `nobody` (65534).
+DEFAULT_SIZE = 65536
+
+# Used when root has no entries in /etc/subuid or /etc/subgid: the range
+# Incus uses for the same case. Adding `root:1000000:1000000000` to both
+# files makes it explicit and keeps useradd's automatic ranges out of it.
+DEFAULT_RANGE_START = 1_000_000
+DEFAULT_RANGE_COUNT = 1_000_000_000
+
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+
+# linux/nsfs.h: _IO(0xb7, 0x1), the user namespace owning a namespace.
+NS_GET_USERNS = 0xB701
+
+# linux/mount.h and fcntl.h
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+AT_SYMLINK_NOFOLLOW = 0x100
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
+
+# The new mount API has one number on every architecture (since Linux 5.2).
+_NR_OPEN_TREE = 428
+_NR_MOVE_MOUNT = 429
+_NR_MOUNT_SETATTR = 442
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+# -- ID ranges -------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class IdRange:
+    """`count` consecutive host IDs starting at `start`."""
+
+    start: int
+    count: int
+
+    @property
+    def end(self) -> int:
+        return self.start + self.count
+
+    def overlaps(self, other: IdRange) -> bool:
+        return self.start < other.end and other.start < self.end
+
+
+@dataclass(frozen=True)
+class IdMap:
+    """A container's map: IDs 0..size-1 inside are uid_base.. / gid_base.. on the host."""
+
+    uid_base: int
+    gid_base: int
+    size: int = DEFAULT_SIZE
+
+    def uid_map(self) -> str:
+        """The text written to /proc/PID/uid_map."""
+        return f"0 {self.uid_base} {self.size}\n"
+
+    def gid_map(self) -> str:
+        """The text written to /proc/PID/gid_map."""
+        return f"0 {self.gid_base} {self.size}\n"
+
+    def host_uid(self, inside: int) -> int:
+        """The host UID of container UID `inside`."""
+        if not 0 <= inside < self.size:
+            raise InvalidArgument(
+                f"uid {inside} is outside the container's map (0..{self.size - 1})"
+            )
+        return self.uid_base + inside
+
+    def host_gid(self, inside: int) -> int:
+        """The host GID of container GID `inside`."""
+        if not 0 <= inside < self.size:
+            raise InvalidArgument(
+                f"gid {inside} is outside the container's map (0..{self.size - 1})"
+            )
+        return self.gid_base + inside
+
+    def to_json(self) -> dict[str, int]:
+        return {"uid_base": self.uid_base, "gid_base": self.gid_base, "size": self.size}
+
+
+def parse_subid(text: str, names: Sequence[str] = ("root", "0")) -> list[IdRange]:
+    """The ranges that /etc/subuid or /etc/subgid text delegates to `names`.
+
+    Lines are `name:start:count`; comments and malformed lines are skipped
+    (as shadow-utils does), so one bad line does not disable the rest.
+    """
+    out = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        parts = line.split(":")
+        if len(parts) != 3 or parts[0] not in names:
+            continue
+        try:
+            start, count = int(parts[1]), int(parts[2])
+        except ValueError:
+            continue
+        if start >= 0 and count > 0:
+            out.append(IdRange(start, count))
+    return sorted(out)
+
+
+def allowed_ranges(path: str) -> tuple[list[IdRange], bool]:
+    """Root's ranges in `path` (/etc/subuid or /etc/subgid), or the default.
+
+    Returns:
+        (ranges, from_file): from_file is False when the default was used.
+    """
+    try:
+        with open(path) as f:
+            ranges = parse_subid(f.read())
+    except FileNotFoundError:
+        ranges = []
+    if ranges:
+        return ranges, True
+    return [IdRange(DEFAULT_RANGE_START, DEFAULT_RANGE_COUNT)], False
+
+
+def allocate(
+    allowed: Sequence[IdRange], used: Iterable[IdRange], size: int = DEFAULT_SIZE
+) -> IdRange:
+    """The lowest free block of `size` IDs inside `allowed` that overlaps no `used` one.
+
+    Pure: the daemon passes the ranges of the containers it knows, and
+    records the result in the container's record.
+
+    Raises:
+        Busy: when the allowed ranges are full.
+    """
+    taken = sorted(used)
+    for rng in sorted(allowed):
+        start = rng.start
+        while start + size <= rng.end:
+            cand = IdRange(start, size)
+            clash = [u for u in taken if u.overlaps(cand)]
+            if not clash:
+                return cand
+            start = max(u.end for u in clash)
+    raise Busy(
+        f"no free range of {size} IDs left for another isolated container",
+        hint="add a larger range for root to /etc/subuid and /etc/subgid, "
+        "or set security.idmap.isolated=false on some containers",
+    )
+
+
+def shared_map(uid_allowed: Sequence[IdRange], gid_allowed: Sequence[IdRange]) -> IdMap:
+    """The one map shared by containers with security.idmap.isolated=false:
+    the first DEFAULT_SIZE IDs of root's first range. Isolated containers
+    must count it as used when they allocate."""
+    return IdMap(uid_allowed[0].start, gid_allowed[0].start, DEFAULT_SIZE)
+
+
+# -- namespaces ------------------------------------------------------------
+
+
+def _helper(work_in_child: int) -> tuple[int, int]:
+    """Fork a helper that enters namespaces and then waits to be killed.
+
+    work_in_child: the CLONE_* flags the child unshares.
+    Returns (pid, read end the child writes one status byte to).
+    """
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(r)
+            if _libc.unshare(work_in_child) != 0:
+                code = ctypes.get_errno()
+            os.write(w, bytes([min(code, 255)]))
+            while True:
+                signal.pause()
+        finally:
+            os._exit(1)
+    os.close(w)
+    return pid, r
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.waitpid(pid, 0)
+
+
+def _wait_status(pid: int, r: int, what: str) -> None:
+    try:
+        data = os.read(r, 1)
+    finally:
+        os.close(r)
+    if not data:
+        raise OSError(errno.ECHILD, f"{what}: helper process {pid} died")
+    if data[0]:
+        raise OSError(data[0], f"{what}: {os.strerror(data[0])}")
+
+
+def create_userns(idmap: IdMap) -> int:
+    """A new user namespace with `idmap`, as an open O_CLOEXEC file descriptor.
+
+    A short-lived helper unshares CLONE_NEWUSER; we (root in the parent
+    namespace) write its maps, open its /proc/PID/ns/user and kill it. The
+    namespace lives as long as the descriptor (or a bind mount, see pin_ns).
+
+    Raises:
+        OSError: with the kernel's errno (EPERM without root, EINVAL for a
+            map outside what the caller may map).
+    """
+    pid, r = _helper(CLONE_NEWUSER)
+    try:
+        _wait_status(pid, r, "unshare(CLONE_NEWUSER)")
+        # Why the parent writes the maps: a privileged writer may map any
+        # range and leaves setgroups(2) usable inside, which a Debian
+        # system needs (login, su, daemons dropping groups).
+        for name, text in (("uid_map", idmap.uid_map()), ("gid_map", idmap.gid_map())):
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                try:
+                    f.write(text)
+                    f.flush()
+                except OSError as e:
+                    raise OSError(
+                        e.errno, f"writing {name} {text.strip()!r}: {e.strerror}"
+                    ) from None
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        _reap(pid)
+
+
+def create_netns_in(userns_fd: int) -> int:
+    """A new network namespace owned by the user namespace `userns_fd`.
+
+    The container's root may then configure its interfaces and mount sysfs
+    (the kernel asks for CAP_SYS_ADMIN in the user namespace owning the
+    network namespace); the host keeps full control of it as well.
+
+    Returns:
+        an O_CLOEXEC descriptor of the network namespace.
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(r)
+            if _libc.setns(userns_fd, CLONE_NEWUSER) != 0 or _libc.unshare(CLONE_NEWNET) != 0:
+                code = ctypes.get_errno()
+            os.write(w, bytes([min(code, 255)]))
+            while True:
+                signal.pause()
+        finally:
+            os._exit(1)
+    os.close(w)
+    try:
+        _wait_status(pid, r, "setns(user) + unshare(CLONE_NEWNET)")
+        return os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        _reap(pid)
+
+
+def owning_userns(ns_fd: int) -> int:
+    """The user namespace owning namespace `ns_fd` (ioctl NS_GET_USERNS), as a new fd.
+
+    Raises:
+        OSError: EPERM when the owner is outside the caller's reach.
+    """
+    fd = fcntl.ioctl(ns_fd, NS_GET_USERNS)
+    os.set_inheritable(fd, False)
+    return fd
+
+
+def pin_ns(ns_fd: int, path: str) -> None:
+    """Bind the namespace `ns_fd` on `path` (created empty) so it outlives
+    every process and descriptor, as `ip netns add` does for netns.
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o444))
+    src = f"/proc/self/fd/{ns_fd}".encode()
+    _check(_libc.mount(src, os.fsencode(path), None, 4096, None), f"bind {path}")  # MS_BIND
+
+
+def unpin_ns(path: str) -> None:
+    """Undo pin_ns; idempotent."""
+    if _libc.umount2(os.fsencode(path), 2) != 0:  # MNT_DETACH
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):
+            raise OSError(err, f"umount2({path!r}): {os.strerror(err)}")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def enter_userns(userns_fd: int) -> None:
+    """Join the container's user namespace and become its root (0:0, no groups).
+
+    After setns the caller holds every capability inside the namespace but
+    still has host UID 0, which the map does not contain; switching to 0
+    inside makes files it creates belong to the container's root.
+
+    Raises:
+        OSError: with the kernel's errno (EINVAL from a multithreaded process).
+    """
+    _check(_libc.setns(userns_fd, CLONE_NEWUSER), "setns(CLONE_NEWUSER)")
+    # Groups first and UID last: setresuid may take the capabilities
+    # that setgroups and setresgid need.
+    os.setgroups([])
+    os.setresgid(0, 0, 0)
+    os.setresuid(0, 0, 0)
+
+
+# -- idmapped mounts -------------------------------------------------------
+
+
+def clone_tree(source: str, recursive: bool = True) -> int:
+    """A detached copy of the mount tree at `source` (open_tree(2) with
+    OPEN_TREE_CLONE), as an O_CLOEXEC descriptor; attach_tree() mounts it.
+
+    Why detached: made by host root before the launch path enters the
+    container's user namespace, it can be attached inside the namespace's
+    own mount namespace, where a mount copied from the host's would be
+    locked and refused by pivot_root.
+
+    Raises:
+        OSError: with the kernel's errno (ENOSYS before Linux 5.2).
+    """
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
+    return _check(
+        _libc.syscall(
+            ctypes.c_long(_NR_OPEN_TREE),
+            ctypes.c_int(AT_FDCWD),
+            os.fsencode(source),
+            ctypes.c_uint(flags),
+        ),
+        f"open_tree({source!r})",
+    )
+
+
+def idmapped_tree(source: str, userns_fd: int, recursive: bool = True) -> int:
+    """A detached copy of the mount tree at `source`, idmapped through `userns_fd`.
+
+    On the copy, an inode owned by k on disk is seen as the host ID that
+    the namespace maps k to (container root's files: base + 0), and a file
+    created through it by host ID base + k is stored as k.
+
+    Returns:
+        an O_CLOEXEC descriptor of the tree; attach_tree() mounts it.
+
+    Raises:
+        OSError: EINVAL when the filesystem cannot be idmapped, ENOSYS on
+            kernels before 5.12, EPERM without CAP_SYS_ADMIN.
+    """
+    fd = clone_tree(source, recursive)
+    try:
+        attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+        _check(
+            _libc.syscall(
+                ctypes.c_long(_NR_MOUNT_SETATTR),
+                ctypes.c_int(fd),
+                b"",
+                ctypes.c_uint(AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)),
+                ctypes.byref(attr),
+                ctypes.c_size_t(ctypes.sizeof(attr)),
+            ),
+            f"mount_setattr({source!r}, MOUNT_ATTR_IDMAP)",
+        )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def attach_tree(tree_fd: int, target: str) -> None:
+    """move_mount(2) a detached tree (from idmapped_tree) onto `target`.
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_NR_MOVE_MOUNT),
+            ctypes.c_int(tree_fd),
+            b"",
+            ctypes.c_int(AT_FDCWD),
+            os.fsencode(target),
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        ),
+        f"move_mount(-> {target!r})",
+    )
+
+
+def mount_idmapped(source: str, target: str, userns_fd: int) -> None:
+    """Mount an idmapped view of `source` on `target` (may be `source` itself).
+
+    Raises:
+        OSError: as idmapped_tree() and attach_tree().
+    """
+    fd = idmapped_tree(source, userns_fd)
+    try:
+        attach_tree(fd, target)
+    finally:
+        os.close(fd)
+
+
+_METHOD_CACHE: dict[int, str] = {}
+
+
+def idmap_method(path: str) -> str:
+    """How `path`'s filesystem can present a tree to a user namespace.
+
+    Returns "idmapped" when an idmapped mount of it works, "shift" when
+    ownership must be shifted on disk instead. Probed once per filesystem
+    (st_dev) with a throwaway namespace; nothing is mounted.
+
+    Raises:
+        OSError: when `path` cannot be examined (it must exist).
+    """
+    dev = os.stat(path).st_dev
+    if dev in _METHOD_CACHE:
+        return _METHOD_CACHE[dev]
+    method = "shift"
+    try:
+        ns = create_userns(IdMap(DEFAULT_RANGE_START, DEFAULT_RANGE_START, 1))
+    except OSError:
+        ns = -1
+    if ns >= 0:
+        try:
+            os.close(idmapped_tree(path, ns, recursive=False))
+            method = "idmapped"
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EOPNOTSUPP):
+                raise
+        finally:
+            os.close(ns)
+    _METHOD_CACHE[dev] = method
+    return method
+
+
+# -- shifting ownership on disk (the fallback) ------------------------------
+
+_ACL_XATTRS = ("system.posix_acl_access", "system.posix_acl_default")
+_ACL_USER, _ACL_GROUP = 0x02, 0x08
+_CAPS_XATTR = "security.capability"
+_VFS_CAP_REVISION_2 = 0x02000000
+_VFS_CAP_REVISION_3 = 0x03000000
+_VFS_CAP_REVISION_MASK = 0xFF000000
+
+
+def _shift_acl(raw: bytes, idmap: IdMap) -> bytes:
+    # Header u32 version, then (u16 tag, u16 perm, u32 id) entries; only
+    # named user and group entries carry an ID.
+    out = bytearray(raw[:4])
+    for off in range(4, len(raw) - 7, 8):
+        tag, perm, ident = struct.unpack_from("<HHI", raw, off)
+        if tag == _ACL_USER and ident < idmap.size:
+            ident = idmap.host_uid(ident)
+        elif tag == _ACL_GROUP and ident < idmap.size:
+            ident = idmap.host_gid(ident)
+        out += struct.pack("<HHI", tag, perm, ident)
+    return bytes(out)
+
+
+def _shift_caps(raw: bytes, idmap: IdMap) -> bytes:
+    # File capabilities written from the host (revision 2) would be
+    # ignored inside a user namespace; revision 3 names the namespace's
+    # root (a host UID), which makes them valid there and only there.
+    (magic,) = struct.unpack_from("<I", raw)
+    if magic & _VFS_CAP_REVISION_MASK == _VFS_CAP_REVISION_2 and len(raw) >= 20:
+        flags = magic & ~_VFS_CAP_REVISION_MASK
+        body = raw[4:20]
+        return (
+            struct.pack("<I", _VFS_CAP_REVISION_3 | flags)
+            + body
+            + struct.pack("<I", idmap.uid_base)
+        )
+    return raw
+
+
+def shift_tree(root: str, idmap: IdMap) -> int:
+    """Shift the ownership of every inode under `root` by the map, once.
+
+    Container ID k (0 <= k < size) becomes host ID base + k; IDs already
+    in the host range (a resumed shift) and IDs outside the map are left
+    alone. setuid/setgid bits, POSIX ACLs and file capabilities are
+    restored after the chown clears them. Symlinks are not followed.
+
+    Returns:
+        the number of inodes changed.
+
+    Raises:
+        OSError: for a file that cannot be changed.
+    """
+    done: set[tuple[int, int]] = set()
+    changed = 0
+
+    def one(path: str) -> None:
+        nonlocal changed
+        st = os.lstat(path)
+        if (st.st_dev, st.st_ino) in done:
+            return
+        done.add((st.st_dev, st.st_ino))
+        uid = idmap.uid_base + st.st_uid if st.st_uid < idmap.size else st.st_uid
+        gid = idmap.gid_base + st.st_gid if st.st_gid < idmap.size else st.st_gid
+        if (uid, gid) == (st.st_uid, st.st_gid):
+            return
+        link = stat.S_ISLNK(st.st_mode)
+        saved: dict[str, bytes] = {}
+        if not link:
+            for name in (*_ACL_XATTRS, _CAPS_XATTR):
+                try:
+                    saved[name] = os.getxattr(path, name, follow_symlinks=False)
+                except OSError:
+                    pass
+        os.chown(path, uid, gid, follow_symlinks=False)
+        if not link:
+            if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(path, stat.S_IMODE(st.st_mode))
+            for name, raw in saved.items():
+                new = _shift_caps(raw, idmap) if name == _CAPS_XATTR else _shift_acl(raw, idmap)
+                os.setxattr(path, name, new, follow_symlinks=False)
+        changed += 1
+
+    one(root)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            one(os.path.join(dirpath, name))
+    return changed
+
+
+# -- cgroups handed to the container's root ---------------------------------
+
+# The files systemd's delegation contract names, plus v1's `tasks`.
+_DELEGATED = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control", "tasks")
+
+
+def delegate_cgroups(dirs: Iterable[str], idmap: IdMap) -> None:
+    """Give the container's root its cgroup directories (as LXC does), so
+    systemd inside may create and manage its subtree there.
+
+    Raises:
+        OSError: when a directory cannot be changed.
+    """
+    uid, gid = idmap.host_uid(0), idmap.host_gid(0)
+    for d in dirs:
+        os.chown(d, uid, gid)
+        for name in _DELEGATED:
+            try:
+                os.chown(os.path.join(d, name), uid, gid)
+            except FileNotFoundError:
+                pass
+
+
+def require_idmap_support() -> None:
+    """Raise Unsupported when this kernel has no user namespaces at all."""
+    if not os.path.exists("/proc/self/ns/user"):
+        raise Unsupported(
+            "this kernel has no user namespaces",
+            hint="set security.privileged=true to run containers without them",
+        )
