@@ -226,11 +226,12 @@ def cmd_list(client: Client, args: argparse.Namespace) -> None:
         print_json(cts)
         return
     print_table(
-        ("NAME", "STATE", "TEMPLATE", "SNAPSHOTS", "CREATED"),
+        ("NAME", "STATE", "ADDRESSES", "TEMPLATE", "SNAPSHOTS", "CREATED"),
         (
             (
                 c.get("name", ""),
                 c.get("state", ""),
+                ",".join(c.get("addresses") or ()) or "-",
                 c.get("template", ""),
                 str(len(c.get("snapshots") or ())),
                 c.get("created_at", ""),
@@ -241,7 +242,18 @@ def cmd_list(client: Client, args: argparse.Namespace) -> None:
 
 
 # Fields of a container in the order `info` shows them; others follow.
-_INFO_FIELDS = ("name", "state", "template", "created_at", "path", "snapshots")
+_INFO_FIELDS = (
+    "name",
+    "state",
+    "init_pid",
+    "started_at",
+    "addresses",
+    "last_exit",
+    "template",
+    "created_at",
+    "path",
+    "snapshots",
+)
 
 
 @command("info", "show a container", NAME, formats=True)
@@ -256,7 +268,9 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
     width = max(len(k) for k in fields) + 1 if fields else 0
     for key in fields:
         value = ct[key]
-        if isinstance(value, list):
+        if key == "last_exit" and isinstance(value, dict):
+            text = f"{value.get('reason')}: {value.get('detail')}"
+        elif isinstance(value, list):
             text = ", ".join(str(v) for v in value) or "-"
         elif value is None:
             text = "-"
@@ -278,6 +292,128 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
 def cmd_destroy(client: Client, args: argparse.Namespace) -> None:
     client.delete_container(args.name, force=args.force)
     print(f"destroyed {args.name}")
+
+
+TIMEOUT = arg(
+    "--timeout",
+    type=float,
+    metavar="S",
+    help="seconds to wait for a clean shutdown before killing (default: 30)",
+)
+
+
+@command("start", "start a container (returns once its init runs)", NAME)
+def cmd_start(client: Client, args: argparse.Namespace) -> None:
+    ct = client.start_container(args.name)
+    print(f"started {args.name} (init pid {ct.get('init_pid')})")
+
+
+@command(
+    "stop",
+    "stop a container: ask init to power off, kill after the timeout",
+    NAME,
+    TIMEOUT,
+    arg("-f", "--force", action="store_true", help="kill it at once"),
+)
+def cmd_stop(client: Client, args: argparse.Namespace) -> None:
+    ct = client.stop_container(args.name, timeout=args.timeout, force=args.force)
+    why = ct.get("last_exit") or {}
+    print(f"stopped {args.name}" + (f" ({why.get('detail')})" if why.get("detail") else ""))
+
+
+@command("restart", "stop a container (if it runs) and start it again", NAME, TIMEOUT)
+def cmd_restart(client: Client, args: argparse.Namespace) -> None:
+    ct = client.restart_container(args.name, timeout=args.timeout)
+    print(f"restarted {args.name} (init pid {ct.get('init_pid')})")
+
+
+@command("freeze", "freeze every process of a running container", NAME)
+def cmd_freeze(client: Client, args: argparse.Namespace) -> None:
+    client.freeze_container(args.name)
+    print(f"froze {args.name}")
+
+
+@command("unfreeze", "thaw a frozen container", NAME)
+def cmd_unfreeze(client: Client, args: argparse.Namespace) -> None:
+    client.unfreeze_container(args.name)
+    print(f"unfroze {args.name}")
+
+
+@command(
+    "console",
+    "attach to a container's console (detach with Ctrl-a q), or print its log",
+    NAME,
+    arg("--log", action="store_true", help="print the console output kept since boot"),
+)
+def cmd_console(client: Client, args: argparse.Namespace) -> int | None:
+    if args.log:
+        text = client.console_log(args.name)
+        sys.stdout.write(text)
+        if text and not text.endswith("\n"):
+            sys.stdout.write("\n")
+        return None
+    # Imported here: the interactive console needs terminal handling that
+    # the other commands do not.
+    from lxpy.api.streams import interactive_console
+
+    return interactive_console(client, args)
+
+
+_EXEC_OPTIONS = (
+    arg(
+        "-t",
+        "--tty",
+        dest="tty",
+        action="store_const",
+        const=True,
+        default=None,
+        help="give the command a terminal (the default when stdin is one)",
+    ),
+    arg(
+        "-T",
+        "--no-tty",
+        dest="tty",
+        action="store_const",
+        const=False,
+        help="plain pipes: stdout and stderr kept apart",
+    ),
+    arg(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a variable (repeatable); the environment is otherwise clean",
+    ),
+    arg("--cwd", metavar="DIR", help="working directory (default: the user's home, else /)"),
+    arg("--user", metavar="USER", help="user name or uid in the container (default: root)"),
+)
+
+
+@command(
+    "exec",
+    "run a command in a running container; exits with the command's status",
+    NAME,
+    *_EXEC_OPTIONS,
+    arg("command", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command"),
+)
+def cmd_exec(client: Client, args: argparse.Namespace) -> int:
+    # argparse's REMAINDER takes everything after NAME, options included
+    # (`lxpy exec web -t -- sh`): parse those options out of it here.
+    rest = _Parser(prog="lxpy exec", add_help=False)
+    for flags, kwargs in _EXEC_OPTIONS:
+        rest.add_argument(*flags, **{**kwargs, "default": None})
+    rest.add_argument("command", nargs=argparse.REMAINDER)
+    more = rest.parse_args(args.command)
+    if more.tty is not None:
+        args.tty = more.tty
+    args.env = [*args.env, *(more.env or [])]
+    args.cwd = more.cwd or args.cwd
+    args.user = more.user or args.user
+    args.command = more.command
+    # Imported here, as for the console: only these two commands need it.
+    from lxpy.api.streams import run_exec
+
+    return run_exec(client, args)
 
 
 @command(

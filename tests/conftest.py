@@ -174,7 +174,63 @@ def daemon(tmp_path: Path, test_cache: Path) -> Iterator[Daemon]:
         yield d
     finally:
         stop_daemon(d)
+        stop_containers(root)
         unmount_all_under(tmp_path)
+
+
+def stop_containers(root: Path) -> list[str]:
+    """Kill the monitors (so the containers) and the zygote that lxpyd left
+    running for `root` (they outlive lxpyd by design), with their network
+    namespaces and cgroups. Returns what was found still running."""
+    import json
+    import signal
+
+    from lxpy.daemon.networks import RUN_BASE
+    from lxpy.errors import LxpyError
+    from lxpy.kernel.cgroups import ContainerCgroup
+    from lxpy.model.network import root_id
+    from lxpy.network import links
+    from lxpy.runtime.control import MonitorClient
+
+    run = RUN_BASE / root_id(str(root.absolute()))
+    left = []
+    for sock in run.glob("containers/*/monitor.sock"):
+        name = sock.parent.name
+        try:
+            MonitorClient(str(sock), timeout=20).request("kill", wait=20)
+            left.append(f"container {name}")
+        except LxpyError:
+            pass
+        cg = ContainerCgroup.for_name(name)
+        try:
+            cg.kill(timeout=5)
+            cg.remove(timeout=5)
+        except LxpyError:
+            pass
+    pid_file = run / "zygote.pid"
+    try:
+        pid = int(pid_file.read_text())
+        if Path(f"/proc/{pid}/comm").read_text().strip() == "lxpy-zygote":
+            os.kill(pid, signal.SIGKILL)
+            left.append(f"zygote {pid}")
+    except (OSError, ValueError):
+        pass
+    for nics in run.glob("nics/*.json"):
+        try:
+            links.delete_links(n["host"] for n in json.loads(nics.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    for ns in run.glob("netns/*"):
+        links.remove_netns(ns)
+    for d in ("containers", "nics", "netns"):
+        shutil.rmtree(run / d, ignore_errors=True)
+    for f in ("zygote.sock", "zygote.pid"):
+        (run / f).unlink(missing_ok=True)
+    try:
+        run.rmdir()  # only when nothing else (networks) is left in it
+    except OSError:
+        pass
+    return left
 
 
 # -- a run that must exercise the integration tests fails when they skip ----

@@ -370,6 +370,37 @@ class Client:
     def delete_container(self, name: str, force: bool = False) -> None:
         self.request("DELETE", _ct(name), query={"force": force})
 
+    def start_container(self, name: str) -> dict[str, Any]:
+        return self.request("POST", _ct(name) + "/start")  # type: ignore[no-any-return]
+
+    def stop_container(
+        self, name: str, timeout: float | None = None, force: bool = False
+    ) -> dict[str, Any]:
+        body: dict[str, object] = {"force": force}
+        if timeout is not None:
+            body["timeout"] = timeout
+        return self.request("POST", _ct(name) + "/stop", body)  # type: ignore[no-any-return]
+
+    def restart_container(self, name: str, timeout: float | None = None) -> dict[str, Any]:
+        body = {} if timeout is None else {"timeout": timeout}
+        return self.request("POST", _ct(name) + "/restart", body)  # type: ignore[no-any-return]
+
+    def freeze_container(self, name: str) -> dict[str, Any]:
+        return self.request("POST", _ct(name) + "/freeze")  # type: ignore[no-any-return]
+
+    def unfreeze_container(self, name: str) -> dict[str, Any]:
+        return self.request("POST", _ct(name) + "/unfreeze")  # type: ignore[no-any-return]
+
+    def console_log(self, name: str) -> str:
+        """The console output kept since boot (text)."""
+        resp = self.open("GET", _ct(name) + "/console/log")
+        try:
+            if resp.status >= 400:
+                raise resp.error()
+            return resp.read().decode("utf-8", "replace")
+        finally:
+            resp.close()
+
     def update_config(
         self,
         name: str,

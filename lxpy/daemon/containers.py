@@ -61,6 +61,9 @@ class Containers:
         if snaps is None:
             snaps = await d.storage(self._snapshot_names, name)
         path = str(d.backend.container_path(name))
+        # Running containers: init's pid, start time, why init last ended,
+        # and the addresses read in its network namespace.
+        run = {**d.lifecycle.run_fields(name), "addresses": await d.networks.addresses(name)}
         if name in d.broken:
             return {
                 "name": name,
@@ -71,6 +74,7 @@ class Containers:
                 "snapshots": snaps,
                 "path": path,
                 "error": d.broken[name],
+                **run,
             }
         c = d.require(name)
         return {
@@ -79,6 +83,7 @@ class Containers:
             "snapshots": snaps,
             "path": path,
             "error": None,
+            **run,
         }
 
     async def list_all(self) -> list[dict[str, object]]:
@@ -150,10 +155,13 @@ class Containers:
                 d.require(name)
             if not force:
                 self._require_stopped(name, "delete")
+            elif name in d.lifecycle.runs:
+                await d.lifecycle.stop_locked(name, 0, force=True)
             # Storage first: if it fails half way the record stays, and a
             # retry (deletes are idempotent) finishes the job.
             await d.storage(d.backend.delete_container, name)
             await d.files(d.registry.delete, name)
+            await d.lifecycle.forget(name)
             d.forget(name)
         d.bus.lifecycle("container-deleted", f"containers/{name}")
         return {}

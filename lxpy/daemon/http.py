@@ -53,6 +53,32 @@ class Stream:
         self.close = close or (lambda: None)
 
 
+@dataclass(frozen=True)
+class Text:
+    """A `text/plain; charset=utf-8` answer (a console log) instead of JSON."""
+
+    text: str
+
+
+class Upgrade:
+    """A `101 Switching Protocols` answer (console, exec).
+
+    After the 101, `run(stream, early)` owns the raw connection; `early` is
+    what the client sent after its request and h11 already read. `close()`
+    is called once the exchange is over, or when the 101 could not be sent.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[trio.abc.Stream, bytes], Awaitable[None]],
+        close: Callable[[], None] | None = None,
+        protocol: str = "lxpy-stream",
+    ) -> None:
+        self.run = run
+        self.close = close or (lambda: None)
+        self.protocol = protocol
+
+
 @dataclass
 class Request:
     method: str
@@ -60,6 +86,8 @@ class Request:
     query: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    # Header names in lower case (h11 gives them so).
+    headers: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> dict[str, object]:
         """The body as a JSON object ({} for an empty body).
@@ -190,14 +218,18 @@ async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> Reques
         path=url.path,
         query=dict(parse_qsl(url.query)),
         body=bytes(body),
+        headers={k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers},
     )
 
 
 async def _send_json(
     conn: h11.Connection, stream: trio.abc.Stream, status: int, body: object
 ) -> None:
-    data = json.dumps(body).encode() + b"\n"
-    headers = [("Content-Type", JSON_TYPE), ("Content-Length", str(len(data)))]
+    if isinstance(body, Text):
+        data, ctype = body.text.encode(), "text/plain; charset=utf-8"
+    else:
+        data, ctype = json.dumps(body).encode() + b"\n", JSON_TYPE
+    headers = [("Content-Type", ctype), ("Content-Length", str(len(data)))]
     await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
     await stream.send_all(conn.send(h11.Data(data=data)))
     await stream.send_all(conn.send(h11.EndOfMessage()))
@@ -239,6 +271,22 @@ async def _send_stream(conn: h11.Connection, stream: trio.abc.Stream, body: Stre
         nursery.cancel_scope.cancel()
 
 
+async def _switch(conn: h11.Connection, stream: trio.abc.Stream, up: Upgrade) -> None:
+    # h11 lets a server switch only when the request asked for it
+    # (Connection: Upgrade plus Upgrade:); anything else is a client error.
+    if conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+        err = InvalidArgument(
+            "this endpoint answers only an upgrade to a framed stream",
+            hint=f"send `Connection: Upgrade` and `Upgrade: {up.protocol}`",
+        )
+        await _send_json(conn, stream, err.status, _error_body(err))
+        return
+    headers = [("Upgrade", up.protocol), ("Connection", "Upgrade")]
+    await stream.send_all(conn.send(h11.InformationalResponse(status_code=101, headers=headers)))
+    early, _closed = conn.trailing_data
+    await up.run(stream, bytes(early))
+
+
 async def _dispatch(router: Router, req: Request) -> tuple[int, object]:
     try:
         route, req.params = router.match(req.method, req.path)
@@ -273,6 +321,12 @@ async def serve_connection(stream: trio.abc.Stream, router: Router) -> None:
             if isinstance(result, Stream):
                 try:
                     await _send_stream(conn, stream, result)
+                finally:
+                    result.close()
+                return
+            if isinstance(result, Upgrade):
+                try:
+                    await _switch(conn, stream, result)
                 finally:
                     result.close()
                 return

@@ -108,6 +108,15 @@ SCHEMAS: dict[str, Schema] = {
                 "type": ["string", "null"],
                 "description": "why the container is in ERROR (e.g. a broken record file)",
             },
+            "init_pid": {"type": ["integer", "null"]},
+            "started_at": NULL_STR,
+            "addresses": array(STR),
+            "last_exit": {
+                "type": ["object", "null"],
+                "properties": {"reason": STR, "detail": STR},
+                "description": "why init last ended (poweroff, reboot, killed, exited, "
+                "error, monitor-lost)",
+            },
         },
         ("name", "template", "state", "created_at", "config", "snapshots", "path"),
     ),
@@ -154,6 +163,7 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 _REASONS = {
+    101: "Switching Protocols: the framed stream follows",
     200: "OK",
     201: "Created",
     202: "Accepted",

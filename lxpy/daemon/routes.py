@@ -14,7 +14,9 @@ from lxpy.daemon import openapi
 from lxpy.daemon.containers import Containers
 from lxpy.daemon.events import EVENT_TYPES
 from lxpy.daemon.http import Request, Router, Send, Stream
+from lxpy.daemon.lifecycle_routes import add_lifecycle_routes
 from lxpy.daemon.service import Daemon
+from lxpy.daemon.streams import add_stream_routes
 from lxpy.daemon.templates import Templates
 from lxpy.errors import InvalidArgument
 
@@ -298,6 +300,8 @@ def build_router(d: Daemon) -> Router:
         response=S("Event"),
     )
     add_network_routes(r, d)
+    add_lifecycle_routes(r, d, containers)
+    add_stream_routes(r, d)
     return r
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 
@@ -27,9 +29,23 @@ from lxpy.model.state import State
 from lxpy.storage.base import Backend
 from lxpy.storage.pool import open_pool, pool_info
 
+if TYPE_CHECKING:
+    from lxpy.daemon.lifecycle import Lifecycle
+
 log = logging.getLogger("lxpyd")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A running container as lxpyd knows it: its processes and monitor socket."""
+
+    init_pid: int
+    monitor_pid: int
+    # ISO 8601, UTC: when init (last) started.
+    started_at: str
+    socket: Path
 
 
 class Daemon:
@@ -37,6 +53,8 @@ class Daemon:
 
     # Managed networks and container NICs; set by open().
     networks: Networks
+    # Running containers (start, stop, monitors); set by open().
+    lifecycle: Lifecycle
 
     def __init__(
         self, settings: Settings, backend: Backend, registry: Registry, nursery: trio.Nursery
@@ -54,6 +72,9 @@ class Daemon:
         # Containers whose record file could not be read: name -> reason.
         self.broken: dict[str, str] = {}
         self.states: dict[str, State] = {}
+        # Containers whose monitor runs (RUNNING, FROZEN, STOPPING, or
+        # STARTING during a reboot): name -> its processes and socket.
+        self.running: dict[str, RunInfo] = {}
         self._locks: dict[str, trio.Lock] = {}
         # Names being created, copied or renamed to: not in `records` yet,
         # but taken.
@@ -82,6 +103,12 @@ class Daemon:
             d.states[name] = State.STOPPED
         for name in d.broken:
             d.states[name] = State.ERROR
+        # Imported here: lifecycle builds on this module.
+        from lxpy.daemon.lifecycle import Lifecycle
+
+        d.lifecycle = Lifecycle(d, nursery)
+        # Containers whose monitors outlived a previous lxpyd run on.
+        await d.lifecycle.adopt_all()
         log.info(
             "storage: %s pool at %s; %d containers (%d broken records)",
             backend.name,
@@ -90,6 +117,15 @@ class Daemon:
             len(d.broken),
         )
         return d
+
+    def container_run_dir(self, name: str) -> Path:
+        """Where container `name`'s runtime files live (monitor socket, state
+        file): under the daemon's run dir, which is unique per daemon root."""
+        return self.networks.run_dir / "containers" / name
+
+    def monitor_socket(self, name: str) -> Path:
+        """Container `name`'s monitor control socket."""
+        return self.container_run_dir(name) / "monitor.sock"
 
     async def storage(self, fn: Callable[..., T], *args: object) -> T:
         """Run a blocking storage call in a worker thread."""
@@ -108,6 +144,7 @@ class Daemon:
         self.records.pop(name, None)
         self.broken.pop(name, None)
         self.states.pop(name, None)
+        self.running.pop(name, None)
         self._locks.pop(name, None)
 
     def known(self, name: str) -> bool:

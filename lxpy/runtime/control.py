@@ -20,6 +20,14 @@ Commands:
 * `attach` {tty?}: the answer carries a pty master (SCM_RIGHTS): tty 0 is
   the console, 1..N the ttys. While a console attach's connection stays
   open the monitor does not read (nor log) the console.
+* `exec` {command, env?, cwd?, user?, tty?, width?, height?} with
+  SCM_RIGHTS descriptors: stdin, stdout and stderr, or with `tty` one unix
+  socket on which the command's pty master (from the container's devpts)
+  comes back. The command is forked into the container (every namespace
+  and cgroup; see attach.py). Answered `{"ok": true, "pid"}` once it is
+  exec'd (or the set-up error), then `{"event": "exit", "code": N}`
+  (128+signal when killed) when it ends. Closing the connection before
+  that kills it.
 * `subscribe`: answered with the status, then one `{"event": "state", ...}`
   line per state change until the connection closes.
 """

@@ -35,8 +35,8 @@ from collections.abc import Callable
 from lxpy.errors import Busy, InvalidArgument, LxpyError
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import ContainerCgroup
-from lxpy.runtime import launch
-from lxpy.runtime.spec import LaunchSpec
+from lxpy.runtime import attach, launch
+from lxpy.runtime.spec import CAPS, LaunchSpec
 
 LAUNCH_TIMEOUT = 30.0
 _READ = select.POLLIN | select.POLLPRI
@@ -44,13 +44,30 @@ _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 
 class _Client:
-    __slots__ = ("sock", "buf", "subscribed", "attached")
+    __slots__ = ("sock", "buf", "subscribed", "attached", "fds", "exec")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = b""
         self.subscribed = False
         self.attached = False
+        # Descriptors received with the request (SCM_RIGHTS), for `exec`.
+        self.fds: list[int] = []
+        self.exec: _Exec | None = None
+
+
+class _Exec:
+    """A command run by `exec`: our child, in the container's pid namespace."""
+
+    __slots__ = ("client", "pid", "pidfd", "errfd", "err", "started")
+
+    def __init__(self, client: _Client, pid: int, pidfd: int, errfd: int) -> None:
+        self.client: _Client | None = client
+        self.pid = pid
+        self.pidfd = pidfd
+        self.errfd = errfd
+        self.err = b""
+        self.started = False
 
 
 def _error(e: LxpyError) -> dict[str, object]:
@@ -70,6 +87,9 @@ class Monitor:
         self.boots = 0
         self.last_exit: dict[str, object] | None = None
         self.clients: dict[int, _Client] = {}
+        # exec children by pidfd. They are reaped by pid, never by
+        # waitpid(-1), so init's status cannot be taken by mistake.
+        self.execs: dict[int, _Exec] = {}
         self.stop_waiters: list[_Client] = []
         self.stop_deadline: float | None = None
         self.stop_forced = False
@@ -339,7 +359,23 @@ class Monitor:
             self.stop_waiters.remove(client)
         if client.attached:
             self._resume_console()
+        ex, client.exec = client.exec, None
+        if ex is not None:
+            # The caller hung up: nobody reads the command's output or waits
+            # for it any more. It is killed (and reaped when its pidfd fires).
+            ex.client = None
+            try:
+                os.kill(ex.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._close_fds(client)
         client.sock.close()
+
+    @staticmethod
+    def _close_fds(client: _Client) -> None:
+        for fd in client.fds:
+            os.close(fd)
+        client.fds = []
 
     def _send(
         self, client: _Client, reply: dict[str, object], fds: list[int] | None = None
@@ -358,11 +394,16 @@ class Monitor:
         if client is None:
             return
         try:
-            chunk = client.sock.recv(65536)
+            # recvmsg, not recv: `exec` sends its stdio along. Close-on-exec,
+            # so no other child (init after a reboot) inherits them.
+            chunk, fds, _flags, _addr = socket.recv_fds(
+                client.sock, 65536, 4, socket.MSG_CMSG_CLOEXEC
+            )
         except (BlockingIOError, InterruptedError, TimeoutError):
             return
         except OSError:
-            chunk = b""
+            chunk, fds = b"", []
+        client.fds += fds
         if not chunk:
             self._drop(client)
             return
@@ -374,6 +415,8 @@ class Monitor:
             line, _, client.buf = client.buf.partition(b"\n")
             if line.strip():
                 self._request(client, line)
+                # Descriptors are for the request they came with.
+                self._close_fds(client)
 
     # -- requests ---------------------------------------------------------
 
@@ -388,7 +431,7 @@ class Monitor:
                 raise InvalidArgument(
                     f"unknown command {cmd!r}",
                     hint="commands: status, stop, kill, reboot, freeze, thaw, "
-                    "console-log, attach, subscribe",
+                    "console-log, attach, exec, subscribe",
                 )
             reply = handler(client, req)
         except ValueError as e:
@@ -538,6 +581,110 @@ class Monitor:
             self._unwatch(self.console_master)
         self._send(client, {"ok": True, "tty": tty}, [master])
 
+    def _cmd_exec(self, client: _Client, req: dict[str, object]) -> None:
+        spec = attach.ExecSpec.from_json(req)
+        if self.state != "RUNNING" or not self.init_pid:
+            raise Busy(
+                f"cannot exec in a container that is {self.state}",
+                hint="unfreeze it first" if self.state == "FROZEN" else None,
+            )
+        if client.exec is not None:
+            raise Busy("this connection already runs a command")
+        want = 1 if spec.tty else 3
+        if len(client.fds) != want:
+            raise InvalidArgument(
+                f"exec: expected {want} descriptor(s) with the request, got {len(client.fds)}",
+                hint="stdin, stdout, stderr; or, with tty, a unix socket for the pty master",
+            )
+        drop = [CAPS[c.lower().removeprefix("cap_")] for c in self.spec.drop_caps]
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pid = -1
+        pidns = os.open(f"/proc/{self.init_pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            # The next child is born in the container's pid namespace; we
+            # stay outside as its parent, as for init.
+            sc.setns(pidns, sc.CLONE_NEWPID)
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    os.close(r)
+                    attach.child_main(
+                        self.init_pid, spec, client.fds, self.cg.procs_files(), drop, w
+                    )
+            finally:
+                # Back to our own namespace, for the next exec and a reboot.
+                if pid != 0:
+                    sc.setns(self._pidns_fd, sc.CLONE_NEWPID)
+        except BaseException:
+            os.close(r)
+            raise
+        finally:
+            os.close(pidns)
+            os.close(w)
+        self._close_fds(client)
+        ex = _Exec(client, pid, os.pidfd_open(pid), r)
+        client.exec = ex
+        self.execs[ex.pidfd] = ex
+        self._watch(r, lambda _fd: self._on_exec_setup(ex))
+        self._watch(ex.pidfd, self._on_exec_exit)
+
+    def _on_exec_setup(self, ex: _Exec) -> None:
+        # The error pipe: data is why the set-up failed, EOF without data
+        # means the command was exec'd.
+        try:
+            chunk = os.read(ex.errfd, 8192)
+        except (BlockingIOError, InterruptedError):
+            return
+        if chunk:
+            ex.err += chunk
+            return
+        self._unwatch(ex.errfd)
+        os.close(ex.errfd)
+        ex.errfd = -1
+        ex.started = not ex.err
+        if ex.client is None:
+            return
+        if ex.started:
+            self._send(ex.client, {"ok": True, "pid": ex.pid})
+            return
+        try:
+            err = json.loads(ex.err)
+            reply: dict[str, object] = {
+                "ok": False,
+                "error": err if isinstance(err, dict) else {"message": str(err)},
+            }
+        except ValueError:
+            reply = _error(LxpyError(ex.err.decode(errors="replace")))
+        self._send(ex.client, reply)
+
+    def _on_exec_exit(self, fd: int) -> None:
+        ex = self.execs.pop(fd)
+        self._unwatch(fd)
+        os.close(fd)
+        _pid, status = os.waitpid(ex.pid, 0)
+        if ex.errfd >= 0:
+            # The child is gone, so the pipe holds all it will ever say.
+            os.set_blocking(ex.errfd, True)
+            while ex.errfd >= 0:
+                self._on_exec_setup(ex)
+        client, ex.client = ex.client, None
+        if client is None:
+            return
+        client.exec = None
+        if ex.started:
+            self._send(client, {"event": "exit", "code": attach.exit_code(status)})
+        self._drop(client)
+
+    def _end_execs(self) -> None:
+        # Init is gone, and with its pid namespace every exec child; reap
+        # them and tell their callers.
+        for fd in list(self.execs):
+            try:
+                os.kill(self.execs[fd].pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._on_exec_exit(fd)
+
     def _resume_console(self) -> None:
         if self.console_master >= 0 and self.console_master not in self.handlers:
             self._watch(self.console_master, self._on_console)
@@ -592,6 +739,7 @@ class Monitor:
 
     def _cleanup(self) -> None:
         # Idempotent: runs after the loop, or after a failed start.
+        self._end_execs()
         if self._owns_cgroup:
             try:
                 self.cg.kill(timeout=5)

@@ -106,8 +106,8 @@ def test_container_lifecycle(daemon: Daemon) -> None:
     assert res.stdout == "created web from template busybox\n"
 
     lines = daemon.cli("list").stdout.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "TEMPLATE", "SNAPSHOTS", "CREATED"]
-    assert lines[1].split()[:4] == ["web", "STOPPED", "busybox", "0"]
+    assert lines[0].split() == ["NAME", "STATE", "ADDRESSES", "TEMPLATE", "SNAPSHOTS", "CREATED"]
+    assert lines[1].split()[:5] == ["web", "STOPPED", "-", "busybox", "0"]
     [ct] = cli_json(daemon, "list")
     assert ct["name"] == "web" and ct["config"]["user.note"] == "hello"
     assert cli_json(daemon, "info", "web") == ct
@@ -175,7 +175,8 @@ def test_container_lifecycle(daemon: Daemon) -> None:
     assert daemon.cli("destroy", "www").stdout == "destroyed www\n"
     daemon.cli("destroy", "www2", "--force")
     assert cli_json(daemon, "list") == []
-    assert daemon.cli("list").stdout.splitlines() == ["NAME  STATE  TEMPLATE  SNAPSHOTS  CREATED"]
+    header = "NAME  STATE  ADDRESSES  TEMPLATE  SNAPSHOTS  CREATED"
+    assert daemon.cli("list").stdout.splitlines() == [header]
     disk = on_disk(daemon)
     assert disk["containers"] == [] and not [s for s in disk["snapshots"] if "/" in s]
     fails(daemon, "destroy", "www")

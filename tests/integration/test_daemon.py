@@ -154,6 +154,14 @@ ROUTES = {
     ("post", "/1.0/networks"),
     ("get", "/1.0/networks/{name}"),
     ("delete", "/1.0/networks/{name}"),
+    ("post", "/1.0/containers/{name}/start"),
+    ("post", "/1.0/containers/{name}/stop"),
+    ("post", "/1.0/containers/{name}/restart"),
+    ("post", "/1.0/containers/{name}/freeze"),
+    ("post", "/1.0/containers/{name}/unfreeze"),
+    ("get", "/1.0/containers/{name}/console/log"),
+    ("get", "/1.0/containers/{name}/console"),
+    ("post", "/1.0/containers/{name}/exec"),
 }
 
 

@@ -247,15 +247,45 @@ def test_list_table_and_json(fake: FakeDaemon, capsys: pytest.CaptureFixture[str
     status, out, err = run(fake, capsys, "list")
     assert (status, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "TEMPLATE", "SNAPSHOTS", "CREATED"]
-    assert lines[1].split() == ["a-much-longer-name", "RUNNING", "busybox", "0", CT["created_at"]]
-    assert lines[2].split()[:4] == ["web", "STOPPED", "busybox", "1"]
+    assert lines[0].split() == ["NAME", "STATE", "ADDRESSES", "TEMPLATE", "SNAPSHOTS", "CREATED"]
+    assert lines[1].split() == [
+        "a-much-longer-name",
+        "RUNNING",
+        "-",
+        "busybox",
+        "0",
+        CT["created_at"],
+    ]
+    assert lines[2].split()[:5] == ["web", "STOPPED", "-", "busybox", "1"]
     # Aligned: every column starts at the same offset on every line.
     assert len({line.index("busybox") for line in lines[1:]}) == 1
     assert lines[0].index("TEMPLATE") == lines[1].index("busybox")
 
     status, out, _ = run(fake, capsys, "list", "--format", "json")
     assert status == 0 and json.loads(out) == [CT, long]
+
+
+def test_start_stop_and_console_log(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    running = {**CT, "state": "RUNNING", "init_pid": 4242}
+    stopped = {**CT, "last_exit": {"reason": "poweroff", "detail": "powered off"}}
+    fake.routes["POST /1.0/containers/web/start"] = http(200, running)
+    fake.routes["POST /1.0/containers/web/stop"] = http(200, stopped)
+    log = b"web login: "
+    fake.routes["GET /1.0/containers/web/console/log"] = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+        + f"Content-Length: {len(log)}\r\n\r\n".encode()
+        + log
+    )
+    assert run(fake, capsys, "start", "web")[:2] == (0, "started web (init pid 4242)\n")
+    status, out, _ = run(fake, capsys, "stop", "web", "--timeout", "5", "--force")
+    assert status == 0 and "powered off" in out
+    assert fake.requests[-1][2] == {"force": True, "timeout": 5.0}
+    assert run(fake, capsys, "console", "web", "--log")[:2] == (0, "web login: \n")
+    fake.routes["POST /1.0/containers/web/start"] = error(
+        409, "busy", "container 'web' is already running (RUNNING)"
+    )
+    status, _, err = run(fake, capsys, "start", "web")
+    assert status == 1 and "already running" in err
 
 
 def test_info_and_config_show(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:

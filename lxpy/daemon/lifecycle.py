@@ -1,0 +1,603 @@
+"""Running containers: start, stop, restart, freeze, console log, adoption.
+
+lxpyd does not run containers itself: one zygote per daemon root forks a
+monitor per container (lxpy.runtime), and the monitor is init's parent. The
+daemon builds the launch spec, attaches the network namespace, asks the
+zygote for a monitor, and then follows the monitor's `subscribe` stream in
+one watcher task per container. The watcher alone turns "the monitor is
+gone" into STOPPED (init powered off or was stopped) or ERROR (the monitor
+died without a last word), so a stop request and a poweroff inside end the
+same way: network detached, state STOPPED, one event each.
+
+Monitors and the zygote live in sessions of their own: lxpyd may stop or
+crash and the containers keep running; on start lxpyd adopts every monitor
+that answers on its socket.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from lxpy.build.rootfs import resolve_in, write_in
+from lxpy.daemon.service import Daemon, RunInfo
+from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
+from lxpy.kernel.cgroups import ContainerCgroup
+from lxpy.model.config import Container
+from lxpy.model.state import State
+from lxpy.model.template import TemplateDef, find_template
+from lxpy.runtime.control import check_reply
+from lxpy.runtime.spec import LaunchSpec
+from lxpy.runtime.zygote import spawn_monitor, spawn_request, start_zygote
+
+__all__ = ["Lifecycle", "RunInfo"]
+
+log = logging.getLogger("lxpyd.lifecycle")
+
+DEFAULT_STOP_TIMEOUT = 30.0
+# Beyond a stop's own timeout: the monitor's cgroup kill (5 s) and slack.
+STOP_MARGIN = 15.0
+# A console log past this size is rotated (to NAME.console.log.1) at start.
+CONSOLE_LOG_MAX = 1024 * 1024
+CONSOLE_TAIL = 256 * 1024
+
+# What the monitor reports, as the daemon's states.
+_STATES = {
+    "RUNNING": State.RUNNING,
+    "FROZEN": State.FROZEN,
+    "STOPPING": State.STOPPING,
+    "REBOOTING": State.STARTING,
+}
+
+
+def _iso(ts: object) -> str:
+    if not isinstance(ts, int | float) or ts <= 0:
+        return ""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _exit_info(raw: object) -> dict[str, object] | None:
+    # The monitor's last_exit carries more (at, stopped, forced); the API
+    # shows reason and detail.
+    if not isinstance(raw, dict) or "reason" not in raw:
+        return None
+    return {"reason": raw["reason"], "detail": raw.get("detail", "")}
+
+
+class _Lines:
+    """JSON lines from a trio stream."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buf = bytearray()
+
+    async def next(self) -> Any:
+        """The next JSON value, or None at end of stream."""
+        while b"\n" not in self.buf:
+            chunk = await self.stream.receive_some(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, _, rest = bytes(self.buf).partition(b"\n")
+        self.buf[:] = rest
+        return json.loads(line)
+
+
+async def monitor_request(
+    path: Path, cmd: str, wait: float = 10.0, **args: object
+) -> dict[str, object]:
+    """One command to a monitor's control socket (see lxpy.runtime.control).
+
+    Raises:
+        DaemonUnavailable: nothing answers on `path`.
+        LxpyError (or a subclass): the monitor's error, or no answer in `wait` s.
+    """
+    try:
+        with trio.fail_after(wait):
+            try:
+                stream = await trio.open_unix_socket(str(path))
+            except OSError as e:
+                raise DaemonUnavailable(
+                    f"no monitor answers on {path}: {e.strerror or e}",
+                    hint="the container is probably not running",
+                ) from None
+            async with stream:
+                await stream.send_all((json.dumps({"cmd": cmd, **args}) + "\n").encode())
+                try:
+                    reply = await _Lines(stream).next()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    reply = None
+    except trio.TooSlowError:
+        raise LxpyError(f"the monitor did not answer {cmd!r} within {wait:g} s") from None
+    if reply is None:
+        raise LxpyError(f"the monitor closed the connection before answering {cmd!r}")
+    return check_reply(reply)
+
+
+@dataclass
+class _Run:
+    """What the daemon holds for a container whose monitor it follows."""
+
+    socket: Path
+    # Set by the watcher once the container has ended and is cleaned up.
+    ended: trio.Event = field(default_factory=trio.Event)
+
+
+class Lifecycle:
+    """Starts, stops and follows the containers of daemon `d`."""
+
+    def __init__(self, d: Daemon, nursery: trio.Nursery) -> None:
+        self.d = d
+        self.nursery = nursery
+        self.runs: dict[str, _Run] = {}
+        # Why init last ended, per container (kept after it stopped).
+        self.last_exit: dict[str, dict[str, object] | None] = {}
+        self._zygote_lock = trio.Lock()
+        self._zygote: subprocess.Popen[bytes] | None = None
+
+    # -- paths -----------------------------------------------------------------
+    @property
+    def zygote_socket(self) -> Path:
+        return self.d.networks.run_dir / "zygote.sock"
+
+    def state_file(self, name: str) -> Path:
+        return self.d.container_run_dir(name) / "state.json"
+
+    def console_log_path(self, name: str) -> Path:
+        return self.d.settings.root / "logs" / f"{name}.console.log"
+
+    # -- the container object --------------------------------------------------
+    def run_fields(self, name: str) -> dict[str, object]:
+        """init_pid, started_at and last_exit of the API's container object."""
+        info = self.d.running.get(name)
+        return {
+            "init_pid": info.init_pid if info else None,
+            "started_at": (info.started_at or None) if info else None,
+            "last_exit": self.last_exit.get(name),
+        }
+
+    # -- zygote ----------------------------------------------------------------
+    def _zygote_alive(self) -> bool:
+        if self._zygote is not None and self._zygote.poll() is not None:
+            self._zygote = None  # reaped; a new one is started below
+        try:
+            spawn_request(self.zygote_socket, {"cmd": "ping"}, timeout=2)
+            return True
+        except (OSError, LxpyError):
+            return False
+
+    def _start_zygote(self) -> None:
+        logs = self.d.settings.root / "logs"
+        logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.zygote_socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(logs / "zygote.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            self._zygote = start_zygote(self.zygote_socket, stderr=fd)
+        finally:
+            os.close(fd)
+        (self.zygote_socket.parent / "zygote.pid").write_text(f"{self._zygote.pid}\n")
+        log.info("zygote started (pid %d) on %s", self._zygote.pid, self.zygote_socket)
+
+    async def _spawn(self, spec: LaunchSpec) -> dict[str, object]:
+        # The zygote answers one request at a time (a spawn lasts until init
+        # runs), so spawns are serialized here: a ping behind a long spawn
+        # would otherwise look like a dead zygote.
+        async with self._zygote_lock:
+            if not await trio.to_thread.run_sync(self._zygote_alive):
+                await trio.to_thread.run_sync(self._start_zygote)
+            return await trio.to_thread.run_sync(spawn_monitor, self.zygote_socket, spec)
+
+    # -- start -----------------------------------------------------------------
+    async def _template(self, record: Container) -> TemplateDef | None:
+        try:
+            return await self.d.files(find_template, self.d.settings.template_dirs, record.template)
+        except (NotFound, InvalidArgument) as e:
+            # Its defaults (init, signals) are only defaults: the launch spec's
+            # own apply, and the config can name them.
+            log.warning("container %s: template defaults unavailable: %s", record.name, e.message)
+            return None
+
+    def _spec(self, record: Container, defn: TemplateDef | None) -> LaunchSpec:
+        c = record.config
+        name = record.name
+        tdefaults: dict[str, str] = {}
+        if defn is not None:
+            tdefaults = {
+                "init": defn.init,
+                "halt_signal": defn.halt_signal,
+                "reboot_signal": defn.reboot_signal,
+            }
+        kw: dict[str, object] = {}
+        for key in ("init", "halt_signal", "reboot_signal"):
+            value = c.get(key, tdefaults.get(key))
+            if value is not None:
+                kw[key] = str(value)
+        args = c.get("init.args")
+        env = {
+            k.removeprefix("environment."): str(v)
+            for k, v in c.items()
+            if k.startswith("environment.")
+        }
+        run_dir = self.d.container_run_dir(name)
+        # systemd's container_uuid (and so /etc/machine-id on first boot)
+        # must stay the same across starts: derive it from what identifies
+        # this container on this daemon.
+        ident = uuid.uuid5(
+            uuid.NAMESPACE_URL, f"lxpy:{self.d.settings.root}:{name}:{record.created_at}"
+        )
+        return LaunchSpec(
+            name=name,
+            rootfs=str(self.d.backend.container_path(name)),
+            control_socket=str(run_dir / "monitor.sock"),
+            args=tuple(args) if isinstance(args, list) else (),
+            env=env,
+            hostname=str(c.get("hostname") or name),
+            stop_timeout=DEFAULT_STOP_TIMEOUT,
+            console_log=str(self.console_log_path(name)),
+            state_file=str(self.state_file(name)),
+            uuid=str(ident),
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def _prepare(self, spec: LaunchSpec) -> None:
+        """Host-side files for a start: run dir, console log, hostname files."""
+        run_dir = Path(spec.control_socket).parent
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        Path(spec.state_file).unlink(missing_ok=True)
+        logf = Path(spec.console_log)
+        logf.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if logf.exists() and logf.stat().st_size > CONSOLE_LOG_MAX:
+            logf.replace(logf.with_name(logf.name + ".1"))
+        set_hostname_files(Path(spec.rootfs), spec.effective_hostname)
+        spec.validate()
+
+    async def start(self, name: str) -> None:
+        """Boot container `name`; returns once its init runs (RUNNING).
+
+        Raises:
+            NotFound; Busy (already running); LxpyError: why it did not
+            start (nothing of the attempt is left behind).
+        """
+        async with self.d.lock(name):
+            await self._start_locked(name)
+
+    async def _start_locked(self, name: str) -> None:
+        d = self.d
+        record = d.require(name)
+        state = d.states.get(name)
+        if state not in (State.STOPPED, State.ERROR) or name in self.runs:
+            raise Busy(
+                f"container {name!r} is already running ({state})",
+                hint=f"stop it first: lxpy stop {name}",
+            )
+        defn = await self._template(record)
+        d.set_state(name, State.STARTING)
+        try:
+            spec = self._spec(record, defn)
+            await d.files(self._prepare, spec)
+            handle = await d.networks.attach(name, record.config)
+            try:
+                spec = replace(spec, netns=handle.path)
+                reply = await self._spawn(spec)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await d.networks.detach(name)
+                raise
+        except BaseException as e:
+            with trio.CancelScope(shield=True):
+                await d.files(_remove_run_dir, d.container_run_dir(name))
+            msg = e.message if isinstance(e, LxpyError) else f"{type(e).__name__}: {e}"
+            self.last_exit[name] = {"reason": "error", "detail": msg}
+            d.set_state(name, State.STOPPED)
+            raise
+        sock = Path(spec.control_socket)
+        d.running[name] = RunInfo(
+            init_pid=int(reply["init_pid"]),  # type: ignore[call-overload]
+            monitor_pid=int(reply["monitor_pid"]),  # type: ignore[call-overload]
+            started_at=_iso(datetime.now(UTC).timestamp()),
+            socket=sock,
+        )
+        self.last_exit[name] = None
+        d.set_state(name, State.RUNNING)
+        run = _Run(sock)
+        self.runs[name] = run
+        await self.nursery.start(self._watch, name, run)
+
+    # -- following a monitor ---------------------------------------------------
+    async def _watch(
+        self, name: str, run: _Run, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        started = False
+        try:
+            try:
+                stream = await trio.open_unix_socket(str(run.socket))
+            except OSError:
+                stream = None  # it ended already: the state file says how
+            if stream is not None:
+                async with stream:
+                    await stream.send_all(b'{"cmd": "subscribe"}\n')
+                    lines = _Lines(stream)
+                    task_status.started()
+                    started = True
+                    while True:
+                        try:
+                            msg = await lines.next()
+                        except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+                            msg = None
+                        if msg is None:
+                            break
+                        if isinstance(msg, dict):
+                            self._apply(name, msg)
+        except Exception:
+            log.exception("container %s: lost track of its monitor", name)
+        finally:
+            if not started:
+                task_status.started()
+        # Not reached on cancellation (lxpyd stopping): the container keeps
+        # running and the next lxpyd adopts it.
+        with trio.CancelScope(shield=True):
+            try:
+                await self._ended(name, run)
+            except Exception:
+                log.exception("container %s: cleaning up after its end failed", name)
+            finally:
+                run.ended.set()
+
+    def _apply(self, name: str, status: dict[str, object]) -> None:
+        """A status or state event from the monitor."""
+        d = self.d
+        new = _STATES.get(str(status.get("state")))
+        if new is None or name not in d.states:
+            return
+        if status.get("last_exit") is not None:
+            # After a reboot inside: why the previous init ended.
+            self.last_exit[name] = _exit_info(status.get("last_exit"))
+        info = d.running.get(name)
+        pid = status.get("init_pid")
+        if info is not None and isinstance(pid, int) and pid > 0 and pid != info.init_pid:
+            # A reboot: a new init (and a new pid namespace) under the same monitor.
+            d.running[name] = RunInfo(
+                init_pid=pid,
+                monitor_pid=info.monitor_pid,
+                started_at=_iso(status.get("started_at")) or info.started_at,
+                socket=info.socket,
+            )
+        if d.states[name] == State.STOPPING and new != State.STOPPING:
+            return  # a stop is under way: only its end counts
+        d.set_state(name, new)
+
+    async def _ended(self, name: str, run: _Run) -> None:
+        d = self.d
+        data = await d.files(_read_json, self.state_file(name))
+        info = d.running.pop(name, None)
+        if data is not None and data.get("state") == "STOPPED":
+            new = State.STOPPED
+            self.last_exit[name] = _exit_info(data.get("last_exit"))
+            lost = False
+        else:
+            new = State.ERROR
+            pid = info.monitor_pid if info else "?"
+            self.last_exit[name] = {
+                "reason": "monitor-lost",
+                "detail": f"its monitor (pid {pid}) ended without saying why init ended; "
+                "the container was killed with it",
+            }
+            lost = True
+            # Init died with its monitor (PDEATHSIG); whatever came in from
+            # outside (nsenter) and the cgroup directories go too.
+            await trio.to_thread.run_sync(_remove_cgroups, name)
+        await d.networks.detach(name)
+        if not lost:
+            await d.files(_remove_run_dir, d.container_run_dir(name))
+        if self.runs.get(name) is run:
+            del self.runs[name]
+        if name in d.states:
+            d.set_state(name, new)
+        log.info("container %s ended: %s", name, self.last_exit.get(name))
+
+    # -- stop ------------------------------------------------------------------
+    async def stop(
+        self, name: str, grace: float = DEFAULT_STOP_TIMEOUT, force: bool = False
+    ) -> None:
+        """Stop container `name`: the halt signal, then after `grace` s (at once
+        with `force`) every process of it is killed. Returns once STOPPED.
+
+        Raises:
+            NotFound; InvalidArgument: it is not running; LxpyError: the
+            monitor did not answer in time.
+        """
+        async with self.d.lock(name):
+            await self.stop_locked(name, grace, force)
+
+    async def stop_locked(self, name: str, grace: float, force: bool) -> None:
+        """stop() for a caller that holds the container's lock."""
+        d = self.d
+        d.require(name)
+        run = self.runs.get(name)
+        if run is None:
+            raise InvalidArgument(
+                f"container {name!r} is not running",
+                hint=f"its state is {d.states.get(name)}; start it with: lxpy start {name}",
+            )
+        d.set_state(name, State.STOPPING)
+        wait = (0 if force else grace) + STOP_MARGIN
+        try:
+            if force:
+                await monitor_request(run.socket, "kill", wait=wait)
+            else:
+                await monitor_request(run.socket, "stop", wait=wait, timeout=grace)
+        except DaemonUnavailable:
+            pass  # it ended on its own meanwhile; the watcher has the details
+        with trio.move_on_after(STOP_MARGIN):
+            await run.ended.wait()
+        if not run.ended.is_set():
+            raise LxpyError(
+                f"container {name!r} did not stop within {grace + STOP_MARGIN:g} s",
+                hint="see lxpyd's log; `lxpy stop --force` kills it",
+            )
+
+    async def restart(self, name: str, grace: float = DEFAULT_STOP_TIMEOUT) -> None:
+        """Stop (if running) and start container `name`."""
+        async with self.d.lock(name):
+            if name in self.runs:
+                await self.stop_locked(name, grace, False)
+            await self._start_locked(name)
+
+    # -- freeze ----------------------------------------------------------------
+    async def freeze(self, name: str, on: bool) -> None:
+        """Freeze (on) or thaw container `name`.
+
+        Raises:
+            NotFound; InvalidArgument: not running; Busy: the monitor refused.
+        """
+        async with self.d.lock(name):
+            d = self.d
+            d.require(name)
+            run = self.runs.get(name)
+            if run is None or d.states.get(name) not in (State.RUNNING, State.FROZEN):
+                raise InvalidArgument(
+                    f"container {name!r} is not running",
+                    hint=f"its state is {d.states.get(name)}",
+                )
+            await monitor_request(run.socket, "freeze" if on else "thaw")
+            d.set_state(name, State.FROZEN if on else State.RUNNING)
+
+    # -- console log -----------------------------------------------------------
+    async def console_log(self, name: str) -> str:
+        """The console output kept since boot (the monitor's ring buffer), or
+        the tail of the console log file when it is not running."""
+        self.d.require(name)
+        run = self.runs.get(name)
+        if run is not None:
+            try:
+                reply = await monitor_request(run.socket, "console-log")
+                return str(reply.get("text", ""))
+            except DaemonUnavailable:
+                pass
+        return await self.d.files(_tail, self.console_log_path(name), CONSOLE_TAIL)
+
+    # -- deleting and renaming -------------------------------------------------
+    async def forget(self, name: str) -> None:
+        """Remove what a deleted container left here (run dir, console logs)."""
+        self.last_exit.pop(name, None)
+
+        def work() -> None:
+            _remove_run_dir(self.d.container_run_dir(name))
+            for p in (
+                self.console_log_path(name),
+                self.console_log_path(name).with_suffix(".log.1"),
+            ):
+                p.unlink(missing_ok=True)
+
+        await self.d.files(work)
+
+    # -- adoption --------------------------------------------------------------
+    async def adopt_all(self) -> None:
+        """Find the containers that run (their monitors answer) and follow
+        them again; mark those whose monitor died ERROR."""
+        for name in sorted(self.d.records):
+            try:
+                await self._adopt(name)
+            except Exception:
+                log.exception("container %s: adoption failed", name)
+
+    async def _adopt(self, name: str) -> None:
+        d = self.d
+        sock = d.monitor_socket(name)
+        status: dict[str, object] | None = None
+        if await d.files(sock.exists):
+            try:
+                status = await monitor_request(sock, "status", wait=5)
+            except LxpyError as e:
+                log.warning("container %s: its monitor socket does not answer: %s", name, e.message)
+        if status is not None and status.get("state") in _STATES:
+            d.running[name] = RunInfo(
+                init_pid=int(status.get("init_pid") or 0),  # type: ignore[call-overload]
+                monitor_pid=int(status.get("monitor_pid") or 0),  # type: ignore[call-overload]
+                started_at=_iso(status.get("started_at")),
+                socket=sock,
+            )
+            d.states[name] = _STATES[str(status["state"])]
+            if int(status.get("boots") or 0) > 1:  # type: ignore[call-overload]
+                self.last_exit[name] = _exit_info(status.get("last_exit"))
+            run = _Run(sock)
+            self.runs[name] = run
+            await self.nursery.start(self._watch, name, run)
+            log.info("container %s: adopted (init %s)", name, d.running[name].init_pid)
+            return
+        data = await d.files(_read_json, self.state_file(name))
+        if data is None:
+            if d.networks.nics(name) or name in d.networks.attached:
+                await d.networks.detach(name)
+            return
+        if data.get("state") == "STOPPED":
+            self.last_exit[name] = _exit_info(data.get("last_exit"))
+            await d.files(_remove_run_dir, d.container_run_dir(name))
+        else:
+            d.states[name] = State.ERROR
+            self.last_exit[name] = {
+                "reason": "monitor-lost",
+                "detail": f"its monitor (pid {data.get('monitor_pid', '?')}) is gone; "
+                f"the container was {data.get('state', 'running')} when it was last seen",
+            }
+            await trio.to_thread.run_sync(_remove_cgroups, name)
+        await d.networks.detach(name)
+
+
+def set_hostname_files(rootfs: Path, hostname: str) -> None:
+    """Write the container's hostname into its /etc/hostname and the
+    127.0.1.1 line of its /etc/hosts (the template holds a placeholder)."""
+    if resolve_in(rootfs, "etc").is_dir():
+        write_in(rootfs, "etc/hostname", hostname + "\n")
+    hosts = resolve_in(rootfs, "etc/hosts")
+    if hosts.is_file() and not hosts.is_symlink():
+        lines = hosts.read_text().splitlines()
+        out = [f"127.0.1.1\t{hostname}" if ln.startswith("127.0.1.1") else ln for ln in lines]
+        if out != lines:
+            write_in(rootfs, "etc/hosts", "\n".join(out) + "\n")
+
+
+def _read_json(path: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _remove_run_dir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    # The parent (containers/) goes when empty, so a daemon with nothing
+    # running leaves no run dir behind.
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass
+
+
+def _remove_cgroups(name: str) -> None:
+    cg = ContainerCgroup.for_name(name)
+    try:
+        cg.kill(timeout=5)
+        cg.remove(timeout=5)
+    except LxpyError as e:
+        log.warning("container %s: %s", name, e.message)
+
+
+def _tail(path: Path, size: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""

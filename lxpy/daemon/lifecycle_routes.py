@@ -1,0 +1,88 @@
+"""The API routes of running containers (docs/api.md, "Running containers"):
+start, stop, restart, freeze, unfreeze and the console log."""
+
+from __future__ import annotations
+
+from lxpy.daemon import openapi
+from lxpy.daemon.containers import Containers
+from lxpy.daemon.http import Request, Router, Text
+from lxpy.daemon.lifecycle import DEFAULT_STOP_TIMEOUT
+from lxpy.daemon.service import Daemon
+from lxpy.errors import InvalidArgument
+
+STOP_BODY = {
+    "type": "object",
+    "properties": {
+        "timeout": {"type": "number", "default": DEFAULT_STOP_TIMEOUT, "minimum": 0},
+        "force": {"type": "boolean", "default": False},
+    },
+}
+
+
+def _stop_args(body: dict[str, object]) -> tuple[float, bool]:
+    timeout = body.get("timeout", DEFAULT_STOP_TIMEOUT)
+    force = body.get("force", False)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
+        raise InvalidArgument(f"'timeout' must be a number of seconds >= 0, got {timeout!r}")
+    if not isinstance(force, bool):
+        raise InvalidArgument(f"'force' must be true or false, got {force!r}")
+    return float(timeout), force
+
+
+def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
+    """POST start/stop/restart/freeze/unfreeze and GET console/log of a container."""
+    life = d.lifecycle
+    C = "/1.0/containers/{name}"
+    container = openapi.ref("Container")
+
+    async def start(req: Request) -> object:
+        await life.start(req.params["name"])
+        return await containers.describe(req.params["name"])
+
+    async def stop(req: Request) -> object:
+        timeout, force = _stop_args(req.json())
+        await life.stop(req.params["name"], timeout, force)
+        return await containers.describe(req.params["name"])
+
+    async def restart(req: Request) -> object:
+        timeout, _force = _stop_args(req.json())
+        await life.restart(req.params["name"], timeout)
+        return await containers.describe(req.params["name"])
+
+    async def freeze(req: Request) -> object:
+        await life.freeze(req.params["name"], True)
+        return await containers.describe(req.params["name"])
+
+    async def unfreeze(req: Request) -> object:
+        await life.freeze(req.params["name"], False)
+        return await containers.describe(req.params["name"])
+
+    async def console_log(req: Request) -> object:
+        return Text(await life.console_log(req.params["name"]))
+
+    r.add("POST", C + "/start", start, "Start a container (once init runs)", response=container)
+    r.add(
+        "POST",
+        C + "/stop",
+        stop,
+        "Stop a container: the halt signal, then kill after the timeout",
+        body=STOP_BODY,
+        response=container,
+    )
+    r.add(
+        "POST",
+        C + "/restart",
+        restart,
+        "Stop (if running) and start a container",
+        body=STOP_BODY,
+        response=container,
+    )
+    r.add("POST", C + "/freeze", freeze, "Freeze every process of a container", response=container)
+    r.add("POST", C + "/unfreeze", unfreeze, "Thaw a frozen container", response=container)
+    r.add(
+        "GET",
+        C + "/console/log",
+        console_log,
+        "The console output kept since boot (text/plain)",
+        response={"type": "string"},
+    )

@@ -1,0 +1,488 @@
+"""Booting containers through lxpyd: start, stop, restart, freeze, reboot and
+poweroff from inside, adoption after lxpyd dies, and no leaks over many
+start/stop cycles.
+
+A real lxpyd (the conftest `daemon` fixture) and the real CLI; checks from
+the host with nsenter and /proc. Every test is bounded by an alarm; the
+fixture's finaliser kills whatever containers a failed test left running.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lxpy.api.client import Client
+from lxpy.kernel.cgroups import PREFIX
+from lxpy.model.network import root_id
+from lxpy.network import links
+from tests.conftest import Daemon, start_daemon, stop_containers, stop_daemon
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _bounded() -> Iterator[None]:
+    def expired(*_: object) -> None:
+        raise TimeoutError("test took longer than 240 s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(240)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def info(d: Daemon, name: str) -> dict[str, Any]:
+    return json.loads(d.cli("info", name, "--format", "json").stdout)  # type: ignore[no-any-return]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def nsenter(pid: int, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["nsenter", "-a", "-t", str(pid), *cmd], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def payload_cgroups() -> set[str]:
+    root = Path("/sys/fs/cgroup")
+    found = {str(p) for p in root.glob(PREFIX + "*")}
+    found |= {str(p) for p in root.glob("*/" + PREFIX + "*")}
+    return found
+
+
+def monitors() -> set[int]:
+    out = set()
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if (p / "comm").read_text().startswith("lxpy-mon"):
+                    out.add(int(p.name))
+            except OSError:
+                pass
+    return out
+
+
+def monitor_of(init_pid: int) -> int:
+    """The monitor of a container: its init's parent."""
+    stat = Path(f"/proc/{init_pid}/stat").read_text()
+    ppid = int(stat.rsplit(") ", 1)[1].split()[1])
+    assert ppid in monitors()
+    return ppid
+
+
+class Events:
+    """The daemon's lifecycle events, collected by a thread."""
+
+    def __init__(self, d: Daemon) -> None:
+        self.items: list[dict[str, Any]] = []
+        self._stream = Client(d.socket).events(["lifecycle"])
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for ev in self._stream:
+                self.items.append(ev)
+        except Exception:
+            pass
+
+    def states(self, name: str) -> list[tuple[str, str]]:
+        return [
+            (e["data"]["old"], e["data"]["new"])
+            for e in list(self.items)
+            if e["action"] == "container-state" and e["resource"] == f"containers/{name}"
+        ]
+
+    def wait_state(self, name: str, new: str, count: int = 1, timeout: float = 15) -> None:
+        wait_for(
+            lambda: sum(1 for _o, n in self.states(name) if n == new) >= count,
+            timeout,
+            f"{name} to become {new} (x{count})",
+        )
+
+
+@pytest.fixture
+def busybox(daemon: Daemon) -> Daemon:
+    daemon.cli("template", "build", "busybox")
+    return daemon
+
+
+def _started(d: Daemon, name: str, *config: str) -> dict[str, Any]:
+    sets = [a for kv in config for a in ("--set", kv)]
+    d.cli("create", name, "-t", "busybox", *sets)
+    d.cli("start", name)
+    ct = info(d, name)
+    assert ct["state"] == "RUNNING", ct
+    return ct
+
+
+def test_busybox_boots_isolated_with_events(busybox: Daemon) -> None:
+    d = busybox
+    events = Events(d)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    ct = _started(d, "bb1", "hostname=box-one", "environment.GREETING=hi")
+    boot = time.monotonic() - t0
+    pid = ct["init_pid"]
+    assert alive(pid) and ct["started_at"] and ct["addresses"] == []
+    # PID 1 is busybox init; nothing of the host is visible.
+    inside = nsenter(pid, "ps", "-o", "pid,comm").stdout.split("\n")[1:]
+    procs = [line.split() for line in inside if line.strip()]
+    assert ["1", "init"] in procs
+    assert all(int(p[0]) < 100 for p in procs), procs
+    assert "lxpyd" not in nsenter(pid, "ps").stdout
+    assert nsenter(pid, "hostname").stdout.strip() == "box-one"
+    assert nsenter(pid, "cat", "/etc/hostname").stdout.strip() == "box-one"
+    assert "127.0.1.1\tbox-one" in nsenter(pid, "cat", "/etc/hosts").stdout
+    assert "GREETING=hi" in Path(f"/proc/{pid}/environ").read_text().replace("\0", "\n")
+    # Starting it again is refused clearly.
+    res = d.cli("start", "bb1", check=False)
+    assert res.returncode == 1 and "already running" in res.stderr
+    # Freeze and thaw.
+    d.cli("freeze", "bb1")
+    assert info(d, "bb1")["state"] == "FROZEN"
+    freezer = [p for p in payload_cgroups() if p.endswith(PREFIX + "bb1")]
+    assert freezer
+    d.cli("unfreeze", "bb1")
+    assert info(d, "bb1")["state"] == "RUNNING"
+    assert nsenter(pid, "true").returncode == 0
+    assert "login" in d.cli("console", "bb1", "--log").stdout
+    # A clean stop: busybox powers off on SIGUSR2.
+    t0 = time.monotonic()
+    d.cli("stop", "bb1")
+    stop = time.monotonic() - t0
+    ct = info(d, "bb1")
+    assert ct["state"] == "STOPPED" and ct["init_pid"] is None
+    assert ct["last_exit"]["reason"] == "poweroff", ct
+    assert not alive(pid)
+    res = d.cli("stop", "bb1", check=False)
+    assert res.returncode == 1 and "is not running" in res.stderr
+    events.wait_state("bb1", "STOPPED")
+    assert events.states("bb1") == [
+        ("STOPPED", "STARTING"),
+        ("STARTING", "RUNNING"),
+        ("RUNNING", "FROZEN"),
+        ("FROZEN", "RUNNING"),
+        ("RUNNING", "STOPPING"),
+        ("STOPPING", "STOPPED"),
+    ]
+    print(f"busybox: start {boot:.3f} s, stop {stop:.3f} s")
+
+
+def test_reboot_and_poweroff_inside(busybox: Daemon) -> None:
+    d = busybox
+    events = Events(d)
+    time.sleep(0.2)
+    pid = _started(d, "bb2")["init_pid"]
+    assert nsenter(pid, "reboot").returncode == 0
+    events.wait_state("bb2", "RUNNING", count=2)
+    ct = info(d, "bb2")
+    assert ct["state"] == "RUNNING" and ct["init_pid"] != pid and alive(ct["init_pid"])
+    assert ct["last_exit"]["reason"] == "reboot"
+    assert nsenter(ct["init_pid"], "poweroff").returncode == 0
+    events.wait_state("bb2", "STOPPED")
+    ct = info(d, "bb2")
+    assert ct["state"] == "STOPPED" and ct["last_exit"]["reason"] == "poweroff"
+    assert events.states("bb2") == [
+        ("STOPPED", "STARTING"),
+        ("STARTING", "RUNNING"),
+        ("RUNNING", "STARTING"),
+        ("STARTING", "RUNNING"),
+        ("RUNNING", "STOPPED"),
+    ]
+    # restart = stop + start, and works from STOPPED too.
+    d.cli("restart", "bb2")
+    first = info(d, "bb2")["init_pid"]
+    d.cli("restart", "bb2", "--timeout", "10")
+    ct = info(d, "bb2")
+    assert ct["state"] == "RUNNING" and ct["init_pid"] != first and not alive(first)
+    d.cli("stop", "bb2")
+
+
+def test_stop_timeout_falls_back_to_kill(busybox: Daemon) -> None:
+    d = busybox
+    # busybox init has no handler for SIGWINCH: the kernel drops it for a
+    # pid namespace's init, so only the kill after the timeout ends it.
+    _started(d, "stubborn", "halt_signal=SIGWINCH")
+    t0 = time.monotonic()
+    d.cli("stop", "stubborn", "--timeout", "2")
+    took = time.monotonic() - t0
+    ct = info(d, "stubborn")
+    assert ct["state"] == "STOPPED"
+    assert ct["last_exit"]["reason"] == "killed", ct
+    assert 2 <= took < 12, took
+    d.cli("start", "stubborn")
+    t0 = time.monotonic()
+    d.cli("stop", "stubborn", "--force")
+    assert time.monotonic() - t0 < 8
+    assert info(d, "stubborn")["last_exit"]["reason"] == "killed"
+
+
+def test_destroy_running_needs_force(busybox: Daemon) -> None:
+    d = busybox
+    pid = _started(d, "victim")["init_pid"]
+    res = d.cli("destroy", "victim", check=False)
+    assert res.returncode == 1 and "RUNNING" in res.stderr
+    # Renaming and restoring are refused too; a snapshot of a live fs is fine.
+    assert d.cli("rename", "victim", "other", check=False).returncode == 1
+    d.cli("snapshot", "create", "victim", "live")
+    d.cli("destroy", "--force", "victim")
+    assert not alive(pid)
+    assert "victim" not in d.cli("list").stdout
+    assert not [p for p in payload_cgroups() if p.endswith(PREFIX + "victim")]
+
+
+def test_failed_start_leaves_nothing(busybox: Daemon) -> None:
+    d = busybox
+    d.cli("create", "broken", "-t", "busybox", "--set", "init=/no/such/init")
+    res = d.cli("start", "broken", check=False)
+    assert res.returncode == 1 and "/no/such/init" in res.stderr, res.stderr
+    ct = info(d, "broken")
+    assert ct["state"] == "STOPPED" and ct["last_exit"]["reason"] == "error", ct
+    assert not [p for p in payload_cgroups() if p.endswith(PREFIX + "broken")]
+    assert not Path(f"/run/lxpy/{root_id(str(d.root))}/containers/broken").exists()
+    assert not Path(f"/run/lxpy/{root_id(str(d.root))}/netns/broken").exists()
+    # Fixed, it starts.
+    d.cli("config", "unset", "broken", "init")
+    d.cli("start", "broken")
+    d.cli("stop", "broken", "--force")
+
+
+def test_monitor_killed_shows_error(busybox: Daemon) -> None:
+    d = busybox
+    ct = _started(d, "lost")
+    mon = monitor_of(ct["init_pid"])
+    os.kill(mon, signal.SIGKILL)
+    wait_for(lambda: info(d, "lost")["state"] == "ERROR", 10, "ERROR")
+    ct = info(d, "lost")
+    assert ct["last_exit"]["reason"] == "monitor-lost" and str(mon) in ct["last_exit"]["detail"]
+    assert not alive(ct.get("init_pid") or 0)
+    assert not [p for p in payload_cgroups() if p.endswith(PREFIX + "lost")]
+    # It can be started again.
+    d.cli("start", "lost")
+    d.cli("stop", "lost", "--force")
+
+
+def _restart(d: Daemon, log: Path) -> Daemon:
+    # The same settings file as the fixture's daemon (no default network).
+    conf = d.root.parent / f"{d.root.name}-lxpyd.toml"
+    return start_daemon(d.root, d.socket, log, "--config", str(conf))
+
+
+def test_daemon_sigkill_and_adoption(busybox: Daemon, tmp_path: Path) -> None:
+    d = busybox
+    names = ("ad1", "ad2", "ad3")
+    pids = {n: _started(d, n)["init_pid"] for n in names}
+    d.proc.kill()
+    d.proc.wait(timeout=10)
+    # Its socket file stays behind: start_daemon waits for a new one.
+    d.socket.unlink()
+    assert all(alive(p) for p in pids.values())
+    # One monitor dies while no lxpyd watches: the next lxpyd says so.
+    gone = monitor_of(pids["ad3"])
+    os.kill(gone, signal.SIGKILL)
+    wait_for(lambda: not alive(pids["ad3"]), 10, "ad3's init to die with its monitor")
+    d2 = _restart(d, tmp_path / "lxpyd2.log")
+    try:
+        for n in ("ad1", "ad2"):
+            ct = info(d2, n)
+            assert ct["state"] == "RUNNING" and ct["init_pid"] == pids[n], ct
+        ct = info(d2, "ad3")
+        assert ct["state"] == "ERROR" and ct["last_exit"]["reason"] == "monitor-lost", ct
+        assert "login" in d2.cli("console", "ad1", "--log").stdout
+        d2.cli("stop", "ad1")
+        d2.cli("stop", "ad2", "--timeout", "5")
+        assert not alive(pids["ad1"]) and not alive(pids["ad2"])
+        assert "RUNNING" not in d2.cli("list").stdout
+        # SIGTERM to lxpyd leaves containers running; the next one adopts.
+        pid = _started(d2, "ad4")["init_pid"]
+    finally:
+        stop_daemon(d2)
+    assert alive(pid)
+    d3 = _restart(d, tmp_path / "lxpyd3.log")
+    try:
+        assert info(d3, "ad4")["init_pid"] == pid
+        d3.cli("stop", "ad4")
+    finally:
+        stop_daemon(d3)
+    # Only the zygote outlives lxpyd (by design): no container is left.
+    assert [x for x in stop_containers(d.root) if not x.startswith("zygote")] == []
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _children(pid: int) -> set[int]:
+    """Every descendant of `pid`."""
+    kids: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(") ", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(p.name))
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.add(k)
+            todo.append(k)
+    return out
+
+
+def test_start_stop_cycles_leak_nothing(busybox: Daemon, tmp_path: Path) -> None:
+    d = busybox
+    d.cli("create", "cyc", "-t", "busybox")
+    client = Client(d.socket)
+    # The first start starts the zygote: count from after it.
+    client.start_container("cyc")
+    client.stop_container("cyc", force=True)
+    zygote = next(
+        p
+        for p in _children(d.proc.pid)
+        if Path(f"/proc/{p}/comm").read_text().startswith("lxpy-zyg")
+    )
+
+    def ours() -> tuple[int, list[str], set[str], set[int], set[int]]:
+        # Other tests run beside this one: count only this daemon's share.
+        mounts = [
+            line
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if str(tmp_path) in line or "/run/lxpy/" in line and "cyc" in line
+        ]
+        cgroups = {p for p in payload_cgroups() if p.endswith(PREFIX + "cyc")}
+        return _fds(d.proc.pid), mounts, cgroups, _children(zygote), _children(d.proc.pid)
+
+    before = ours()
+    for i in range(20):
+        assert client.start_container("cyc")["state"] == "RUNNING"
+        # Every fifth a clean poweroff (busybox takes ~2 s for it), else a kill.
+        ct = client.stop_container("cyc", timeout=10, force=i % 5 != 0)
+        assert ct["state"] == "STOPPED"
+    # The last answer's connection closes a moment after the client read it.
+    try:
+        wait_for(lambda: ours() == before, 5, "the counts to settle")
+    except AssertionError:
+        assert ours() == before
+
+
+def test_debian_boots_to_running(daemon: Daemon) -> None:
+    d = daemon
+    d.cli("template", "build", "debian-bookworm", timeout=1800)
+    d.cli("create", "deb", "-t", "debian-bookworm", "--set", "hostname=debby")
+    t0 = time.monotonic()
+    d.cli("start", "deb")
+    pid = info(d, "deb")["init_pid"]
+    state = system_state(pid)
+    booted = time.monotonic() - t0
+    assert state == "running"
+    failed = nsenter(pid, "systemctl", "--failed", "--plain", "--no-legend").stdout
+    assert failed.strip() == ""
+    virt = nsenter(pid, "systemd-detect-virt", "--container")
+    assert virt.returncode == 0 and virt.stdout.strip() not in ("", "none")
+    assert nsenter(pid, "hostname").stdout.strip() == "debby"
+    assert nsenter(pid, "cat", "/etc/hostname").stdout.strip() == "debby"
+    assert Path(f"/proc/{pid}/comm").read_text().strip() == "systemd"
+    # Reboot inside: a new systemd boots to running again.
+    assert nsenter(pid, "systemctl", "reboot").returncode == 0
+    pid2 = wait_for(
+        lambda: (
+            (i := info(d, "deb"))["state"] == "RUNNING" and i["init_pid"] != pid and i["init_pid"]
+        ),
+        30,
+        "the reboot",
+    )
+    assert system_state(pid2) == "running"
+    # A stop (SIGRTMIN+3) is a clean poweroff.
+    t0 = time.monotonic()
+    d.cli("stop", "deb")
+    stop = time.monotonic() - t0
+    ct = info(d, "deb")
+    assert ct["last_exit"]["reason"] == "poweroff" and stop < 15, (ct, stop)
+    # Poweroff inside.
+    d.cli("start", "deb")
+    pid3 = info(d, "deb")["init_pid"]
+    assert system_state(pid3) == "running"
+    assert nsenter(pid3, "poweroff").returncode == 0
+    wait_for(lambda: info(d, "deb")["state"] == "STOPPED", 30, "poweroff")
+    assert info(d, "deb")["last_exit"]["reason"] == "poweroff"
+    print(f"debian: running after {booted:.3f} s, stop {stop:.3f} s")
+
+
+def system_state(pid: int) -> str:
+    """`systemctl is-system-running --wait` inside; retried while systemd has
+    not yet opened its private socket (a few ms after exec)."""
+
+    def ask() -> str:
+        res = nsenter(pid, "systemctl", "is-system-running", "--wait", timeout=90)
+        return "" if "Failed to connect" in res.stderr else res.stdout.strip()
+
+    return str(wait_for(ask, 60, "systemd to answer"))
+
+
+def _free_subnet() -> str:
+    used = links.used_subnets()
+    for third in range(256):
+        cand = ipaddress.IPv4Network(f"10.214.{(os.getpid() + third) % 256}.0/24")
+        if not any(cand.overlaps(u) for u in used):
+            return str(cand)
+    raise AssertionError("no free 10.214.x.0/24")
+
+
+def test_container_on_a_network_gets_an_address(busybox: Daemon) -> None:
+    d = busybox
+    net = f"lxb{os.getpid() % 100000}"
+    d.cli("network", "create", net, "--subnet", _free_subnet())
+    try:
+        _started(d, "netty", f"network={net}")
+        addrs = wait_for(lambda: info(d, "netty")["addresses"], 10, "a DHCP address")
+        pid = info(d, "netty")["init_pid"]
+        assert addrs[0] in nsenter(pid, "ip", "-4", "addr", "show", "eth0").stdout
+        assert addrs[0] in d.cli("list").stdout
+        d.cli("stop", "netty")
+        assert info(d, "netty")["addresses"] == []
+        d.cli("destroy", "netty")
+        # systemd-networkd on eth0 of the Debian template: an address, and
+        # no unit fails with a network either.
+        d.cli("template", "build", "debian-bookworm", timeout=1800)
+        d.cli("create", "debnet", "-t", "debian-bookworm", "--set", f"network={net}")
+        d.cli("start", "debnet")
+        pid = info(d, "debnet")["init_pid"]
+        assert system_state(pid) == "running"
+        assert nsenter(pid, "systemctl", "--failed", "--plain", "--no-legend").stdout.strip() == ""
+        assert wait_for(lambda: info(d, "debnet")["addresses"], 15, "a DHCP address")
+        d.cli("destroy", "--force", "debnet")
+    finally:
+        d.cli("network", "delete", net, check=False)
