@@ -1,0 +1,438 @@
+"""Asyncio client of lxpyd's HTTP/JSON API (docs/api.md) for the TUI.
+
+The same wire as lxpy.api.client (one connection per request, `Connection:
+close`, bodies framed by Content-Length, chunked coding or the end of the
+connection) on asyncio streams, so the Textual app never blocks its loop.
+URL building, socket resolution and the hints come from the sync client,
+so both clients name paths and failures the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from lxpy.api.client import (
+    PERMISSION_HINT,
+    START_HINT,
+    _ct,
+    _op,
+    _query_string,
+    _snap,
+    quote,
+    resolve_socket,
+)
+from lxpy.errors import DaemonUnavailable, LxpyError, NotFound, from_json
+
+_LOST_HINT = "the daemon may have stopped; check its log (`journalctl -u lxpy`)"
+# Bounds on a status line or header line, and on their number, so a
+# confused peer cannot make the client buffer without end.
+_MAX_LINE = 65536
+_MAX_HEADERS = 100
+
+
+class AsyncResponse:
+    """A response whose head has been read; the body is read as it arrives."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._where = where
+        self.status = 0
+        self.reason = ""
+        self.headers: dict[str, str] = {}
+
+    def _lost(self, what: str) -> DaemonUnavailable:
+        return DaemonUnavailable(f"lost connection to lxpyd at {self._where}: {what}", _LOST_HINT)
+
+    async def _line(self) -> bytes:
+        try:
+            return await self._reader.readline()
+        except ValueError:
+            # asyncio's StreamReader limit (_MAX_LINE) was passed.
+            raise self._lost("line too long") from None
+        except OSError as e:
+            raise self._lost(e.strerror or str(e)) from None
+
+    async def read_head(self) -> None:
+        """Read the status line and headers.
+
+        Raises:
+            DaemonUnavailable: when the peer hangs up or does not speak HTTP.
+        """
+        line = await self._line()
+        if not line:
+            raise self._lost("no answer")
+        parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+            raise self._lost(f"not an HTTP answer: {line[:80]!r}")
+        self.status = int(parts[1])
+        self.reason = parts[2] if len(parts) > 2 else ""
+        for _ in range(_MAX_HEADERS):
+            line = await self._line()
+            if line in (b"\r\n", b"\n"):
+                return
+            if not line:
+                raise self._lost("connection closed inside the headers")
+            name, sep, value = line.decode("latin-1").partition(":")
+            if not sep:
+                raise self._lost(f"malformed header {line[:80]!r}")
+            self.headers[name.strip().lower()] = value.strip()
+        raise self._lost("too many headers")
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body in pieces as they arrive, whatever its framing."""
+        try:
+            if "chunked" in self.headers.get("transfer-encoding", "").lower():
+                async for data in self._chunked():
+                    yield data
+            elif "content-length" in self.headers:
+                try:
+                    left = int(self.headers["content-length"])
+                except ValueError:
+                    raise self._lost("bad Content-Length") from None
+                while left > 0:
+                    data = await self._reader.read(min(left, 65536))
+                    if not data:
+                        raise self._lost("body shorter than its Content-Length")
+                    left -= len(data)
+                    yield data
+            else:
+                while data := await self._reader.read(65536):
+                    yield data
+        except OSError as e:
+            raise self._lost(e.strerror or str(e)) from None
+
+    async def _chunked(self) -> AsyncIterator[bytes]:
+        while True:
+            line = await self._line()
+            if not line:
+                raise self._lost("connection closed inside a chunked body")
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise self._lost(f"bad chunk size line {line[:80]!r}") from None
+            if size == 0:
+                while await self._line() not in (b"\r\n", b"\n", b""):
+                    pass
+                return
+            try:
+                data = await self._reader.readexactly(size)
+            except asyncio.IncompleteReadError:
+                raise self._lost("connection closed inside a chunk") from None
+            await self._line()  # the CRLF after the chunk data
+            yield data
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        return b"".join([c async for c in self.chunks()])
+
+    async def json(self) -> Any:
+        """The body parsed as JSON (None for an empty body)."""
+        body = await self.read()
+        if not body.strip():
+            return None
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise LxpyError(
+                f"lxpyd at {self._where} sent a body that is not JSON: {body[:80]!r}"
+            ) from None
+
+    async def error(self) -> LxpyError:
+        """The error this (4xx/5xx) response carries."""
+        try:
+            data = await self.json()
+        except LxpyError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            return from_json(data["error"])
+        return LxpyError(f"lxpyd answered {self.status} {self.reason}".rstrip())
+
+    async def aclose(self) -> None:
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except OSError:
+            pass
+
+
+class EventStream:
+    """An open NDJSON stream: iterate it for objects, close it when done.
+
+    The stream is subscribed once `AsyncClient.open_stream` returns, so a
+    caller can list what exists and then apply the events that follow
+    without missing any in between.
+    """
+
+    def __init__(self, resp: AsyncResponse, where: str) -> None:
+        self._resp = resp
+        self._where = where
+
+    async def __aiter__(self) -> AsyncIterator[Any]:
+        pending = b""
+        async for chunk in self._resp.chunks():
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    yield _decode_line(line, self._where)
+        if pending.strip():
+            yield _decode_line(pending, self._where)
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _decode_line(line: bytes, where: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        raise LxpyError(
+            f"lxpyd at {where} sent a stream line that is not JSON: {line[:80]!r}"
+        ) from None
+
+
+class AsyncClient:
+    """A connection-per-request asyncio client of lxpyd.
+
+    Args:
+        socket_path: the daemon's socket; None for $LXPY_SOCKET or the default.
+        timeout: seconds a request may take; None waits as long as it takes.
+            Streams are bounded only until their head is read.
+    """
+
+    def __init__(
+        self, socket_path: str | os.PathLike[str] | None = None, timeout: float | None = 30
+    ) -> None:
+        self.socket_path = resolve_socket(socket_path)
+        self.timeout = timeout
+
+    # -- transport ---------------------------------------------------------
+
+    async def open(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        query: Mapping[str, object] | None = None,
+    ) -> AsyncResponse:
+        """Send one request; return the response once its head is read.
+
+        The caller reads the body and closes the response.
+
+        Raises:
+            DaemonUnavailable: when the daemon cannot be reached or hangs up.
+        """
+        target = path + _query_string(query)
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = [
+            f"{method} {target} HTTP/1.1",
+            "Host: lxpyd",
+            "Connection: close",
+            "Accept: application/json",
+        ]
+        if body is not None or method in ("POST", "PUT", "PATCH"):
+            head += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+        try:
+            reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=_MAX_LINE)
+        except OSError as e:
+            msg = f"cannot reach lxpyd at {self.socket_path}: {e.strerror or e}"
+            if e.errno in (errno.EACCES, errno.EPERM):
+                raise DaemonUnavailable(msg, hint=PERMISSION_HINT) from None
+            raise DaemonUnavailable(msg, hint=START_HINT) from None
+        resp = AsyncResponse(reader, writer, self.socket_path)
+        try:
+            writer.write(data)
+            await writer.drain()
+            await resp.read_head()
+            return resp
+        except OSError as e:
+            await resp.aclose()
+            raise DaemonUnavailable(
+                f"lost connection to lxpyd at {self.socket_path}: {e.strerror or e}", _LOST_HINT
+            ) from None
+        except BaseException:
+            await resp.aclose()
+            raise
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        query: Mapping[str, object] | None = None,
+        text: bool = False,
+    ) -> Any:
+        resp = await self.open(method, path, body, query)
+        try:
+            if resp.status >= 400:
+                raise await resp.error()
+            if text:
+                return (await resp.read()).decode("utf-8", "replace")
+            return await resp.json()
+        finally:
+            await resp.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        query: Mapping[str, object] | None = None,
+        text: bool = False,
+    ) -> Any:
+        """One API call: the parsed JSON answer (the text with text=True).
+
+        Args:
+            method: HTTP method.
+            path: absolute path under /1.0 (segments already quoted).
+            body: JSON-able request body, or None.
+            query: query parameters; True is sent as 1, None/False are left out.
+            text: return the body as text instead of parsing JSON.
+
+        Raises:
+            LxpyError: the subclass the daemon's error code names.
+            DaemonUnavailable: when the daemon cannot be reached or does not
+                answer within the client's timeout.
+        """
+        if self.timeout is None:
+            return await self._call(method, path, body, query, text)
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._call(method, path, body, query, text)
+        except TimeoutError:
+            raise DaemonUnavailable(
+                f"lxpyd at {self.socket_path} did not answer within {self.timeout} s",
+                hint=_LOST_HINT,
+            ) from None
+
+    async def open_stream(
+        self, path: str, query: Mapping[str, object] | None = None
+    ) -> EventStream:
+        """Open an NDJSON stream; it is subscribed when this returns.
+
+        Raises:
+            LxpyError: for an error answer.
+            DaemonUnavailable: when the daemon cannot be reached.
+        """
+        try:
+            async with asyncio.timeout(self.timeout):
+                resp = await self.open("GET", path, None, query)
+        except TimeoutError:
+            raise DaemonUnavailable(
+                f"lxpyd at {self.socket_path} did not answer within {self.timeout} s",
+                hint=_LOST_HINT,
+            ) from None
+        if resp.status >= 400:
+            try:
+                raise await resp.error()
+            finally:
+                await resp.aclose()
+        return EventStream(resp, self.socket_path)
+
+    # -- endpoints (docs/api.md) ---------------------------------------------
+
+    async def server_info(self) -> dict[str, Any]:
+        return await self.request("GET", "/1.0")  # type: ignore[no-any-return]
+
+    async def templates(self) -> list[dict[str, Any]]:
+        return await self.request("GET", "/1.0/templates")  # type: ignore[no-any-return]
+
+    async def build_template(self, name: str, force: bool = False) -> dict[str, Any]:
+        """Start a template build: the operation (already `success` when cached)."""
+        path = f"/1.0/templates/{quote(name, 'template name')}/build"
+        return await self.request("POST", path, {"force": force})  # type: ignore[no-any-return]
+
+    async def networks(self) -> list[Any] | None:
+        """The daemon's networks, or None when this lxpyd manages none (404)."""
+        try:
+            return await self.request("GET", "/1.0/networks")  # type: ignore[no-any-return]
+        except NotFound:
+            return None
+
+    async def containers(self) -> list[dict[str, Any]]:
+        return await self.request("GET", "/1.0/containers")  # type: ignore[no-any-return]
+
+    async def container(self, name: str) -> dict[str, Any]:
+        return await self.request("GET", _ct(name))  # type: ignore[no-any-return]
+
+    async def create_container(
+        self, name: str, template: str, config: Mapping[str, object] | None = None
+    ) -> dict[str, Any]:
+        body = {"name": name, "template": template, "config": dict(config or {})}
+        return await self.request("POST", "/1.0/containers", body)  # type: ignore[no-any-return]
+
+    async def delete_container(self, name: str, force: bool = False) -> None:
+        await self.request("DELETE", _ct(name), query={"force": force})
+
+    async def rename_container(self, name: str, new: str) -> dict[str, Any]:
+        return await self.request("POST", _ct(name) + "/rename", {"name": new})  # type: ignore[no-any-return]
+
+    async def copy_container(self, source: str, dest: str) -> dict[str, Any]:
+        return await self.request("POST", _ct(source) + "/copy", {"name": dest})  # type: ignore[no-any-return]
+
+    async def start(self, name: str) -> dict[str, Any]:
+        return await self.request("POST", _ct(name) + "/start", {})  # type: ignore[no-any-return]
+
+    async def stop(self, name: str, grace: float = 30, force: bool = False) -> dict[str, Any]:
+        """Stop `name`: init gets `grace` seconds to halt (none with force)."""
+        body = {"timeout": grace, "force": force}
+        return await self.request("POST", _ct(name) + "/stop", body)  # type: ignore[no-any-return]
+
+    async def restart(self, name: str, grace: float = 30) -> dict[str, Any]:
+        body = {"timeout": grace}
+        return await self.request("POST", _ct(name) + "/restart", body)  # type: ignore[no-any-return]
+
+    async def freeze(self, name: str) -> dict[str, Any]:
+        return await self.request("POST", _ct(name) + "/freeze", {})  # type: ignore[no-any-return]
+
+    async def unfreeze(self, name: str) -> dict[str, Any]:
+        return await self.request("POST", _ct(name) + "/unfreeze", {})  # type: ignore[no-any-return]
+
+    async def console_log(self, name: str) -> str:
+        """The console output kept since boot."""
+        return await self.request("GET", _ct(name) + "/console/log", text=True)  # type: ignore[no-any-return]
+
+    async def snapshots(self, name: str) -> list[dict[str, Any]]:
+        return await self.request("GET", _ct(name) + "/snapshots")  # type: ignore[no-any-return]
+
+    async def create_snapshot(self, name: str, snapshot: str | None = None) -> dict[str, Any]:
+        body = {} if snapshot is None else {"name": snapshot}
+        return await self.request("POST", _ct(name) + "/snapshots", body)  # type: ignore[no-any-return]
+
+    async def restore_snapshot(self, name: str, snapshot: str) -> dict[str, Any]:
+        return await self.request("POST", _snap(name, snapshot) + "/restore")  # type: ignore[no-any-return]
+
+    async def delete_snapshot(self, name: str, snapshot: str) -> None:
+        await self.request("DELETE", _snap(name, snapshot))
+
+    async def operation(self, op_id: str) -> dict[str, Any]:
+        return await self.request("GET", _op(op_id))  # type: ignore[no-any-return]
+
+    async def wait_operation(self, op_id: str, wait: float | None = None) -> dict[str, Any]:
+        """The operation once it has ended, or after `wait` seconds."""
+        query = None if wait is None else {"timeout": wait}
+        return await self.request("GET", _op(op_id) + "/wait", query=query)  # type: ignore[no-any-return]
+
+    async def operation_stream(self, op_id: str) -> EventStream:
+        """`{"log": ...}`, `{"progress": ..., "stage": ...}`, then `{"operation": ...}`."""
+        return await self.open_stream(_op(op_id) + "/stream")
+
+    async def events(self, types: list[str] | None = None) -> EventStream:
+        """The event stream, subscribed when this returns."""
+        query = {"type": ",".join(types)} if types else None
+        return await self.open_stream("/1.0/events", query)

@@ -1,0 +1,97 @@
+"""Snapshot tests of the dashboard, create and detail screens.
+
+They run against a fixed-data lxpyd stand-in (tests/tui/fakeapi.py) with a
+fixed clock, so times and uptimes are the same on every run. Update the
+stored SVGs with `pytest tests/tui --snapshot-update` after a deliberate
+change, and look at them before committing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
+
+from tests.tui.conftest import fixed_clock
+from tests.tui.fakeapi import CONTAINERS, FakeLxpyd
+from tui.app import LxpyApp
+
+
+@pytest.fixture
+def app(fake_lxpyd: FakeLxpyd, monkeypatch: pytest.MonkeyPatch) -> LxpyApp:
+    # A relative socket path keeps the temporary directory out of the header.
+    monkeypatch.chdir(fake_lxpyd.socket.parent)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    return LxpyApp(fake_lxpyd.socket.name, clock=fixed_clock, stats_interval=60)
+
+
+async def _loaded(pilot: Pilot[Any]) -> None:
+    """Wait until the table holds every container and has sized its columns
+    to them (it does that on a later refresh than the one adding rows)."""
+
+    def ready() -> bool:
+        tables = pilot.app.screen.query(DataTable)
+        if not tables or tables.first().row_count != len(CONTAINERS):
+            return False
+        columns = tables.first().columns
+        return columns[ColumnKey("template")].content_width >= len("debian-bookworm")
+
+    for _ in range(200):
+        if ready():
+            break
+        await pilot.pause(0.02)
+    assert ready(), "the dashboard did not fill"
+    await pilot.pause()
+
+
+async def _on_web(pilot: Pilot[Any]) -> None:
+    await _loaded(pilot)
+    pilot.app.screen.select("web")  # type: ignore[attr-defined]
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (132, 36)])
+def test_dashboard(app: LxpyApp, snap_compare: Any, size: tuple[int, int]) -> None:
+    """The table with running, frozen, stopped and broken containers; the
+    cursor on a running one shows every action of a running container."""
+    assert snap_compare(app, terminal_size=size, run_before=_on_web)
+
+
+def test_create_screen(app: LxpyApp, snap_compare: Any) -> None:
+    """The create form with a name that breaks the naming rules."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await _loaded(pilot)
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        await pilot.press(*"9lives")
+        await pilot.pause()
+
+    assert snap_compare(app, run_before=run_before)
+
+
+def test_detail_screen(app: LxpyApp, snap_compare: Any) -> None:
+    """The detail screen of a running container on its snapshots tab."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await _on_web(pilot)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        pilot.app.screen.query_one("#tabs").active = "tab-snapshots"  # type: ignore[attr-defined]
+        await pilot.pause(0.2)
+
+    assert snap_compare(app, run_before=run_before)
+
+
+def test_dashboard_no_color(
+    fake_lxpyd: FakeLxpyd, monkeypatch: pytest.MonkeyPatch, snap_compare: Any
+) -> None:
+    """With NO_COLOR the dashboard is monochrome and still says every state."""
+    monkeypatch.chdir(fake_lxpyd.socket.parent)
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = LxpyApp(fake_lxpyd.socket.name, clock=fixed_clock, stats_interval=60)
+    assert app.no_color
+    assert snap_compare(app, run_before=_on_web)

@@ -1,0 +1,496 @@
+"""The dashboard: every container of the host in one live table.
+
+Rows follow the event stream: a state event is applied to its row at once,
+then the container is fetched again; bursts of events are coalesced into
+one fetch per container (or one list when many changed). A periodic list
+refresh brings stats and uptimes and heals anything missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.coordinate import Coordinate
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
+
+from lxpy.errors import LxpyError, NotFound
+from lxpy.model.names import validate_name
+from tui.inventory import COLUMNS, Inventory, Row
+from tui.messages import Connected, Disconnected, Lifecycle
+from tui.screens.modals import ConfirmScreen, PromptScreen
+from tui.widgets import ContainerTable
+
+if TYPE_CHECKING:
+    from tui.app import LxpyApp
+
+# Seconds to gather a burst of events before fetching what they touched.
+COALESCE = 0.03
+# Past this many changed containers one list beats many single fetches.
+LIST_THRESHOLD = 16
+
+STATE_STYLES = {
+    "RUNNING": "bold green",
+    "STOPPED": "dim",
+    "FROZEN": "bold cyan",
+    "STARTING": "yellow",
+    "STOPPING": "yellow",
+    "ERROR": "bold red",
+}
+
+# Which states each container action makes sense in (None: any state).
+ACTION_STATES: dict[str, frozenset[str] | None] = {
+    "start": frozenset({"STOPPED", "ERROR"}),
+    "stop": frozenset({"RUNNING", "FROZEN", "STARTING"}),
+    "restart": frozenset({"RUNNING"}),
+    "freeze": frozenset({"RUNNING"}),
+    "unfreeze": frozenset({"FROZEN"}),
+    "console": frozenset({"RUNNING"}),
+    "shell": frozenset({"RUNNING"}),
+    "snapshot": None,
+    "clone": None,
+    "destroy": None,
+    "details": None,
+}
+
+PALETTE = (
+    ("start", "Start", "boot the container"),
+    ("stop", "Stop", "shut the container down (asks first)"),
+    ("restart", "Restart", "stop and start again"),
+    ("freeze", "Freeze", "pause every process of the container"),
+    ("unfreeze", "Unfreeze", "resume the container's processes"),
+    ("snapshot", "Snapshot", "take a snapshot"),
+    ("clone", "Clone", "copy the container under a new name"),
+    ("destroy", "Destroy", "delete the container and its snapshots (asks first)"),
+    ("console", "Console", "attach to the console; the TUI comes back on detach"),
+    ("shell", "Shell", "run /bin/sh inside; the TUI comes back when it exits"),
+    ("details", "Details", "config, snapshots, console log, events"),
+)
+
+
+def _cell(column: int, value: str) -> str | Text:
+    if column == 1:
+        return Text(value, style=STATE_STYLES.get(value, ""))
+    return value
+
+
+class DashboardScreen(Screen[None]):
+    """The table of containers and the actions on the selected one."""
+
+    BINDINGS = [
+        Binding("n", "create", "new"),
+        Binding("enter", "details", "info", priority=True),
+        Binding("s", "start", "start"),
+        Binding("x", "stop", "stop"),
+        Binding("r", "restart", "restart"),
+        Binding("f", "freeze", "freeze"),
+        Binding("f", "unfreeze", "thaw"),
+        Binding("p", "snapshot", "snap"),
+        Binding("l", "clone", "copy"),
+        Binding("d", "destroy", "destroy"),
+        Binding("c", "console", "console"),
+        Binding("e", "shell", "shell"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inv = Inventory()
+        self._rows: dict[str, Row] = {}
+        self._dirty: set[str] = set()
+        self._flush_scheduled = False
+        self._select_when_shown: str | None = None
+        # Event counter, and the last event that touched each name: a list
+        # fetched before an event must not undo what the event showed.
+        self._seq = 0
+        self._bindings_key: tuple[object, ...] = ()
+        self._banner = Static("connecting to lxpyd ...", id="banner")
+        self._table = ContainerTable(id="containers", cursor_type="row", zebra_stripes=True)
+        self._touched: dict[str, int] = {}
+        self.connected = False
+
+    @property
+    def lxpy(self) -> LxpyApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield self._banner
+        yield self._table
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.inv.clock = self.lxpy.clock
+        table = self.table
+        for title in COLUMNS:
+            table.add_column(title, key=title.lower())
+        self.set_interval(self.lxpy.stats_interval, self.poll)
+        table.focus()
+
+    # -- which container -------------------------------------------------------
+
+    @property
+    def table(self) -> DataTable[str | Text]:
+        # Kept from compose: a worker finishing while the app shuts down
+        # must not fail to find the (already unmounted) table.
+        return self._table
+
+    def selected(self) -> str | None:
+        """The name of the container under the cursor."""
+        table = self.table
+        if table.row_count == 0:
+            return None
+        try:
+            key = table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key
+        except CellDoesNotExist:
+            return None
+        return key.value
+
+    def select(self, name: str) -> None:
+        """Move the cursor to container `name`, if it has a row."""
+        try:
+            self.table.move_cursor(row=self.table.get_row_index(name))
+        except RowDoesNotExist:
+            pass
+
+    def _update_bindings(self) -> None:
+        # The footer is rebuilt on every refresh_bindings(), which costs a
+        # layout pass: do it only when what the keys depend on changed.
+        name = self.selected()
+        ct = self.inv.get(name) if name else None
+        key = (name, ct.get("state") if ct else None, self.connected)
+        if key != self._bindings_key:
+            self._bindings_key = key
+            self.refresh_bindings()
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self) -> None:
+        self._update_bindings()
+
+    @on(DataTable.RowSelected)
+    def _chosen(self) -> None:
+        self.action_details()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Actions that do not apply to the selected container are hidden, so
+        # the footer lists exactly what can be done (and fits 80 columns).
+        if action not in ACTION_STATES:
+            return True
+        name = self.selected()
+        ct = self.inv.get(name) if name else None
+        if ct is None or not self.connected:
+            return False
+        states = ACTION_STATES[action]
+        return states is None or ct.get("state") in states
+
+    # -- keeping up with lxpyd -------------------------------------------------
+
+    @on(Connected)
+    def _connected(self, msg: Connected) -> None:
+        self.connected = True
+        self.remove_class("-offline")
+        self._banner.update("")
+        self.reconcile(msg.containers)
+
+    @on(Disconnected)
+    def _disconnected(self, msg: Disconnected) -> None:
+        self.connected = False
+        self.add_class("-offline")
+        text = f"lxpyd is not reachable: {msg.reason}. Reconnecting ..."
+        if msg.hint:
+            text += f"\nhint: {msg.hint}"
+        self._banner.update(text)
+        self._update_bindings()
+
+    @on(Lifecycle)
+    def _lifecycle(self, msg: Lifecycle) -> None:
+        name = msg.container
+        if name is None:
+            return
+        data = msg.event.get("data") or {}
+        self._seq += 1
+        for touched in (name, data.get("old"), data.get("new")):
+            if touched:
+                self._touched[str(touched)] = self._seq
+        if msg.action == "container-deleted":
+            self._drop(name)
+        elif msg.action == "container-renamed":
+            old, new = str(data.get("old") or name), str(data.get("new") or name)
+            was_selected = self.selected() == old
+            moved = self.inv.rename(old, new)
+            self._drop(old, forget=False)
+            if moved:
+                self._show(new)
+                if was_selected:
+                    self.select(new)
+            self._mark(new)
+        else:
+            if msg.action == "container-state" and data.get("new"):
+                # Show the new state now; the fetch below brings the rest.
+                if self.inv.set_state(name, str(data["new"])):
+                    self._show(name)
+            self._mark(name)
+
+    def _mark(self, name: str) -> None:
+        self._dirty.add(name)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.set_timer(COALESCE, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        names, self._dirty = self._dirty, set()
+        if names:
+            self.fetch(names)
+
+    @work(group="refresh")
+    async def fetch(self, names: set[str]) -> None:
+        """Fetch the containers `names` again and update their rows."""
+        client = self.lxpy.client
+        try:
+            if len(names) > LIST_THRESHOLD:
+                since = self._seq
+                self.reconcile(await client.containers(), since)
+                return
+
+            async def one(name: str) -> tuple[str, dict[str, Any] | None]:
+                try:
+                    return name, await client.container(name)
+                except NotFound:
+                    return name, None
+
+            for name, ct in await asyncio.gather(*(one(n) for n in names)):
+                if ct is None:
+                    self._drop(name)
+                else:
+                    self._show(self.inv.put(ct))
+        except LxpyError:
+            pass  # the feed reports a lost daemon; the next poll heals the rest
+        self._update_bindings()
+
+    @work(group="poll", exclusive=True)
+    async def poll(self) -> None:
+        """The periodic refresh: stats, uptimes, and anything an event missed."""
+        if not self.connected:
+            return
+        since = self._seq
+        try:
+            cts = await self.lxpy.client.containers()
+        except LxpyError:
+            return
+        self.reconcile(cts, since)
+
+    def reconcile(self, cts: Iterable[dict[str, Any]], since: int | None = None) -> None:
+        """Make the table show exactly `cts`, a list asked for when the event
+        counter was at `since` (None: a list that is newer than every event).
+
+        Containers an event touched after `since` keep what the event showed.
+        """
+        protect = {n for n, seq in self._touched.items() if since is not None and seq > since}
+        if protect:
+            kept = [ct for n in protect if (ct := self.inv.get(n)) is not None]
+            cts = [c for c in cts if c.get("name") not in protect] + kept
+        present, gone = self.inv.replace_all(cts)
+        for name in gone:
+            self._drop(name)
+        added = False
+        for name in sorted(present):
+            added |= self._show(name, sort=False)
+        if added:
+            self._sort()
+        self._update_bindings()
+
+    def _show(self, name: str, sort: bool = True) -> bool:
+        """Add or update the row of `name`; True when a row was added."""
+        row = self.inv.row(name)
+        old = self._rows.get(name)
+        if old == row:
+            return False
+        self._rows[name] = row
+        table = self.table
+        if old is None:
+            table.add_row(*(_cell(i, v) for i, v in enumerate(row)), key=name)
+            if sort:
+                self._sort()
+            return True
+        for i, (before, after) in enumerate(zip(old, row, strict=True)):
+            if before != after:
+                table.update_cell(name, COLUMNS[i].lower(), _cell(i, after))
+        self._update_bindings()
+        return False
+
+    def _drop(self, name: str, forget: bool = True) -> None:
+        if forget:
+            self.inv.remove(name)
+        if self._rows.pop(name, None) is not None:
+            self.table.remove_row(name)
+        self._update_bindings()
+
+    def _sort(self) -> None:
+        keep = self.selected()
+        self.table.sort("name")
+        if self._select_when_shown in self._rows:
+            keep, self._select_when_shown = self._select_when_shown, None
+        if keep:
+            self.select(keep)
+
+    # -- actions -----------------------------------------------------------------
+
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        """Command palette entries for the selected container and the screen."""
+        yield SystemCommand("Create container", "pick a template and a name", self.action_create)
+        name = self.selected()
+        if name is None:
+            return
+        for action, title, help in PALETTE:
+            if self.check_action(action, ()):
+                yield SystemCommand(f"{title} {name}", help, getattr(self, f"action_{action}"))
+
+    @work(group="actions")
+    async def _act(
+        self, name: str, doing: str, done: str, call: Callable[[], Awaitable[object]]
+    ) -> None:
+        self.notify(f"{doing} {name} ...", timeout=2)
+        try:
+            await call()
+        except LxpyError as e:
+            self.notify(
+                e.message + (f"\nhint: {e.hint}" if e.hint else ""),
+                title=f"{doing} {name} failed",
+                severity="error",
+                timeout=8,
+            )
+            return
+        self.notify(f"{done} {name}", timeout=3)
+
+    def _target(self, action: str) -> str | None:
+        name = self.selected()
+        return name if name and self.check_action(action, ()) else None
+
+    def action_create(self) -> None:
+        from tui.screens.create import CreateScreen
+
+        def created(name: str | None) -> None:
+            if name:
+                # Its row may come only with the next event: select it then.
+                self._select_when_shown = name
+                self.select(name)
+                self._mark(name)
+
+        self.app.push_screen(CreateScreen(set(self.inv.names())), created)
+
+    def action_details(self) -> None:
+        from tui.screens.detail import DetailScreen
+
+        name = self._target("details")
+        if name:
+            self.app.push_screen(DetailScreen(name))
+
+    def action_start(self) -> None:
+        if name := self._target("start"):
+            self._act(name, "starting", "started", lambda: self.lxpy.client.start(name))
+
+    def action_stop(self) -> None:
+        if not (name := self._target("stop")):
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._act(name, "stopping", "stopped", lambda: self.lxpy.client.stop(name))
+
+        self.app.push_screen(ConfirmScreen(f"Stop container {name}?", yes="Stop"), answer)
+
+    def action_restart(self) -> None:
+        if name := self._target("restart"):
+            self._act(name, "restarting", "restarted", lambda: self.lxpy.client.restart(name))
+
+    def action_freeze(self) -> None:
+        if name := self._target("freeze"):
+            self._act(name, "freezing", "froze", lambda: self.lxpy.client.freeze(name))
+
+    def action_unfreeze(self) -> None:
+        if name := self._target("unfreeze"):
+            self._act(name, "unfreezing", "unfroze", lambda: self.lxpy.client.unfreeze(name))
+
+    def action_snapshot(self) -> None:
+        if not (name := self._target("snapshot")):
+            return
+
+        def answer(snap: str | None) -> None:
+            if snap is not None:
+                self._act(
+                    name,
+                    "snapshotting",
+                    "took a snapshot of",
+                    lambda: self.lxpy.client.create_snapshot(name, snap or None),
+                )
+
+        prompt = PromptScreen(
+            f"Snapshot of {name} (empty for the next snapN):",
+            placeholder="snapshot name",
+            check=lambda v: validate_name(v, "snapshot"),
+            allow_empty=True,
+        )
+        self.app.push_screen(prompt, answer)
+
+    def action_clone(self) -> None:
+        if not (name := self._target("clone")):
+            return
+
+        def answer(dest: str | None) -> None:
+            if dest:
+                self._act(
+                    name, "cloning", "cloned", lambda: self.lxpy.client.copy_container(name, dest)
+                )
+
+        prompt = PromptScreen(
+            f"Name of the clone of {name}:", placeholder="new container name", check=validate_name
+        )
+        self.app.push_screen(prompt, answer)
+
+    def action_destroy(self) -> None:
+        if not (name := self._target("destroy")):
+            return
+        ct = self.inv.get(name) or {}
+        snaps = len(ct.get("snapshots") or ())
+        running = ct.get("state") not in ("STOPPED", "ERROR")
+        question = f"Destroy container {name}"
+        if snaps:
+            question += f" and its {snaps} snapshot{'s' if snaps > 1 else ''}"
+        question += "?" + (" It is running and will be stopped." if running else "")
+        question += "\nThis cannot be undone."
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._act(
+                    name,
+                    "destroying",
+                    "destroyed",
+                    lambda: self.lxpy.client.delete_container(name, force=running),
+                )
+
+        self.app.push_screen(ConfirmScreen(question, yes="Destroy"), answer)
+
+    def _hand_over(self, *args: str) -> None:
+        try:
+            status = self.lxpy.run_cli(*args)
+        except Exception as e:  # SuspendNotSupported (no terminal), a missing python
+            self.notify(f"cannot hand the terminal over: {e}", severity="error")
+            return
+        if status != 0:
+            self.notify(f"`lxpy {' '.join(args)}` ended with status {status}", severity="warning")
+        self.poll()
+
+    def action_console(self) -> None:
+        if name := self._target("console"):
+            self._hand_over("console", name)
+
+    def action_shell(self) -> None:
+        if name := self._target("shell"):
+            self._hand_over("exec", name, "-t", "--", "/bin/sh")
