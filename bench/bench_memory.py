@@ -1,0 +1,157 @@
+"""Host memory per running container: lxpy's own processes against LXC's
+monitor, with 50 busybox containers running under each (one tool at a time).
+
+Run as root:  .venv/bin/python bench/bench_memory.py [--count 50]
+
+Both boot the same tree (lxpy's busybox template, built by lxpy's builder;
+one btrfs snapshot per LXC container), with no network.
+
+  LXC: the PSS of each `[lxc monitor]` process (LXC's only host process
+      per running container).
+  lxpy: the PSS of each monitor (the parent of the container's init), plus
+      the zygote's PSS shared out over the containers, plus lxpyd's PSS
+      growth from "all created, none running" to "all running", per
+      container.
+
+PSS (proportional set size, /proc/PID/smaps_rollup) charges each shared
+page to its sharers in equal parts, so it adds up to what the processes
+really cost together. Target: lxpy's per-container total no more than
+LXC's median monitor PSS. Everything made is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    Lxc,
+    Lxpy,
+    Scratch,
+    build_template_tree,
+    lxpy_can_run,
+    ppid,
+    print_table,
+    pss_kb,
+    rss_kb,
+    snapshot,
+    verdict,
+)
+
+TEMPLATE = "busybox"
+SETTLE = 2.0  # seconds for lazily touched pages and the daemon to settle
+
+
+def mb(kb: float) -> float:
+    return kb / 1024
+
+
+def lxc_side(scratch: Scratch, base: Path, count: int) -> list[float]:
+    """PSS (MB) of each LXC monitor with `count` containers running."""
+    lxc = Lxc(scratch)
+    names = [f"l{i}" for i in range(count)]
+    for name in names:
+        lxc.define(name, snapshot(base, scratch.pool / name))
+    for name in names:
+        lxc.start(name)
+    time.sleep(SETTLE)
+    mons = lxc.monitors()
+    if len(mons) != count or len(lxc.running()) != count:
+        raise RuntimeError(f"LXC: {len(mons)} monitors, {len(lxc.running())} running of {count}")
+    pss = [mb(pss_kb(p)) for p in mons]
+    lxc.cleanup()
+    return pss
+
+
+@dataclass
+class LxpyMemory:
+    monitor: list[float]  # PSS of each monitor, MB
+    zygote: float  # PSS of the zygote, MB
+    daemon_growth: float  # lxpyd's PSS growth from none to all running, MB
+    daemon_rss: tuple[float, float]  # lxpyd's RSS before and after, MB
+
+
+def lxpy_side(scratch: Scratch, count: int) -> LxpyMemory:
+    lxpy = Lxpy(scratch)
+    lxpy.build(TEMPLATE)
+    names = [f"x{i}" for i in range(count)]
+    for name in names:
+        lxpy.create(name, TEMPLATE)
+    dpid = lxpy.daemon.proc.pid
+    time.sleep(SETTLE)
+    daemon_before = pss_kb(dpid)
+    rss_before = rss_kb(dpid)
+    for name in names:
+        lxpy.start_api(name)
+    time.sleep(SETTLE)
+    monitors = [ppid(lxpy.init_pid(name)) for name in names]
+    if len(set(monitors)) != count:
+        raise RuntimeError(f"lxpy: {len(set(monitors))} distinct monitors for {count} containers")
+    mon_pss = [mb(pss_kb(p)) for p in monitors]
+    zygote = lxpy.zygote()
+    if zygote is None:
+        raise RuntimeError("lxpy: no zygote found in the daemon's run dir")
+    zygote_pss = mb(pss_kb(zygote))
+    daemon_after = pss_kb(dpid)
+    rss_after = rss_kb(dpid)
+    lxpy.cleanup()
+    return LxpyMemory(
+        monitor=mon_pss,
+        zygote=zygote_pss,
+        daemon_growth=mb(daemon_after - daemon_before),
+        daemon_rss=(mb(rss_before), mb(rss_after)),
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=50, help="containers running at once")
+    ap.add_argument("--no-lxpy", action="store_true", help="LXC only")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench_memory.py needs root (btrfs, namespaces, LXC)", file=sys.stderr)
+        return 2
+    n = args.count
+    with Scratch("lxpy-bench-memory-") as scratch:
+        base = scratch.pool / "busybox"
+        build_template_tree(TEMPLATE, base)
+        lxc = lxc_side(scratch, base, n)
+        lx = None if args.no_lxpy or not lxpy_can_run() else lxpy_side(scratch, n)
+
+        print(f"busybox, no network, {n} containers running under each tool (one tool at a time)")
+        rows = [("LXC 5: [lxc monitor] PSS, each", lxc)]
+        if lx is not None:
+            rows.append(("lxpy: monitor PSS, each", lx.monitor))
+        print_table("host memory per container (PSS)", rows, unit="MB", digits=3)
+        lxc_med = statistics.median(lxc)
+        if lx is None:
+            verdict("lxpy per container <= LXC monitor PSS (no `lxpy start` here)", None)
+            return 0
+        mon_med = statistics.median(lx.monitor)
+        zyg, growth = lx.zygote, lx.daemon_growth
+        # A daemon that shrank (a collection ran) is not a saving per container.
+        total = mon_med + zyg / n + max(0.0, growth) / n
+        rb, ra = lx.daemon_rss
+        print(
+            f"\nlxpy per container: monitor {mon_med:.3f} MB"
+            f" + zygote {zyg:.2f} MB / {n}"
+            f" + lxpyd PSS growth {growth:+.2f} MB / {n}"
+            f" = {total:.3f} MB  (lxpyd RSS {rb:.1f} -> {ra:.1f} MB)"
+        )
+        print(f"LXC per container:  [lxc monitor] {lxc_med:.3f} MB")
+        print()
+        verdict(
+            f"lxpy per container {total:.3f} MB <= LXC's monitor {lxc_med:.3f} MB", total <= lxc_med
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
