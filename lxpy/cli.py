@@ -302,23 +302,61 @@ TIMEOUT = arg(
 )
 
 
-@command("start", "start a container (returns once its init runs)", NAME)
+NAMES = arg("names", nargs="+", metavar="NAME", help="container name(s)")
+
+
+def each(names: list[str], fn: Callable[[str], None]) -> None:
+    """Run fn(name) for every name, side by side (one request each).
+
+    Each failure is printed as `error: NAME: ...`; if any failed, raises an
+    LxpyError saying how many.
+    """
+    if len(names) == 1:
+        fn(names[0])
+        return
+    import threading
+
+    failed: list[str] = []
+
+    def one(name: str) -> None:
+        try:
+            fn(name)
+        except LxpyError as e:
+            failed.append(name)
+            fail(f"{name}: {e.message}", e.hint)
+
+    threads = [threading.Thread(target=one, args=(n,)) for n in dict.fromkeys(names)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise LxpyError(f"{len(failed)} of {len(threads)} failed: {', '.join(sorted(failed))}")
+
+
+@command("start", "start containers (returns once their init runs)", NAMES)
 def cmd_start(client: Client, args: argparse.Namespace) -> None:
-    ct = client.start_container(args.name)
-    print(f"started {args.name} (init pid {ct.get('init_pid')})")
+    def start(name: str) -> None:
+        ct = client.start_container(name)
+        print(f"started {name} (init pid {ct.get('init_pid')})")
+
+    each(args.names, start)
 
 
 @command(
     "stop",
-    "stop a container: ask init to power off, kill after the timeout",
-    NAME,
+    "stop containers: ask init to power off, kill after the timeout",
+    NAMES,
     TIMEOUT,
     arg("-f", "--force", action="store_true", help="kill it at once"),
 )
 def cmd_stop(client: Client, args: argparse.Namespace) -> None:
-    ct = client.stop_container(args.name, timeout=args.timeout, force=args.force)
-    why = ct.get("last_exit") or {}
-    print(f"stopped {args.name}" + (f" ({why.get('detail')})" if why.get("detail") else ""))
+    def stop(name: str) -> None:
+        ct = client.stop_container(name, timeout=args.timeout, force=args.force)
+        why = ct.get("last_exit") or {}
+        print(f"stopped {name}" + (f" ({why.get('detail')})" if why.get("detail") else ""))
+
+    each(args.names, stop)
 
 
 @command("restart", "stop a container (if it runs) and start it again", NAME, TIMEOUT)

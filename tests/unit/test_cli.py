@@ -593,3 +593,24 @@ def test_cli_never_loads_daemon_side_modules() -> None:
     assert bad == []
     # Nor the costly stdlib HTTP stack the client was written to avoid.
     assert "http.client" not in loaded
+
+
+def test_start_and_stop_take_several_names(
+    fake: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for n in ("a", "b"):
+        fake.routes[f"POST /1.0/containers/{n}/start"] = http(200, {**CT, "init_pid": 7})
+        fake.routes[f"POST /1.0/containers/{n}/stop"] = http(200, {**CT, "last_exit": None})
+    status, out, _ = run(fake, capsys, "start", "a", "b")
+    assert status == 0
+    assert sorted(out.splitlines()) == ["started a (init pid 7)", "started b (init pid 7)"]
+    assert sorted(r[1] for r in fake.requests) == [
+        "/1.0/containers/a/start",
+        "/1.0/containers/b/start",
+    ]
+    # One that fails is named; the others still happen.
+    status, out, err = run(fake, capsys, "stop", "a", "bad")
+    assert status == 1
+    assert out == "stopped a\n"
+    assert "error: bad: no route POST /1.0/containers/bad/stop" in err
+    assert "error: 1 of 2 failed: bad" in err
