@@ -26,7 +26,24 @@ NETWORKD_CONFIG = """\
 Name=eth0
 
 [Network]
-DHCP=yes
+# lxpy's networks are IPv4. Without IPv6 link-local addressing and router
+# solicitations the link is "configured" as soon as the DHCPv4 lease is in,
+# so systemd-networkd-wait-online (network-online.target) is done at once
+# instead of waiting about a second for IPv6 duplicate address detection.
+DHCP=ipv4
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+
+[DHCPv4]
+# The lease follows the NIC's MAC, which lxpy keeps stable and unique per
+# container (static leases match on it), not a DUID made from machine-id,
+# which a copied container would share with its original.
+ClientIdentifier=mac
+# lxpy sets the hostname; taking it from DHCP would only start hostnamed at
+# boot to be refused.
+UseHostname=no
+# "search lxpy": other containers resolve as NAME as well as NAME.lxpy.
+UseDomains=yes
 """
 STUB_RESOLV = "../run/systemd/resolve/stub-resolv.conf"
 

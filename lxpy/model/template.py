@@ -16,6 +16,10 @@ from lxpy.model.units import parse_signal, signal_name
 SOURCE_KINDS = ("busybox", "debootstrap", "tarball")
 BOOTSTRAP_TOOLS = ("auto", "mmdebstrap", "debootstrap")
 NETWORK_SETUPS = ("dhcp", "none")
+# What the [setup] steps write into a rootfs (lxpy/build/setup.py): bump it
+# when they change, so built templates and cached tarballs count as stale.
+# 2: networkd on eth0 is IPv4-only, keyed on the MAC, leaves the hostname.
+SETUP_REVISION = 2
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class TemplateDef:
         the definition changes it; reformatting or comments do not."""
         payload = json.dumps(self.to_json(), sort_keys=True).encode()
         h = hashlib.sha256(payload)
+        h.update(f"setup-revision:{SETUP_REVISION}".encode())
         if self.source.kind == "tarball" and not self.source.sha256:
             # Without a declared checksum, a replaced archive must still count
             # as a change: fold in its size and mtime.

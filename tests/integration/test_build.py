@@ -342,7 +342,7 @@ async def test_debian_bookworm(plain_dir: Path, test_cache: Path) -> None:
 
     assert os.readlink(root / "sbin/init") in ("/lib/systemd/systemd", "/usr/lib/systemd/systemd")
     network = (root / "etc/systemd/network/80-lxpy-eth0.network").read_text()
-    assert "Name=eth0" in network and "DHCP=yes" in network
+    assert "Name=eth0" in network and "DHCP=ipv4" in network
     wants = root / "etc/systemd/system/multi-user.target.wants"
     assert (wants / "systemd-networkd.service").is_symlink()
     assert (root / "etc/systemd/system/sockets.target.wants/systemd-networkd.socket").is_symlink()
