@@ -84,7 +84,7 @@ class LxpyApp(App[None]):
                 # the two is applied on top of the list, never lost.
                 async with await self.client.events(["lifecycle", "operation"]) as stream:
                     info = await self.client.server_info()
-                    cts = await self.client.containers()
+                    cts = await self.client.containers(stats=True)
                     self.server_info = info
                     self.connected = True
                     announced = None

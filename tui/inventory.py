@@ -6,8 +6,9 @@ keeping up with lxpyd are testable without a terminal.
 
 Fields beyond docs/api.md are read when the daemon sends them and shown as
 "-" otherwise: `addresses` (a list of strings, or of objects with an
-`address`), `started_at`, and `stats` with `cpu_usage_ns` (cumulative, turned
-into a percentage between two polls) or `cpu_percent`, and `memory_bytes`.
+`address`), `started_at`, and `stats` with `cpu_seconds` or `cpu_usage_ns`
+(cumulative, turned into a percentage between two polls) or `cpu_percent`,
+and `memory_bytes`.
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ class Inventory:
     def _sample_cpu(self, name: str, ct: dict[str, Any]) -> None:
         stats = ct.get("stats")
         usage = stats.get("cpu_usage_ns") if isinstance(stats, dict) else None
+        secs = stats.get("cpu_seconds") if isinstance(stats, dict) else None
+        if usage is None and isinstance(secs, int | float) and not isinstance(secs, bool):
+            # lxpyd sends CPU time in seconds (cgroup usage, microsecond grain).
+            usage = round(secs * 1e9)
         if not isinstance(usage, int) or isinstance(usage, bool):
             self._cpu.pop(name, None)
             self._cpu_pct.pop(name, None)

@@ -18,9 +18,7 @@ running one on start. docs/limits.md says what is virtualised without it.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
 import time
 
 from lxpy.errors import LxpyError, Unsupported
@@ -124,6 +122,11 @@ def start(mountpoint: str, *, args: tuple[str, ...] = DEFAULT_ARGS, timeout: flo
         Unsupported: lxcfs or FUSE missing, or lxcfs did not mount in time
             (the message quotes its log).
     """
+    # Imported here: the launch path (in every monitor) imports this module
+    # for bind_mounts() only, and subprocess is not small.
+    import shutil
+    import subprocess
+
     binary = shutil.which("lxcfs")
     if binary is None:
         raise Unsupported("lxcfs is not installed", hint="apt-get install lxcfs")
@@ -172,6 +175,8 @@ def stop(mountpoint: str, timeout: float = 5.0) -> None:
     # Unmount first: lxcfs sits in a read() on /dev/fuse and only notices
     # a SIGTERM at its next request, but ends at once when its mount goes.
     if find_running(mountpoint):
+        import subprocess
+
         subprocess.run(["umount", "-l", mountpoint], check=False)
     for sig in (None, signal.SIGTERM, signal.SIGKILL):
         if not pid or _wait_gone(pid, timeout if sig is None else 2.0, sig):

@@ -281,7 +281,7 @@ class DashboardScreen(Screen[None]):
             return
         since = self._seq
         try:
-            cts = await self.lxpy.client.containers()
+            cts = await self.lxpy.client.containers(stats=True)
         except LxpyError:
             return
         self.reconcile(cts, since)
