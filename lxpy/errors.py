@@ -48,6 +48,13 @@ class Unsupported(LxpyError):
     status = 501
 
 
+class Forbidden(LxpyError):
+    """The caller may not use lxpyd (not root, not in group lxpy)."""
+
+    code = "forbidden"
+    status = 403
+
+
 class Cancelled(LxpyError):
     code = "cancelled"
     status = 499
@@ -69,6 +76,7 @@ _BY_CODE: dict[str, type[LxpyError]] = {
         AlreadyExists,
         Busy,
         Unsupported,
+        Forbidden,
         Cancelled,
         DaemonUnavailable,
     )

@@ -1,0 +1,311 @@
+"""Security at the daemon: config checks, ID ranges and user namespaces.
+
+* `check_config`: the security.* keys of a container, validated together
+  (and the syscall names against the filter's table) before they are saved.
+* `Security.assign`: the host ID range of an unprivileged container, picked
+  once (at create, or at the first unprivileged start) and kept in its
+  record; with the fallback method, the rootfs is shifted on disk here.
+* `Security.pin_userns` / `unpin_userns`: the user namespace of a running
+  container, bound under the run dir (`RUN/userns/NAME`) so the monitor,
+  the network namespace and `exec` all use the same one, and lxpyd may
+  restart meanwhile.
+
+See docs/security.md for the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lxpy.errors import Busy, InvalidArgument, Unsupported
+from lxpy.kernel import idmap, seccomp
+from lxpy.model.config import Container
+from lxpy.model.security import IdmapRecord, SecurityConfig
+
+if TYPE_CHECKING:
+    from lxpy.daemon.service import Daemon
+
+log = logging.getLogger("lxpyd.security")
+
+SUBUID = "/etc/subuid"
+SUBGID = "/etc/subgid"
+
+
+def check_config(config: Mapping[str, object]) -> SecurityConfig:
+    """The security settings of a container config, checked as a whole.
+
+    Raises:
+        InvalidArgument: naming the bad key (conflicting keys, an unknown
+            syscall name).
+    """
+    sec = SecurityConfig.from_config(config)
+    try:
+        seccomp.default_policy(sec.syscalls_deny, sec.syscalls_allow)
+    except InvalidArgument as e:
+        raise InvalidArgument(f"security.syscalls: {e.message}", e.hint) from None
+    return sec
+
+
+def describe(record: Container) -> str:
+    """One line for `lxpy info`: privileged, or the map and how the rootfs is presented."""
+    try:
+        sec = SecurityConfig.from_config(record.config)
+    except InvalidArgument as e:
+        return f"invalid: {e.message}"
+    if sec.privileged:
+        return "privileged: root inside is root on the host (no user namespace)"
+    if record.idmap is None:
+        return "unprivileged (its ID range is picked at the next start)"
+    return record.idmap.describe()
+
+
+_USERNS: list[str | None] = []
+
+
+def userns_problem() -> str | None:
+    """Why this host cannot make user namespaces for containers (None: it can).
+
+    Probed once per process with a throwaway namespace. The usual reason
+    is a chroot: the kernel refuses CLONE_NEWUSER to a chrooted caller.
+    """
+    if not _USERNS:
+        try:
+            os.close(idmap.create_userns(idmap.IdMap(idmap.DEFAULT_RANGE_START, 1_000_000, 1)))
+            _USERNS.append(None)
+        except OSError as e:
+            why = e.strerror or str(e)
+            if e.errno == errno.EPERM and os.stat("/").st_ino != os.stat("/proc/1/root/").st_ino:
+                why += " (lxpyd runs in a chroot, where the kernel refuses user namespaces)"
+            _USERNS.append(why)
+    return _USERNS[0]
+
+
+def _wanted_matches(rec: IdmapRecord, sec: SecurityConfig, shared: idmap.IdMap) -> bool:
+    if rec.size != sec.idmap_size or rec.isolated != sec.idmap_isolated:
+        return False
+    if not sec.idmap_isolated:
+        return (rec.uid_base, rec.gid_base) == (shared.uid_base, shared.gid_base)
+    return sec.idmap_base is None or rec.uid_base == rec.gid_base == sec.idmap_base
+
+
+class Security:
+    """ID ranges and user namespaces of daemon `d`'s containers."""
+
+    def __init__(self, d: Daemon) -> None:
+        self.d = d
+        # Ranges handed out to containers whose record is not saved yet
+        # (a create or copy under way): name -> record.
+        self._claims: dict[str, IdmapRecord] = {}
+
+    # -- ID ranges -------------------------------------------------------------
+    def _used(self, skip: str) -> tuple[list[idmap.IdRange], list[idmap.IdRange]]:
+        recs = [r.idmap for n, r in self.d.records.items() if n != skip and r.idmap]
+        recs += [r for n, r in self._claims.items() if n != skip]
+        uids = [idmap.IdRange(r.uid_base, r.size) for r in recs if r.isolated]
+        gids = [idmap.IdRange(r.gid_base, r.size) for r in recs if r.isolated]
+        return uids, gids
+
+    def _pick(
+        self, name: str, sec: SecurityConfig, current: IdmapRecord | None, method: str
+    ) -> IdmapRecord:
+        uid_allowed, _ = idmap.allowed_ranges(SUBUID)
+        gid_allowed, _ = idmap.allowed_ranges(SUBGID)
+        shared = idmap.shared_map(uid_allowed, gid_allowed)
+        if current is not None and _wanted_matches(current, sec, shared):
+            return current
+        if not sec.idmap_isolated:
+            return IdmapRecord(shared.uid_base, shared.gid_base, shared.size, method, False)
+        uids, gids = self._used(name)
+        # The shared range is never handed to an isolated container.
+        uids.append(idmap.IdRange(shared.uid_base, shared.size))
+        gids.append(idmap.IdRange(shared.gid_base, shared.size))
+        size = sec.idmap_size
+        if sec.idmap_base is not None:
+            mine = idmap.IdRange(sec.idmap_base, size)
+            clash = [u for u in uids + gids if u.overlaps(mine)]
+            if clash:
+                raise Busy(
+                    f"security.idmap.base: {sec.idmap_base}..{mine.end - 1} overlaps the "
+                    f"range {clash[0].start}..{clash[0].end - 1} of another container",
+                    hint="pick another base, or unset it to have one allocated",
+                )
+            return IdmapRecord(sec.idmap_base, sec.idmap_base, size, method, True)
+        uid = idmap.allocate(uid_allowed, uids, size)
+        gid = idmap.allocate(gid_allowed, gids, size)
+        return IdmapRecord(uid.start, gid.start, size, method, True)
+
+    async def assign(
+        self, name: str, config: Mapping[str, object], current: IdmapRecord | None, fresh: bool
+    ) -> IdmapRecord | None:
+        """The ID range container `name` runs with (None: privileged, nothing kept).
+
+        Picks a range when it has none or its config asks for another, and
+        claims it until `release` (the caller saves the record first).
+        `fresh`: the rootfs was just made (a create or copy), so a shift may
+        run on it.
+
+        Raises:
+            InvalidArgument: bad security.* keys, or a change a shifted
+                rootfs cannot follow.
+            Busy: no free range, or a fixed base that overlaps another.
+        """
+        # The choice is made on the event loop (no await between reading
+        # the used ranges and claiming one); only the probe and a shift run
+        # in a worker thread.
+        sec = check_config(config)
+        if not sec.privileged:
+            problem = await self.d.files(userns_problem)
+            if problem is not None:
+                raise Unsupported(
+                    f"container {name!r} cannot be unprivileged here: "
+                    f"no user namespace can be made: {problem}",
+                    hint="set security.privileged=true to run it without one",
+                )
+        if sec.privileged:
+            if current is not None and current.method == "shift":
+                raise InvalidArgument(
+                    f"container {name!r} had its files shifted to host IDs "
+                    f"{current.uid_base}..; it cannot become privileged",
+                    hint="copy its files into a new privileged container instead",
+                )
+            return current
+        method = (
+            current.method
+            if current is not None
+            else await self.d.storage(idmap.idmap_method, str(self.d.backend.container_path(name)))
+        )
+        uid_allowed, _ = idmap.allowed_ranges(SUBUID)
+        gid_allowed, _ = idmap.allowed_ranges(SUBGID)
+        shared = idmap.shared_map(uid_allowed, gid_allowed)
+        if current is not None and _wanted_matches(current, sec, shared):
+            return current
+        rec = self._pick(name, sec, current, method)
+        self._claims[name] = rec
+        if method == "shift":
+            try:
+                await self.d.storage(self._shift, name, current, rec, fresh)
+            except BaseException:
+                self._claims.pop(name, None)
+                raise
+        return rec
+
+    def _shift(self, name: str, current: IdmapRecord | None, rec: IdmapRecord, fresh: bool) -> None:
+        if current is not None and not fresh:
+            raise InvalidArgument(
+                f"container {name!r} had its files shifted to host IDs "
+                f"{current.uid_base}..; its ID map cannot change",
+                hint="keep its security.idmap.* settings",
+            )
+        rootfs = str(self.d.backend.container_path(name))
+        n = idmap.shift_tree(rootfs, idmap.IdMap(rec.uid_base, rec.gid_base, rec.size))
+        log.info("container %s: shifted %d inodes to host IDs %d..", name, n, rec.uid_base)
+
+    def release(self, name: str) -> None:
+        """Drop the claim `assign` made (its record is saved, or the attempt failed)."""
+        self._claims.pop(name, None)
+
+    async def for_start(self, record: Container) -> Container:
+        """`record` with the ID range it starts with, saved when it changed.
+
+        Raises:
+            as assign().
+        """
+        sec = check_config(record.config)
+        if sec.privileged:
+            return record
+        rec = await self.assign(record.name, record.config, record.idmap, fresh=False)
+        if rec == record.idmap:
+            self.release(record.name)
+            return record
+        new = replace(record, idmap=rec)
+        try:
+            await self.d.files(self.d.registry.save, new)
+            self.d.records[record.name] = new
+        finally:
+            self.release(record.name)
+        log.info("container %s: host ID range %s", record.name, rec.to_json() if rec else None)
+        return new
+
+    # -- user namespaces -------------------------------------------------------
+    def userns_path(self, name: str) -> Path:
+        """Where container `name`'s user namespace is bound while it runs."""
+        return self.d.networks.run_dir / "userns" / name
+
+    def pin_userns(self, name: str, rec: IdmapRecord) -> str:
+        """Make container `name`'s user namespace with its map and bind it
+        (a stale one is replaced). Blocking: run it in a worker thread.
+
+        Raises:
+            OSError: with the kernel's errno.
+        """
+        path = self.userns_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        idmap.unpin_ns(str(path))
+        fd = idmap.create_userns(idmap.IdMap(rec.uid_base, rec.gid_base, rec.size))
+        try:
+            idmap.pin_ns(fd, str(path))
+        finally:
+            os.close(fd)
+        return str(path)
+
+    def unpin_userns(self, name: str) -> None:
+        """Undo pin_userns (idempotent); the namespace ends with its last process."""
+        path = self.userns_path(name)
+        idmap.unpin_ns(str(path))
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
+
+
+def check_update(record: Container, config: Mapping[str, object]) -> None:
+    """Check a new config of `record` before it is saved.
+
+    Raises:
+        InvalidArgument: bad security.* keys, or a map change that a rootfs
+            shifted on disk cannot follow.
+    """
+    sec = check_config(config)
+    rec = record.idmap
+    if rec is None or rec.method != "shift":
+        return
+    uid_allowed, _ = idmap.allowed_ranges(SUBUID)
+    gid_allowed, _ = idmap.allowed_ranges(SUBGID)
+    if sec.privileged or not _wanted_matches(rec, sec, idmap.shared_map(uid_allowed, gid_allowed)):
+        raise InvalidArgument(
+            f"container {record.name!r} had its files shifted to host IDs "
+            f"{rec.uid_base}..; it cannot become privileged or change its ID map",
+            hint="keep its security.privileged and security.idmap.* settings",
+        )
+
+
+def launch_fields(record: Container) -> dict[str, object]:
+    """The LaunchSpec fields of `record`'s security settings, but `userns`
+    (an unprivileged record must have its range: see Security.for_start).
+
+    Raises:
+        InvalidArgument: bad security.* keys.
+    """
+    sec = check_config(record.config)
+    out: dict[str, object] = {
+        "drop_caps": sec.drop_caps,
+        "syscalls_deny": sec.syscalls_deny,
+        "syscalls_allow": sec.syscalls_allow,
+        "no_new_privs": sec.no_new_privs,
+    }
+    if not sec.privileged:
+        rec = record.idmap
+        if rec is None:
+            raise InvalidArgument(f"container {record.name!r} has no ID range yet")
+        out |= {
+            "uid_base": rec.uid_base,
+            "gid_base": rec.gid_base,
+            "idmap_size": rec.size,
+            "idmap_method": rec.method,
+        }
+    return out

@@ -1,0 +1,64 @@
+"""Which device nodes a container may open: the cgroup v1 devices controller.
+
+A container's /dev holds only harmless nodes, but a privileged root could
+make a node of a host disk with mknod(2) and open it. Where the host has the
+v1 `devices` controller, the container's cgroup gets LXC's allow-list: every
+node may be made (systemd's PrivateDevices= makes its own /dev), and only
+these may be opened. Unprivileged containers get the same list, as a second
+wall behind the user namespace (which refuses such nodes anyway).
+"""
+
+from __future__ import annotations
+
+import os
+
+from lxpy.kernel.cgroups import ContainerCgroup
+
+# (type major:minor access): "m" is mknod, "rw" open for reading and writing.
+ALLOWED: tuple[str, ...] = (
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",  # null
+    "c 1:5 rwm",  # zero
+    "c 1:7 rwm",  # full
+    "c 1:8 rwm",  # random
+    "c 1:9 rwm",  # urandom
+    "c 5:0 rwm",  # tty
+    "c 5:1 rwm",  # console
+    "c 5:2 rwm",  # ptmx
+    "c 136:* rwm",  # pty slaves: the console, the ttys and the container's own
+    "c 10:200 rwm",  # net/tun, for VPNs inside
+    "c 10:229 rwm",  # fuse
+)
+
+
+def devices_dir(cg: ContainerCgroup) -> str | None:
+    """The container's directory on the v1 devices hierarchy, if the host has one."""
+    return next((d for h, d in cg.dirs if h.version == 1 and "devices" in h.controllers), None)
+
+
+def restrict(cg: ContainerCgroup) -> bool:
+    """Deny every device to `cg` but ALLOWED (its directories must exist).
+
+    Returns:
+        False when the host has no v1 devices controller (pure cgroup v2,
+        where a BPF device program would be needed): nothing was done.
+
+    Raises:
+        OSError: when the kernel refuses a rule.
+    """
+    d = devices_dir(cg)
+    if d is None:
+        return False
+    _write(os.path.join(d, "devices.deny"), "a")
+    for rule in ALLOWED:
+        _write(os.path.join(d, "devices.allow"), rule)
+    return True
+
+
+def _write(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
