@@ -263,7 +263,11 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
         print_json(ct)
         return
     # Fields the daemon adds beyond docs/api.md are shown when they say something.
-    rest = [k for k in ct if k not in _INFO_FIELDS and k != "config" and ct[k] not in (None, "")]
+    rest = [
+        k
+        for k in ct
+        if k not in _INFO_FIELDS and k not in ("config", "stats") and ct[k] not in (None, "")
+    ]
     fields = [k for k in _INFO_FIELDS if k in ct] + rest
     width = max(len(k) for k in fields) + 1 if fields else 0
     for key in fields:
@@ -277,6 +281,10 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
         else:
             text = format_value(value)
         print(f"{(key + ':').ljust(width)} {text}")
+    if ct.get("state") in ("RUNNING", "FROZEN", "STOPPING"):
+        from lxpy.cli_stats import info_lines
+
+        print("\n".join(info_lines(ct.get("stats"))))
     config = ct.get("config") or {}
     print("config:" + ("" if config else " -"))
     for key in sorted(config):
@@ -363,6 +371,35 @@ def cmd_stop(client: Client, args: argparse.Namespace) -> None:
 def cmd_restart(client: Client, args: argparse.Namespace) -> None:
     ct = client.restart_container(args.name, timeout=args.timeout)
     print(f"restarted {args.name} (init pid {ct.get('init_pid')})")
+
+
+@command(
+    "stop-all",
+    "stop every running container, higher boot.stop_priority first (for host shutdown)",
+    TIMEOUT,
+)
+def cmd_stop_all(client: Client, args: argparse.Namespace) -> int:
+    res = client.stop_all(timeout=args.timeout)
+    for name in res.get("stopped") or ():
+        print(f"stopped {name}")
+    errors = res.get("errors") or {}
+    for name, msg in errors.items():
+        print(f"error: {name}: {msg}", file=sys.stderr)
+    return EXIT_ERROR if errors else 0
+
+
+@command(
+    "top",
+    "show the running containers' CPU, memory, processes and network, every second",
+    arg("--interval", type=float, default=1.0, metavar="S", help="seconds between refreshes"),
+    arg("--once", action="store_true", help="print one frame and exit"),
+)
+def cmd_top(client: Client, args: argparse.Namespace) -> int:
+    if args.interval <= 0:
+        raise UsageError("--interval must be more than 0", "", "lxpy top")
+    from lxpy.cli_stats import run_top
+
+    return run_top(client, args.interval, args.once)
 
 
 @command("freeze", "freeze every process of a running container", NAME)

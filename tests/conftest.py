@@ -120,6 +120,10 @@ def start_daemon(
     """Start lxpyd and wait until its socket answers."""
     args = [str(VENV_BIN / "lxpyd"), "--root", str(root), "--socket", str(socket), *extra]
     if settings is not None:
+        if "lxcfs" not in settings:
+            # No lxcfs unless a test asks: lxpyd would start the system's
+            # one, which outlives the suite (test_limits_live.py runs its own).
+            settings += 'lxcfs = "off"\n'
         conf = root.parent / f"{root.name}-lxpyd.toml"
         conf.write_text(settings)
         args += ["--config", str(conf)]
@@ -188,6 +192,7 @@ def stop_containers(root: Path) -> list[str]:
     from lxpy.daemon.networks import RUN_BASE
     from lxpy.errors import LxpyError
     from lxpy.kernel.cgroups import ContainerCgroup
+    from lxpy.kernel.idmap import unpin_ns
     from lxpy.model.network import root_id
     from lxpy.network import links
     from lxpy.runtime.control import MonitorClient
@@ -222,7 +227,9 @@ def stop_containers(root: Path) -> list[str]:
             pass
     for ns in run.glob("netns/*"):
         links.remove_netns(ns)
-    for d in ("containers", "nics", "netns"):
+    for ns in run.glob("userns/*"):
+        unpin_ns(str(ns))
+    for d in ("containers", "nics", "netns", "userns"):
         shutil.rmtree(run / d, ignore_errors=True)
     for f in ("zygote.sock", "zygote.pid"):
         (run / f).unlink(missing_ok=True)

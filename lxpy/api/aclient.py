@@ -364,8 +364,9 @@ class AsyncClient:
         except NotFound:
             return None
 
-    async def containers(self) -> list[dict[str, Any]]:
-        return await self.request("GET", "/1.0/containers")  # type: ignore[no-any-return]
+    async def containers(self, stats: bool = False) -> list[dict[str, Any]]:
+        """Every container; with `stats`, the running ones' resource use."""
+        return await self.request("GET", "/1.0/containers", query={"stats": stats})  # type: ignore[no-any-return]
 
     async def container(self, name: str) -> dict[str, Any]:
         return await self.request("GET", _ct(name))  # type: ignore[no-any-return]

@@ -355,8 +355,9 @@ class Client:
     def delete_template(self, name: str) -> None:
         self.request("DELETE", f"/1.0/templates/{quote(name, 'template name')}")
 
-    def containers(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/1.0/containers")  # type: ignore[no-any-return]
+    def containers(self, stats: bool = False) -> list[dict[str, Any]]:
+        """Every container; with `stats`, the running ones' resource use."""
+        return self.request("GET", "/1.0/containers", query={"stats": stats})  # type: ignore[no-any-return]
 
     def container(self, name: str) -> dict[str, Any]:
         return self.request("GET", _ct(name))  # type: ignore[no-any-return]
@@ -384,6 +385,16 @@ class Client:
     def restart_container(self, name: str, timeout: float | None = None) -> dict[str, Any]:
         body = {} if timeout is None else {"timeout": timeout}
         return self.request("POST", _ct(name) + "/restart", body)  # type: ignore[no-any-return]
+
+    def container_stats(self, name: str) -> dict[str, Any] | None:
+        """Resource use of a running container (None when it is not running)."""
+        return self.request("GET", _ct(name) + "/stats")  # type: ignore[no-any-return]
+
+    def stop_all(self, timeout: float | None = None) -> dict[str, Any]:
+        """Stop every running container in boot.stop_priority order:
+        `{"stopped": [...], "errors": {name: message}}`."""
+        body = {} if timeout is None else {"timeout": timeout}
+        return self.request("POST", "/1.0/containers/stop-all", body)  # type: ignore[no-any-return]
 
     def freeze_container(self, name: str) -> dict[str, Any]:
         return self.request("POST", _ct(name) + "/freeze")  # type: ignore[no-any-return]

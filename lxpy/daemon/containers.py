@@ -10,10 +10,14 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 import trio
 
 from lxpy.daemon.events import now_iso
+from lxpy.daemon.security import check_config as check_security
+from lxpy.daemon.security import check_update
+from lxpy.daemon.security import describe as describe_security
 from lxpy.daemon.service import Daemon
 from lxpy.daemon.templates import Templates
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, NotFound
@@ -22,6 +26,10 @@ from lxpy.model.names import validate_name
 from lxpy.model.state import State
 
 log = logging.getLogger("lxpyd.containers")
+
+# A container object's stats: known (None: not running), or read now
+# without / with the disk use, or left out (the plain list).
+StatsArg = dict[str, object] | None | Literal["read", "read-disk", "omit"]
 
 
 async def _undo(step: Callable[[], Awaitable[object]], what: str) -> None:
@@ -55,15 +63,28 @@ class Containers:
         except NotFound:
             return []
 
-    async def describe(self, name: str, snaps: list[str] | None = None) -> dict[str, object]:
-        """The API's container object (`snaps`: its snapshot names, if known)."""
+    async def describe(
+        self, name: str, snaps: list[str] | None = None, stats: StatsArg = "read"
+    ) -> dict[str, object]:
+        """The API's container object.
+
+        Args:
+            snaps: its snapshot names, if known.
+            stats: its stats if known (None: it does not run); "read" to
+                read them without the disk use, "read-disk" with it, "omit"
+                to leave the field out.
+        """
         d = self.d
         if snaps is None:
             snaps = await d.storage(self._snapshot_names, name)
         path = str(d.backend.container_path(name))
         # Running containers: init's pid, start time, why init last ended,
-        # and the addresses read in its network namespace.
+        # the addresses read in its network namespace, and resource use.
         run = {**d.lifecycle.run_fields(name), "addresses": await d.networks.addresses(name)}
+        if stats in ("read", "read-disk"):
+            run["stats"] = await d.resources.stats(name, disk=stats == "read-disk")
+        elif stats != "omit":
+            run["stats"] = stats
         if name in d.broken:
             return {
                 "name": name,
@@ -79,6 +100,7 @@ class Containers:
         c = d.require(name)
         return {
             **c.to_json(),
+            "security": describe_security(c),
             "state": str(d.states[name]),
             "snapshots": snaps,
             "path": path,
@@ -86,17 +108,27 @@ class Containers:
             **run,
         }
 
-    async def list_all(self) -> list[dict[str, object]]:
+    async def list_all(self, stats: bool = False) -> list[dict[str, object]]:
+        """GET /1.0/containers; with `stats`, the running ones' stats
+        (without disk use), read in one worker-thread trip."""
         names = sorted(self.d.states)
         # One worker-thread trip for every container's snapshots, not one
         # each: with 100 containers the hops cost more than the listing.
         snaps = await self.d.storage(lambda: [self._snapshot_names(n) for n in names])
-        return [await self.describe(n, s) for n, s in zip(names, snaps, strict=True)]
+        if not stats:
+            return [await self.describe(n, s, "omit") for n, s in zip(names, snaps, strict=True)]
+        use = await self.d.resources.stats_many(names)
+        return [await self.describe(n, s, use.get(n)) for n, s in zip(names, snaps, strict=True)]
 
     async def get(self, name: str) -> dict[str, object]:
         if not self.d.known(name):
             self.d.require(name)
-        return await self.describe(name)
+        return await self.describe(name, stats="read-disk")
+
+    async def stats(self, name: str) -> dict[str, object] | None:
+        """GET /1.0/containers/NAME/stats: resource use, null unless it runs."""
+        self.d.require(name)
+        return await self.d.resources.stats(name, disk=True)
 
     def _require_stopped(self, name: str, what: str) -> None:
         state = self.d.states.get(name)
@@ -119,6 +151,7 @@ class Containers:
         if not isinstance(raw, dict):
             raise InvalidArgument(f"'config' must be an object of key: value, got {raw!r}")
         config = validate_config(raw)
+        check_security(config)
         if "network" not in config and d.settings.default_network:
             # New containers join the default network unless told otherwise
             # (`network = []` for none); it is made when one first starts.
@@ -128,8 +161,13 @@ class Containers:
         try:
             await self.templates.ensure_built(template)
             await d.storage(d.backend.create_container, name, template)
-            record = Container(name=name, template=template, created_at=now_iso(), config=config)
             try:
+                # Unprivileged (the default): its host ID range, kept in
+                # the record; a rootfs that cannot be idmapped is shifted now.
+                idmap = await d.security.assign(name, config, None, fresh=True)
+                record = Container(
+                    name=name, template=template, created_at=now_iso(), config=config, idmap=idmap
+                )
                 await d.files(d.registry.save, record)
             except BaseException:
                 await _undo(lambda: d.storage(d.backend.delete_container, name), f"delete {name}")
@@ -138,6 +176,7 @@ class Containers:
             d.states[name] = State.STOPPED
         finally:
             d.reserved.discard(name)
+            d.security.release(name)
         d.bus.lifecycle("container-created", f"containers/{name}", {"template": template})
         return await self.describe(name)
 
@@ -177,11 +216,29 @@ class Containers:
         if not isinstance(unset, list) or not all(isinstance(k, str) for k in unset):
             raise InvalidArgument(f"'unset' must be a list of keys, got {unset!r}")
         async with d.lock(name):
-            new = d.require(name).with_config(set_, unset)
-            await d.files(d.registry.save, new)
+            old = d.require(name)
+            new = old.with_config(set_, unset)
+            check_update(old, new.config)
+            # Limits of a running container change at once, before the
+            # record: a value the kernel refuses is not saved either. Other
+            # keys take effect at its next start.
+            live = await d.resources.apply_live(name, old.config, new.config)
+            try:
+                await d.files(d.registry.save, new)
+            except BaseException:
+                if live:
+                    await _undo(
+                        lambda: d.resources.apply_live(name, new.config, old.config),
+                        f"restore the limits of {name}",
+                    )
+                raise
             d.records[name] = new
+            if live:
+                await d.resources.rebalance()
         d.bus.lifecycle(
-            "container-updated", f"containers/{name}", {"set": list(set_), "unset": unset}
+            "container-updated",
+            f"containers/{name}",
+            {"set": list(set_), "unset": unset, "applied": live},
         )
         return await self.describe(name)
 
@@ -224,10 +281,19 @@ class Containers:
             d.reserve(dst)
             try:
                 await d.storage(d.backend.clone_container, name, dst)
-                record = Container(
-                    name=dst, template=src.template, created_at=now_iso(), config=src.config
-                )
                 try:
+                    # A range of its own (or the shared one, as configured).
+                    # A shifted source keeps its files' host IDs: the copy
+                    # then starts from the source's range.
+                    shifted = src.idmap if src.idmap and src.idmap.method == "shift" else None
+                    idmap = await d.security.assign(dst, src.config, shifted, fresh=True)
+                    record = Container(
+                        name=dst,
+                        template=src.template,
+                        created_at=now_iso(),
+                        config=src.config,
+                        idmap=idmap,
+                    )
                     await d.files(d.registry.save, record)
                 except BaseException:
                     await _undo(lambda: d.storage(d.backend.delete_container, dst), f"delete {dst}")
@@ -236,6 +302,7 @@ class Containers:
                 d.states[dst] = State.STOPPED
             finally:
                 d.reserved.discard(dst)
+                d.security.release(dst)
         d.bus.lifecycle("container-copied", f"containers/{dst}", {"source": name})
         return await self.describe(dst)
 

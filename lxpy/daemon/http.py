@@ -17,13 +17,16 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import h11
 import trio
 
-from lxpy.errors import InvalidArgument, LxpyError, NotFound
+from lxpy.daemon import peers
+from lxpy.errors import Forbidden, InvalidArgument, LxpyError, NotFound
 
 log = logging.getLogger("lxpyd.http")
 
 MAX_BODY = 4 * 1024 * 1024
 JSON_TYPE = "application/json"
 NDJSON_TYPE = "application/x-ndjson"
+# Requests that change something: logged with who asked.
+_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class MethodNotAllowed(InvalidArgument):
@@ -306,6 +309,9 @@ async def serve_connection(stream: trio.abc.Stream, router: Router) -> None:
     """Serve HTTP requests on one connection until either side closes it."""
     conn = h11.Connection(h11.SERVER)
     try:
+        # Who connected, as the kernel recorded it at connect(): checked
+        # once per connection, logged with every change it asks for.
+        peer = peers.peer_of(stream.socket) if isinstance(stream, trio.SocketStream) else None
         while True:
             try:
                 req = await _read_request(conn, stream)
@@ -316,6 +322,18 @@ async def serve_connection(stream: trio.abc.Stream, router: Router) -> None:
                 return
             if req is None:
                 return
+            if peer is not None and not peers.allowed(peer):
+                log.warning("refused %s: %s %s", peer, req.method, req.path)
+                denied = Forbidden(
+                    f"uid {peer.uid} may not use lxpyd: only root and members of "
+                    f"group {peers.ACCESS_GROUP!r} may",
+                    hint=f"ask an administrator to add you to group {peers.ACCESS_GROUP!r} "
+                    "(then log in again)",
+                )
+                await _send_json(conn, stream, denied.status, _error_body(denied))
+                return
+            if peer is not None and req.method in _CHANGING:
+                log.info("%s: %s %s", peer, req.method, req.path)
             status, result = await _dispatch(router, req)
             log.debug("%s %s → %s", req.method, req.path, status)
             if isinstance(result, Stream):

@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from lxpy.build.rootfs import resolve_in, write_in
+from lxpy.daemon import security
 from lxpy.daemon.service import Daemon, RunInfo
 from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel.cgroups import ContainerCgroup
@@ -182,20 +183,26 @@ class Lifecycle:
         self.zygote_socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(logs / "zygote.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
-            self._zygote = start_zygote(self.zygote_socket, stderr=fd)
+            self._zygote = start_zygote(self.zygote_socket, stderr=fd, owner=os.getpid())
         finally:
             os.close(fd)
         (self.zygote_socket.parent / "zygote.pid").write_text(f"{self._zygote.pid}\n")
         log.info("zygote started (pid %d) on %s", self._zygote.pid, self.zygote_socket)
 
     async def _spawn(self, spec: LaunchSpec) -> dict[str, object]:
-        # The zygote answers one request at a time (a spawn lasts until init
-        # runs), so spawns are serialized here: a ping behind a long spawn
-        # would otherwise look like a dead zygote.
+        # The zygote forks and hands the connection to the new monitor at
+        # once, so spawns run side by side. Only when it cannot be reached
+        # is it (re)started, under a lock so one start serves every waiter.
+        try:
+            return await trio.to_thread.run_sync(spawn_monitor, self.zygote_socket, spec)
+        except (ConnectionRefusedError, FileNotFoundError) as e:
+            # Only "nobody listens": a timeout may mean a monitor is already
+            # starting this container, and must not start a second one.
+            log.info("zygote unreachable (%s); starting one", e.strerror or e)
         async with self._zygote_lock:
             if not await trio.to_thread.run_sync(self._zygote_alive):
                 await trio.to_thread.run_sync(self._start_zygote)
-            return await trio.to_thread.run_sync(spawn_monitor, self.zygote_socket, spec)
+        return await trio.to_thread.run_sync(spawn_monitor, self.zygote_socket, spec)
 
     # -- start -----------------------------------------------------------------
     async def _template(self, record: Container) -> TemplateDef | None:
@@ -269,7 +276,12 @@ class Lifecycle:
             start (nothing of the attempt is left behind).
         """
         async with self.d.lock(name):
+            self.d.boot.forget(name)
             await self._start_locked(name)
+
+    async def start_locked(self, name: str) -> None:
+        """start() for a caller that holds the container's lock."""
+        await self._start_locked(name)
 
     async def _start_locked(self, name: str) -> None:
         d = self.d
@@ -283,9 +295,18 @@ class Lifecycle:
         defn = await self._template(record)
         d.set_state(name, State.STARTING)
         try:
+            # Unprivileged: its ID range (picked now if it has none yet).
+            record = await d.security.for_start(record)
             spec = self._spec(record, defn)
+            res = d.resources.launch_fields(name, record.config)
+            spec = replace(spec, **res, **security.launch_fields(record))  # type: ignore[arg-type]
             await d.files(self._prepare, spec)
-            handle = await d.networks.attach(name, record.config)
+            if spec.uid_base and record.idmap is not None:
+                # Its user namespace first: the network namespace is made
+                # owned by it.
+                userns = await d.files(d.security.pin_userns, name, record.idmap)
+                spec = replace(spec, userns=userns)
+            handle = await d.networks.attach(name, record.config, spec.userns)
             try:
                 spec = replace(spec, netns=handle.path)
                 reply = await self._spawn(spec)
@@ -296,6 +317,7 @@ class Lifecycle:
         except BaseException as e:
             with trio.CancelScope(shield=True):
                 await d.files(_remove_run_dir, d.container_run_dir(name))
+                await d.files(d.security.unpin_userns, name)
             msg = e.message if isinstance(e, LxpyError) else f"{type(e).__name__}: {e}"
             self.last_exit[name] = {"reason": "error", "detail": msg}
             d.set_state(name, State.STOPPED)
@@ -312,6 +334,7 @@ class Lifecycle:
         run = _Run(sock)
         self.runs[name] = run
         await self.nursery.start(self._watch, name, run)
+        await d.resources.rebalance()
 
     # -- following a monitor ---------------------------------------------------
     async def _watch(
@@ -397,6 +420,7 @@ class Lifecycle:
             # outside (nsenter) and the cgroup directories go too.
             await trio.to_thread.run_sync(_remove_cgroups, name)
         await d.networks.detach(name)
+        await d.files(d.security.unpin_userns, name)
         if not lost:
             await d.files(_remove_run_dir, d.container_run_dir(name))
         if self.runs.get(name) is run:
@@ -404,6 +428,11 @@ class Lifecycle:
         if name in d.states:
             d.set_state(name, new)
         log.info("container %s ended: %s", name, self.last_exit.get(name))
+        await d.resources.rebalance()
+        if not lost and name in d.states:
+            # boot.restart: started again, or left in ERROR with the reason.
+            raw = data.get("last_exit") if data else None
+            d.boot.ended(name, raw if isinstance(raw, dict) else None)
 
     # -- stop ------------------------------------------------------------------
     async def stop(
@@ -539,6 +568,7 @@ class Lifecycle:
         if data is None:
             if d.networks.nics(name) or name in d.networks.attached:
                 await d.networks.detach(name)
+            await d.files(d.security.unpin_userns, name)
             return
         if data.get("state") == "STOPPED":
             self.last_exit[name] = _exit_info(data.get("last_exit"))
@@ -552,6 +582,7 @@ class Lifecycle:
             }
             await trio.to_thread.run_sync(_remove_cgroups, name)
         await d.networks.detach(name)
+        await d.files(d.security.unpin_userns, name)
 
 
 def set_hostname_files(rootfs: Path, hostname: str) -> None:

@@ -1,5 +1,5 @@
 """The API routes of running containers (docs/api.md, "Running containers"):
-start, stop, restart, freeze, unfreeze and the console log."""
+start, stop, restart, freeze, unfreeze, the console log, stats and stop-all."""
 
 from __future__ import annotations
 
@@ -60,6 +60,13 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
     async def console_log(req: Request) -> object:
         return Text(await life.console_log(req.params["name"]))
 
+    async def stats(req: Request) -> object:
+        return await containers.stats(req.params["name"])
+
+    async def stop_all(req: Request) -> object:
+        timeout, _force = _stop_args(req.json())
+        return await d.boot.stop_all(timeout)
+
     r.add("POST", C + "/start", start, "Start a container (once init runs)", response=container)
     r.add(
         "POST",
@@ -79,6 +86,21 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
     )
     r.add("POST", C + "/freeze", freeze, "Freeze every process of a container", response=container)
     r.add("POST", C + "/unfreeze", unfreeze, "Thaw a frozen container", response=container)
+    r.add(
+        "GET",
+        C + "/stats",
+        stats,
+        "Resource use of a running container (null when it is not running)",
+        response={"oneOf": [{"type": "null"}, openapi.ref("Stats")]},
+    )
+    r.add(
+        "POST",
+        "/1.0/containers/stop-all",
+        stop_all,
+        "Stop every running container, higher boot.stop_priority first (host shutdown)",
+        body=STOP_BODY,
+        response=openapi.STOP_ALL,
+    )
     r.add(
         "GET",
         C + "/console/log",

@@ -52,6 +52,11 @@ CREATE_BODY = _obj(
 CONFIG_BODY = _obj({"set": {"type": "object", "additionalProperties": True}, "unset": array(STR)})
 NAME_BODY = _obj({"name": NAME}, ("name",))
 SNAPSHOT_BODY = _obj({"name": NAME})
+STOP_ALL = _obj(
+    {"stopped": array(STR), "errors": {"type": "object", "additionalProperties": STR}},
+    ("stopped", "errors"),
+)
+_NULL_INT: Schema = {"type": ["integer", "null"]}
 
 ERROR_CODES = [
     cls.code
@@ -115,10 +120,41 @@ SCHEMAS: dict[str, Schema] = {
                 "type": ["object", "null"],
                 "properties": {"reason": STR, "detail": STR},
                 "description": "why init last ended (poweroff, reboot, killed, exited, "
-                "error, monitor-lost)",
+                "error, monitor-lost, restart-limit)",
+            },
+            "stats": {
+                "oneOf": [{"type": "null"}, ref("Stats")],
+                "description": "resource use while it runs; in the list only with "
+                "?stats=1, and without disk use",
             },
         },
         ("name", "template", "state", "created_at", "config", "snapshots", "path"),
+    ),
+    "Stats": _obj(
+        {
+            "at": {"type": "number", "description": "Unix time of the reading"},
+            "cpu_seconds": {"type": ["number", "null"]},
+            "memory_bytes": _NULL_INT,
+            "memory_peak_bytes": _NULL_INT,
+            "memory_limit_bytes": _NULL_INT,
+            "swap_bytes": _NULL_INT,
+            "oom_kills": _NULL_INT,
+            "processes": _NULL_INT,
+            "network": {
+                "type": "object",
+                "additionalProperties": _obj(
+                    {
+                        "rx_bytes": {"type": "integer"},
+                        "tx_bytes": {"type": "integer"},
+                        "rx_packets": {"type": "integer"},
+                        "tx_packets": {"type": "integer"},
+                    }
+                ),
+            },
+            "disk_bytes": _NULL_INT,
+            "disk_exclusive_bytes": _NULL_INT,
+        },
+        ("cpu_seconds", "memory_bytes", "processes", "network"),
     ),
     "Snapshot": _obj({"name": STR, "created_at": STR}, ("name", "created_at")),
     "Operation": _obj(

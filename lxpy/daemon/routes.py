@@ -99,7 +99,7 @@ def build_router(d: Daemon) -> Router:
 
     # -- containers ---------------------------------------------------------
     async def list_containers(req: Request) -> object:
-        return await containers.list_all()
+        return await containers.list_all(stats=req.flag("stats"))
 
     async def create_container(req: Request) -> object:
         return await containers.create(req.json())
@@ -125,6 +125,7 @@ def build_router(d: Daemon) -> Router:
         "/1.0/containers",
         list_containers,
         "List containers",
+        query=(("stats", "1 to add the running ones' stats (without disk use)"),),
         response=openapi.array(S("Container")),
     )
     r.add(

@@ -23,6 +23,7 @@ from lxpy.daemon.networks import Networks
 from lxpy.daemon.operations import Operations
 from lxpy.daemon.registry import Registry
 from lxpy.errors import AlreadyExists, InvalidArgument, NotFound
+from lxpy.kernel.cgroups import favor_dynmods
 from lxpy.model.config import Container
 from lxpy.model.settings import Settings
 from lxpy.model.state import State
@@ -30,7 +31,10 @@ from lxpy.storage.base import Backend
 from lxpy.storage.pool import open_pool, pool_info
 
 if TYPE_CHECKING:
+    from lxpy.daemon.autostart import BootManager
     from lxpy.daemon.lifecycle import Lifecycle
+    from lxpy.daemon.resources import Resources
+    from lxpy.daemon.security import Security
 
 log = logging.getLogger("lxpyd")
 
@@ -55,6 +59,12 @@ class Daemon:
     networks: Networks
     # Running containers (start, stop, monitors); set by open().
     lifecycle: Lifecycle
+    # Limits, CPU pins, lxcfs and stats; set by open().
+    resources: Resources
+    # Autostart, stop-all and the restart policy; set by open().
+    boot: BootManager
+    # ID ranges and user namespaces of unprivileged containers; set by open().
+    security: Security
 
     def __init__(
         self, settings: Settings, backend: Backend, registry: Registry, nursery: trio.Nursery
@@ -89,6 +99,9 @@ class Daemon:
         """
         registry = Registry(settings.root)
         await trio.to_thread.run_sync(registry.prepare)
+        if settings.cgroup_favordynmods:
+            where = await trio.to_thread.run_sync(favor_dynmods)
+            log.info("cgroup2 at %s favours dynamic moves (favordynmods)", where or "-")
         backend = await trio.to_thread.run_sync(open_pool, settings)
         d = cls(settings, backend, registry, nursery)
         d.records, d.broken = await d.files(registry.load_all)
@@ -103,12 +116,22 @@ class Daemon:
             d.states[name] = State.STOPPED
         for name in d.broken:
             d.states[name] = State.ERROR
-        # Imported here: lifecycle builds on this module.
+        # Imported here: these build on this module.
+        from lxpy.daemon.autostart import BootManager
         from lxpy.daemon.lifecycle import Lifecycle
+        from lxpy.daemon.resources import Resources
+        from lxpy.daemon.security import Security
 
+        d.security = Security(d)
+        d.resources = Resources(d)
+        await d.resources.setup()
+        d.boot = BootManager(d, nursery)
         d.lifecycle = Lifecycle(d, nursery)
         # Containers whose monitors outlived a previous lxpyd run on.
         await d.lifecycle.adopt_all()
+        await d.resources.rebalance()
+        # In the background: the API answers while they start one by one.
+        nursery.start_soon(d.boot.autostart)
         log.info(
             "storage: %s pool at %s; %d containers (%d broken records)",
             backend.name,

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 from lxpy.errors import Busy, LxpyError, NotFound, Unsupported
+from lxpy.kernel import syscalls as sc
 
 PREFIX = "lxpy.payload."
 
@@ -99,6 +100,55 @@ def layout(hs: list[Hierarchy]) -> str:
     if v2 and v1:
         return "hybrid"
     return "legacy" if v1 else "none"
+
+
+_MOUNT_FLAGS = {
+    "ro": 1,  # MS_RDONLY
+    "nosuid": 2,  # MS_NOSUID
+    "nodev": 4,  # MS_NODEV
+    "noexec": 8,  # MS_NOEXEC
+    "noatime": 1024,  # MS_NOATIME
+    "nodiratime": 2048,  # MS_NODIRATIME
+    "relatime": 1 << 21,  # MS_RELATIME
+}
+
+
+def favor_dynmods() -> str | None:
+    """Remount the cgroup2 hierarchy with `favordynmods`; returns its mountpoint
+    when the option is (now) set, None when there is no cgroup2 mount or the
+    kernel refuses it.
+
+    Why: moving a process into a cgroup takes the kernel's global
+    cgroup_threadgroup_rwsem for writing, and by default that waits for an
+    RCU grace period: about 10 ms on every container start and every exec
+    (measured here). With favordynmods the rwsem favours writers and a move
+    costs about 0.3 ms, for a slightly dearer fork and exit host-wide. The
+    option is host-wide and stays until reboot (recent systemd versions can
+    set it too); lxpyd's `cgroup_favordynmods` setting turns this off.
+    """
+    with open("/proc/self/mountinfo") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        pre, _, post = line.partition(" - ")
+        fields, rest = pre.split(), post.split()
+        if len(fields) < 5 or len(rest) < 3 or rest[0] != "cgroup2" or fields[3] != "/":
+            continue
+        mountpoint = fields[4]
+        superopts = [o for o in rest[2].split(",") if o not in ("rw", "ro")]
+        if "favordynmods" in superopts:
+            return mountpoint
+        # A remount replaces both the superblock's options and the mount's
+        # flags: carry over what is set (nsdelegate, memory_recursiveprot,
+        # nosuid, ...) so only favordynmods changes.
+        flags = sc.MS_REMOUNT
+        for opt in fields[5].split(","):
+            flags |= _MOUNT_FLAGS.get(opt, 0)
+        try:
+            sc.mount(None, mountpoint, None, flags, ",".join([*superopts, "favordynmods"]))
+        except OSError:
+            return None
+        return mountpoint
+    return None
 
 
 def _read(path: str) -> str:

@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 from lxpy.errors import InvalidArgument
 from lxpy.model import limits as lm
+from lxpy.model import security as sm
 from lxpy.model import tomlw
 from lxpy.model.names import validate_name
 from lxpy.model.network import parse_ipv4, parse_network_list
@@ -163,6 +164,9 @@ KEYS: dict[str, ConfigKey] = {
         ),
     )
 }
+# security.* keys (see lxpy.model.security and docs/security.md); they take
+# effect at the next start.
+KEYS.update({name: ConfigKey(name, parse, doc) for name, parse, doc in sm.KEYS})
 
 # Families of free-form keys: the part after the prefix is the user's.
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -223,6 +227,8 @@ class Container:
     template: str
     created_at: str
     config: Mapping[str, object] = field(default_factory=dict)
+    # The host ID range of an unprivileged container, once allocated.
+    idmap: sm.IdmapRecord | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
@@ -249,17 +255,19 @@ class Container:
             "template": self.template,
             "created_at": self.created_at,
             "config": dict(self.config),
+            "idmap": self.idmap.to_json() if self.idmap else None,
         }
 
     def to_toml(self) -> str:
-        return tomlw.dumps(
-            {
-                "name": self.name,
-                "template": self.template,
-                "created_at": self.created_at,
-                "config": dict(self.config),
-            }
-        )
+        data: dict[str, object] = {
+            "name": self.name,
+            "template": self.template,
+            "created_at": self.created_at,
+            "config": dict(self.config),
+        }
+        if self.idmap is not None:
+            data["idmap"] = self.idmap.to_json()
+        return tomlw.dumps(data)
 
     @classmethod
     def from_toml(cls, text: str, source: str = "config") -> Container:
@@ -285,4 +293,9 @@ class Container:
             config = validate_config(_flatten(raw))
         except InvalidArgument as e:
             raise InvalidArgument(f"{source}: {e.message}", e.hint) from None
-        return cls(name=name, template=template, created_at=created, config=config)
+        idmap = None
+        if "idmap" in data:
+            if not isinstance(data["idmap"], Mapping):
+                raise InvalidArgument(f"{source}: [idmap] must be a table")
+            idmap = sm.IdmapRecord.from_json(data["idmap"], f"{source}: idmap")
+        return cls(name=name, template=template, created_at=created, config=config, idmap=idmap)

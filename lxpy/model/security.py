@@ -212,3 +212,67 @@ class SecurityConfig:
             drop_caps=tuple(cast(list[str], get("security.capabilities.drop", DEFAULT_DROP_CAPS))),
             no_new_privs=bool(get("security.no_new_privs", False)),
         )
+
+
+IDMAP_METHODS = ("idmapped", "shift")
+
+
+@dataclass(frozen=True)
+class IdmapRecord:
+    """The host ID range an unprivileged container was given, as its record keeps it.
+
+    The daemon allocates it once (at create, or at the first unprivileged
+    start) and keeps it, so the range stays stable across restarts and
+    never overlaps another isolated container's.
+    """
+
+    uid_base: int
+    gid_base: int
+    size: int = MIN_IDMAP_SIZE
+    # "idmapped": the rootfs stays 0-based on disk and is presented through
+    # an idmapped mount; "shift": its files were chowned by +base once.
+    method: str = "idmapped"
+    # False: the range shared by every non-isolated container.
+    isolated: bool = True
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "uid_base": self.uid_base,
+            "gid_base": self.gid_base,
+            "size": self.size,
+            "method": self.method,
+            "isolated": self.isolated,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object], source: str = "idmap") -> IdmapRecord:
+        """Parse a record's [idmap] table.
+
+        Raises:
+            InvalidArgument: naming `source` and the bad field.
+        """
+        try:
+            rec = cls(
+                uid_base=parse_idmap_base(f"{source}.uid_base", data["uid_base"]),
+                gid_base=parse_idmap_base(f"{source}.gid_base", data["gid_base"]),
+                size=parse_idmap_size(f"{source}.size", data.get("size", MIN_IDMAP_SIZE)),
+                method=str(data.get("method", "idmapped")),
+                isolated=parse_bool(f"{source}.isolated", data.get("isolated", True)),
+            )
+        except KeyError as e:
+            raise InvalidArgument(f"{source}: missing key {e.args[0]!r}") from None
+        if rec.method not in IDMAP_METHODS:
+            raise InvalidArgument(
+                f"{source}.method: {rec.method!r} is not one of {', '.join(IDMAP_METHODS)}"
+            )
+        return rec
+
+    def describe(self) -> str:
+        """One line for `lxpy info`."""
+        how = "idmapped mount" if self.method == "idmapped" else "ownership shifted on disk"
+        share = "" if self.isolated else ", shared range"
+        return (
+            f"unprivileged: ids 0..{self.size - 1} are host uids {self.uid_base}.."
+            f"{self.uid_base + self.size - 1}, gids {self.gid_base}.."
+            f"{self.gid_base + self.size - 1} ({how}{share})"
+        )

@@ -231,7 +231,7 @@ def remove_netns(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _setup_in_new_netns(path: Path, nics: list[Nic]) -> None:
+def _setup_in_new_netns(path: Path, nics: list[Nic], netns_fd: int = -1) -> None:
     # Runs on a thread of its own: unshare(CLONE_NEWNET) moves only this
     # thread into the new namespace, so the daemon's other threads stay in
     # the host's, and the thread ends there: nothing has to switch back.
@@ -239,7 +239,10 @@ def _setup_in_new_netns(path: Path, nics: list[Nic]) -> None:
     # where the bridges are.
     with IPRoute() as ip:
         ip.link_lookup(ifname="lo")
-        sc.unshare(sc.CLONE_NEWNET)
+        if netns_fd >= 0:
+            sc.setns(netns_fd, sc.CLONE_NEWNET)
+        else:
+            sc.unshare(sc.CLONE_NEWNET)
         path.touch(mode=0o444)
         sc.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path, None, sc.MS_BIND)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -276,9 +279,13 @@ def _setup_in_new_netns(path: Path, nics: list[Nic]) -> None:
             os.close(fd)
 
 
-def create_netns(path: Path, nics: list[Nic]) -> None:
+def create_netns(path: Path, nics: list[Nic], netns_fd: int = -1) -> None:
     """Bind a new network namespace at `path` holding `nics` (veth peers,
     up, with their MACs), their host ends on their bridges and up.
+
+    `netns_fd`: an empty namespace made elsewhere to use instead of a new
+    one (an unprivileged container's, owned by its user namespace:
+    lxpy.kernel.idmap.create_netns_in).
 
     On failure nothing is left: no veth, no bound namespace.
 
@@ -291,7 +298,7 @@ def create_netns(path: Path, nics: list[Nic]) -> None:
 
     def work() -> None:
         try:
-            _setup_in_new_netns(path, nics)
+            _setup_in_new_netns(path, nics, netns_fd)
         except BaseException as e:
             errors.append(e)
 

@@ -13,7 +13,8 @@ A failure before the exec is written to `errfd` as a JSON error object
 be exec'd is reported the way shells do: a line on its stderr and exit
 status 127 (not found) or 126 (not executable).
 
-Stdlib plus lxpy.kernel.syscalls only: the monitor imports this module.
+Stdlib plus lxpy.kernel's syscalls, caps and seccomp only: the monitor imports
+this module.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import NoReturn
 
 from lxpy.errors import InvalidArgument, LxpyError, NotFound
+from lxpy.kernel import caps, seccomp
 from lxpy.kernel import syscalls as sc
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -217,6 +219,8 @@ def child_main(
     cgroup_procs: Sequence[str],
     drop_caps: Sequence[int],
     errfd: int,
+    policy: seccomp.Policy | None = None,
+    no_new_privs: bool = False,
 ) -> NoReturn:
     """Enter the container of `init_pid` and exec `spec.command`; never returns.
 
@@ -228,9 +232,12 @@ def child_main(
         cgroup_procs: the container's cgroup.procs files.
         drop_caps: capability numbers to drop from the bounding set.
         errfd: write end of the monitor's error pipe (close-on-exec).
+        policy: the container's syscall filter, installed before the
+            command runs (as for init).
+        no_new_privs: set no_new_privs with it.
     """
     try:
-        env = _enter(init_pid, spec, fds, cgroup_procs, drop_caps)
+        env = _enter(init_pid, spec, fds, cgroup_procs, drop_caps, policy, no_new_privs)
     except BaseException as e:  # noqa: B036 - anything must reach the monitor
         if isinstance(e, LxpyError):
             err = e
@@ -262,6 +269,8 @@ def _enter(
     fds: Sequence[int],
     cgroup_procs: Sequence[str],
     drop_caps: Sequence[int],
+    policy: seccomp.Policy | None = None,
+    no_new_privs: bool = False,
 ) -> dict[str, str]:
     # The monitor ignores some signals and has a wakeup fd; the command
     # must start with default dispositions, as a login shell would.
@@ -303,6 +312,7 @@ def _enter(
     _STEP[0] = "dropping capabilities"
     for cap in drop_caps:
         sc.prctl(sc.PR_CAPBSET_DROP, cap)
+    caps.clear_inheritable_and_ambient()
 
     _STEP[0] = "looking up the user"
     user = lookup_user(spec.user, _read_text("/etc/passwd"), _read_text("/etc/group"))
@@ -327,6 +337,13 @@ def _enter(
     for fd in set(stdio) | set(fds):
         if fd > 2:
             os.close(fd)
+
+    if policy is not None:
+        # While still root: installing a filter without no_new_privs needs
+        # CAP_SYS_ADMIN (in the container's user namespace, for an
+        # unprivileged one), which the user switch below gives up.
+        _STEP[0] = "installing the syscall filter"
+        seccomp.apply(policy, no_new_privs=no_new_privs)
 
     _STEP[0] = f"switching to user {user.name}"
     os.setgroups(list(user.groups))

@@ -1,15 +1,24 @@
 """The launch path: what the container's init-to-be does before exec.
 
-The monitor has already unshared CLONE_NEWPID and forked, so this code runs
-as PID 1 of a fresh pid namespace, with the monitor (outside it) as parent.
-It joins the container's cgroups, takes the console, enters its other
-namespaces, builds the root filesystem view, pivots into it and execs init.
+Privileged containers (child_main): the monitor has already unshared
+CLONE_NEWPID and forked, so this code runs as PID 1 of a fresh pid
+namespace, with the monitor (outside it) as parent. It joins the
+container's cgroups, takes the console, enters its other namespaces, builds
+the root filesystem view, pivots into it, drops capabilities, installs the
+syscall filter and execs init.
+
+Unprivileged containers (userns_child_main): the same steps, split over two
+processes because the pid namespace must be owned by the container's user
+namespace: a helper enters the user namespace, unshares, and forks PID 1;
+see docs/security.md.
+
 Any failure is written to `errfd` (close-on-exec, so a successful exec
 reads as EOF on the monitor's side) and the process exits 127.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
@@ -17,9 +26,11 @@ import termios
 from collections.abc import Sequence
 from typing import NoReturn
 
+from lxpy.kernel import caps, idmap, seccomp
 from lxpy.kernel import syscalls as sc
+from lxpy.kernel.lxcfs import bind_mounts
 from lxpy.kernel.netif import link_up
-from lxpy.runtime.spec import CAPS, LaunchSpec
+from lxpy.runtime.spec import LaunchSpec
 
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -81,6 +92,138 @@ def child_main(
     os._exit(127)
 
 
+def userns_child_main(
+    spec: LaunchSpec,
+    console_fd: int,
+    console_path: str,
+    tty_paths: Sequence[str],
+    cgroup_procs: Sequence[str],
+    errfd: int,
+    pid_w: int,
+    go_r: int,
+) -> NoReturn:
+    """Start an unprivileged container (spec.userns set); never returns.
+
+    Runs in a child of the monitor (still host root, in the host's pid
+    namespace). It prepares the rootfs view as host root, enters the
+    container's user namespace, unshares the namespaces that user namespace
+    will own, and forks the container's init-to-be, whose host pid it
+    writes to `pid_w` before exiting. The monitor, a child subreaper,
+    inherits that process, reaps this one, and then writes one byte to the
+    pipe `go_r` reads: only then may init arm PDEATHSIG (armed before, it
+    would fire on this process's exit).
+
+    Args:
+        spec, console_fd, console_path, tty_paths, cgroup_procs, errfd: as
+            for child_main().
+        pid_w: write end of a pipe for the init-to-be's host pid.
+        go_r: read end of the monitor's go-ahead pipe.
+    """
+    try:
+        pid = _setup_userns(spec, cgroup_procs, go_r)
+        if pid:
+            os.write(pid_w, f"{pid}\n".encode())
+            os._exit(0)
+        os.close(pid_w)
+        policy = _wait_go(go_r, spec)
+        _setup_init_userns(spec, console_fd, console_path, tty_paths)
+        _pivot(".")
+        _lock_down(spec, policy)
+        env = _environment(spec)
+        _step("exec " + spec.init)
+        os.execve(spec.init, [spec.init, *spec.args], env)
+    except BaseException as e:  # noqa: B036 - anything must reach the monitor
+        msg = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else str(e)
+        msg = f"{_STEP[0]}: {msg}"
+        try:
+            os.write(errfd, msg.encode(errors="replace")[:4000])
+        except OSError:
+            pass
+    os._exit(127)
+
+
+def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> int:
+    """Process A of userns_child_main: returns the child's pid (in A) or 0 (in it)."""
+    # Dies with the monitor while it works; its child re-arms this later.
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    _join_cgroups(cgroup_procs)
+    _step("opening the namespaces")
+    userns = os.open(spec.userns, os.O_RDONLY | os.O_CLOEXEC)
+    netns = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC) if spec.netns else -1
+    root = os.path.realpath(spec.rootfs)
+    _step("cloning the rootfs mount")
+    # As host root, before entering the user namespace: a detached copy of
+    # the rootfs, idmapped through the container's namespace (on disk k,
+    # seen as base + k: root inside owns its files) or, when the tree was
+    # shifted on disk, as is. Made here it is not locked when attached in
+    # the container's mount namespace, so pivot_root accepts it.
+    if spec.idmap_method == "idmapped":
+        tree = idmap.idmapped_tree(root, userns)
+    else:
+        tree = idmap.clone_tree(root)
+    if spec.lxcfs:
+        _clone_lxcfs(spec.lxcfs)
+    # Why chdir now: the path to the rootfs may cross directories that the
+    # container's root may not search (0700, owned by host root); every
+    # later path is relative to it.
+    os.chdir(root)
+    _step("network namespace")
+    if netns >= 0:
+        sc.setns(netns, sc.CLONE_NEWNET)
+        os.close(netns)
+    else:
+        # An unpinned start (tests): a netns of the user namespace's own.
+        idmap.enter_userns(userns)
+        sc.unshare(sc.CLONE_NEWNET)
+        link_up("lo")
+    _step("entering the user namespace")
+    if netns >= 0:
+        idmap.enter_userns(userns)
+    os.close(userns)
+    _step("namespaces")
+    # Made after entering the user namespace, so it owns them: systemd
+    # inside may mount /proc, set the hostname and manage its mounts.
+    sc.unshare(sc.CLONE_NEWPID | sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC)
+    # Why private: without it, every mount below would propagate back to
+    # the host's (shared) mount namespace.
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    _step("mounting the rootfs")
+    idmap.attach_tree(tree, ".")
+    os.fchdir(tree)
+    os.close(tree)
+    # The next child is PID 1 of the new pid namespace.
+    pid = os.fork()
+    if pid:
+        os.close(go_r)
+    return pid
+
+
+def _wait_go(go_r: int, spec: LaunchSpec) -> seccomp.Policy:
+    _step("waiting for the monitor")
+    data = os.read(go_r, 1)
+    os.close(go_r)
+    if not data:
+        raise OSError(errno.ECHILD, "the monitor went away before init started")
+    _default_signals()
+    return seccomp.default_policy(spec.syscalls_deny, spec.syscalls_allow)
+
+
+def _setup_init_userns(
+    spec: LaunchSpec, console_fd: int, console_path: str, tty_paths: Sequence[str]
+) -> None:
+    # The cgroup namespace is made here, by PID 1, so its root is the
+    # container's cgroup that process A joined.
+    _step("namespaces")
+    sc.unshare(sc.CLONE_NEWCGROUP)
+    sc.sethostname(spec.effective_hostname)
+    # Init does not keep the console as its controlling terminal (as on a
+    # real boot, where /dev/console never becomes one): a getty taking it
+    # later would have to steal it, which needs CAP_SYS_ADMIN in the host's
+    # user namespace.
+    _take_console(console_fd, ctty=False)
+    _mount_all(".", spec, console_path, tty_paths)
+
+
 # What the child is doing, for the error message if it fails.
 _STEP = ["start"]
 
@@ -96,33 +239,11 @@ def _setup(
     tty_paths: Sequence[str],
     cgroup_procs: Sequence[str],
 ) -> None:
-    # Why: if the monitor dies, nobody would reap or supervise init; LXC's
-    # answer is the same, the container dies with its monitor.
-    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    # The monitor may ignore these; init must start with default dispositions.
-    for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-
-    _step("joining the cgroups")
-    # Join the cgroups first: the cgroup namespace made below takes the
-    # cgroup we are in as its root, and every later child inherits it.
-    # "0" means "the writer", which avoids pid-namespace translation.
-    for path in cgroup_procs:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, b"0")
-        finally:
-            os.close(fd)
-
-    _step("taking the console")
-    # A session of our own with the console as controlling terminal: the
-    # shell on the console gets job control and ^C.
-    os.setsid()
-    fcntl.ioctl(console_fd, termios.TIOCSCTTY, 0)
-    for std in (0, 1, 2):
-        os.dup2(console_fd, std)
-    if console_fd > 2:
-        os.close(console_fd)
+    _default_signals()
+    # Built first: a bad name fails the start before anything is mounted.
+    policy = seccomp.default_policy(spec.syscalls_deny, spec.syscalls_allow)
+    _join_cgroups(cgroup_procs)
+    _take_console(console_fd)
 
     _step("network namespace")
     # Network first, so that sysfs mounted below shows this namespace's
@@ -146,15 +267,28 @@ def _setup(
     # pivot_root needs the new root to be a mount point.
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
 
+    _mount_all(root, spec, console_path, tty_paths)
+    _pivot(root)
+    _lock_down(spec, policy)
+
+
+def _mount_all(root: str, spec: LaunchSpec, console_path: str, tty_paths: Sequence[str]) -> None:
+    """The container's /proc, /sys, /dev and /run under `root` (or "." when
+    the current directory is the new root)."""
     _step("mounting /proc")
     _mount_proc(root)
     _step("mounting /sys")
     _mount_sys(root, spec)
+    if spec.lxcfs:
+        _step("binding lxcfs files")
+        _mount_lxcfs(root, spec.lxcfs)
     _step("building /dev")
     _mount_dev(root, console_path, tty_paths)
     _step("mounting /run")
     _mount_run(root)
 
+
+def _pivot(root: str) -> None:
     # pivot_root(".", ".") stacks the old root on top of the new one; the
     # detach then drops it, so no path to the host's tree is left behind.
     _step("pivot_root")
@@ -163,9 +297,50 @@ def _setup(
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
 
+
+def _lock_down(spec: LaunchSpec, policy: seccomp.Policy) -> None:
+    # Last steps before exec: what init and everything it starts can
+    # never regain. The filter goes last, so nothing above runs under it.
     _step("dropping capabilities")
-    for cap in spec.drop_caps:
-        sc.prctl(sc.PR_CAPBSET_DROP, CAPS[cap.lower().removeprefix("cap_")])
+    caps.drop_bounding(spec.drop_caps)
+    caps.clear_inheritable_and_ambient()
+    _step("installing the syscall filter")
+    seccomp.apply(policy, no_new_privs=spec.no_new_privs)
+
+
+def _default_signals() -> None:
+    # Why: if the monitor dies, nobody would reap or supervise init; LXC's
+    # answer is the same, the container dies with its monitor.
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    # The monitor may ignore these; init must start with default dispositions.
+    for sig in (signal.SIGHUP, signal.SIGPIPE, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _join_cgroups(cgroup_procs: Sequence[str]) -> None:
+    _step("joining the cgroups")
+    # Join the cgroups first: the cgroup namespace made below takes the
+    # cgroup we are in as its root, and every later child inherits it.
+    # "0" means "the writer", which avoids pid-namespace translation.
+    for path in cgroup_procs:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+
+
+def _take_console(console_fd: int, ctty: bool = True) -> None:
+    _step("taking the console")
+    # A session of our own with the console as controlling terminal: the
+    # shell on the console gets job control and ^C.
+    os.setsid()
+    if ctty:
+        fcntl.ioctl(console_fd, termios.TIOCSCTTY, 0)
+    for std in (0, 1, 2):
+        os.dup2(console_fd, std)
+    if console_fd > 2:
+        os.close(console_fd)
 
 
 def _environment(spec: LaunchSpec) -> dict[str, str]:
@@ -240,6 +415,42 @@ def _mount_sys(root: str, spec: LaunchSpec) -> None:
         # manages that subtree (on a hybrid host, without controllers).
         cg = os.path.join(sys_, "fs/cgroup")
         sc.mount("cgroup2", cg, "cgroup2", _NOSUID_NODEV_NOEXEC)
+
+
+def _mount_lxcfs(root: str, lxcfs_root: str) -> None:
+    # lxcfs answers each read for the cgroups and pid namespace of the
+    # reader: bound over the kernel's files, /proc/meminfo shows the memory
+    # limit, /proc/uptime the container's uptime, and so on. A file this
+    # lxcfs lacks (or an lxcfs that died: ENOTCONN) keeps the kernel's.
+    ro = sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC
+    if _LXCFS_TREES:
+        # Unprivileged: the copies host root made before entering the userns.
+        for dst, tree in _LXCFS_TREES.items():
+            path = os.path.join(root, dst.lstrip("/"))
+            if os.path.exists(path) and not os.path.islink(path):
+                idmap.attach_tree(tree, path)
+                sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | ro)
+            os.close(tree)
+        _LXCFS_TREES.clear()
+        return
+    for src, dst in bind_mounts(lxcfs_root):
+        path = os.path.join(root, dst.lstrip("/"))
+        if os.path.exists(path) and not os.path.islink(path):
+            _bind(src, path, ro)
+
+
+# lxcfs files opened (as detached mounts) by host root before an
+# unprivileged launch enters the container's user namespace, whose root may
+# not even reach the lxcfs mount (a 0700 directory on the way), by target.
+_LXCFS_TREES: dict[str, int] = {}
+
+
+def _clone_lxcfs(lxcfs_root: str) -> None:
+    for src, dst in bind_mounts(lxcfs_root):
+        try:
+            _LXCFS_TREES[dst] = idmap.clone_tree(src, recursive=False)
+        except OSError:
+            pass  # a file this lxcfs cannot serve keeps the kernel's
 
 
 def _host_has_cgroup2() -> bool:

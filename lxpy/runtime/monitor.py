@@ -31,10 +31,15 @@ import sys
 import termios
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from lxpy.errors import Busy, InvalidArgument, LxpyError
+from lxpy.kernel import devices, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import ContainerCgroup
+from lxpy.kernel.idmap import IdMap, delegate_cgroups
+from lxpy.kernel.limits import apply_limits
+from lxpy.model.limits import Limits
 from lxpy.runtime import attach, launch
 from lxpy.runtime.spec import CAPS, LaunchSpec
 
@@ -128,7 +133,14 @@ class Monitor:
             self._listen()
             self.cg.create()
             self._owns_cgroup = True
+            self._apply_limits()
+            if not devices.restrict(self.cg) and self.spec.privileged:
+                # No devices controller to stop a privileged root from
+                # opening a disk node it makes: it may make none.
+                self.spec = replace(self.spec, drop_caps=(*self.spec.drop_caps, "mknod"))
             self._make_ptys()
+            if not self.spec.privileged:
+                self._hand_over()
             if self.spec.console_log:
                 self.log_fd = os.open(
                     self.spec.console_log,
@@ -140,6 +152,15 @@ class Monitor:
         except BaseException:
             self._cleanup()
             raise
+
+    def _apply_limits(self) -> None:
+        # Before init exists, so nothing in the container ever runs without
+        # its limits. Written even when none is set: a reused leftover cgroup
+        # may still hold the limits of an earlier run.
+        limits = Limits.from_config(self.spec.limits)
+        if self.spec.cpus and limits.cpu_set is None:
+            limits = replace(limits, cpu_set=self.spec.cpus)
+        apply_limits(self.cg, limits)
 
     def _signals(self) -> None:
         # Outlive the terminal and peers that hang up; a SIGTERM to the
@@ -212,8 +233,25 @@ class Monitor:
         for i, path in enumerate(self.tty_paths):
             self.tty_slaves[i] = self._reopen(self.tty_slaves[i], path)
 
+    def _hand_over(self) -> None:
+        # An unprivileged container's root must own its cgroups (systemd
+        # creates its subtree there) and its console and ttys (or systemd
+        # could not reopen /dev/console); tty group 5, as on Debian.
+        m = IdMap(self.spec.uid_base, self.spec.gid_base, self.spec.idmap_size)
+        delegate_cgroups(
+            [d for h, d in self.cg.dirs if h.version == 2 or "name=systemd" in h.controllers], m
+        )
+        for path in (self.console_path, *self.tty_paths):
+            os.chown(path, m.host_uid(0), m.host_gid(5))
+        # Init is forked by a helper that exits at once (launch.py): as a
+        # child subreaper the monitor inherits init and stays its parent.
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+
     def _launch(self) -> None:
         self._reopen_slaves()
+        if not self.spec.privileged:
+            self._launch_userns()
+            return
         r, w = os.pipe2(os.O_CLOEXEC)
         # The next child is created in a new pid namespace as its PID 1,
         # while the monitor stays outside as its parent and reaper.
@@ -246,6 +284,63 @@ class Monitor:
             )
         self.init_pid = pid
         self.pidfd = os.pidfd_open(pid)
+        self._watch(self.pidfd, self._on_init_exit)
+        self.started_at = time.time()
+        self.boots += 1
+        self._set_state("RUNNING")
+
+    def _launch_userns(self) -> None:
+        # Three pipes: errors (close-on-exec: EOF once init runs), init's
+        # host pid from the helper, and our go-ahead to init once the
+        # helper is reaped and init is our child.
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        helper = os.fork()
+        if helper == 0:
+            os.close(r)
+            os.close(pid_r)
+            os.close(go_w)
+            launch.userns_child_main(
+                self.spec,
+                self.console_slave,
+                self.console_path,
+                self.tty_paths,
+                self.cg.procs_files(),
+                w,
+                pid_w,
+                go_r,
+            )
+        os.close(w)
+        os.close(pid_w)
+        os.close(go_r)
+        try:
+            raw = b""
+            while chunk := os.read(pid_r, 64):
+                raw += chunk
+        finally:
+            os.close(pid_r)
+            os.waitpid(helper, 0)
+        pid = int(raw) if raw.strip().isdigit() else 0
+        if pid:
+            try:
+                self.pidfd = os.pidfd_open(pid)
+                os.write(go_w, b"g")
+            except OSError:
+                pass  # init died already; the error pipe says why
+        os.close(go_w)
+        err = self._read_launch_error(r, pid) if pid else _drain(r)
+        if err or not pid:
+            if pid:
+                os.waitpid(pid, 0)
+            if self.pidfd >= 0:
+                os.close(self.pidfd)
+                self.pidfd = -1
+            raise LxpyError(
+                f"container {self.spec.name!r} failed to start: {err or 'init was not forked'}",
+                hint="check the rootfs, its init and the console log",
+            )
+        self.init_pid = pid
         self._watch(self.pidfd, self._on_init_exit)
         self.started_at = time.time()
         self.boots += 1
@@ -609,7 +704,14 @@ class Monitor:
                 if pid == 0:
                     os.close(r)
                     attach.child_main(
-                        self.init_pid, spec, client.fds, self.cg.procs_files(), drop, w
+                        self.init_pid,
+                        spec,
+                        client.fds,
+                        self.cg.procs_files(),
+                        drop,
+                        w,
+                        seccomp.default_policy(self.spec.syscalls_deny, self.spec.syscalls_allow),
+                        self.spec.no_new_privs,
                     )
             finally:
                 # Back to our own namespace, for the next exec and a reboot.
@@ -772,6 +874,17 @@ class Monitor:
         self.console_master = self.console_slave = self.log_fd = self._pidns_fd = -1
         self.pidfd = -1
         self.tty_masters, self.tty_slaves = [], []
+
+
+def _drain(fd: int) -> str:
+    """Everything left in a pipe whose writers are gone, then closed."""
+    data = b""
+    try:
+        while chunk := os.read(fd, 4096):
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace")
 
 
 def _catches(pid: int, sig: int) -> bool:

@@ -94,6 +94,36 @@ class LaunchSpec:
     cgroup_view: str = "auto"
     uuid: str = ""
     drop_caps: tuple[str, ...] = DEFAULT_DROP_CAPS
+    # A pinned user namespace (lxpy.kernel.idmap.pin_ns) to run in; empty:
+    # privileged, no user namespace. Its map is repeated here for the host
+    # side (cgroup delegation, pty ownership).
+    userns: str = ""
+    uid_base: int = 0
+    gid_base: int = 0
+    idmap_size: int = 0
+    # "idmapped": the rootfs is presented through an idmapped mount;
+    # "shift": its ownership was shifted on disk and it is used as is.
+    idmap_method: str = "idmapped"
+    # The seccomp filter: the default deny list plus these names, minus
+    # those (lxpy.kernel.seccomp.default_policy).
+    syscalls_deny: tuple[str, ...] = ()
+    syscalls_allow: tuple[str, ...] = ()
+    no_new_privs: bool = False
+    # The container's limits.* config keys (as stored), written into its
+    # cgroups before init runs (lxpy.kernel.limits).
+    limits: Mapping[str, object] = field(default_factory=dict)
+    # CPUs to pin the container to when limits.cpu is a quota (the daemon
+    # balances them across containers, so `nproc` inside shows the quota
+    # rounded up); empty: no pinning beyond what limits.cpu says.
+    cpus: tuple[int, ...] = ()
+    # Root of an lxcfs mount whose files are bound over /proc/meminfo & co.;
+    # empty: no lxcfs.
+    lxcfs: str = ""
+
+    @property
+    def privileged(self) -> bool:
+        """No user namespace: root inside is host root."""
+        return not self.userns
 
     @property
     def effective_hostname(self) -> str:
@@ -110,6 +140,10 @@ class LaunchSpec:
         data["args"] = list(self.args)
         data["env"] = dict(self.env)
         data["drop_caps"] = list(self.drop_caps)
+        data["syscalls_deny"] = list(self.syscalls_deny)
+        data["syscalls_allow"] = list(self.syscalls_allow)
+        data["limits"] = dict(self.limits)
+        data["cpus"] = list(self.cpus)
         return data
 
     @classmethod
@@ -129,13 +163,26 @@ class LaunchSpec:
         kw = dict(data)
         if "args" in kw:
             kw["args"] = tuple(_strs(kw["args"], "args"))
-        if "drop_caps" in kw:
-            kw["drop_caps"] = tuple(_strs(kw["drop_caps"], "drop_caps"))
+        for key in ("drop_caps", "syscalls_deny", "syscalls_allow"):
+            if key in kw:
+                kw[key] = tuple(_strs(kw[key], key))
         env = kw.get("env", {})
         if not isinstance(env, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in env.items()
         ):
             raise InvalidArgument("launch spec: env must map strings to strings")
+        limits = kw.get("limits", {})
+        if not isinstance(limits, Mapping) or not all(
+            isinstance(k, str) and k.startswith("limits.") for k in limits
+        ):
+            raise InvalidArgument("launch spec: limits must map limits.* keys to values")
+        if "cpus" in kw:
+            cpus = kw["cpus"]
+            if not isinstance(cpus, list | tuple) or not all(
+                isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in cpus
+            ):
+                raise InvalidArgument("launch spec: cpus must be a list of CPU numbers")
+            kw["cpus"] = tuple(cpus)
         spec = cls(**kw)  # type: ignore[arg-type]
         spec.validate()
         return spec
@@ -157,6 +204,18 @@ class LaunchSpec:
         bad = [c for c in self.drop_caps if c.lower().removeprefix("cap_") not in CAPS]
         if bad:
             raise InvalidArgument(f"launch spec: unknown capabilities {bad}")
+        if self.userns:
+            if not os.path.isabs(self.userns):
+                raise InvalidArgument(f"launch spec: userns {self.userns!r} must be a path")
+            if min(self.uid_base, self.gid_base) <= 0 or self.idmap_size < 65536:
+                raise InvalidArgument(
+                    "launch spec: a user namespace needs uid_base, gid_base > 0 "
+                    "and idmap_size >= 65536"
+                )
+            if self.idmap_method not in ("idmapped", "shift"):
+                raise InvalidArgument(
+                    f"launch spec: idmap_method {self.idmap_method!r} is not idmapped or shift"
+                )
         if not 0 <= self.ttys <= 64:
             raise InvalidArgument(f"launch spec: ttys must be 0..64, got {self.ttys}")
         self.halt_signum()

@@ -140,8 +140,15 @@ def _handle(conn: socket.socket, listener: socket.socket) -> None:
     conn.sendall((json.dumps(reply) + "\n").encode())
 
 
-def serve(path: str) -> None:
-    """Listen on `path` and fork monitors until killed."""
+def serve(path: str, owner: int = 0) -> None:
+    """Listen on `path` and fork monitors until killed, or until process
+    `owner` (lxpyd) ends when it is given.
+
+    Why the zygote ends with lxpyd: monitors do not need it (they run in
+    sessions of their own and move on to the host's init), and a zygote
+    outliving every lxpyd that could reach it would idle forever. The next
+    lxpyd starts a new one.
+    """
     try:
         sc.set_process_name("lxpy-zygote")
     except OSError:
@@ -167,7 +174,23 @@ def serve(path: str) -> None:
     # collector from touching (and so copying) those pages in the children.
     gc.collect()
     gc.freeze()
+    poll = select.poll()
+    poll.register(listener.fileno(), select.POLLIN)
+    owner_fd = -1
+    if owner:
+        try:
+            owner_fd = os.pidfd_open(owner)
+        except OSError:
+            return  # it is gone already
+        poll.register(owner_fd, select.POLLIN)
     while True:
+        try:
+            ready = [fd for fd, _ in poll.poll()]
+        except InterruptedError:
+            continue
+        if owner_fd in ready:
+            os.unlink(path)
+            return
         conn, _ = listener.accept()
         conn.settimeout(SPAWN_TIMEOUT)
         try:
@@ -179,10 +202,10 @@ def serve(path: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: lxpy zygote SOCKET", file=sys.stderr)
+    if len(argv) not in (1, 2) or (len(argv) == 2 and not argv[1].isdigit()):
+        print("usage: lxpy zygote SOCKET [OWNER-PID]", file=sys.stderr)
         return 2
-    serve(argv[0])
+    serve(argv[0], int(argv[1]) if len(argv) == 2 else 0)
     return 0
 
 
@@ -194,8 +217,11 @@ _BOOT = (
 )
 
 
-def start_zygote(path: str | Path, stderr: int | None = None, python: str | None = None) -> Any:
+def start_zygote(
+    path: str | Path, stderr: int | None = None, python: str | None = None, owner: int = 0
+) -> Any:
     """Start a zygote listening on `path`; returns its subprocess.Popen.
+    With `owner`, the zygote exits when that process ends.
 
     It runs as `python -I -S`: no site-packages, no environment, no user
     site, so a monitor carries nothing it does not need. Only the directory
@@ -209,6 +235,8 @@ def start_zygote(path: str | Path, stderr: int | None = None, python: str | None
 
     root = str(Path(__file__).resolve().parents[2])
     args = [python or sys.executable, "-I", "-S", "-c", _BOOT.format(root=root), str(path)]
+    if owner:
+        args.append(str(owner))
     # stdout goes nowhere: a monitor outlives its starter and must not hold
     # the starter's pipes open (a caller reading them would never see EOF).
     proc = subprocess.Popen(

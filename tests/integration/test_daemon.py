@@ -160,6 +160,8 @@ ROUTES = {
     ("post", "/1.0/containers/{name}/freeze"),
     ("post", "/1.0/containers/{name}/unfreeze"),
     ("get", "/1.0/containers/{name}/console/log"),
+    ("get", "/1.0/containers/{name}/stats"),
+    ("post", "/1.0/containers/stop-all"),
     ("get", "/1.0/containers/{name}/console"),
     ("post", "/1.0/containers/{name}/exec"),
 }

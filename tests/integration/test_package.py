@@ -287,7 +287,9 @@ def test_installed_lxpyd_runs_a_busybox_container(chroot: Chroot) -> None:
             assert time.monotonic() < deadline, f"lxpyd did not come up:\n{log.read_text()}"
             time.sleep(0.05)
         chroot.lxpy("template", "build", "busybox", timeout=300)
-        chroot.lxpy("create", name, "--template", "busybox")
+        # Privileged: in a chroot the kernel refuses user namespaces
+        # (unshare(CLONE_NEWUSER) is EPERM), so no container is unprivileged.
+        chroot.lxpy("create", name, "--template", "busybox", "--set", "security.privileged=true")
         assert _state(chroot, name) == "STOPPED"
         started = chroot.run("lxpy", "start", "--help", check=False).returncode == 0
         chroot.notes["started"] = started

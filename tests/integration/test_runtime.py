@@ -510,3 +510,20 @@ def test_boots_debian_systemd_to_running(tmp_path: Path, zygote: Path, test_cach
     finally:
         _teardown(b)
         shutil.rmtree(rootfs, ignore_errors=True)
+
+
+def test_zygote_ends_with_its_owner(tmp_path: Path) -> None:
+    owner = subprocess.Popen(["sleep", "60"])
+    path = tmp_path / "owned.sock"
+    proc = start_zygote(path, owner=owner.pid)
+    try:
+        assert path.exists()
+        owner.kill()
+        owner.wait()
+        assert proc.wait(timeout=10) == 0
+        assert not path.exists()
+    finally:
+        owner.kill()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
