@@ -505,8 +505,11 @@ class Lxpy:
             raise RuntimeError(f"lxpy {' '.join(args)} exited {res.returncode}: {res.stderr}")
         return res
 
-    def create(self, name: str, template: str) -> None:
-        self.client.create_container(name, template, {"network": []})
+    def create(self, name: str, template: str, privileged: bool = False) -> None:
+        config: dict[str, object] = {"network": []}
+        if privileged:
+            config["security.privileged"] = "true"
+        self.client.create_container(name, template, config)
 
     def start_api(self, name: str) -> dict[str, Any]:
         return self.client.request("POST", f"/1.0/containers/{name}/start", {})  # type: ignore[no-any-return]

@@ -64,12 +64,17 @@ class Containers:
             return []
 
     async def describe(
-        self, name: str, snaps: list[str] | None = None, stats: StatsArg = "read"
+        self,
+        name: str,
+        snaps: list[str] | None = None,
+        stats: StatsArg = "read",
+        addresses: list[str] | None = None,
     ) -> dict[str, object]:
         """The API's container object.
 
         Args:
             snaps: its snapshot names, if known.
+            addresses: its addresses, if known (else read in its namespace).
             stats: its stats if known (None: it does not run); "read" to
                 read them without the disk use, "read-disk" with it, "omit"
                 to leave the field out.
@@ -80,7 +85,9 @@ class Containers:
         path = str(d.backend.container_path(name))
         # Running containers: init's pid, start time, why init last ended,
         # the addresses read in its network namespace, and resource use.
-        run = {**d.lifecycle.run_fields(name), "addresses": await d.networks.addresses(name)}
+        if addresses is None:
+            addresses = await d.networks.addresses(name)
+        run = {**d.lifecycle.run_fields(name), "addresses": addresses}
         if stats in ("read", "read-disk"):
             run["stats"] = await d.resources.stats(name, disk=stats == "read-disk")
         elif stats != "omit":
@@ -115,10 +122,13 @@ class Containers:
         # One worker-thread trip for every container's snapshots, not one
         # each: with 100 containers the hops cost more than the listing.
         snaps = await self.d.storage(lambda: [self._snapshot_names(n) for n in names])
-        if not stats:
-            return [await self.describe(n, s, "omit") for n, s in zip(names, snaps, strict=True)]
-        use = await self.d.resources.stats_many(names)
-        return [await self.describe(n, s, use.get(n)) for n, s in zip(names, snaps, strict=True)]
+        # Addresses from the leases, once per network (see addresses_of).
+        addrs = await self.d.networks.addresses_of(names)
+        use = await self.d.resources.stats_many(names) if stats else {}
+        return [
+            await self.describe(n, s, use.get(n) if stats else "omit", addrs.get(n, []))
+            for n, s in zip(names, snaps, strict=True)
+        ]
 
     async def get(self, name: str) -> dict[str, object]:
         if not self.d.known(name):
