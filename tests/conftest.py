@@ -257,3 +257,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         f"(first: {_skipped_integration[0]}); this run requires them"
     )
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(autouse=True)
+def _time_bound(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that runs past its module's TIME_BOUND seconds (600 when
+    unset), so a hung kernel call or daemon fails that test, not the run."""
+    import signal
+
+    seconds = int(getattr(request.module, "TIME_BOUND", 600))
+
+    def expired(*_: object) -> None:
+        raise TimeoutError(f"test took longer than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +31,8 @@ from tests.conftest import Daemon, start_daemon, stop_containers, stop_daemon
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(autouse=True)
-def _bounded() -> Iterator[None]:
-    def expired(*_: object) -> None:
-        raise TimeoutError("test took longer than 240 s")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(240)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+# Every test here ends within this many seconds (tests/conftest.py).
+TIME_BOUND = 240
 
 
 def wait_for(cond: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:

@@ -17,7 +17,6 @@ import signal
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +30,8 @@ from tests.conftest import VENV_BIN, Daemon
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(autouse=True)
-def _bounded() -> Iterator[None]:
-    def expired(*_: object) -> None:
-        raise TimeoutError("test took longer than 180 s")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(180)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+# Every test here ends within this many seconds (tests/conftest.py).
+TIME_BOUND = 180
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -42,18 +41,8 @@ MiB = 1 << 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-@pytest.fixture(autouse=True)
-def _bounded() -> Iterator[None]:
-    def expired(*_: object) -> None:
-        raise TimeoutError("test took longer than 180 s")
-
-    old = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(180)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
+# Every test here ends within this many seconds (tests/conftest.py).
+TIME_BOUND = 180
 
 
 def _settings(tmp_path: Path, cache: Path) -> str:
