@@ -21,8 +21,8 @@ from lxpy.api.client import (
     START_HINT,
     _ct,
     _op,
-    _query_string,
     _snap,
+    encode_request,
     quote,
     resolve_socket,
 )
@@ -236,17 +236,7 @@ class AsyncClient:
         Raises:
             DaemonUnavailable: when the daemon cannot be reached or hangs up.
         """
-        target = path + _query_string(query)
-        payload = b"" if body is None else json.dumps(body).encode()
-        head = [
-            f"{method} {target} HTTP/1.1",
-            "Host: lxpyd",
-            "Connection: close",
-            "Accept: application/json",
-        ]
-        if body is not None or method in ("POST", "PUT", "PATCH"):
-            head += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+        data = encode_request(method, path, body, query)
         try:
             reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=_MAX_LINE)
         except OSError as e:

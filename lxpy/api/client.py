@@ -77,6 +77,22 @@ def _query_string(query: Mapping[str, object] | None) -> str:
     return "?" + "&".join(parts) if parts else ""
 
 
+def encode_request(
+    method: str, path: str, body: object = None, query: Mapping[str, object] | None = None
+) -> bytes:
+    """One HTTP/1.1 request to lxpyd, as bytes (both clients send these)."""
+    payload = b"" if body is None else json.dumps(body).encode()
+    head = [
+        f"{method} {path}{_query_string(query)} HTTP/1.1",
+        "Host: lxpyd",
+        "Connection: close",
+        "Accept: application/json",
+    ]
+    if body is not None or method in ("POST", "PUT", "PATCH"):
+        head += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+
+
 class Response:
     """A response whose body is read as it arrives."""
 
@@ -246,17 +262,7 @@ class Client:
         Raises:
             DaemonUnavailable: when the daemon cannot be reached or hangs up.
         """
-        target = path + _query_string(query)
-        payload = b"" if body is None else json.dumps(body).encode()
-        head = [
-            f"{method} {target} HTTP/1.1",
-            "Host: lxpyd",
-            "Connection: close",
-            "Accept: application/json",
-        ]
-        if body is not None or method in ("POST", "PUT", "PATCH"):
-            head += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+        data = encode_request(method, path, body, query)
         sock = self._connect()
         try:
             sock.sendall(data)
