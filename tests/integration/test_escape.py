@@ -286,6 +286,18 @@ def test_privileged_container_holds_what_it_claims(daemon: Daemon, host_sleeper:
     # the docs and the behaviour change together.
     out = sh(d, "priv", f"{BUSYBOX} mount -o remount,rw /proc/sys; echo rc=$?").stdout
     assert "rc=0" in out, out
+    # A devtmpfs shows every host node, but the devices cgroup still
+    # refuses opening the host's disk through it.
+    src, _major, _minor = host_root_device()
+    node = "/mnt/dt/" + os.path.basename(src)
+    out = sh(
+        d,
+        "priv",
+        f"mkdir -p /mnt/dt; {BUSYBOX} mount -t devtmpfs none /mnt/dt; echo rc=$?",
+    ).stdout
+    assert "rc=0" in out, out
+    assert perl_open(d, "priv", node) == errno.EPERM
+    sh(d, "priv", f"{BUSYBOX} umount /mnt/dt")
 
 
 def test_security_keys_are_checked_and_shown(daemon: Daemon) -> None:
