@@ -34,12 +34,13 @@ from lxpy.daemon import security
 from lxpy.daemon.service import Daemon, RunInfo
 from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel.cgroups import ContainerCgroup
+from lxpy.kernel.idmap import IdMap
 from lxpy.model.config import Container
 from lxpy.model.state import State
 from lxpy.model.template import TemplateDef, find_template
 from lxpy.runtime.control import check_reply
 from lxpy.runtime.spec import LaunchSpec
-from lxpy.runtime.zygote import spawn_monitor, spawn_request, start_zygote
+from lxpy.runtime.zygote import SPAWN_TIMEOUT, spawn_request, start_zygote
 
 __all__ = ["Lifecycle", "RunInfo"]
 
@@ -51,6 +52,9 @@ STOP_MARGIN = 15.0
 # A console log past this size is rotated (to NAME.console.log.1) at start.
 CONSOLE_LOG_MAX = 1024 * 1024
 CONSOLE_TAIL = 256 * 1024
+# The zygote makes a container's namespaces in milliseconds; its helper
+# answers within 5 s or fails.
+NAMESPACES_TIMEOUT = 15.0
 
 # What the monitor reports, as the daemon's states.
 _STATES = {
@@ -145,6 +149,9 @@ class Lifecycle:
         self.last_exit: dict[str, dict[str, object] | None] = {}
         self._zygote_lock = trio.Lock()
         self._zygote: subprocess.Popen[bytes] | None = None
+        # Parsed template definitions, valid while the files stay the same.
+        self._template_key: tuple[tuple[str, int, int], ...] | None = None
+        self._template_defs: dict[str, TemplateDef] = {}
 
     # -- paths -----------------------------------------------------------------
     @property
@@ -189,12 +196,11 @@ class Lifecycle:
         (self.zygote_socket.parent / "zygote.pid").write_text(f"{self._zygote.pid}\n")
         log.info("zygote started (pid %d) on %s", self._zygote.pid, self.zygote_socket)
 
-    async def _spawn(self, spec: LaunchSpec) -> dict[str, object]:
-        # The zygote forks and hands the connection to the new monitor at
-        # once, so spawns run side by side. Only when it cannot be reached
-        # is it (re)started, under a lock so one start serves every waiter.
+    async def _zygote_call(self, req: dict[str, object], wait: float) -> dict[str, object]:
+        # One request to the zygote. Only when it cannot be reached is it
+        # (re)started, under a lock so one start serves every waiter.
         try:
-            return await trio.to_thread.run_sync(spawn_monitor, self.zygote_socket, spec)
+            return await self._zygote_request(req, wait)
         except (ConnectionRefusedError, FileNotFoundError) as e:
             # Only "nobody listens": a timeout may mean a monitor is already
             # starting this container, and must not start a second one.
@@ -202,12 +208,74 @@ class Lifecycle:
         async with self._zygote_lock:
             if not await trio.to_thread.run_sync(self._zygote_alive):
                 await trio.to_thread.run_sync(self._start_zygote)
-        return await trio.to_thread.run_sync(spawn_monitor, self.zygote_socket, spec)
+        return await self._zygote_request(req, wait)
+
+    async def _zygote_request(self, req: dict[str, object], wait: float) -> dict[str, object]:
+        # On trio's own sockets, not a worker thread each: a spawn waits
+        # until init runs, and fifty of them would queue behind trio's
+        # thread limit. Shielded like the thread it replaces: once asked,
+        # the answer is awaited (until `wait` seconds), so a monitor that starts
+        # is never lost track of.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + wait):
+            stream = await trio.open_unix_socket(str(self.zygote_socket))
+            async with stream:
+                await stream.send_all((json.dumps(req) + "\n").encode())
+                buf = b""
+                while b"\n" not in buf:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        raise LxpyError("the monitor ended before init ran (see lxpyd's log)")
+                    buf += chunk
+            return check_reply(json.loads(buf.partition(b"\n")[0]))
+        # Only reached when the deadline passed.
+        raise TimeoutError(f"the zygote did not answer {req.get('cmd')!r} within {wait:g} s")
+
+    async def _spawn(self, spec: LaunchSpec) -> dict[str, object]:
+        # The zygote forks and hands the connection to the new monitor at
+        # once, so spawns run side by side.
+        return await self._zygote_call({"cmd": "spawn", "spec": spec.to_json()}, SPAWN_TIMEOUT)
+
+    async def _make_namespaces(self, userns: str, ids: IdMap | None, netns: Path) -> None:
+        """Have the zygote make and bind the container's user namespace (at
+        `userns`, with `ids`; none when `userns` is empty) and its network
+        namespace (at `netns`, owned by the user namespace).
+
+        Raises:
+            LxpyError: why they could not be made (neither is left bound).
+        """
+        req: dict[str, object] = {
+            "cmd": "namespaces",
+            "userns": userns,
+            "uid_map": ids.uid_map() if ids else "",
+            "gid_map": ids.gid_map() if ids else "",
+            "netns": str(netns),
+        }
+        await self._zygote_call(req, NAMESPACES_TIMEOUT)
 
     # -- start -----------------------------------------------------------------
+    def _find_template(self, name: str) -> TemplateDef:
+        # find_template parses every definition; a start needs one, and they
+        # rarely change: parse again only when a file's mtime, size or the
+        # set of files changed.
+        dirs = self.d.settings.template_dirs
+        key = tuple(
+            (str(f), st.st_mtime_ns, st.st_size)
+            for d in dirs
+            if d.is_dir()
+            for f in sorted(d.glob("*.toml"))
+            for st in (f.stat(),)
+        )
+        if self._template_key != key:
+            # A race between worker threads at worst parses once more.
+            self._template_defs = {}
+            self._template_key = key
+        if name not in self._template_defs:
+            self._template_defs[name] = find_template(dirs, name)
+        return self._template_defs[name]
+
     async def _template(self, record: Container) -> TemplateDef | None:
         try:
-            return await self.d.files(find_template, self.d.settings.template_dirs, record.template)
+            return await self.d.files(self._find_template, record.template)
         except (NotFound, InvalidArgument) as e:
             # Its defaults (init, signals) are only defaults: the launch spec's
             # own apply, and the config can name them.
@@ -256,8 +324,10 @@ class Lifecycle:
             **kw,  # type: ignore[arg-type]
         )
 
-    def _prepare(self, spec: LaunchSpec) -> None:
-        """Host-side files for a start: run dir, console log, hostname files."""
+    def _prepare(self, spec: LaunchSpec, userns: bool) -> str:
+        """Host-side files for a start: run dir, console log, hostname files;
+        with `userns`, the (empty) place of its user namespace, returned.
+        One worker trip for all of them."""
         run_dir = Path(spec.control_socket).parent
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         Path(spec.state_file).unlink(missing_ok=True)
@@ -267,6 +337,7 @@ class Lifecycle:
             logf.replace(logf.with_name(logf.name + ".1"))
         set_hostname_files(Path(spec.rootfs), spec.effective_hostname)
         spec.validate()
+        return self.d.security.prepare_userns(spec.name) if userns else ""
 
     async def start(self, name: str) -> None:
         """Boot container `name`; returns once its init runs (RUNNING).
@@ -300,13 +371,19 @@ class Lifecycle:
             spec = self._spec(record, defn)
             res = d.resources.launch_fields(name, record.config)
             spec = replace(spec, **res, **security.launch_fields(record))  # type: ignore[arg-type]
-            await d.files(self._prepare, spec)
+            ids: IdMap | None = None
             if spec.uid_base and record.idmap is not None:
-                # Its user namespace first: the network namespace is made
-                # owned by it.
-                userns = await d.files(d.security.pin_userns, name, record.idmap)
-                spec = replace(spec, userns=userns)
-            handle = await d.networks.attach(name, record.config, spec.userns)
+                rec = record.idmap
+                ids = IdMap(rec.uid_base, rec.gid_base, rec.size)
+            userns = await d.files(self._prepare, spec, ids is not None)
+            spec = replace(spec, userns=userns)
+
+            # Both namespaces in one zygote request, the network namespace
+            # owned by the user namespace; the veths go in afterwards.
+            async def make_ns(netns: Path) -> None:
+                await self._make_namespaces(userns, ids, netns)
+
+            handle = await d.networks.attach(name, record.config, userns, make_ns=make_ns)
             try:
                 spec = replace(spec, netns=handle.path)
                 reply = await self._spawn(spec)

@@ -27,7 +27,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -531,7 +531,11 @@ class Networks:
         return self._require(name)
 
     async def attach(
-        self, container: str, config: Mapping[str, object], userns: str = ""
+        self,
+        container: str,
+        config: Mapping[str, object],
+        userns: str = "",
+        make_ns: Callable[[Path], Awaitable[None]] | None = None,
     ) -> NetnsHandle:
         """Make container `container`'s network namespace with one NIC per
         network its config names (eth0, eth1, ...), each host end on its
@@ -539,7 +543,10 @@ class Networks:
         container is replaced. On failure nothing is left behind; on success
         `detach` is the undo. With `userns` (a pinned user namespace), the
         network namespace is owned by it, so the container's root may
-        configure its interfaces and mount sysfs.
+        configure its interfaces and mount sysfs. With `make_ns`, that
+        function makes and binds the (empty, lo up) namespace at the path it
+        is given, owned by `userns` (see Lifecycle._make_namespaces), and the
+        NICs are added to it.
 
         Raises:
             NotFound: a named network does not exist (the default one is made).
@@ -580,16 +587,29 @@ class Networks:
         if container in self.attached or self.netns_path(container).exists():
             await self.detach(container)
         path = self.netns_path(container)
-        await self._run(_create_netns, path, list(nics), userns)
+        if make_ns is None:
+            await self._run(_create_netns, path, list(nics), userns)
         self.attached[container] = nics
         try:
-            await self._run(self._save_nics, container, nics)
+            if make_ns is not None:
+                # The run directory exists once the daemon's networks are up;
+                # this is a no-op stat on tmpfs after the first start.
+                path.parent.mkdir(parents=True, exist_ok=True)
+                await make_ns(path)
+                await self._run(self._fill_netns, container, path, nics)
+            else:
+                await self._run(self._save_nics, container, nics)
             await self._update_hosts({n.network for n in nics})
         except BaseException:
             with trio.CancelScope(shield=True):
                 await self.detach(container)
             raise
         return NetnsHandle(str(path), nics)
+
+    def _fill_netns(self, container: str, path: Path, nics: tuple[Nic, ...]) -> None:
+        # One worker trip: the veths into the namespace, then their record.
+        links.add_nics(path, list(nics))
+        self._save_nics(container, nics)
 
     def _save_nics(self, container: str, nics: tuple[Nic, ...]) -> None:
         data = json.dumps([n.to_json() for n in nics]).encode()

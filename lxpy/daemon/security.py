@@ -255,6 +255,19 @@ class Security:
             os.close(fd)
         return str(path)
 
+    def prepare_userns(self, name: str) -> str:
+        """The path container `name`'s user namespace is bound on, its
+        directory made and a stale binding removed (for a caller that makes
+        the namespace elsewhere: idmap.pin_new_namespaces). Blocking.
+
+        Raises:
+            OSError: the directory cannot be made or the stale one unbound.
+        """
+        path = self.userns_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        idmap.unpin_ns(str(path))
+        return str(path)
+
     def unpin_userns(self, name: str) -> None:
         """Undo pin_userns (idempotent); the namespace ends with its last process."""
         path = self.userns_path(name)

@@ -29,6 +29,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import select
 import signal
 import stat
 import struct
@@ -36,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from lxpy.errors import Busy, InvalidArgument, Unsupported
+from lxpy.kernel.netif import link_up
 
 # What a container gets, and what a Debian system needs: 0..65535 covers
 # root, system users and `nobody` (65534).
@@ -330,6 +332,100 @@ def create_netns_in(userns_fd: int) -> int:
         _wait_status(pid, r, "setns(user) + unshare(CLONE_NEWNET)")
         return os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     finally:
+        _reap(pid)
+
+
+def _await_byte(r: int, pid: int, what: str, timeout: float = 5.0) -> None:
+    # One status byte from helper `pid` (0: done, else an errno), bounded
+    # in time: a stuck helper must not hang the process serving every start.
+    if not select.select([r], [], [], timeout)[0]:
+        raise OSError(errno.ETIMEDOUT, f"{what}: helper process {pid} did not answer")
+    data = os.read(r, 1)
+    if not data:
+        raise OSError(errno.ECHILD, f"{what}: helper process {pid} died")
+    if data[0]:
+        raise OSError(data[0], f"{what}: {os.strerror(data[0])}")
+
+
+def pin_new_namespaces(userns_path: str, uid_map: str, gid_map: str, netns_path: str) -> None:
+    """Make a container's user namespace (when `userns_path` is given, with
+    `uid_map`/`gid_map`) and its network namespace (owned by that user
+    namespace, with lo up) in one short-lived helper, and bind them on the
+    paths (created empty), as pin_ns does. Blocking, single-threaded
+    callers only (it forks).
+
+    Why one helper for both: each fork from a large process copies its page
+    tables; one fork from a small one (the zygote) makes both namespaces.
+
+    On failure neither path is left bound.
+
+    Raises:
+        OSError: with the kernel's errno (EINVAL for a map the caller may
+            not write, ETIMEDOUT when the helper hangs).
+    """
+    r, w = os.pipe2(os.O_CLOEXEC)  # helper -> us: status bytes
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)  # us -> helper: the maps are written
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(r)
+            os.close(go_w)
+            if userns_path:
+                if _libc.unshare(CLONE_NEWUSER) != 0:
+                    os.write(w, bytes([min(ctypes.get_errno(), 255)]))
+                    os._exit(1)
+                os.write(w, b"\0")
+                # The network namespace is made once the maps are written:
+                # before that this process holds no capability to use in it.
+                if os.read(go_r, 1) != b"\0":
+                    os._exit(1)
+            if _libc.unshare(CLONE_NEWNET) != 0:
+                code = ctypes.get_errno()
+            else:
+                try:
+                    link_up("lo")
+                except OSError as e:
+                    code = e.errno or errno.EIO
+            os.write(w, bytes([min(code, 255)]))
+            while True:
+                signal.pause()
+        finally:
+            os._exit(1)
+    os.close(w)
+    os.close(go_r)
+    pinned: list[str] = []
+    try:
+        if userns_path:
+            _await_byte(r, pid, "unshare(CLONE_NEWUSER)")
+            # Written by us, root in the parent namespace: any range may be
+            # mapped and setgroups(2) stays usable inside (see create_userns).
+            for name, text in (("uid_map", uid_map), ("gid_map", gid_map)):
+                fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, text.encode())
+                except OSError as e:
+                    raise OSError(
+                        e.errno, f"writing {name} {text.strip()!r}: {e.strerror}"
+                    ) from None
+                finally:
+                    os.close(fd)
+            os.write(go_w, b"\0")
+        _await_byte(r, pid, "unshare(CLONE_NEWNET)")
+        for kind, path in (("user", userns_path), ("net", netns_path)):
+            if not path:
+                continue
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o444))
+            pinned.append(path)
+            src = f"/proc/{pid}/ns/{kind}".encode()
+            _check(_libc.mount(src, os.fsencode(path), None, 4096, None), f"bind {path}")
+    except BaseException:
+        for path in pinned:
+            unpin_ns(path)
+        raise
+    finally:
+        os.close(r)
+        os.close(go_w)
         _reap(pid)
 
 

@@ -247,36 +247,83 @@ def _setup_in_new_netns(path: Path, nics: list[Nic], netns_fd: int = -1) -> None
         sc.mount(f"/proc/self/task/{threading.get_native_id()}/ns/net", path, None, sc.MS_BIND)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            for nic in nics:
-                bridge = _index(ip, nic.bridge)
-                if bridge is None:
-                    raise LxpyError(
-                        f"bridge {nic.bridge} of network {nic.network} is missing",
-                        hint="restart lxpyd to re-create its networks",
-                    )
-                if _index(ip, nic.host) is not None:
-                    _delete_link(ip, nic.host)
-                # One request makes the pair, puts the host end on the bridge
-                # and up, and creates the peer inside the namespace with its
-                # final name and MAC: no rename, no move.
-                ip.link(
-                    "add",
-                    ifname=nic.host,
-                    kind="veth",
-                    master=bridge,
-                    state="up",
-                    peer={"ifname": nic.peer, "address": nic.mac, "net_ns_fd": fd},
-                )
             # This thread is in the new namespace: the ioctl socket is too.
             link_up("lo")
-            for nic in nics:
-                link_up(nic.peer)
-        except BaseException:
-            for nic in nics:
-                _delete_link(ip, nic.host)
-            raise
+            _add_nics(ip, fd, nics)
         finally:
             os.close(fd)
+
+
+def _add_nics(ip: IPRoute, fd: int, nics: list[Nic]) -> None:
+    # `ip`: a netlink socket in the host namespace; the calling thread is in
+    # the namespace `fd`. On failure no veth of `nics` is left.
+    try:
+        for nic in nics:
+            bridge = _index(ip, nic.bridge)
+            if bridge is None:
+                raise LxpyError(
+                    f"bridge {nic.bridge} of network {nic.network} is missing",
+                    hint="restart lxpyd to re-create its networks",
+                )
+            if _index(ip, nic.host) is not None:
+                _delete_link(ip, nic.host)
+            # One request makes the pair, puts the host end on the bridge
+            # and up, and creates the peer inside the namespace with its
+            # final name and MAC: no rename, no move.
+            ip.link(
+                "add",
+                ifname=nic.host,
+                kind="veth",
+                master=bridge,
+                state="up",
+                peer={"ifname": nic.peer, "address": nic.mac, "net_ns_fd": fd},
+            )
+        for nic in nics:
+            link_up(nic.peer)
+    except BaseException:
+        for nic in nics:
+            _delete_link(ip, nic.host)
+        raise
+
+
+def add_nics(path: Path, nics: list[Nic]) -> None:
+    """Put `nics` (veth peers, up, with their MACs) into the bound network
+    namespace at `path` (made elsewhere, lo up: see
+    lxpy.kernel.idmap.pin_new_namespaces), their host ends on their bridges
+    and up. On failure no veth is left; the namespace stays.
+
+    Raises:
+        LxpyError: a bridge is missing, or netlink refused a step.
+        OSError: the namespace cannot be joined.
+    """
+    if not nics:
+        return
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        # A thread of its own: it joins the namespace (so the ioctl socket
+        # bringing the peers up is there) and ends there. The netlink socket
+        # is opened first, in the host namespace where the bridges are.
+        try:
+            with IPRoute() as ip:
+                ip.link_lookup(ifname="lo")
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    sc.setns(fd, sc.CLONE_NEWNET)
+                    _add_nics(ip, fd, nics)
+                finally:
+                    os.close(fd)
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=work, name="lxpy-netns-nics")
+    t.start()
+    t.join()
+    if errors:
+        err = errors[0]
+        if isinstance(err, NetlinkError):
+            raise LxpyError(f"cannot set up the network of {path.name}: {err}") from err
+        raise err
 
 
 def create_netns(path: Path, nics: list[Nic], netns_fd: int = -1) -> None:

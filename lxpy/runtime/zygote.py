@@ -15,7 +15,10 @@ Protocol (one JSON object per line, one request per connection):
 `{"cmd": "spawn", "spec": {...LaunchSpec...}}` is answered by the forked
 monitor itself, `{"ok": true, "monitor_pid": N, "init_pid": N}` once init
 runs, or
-`{"ok": false, "error": {...}}`; `{"cmd": "ping"}` answers `{"ok": true, "pid": N}`.
+`{"ok": false, "error": {...}}`; `{"cmd": "ping"}` answers `{"ok": true, "pid": N}`;
+`{"cmd": "namespaces", "userns": PATH|"", "uid_map": TEXT, "gid_map": TEXT,
+"netns": PATH}` makes a container's namespaces and binds them on the paths
+(no user namespace when "userns" is empty), answering `{"ok": true}`.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lxpy.errors import InvalidArgument, LxpyError
+from lxpy.kernel import idmap
 from lxpy.kernel import syscalls as sc
 from lxpy.model.units import parse_signal
 from lxpy.runtime import monitor
@@ -112,6 +116,31 @@ def _spawn(spec: LaunchSpec, listener: socket.socket, conn: socket.socket) -> No
         pass  # _reap got it first
 
 
+def _namespaces(req: dict[str, Any]) -> dict[str, object]:
+    """Make and bind a container's user and network namespaces (see
+    idmap.pin_new_namespaces); the answer says whether it worked.
+
+    Why here: the helper process forks from this small single-threaded
+    process in a fraction of what a fork from lxpyd costs.
+    """
+    fields = ("userns", "uid_map", "gid_map", "netns")
+    args = [req.get(k, "") for k in fields]
+    if not all(isinstance(a, str) for a in args) or not args[3]:
+        raise InvalidArgument("namespaces: userns, uid_map, gid_map are strings, netns a path")
+    # Our SIGCHLD handler must not reap the helper before it is waited for.
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
+    try:
+        idmap.pin_new_namespaces(*args)
+    except OSError as e:
+        return {
+            "ok": False,
+            "error": LxpyError(f"cannot make the namespaces of {args[3]}: {e}").to_json(),
+        }
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return {"ok": True}
+
+
 def _handle(conn: socket.socket, listener: socket.socket) -> None:
     buf = b""
     while b"\n" not in buf:
@@ -125,6 +154,8 @@ def _handle(conn: socket.socket, listener: socket.socket) -> None:
             raise InvalidArgument("a request is a JSON object")
         if req.get("cmd") == "ping":
             reply: dict[str, object] = {"ok": True, "pid": os.getpid()}
+        elif req.get("cmd") == "namespaces":
+            reply = _namespaces(req)
         elif req.get("cmd") == "spawn":
             spec_data = req.get("spec")
             if not isinstance(spec_data, dict):
@@ -132,7 +163,9 @@ def _handle(conn: socket.socket, listener: socket.socket) -> None:
             _spawn(LaunchSpec.from_json(spec_data), listener, conn)
             return
         else:
-            raise InvalidArgument(f"unknown command {req.get('cmd')!r}", hint="spawn or ping")
+            raise InvalidArgument(
+                f"unknown command {req.get('cmd')!r}", hint="spawn, namespaces or ping"
+            )
     except ValueError as e:
         reply = {"ok": False, "error": InvalidArgument(f"bad request: {e}").to_json()}
     except LxpyError as e:
