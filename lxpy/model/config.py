@@ -10,7 +10,6 @@ value, or raises InvalidArgument naming the key.
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -276,10 +275,7 @@ class Container:
         Raises:
             InvalidArgument: naming `source` and what is wrong.
         """
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise InvalidArgument(f"{source}: not valid TOML: {e}") from None
+        data = tomlw.loads(text, source)
         try:
             name = validate_name(data["name"])
             template = str(data["template"])

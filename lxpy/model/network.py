@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import tomllib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -157,10 +156,7 @@ class Network:
         Raises:
             InvalidArgument: naming `source` and what is wrong.
         """
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
-            raise InvalidArgument(f"{source}: not valid TOML: {e}") from None
+        data = tomlw.loads(text, source)
         try:
             name = validate_network_name(data["name"])
             subnet = parse_subnet(data["subnet"])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from lxpy.errors import InvalidArgument
+from lxpy.model import tomlw
 from lxpy.model.network import parse_subnet, validate_network_name
 from lxpy.model.units import parse_size
 
@@ -137,8 +137,5 @@ def load_settings(path: Path | None) -> Settings:
         text = path.read_text()
     except OSError as e:
         raise InvalidArgument(f"cannot read settings file {path}: {e.strerror}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise InvalidArgument(f"{path}: not valid TOML: {e}") from None
+    data = tomlw.loads(text, str(path))
     return settings_from_mapping(data, str(path))

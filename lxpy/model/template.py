@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lxpy.errors import InvalidArgument, NotFound
+from lxpy.model import tomlw
 from lxpy.model.names import validate_name
 from lxpy.model.units import parse_signal, signal_name
 
@@ -111,10 +111,7 @@ def parse_template(name: str, text: str, file: Path | None = None) -> TemplateDe
     """
     where = str(file) if file else name
     validate_name(name, "template")
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise InvalidArgument(f"{where}: not valid TOML: {e}") from None
+    data = tomlw.loads(text, where)
     _check_keys(
         where,
         data,

@@ -1,7 +1,8 @@
-"""A small TOML writer for lxpy's own files (tomllib only reads).
+"""TOML for lxpy's own files: a small writer (tomllib only reads), and
+reading with an error that names the file.
 
-Handles what lxpy writes: nested tables of str, int, float, bool and lists of
-those. Keys that are not bare TOML keys are quoted.
+The writer handles what lxpy writes: nested tables of str, int, float,
+bool and lists of those. Keys that are not bare TOML keys are quoted.
 """
 
 from __future__ import annotations
@@ -9,7 +10,11 @@ from __future__ import annotations
 import json
 import math
 import re
+import tomllib
 from collections.abc import Mapping
+from typing import Any
+
+from lxpy.errors import InvalidArgument
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -54,3 +59,15 @@ def _table(data: Mapping[str, object], path: list[str], lines: list[str]) -> Non
         lines.append("")
         lines.append("[" + ".".join(_key(k) for k in sub) + "]")
         _table(value, sub, lines)
+
+
+def loads(text: str, source: str) -> dict[str, Any]:
+    """Parse TOML text read from `source`.
+
+    Raises:
+        InvalidArgument: "SOURCE: not valid TOML: ..." with the parser's reason.
+    """
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InvalidArgument(f"{source}: not valid TOML: {e}") from None

@@ -10,61 +10,23 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
-import select
-import signal
 import stat
 import struct
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from lxpy.kernel import caps, idmap, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import hierarchies
+from tests.forking import in_child
 
 pytestmark = pytest.mark.integration
 
 BASE = 3_000_000  # a range no host user owns
 MAP = idmap.IdMap(BASE, BASE + 100_000, 65536)
-
-
-def in_child(fn: Callable[[], Any], timeout: float = 20) -> Any:
-    """Run fn in a forked child and return its result (or raise its error)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            try:
-                out = ("ok", fn())
-            except BaseException as e:  # noqa: B036 - report anything
-                out = ("err", repr(e))
-            os.write(w, pickle.dumps(out))
-        finally:
-            os._exit(0)
-    os.close(w)
-    try:
-        data = b""
-        while True:
-            ready, _, _ = select.select([r], [], [], timeout)
-            if not ready:
-                os.kill(pid, signal.SIGKILL)
-                raise AssertionError("child timed out")
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(r)
-        os.waitpid(pid, 0)
-    kind, value = pickle.loads(data)
-    if kind == "err":
-        raise AssertionError(f"child raised {value}")
-    return value
 
 
 @pytest.fixture
