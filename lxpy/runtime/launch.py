@@ -83,13 +83,17 @@ def child_main(
         _step("exec " + spec.init)
         os.execve(spec.init, [spec.init, *spec.args], env)
     except BaseException as e:  # noqa: B036 - anything must reach the monitor
-        msg = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else str(e)
-        msg = f"{_STEP[0]}: {msg}"
-        try:
-            os.write(errfd, msg.encode(errors="replace")[:4000])
-        except OSError:
-            pass
+        _report(errfd, e)
     os._exit(127)
+
+
+def _report(errfd: int, e: BaseException) -> None:
+    # The monitor reads this pipe to say which step failed and why.
+    msg = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else str(e)
+    try:
+        os.write(errfd, f"{_STEP[0]}: {msg}".encode(errors="replace")[:4000])
+    except OSError:
+        pass
 
 
 def userns_child_main(
@@ -133,12 +137,7 @@ def userns_child_main(
         _step("exec " + spec.init)
         os.execve(spec.init, [spec.init, *spec.args], env)
     except BaseException as e:  # noqa: B036 - anything must reach the monitor
-        msg = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else str(e)
-        msg = f"{_STEP[0]}: {msg}"
-        try:
-            os.write(errfd, msg.encode(errors="replace")[:4000])
-        except OSError:
-            pass
+        _report(errfd, e)
     os._exit(127)
 
 
