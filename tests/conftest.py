@@ -15,8 +15,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from lxpy.kernel.cgroups import ContainerCgroup
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -94,6 +98,13 @@ class Daemon:
     socket: Path
     proc: subprocess.Popen[bytes]
     log: Path
+
+    def cgroup(self, name: str) -> ContainerCgroup:
+        """Where this daemon keeps container `name`'s cgroups."""
+        from lxpy.kernel.cgroups import ContainerCgroup
+        from lxpy.model.settings import Settings
+
+        return ContainerCgroup.for_name(name, parent=Settings(root=self.root).cgroup_parent)
 
     def cli(
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
@@ -191,13 +202,15 @@ def stop_containers(root: Path) -> list[str]:
 
     from lxpy.daemon.networks import RUN_BASE
     from lxpy.errors import LxpyError
-    from lxpy.kernel.cgroups import ContainerCgroup
+    from lxpy.kernel.cgroups import PREFIX, ContainerCgroup, hierarchies, remove_parent
     from lxpy.kernel.idmap import unpin_ns
     from lxpy.model.network import root_id
+    from lxpy.model.settings import Settings
     from lxpy.network import links
     from lxpy.runtime.control import MonitorClient
 
     run = RUN_BASE / root_id(str(root.absolute()))
+    parent = Settings(root=root.absolute()).cgroup_parent
     left = []
     for sock in run.glob("containers/*/monitor.sock"):
         name = sock.parent.name
@@ -206,12 +219,17 @@ def stop_containers(root: Path) -> list[str]:
             left.append(f"container {name}")
         except LxpyError:
             pass
-        cg = ContainerCgroup.for_name(name)
+    # Every container cgroup under the daemon's parent, with or without a
+    # monitor, then the parent.
+    names = {d.name for h in hierarchies() for d in Path(h.mountpoint, parent).glob(PREFIX + "*")}
+    for cgname in names:
+        cg = ContainerCgroup.for_name(cgname.removeprefix(PREFIX), parent=parent)
         try:
             cg.kill(timeout=5)
             cg.remove(timeout=5)
         except LxpyError:
             pass
+    remove_parent(parent)
     pid_file = run / "zygote.pid"
     try:
         pid = int(pid_file.read_text())

@@ -321,6 +321,7 @@ class Lifecycle:
             console_log=str(self.console_log_path(name)),
             state_file=str(self.state_file(name)),
             uuid=str(ident),
+            cgroup_parent=self.d.settings.cgroup_parent,
             **kw,  # type: ignore[arg-type]
         )
 
@@ -495,7 +496,7 @@ class Lifecycle:
             lost = True
             # Init died with its monitor (PDEATHSIG); whatever came in from
             # outside (nsenter) and the cgroup directories go too.
-            await trio.to_thread.run_sync(_remove_cgroups, name)
+            await trio.to_thread.run_sync(_remove_cgroups, self.d.cgroup(name))
         await d.networks.detach(name)
         await d.files(d.security.unpin_userns, name)
         if not lost:
@@ -657,7 +658,7 @@ class Lifecycle:
                 "detail": f"its monitor (pid {data.get('monitor_pid', '?')}) is gone; "
                 f"the container was {data.get('state', 'running')} when it was last seen",
             }
-            await trio.to_thread.run_sync(_remove_cgroups, name)
+            await trio.to_thread.run_sync(_remove_cgroups, self.d.cgroup(name))
         await d.networks.detach(name)
         await d.files(d.security.unpin_userns, name)
 
@@ -693,8 +694,8 @@ def _remove_run_dir(path: Path) -> None:
         pass
 
 
-def _remove_cgroups(name: str) -> None:
-    cg = ContainerCgroup.for_name(name)
+def _remove_cgroups(cg: ContainerCgroup) -> None:
+    name = cg.name
     try:
         cg.kill(timeout=5)
         cg.remove(timeout=5)

@@ -26,6 +26,7 @@ from lxpy.daemon import http
 from lxpy.daemon.routes import build_router
 from lxpy.daemon.service import Daemon
 from lxpy.errors import Busy, LxpyError
+from lxpy.kernel.cgroups import remove_parent
 from lxpy.model.settings import LOG_LEVELS, Settings, load_settings
 
 log = logging.getLogger("lxpyd")
@@ -247,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bound:
             _remove_socket(settings.socket, bound[0])
+        # Still holding running containers (they outlive lxpyd), it stays.
+        remove_parent(settings.cgroup_parent)
         os.close(lock_fd)
     log.info("lxpyd stopped")
     return 0

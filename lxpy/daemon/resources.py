@@ -186,7 +186,7 @@ class Resources:
 
     async def _apply(self, name: str, limits: Limits) -> None:
         def work() -> None:
-            apply_limits(ContainerCgroup.for_name(name), limits)
+            apply_limits(self.d.cgroup(name), limits)
 
         await trio.to_thread.run_sync(work, limiter=self.limiter)
 
@@ -246,7 +246,7 @@ class Resources:
         rootfs = str(self.d.backend.container_path(name)) if disk else None
 
         def work() -> dict[str, object]:
-            return read_stats(name, info.init_pid, rootfs, disk=disk)
+            return read_stats(self.d.cgroup(name), info.init_pid, rootfs, disk=disk)
 
         return await trio.to_thread.run_sync(work, limiter=self.limiter)
 
@@ -261,7 +261,7 @@ class Resources:
         def work() -> dict[str, dict[str, object]]:
             hs = hierarchies()
             return {
-                n: read_stats(ContainerCgroup.for_name(n, hs), pid, None, disk=False)
+                n: read_stats(self.d.cgroup(n, hs), pid, None, disk=False)
                 for n, pid in running.items()
             }
 

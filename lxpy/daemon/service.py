@@ -23,7 +23,7 @@ from lxpy.daemon.networks import Networks
 from lxpy.daemon.operations import Operations
 from lxpy.daemon.registry import Registry
 from lxpy.errors import AlreadyExists, InvalidArgument, NotFound
-from lxpy.kernel.cgroups import favor_dynmods
+from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy, favor_dynmods
 from lxpy.model.config import Container
 from lxpy.model.settings import Settings
 from lxpy.model.state import State
@@ -145,6 +145,11 @@ class Daemon:
         """Where container `name`'s runtime files live (monitor socket, state
         file): under the daemon's run dir, which is unique per daemon root."""
         return self.networks.run_dir / "containers" / name
+
+    def cgroup(self, name: str, hs: list[Hierarchy] | None = None) -> ContainerCgroup:
+        """Where container `name`'s cgroups are (nothing is made); `hs`:
+        the hierarchies, when the caller has them already."""
+        return ContainerCgroup.for_name(name, hs, parent=self.settings.cgroup_parent)
 
     def monitor_socket(self, name: str) -> Path:
         """Container `name`'s monitor control socket."""

@@ -1,12 +1,15 @@
 """Container cgroups on cgroup v2, v1, and hybrid hosts.
 
-A container gets one cgroup directory, `lxpy.payload.NAME`, on every
-mounted hierarchy: on a pure v2 host that is one directory; on a hybrid
-host it is one per v1 controller hierarchy (memory, pids, freezer, ...),
-one on the named `name=systemd` v1 hierarchy, and one on the controller-less
-unified cgroup2 hierarchy. The v2 directory, when there is one, is the
-authority for "which processes belong to the container" because it is
-recursive and has cgroup.kill and cgroup.freeze.
+A container gets one cgroup directory, `PARENT/lxpy.payload.NAME`, on every
+mounted hierarchy, where PARENT (`lxpy.ROOTID`) is its daemon's own: two
+daemons on different roots never share a container cgroup, and a container
+cannot raise its limits above what the parent holds (a v1 child's devices
+list is checked against its parent's). On a pure v2 host that is one
+directory; on a hybrid host it is one per v1 controller hierarchy (memory,
+pids, freezer, ...), one on the named `name=systemd` v1 hierarchy, and one
+on the controller-less unified cgroup2 hierarchy. The v2 directory, when
+there is one, is the authority for "which processes belong to the
+container" because it is recursive and has cgroup.kill and cgroup.freeze.
 
 Only os and the lxpy errors are imported: the monitor uses this module.
 """
@@ -17,6 +20,7 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from lxpy.errors import Busy, LxpyError, NotFound, Unsupported
@@ -166,6 +170,52 @@ def _write(path: str, value: str) -> None:
         os.close(fd)
 
 
+def _init_cpuset(d: str) -> None:
+    # Why: a new v1 cpuset cgroup starts with empty cpus and mems, and the
+    # kernel refuses to attach a task to it (ENOSPC) until both are set.
+    # Copy them from the parent, as clone_children would.
+    for key in ("cpuset.cpus", "cpuset.mems"):
+        mine = os.path.join(d, key)
+        if _read(mine).strip():
+            continue
+        _write(mine, _read(os.path.join(os.path.dirname(d), key)).strip())
+
+
+def _make_parent(h: Hierarchy, path: str, init: Callable[[Hierarchy, str], None] | None) -> None:
+    """Make a daemon's parent cgroup `path`, set up before it is visible.
+
+    On v1 it is made under a private name, set up, and renamed into place
+    (v1 cgroups may be renamed; v2 ones may not, and need no set-up), so
+    a container started at the same moment never sees it half-made.
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if h.version == 2:
+        os.makedirs(path, exist_ok=True)
+        return
+    tmp = f"{path}.new-{os.getpid()}"
+    os.mkdir(tmp)
+    try:
+        if "cpuset" in h.controllers:
+            _init_cpuset(tmp)
+        if init is not None:
+            init(h, tmp)
+        os.rename(tmp, path)
+    except OSError as e:
+        os.rmdir(tmp)
+        # Another start made it first: use theirs.
+        if not (e.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EBUSY) and os.path.isdir(path)):
+            raise
+
+
+def remove_parent(parent: str, hs: list[Hierarchy] | None = None) -> None:
+    """Remove a daemon's parent cgroup where it holds no container any more."""
+    for h in hierarchies() if hs is None else hs:
+        try:
+            os.rmdir(os.path.join(h.mountpoint, parent.strip("/")))
+        except OSError:
+            pass  # absent, or still in use
+
+
 def _pids_under(path: str) -> set[int]:
     pids: set[int] = set()
     for dirpath, _dirs, files in os.walk(path):
@@ -228,8 +278,12 @@ class ContainerCgroup:
     def exists(self) -> bool:
         return any(os.path.isdir(d) for d in self.paths)
 
-    def create(self) -> None:
+    def create(self, init_parent: Callable[[Hierarchy, str], None] | None = None) -> None:
         """Make the directories; reuse leftovers of a previous run if empty.
+
+        A missing parent directory is made first and handed to `init_parent`
+        (with its hierarchy) before anything can be made under it, so rules
+        that v1 accepts only on a childless cgroup (devices.deny) can go in.
 
         Raises:
             Busy: when a leftover cgroup of this name still has processes.
@@ -242,23 +296,15 @@ class ContainerCgroup:
             )
         for h, d in self.dirs:
             try:
+                parent = os.path.dirname(d)
+                if parent != h.mountpoint and not os.path.isdir(parent):
+                    _make_parent(h, parent, init_parent)
                 os.makedirs(d, exist_ok=True)
             except OSError as e:
                 self.remove(timeout=1)
                 raise LxpyError(f"cannot create cgroup {d}: {e.strerror}") from None
             if h.version == 1 and "cpuset" in h.controllers:
-                self._init_cpuset(d)
-
-    @staticmethod
-    def _init_cpuset(d: str) -> None:
-        # Why: a new v1 cpuset cgroup starts with empty cpus and mems, and
-        # the kernel refuses to attach a task to it (ENOSPC) until both are
-        # set. Copy them from the parent, as clone_children would.
-        for key in ("cpuset.cpus", "cpuset.mems"):
-            mine = os.path.join(d, key)
-            if _read(mine).strip():
-                continue
-            _write(mine, _read(os.path.join(os.path.dirname(d), key)).strip())
+                _init_cpuset(d)
 
     def attach(self, pid: int) -> None:
         """Move process `pid` (host pid namespace) into every directory.

@@ -2,22 +2,28 @@
 
 A container's /dev holds only harmless nodes, but a privileged root could
 make a node of a host disk with mknod(2) and open it. Where the host has the
-v1 `devices` controller, the container's cgroup gets LXC's allow-list: every
-node may be made (systemd's PrivateDevices= makes its own /dev), and only
-these may be opened. Unprivileged containers get the same list, as a second
-wall behind the user namespace (which refuses such nodes anyway).
+v1 `devices` controller, the container's cgroup gets an allow-list close to
+LXC's: every character node may be made (systemd's PrivateDevices= makes its
+own /dev), and only these may be opened. No block node may be made: the
+kernel mounts a block device that is mounted already without opening it, so
+a node of the host's disk would be enough to mount it. Unprivileged
+containers get the same list, as a second wall behind the user namespace
+(which refuses such nodes anyway).
+
+The daemon's parent cgroup holds the same list: the kernel checks every
+change to a child's list against its parent's, so root in a privileged
+container cannot widen its own list.
 """
 
 from __future__ import annotations
 
 import os
 
-from lxpy.kernel.cgroups import ContainerCgroup
+from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy
 
 # (type major:minor access): "m" is mknod, "rw" open for reading and writing.
 ALLOWED: tuple[str, ...] = (
     "c *:* m",
-    "b *:* m",
     "c 1:3 rwm",  # null
     "c 1:5 rwm",  # zero
     "c 1:7 rwm",  # full
@@ -50,10 +56,20 @@ def restrict(cg: ContainerCgroup) -> bool:
     d = devices_dir(cg)
     if d is None:
         return False
+    _restrict_dir(d)
+    return True
+
+
+def init_parent(h: Hierarchy, path: str) -> None:
+    """Give a new parent cgroup (not yet holding any child) the allow-list."""
+    if h.version == 1 and "devices" in h.controllers:
+        _restrict_dir(path)
+
+
+def _restrict_dir(d: str) -> None:
     _write(os.path.join(d, "devices.deny"), "a")
     for rule in ALLOWED:
         _write(os.path.join(d, "devices.allow"), rule)
-    return True
 
 
 def _write(path: str, value: str) -> None:

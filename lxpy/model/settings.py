@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lxpy.errors import InvalidArgument
 from lxpy.model import tomlw
-from lxpy.model.network import parse_subnet, validate_network_name
+from lxpy.model.network import parse_subnet, root_id, validate_network_name
 from lxpy.model.units import parse_size
 
 DEFAULT_CONFIG = Path("/etc/lxpy/lxpyd.toml")
@@ -60,6 +60,11 @@ class Settings:
     # process into a cgroup then costs ~0.3 ms instead of an RCU grace
     # period (~10 ms) on every container start and exec. Host-wide.
     cgroup_favordynmods: bool = True
+
+    @property
+    def cgroup_parent(self) -> str:
+        """The cgroup (on every hierarchy) that holds this root's containers."""
+        return "lxpy." + root_id(str(self.root))
 
 
 def _path(key: str, value: object) -> Path:

@@ -131,7 +131,7 @@ class Monitor:
         try:
             self._signals()
             self._listen()
-            self.cg.create()
+            self.cg.create(devices.init_parent)
             self._owns_cgroup = True
             self._apply_limits()
             if not devices.restrict(self.cg) and self.spec.privileged:

@@ -67,6 +67,7 @@ def payload_cgroups() -> set[str]:
     root = Path("/sys/fs/cgroup")
     found = {str(p) for p in root.glob(PREFIX + "*")}
     found |= {str(p) for p in root.glob("*/" + PREFIX + "*")}
+    found |= {str(p) for p in root.glob("*/*/" + PREFIX + "*")}
     return found
 
 

@@ -23,7 +23,6 @@ import pytest
 from lxpy.api.client import Client
 from lxpy.errors import LxpyError
 from lxpy.kernel import lxcfs
-from lxpy.kernel.cgroups import ContainerCgroup
 from lxpy.kernel.limits import controller_dir
 from lxpy.model.limits import parse_cpu_list
 from tests.conftest import (
@@ -123,8 +122,8 @@ def end(p: subprocess.Popen[bytes]) -> None:
     p.wait(timeout=10)
 
 
-def cgroup_file(name: str, controller: str, file: str) -> str:
-    found = controller_dir(ContainerCgroup.for_name(name), controller)
+def cgroup_file(d: Daemon, name: str, controller: str, file: str) -> str:
+    found = controller_dir(d.cgroup(name), controller)
     assert found is not None, f"no {controller} controller"
     return Path(found[1], file).read_text().strip()
 
@@ -198,9 +197,9 @@ def test_fork_bomb_stops_at_the_process_limit(bb: Daemon) -> None:
     assert res.returncode != 0 and "fork" in res.stderr.lower(), res
     forked = int(ex(bb, "bomb", "cat /tmp/n").stdout)
     assert 5 <= forked < 20, forked
-    assert int(cgroup_file("bomb", "pids", "pids.max")) == 20
-    assert int(cgroup_file("bomb", "pids", "pids.current")) <= 20
-    events = cgroup_file("bomb", "pids", "pids.events")
+    assert int(cgroup_file(bb, "bomb", "pids", "pids.max")) == 20
+    assert int(cgroup_file(bb, "bomb", "pids", "pids.current")) <= 20
+    events = cgroup_file(bb, "bomb", "pids", "pids.events")
     assert int(events.split()[1]) >= 1, events
     stats = Client(bb.socket).container_stats("bomb")
     assert stats and 5 <= stats["processes"] <= 20, stats
@@ -227,8 +226,8 @@ def test_cpu_quota_live_changes_and_stats(bb: Daemon) -> None:
         assert "cpu" in frame and "RUNNING" in frame, frame
         # A live change, at once: two CPUs' worth (pinned to two CPUs).
         bb.cli("config", "set", "cpu", "limits.cpu", "2")
-        assert cgroup_file("cpu", "cpu", "cpu.cfs_quota_us") == "200000"
-        assert len(parse_cpu_list(cgroup_file("cpu", "cpuset", "cpuset.cpus"))) == 2
+        assert cgroup_file(bb, "cpu", "cpu", "cpu.cfs_quota_us") == "200000"
+        assert len(parse_cpu_list(cgroup_file(bb, "cpu", "cpuset", "cpuset.cpus"))) == 2
         time.sleep(0.3)
         rate = cpu_rate(bb, "cpu", 2.0)
         assert rate >= 0.8, rate
@@ -238,7 +237,7 @@ def test_cpu_quota_live_changes_and_stats(bb: Daemon) -> None:
     assert after is not None and after["cpu_seconds"] > before["cpu_seconds"] + 1.0
     # Memory: a live change, and the use grows as a process holds 40 MiB.
     bb.cli("config", "set", "cpu", "limits.memory", "256MiB")
-    assert int(cgroup_file("cpu", "memory", "memory.limit_in_bytes")) == 256 * MiB
+    assert int(cgroup_file(bb, "cpu", "memory", "memory.limit_in_bytes")) == 256 * MiB
     p = background(bb, "cpu", "(head -c 41943040 /dev/zero; sleep 60) | tail")
     try:
         wait_for(
@@ -248,18 +247,18 @@ def test_cpu_quota_live_changes_and_stats(bb: Daemon) -> None:
             20,
             "memory use to grow",
         )
-        if controller_dir(ContainerCgroup.for_name("cpu"), "memory")[0] == 1:  # type: ignore[index]
+        if controller_dir(bb.cgroup("cpu"), "memory")[0] == 1:  # type: ignore[index]
             # cgroup v1 refuses a limit below what cannot be reclaimed: the
             # error names the key and nothing is saved.
             res = bb.cli("config", "set", "cpu", "limits.memory", "8MiB", check=False)
             assert res.returncode == 1 and "limits.memory" in res.stderr, res
             assert info(bb, "cpu")["config"]["limits.memory"] == "256MiB"
-            assert int(cgroup_file("cpu", "memory", "memory.limit_in_bytes")) == 256 * MiB
+            assert int(cgroup_file(bb, "cpu", "memory", "memory.limit_in_bytes")) == 256 * MiB
     finally:
         end(p)
     # Unset: unlimited at once.
     bb.cli("config", "unset", "cpu", "limits.cpu")
-    assert cgroup_file("cpu", "cpu", "cpu.cfs_quota_us") == "-1"
+    assert cgroup_file(bb, "cpu", "cpu", "cpu.cfs_quota_us") == "-1"
     ct = info(bb, "cpu")
     assert ct["stats"]["disk_bytes"] > 0 and "lo" in ct["stats"]["network"], ct["stats"]
     text = bb.cli("info", "cpu").stdout
@@ -274,7 +273,7 @@ def test_inside_view(bb: Daemon) -> None:
     # A quota pins ceil(quota) CPUs, balanced across containers.
     assert ex(bb, "view", "nproc").stdout.strip() == "1"
     create(bb, "view2", "limits.cpu=0.5")
-    cpus = [cgroup_file(n, "cpuset", "cpuset.cpus") for n in ("view", "view2")]
+    cpus = [cgroup_file(bb, n, "cpuset", "cpuset.cpus") for n in ("view", "view2")]
     if (os.cpu_count() or 1) > 1:
         assert cpus[0] != cpus[1], cpus
     if not lxcfs.mounts():

@@ -342,7 +342,9 @@ async def test_guests_get_dhcp_dns_and_are_reachable(tmp_path: Path, script: Pat
 
                 info = await nets.info(name)
                 assert info["used_by"] == list(guests)
-                assert {le["ipv4"] for le in info["leases"]} >= {addr_a, addr_b, addr_c}  # type: ignore[union-attr]
+                leases = info["leases"]
+                assert isinstance(leases, list)
+                assert {le["ipv4"] for le in leases} >= {addr_a, addr_b, addr_c}
 
                 with pytest.raises(Busy, match="in use by running containers"):
                     await nets.delete(name)

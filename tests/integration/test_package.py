@@ -142,7 +142,7 @@ def _kill_processes_under(root: Path) -> None:
 
 def _kill_container_cgroups(name: str) -> None:
     # A container's init and its children, in their own mount namespace,
-    # are found by their cgroup (lxpy.payload.NAME on every hierarchy).
+    # are found by their cgroup (lxpy.ROOTID/lxpy.payload.NAME on every hierarchy).
     base = Path("/sys/fs/cgroup")
     dirs = [p for p in base.glob(f"**/lxpy.payload.{name}") if p.is_dir()] if base.is_dir() else []
     for d in dirs:
@@ -154,6 +154,10 @@ def _kill_container_cgroups(name: str) -> None:
     for d in sorted(dirs, key=lambda p: len(str(p)), reverse=True):
         with contextlib.suppress(OSError):
             d.rmdir()
+    # The daemon's parent cgroup (lxpy.ROOTID), once empty.
+    for parent in {d.parent for d in dirs if d.parent.name.startswith("lxpy.")}:
+        with contextlib.suppress(OSError):
+            parent.rmdir()
 
 
 def _detach_loops_under(path: Path) -> None:

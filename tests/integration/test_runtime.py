@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from lxpy.errors import LxpyError
-from lxpy.kernel.cgroups import PREFIX, ContainerCgroup
+from lxpy.kernel.cgroups import PREFIX, ContainerCgroup, hierarchies, remove_parent
+from lxpy.kernel.devices import ALLOWED, devices_dir
 from lxpy.runtime.control import MonitorClient
 from lxpy.runtime.spec import LaunchSpec
 from lxpy.runtime.zygote import spawn_monitor, start_zygote
@@ -92,6 +93,15 @@ def host_mounts_under(path: Path) -> list[str]:
 
 # Every test here ends within this many seconds (tests/conftest.py).
 TIME_BOUND = 60
+# Every container here is made under a parent cgroup of this run's own.
+PARENT = f"lxpy.test-{os.getpid()}"
+
+
+@pytest.fixture(autouse=True)
+def _parent_removed() -> Iterator[None]:
+    yield
+    remove_parent(PARENT)
+    assert not [h for h in hierarchies() if os.path.isdir(os.path.join(h.mountpoint, PARENT))]
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +137,7 @@ def _teardown(b: Booted) -> None:
             wait_for(lambda: not pid_alive(b.monitor_pid), 10, "the monitor to exit")
         except AssertionError:
             os.kill(b.monitor_pid, signal.SIGKILL)
-    cg = ContainerCgroup.for_name(b.spec.name)
+    cg = ContainerCgroup.for_name(b.spec.name, parent=PARENT)
     cg.kill(timeout=5)
     cg.remove(timeout=5)
 
@@ -155,6 +165,7 @@ def boot(tmp_path: Path, zygote: Path) -> Iterator[Callable[..., Booted]]:
             "halt_signal": "SIGUSR2",
             "reboot_signal": "SIGTERM",
             "stop_timeout": 10,
+            "cgroup_parent": PARENT,
         }
         fields.update(spec_args)
         spec = LaunchSpec.from_json(fields)
@@ -183,7 +194,9 @@ def assert_gone(b: Booted) -> None:
     wait_for(lambda: not pid_alive(b.monitor_pid), 10, "the monitor to exit")
     assert not pid_alive(b.init_pid)
     assert not Path(b.spec.control_socket).exists()
-    assert not any(Path(p).exists() for p in ContainerCgroup.for_name(b.spec.name).paths)
+    assert not any(
+        Path(p).exists() for p in ContainerCgroup.for_name(b.spec.name, parent=PARENT).paths
+    )
     assert host_mounts_under(b.dir) == []
 
 
@@ -206,7 +219,7 @@ def test_boots_busybox_with_init_as_pid1(boot: Callable[..., Booted]) -> None:
     # Mounts made for the container stay in its mount namespace.
     assert host_mounts_under(b.dir) == []
     # Every process of the container is in its cgroup on every hierarchy.
-    cg = ContainerCgroup.for_name(b.spec.name)
+    cg = ContainerCgroup.for_name(b.spec.name, parent=PARENT)
     assert b.init_pid in cg.pids()
     for path in cg.procs_files():
         assert str(b.init_pid) in Path(path).read_text().split()
@@ -269,7 +282,7 @@ def test_poweroff_inside_ends_the_monitor(boot: Callable[..., Booted]) -> None:
 
 def test_freeze_and_thaw(boot: Callable[..., Booted]) -> None:
     b = boot()
-    cg = ContainerCgroup.for_name(b.spec.name)
+    cg = ContainerCgroup.for_name(b.spec.name, parent=PARENT)
     b.client.request("freeze")
     assert b.status()["state"] == "FROZEN"
     assert cg.frozen()
@@ -322,12 +335,13 @@ def test_failed_start_reports_and_leaves_nothing(tmp_path: Path, zygote: Path) -
             "rootfs": str(rootfs),
             "control_socket": str(tmp_path / "m.sock"),
             "init": "/sbin/no-such-init",
+            "cgroup_parent": PARENT,
         }
     )
     with pytest.raises(LxpyError, match="no-such-init|No such file"):
         spawn_monitor(zygote, spec)
     assert not (tmp_path / "m.sock").exists()
-    assert not any(Path(p).exists() for p in ContainerCgroup.for_name(name).paths)
+    assert not any(Path(p).exists() for p in ContainerCgroup.for_name(name, parent=PARENT).paths)
     assert host_mounts_under(tmp_path) == []
 
 
@@ -350,6 +364,7 @@ def test_monitor_survives_its_starter_and_the_zygote(tmp_path: Path) -> None:
             "rootfs": str(rootfs),
             "control_socket": str(sock),
             "halt_signal": "SIGUSR2",
+            "cgroup_parent": PARENT,
         }
     )
     # A starter process (standing in for lxpyd) starts a zygote of its own,
@@ -391,11 +406,30 @@ def test_monitor_survives_its_starter_and_the_zygote(tmp_path: Path) -> None:
             starter.wait()
         if monitor_pid and pid_alive(monitor_pid):
             os.kill(monitor_pid, signal.SIGKILL)
-        cg = ContainerCgroup.for_name(name)
+        cg = ContainerCgroup.for_name(name, parent=PARENT)
         cg.kill(timeout=5)
         cg.remove(timeout=5)
-    assert not any(Path(p).exists() for p in ContainerCgroup.for_name(name).paths)
+    assert not any(Path(p).exists() for p in ContainerCgroup.for_name(name, parent=PARENT).paths)
     assert not sock.exists()
+
+
+def test_container_cgroups_nest_under_a_parent_that_bounds_them(
+    boot: Callable[..., Booted],
+) -> None:
+    b = boot()
+    cg = ContainerCgroup.for_name(b.spec.name, parent=PARENT)
+    assert all(os.path.basename(os.path.dirname(p)) == PARENT for p in cg.paths)
+    for line in Path(f"/proc/{b.init_pid}/cgroup").read_text().splitlines():
+        assert line.endswith(f"/{PARENT}/{PREFIX}{b.spec.name}"), line
+    dev = devices_dir(cg)
+    if dev is None:
+        return  # pure cgroup v2: no v1 devices list to check
+    listed = Path(os.path.dirname(dev), "devices.list").read_text().split("\n")
+    assert sorted(filter(None, listed)) == sorted(ALLOWED)
+    # Even host root cannot widen the container's list past its parent's.
+    for rule in ("a", "b 8:0 rwm", "b *:* m"):
+        with pytest.raises(PermissionError):
+            Path(dev, "devices.allow").write_text(rule)
 
 
 def test_unknown_command_is_an_error(boot: Callable[..., Booted]) -> None:
@@ -473,6 +507,7 @@ def test_boots_debian_systemd_to_running(tmp_path: Path, zygote: Path, test_cach
             "halt_signal": "SIGRTMIN+4",
             "reboot_signal": "SIGINT",
             "uuid": str(uuid.uuid4()),
+            "cgroup_parent": PARENT,
         }
     )
     b = Booted(spec, MonitorClient(spec.control_socket), 0, 0, tmp_path)
@@ -484,7 +519,9 @@ def test_boots_debian_systemd_to_running(tmp_path: Path, zygote: Path, test_cach
         failed = nsenter(b.init_pid, "systemctl", "--failed", "--no-legend", "--plain")
         assert state == "running", f"{state}; failed units:\n{failed}"
         # systemd got its own cgroup2 subtree to manage.
-        assert (Path(ContainerCgroup.for_name(name).unified or "") / "init.scope").is_dir()
+        assert (
+            Path(ContainerCgroup.for_name(name, parent=PARENT).unified or "") / "init.scope"
+        ).is_dir()
         # A reboot requested through the monitor (SIGINT, ctrl-alt-del)
         # comes back as a new boot of the same container.
         b.client.request("reboot")
