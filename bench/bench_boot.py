@@ -159,11 +159,13 @@ class LxpyTool:
         self.lxpy.create(name, TEMPLATE, privileged=self.privileged)
 
     def start(self, name: str) -> int:
+        # Init's pid as each way gives it: the CLI prints it, the API
+        # answers with the container (another request would compete with
+        # the boot for the CPU, as a second lxc-info would).
         if self.via_cli:
-            self.lxpy.cli("start", name)
-        else:
-            self.lxpy.start_api(name)
-        return self.lxpy.init_pid(name)
+            out = self.lxpy.cli("start", name).stdout
+            return int(out.rsplit("init pid ", 1)[1].split(")")[0])
+        return int(self.lxpy.start_api(name)["init_pid"])
 
     def stop(self, name: str) -> None:
         if self.via_cli:

@@ -519,7 +519,10 @@ class Lxpy:
         return self.client.request("POST", f"/1.0/containers/{name}/stop", body)  # type: ignore[no-any-return]
 
     def init_pid(self, name: str) -> int:
-        pid = self.client.container(name).get("init_pid")
+        # From the list: one container's full view also walks its disk use,
+        # which would compete with a boot in progress.
+        cts = self.client.request("GET", "/1.0/containers")
+        pid = next((c.get("init_pid") for c in cts if c.get("name") == name), None)
         if not isinstance(pid, int):
             raise RuntimeError(f"lxpy reports no init_pid for running {name}")
         return pid

@@ -35,9 +35,11 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
     C = "/1.0/containers/{name}"
     container = openapi.ref("Container")
 
+    # Start and restart answer without stats: a moment after init's exec
+    # they say nothing, and reading them competes with the boot for CPU.
     async def start(req: Request) -> object:
         await life.start(req.params["name"])
-        return await containers.describe(req.params["name"])
+        return await containers.describe(req.params["name"], stats="omit")
 
     async def stop(req: Request) -> object:
         timeout, force = _stop_args(req.json())
@@ -47,7 +49,7 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
     async def restart(req: Request) -> object:
         timeout, _force = _stop_args(req.json())
         await life.restart(req.params["name"], timeout)
-        return await containers.describe(req.params["name"])
+        return await containers.describe(req.params["name"], stats="omit")
 
     async def freeze(req: Request) -> object:
         await life.freeze(req.params["name"], True)
