@@ -614,3 +614,41 @@ def test_start_and_stop_take_several_names(
     assert out == "stopped a\n"
     assert "error: bad: no route POST /1.0/containers/bad/stop" in err
     assert "error: 1 of 2 failed: bad" in err
+
+
+def _commands(parser: Any) -> list[str]:
+    """The top-level command names a parser knows."""
+    return list(parser._subparsers._group_actions[0].choices)
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["start", "a", "b"], "start"),
+        (["--socket", "/x", "stop", "-f", "a"], "stop"),
+        (["--socket=/x", "list", "--format", "json"], "list"),
+        (["snapshot", "create", "web", "s1"], "snapshot"),
+        (["config", "set", "web", "limits.cpu", "2"], "config"),
+        (["exec", "web", "--", "ls", "--socket", "x"], "exec"),
+    ],
+)
+def test_parser_for_the_named_command_parses_as_the_full_one(argv: list[str], command: str) -> None:
+    lazy = cli.build_parser(argv)
+    # Only the named command was built, and it parses as the full table does.
+    assert _commands(lazy) == [command]
+    assert vars(lazy.parse_args(argv)) == vars(cli.build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("argv", [[], ["-h"], ["--version"], ["nosuch"], ["--socket", "/x"]])
+def test_no_known_command_builds_the_full_table(argv: list[str]) -> None:
+    assert set(_commands(cli.build_parser(argv))) == {c.path[0] for c in cli.COMMANDS}
+
+
+def test_a_group_without_a_known_subcommand_builds_the_whole_group(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["snapshot", "nosuch"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nosuch'" in err
+    for sub in ("create", "list", "restore", "delete"):
+        assert f"'{sub}'" in err
