@@ -278,8 +278,9 @@ class ContainerCgroup:
     def exists(self) -> bool:
         return any(os.path.isdir(d) for d in self.paths)
 
-    def create(self, init_parent: Callable[[Hierarchy, str], None] | None = None) -> None:
+    def create(self, init_parent: Callable[[Hierarchy, str], None] | None = None) -> bool:
         """Make the directories; reuse leftovers of a previous run if empty.
+        Returns whether all of them are new (so hold the kernel's defaults).
 
         A missing parent directory is made first and handed to `init_parent`
         (with its hierarchy) before anything can be made under it, so rules
@@ -294,6 +295,7 @@ class ContainerCgroup:
                 f"cgroup {PREFIX}{self.name} still has processes {sorted(self.pids())[:5]}",
                 hint="a previous run of this container is still alive; stop or kill it first",
             )
+        fresh = not self.exists()
         for h, d in self.dirs:
             try:
                 parent = os.path.dirname(d)
@@ -305,6 +307,7 @@ class ContainerCgroup:
                 raise LxpyError(f"cannot create cgroup {d}: {e.strerror}") from None
             if h.version == 1 and "cpuset" in h.controllers:
                 _init_cpuset(d)
+        return fresh
 
     def attach(self, pid: int) -> None:
         """Move process `pid` (host pid namespace) into every directory.

@@ -131,9 +131,9 @@ class Monitor:
         try:
             self._signals()
             self._listen()
-            self.cg.create(devices.init_parent)
+            fresh = self.cg.create(devices.init_parent)
             self._owns_cgroup = True
-            self._apply_limits()
+            self._apply_limits(fresh)
             if not devices.restrict(self.cg) and self.spec.privileged:
                 # No devices controller to stop a privileged root from
                 # opening a disk node it makes: it may make none.
@@ -153,13 +153,16 @@ class Monitor:
             self._cleanup()
             raise
 
-    def _apply_limits(self) -> None:
+    def _apply_limits(self, fresh: bool) -> None:
         # Before init exists, so nothing in the container ever runs without
-        # its limits. Written even when none is set: a reused leftover cgroup
-        # may still hold the limits of an earlier run.
+        # its limits. New cgroups hold the kernel's defaults, which mean "no
+        # limit": with none set there is nothing to write. A reused leftover
+        # may still hold an earlier run's limits: all are written then.
         limits = Limits.from_config(self.spec.limits)
         if self.spec.cpus and limits.cpu_set is None:
             limits = replace(limits, cpu_set=self.spec.cpus)
+        if fresh and limits == Limits():
+            return
         apply_limits(self.cg, limits)
 
     def _signals(self) -> None:
