@@ -10,6 +10,7 @@ A finaliser removes anything a test may leave, also on failure.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import json
 import os
@@ -174,7 +175,16 @@ def test_preflight_errors_leave_nothing(clean_daemon: Daemon) -> None:
     busy = net_name()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        listener.bind(("0.0.0.0", 53))
+        # The dnsmasq of an earlier test may take a moment to let go of 53.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                listener.bind(("0.0.0.0", 53))
+                break
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         listener.listen(1)
         res = d.cli("network", "create", busy, "--subnet", free_subnet(), check=False)
     finally:
