@@ -282,7 +282,7 @@ def test_privileged_container_holds_what_it_claims(daemon: Daemon, host_sleeper:
     # change against the parent cgroup's list, which is lxpy's own.
     write = (
         'for my $r ("a", "b *:* rwm", "c 1:1 rwm") { open(my $f, ">", "/mnt/dc/devices.allow") '
-        "or die; print((defined syswrite($f, $r) ? 0 : $!+0), \" \") }"
+        'or die; print((defined syswrite($f, $r) ? 0 : $!+0), " ") }'
     )
     out = sh(
         d,
