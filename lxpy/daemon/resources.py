@@ -151,7 +151,9 @@ class Resources:
                 fixed.append(lim.cpu_set)
             elif lim.cpu_quota is not None and self.can_pin:
                 wants[name] = math.ceil(lim.cpu_quota)
-        return balance(wants, fixed, host_cpus())
+        # Nobody to place: no need to read the host's CPUs (a sysfs read on
+        # the event loop, at every start and stop).
+        return balance(wants, fixed, host_cpus()) if wants else {}
 
     def launch_fields(self, name: str, config: Mapping[str, object]) -> dict[str, object]:
         """The LaunchSpec fields of a container about to start: limits,

@@ -161,7 +161,8 @@ class Security:
         # in a worker thread.
         sec = check_config(config)
         if not sec.privileged:
-            problem = await self.d.files(userns_problem)
+            # Probed once, in a worker thread; known, it is read right here.
+            problem = _USERNS[0] if _USERNS else await self.d.files(userns_problem)
             if problem is not None:
                 raise Unsupported(
                     f"container {name!r} cannot be unprivileged here: "
