@@ -35,11 +35,13 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
     C = "/1.0/containers/{name}"
     container = openapi.ref("Container")
 
-    # Start and restart answer without stats: a moment after init's exec
-    # they say nothing, and reading them competes with the boot for CPU.
+    # Start and restart answer without stats, and with no addresses: a
+    # moment after init's exec the stats say nothing and DHCP has not run,
+    # and reading them (a worker thread each, one entering the network
+    # namespace) competes with the boot for CPU.
     async def start(req: Request) -> object:
         await life.start(req.params["name"])
-        return await containers.describe(req.params["name"], stats="omit")
+        return await containers.describe(req.params["name"], stats="omit", addresses=[])
 
     async def stop(req: Request) -> object:
         timeout, force = _stop_args(req.json())
@@ -49,7 +51,7 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
     async def restart(req: Request) -> object:
         timeout, _force = _stop_args(req.json())
         await life.restart(req.params["name"], timeout)
-        return await containers.describe(req.params["name"], stats="omit")
+        return await containers.describe(req.params["name"], stats="omit", addresses=[])
 
     async def freeze(req: Request) -> object:
         await life.freeze(req.params["name"], True)

@@ -645,8 +645,8 @@ class Networks:
         """IPv4 addresses of a running container: read in its namespace, or
         from the leases when the namespace cannot be read."""
         nics = self.attached.get(container)
-        if nics is None:
-            return []
+        if not nics:
+            return []  # not running, or no NIC: nothing to read
         path = self.netns_path(container)
         try:
             per_if = await self._run(links.netns_ipv4, path)
