@@ -23,10 +23,12 @@ from pathlib import Path
 import trio
 
 from lxpy.daemon import http
+from lxpy.daemon.networks import RUN_BASE
 from lxpy.daemon.routes import build_router
 from lxpy.daemon.service import Daemon
 from lxpy.errors import Busy, LxpyError
 from lxpy.kernel.cgroups import remove_parent
+from lxpy.model.network import root_id
 from lxpy.model.settings import LOG_LEVELS, Settings, load_settings
 
 log = logging.getLogger("lxpyd")
@@ -250,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
             _remove_socket(settings.socket, bound[0])
         # Still holding running containers (they outlive lxpyd), it stays.
         remove_parent(settings.cgroup_parent)
+        # The zygote ends with us (and removes the run dir once it is empty).
+        (RUN_BASE / root_id(str(settings.root)) / "zygote.pid").unlink(missing_ok=True)
         os.close(lock_fd)
     log.info("lxpyd stopped")
     return 0

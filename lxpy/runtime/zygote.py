@@ -219,6 +219,10 @@ def serve(path: str, owner: int = 0) -> None:
             continue
         if owner_fd in ready:
             os.unlink(path)
+            try:
+                os.rmdir(os.path.dirname(path))  # lxpyd's run dir, once empty
+            except OSError:
+                pass
             return
         conn, _ = listener.accept()
         conn.settimeout(SPAWN_TIMEOUT)

@@ -23,8 +23,10 @@ from typing import Any
 import pytest
 
 from lxpy.api.client import Client
-from lxpy.kernel.cgroups import PREFIX
+from lxpy.daemon.networks import RUN_BASE
+from lxpy.kernel.cgroups import PREFIX, hierarchies
 from lxpy.model.network import root_id
+from lxpy.model.settings import Settings
 from lxpy.network import links
 from tests.conftest import Daemon, start_daemon, stop_containers, stop_daemon
 
@@ -387,6 +389,15 @@ def test_start_stop_cycles_leak_nothing(busybox: Daemon, tmp_path: Path) -> None
         wait_for(lambda: ours() == before, 5, "the counts to settle")
     except AssertionError:
         assert ours() == before
+
+    # With nothing running, a stopped lxpyd leaves no zygote, run dir or
+    # cgroup parent behind.
+    stop_daemon(d)
+    wait_for(lambda: not alive(zygote), 5, "the zygote to end")
+    run = RUN_BASE / root_id(str(d.root))
+    wait_for(lambda: not run.exists(), 5, f"{run} to go")
+    parent = Settings(root=d.root).cgroup_parent
+    assert not [h for h in hierarchies() if Path(h.mountpoint, parent).exists()]
 
 
 def test_debian_boots_to_running(daemon: Daemon) -> None:
