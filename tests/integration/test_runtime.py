@@ -25,7 +25,8 @@ import pytest
 
 from lxpy.errors import LxpyError
 from lxpy.kernel.cgroups import PREFIX, ContainerCgroup, hierarchies, remove_parent
-from lxpy.kernel.devices import ALLOWED, devices_dir
+from lxpy.kernel.devices import ALLOWED, devices_dir, init_parent
+from lxpy.kernel.limits import controller_dir
 from lxpy.runtime.control import MonitorClient
 from lxpy.runtime.spec import LaunchSpec
 from lxpy.runtime.zygote import spawn_monitor, start_zygote
@@ -343,6 +344,42 @@ def test_failed_start_reports_and_leaves_nothing(tmp_path: Path, zygote: Path) -
     assert not (tmp_path / "m.sock").exists()
     assert not any(Path(p).exists() for p in ContainerCgroup.for_name(name, parent=PARENT).paths)
     assert host_mounts_under(tmp_path) == []
+
+
+def test_a_leftover_cgroup_loses_an_earlier_runs_limits(tmp_path: Path, zygote: Path) -> None:
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    name = "t" + uuid.uuid4().hex[:10]
+    cg = ContainerCgroup.for_name(name, parent=PARENT)
+    # What a run that died without cleaning up left: its cgroup and its limit.
+    assert cg.create(init_parent) is True
+    assert cg.create(init_parent) is False  # reused: not new
+    found = controller_dir(cg, "memory")
+    assert found is not None
+    limit = Path(found[1], "memory.max" if found[0] == 2 else "memory.limit_in_bytes")
+    limit.write_text(str(64 << 20))
+    spec = LaunchSpec.from_json(
+        {
+            "name": name,
+            "rootfs": str(rootfs),
+            "control_socket": str(tmp_path / "m.sock"),
+            "halt_signal": "SIGUSR2",
+            "cgroup_parent": PARENT,
+        }
+    )
+    reply = spawn_monitor(zygote, spec)
+    b = Booted(
+        spec,
+        MonitorClient(spec.control_socket),
+        int(reply["monitor_pid"]),  # type: ignore[call-overload]
+        int(reply["init_pid"]),  # type: ignore[call-overload]
+        tmp_path,
+    )
+    try:
+        # No limits.* set: the start wrote "no limit" over the old one.
+        value = limit.read_text().strip()
+        assert value == "max" or int(value) > 1 << 60, value
+    finally:
+        _teardown(b)
 
 
 def test_second_monitor_for_the_same_socket_is_busy(
