@@ -149,9 +149,12 @@ def boot(tmp_path: Path, zygote: Path) -> Iterator[Callable[..., Booted]]:
     booted: list[Booted] = []
 
     def _boot(
-        inittab: str = DEFAULT_INITTAB, files: dict[str, str] | None = None, **spec_args: object
+        inittab: str = DEFAULT_INITTAB,
+        files: dict[str, str] | None = None,
+        name: str = "",
+        **spec_args: object,
     ) -> Booted:
-        name = "t" + uuid.uuid4().hex[:10]
+        name = name or "t" + uuid.uuid4().hex[:10]
         d = tmp_path / name
         rootfs = make_busybox_rootfs(d / "rootfs", inittab)
         for rel, text in (files or {}).items():
@@ -346,8 +349,7 @@ def test_failed_start_reports_and_leaves_nothing(tmp_path: Path, zygote: Path) -
     assert host_mounts_under(tmp_path) == []
 
 
-def test_a_leftover_cgroup_loses_an_earlier_runs_limits(tmp_path: Path, zygote: Path) -> None:
-    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+def test_a_leftover_cgroup_loses_an_earlier_runs_limits(boot: Callable[..., Booted]) -> None:
     name = "t" + uuid.uuid4().hex[:10]
     cg = ContainerCgroup.for_name(name, parent=PARENT)
     # What a run that died without cleaning up left: its cgroup and its limit.
@@ -357,29 +359,10 @@ def test_a_leftover_cgroup_loses_an_earlier_runs_limits(tmp_path: Path, zygote: 
     assert found is not None
     limit = Path(found[1], "memory.max" if found[0] == 2 else "memory.limit_in_bytes")
     limit.write_text(str(64 << 20))
-    spec = LaunchSpec.from_json(
-        {
-            "name": name,
-            "rootfs": str(rootfs),
-            "control_socket": str(tmp_path / "m.sock"),
-            "halt_signal": "SIGUSR2",
-            "cgroup_parent": PARENT,
-        }
-    )
-    reply = spawn_monitor(zygote, spec)
-    b = Booted(
-        spec,
-        MonitorClient(spec.control_socket),
-        int(reply["monitor_pid"]),  # type: ignore[call-overload]
-        int(reply["init_pid"]),  # type: ignore[call-overload]
-        tmp_path,
-    )
-    try:
-        # No limits.* set: the start wrote "no limit" over the old one.
-        value = limit.read_text().strip()
-        assert value == "max" or int(value) > 1 << 60, value
-    finally:
-        _teardown(b)
+    boot(name=name)
+    # No limits.* set: the start wrote "no limit" over the old one.
+    value = limit.read_text().strip()
+    assert value == "max" or int(value) > 1 << 60, value
 
 
 def test_second_monitor_for_the_same_socket_is_busy(
