@@ -160,16 +160,6 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def _write(path: str, value: str) -> None:
-    # Why open/write and not pathlib: one syscall each, no buffering, and
-    # the kernel's errno (EBUSY, EINVAL, ESRCH) reaches the caller as is.
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
-
-
 def _init_cpuset(d: str) -> None:
     # Why: a new v1 cpuset cgroup starts with empty cpus and mems, and the
     # kernel refuses to attach a task to it (ENOSPC) until both are set.
@@ -178,7 +168,7 @@ def _init_cpuset(d: str) -> None:
         mine = os.path.join(d, key)
         if _read(mine).strip():
             continue
-        _write(mine, _read(os.path.join(os.path.dirname(d), key)).strip())
+        sc.write_file(mine, _read(os.path.join(os.path.dirname(d), key)).strip())
 
 
 def _make_parent(h: Hierarchy, path: str, init: Callable[[Hierarchy, str], None] | None) -> None:
@@ -318,7 +308,7 @@ class ContainerCgroup:
         """
         for path in self.procs_files():
             try:
-                _write(path, str(pid))
+                sc.write_file(path, str(pid))
             except ProcessLookupError:
                 raise NotFound(f"process {pid} does not exist") from None
             except OSError as e:
@@ -353,9 +343,9 @@ class ContainerCgroup:
         v2 = self._v2_freeze_file()
         v1 = self._v1("freezer")
         if v2:
-            _write(v2, "1" if on else "0")
+            sc.write_file(v2, "1" if on else "0")
         elif v1:
-            _write(os.path.join(v1, "freezer.state"), "FROZEN" if on else "THAWED")
+            sc.write_file(os.path.join(v1, "freezer.state"), "FROZEN" if on else "THAWED")
         else:
             raise Unsupported("this host has no cgroup freezer", hint="enable the freezer")
         # Why wait: freezing is asynchronous; a task in an uninterruptible
@@ -405,7 +395,7 @@ class ContainerCgroup:
             if v2kill and os.path.exists(v2kill):
                 # One write kills the whole subtree, including processes
                 # forked while we would otherwise be iterating.
-                _write(v2kill, "1")
+                sc.write_file(v2kill, "1")
             else:
                 self._kill_by_listing()
             if time.monotonic() > deadline:

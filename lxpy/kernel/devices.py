@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 
+from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy
 
 # (type major:minor access): "m" is mknod, "rw" open for reading and writing.
@@ -67,14 +68,6 @@ def init_parent(h: Hierarchy, path: str) -> None:
 
 
 def _restrict_dir(d: str) -> None:
-    _write(os.path.join(d, "devices.deny"), "a")
+    sc.write_file(os.path.join(d, "devices.deny"), "a")
     for rule in ALLOWED:
-        _write(os.path.join(d, "devices.allow"), rule)
-
-
-def _write(path: str, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
+        sc.write_file(os.path.join(d, "devices.allow"), rule)

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lxpy.errors import Busy, InvalidArgument, LxpyError, NotFound, Unsupported
+from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import ContainerCgroup
 from lxpy.model.limits import CPU_PERIOD_US, Limits, format_cpu_list
 
@@ -227,11 +228,7 @@ def _plan_cpuset(cg: ContainerCgroup, limits: Limits) -> list[Write]:
 
 
 def _write(w: Write) -> None:
-    fd = os.open(w.path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, w.value.encode())
-    finally:
-        os.close(fd)
+    sc.write_file(w.path, w.value)
 
 
 def apply_limits(

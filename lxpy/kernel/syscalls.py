@@ -96,6 +96,19 @@ def _b(value: str | os.PathLike[str] | None) -> bytes | None:
     return None if value is None else os.fsencode(value)
 
 
+def write_file(path: str, value: str) -> None:
+    """Write `value` to a kernel file (cgroup, /proc) in one write(2).
+
+    Why not pathlib: no buffering, so a value the kernel refuses fails this
+    call with the kernel's errno (EBUSY, EINVAL, ESRCH), as is.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
 def unshare(flags: int) -> None:
     """unshare(2): move the calling process into new namespaces.
 

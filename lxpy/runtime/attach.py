@@ -380,14 +380,14 @@ def _read_text(path: str) -> str:
 def _join_cgroups(procs_files: Sequence[str], init_pid: int) -> None:
     for path in procs_files:
         try:
-            _write(path, "0")
+            sc.write_file(path, "0")
         except OSError as e:
             # cgroup v2's "no internal processes": when systemd in the
             # container enabled controllers below its root, the root takes no
             # processes. Init's own cgroup (init.scope) does.
             if e.errno != errno.EBUSY:
                 raise
-            _write(_init_cgroup(path, init_pid), "0")
+            sc.write_file(_init_cgroup(path, init_pid), "0")
 
 
 def _init_cgroup(procs_file: str, init_pid: int) -> str:
@@ -399,14 +399,6 @@ def _init_cgroup(procs_file: str, init_pid: int) -> str:
                 rest = line.rstrip("\n").split(name, 1)[1]
                 return os.path.join(base + rest, "cgroup.procs")
     raise LxpyError(f"exec: cannot find init's cgroup below {base}")
-
-
-def _write(path: str, value: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
 
 
 def _open_pty(sock_fd: int, spec: ExecSpec, user: User) -> int:

@@ -322,11 +322,7 @@ def _join_cgroups(cgroup_procs: Sequence[str]) -> None:
     # cgroup we are in as its root, and every later child inherits it.
     # "0" means "the writer", which avoids pid-namespace translation.
     for path in cgroup_procs:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.write(fd, b"0")
-        finally:
-            os.close(fd)
+        sc.write_file(path, "0")
 
 
 def _take_console(console_fd: int, ctty: bool = True) -> None:
