@@ -17,18 +17,25 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from lxpy.api.client import (
+    LOST_HINT,
     PERMISSION_HINT,
     START_HINT,
     _ct,
     _op,
     _snap,
+    body_length,
+    decode_json,
     encode_request,
+    lost,
+    parse_chunk_size,
+    parse_header_line,
+    parse_status_line,
     quote,
     resolve_socket,
+    response_error,
 )
-from lxpy.errors import DaemonUnavailable, LxpyError, NotFound, from_json
+from lxpy.errors import DaemonUnavailable, LxpyError, NotFound
 
-_LOST_HINT = "the daemon may have stopped; check its log (`journalctl -u lxpy`)"
 # Bounds on a status line or header line, and on their number, so a
 # confused peer cannot make the client buffer without end.
 _MAX_LINE = 65536
@@ -48,17 +55,14 @@ class AsyncResponse:
         self.reason = ""
         self.headers: dict[str, str] = {}
 
-    def _lost(self, what: str) -> DaemonUnavailable:
-        return DaemonUnavailable(f"lost connection to lxpyd at {self._where}: {what}", _LOST_HINT)
-
     async def _line(self) -> bytes:
         try:
             return await self._reader.readline()
         except ValueError:
             # asyncio's StreamReader limit (_MAX_LINE) was passed.
-            raise self._lost("line too long") from None
+            raise lost(self._where, "line too long") from None
         except OSError as e:
-            raise self._lost(e.strerror or str(e)) from None
+            raise lost(self._where, e.strerror or str(e)) from None
 
     async def read_head(self) -> None:
         """Read the status line and headers.
@@ -66,68 +70,44 @@ class AsyncResponse:
         Raises:
             DaemonUnavailable: when the peer hangs up or does not speak HTTP.
         """
-        line = await self._line()
-        if not line:
-            raise self._lost("no answer")
-        parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise self._lost(f"not an HTTP answer: {line[:80]!r}")
-        self.status = int(parts[1])
-        self.reason = parts[2] if len(parts) > 2 else ""
+        self.status, self.reason = parse_status_line(await self._line(), self._where)
         for _ in range(_MAX_HEADERS):
-            line = await self._line()
-            if line in (b"\r\n", b"\n"):
+            header = parse_header_line(await self._line(), self._where)
+            if header is None:
                 return
-            if not line:
-                raise self._lost("connection closed inside the headers")
-            name, sep, value = line.decode("latin-1").partition(":")
-            if not sep:
-                raise self._lost(f"malformed header {line[:80]!r}")
-            self.headers[name.strip().lower()] = value.strip()
-        raise self._lost("too many headers")
+            self.headers[header[0]] = header[1]
+        raise lost(self._where, "too many headers")
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body in pieces as they arrive, whatever its framing."""
+        left = body_length(self.headers, self._where)
         try:
-            if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            if left == -1:
                 async for data in self._chunked():
                     yield data
-            elif "content-length" in self.headers:
-                try:
-                    left = int(self.headers["content-length"])
-                except ValueError:
-                    raise self._lost("bad Content-Length") from None
+            elif left is not None:
                 while left > 0:
                     data = await self._reader.read(min(left, 65536))
                     if not data:
-                        raise self._lost("body shorter than its Content-Length")
+                        raise lost(self._where, "body shorter than its Content-Length")
                     left -= len(data)
                     yield data
             else:
                 while data := await self._reader.read(65536):
                     yield data
         except OSError as e:
-            raise self._lost(e.strerror or str(e)) from None
+            raise lost(self._where, e.strerror or str(e)) from None
 
     async def _chunked(self) -> AsyncIterator[bytes]:
-        while True:
-            line = await self._line()
-            if not line:
-                raise self._lost("connection closed inside a chunked body")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise self._lost(f"bad chunk size line {line[:80]!r}") from None
-            if size == 0:
-                while await self._line() not in (b"\r\n", b"\n", b""):
-                    pass
-                return
+        while size := parse_chunk_size(await self._line(), self._where):
             try:
                 data = await self._reader.readexactly(size)
             except asyncio.IncompleteReadError:
-                raise self._lost("connection closed inside a chunk") from None
+                raise lost(self._where, "connection closed inside a chunk") from None
             await self._line()  # the CRLF after the chunk data
             yield data
+        while await self._line() not in (b"\r\n", b"\n", b""):
+            pass
 
     async def read(self) -> bytes:
         """The whole body."""
@@ -135,25 +115,15 @@ class AsyncResponse:
 
     async def json(self) -> Any:
         """The body parsed as JSON (None for an empty body)."""
-        body = await self.read()
-        if not body.strip():
-            return None
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise LxpyError(
-                f"lxpyd at {self._where} sent a body that is not JSON: {body[:80]!r}"
-            ) from None
+        return decode_json(await self.read(), self._where)
 
     async def error(self) -> LxpyError:
         """The error this (4xx/5xx) response carries."""
         try:
-            data = await self.json()
+            body = await self.read()
         except LxpyError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("error"), dict):
-            return from_json(data["error"])
-        return LxpyError(f"lxpyd answered {self.status} {self.reason}".rstrip())
+            body = b""
+        return response_error(self.status, self.reason, body, self._where)
 
     async def aclose(self) -> None:
         self._writer.close()
@@ -252,9 +222,7 @@ class AsyncClient:
             return resp
         except OSError as e:
             await resp.aclose()
-            raise DaemonUnavailable(
-                f"lost connection to lxpyd at {self.socket_path}: {e.strerror or e}", _LOST_HINT
-            ) from None
+            raise lost(self.socket_path, e.strerror or str(e)) from None
         except BaseException:
             await resp.aclose()
             raise
@@ -307,7 +275,7 @@ class AsyncClient:
         except TimeoutError:
             raise DaemonUnavailable(
                 f"lxpyd at {self.socket_path} did not answer within {self.timeout} s",
-                hint=_LOST_HINT,
+                hint=LOST_HINT,
             ) from None
 
     async def open_stream(
@@ -325,7 +293,7 @@ class AsyncClient:
         except TimeoutError:
             raise DaemonUnavailable(
                 f"lxpyd at {self.socket_path} did not answer within {self.timeout} s",
-                hint=_LOST_HINT,
+                hint=LOST_HINT,
             ) from None
         if resp.status >= 400:
             try:

@@ -35,6 +35,7 @@ START_HINT = (
 PERMISSION_HINT = (
     "add your user to the `lxpy` group (`adduser $USER lxpy`, then log in again), or run as root"
 )
+LOST_HINT = "the daemon may have stopped; check its log (`journalctl -u lxpy`)"
 
 # Bounds on what the daemon may send in a status line and headers, so a
 # confused peer cannot make the client buffer without end.
@@ -78,19 +79,106 @@ def _query_string(query: Mapping[str, object] | None) -> str:
 
 
 def encode_request(
-    method: str, path: str, body: object = None, query: Mapping[str, object] | None = None
+    method: str,
+    path: str,
+    body: object = None,
+    query: Mapping[str, object] | None = None,
+    upgrade: str = "",
 ) -> bytes:
-    """One HTTP/1.1 request to lxpyd, as bytes (both clients send these)."""
+    """One HTTP/1.1 request to lxpyd, as bytes (both clients send these);
+    with `upgrade`, one asking to switch to that protocol (lxpy.api.streams)."""
     payload = b"" if body is None else json.dumps(body).encode()
     head = [
         f"{method} {path}{_query_string(query)} HTTP/1.1",
         "Host: lxpyd",
-        "Connection: close",
+        *(("Connection: Upgrade", f"Upgrade: {upgrade}") if upgrade else ("Connection: close",)),
         "Accept: application/json",
     ]
     if body is not None or method in ("POST", "PUT", "PATCH"):
         head += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+
+
+# -- reading a response, whatever reads the bytes (both clients use these) ---
+
+
+def lost(where: str, what: str) -> DaemonUnavailable:
+    return DaemonUnavailable(f"lost connection to lxpyd at {where}: {what}", LOST_HINT)
+
+
+def parse_status_line(line: bytes, where: str) -> tuple[int, str]:
+    """(status, reason) of an HTTP status line.
+
+    Raises:
+        DaemonUnavailable: no line (the peer hung up), or not HTTP.
+    """
+    if not line:
+        raise lost(where, "no answer")
+    parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise lost(where, f"not an HTTP answer: {line[:80]!r}")
+    return int(parts[1]), parts[2] if len(parts) > 2 else ""
+
+
+def parse_header_line(line: bytes, where: str) -> tuple[str, str] | None:
+    """(lower-cased name, value) of a header line; None for the blank line
+    ending the headers.
+
+    Raises:
+        DaemonUnavailable: the peer hung up inside the headers, or a bad line.
+    """
+    if line in (b"\r\n", b"\n"):
+        return None
+    if not line:
+        raise lost(where, "connection closed inside the headers")
+    name, sep, value = line.decode("latin-1").partition(":")
+    if not sep:
+        raise lost(where, f"malformed header {line[:80]!r}")
+    return name.strip().lower(), value.strip()
+
+
+def body_length(headers: Mapping[str, str], where: str) -> int | None:
+    """How the body is framed: -1 chunked, N bytes (Content-Length), or
+    None when it ends with the connection."""
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        return -1
+    if "content-length" not in headers:
+        return None
+    try:
+        return int(headers["content-length"])
+    except ValueError:
+        raise lost(where, "bad Content-Length") from None
+
+
+def parse_chunk_size(line: bytes, where: str) -> int:
+    """The size on a chunk-size line (0: the last chunk)."""
+    if not line:
+        raise lost(where, "connection closed inside a chunked body")
+    try:
+        return int(line.split(b";", 1)[0].strip(), 16)
+    except ValueError:
+        raise lost(where, f"bad chunk size line {line[:80]!r}") from None
+
+
+def decode_json(body: bytes, where: str) -> Any:
+    """A body parsed as JSON (None for an empty body)."""
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise LxpyError(f"lxpyd at {where} sent a body that is not JSON: {body[:80]!r}") from None
+
+
+def response_error(status: int, reason: str, body: bytes, where: str) -> LxpyError:
+    """The error a 4xx/5xx response carries."""
+    try:
+        data = decode_json(body, where)
+    except LxpyError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return from_json(data["error"])
+    return LxpyError(f"lxpyd answered {status} {reason}".rstrip())
 
 
 class Response:
@@ -105,56 +193,35 @@ class Response:
         self.headers: dict[str, str] = {}
         self._read_head()
 
-    def _lost(self, what: str) -> DaemonUnavailable:
-        return DaemonUnavailable(
-            f"lost connection to lxpyd at {self._where}: {what}",
-            hint="the daemon may have stopped; check its log (`journalctl -u lxpy`)",
-        )
-
     def _line(self) -> bytes:
         try:
             line = self._rfile.readline(_MAX_LINE + 1)
         except OSError as e:
-            raise self._lost(e.strerror or str(e)) from None
+            raise lost(self._where, e.strerror or str(e)) from None
         if len(line) > _MAX_LINE:
-            raise self._lost("header line too long")
+            raise lost(self._where, "header line too long")
         return line
 
     def _read_head(self) -> None:
-        line = self._line()
-        if not line:
-            raise self._lost("no answer")
-        parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise self._lost(f"not an HTTP answer: {line[:80]!r}")
-        self.status = int(parts[1])
-        self.reason = parts[2] if len(parts) > 2 else ""
+        self.status, self.reason = parse_status_line(self._line(), self._where)
         for _ in range(_MAX_HEADERS):
-            line = self._line()
-            if line in (b"\r\n", b"\n"):
+            header = parse_header_line(self._line(), self._where)
+            if header is None:
                 return
-            if not line:
-                raise self._lost("connection closed inside the headers")
-            name, sep, value = line.decode("latin-1").partition(":")
-            if not sep:
-                raise self._lost(f"malformed header {line[:80]!r}")
-            self.headers[name.strip().lower()] = value.strip()
-        raise self._lost("too many headers")
+            self.headers[header[0]] = header[1]
+        raise lost(self._where, "too many headers")
 
     def chunks(self) -> Iterator[bytes]:
         """The body in pieces as they arrive, whatever its framing."""
+        left = body_length(self.headers, self._where)
         try:
-            if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            if left == -1:
                 yield from self._chunked()
-            elif "content-length" in self.headers:
-                try:
-                    left = int(self.headers["content-length"])
-                except ValueError:
-                    raise self._lost("bad Content-Length") from None
+            elif left is not None:
                 while left > 0:
                     data = self._rfile.read1(min(left, 65536))  # type: ignore[attr-defined]
                     if not data:
-                        raise self._lost("body shorter than its Content-Length")
+                        raise lost(self._where, "body shorter than its Content-Length")
                     left -= len(data)
                     yield data
             else:
@@ -162,27 +229,18 @@ class Response:
                 while data := self._rfile.read1(65536):  # type: ignore[attr-defined]
                     yield data
         except OSError as e:
-            raise self._lost(e.strerror or str(e)) from None
+            raise lost(self._where, e.strerror or str(e)) from None
 
     def _chunked(self) -> Iterator[bytes]:
-        while True:
-            line = self._line()
-            if not line:
-                raise self._lost("connection closed inside a chunked body")
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise self._lost(f"bad chunk size line {line[:80]!r}") from None
-            if size == 0:
-                # Trailers (ignored) up to the blank line ending the body.
-                while self._line() not in (b"\r\n", b"\n", b""):
-                    pass
-                return
+        while size := parse_chunk_size(self._line(), self._where):
             data = self._rfile.read(size)
             if len(data) < size:
-                raise self._lost("connection closed inside a chunk")
+                raise lost(self._where, "connection closed inside a chunk")
             self._line()  # the CRLF after the chunk data
             yield data
+        # Trailers (ignored) up to the blank line ending the body.
+        while self._line() not in (b"\r\n", b"\n", b""):
+            pass
 
     def read(self) -> bytes:
         """The whole body."""
@@ -190,25 +248,15 @@ class Response:
 
     def json(self) -> Any:
         """The body parsed as JSON (None for an empty body)."""
-        body = self.read()
-        if not body.strip():
-            return None
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise LxpyError(
-                f"lxpyd at {self._where} sent a body that is not JSON: {body[:80]!r}"
-            ) from None
+        return decode_json(self.read(), self._where)
 
     def error(self) -> LxpyError:
         """The error this (4xx/5xx) response carries."""
         try:
-            data = self.json()
+            body = self.read()
         except LxpyError:
-            data = None
-        if isinstance(data, dict) and isinstance(data.get("error"), dict):
-            return from_json(data["error"])
-        return LxpyError(f"lxpyd answered {self.status} {self.reason}".rstrip())
+            body = b""
+        return response_error(self.status, self.reason, body, self._where)
 
     def close(self) -> None:
         self._rfile.close()
@@ -274,10 +322,7 @@ class Client:
             ) from None
         except OSError as e:
             sock.close()
-            raise DaemonUnavailable(
-                f"lost connection to lxpyd at {self.socket_path}: {e.strerror or e}",
-                hint="the daemon may have stopped; check its log (`journalctl -u lxpy`)",
-            ) from None
+            raise lost(self.socket_path, e.strerror or str(e)) from None
         except BaseException:
             sock.close()
             raise

@@ -25,6 +25,7 @@ import socket
 import struct
 import sys
 
+from lxpy.api.client import encode_request, lost, parse_status_line, quote
 from lxpy.errors import DaemonUnavailable, InvalidArgument, LxpyError, from_json
 
 TYPE_CHECKING = False
@@ -121,19 +122,11 @@ def open_stream(
         LxpyError: the error the daemon answered instead of 101.
         DaemonUnavailable: when the daemon cannot be reached or hangs up.
     """
-    payload = b"" if body is None else json.dumps(body).encode()
-    head = [
-        f"{method} {path} HTTP/1.1",
-        "Host: lxpyd",
-        "Connection: Upgrade",
-        f"Upgrade: {PROTOCOL}",
-    ]
-    if body is not None:
-        head += ["Content-Type: application/json", f"Content-Length: {len(payload)}"]
+    request = encode_request(method, path, body, upgrade=PROTOCOL)
     sock = client._connect()
     try:
         sock.settimeout(client.timeout if client.timeout is not None else 60)
-        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+        sock.sendall(request)
         status, headers, rest = _read_head(sock, client.socket_path)
         if status != 101:
             raise _error_answer(sock, status, headers, rest, client.socket_path)
@@ -144,17 +137,10 @@ def open_stream(
         raise DaemonUnavailable(f"lxpyd at {client.socket_path} did not answer in time") from None
     except OSError as e:
         sock.close()
-        raise _lost(client.socket_path, e.strerror or str(e)) from None
+        raise lost(client.socket_path, e.strerror or str(e)) from None
     except BaseException:
         sock.close()
         raise
-
-
-def _lost(where: str, what: str) -> DaemonUnavailable:
-    return DaemonUnavailable(
-        f"lost connection to lxpyd at {where}: {what}",
-        hint="the daemon may have stopped; check its log (`journalctl -u lxpy`)",
-    )
 
 
 def _read_head(sock: socket.socket, where: str) -> tuple[int, dict[str, str], bytes]:
@@ -162,20 +148,18 @@ def _read_head(sock: socket.socket, where: str) -> tuple[int, dict[str, str], by
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
         if not chunk:
-            raise _lost(where, "no answer")
+            raise lost(where, "no answer")
         buf += chunk
         if len(buf) > 1 << 20:
-            raise _lost(where, "answer head too long")
+            raise lost(where, "answer head too long")
     head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise _lost(where, f"not an HTTP answer: {lines[0][:80]!r}")
+    first, *lines = head.split(b"\r\n")
+    status, _reason = parse_status_line(first, where)
     headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
+    for line in lines:
+        name, _, value = line.decode("latin-1").partition(":")
         headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers, rest
+    return status, headers, rest
 
 
 def _error_answer(
@@ -445,8 +429,6 @@ class Session:
 
 
 def _path(name: str) -> str:
-    from lxpy.api.client import quote
-
     return "/1.0/containers/" + quote(name, "container name")
 
 
