@@ -12,10 +12,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -150,6 +150,37 @@ def start_daemon(
         time.sleep(0.02)
     proc.kill()
     raise AssertionError(f"lxpyd did not open {socket} in time:\n{log.read_text()}")
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
+    """cond()'s first true value, polled until `timeout` seconds.
+
+    Raises:
+        AssertionError: naming `what`, when the time is up.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def info(d: Daemon, name: str) -> dict[str, Any]:
+    """`lxpy info NAME --format json`, parsed."""
+    import json
+
+    return json.loads(d.cli("info", name, "--format", "json").stdout)  # type: ignore[no-any-return]
 
 
 def stop_daemon(d: Daemon) -> None:

@@ -10,13 +10,11 @@ fixture's finaliser kills whatever containers a failed test left running.
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,35 +26,13 @@ from lxpy.kernel.cgroups import PREFIX, hierarchies
 from lxpy.model.network import root_id
 from lxpy.model.settings import Settings
 from lxpy.network import links
-from tests.conftest import Daemon, start_daemon, stop_containers, stop_daemon
+from tests.conftest import Daemon, alive, info, start_daemon, stop_containers, stop_daemon, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 # Every test here ends within this many seconds (tests/conftest.py).
 TIME_BOUND = 240
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def info(d: Daemon, name: str) -> dict[str, Any]:
-    return json.loads(d.cli("info", name, "--format", "json").stdout)  # type: ignore[no-any-return]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def nsenter(pid: int, *cmd: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import grp
-import json
 import os
 import platform
 import signal
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VENV_BIN, Daemon
+from tests.conftest import VENV_BIN, Daemon, info
 
 pytestmark = [
     pytest.mark.integration,
@@ -63,10 +62,6 @@ def _bounded() -> Iterator[None]:
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-
-
-def info(d: Daemon, name: str) -> dict[str, object]:
-    return json.loads(d.cli("info", name, "--format", "json").stdout)  # type: ignore[no-any-return]
 
 
 def sh(d: Daemon, name: str, script: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -8,13 +8,12 @@ kills what it left running, stops its lxcfs and unmounts the pool.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,13 @@ from lxpy.model.limits import parse_cpu_list
 from tests.conftest import (
     VENV_BIN,
     Daemon,
+    alive,
+    info,
     start_daemon,
     stop_containers,
     stop_daemon,
     unmount_all_under,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration
@@ -78,20 +80,6 @@ def restart_daemon(d: Daemon, log: Path) -> Daemon:
     stop_daemon(d)
     conf = d.root.parent / f"{d.root.name}-lxpyd.toml"
     return start_daemon(d.root, d.socket, log, "--config", str(conf))
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 15, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def info(d: Daemon, name: str) -> dict[str, Any]:
-    return json.loads(d.cli("info", name, "--format", "json").stdout)  # type: ignore[no-any-return]
 
 
 def create(d: Daemon, name: str, *config: str, start: bool = True) -> None:
@@ -142,13 +130,6 @@ def start_time(pid: int) -> float:
     """When process `pid` started, in seconds since boot (from /proc)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rsplit(") ", 1)[1].split()[19]) / CLK_TCK
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 class Events:

@@ -29,7 +29,7 @@ from lxpy.daemon.networks import RUN_BASE, Networks
 from lxpy.errors import Busy, NotFound, Unsupported
 from lxpy.model.network import root_id, veth_name
 from lxpy.network import links, nftables
-from tests.conftest import Daemon, start_daemon, stop_daemon
+from tests.conftest import Daemon, alive, start_daemon, stop_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -110,14 +110,6 @@ def table_text(root: Path) -> str:
     table = nftables.table_name(root_id(str(root)))
     res = subprocess.run([NFT, "list", "table", "inet", table], capture_output=True, text=True)
     return res.stdout if res.returncode == 0 else ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") < 0
 
 
 # -- CLI and daemon ----------------------------------------------------------------

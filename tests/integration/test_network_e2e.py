@@ -24,7 +24,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import pytest
 from lxpy.daemon.networks import RUN_BASE
 from lxpy.model.network import root_id, veth_name
 from lxpy.network import links, nftables
-from tests.conftest import VENV_BIN, Daemon, start_daemon, stop_daemon
+from tests.conftest import VENV_BIN, Daemon, alive, start_daemon, stop_daemon, wait_for
 from tests.integration.test_network import scrub
 
 pytestmark = pytest.mark.integration
@@ -54,24 +54,6 @@ _counter = iter(range(1000))
 
 # Every test here ends within this many seconds (tests/conftest.py).
 TIME_BOUND = 240
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def free_subnet() -> ipaddress.IPv4Network:

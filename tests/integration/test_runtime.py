@@ -30,6 +30,7 @@ from lxpy.kernel.limits import controller_dir
 from lxpy.runtime.control import MonitorClient
 from lxpy.runtime.spec import LaunchSpec
 from lxpy.runtime.zygote import spawn_monitor, start_zygote
+from tests.conftest import alive, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -59,24 +60,6 @@ def make_busybox_rootfs(root: Path, inittab: str = DEFAULT_INITTAB) -> Path:
     (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (root / "etc/group").write_text("root:x:0:\ntty:x:5:\n")
     return root
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 10, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
 
 
 def nsenter(pid: int, *cmd: str) -> str:
@@ -129,13 +112,13 @@ class Booted:
 
 
 def _teardown(b: Booted) -> None:
-    if pid_alive(b.monitor_pid):
+    if alive(b.monitor_pid):
         try:
             b.client.request("kill", wait=15)
         except LxpyError:
             pass
         try:
-            wait_for(lambda: not pid_alive(b.monitor_pid), 10, "the monitor to exit")
+            wait_for(lambda: not alive(b.monitor_pid), 10, "the monitor to exit")
         except AssertionError:
             os.kill(b.monitor_pid, signal.SIGKILL)
     cg = ContainerCgroup.for_name(b.spec.name, parent=PARENT)
@@ -195,8 +178,8 @@ def boot(tmp_path: Path, zygote: Path) -> Iterator[Callable[..., Booted]]:
 
 def assert_gone(b: Booted) -> None:
     """Nothing of the container is left on the host."""
-    wait_for(lambda: not pid_alive(b.monitor_pid), 10, "the monitor to exit")
-    assert not pid_alive(b.init_pid)
+    wait_for(lambda: not alive(b.monitor_pid), 10, "the monitor to exit")
+    assert not alive(b.init_pid)
     assert not Path(b.spec.control_socket).exists()
     assert not any(
         Path(p).exists() for p in ContainerCgroup.for_name(b.spec.name, parent=PARENT).paths
@@ -260,9 +243,9 @@ def test_reboot_inside_relaunches(boot: Callable[..., Booted]) -> None:
     )
     assert isinstance(st, dict)
     assert st["monitor_pid"] == b.monitor_pid
-    assert st["init_pid"] != b.init_pid and pid_alive(int(st["init_pid"]))  # type: ignore[call-overload]
+    assert st["init_pid"] != b.init_pid and alive(int(st["init_pid"]))  # type: ignore[call-overload]
     assert st["last_exit"]["reason"] == "reboot"  # type: ignore[index]
-    assert not pid_alive(b.init_pid)
+    assert not alive(b.init_pid)
     b.init_pid = int(st["init_pid"])  # type: ignore[call-overload]
     assert nsenter(b.init_pid, "hostname").strip() == b.spec.name
 
@@ -416,15 +399,15 @@ def test_monitor_survives_its_starter_and_the_zygote(tmp_path: Path) -> None:
         client = MonitorClient(str(sock))
         st = client.request("status")
         assert st["state"] == "RUNNING" and st["monitor_pid"] == monitor_pid
-        assert pid_alive(int(info["init_pid"]))
+        assert alive(int(info["init_pid"]))
         reply = client.request("stop", wait=20)
         assert reply["last_exit"]["reason"] == "poweroff"  # type: ignore[index]
-        wait_for(lambda: not pid_alive(monitor_pid), 10, "the monitor to exit")
+        wait_for(lambda: not alive(monitor_pid), 10, "the monitor to exit")
     finally:
         if starter.poll() is None:
             starter.kill()
             starter.wait()
-        if monitor_pid and pid_alive(monitor_pid):
+        if monitor_pid and alive(monitor_pid):
             os.kill(monitor_pid, signal.SIGKILL)
         cg = ContainerCgroup.for_name(name, parent=PARENT)
         cg.kill(timeout=5)
