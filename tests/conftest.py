@@ -7,6 +7,7 @@ missing they are skipped with the reason, and .ci/run fails on such skips.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -202,26 +203,41 @@ def test_cache() -> Path:
     return d
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, test_cache: Path) -> Iterator[Daemon]:
-    """A real lxpyd on a root of its own (its loop-file btrfs pool is made by
-    lxpyd itself on first start), with the suite's build cache."""
+@contextlib.contextmanager
+def daemon_in(
+    tmp_path: Path, settings: str, after_stop: Callable[[], object] | None = None
+) -> Iterator[Daemon]:
+    """A real lxpyd on tmp_path/root (its loop-file btrfs pool is made by
+    lxpyd itself on first start) with `settings`; at the end it, its
+    containers, `after_stop` and every mount under tmp_path go."""
     root = tmp_path / "root"
     root.mkdir()
-    d = start_daemon(
-        root,
-        tmp_path / "lxpy.sock",
-        tmp_path / "lxpyd.log",
-        # No default network: parallel test daemons must not share lxpybr0;
-        # a test that wants networking makes a network of its own.
-        settings=f'pool_size = "3GiB"\nbuild_cache = "{test_cache}"\ndefault_network = ""\n',
-    )
+    d = start_daemon(root, tmp_path / "lxpy.sock", tmp_path / "lxpyd.log", settings=settings)
     try:
         yield d
     finally:
         stop_daemon(d)
         stop_containers(root)
+        if after_stop is not None:
+            after_stop()
         unmount_all_under(tmp_path)
+
+
+def start_again(d: Daemon, log: Path) -> Daemon:
+    """lxpyd again on `d`'s root, socket and settings file (`d` has ended)."""
+    conf = d.root.parent / f"{d.root.name}-lxpyd.toml"
+    return start_daemon(d.root, d.socket, log, "--config", str(conf))
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, test_cache: Path) -> Iterator[Daemon]:
+    """A real lxpyd on a root of its own, with the suite's build cache."""
+    # No default network: parallel test daemons must not share lxpybr0;
+    # a test that wants networking makes a network of its own.
+    with daemon_in(
+        tmp_path, f'pool_size = "3GiB"\nbuild_cache = "{test_cache}"\ndefault_network = ""\n'
+    ) as d:
+        yield d
 
 
 def stop_containers(root: Path) -> list[str]:

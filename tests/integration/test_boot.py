@@ -26,7 +26,15 @@ from lxpy.kernel.cgroups import PREFIX, hierarchies
 from lxpy.model.network import root_id
 from lxpy.model.settings import Settings
 from lxpy.network import links
-from tests.conftest import Daemon, alive, info, start_daemon, stop_containers, stop_daemon, wait_for
+from tests.conftest import (
+    Daemon,
+    alive,
+    info,
+    start_again,
+    stop_containers,
+    stop_daemon,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -262,12 +270,6 @@ def test_monitor_killed_shows_error(busybox: Daemon) -> None:
     d.cli("stop", "lost", "--force")
 
 
-def _restart(d: Daemon, log: Path) -> Daemon:
-    # The same settings file as the fixture's daemon (no default network).
-    conf = d.root.parent / f"{d.root.name}-lxpyd.toml"
-    return start_daemon(d.root, d.socket, log, "--config", str(conf))
-
-
 def test_daemon_sigkill_and_adoption(busybox: Daemon, tmp_path: Path) -> None:
     d = busybox
     names = ("ad1", "ad2", "ad3")
@@ -281,7 +283,7 @@ def test_daemon_sigkill_and_adoption(busybox: Daemon, tmp_path: Path) -> None:
     gone = monitor_of(pids["ad3"])
     os.kill(gone, signal.SIGKILL)
     wait_for(lambda: not alive(pids["ad3"]), 10, "ad3's init to die with its monitor")
-    d2 = _restart(d, tmp_path / "lxpyd2.log")
+    d2 = start_again(d, tmp_path / "lxpyd2.log")
     try:
         for n in ("ad1", "ad2"):
             ct = info(d2, n)
@@ -298,7 +300,7 @@ def test_daemon_sigkill_and_adoption(busybox: Daemon, tmp_path: Path) -> None:
     finally:
         stop_daemon(d2)
     assert alive(pid)
-    d3 = _restart(d, tmp_path / "lxpyd3.log")
+    d3 = start_again(d, tmp_path / "lxpyd3.log")
     try:
         assert info(d3, "ad4")["init_pid"] == pid
         d3.cli("stop", "ad4")

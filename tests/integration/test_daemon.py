@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import VENV_BIN, Daemon, start_daemon, stop_daemon, unmount_all_under
+from tests.conftest import VENV_BIN, Daemon, daemon_in, start_daemon, stop_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -109,19 +109,9 @@ def tdaemon(tmp_path: Path, test_cache: Path) -> Iterator[Daemon]:
     """A daemon with a user template directory, tmp_path/templates."""
     tdir = tmp_path / "templates"
     tdir.mkdir()
-    root = tmp_path / "root"
-    root.mkdir()
-    d = start_daemon(
-        root,
-        tmp_path / "lxpy.sock",
-        tmp_path / "lxpyd.log",
-        settings=f'pool_size = "3GiB"\nbuild_cache = "{test_cache}"\ntemplate_dirs = ["{tdir}"]\n',
-    )
-    try:
+    settings = f'pool_size = "3GiB"\nbuild_cache = "{test_cache}"\ntemplate_dirs = ["{tdir}"]\n'
+    with daemon_in(tmp_path, settings) as d:
         yield d
-    finally:
-        stop_daemon(d)
-        unmount_all_under(tmp_path)
 
 
 # -- server ------------------------------------------------------------------

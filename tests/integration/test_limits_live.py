@@ -28,11 +28,10 @@ from tests.conftest import (
     VENV_BIN,
     Daemon,
     alive,
+    daemon_in,
     info,
-    start_daemon,
-    stop_containers,
+    start_again,
     stop_daemon,
-    unmount_all_under,
     wait_for,
 )
 
@@ -57,29 +56,17 @@ def _settings(tmp_path: Path, cache: Path) -> str:
 @pytest.fixture
 def bb(tmp_path: Path, test_cache: Path) -> Iterator[Daemon]:
     """lxpyd with its own lxcfs (when installed) and the busybox template built."""
-    root = tmp_path / "root"
-    root.mkdir()
-    d = start_daemon(
-        root,
-        tmp_path / "lxpy.sock",
-        tmp_path / "lxpyd.log",
-        settings=_settings(tmp_path, test_cache),
-    )
-    try:
+    with daemon_in(
+        tmp_path, _settings(tmp_path, test_cache), lambda: lxcfs.stop(str(tmp_path / "lxcfs"))
+    ) as d:
         d.cli("template", "build", "busybox")
         yield d
-    finally:
-        stop_daemon(d)
-        stop_containers(root)
-        lxcfs.stop(str(tmp_path / "lxcfs"))
-        unmount_all_under(tmp_path)
 
 
 def restart_daemon(d: Daemon, log: Path) -> Daemon:
     """Stop lxpyd (containers keep running) and start it again on the same root."""
     stop_daemon(d)
-    conf = d.root.parent / f"{d.root.name}-lxpyd.toml"
-    return start_daemon(d.root, d.socket, log, "--config", str(conf))
+    return start_again(d, log)
 
 
 def create(d: Daemon, name: str, *config: str, start: bool = True) -> None:

@@ -33,7 +33,7 @@ import pytest
 from lxpy.daemon.networks import RUN_BASE
 from lxpy.model.network import root_id, veth_name
 from lxpy.network import links, nftables
-from tests.conftest import VENV_BIN, Daemon, alive, start_daemon, stop_daemon, wait_for
+from tests.conftest import VENV_BIN, Daemon, alive, start_again, stop_daemon, wait_for
 from tests.integration.test_network import scrub
 
 pytestmark = pytest.mark.integration
@@ -204,9 +204,7 @@ class Lab:
         elif self.d.proc.poll() is None:
             stop_daemon(self.d)
         self._restarts += 1
-        conf = self.d.root.parent / f"{self.d.root.name}-lxpyd.toml"
-        log = self.tmp / f"lxpyd{self._restarts}.log"
-        self.d = start_daemon(self.d.root, self.d.socket, log, "--config", str(conf))
+        self.d = start_again(self.d, self.tmp / f"lxpyd{self._restarts}.log")
         # The conftest finaliser stops the daemon it knows: the new one.
         self._fixture_daemon.proc = self.d.proc
 
