@@ -197,13 +197,33 @@ def _make_parent(h: Hierarchy, path: str, init: Callable[[Hierarchy, str], None]
             raise
 
 
-def remove_parent(parent: str, hs: list[Hierarchy] | None = None) -> None:
-    """Remove a daemon's parent cgroup where it holds no container any more."""
+def remove_parent(parent: str, hs: list[Hierarchy] | None = None, timeout: float = 2.0) -> None:
+    """Remove a daemon's parent cgroup where it holds no container any more.
+
+    A container cgroup removed a moment ago may still be dying in the
+    kernel, which refuses the parent's removal (EBUSY) meanwhile: that is
+    retried for up to `timeout` seconds. One holding a container stays.
+    """
+    deadline = time.monotonic() + timeout
     for h in hierarchies() if hs is None else hs:
-        try:
-            os.rmdir(os.path.join(h.mountpoint, parent.strip("/")))
-        except OSError:
-            pass  # absent, or still in use
+        path = os.path.join(h.mountpoint, parent.strip("/"))
+        while True:
+            try:
+                os.rmdir(path)
+            except OSError as e:
+                in_use = any(entry.is_dir() for entry in _scandir(path))
+                if e.errno == errno.EBUSY and not in_use and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+            break
+
+
+def _scandir(path: str) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return list(it)
+    except OSError:
+        return []
 
 
 def _pids_under(path: str) -> set[int]:
