@@ -10,16 +10,12 @@ so both clients name paths and failures the same way.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from lxpy.api.client import (
-    LOST_HINT,
-    PERMISSION_HINT,
-    START_HINT,
     _ct,
     _op,
     _snap,
@@ -33,8 +29,10 @@ from lxpy.api.client import (
     quote,
     resolve_socket,
     response_error,
+    timed_out,
+    unreachable,
 )
-from lxpy.errors import DaemonUnavailable, LxpyError, NotFound
+from lxpy.errors import LxpyError, NotFound
 
 # Bounds on a status line or header line, and on their number, so a
 # confused peer cannot make the client buffer without end.
@@ -210,10 +208,7 @@ class AsyncClient:
         try:
             reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=_MAX_LINE)
         except OSError as e:
-            msg = f"cannot reach lxpyd at {self.socket_path}: {e.strerror or e}"
-            if e.errno in (errno.EACCES, errno.EPERM):
-                raise DaemonUnavailable(msg, hint=PERMISSION_HINT) from None
-            raise DaemonUnavailable(msg, hint=START_HINT) from None
+            raise unreachable(self.socket_path, e) from None
         resp = AsyncResponse(reader, writer, self.socket_path)
         try:
             writer.write(data)
@@ -273,10 +268,7 @@ class AsyncClient:
             async with asyncio.timeout(self.timeout):
                 return await self._call(method, path, body, query, text)
         except TimeoutError:
-            raise DaemonUnavailable(
-                f"lxpyd at {self.socket_path} did not answer within {self.timeout} s",
-                hint=LOST_HINT,
-            ) from None
+            raise timed_out(self.socket_path, self.timeout) from None
 
     async def open_stream(
         self, path: str, query: Mapping[str, object] | None = None
@@ -291,10 +283,7 @@ class AsyncClient:
             async with asyncio.timeout(self.timeout):
                 resp = await self.open("GET", path, None, query)
         except TimeoutError:
-            raise DaemonUnavailable(
-                f"lxpyd at {self.socket_path} did not answer within {self.timeout} s",
-                hint=LOST_HINT,
-            ) from None
+            raise timed_out(self.socket_path, self.timeout) from None
         if resp.status >= 400:
             try:
                 raise await resp.error()

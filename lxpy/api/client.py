@@ -106,6 +106,17 @@ def lost(where: str, what: str) -> DaemonUnavailable:
     return DaemonUnavailable(f"lost connection to lxpyd at {where}: {what}", LOST_HINT)
 
 
+def unreachable(where: str, e: OSError) -> DaemonUnavailable:
+    """The error for a failed connect to the socket at `where`."""
+    msg = f"cannot reach lxpyd at {where}: {e.strerror or e}"
+    denied = e.errno in (errno.EACCES, errno.EPERM)
+    return DaemonUnavailable(msg, hint=PERMISSION_HINT if denied else START_HINT)
+
+
+def timed_out(where: str, timeout: float | None) -> DaemonUnavailable:
+    return DaemonUnavailable(f"lxpyd at {where} did not answer within {timeout} s", LOST_HINT)
+
+
 def parse_status_line(line: bytes, where: str) -> tuple[int, str]:
     """(status, reason) of an HTTP status line.
 
@@ -288,11 +299,7 @@ class Client:
             sock.connect(self.socket_path)
         except OSError as e:
             sock.close()
-            reason = e.strerror or str(e)
-            msg = f"cannot reach lxpyd at {self.socket_path}: {reason}"
-            if e.errno in (errno.EACCES, errno.EPERM):
-                raise DaemonUnavailable(msg, hint=PERMISSION_HINT) from None
-            raise DaemonUnavailable(msg, hint=START_HINT) from None
+            raise unreachable(self.socket_path, e) from None
         sock.settimeout(self.timeout)
         return sock
 
@@ -317,9 +324,7 @@ class Client:
             return Response(sock, sock.makefile("rb"), self.socket_path)
         except TimeoutError:
             sock.close()
-            raise DaemonUnavailable(
-                f"lxpyd at {self.socket_path} did not answer within {self.timeout} s"
-            ) from None
+            raise timed_out(self.socket_path, self.timeout) from None
         except OSError as e:
             sock.close()
             raise lost(self.socket_path, e.strerror or str(e)) from None
