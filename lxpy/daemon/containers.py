@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal
 
 import trio
@@ -23,6 +23,7 @@ from lxpy.daemon.templates import Templates
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, NotFound
 from lxpy.model.config import Container, validate_config
 from lxpy.model.names import validate_name
+from lxpy.model.security import IdmapRecord
 from lxpy.model.state import State
 
 log = logging.getLogger("lxpyd.containers")
@@ -171,24 +172,39 @@ class Containers:
         try:
             await self.templates.ensure_built(template)
             await d.storage(d.backend.create_container, name, template)
-            try:
-                # Unprivileged (the default): its host ID range, kept in
-                # the record; a rootfs that cannot be idmapped is shifted now.
-                idmap = await d.security.assign(name, config, None, fresh=True)
-                record = Container(
-                    name=name, template=template, created_at=now_iso(), config=config, idmap=idmap
-                )
-                await d.files(d.registry.save, record)
-            except BaseException:
-                await _undo(lambda: d.storage(d.backend.delete_container, name), f"delete {name}")
-                raise
-            d.records[name] = record
-            d.states[name] = State.STOPPED
+            await self._record_new(name, template, config, None)
         finally:
             d.reserved.discard(name)
             d.security.release(name)
         d.bus.lifecycle("container-created", f"containers/{name}", {"template": template})
         return await self.describe(name)
+
+    async def _record_new(
+        self,
+        name: str,
+        template: str,
+        config: Mapping[str, object],
+        current: IdmapRecord | None,
+    ) -> None:
+        """Save the record of container `name`, whose rootfs was just made,
+        and make it known; on failure the rootfs is deleted again.
+
+        Unprivileged (the default), it gets a host ID range of its own (or
+        the shared one, as configured), kept in the record; a rootfs that
+        cannot be idmapped is shifted now.
+        """
+        d = self.d
+        try:
+            idmap = await d.security.assign(name, config, current, fresh=True)
+            record = Container(
+                name=name, template=template, created_at=now_iso(), config=config, idmap=idmap
+            )
+            await d.files(d.registry.save, record)
+        except BaseException:
+            await _undo(lambda: d.storage(d.backend.delete_container, name), f"delete {name}")
+            raise
+        d.records[name] = record
+        d.states[name] = State.STOPPED
 
     async def delete(self, name: str, force: bool) -> dict[str, object]:
         """DELETE /1.0/containers/NAME: the rootfs, its snapshots, its record.
@@ -291,25 +307,10 @@ class Containers:
             d.reserve(dst)
             try:
                 await d.storage(d.backend.clone_container, name, dst)
-                try:
-                    # A range of its own (or the shared one, as configured).
-                    # A shifted source keeps its files' host IDs: the copy
-                    # then starts from the source's range.
-                    shifted = src.idmap if src.idmap and src.idmap.method == "shift" else None
-                    idmap = await d.security.assign(dst, src.config, shifted, fresh=True)
-                    record = Container(
-                        name=dst,
-                        template=src.template,
-                        created_at=now_iso(),
-                        config=src.config,
-                        idmap=idmap,
-                    )
-                    await d.files(d.registry.save, record)
-                except BaseException:
-                    await _undo(lambda: d.storage(d.backend.delete_container, dst), f"delete {dst}")
-                    raise
-                d.records[dst] = record
-                d.states[dst] = State.STOPPED
+                # A shifted source keeps its files' host IDs: the copy then
+                # starts from the source's range.
+                shifted = src.idmap if src.idmap and src.idmap.method == "shift" else None
+                await self._record_new(dst, src.template, src.config, shifted)
             finally:
                 d.reserved.discard(dst)
                 d.security.release(dst)
