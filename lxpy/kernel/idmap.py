@@ -19,8 +19,8 @@ Pieces, in the order a start uses them:
 * `idmapped_tree` + `attach_tree`: the idmapped view of the rootfs.
 * `enter_userns`: what the launch path does to become the container's root.
 
-Only ctypes, os, stat, struct and the lxpy errors are imported: the launch
-path loads this module.
+Only ctypes, os, stat, struct and the lxpy errors and kernel modules are
+imported: the launch path loads this module.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from lxpy.errors import Busy, InvalidArgument, Unsupported
+from lxpy.kernel import syscalls as sc
 from lxpy.kernel.netif import link_up
 
 # What a container gets, and what a Debian system needs: 0..65535 covers
@@ -70,18 +71,9 @@ _NR_OPEN_TREE = 428
 _NR_MOVE_MOUNT = 429
 _NR_MOUNT_SETATTR = 442
 
+# The new mount API through syscall(2); the rest through lxpy.kernel.syscalls.
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
-_libc.mount.argtypes = [
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_ulong,
-    ctypes.c_char_p,
-]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
 class _MountAttr(ctypes.Structure):
@@ -240,8 +232,10 @@ def _helper(work_in_child: int) -> tuple[int, int]:
         code = 0
         try:
             os.close(r)
-            if _libc.unshare(work_in_child) != 0:
-                code = ctypes.get_errno()
+            try:
+                sc.unshare(work_in_child)
+            except OSError as e:
+                code = e.errno or errno.EIO
             os.write(w, bytes([min(code, 255)]))
             while True:
                 signal.pause()
@@ -320,8 +314,11 @@ def create_netns_in(userns_fd: int) -> int:
         code = 0
         try:
             os.close(r)
-            if _libc.setns(userns_fd, CLONE_NEWUSER) != 0 or _libc.unshare(CLONE_NEWNET) != 0:
-                code = ctypes.get_errno()
+            try:
+                sc.setns(userns_fd, CLONE_NEWUSER)
+                sc.unshare(CLONE_NEWNET)
+            except OSError as e:
+                code = e.errno or errno.EIO
             os.write(w, bytes([min(code, 255)]))
             while True:
                 signal.pause()
@@ -372,21 +369,21 @@ def pin_new_namespaces(userns_path: str, uid_map: str, gid_map: str, netns_path:
             os.close(r)
             os.close(go_w)
             if userns_path:
-                if _libc.unshare(CLONE_NEWUSER) != 0:
-                    os.write(w, bytes([min(ctypes.get_errno(), 255)]))
+                try:
+                    sc.unshare(CLONE_NEWUSER)
+                except OSError as e:
+                    os.write(w, bytes([min(e.errno or errno.EIO, 255)]))
                     os._exit(1)
                 os.write(w, b"\0")
                 # The network namespace is made once the maps are written:
                 # before that this process holds no capability to use in it.
                 if os.read(go_r, 1) != b"\0":
                     os._exit(1)
-            if _libc.unshare(CLONE_NEWNET) != 0:
-                code = ctypes.get_errno()
-            else:
-                try:
-                    link_up("lo")
-                except OSError as e:
-                    code = e.errno or errno.EIO
+            try:
+                sc.unshare(CLONE_NEWNET)
+                link_up("lo")
+            except OSError as e:
+                code = e.errno or errno.EIO
             os.write(w, bytes([min(code, 255)]))
             while True:
                 signal.pause()
@@ -417,8 +414,7 @@ def pin_new_namespaces(userns_path: str, uid_map: str, gid_map: str, netns_path:
                 continue
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o444))
             pinned.append(path)
-            src = f"/proc/{pid}/ns/{kind}".encode()
-            _check(_libc.mount(src, os.fsencode(path), None, 4096, None), f"bind {path}")
+            sc.mount(f"/proc/{pid}/ns/{kind}", path, None, sc.MS_BIND)
     except BaseException:
         for path in pinned:
             unpin_ns(path)
@@ -448,16 +444,16 @@ def pin_ns(ns_fd: int, path: str) -> None:
         OSError: with the kernel's errno.
     """
     os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o444))
-    src = f"/proc/self/fd/{ns_fd}".encode()
-    _check(_libc.mount(src, os.fsencode(path), None, 4096, None), f"bind {path}")  # MS_BIND
+    sc.mount(f"/proc/self/fd/{ns_fd}", path, None, sc.MS_BIND)
 
 
 def unpin_ns(path: str) -> None:
     """Undo pin_ns; idempotent."""
-    if _libc.umount2(os.fsencode(path), 2) != 0:  # MNT_DETACH
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOENT):
-            raise OSError(err, f"umount2({path!r}): {os.strerror(err)}")
+    try:
+        sc.umount2(path, sc.MNT_DETACH)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOENT):
+            raise
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -474,7 +470,7 @@ def enter_userns(userns_fd: int) -> None:
     Raises:
         OSError: with the kernel's errno (EINVAL from a multithreaded process).
     """
-    _check(_libc.setns(userns_fd, CLONE_NEWUSER), "setns(CLONE_NEWUSER)")
+    sc.setns(userns_fd, CLONE_NEWUSER)
     # Groups first and UID last: setresuid may take the capabilities
     # that setgroups and setresgid need.
     os.setgroups([])
