@@ -33,7 +33,7 @@ import select
 import signal
 import stat
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from lxpy.errors import Busy, InvalidArgument, Unsupported
@@ -220,11 +220,11 @@ def shared_map(uid_allowed: Sequence[IdRange], gid_allowed: Sequence[IdRange]) -
 # -- namespaces ------------------------------------------------------------
 
 
-def _helper(work_in_child: int) -> tuple[int, int]:
-    """Fork a helper that enters namespaces and then waits to be killed.
+def _helper(work: Callable[[], object]) -> tuple[int, int]:
+    """Fork a helper that runs `work` (entering namespaces), writes one
+    status byte (0, or the errno `work` failed with) and waits to be killed.
 
-    work_in_child: the CLONE_* flags the child unshares.
-    Returns (pid, read end the child writes one status byte to).
+    Returns (pid, the read end of the status byte's pipe).
     """
     r, w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -233,7 +233,7 @@ def _helper(work_in_child: int) -> tuple[int, int]:
         try:
             os.close(r)
             try:
-                sc.unshare(work_in_child)
+                work()
             except OSError as e:
                 code = e.errno or errno.EIO
             os.write(w, bytes([min(code, 255)]))
@@ -253,15 +253,15 @@ def _reap(pid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def _wait_status(pid: int, r: int, what: str) -> None:
-    try:
-        data = os.read(r, 1)
-    finally:
-        os.close(r)
-    if not data:
-        raise OSError(errno.ECHILD, f"{what}: helper process {pid} died")
-    if data[0]:
-        raise OSError(data[0], f"{what}: {os.strerror(data[0])}")
+def _write_maps(pid: int, uid_map: str, gid_map: str) -> None:
+    # Why the parent writes the maps: a privileged writer may map any range
+    # and leaves setgroups(2) usable inside, which a Debian system needs
+    # (login, su, daemons dropping groups).
+    for name, text in (("uid_map", uid_map), ("gid_map", gid_map)):
+        try:
+            sc.write_file(f"/proc/{pid}/{name}", text)
+        except OSError as e:
+            raise OSError(e.errno, f"writing {name} {text.strip()!r}: {e.strerror}") from None
 
 
 def create_userns(idmap: IdMap) -> int:
@@ -275,23 +275,13 @@ def create_userns(idmap: IdMap) -> int:
         OSError: with the kernel's errno (EPERM without root, EINVAL for a
             map outside what the caller may map).
     """
-    pid, r = _helper(CLONE_NEWUSER)
+    pid, r = _helper(lambda: sc.unshare(CLONE_NEWUSER))
     try:
-        _wait_status(pid, r, "unshare(CLONE_NEWUSER)")
-        # Why the parent writes the maps: a privileged writer may map any
-        # range and leaves setgroups(2) usable inside, which a Debian
-        # system needs (login, su, daemons dropping groups).
-        for name, text in (("uid_map", idmap.uid_map()), ("gid_map", idmap.gid_map())):
-            with open(f"/proc/{pid}/{name}", "w") as f:
-                try:
-                    f.write(text)
-                    f.flush()
-                except OSError as e:
-                    raise OSError(
-                        e.errno, f"writing {name} {text.strip()!r}: {e.strerror}"
-                    ) from None
+        _await_byte(r, pid, "unshare(CLONE_NEWUSER)")
+        _write_maps(pid, idmap.uid_map(), idmap.gid_map())
         return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
+        os.close(r)
         _reap(pid)
 
 
@@ -308,27 +298,17 @@ def create_netns_in(userns_fd: int) -> int:
     Raises:
         OSError: with the kernel's errno.
     """
-    r, w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            os.close(r)
-            try:
-                sc.setns(userns_fd, CLONE_NEWUSER)
-                sc.unshare(CLONE_NEWNET)
-            except OSError as e:
-                code = e.errno or errno.EIO
-            os.write(w, bytes([min(code, 255)]))
-            while True:
-                signal.pause()
-        finally:
-            os._exit(1)
-    os.close(w)
+
+    def work() -> None:
+        sc.setns(userns_fd, CLONE_NEWUSER)
+        sc.unshare(CLONE_NEWNET)
+
+    pid, r = _helper(work)
     try:
-        _wait_status(pid, r, "setns(user) + unshare(CLONE_NEWNET)")
+        _await_byte(r, pid, "setns(user) + unshare(CLONE_NEWNET)")
         return os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     finally:
+        os.close(r)
         _reap(pid)
 
 
@@ -395,18 +375,7 @@ def pin_new_namespaces(userns_path: str, uid_map: str, gid_map: str, netns_path:
     try:
         if userns_path:
             _await_byte(r, pid, "unshare(CLONE_NEWUSER)")
-            # Written by us, root in the parent namespace: any range may be
-            # mapped and setgroups(2) stays usable inside (see create_userns).
-            for name, text in (("uid_map", uid_map), ("gid_map", gid_map)):
-                fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, text.encode())
-                except OSError as e:
-                    raise OSError(
-                        e.errno, f"writing {name} {text.strip()!r}: {e.strerror}"
-                    ) from None
-                finally:
-                    os.close(fd)
+            _write_maps(pid, uid_map, gid_map)
             os.write(go_w, b"\0")
         _await_byte(r, pid, "unshare(CLONE_NEWNET)")
         for kind, path in (("user", userns_path), ("net", netns_path)):
