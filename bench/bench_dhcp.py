@@ -167,26 +167,18 @@ class LxcOnBridge(Lxc):
     """Scratch LXC containers with a veth on a scratch bridge."""
 
     def define_on(self, name: str, rootfs: Path, bridge: str) -> None:
-        d = self.path / name
-        d.mkdir(exist_ok=True)
         # A random MAC per container, as lxc-create fills 00:16:3e:xx:xx:xx.
         mac = "00:16:3e:" + ":".join(f"{random.randrange(256):02x}" for _ in range(3))
-        (d / "config").write_text(
-            f"lxc.uts.name = {name}\n"
-            f"lxc.rootfs.path = dir:{rootfs}\n"
-            "lxc.init.cmd = /sbin/init\n"
-            "lxc.net.0.type = veth\n"
-            f"lxc.net.0.link = {bridge}\n"
-            "lxc.net.0.flags = up\n"
-            "lxc.net.0.name = eth0\n"
-            f"lxc.net.0.hwaddr = {mac}\n"
-            "lxc.mount.auto = proc:mixed sys:ro cgroup:mixed\n"
-            "lxc.tty.max = 4\n"
-            "lxc.pty.max = 1024\n"
-            "lxc.autodev = 1\n"
-            "lxc.apparmor.profile = unconfined\n"
-            f"lxc.log.file = {d / 'log'}\n"
-            "lxc.log.level = WARN\n"
+        self.define(
+            name,
+            rootfs,
+            net=(
+                "lxc.net.0.type = veth\n"
+                f"lxc.net.0.link = {bridge}\n"
+                "lxc.net.0.flags = up\n"
+                "lxc.net.0.name = eth0\n"
+                f"lxc.net.0.hwaddr = {mac}\n"
+            ),
         )
 
 

@@ -345,16 +345,17 @@ class Lxc:
         self._own_pivot = not _lxc_pivots()
         scratch.defer(self.cleanup)
 
-    def define(self, name: str, rootfs: Path) -> None:
+    def define(self, name: str, rootfs: Path, net: str = "lxc.net.0.type = empty\n") -> None:
+        """Keys LXC's common.conf sets that matter for booting systemd, and
+        `net`: by default no network device (as for nspawn
+        --private-network and lxpy network=)."""
         d = self.path / name
         d.mkdir(exist_ok=True)
-        # Keys LXC's common.conf sets that matter for booting systemd, no
-        # network device (as for nspawn --private-network and lxpy network=).
         (d / "config").write_text(
             f"lxc.uts.name = {name}\n"
             f"lxc.rootfs.path = dir:{rootfs}\n"
             "lxc.init.cmd = /sbin/init\n"
-            "lxc.net.0.type = empty\n"
+            f"{net}"
             "lxc.mount.auto = proc:mixed sys:ro cgroup:mixed\n"
             "lxc.tty.max = 4\n"
             "lxc.pty.max = 1024\n"
