@@ -24,12 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lxpy.api.client import Client  # noqa: E402
-from tests.conftest import (  # noqa: E402
-    start_daemon,
-    stop_containers,
-    stop_daemon,
-    unmount_all_under,
-)
+from tests.conftest import daemon_in  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -88,68 +83,62 @@ def main() -> int:
         print("bench_list: run as root", file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="lxpy-bench-list-"))
-    root = tmp / "root"
-    d = None
+    # A network of the bench's own (the containers run on it with
+    # --running), removed at the end.
+    settings = 'pool_size = "2GiB"\ndefault_network = "lxpybench0"\nlxcfs = "off"\n'
     try:
-        root.mkdir()
-        # A network of the bench's own (the containers run on it with
-        # --running), removed at the end.
-        d = start_daemon(
-            root,
-            tmp / "lxpy.sock",
-            tmp / "lxpyd.log",
-            settings='pool_size = "2GiB"\ndefault_network = "lxpybench0"\nlxcfs = "off"\n',
-        )
-        client = Client(str(d.socket))
-        op = client.build_template("busybox")
-        client.wait_operation(op["id"], timeout=120)
-        t0 = time.perf_counter()
-        for i in range(args.count):
-            client.create_container(f"c{i}", "busybox")
-        per_create = (time.perf_counter() - t0) * 1000 / args.count
-        env = {**os.environ, "LXPY_SOCKET": str(d.socket)}
-        lxpy = timed([str(BIN / "lxpy"), "list"], args.runs, env)
-        lxpy_json = timed([str(BIN / "lxpy"), "list", "--format", "json"], args.runs, env)
-        running = None
-        if args.running:
-            names = [f"c{i}" for i in range(args.count)]
-            subprocess.run(
-                [str(BIN / "lxpy"), "start", *names], check=True, env=env, capture_output=True
-            )
-            running = timed([str(BIN / "lxpy"), "list"], args.runs, env)
-        startup = timed([str(BIN / "python"), "-I", "-S", "-c", "pass"], args.runs)
-        lxc = None
-        lxcpath = lxc_path(tmp, Path(client.container("c0")["path"]), args.count)
-        if lxcpath is not None:
-            lxc = timed(["lxc-ls", "-f", "-P", str(lxcpath)], args.runs)
+        with daemon_in(tmp, settings) as d:
+            try:
+                client = Client(str(d.socket))
+                op = client.build_template("busybox")
+                client.wait_operation(op["id"], timeout=120)
+                t0 = time.perf_counter()
+                for i in range(args.count):
+                    client.create_container(f"c{i}", "busybox")
+                per_create = (time.perf_counter() - t0) * 1000 / args.count
+                env = {**os.environ, "LXPY_SOCKET": str(d.socket)}
+                lxpy = timed([str(BIN / "lxpy"), "list"], args.runs, env)
+                lxpy_json = timed([str(BIN / "lxpy"), "list", "--format", "json"], args.runs, env)
+                running = None
+                if args.running:
+                    names = [f"c{i}" for i in range(args.count)]
+                    subprocess.run(
+                        [str(BIN / "lxpy"), "start", *names],
+                        check=True,
+                        env=env,
+                        capture_output=True,
+                    )
+                    running = timed([str(BIN / "lxpy"), "list"], args.runs, env)
+                startup = timed([str(BIN / "python"), "-I", "-S", "-c", "pass"], args.runs)
+                lxc = None
+                lxcpath = lxc_path(tmp, Path(client.container("c0")["path"]), args.count)
+                if lxcpath is not None:
+                    lxc = timed(["lxc-ls", "-f", "-P", str(lxcpath)], args.runs)
 
-        print(
-            f"{args.count} containers; lxpy.cli import {import_time_ms():.1f} ms; "
-            f"create through the API {per_create:.1f} ms each (request + snapshot)"
-        )
-        print(f"{'command':<44}{'runs':>5}{'median ms':>11}{'p90':>9}{'min':>9}")
-        print(row("lxpy list", lxpy))
-        print(row("lxpy list --format json", lxpy_json))
-        if running is not None:
-            print(row("lxpy list, all running (with addresses)", running))
-        if lxc is not None:
-            print(row("lxc-ls -f (LXC 5, same count, stopped)", lxc))
-        print(row("python3 -I -S -c pass (start-up floor)", startup))
-        print(
-            f"target: lxpy list median < 150 ms: "
-            f"{'met' if statistics.median(lxpy) < 150 else 'NOT met'}"
-        )
-        return 0
+                print(
+                    f"{args.count} containers; lxpy.cli import {import_time_ms():.1f} ms; "
+                    f"create through the API {per_create:.1f} ms each (request + snapshot)"
+                )
+                print(f"{'command':<44}{'runs':>5}{'median ms':>11}{'p90':>9}{'min':>9}")
+                print(row("lxpy list", lxpy))
+                print(row("lxpy list --format json", lxpy_json))
+                if running is not None:
+                    print(row("lxpy list, all running (with addresses)", running))
+                if lxc is not None:
+                    print(row("lxc-ls -f (LXC 5, same count, stopped)", lxc))
+                print(row("python3 -I -S -c pass (start-up floor)", startup))
+                print(
+                    f"target: lxpy list median < 150 ms: "
+                    f"{'met' if statistics.median(lxpy) < 150 else 'NOT met'}"
+                )
+                return 0
+            finally:
+                c = Client(str(d.socket))
+                for ct in c.containers():
+                    c.delete_container(ct["name"], force=True)
+                if any(n["name"] == "lxpybench0" for n in c.networks()):
+                    c.delete_network("lxpybench0")
     finally:
-        if d is not None:
-            stop_containers(root)
-            c = Client(str(d.socket))
-            for ct in c.containers():
-                c.delete_container(ct["name"], force=True)
-            if any(n["name"] == "lxpybench0" for n in c.networks()):
-                c.delete_network("lxpybench0")
-            stop_daemon(d)
-        unmount_all_under(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

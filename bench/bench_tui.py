@@ -30,12 +30,7 @@ from textual.widgets import DataTable  # noqa: E402
 
 from lxpy.api.client import Client  # noqa: E402
 from lxpy.errors import NotFound  # noqa: E402
-from tests.conftest import (  # noqa: E402
-    start_daemon,
-    stop_containers,
-    stop_daemon,
-    unmount_all_under,
-)
+from tests.conftest import daemon_in  # noqa: E402
 from tui.app import LxpyApp  # noqa: E402
 from tui.screens.dashboard import DashboardScreen  # noqa: E402
 
@@ -129,38 +124,30 @@ def main() -> int:
     args = ap.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="lxpy-bench-tui-"))
-    root = scratch / "root"
-    root.mkdir()
-    daemon = start_daemon(
-        root,
-        scratch / "lxpy.sock",
-        scratch / "lxpyd.log",
+    try:
         # No network: the figures are the TUI's, and the host's lxpybr0 may
         # belong to another lxpyd.
-        settings='pool_size = "2GiB"\ndefault_network = ""\n',
-    )
-    try:
-        client = Client(daemon.socket, timeout=120)
-        t0 = time.perf_counter()
-        client.create_container("c0000", "busybox")
-        for i in range(1, args.count):
-            client.copy_container("c0000", f"c{i:04d}")
-        print(f"made {args.count} containers in {time.perf_counter() - t0:.1f} s")
+        with daemon_in(scratch, 'pool_size = "2GiB"\ndefault_network = ""\n') as daemon:
+            client = Client(daemon.socket, timeout=120)
+            t0 = time.perf_counter()
+            client.create_container("c0000", "busybox")
+            for i in range(1, args.count):
+                client.copy_container("c0000", f"c{i:04d}")
+            print(f"made {args.count} containers in {time.perf_counter() - t0:.1f} s")
 
-        renders = [
-            asyncio.run(first_render(str(daemon.socket), args.count)) * 1000
-            for _ in range(args.runs)
-        ]
-        kind, lags, daemon_ms = asyncio.run(state_changes(str(daemon.socket), client, args.changes))
+            renders = [
+                asyncio.run(first_render(str(daemon.socket), args.count)) * 1000
+                for _ in range(args.runs)
+            ]
+            kind, lags, daemon_ms = asyncio.run(
+                state_changes(str(daemon.socket), client, args.changes)
+            )
 
-        print(f"\n{'figure':<48}{'n':>5}{'median':>9}{'p90':>9}{'max':>9}")
-        print(row(f"first full render, {args.count} rows (ms)", renders))
-        print(row(f"request -> row updated, {kind} (ms)", lags))
-        print(row(f"  of which lxpyd's answer to the {kind} (ms)", daemon_ms))
+            print(f"\n{'figure':<48}{'n':>5}{'median':>9}{'p90':>9}{'max':>9}")
+            print(row(f"first full render, {args.count} rows (ms)", renders))
+            print(row(f"request -> row updated, {kind} (ms)", lags))
+            print(row(f"  of which lxpyd's answer to the {kind} (ms)", daemon_ms))
     finally:
-        stop_daemon(daemon)
-        stop_containers(root)
-        unmount_all_under(scratch)
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
