@@ -10,10 +10,12 @@ another route. Only ctypes, os and the capability table are imported.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from collections.abc import Iterable
 
 from lxpy.errors import InvalidArgument
+from lxpy.kernel import syscalls as sc
 from lxpy.model.security import CAPABILITIES
 
 PR_CAPBSET_READ = 23
@@ -22,14 +24,8 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
+# capget/capset; prctl goes through lxpy.kernel.syscalls.
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.prctl.argtypes = [
-    ctypes.c_int,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-]
 
 
 class _CapHeader(ctypes.Structure):
@@ -78,9 +74,11 @@ def drop_bounding(names: Iterable[str]) -> None:
         OSError: EPERM without CAP_SETPCAP.
     """
     for nr in cap_numbers(names):
-        if _libc.prctl(PR_CAPBSET_READ, nr, 0, 0, 0) < 0:
+        try:
+            sc.prctl(PR_CAPBSET_READ, nr)
+        except OSError:
             continue
-        _check(_libc.prctl(PR_CAPBSET_DROP, nr, 0, 0, 0), f"prctl(PR_CAPBSET_DROP, {nr})")
+        sc.prctl(PR_CAPBSET_DROP, nr)
 
 
 def clear_inheritable_and_ambient() -> None:
@@ -91,9 +89,11 @@ def clear_inheritable_and_ambient() -> None:
     """
     # Ambient capabilities survive execve of an ordinary binary; kernels
     # before 4.3 have none (EINVAL), which is the same as empty.
-    if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
-        if ctypes.get_errno() != 22:
-            _check(-1, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+    try:
+        sc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
     hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
     _check(_libc.capget(ctypes.byref(hdr), data), "capget")

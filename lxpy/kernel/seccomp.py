@@ -13,8 +13,8 @@ and an ABI the table does not know is killed rather than let through
 unfiltered. x32 calls (numbers with bit 30 set on x86_64) fail with ENOSYS,
 as on kernels built without x32.
 
-Only ctypes, os, struct and the lxpy errors are imported: the launch path
-loads this module.
+Only ctypes, os, struct, the lxpy errors and lxpy.kernel.syscalls are
+imported: the launch path loads this module.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lxpy.errors import InvalidArgument, Unsupported
+from lxpy.kernel import syscalls as sc
 
 
 @dataclass(frozen=True)
@@ -309,16 +310,6 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.prctl.argtypes = [
-    ctypes.c_int,
-    ctypes.c_ulong,
-    ctypes.c_void_p,
-    ctypes.c_ulong,
-    ctypes.c_ulong,
-]
-
-
 def install(prog: bytes, no_new_privs: bool = False) -> None:
     """Load `prog` as a seccomp filter on the calling thread, for good.
 
@@ -336,14 +327,10 @@ def install(prog: bytes, no_new_privs: bool = False) -> None:
             without no_new_privs, EINVAL for a malformed program).
     """
     if no_new_privs:
-        if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, None, 0, 0) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
+        sc.prctl(PR_SET_NO_NEW_PRIVS, 1)
     buf = ctypes.create_string_buffer(prog, len(prog))
     fprog = _SockFprog(len(prog) // 8, ctypes.addressof(buf))
-    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_SECCOMP): {os.strerror(err)}")
+    sc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
 
 
 def apply(policy: Policy, no_new_privs: bool = False) -> None:
