@@ -401,10 +401,8 @@ def _mount_sys(root: str, spec: LaunchSpec) -> None:
     sys_ = _target(root, "sys")
     sc.mount("sysfs", sys_, "sysfs", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
     _mask(root, [m for m in _MASKED if m.startswith("sys/")])
-    view = spec.cgroup_view
-    if view == "auto":
-        view = "cgroup2" if _host_has_cgroup2() else "none"
-    if view == "cgroup2":
+    # "auto" was resolved by the monitor, which knows the host's hierarchies.
+    if spec.cgroup_view == "cgroup2":
         # Mounted inside the new cgroup namespace, cgroup2 shows the
         # container's own subtree as its root: systemd in the container
         # manages that subtree (on a hybrid host, without controllers).
@@ -446,11 +444,6 @@ def _clone_lxcfs(lxcfs_root: str) -> None:
             _LXCFS_TREES[dst] = idmap.clone_tree(src, recursive=False)
         except OSError:
             pass  # a file this lxcfs cannot serve keeps the kernel's
-
-
-def _host_has_cgroup2() -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(" - cgroup2 " in line for line in f)
 
 
 def _mount_dev(root: str, console_path: str, tty_paths: Sequence[str]) -> None:

@@ -251,6 +251,11 @@ class Monitor:
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
 
     def _launch(self) -> None:
+        if self.spec.cgroup_view == "auto":
+            # Decided here, from the hierarchies already read, so the launch
+            # path does not scan the mount table again.
+            view = "cgroup2" if self.cg.unified else "none"
+            self.spec = replace(self.spec, cgroup_view=view)
         self._reopen_slaves()
         if not self.spec.privileged:
             self._launch_userns()

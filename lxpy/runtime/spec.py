@@ -91,6 +91,8 @@ class LaunchSpec:
     # A pre-made network namespace file to join; empty: a new one with lo only.
     netns: str = ""
     ttys: int = 4
+    # What the container sees at /sys/fs/cgroup: "cgroup2" (its own subtree),
+    # "none", or "auto" (cgroup2 when the host mounts it; the monitor decides).
     cgroup_view: str = "auto"
     uuid: str = ""
     drop_caps: tuple[str, ...] = DEFAULT_DROP_CAPS
