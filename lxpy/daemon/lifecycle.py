@@ -666,7 +666,15 @@ class Lifecycle:
 def set_hostname_files(rootfs: Path, hostname: str) -> None:
     """Write the container's hostname into its /etc/hostname and the
     127.0.1.1 line of its /etc/hosts (the template holds a placeholder)."""
-    if resolve_in(rootfs, "etc").is_dir():
+    etc = resolve_in(rootfs, "etc")
+    name_file = etc / "hostname"
+    # Unchanged since the last start (the usual case): no write on the start path.
+    same = (
+        name_file.is_file()
+        and not name_file.is_symlink()
+        and name_file.read_text() == hostname + "\n"
+    )
+    if not same and etc.is_dir():
         write_in(rootfs, "etc/hostname", hostname + "\n")
     hosts = resolve_in(rootfs, "etc/hosts")
     if hosts.is_file() and not hosts.is_symlink():
