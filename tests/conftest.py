@@ -177,6 +177,27 @@ def alive(pid: int) -> bool:
         return False
 
 
+def assert_loopback_only(d: Daemon, name: str, pid: int) -> None:
+    """Container `name` (init `pid`), on no network, has a network namespace
+    of its own holding only loopback, up; none is bound in the daemon's run
+    dir (nothing outside needs to reach it)."""
+    from lxpy.daemon.networks import RUN_BASE
+    from lxpy.model.network import root_id
+
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
+    res = subprocess.run(
+        ["nsenter", "-t", str(pid), "-n", "ip", "-o", "link", "show"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    links = [line.split(":")[1].strip() for line in res.stdout.splitlines()]
+    assert links == ["lo"], res.stdout
+    assert "<LOOPBACK,UP" in res.stdout
+    assert not (RUN_BASE / root_id(str(d.root)) / "netns" / name).exists()
+
+
 def info(d: Daemon, name: str) -> dict[str, Any]:
     """`lxpy info NAME --format json`, parsed."""
     import json

@@ -235,10 +235,11 @@ class Lifecycle:
         # once, so spawns run side by side.
         return await self._zygote_call({"cmd": "spawn", "spec": spec.to_json()}, SPAWN_TIMEOUT)
 
-    async def _make_namespaces(self, userns: str, ids: IdMap | None, netns: Path) -> None:
+    async def _make_namespaces(self, userns: str, ids: IdMap | None, netns: str) -> None:
         """Have the zygote make and bind the container's user namespace (at
         `userns`, with `ids`; none when `userns` is empty) and its network
-        namespace (at `netns`, owned by the user namespace).
+        namespace (at `netns`, owned by the user namespace; none when
+        `netns` is empty).
 
         Raises:
             LxpyError: why they could not be made (neither is left bound).
@@ -248,7 +249,7 @@ class Lifecycle:
             "userns": userns,
             "uid_map": ids.uid_map() if ids else "",
             "gid_map": ids.gid_map() if ids else "",
-            "netns": str(netns),
+            "netns": netns,
         }
         await self._zygote_call(req, NAMESPACES_TIMEOUT)
 
@@ -382,10 +383,13 @@ class Lifecycle:
             # Both namespaces in one zygote request, the network namespace
             # owned by the user namespace; the veths go in afterwards.
             async def make_ns(netns: Path) -> None:
-                await self._make_namespaces(userns, ids, netns)
+                await self._make_namespaces(userns, ids, str(netns))
 
             handle = await d.networks.attach(name, record.config, userns, make_ns=make_ns)
             try:
+                if not handle.path and userns:
+                    # On no network: the user namespace alone.
+                    await self._make_namespaces(userns, ids, "")
                 spec = replace(spec, netns=handle.path)
                 reply = await self._spawn(spec)
             except BaseException:

@@ -548,6 +548,10 @@ class Networks:
         is given, owned by `userns` (see Lifecycle._make_namespaces), and the
         NICs are added to it.
 
+        A container on no network gets no bound namespace (the handle's path
+        is ""): its launch makes one of its own, with only loopback, in the
+        same step as its other namespaces. Nothing outside needs to reach it.
+
         Raises:
             NotFound: a named network does not exist (the default one is made).
             InvalidArgument: `ipv4.address` is not usable on the first network.
@@ -586,6 +590,8 @@ class Networks:
         )
         if container in self.attached or self.netns_path(container).exists():
             await self.detach(container)
+        if not nics:
+            return NetnsHandle("", ())
         path = self.netns_path(container)
         if make_ns is None:
             await self._run(_create_netns, path, list(nics), userns)

@@ -326,10 +326,10 @@ def _await_byte(r: int, pid: int, what: str, timeout: float = 5.0) -> None:
 
 def pin_new_namespaces(userns_path: str, uid_map: str, gid_map: str, netns_path: str) -> None:
     """Make a container's user namespace (when `userns_path` is given, with
-    `uid_map`/`gid_map`) and its network namespace (owned by that user
-    namespace, with lo up) in one short-lived helper, and bind them on the
-    paths (created empty), as pin_ns does. Blocking, single-threaded
-    callers only (it forks).
+    `uid_map`/`gid_map`) and its network namespace (when `netns_path` is
+    given; owned by that user namespace, with lo up) in one short-lived
+    helper, and bind them on the paths (created empty), as pin_ns does.
+    Blocking, single-threaded callers only (it forks).
 
     Why one helper for both: each fork from a large process copies its page
     tables; one fork from a small one (the zygote) makes both namespaces.
@@ -360,8 +360,9 @@ def pin_new_namespaces(userns_path: str, uid_map: str, gid_map: str, netns_path:
                 if os.read(go_r, 1) != b"\0":
                     os._exit(1)
             try:
-                sc.unshare(CLONE_NEWNET)
-                link_up("lo")
+                if netns_path:
+                    sc.unshare(CLONE_NEWNET)
+                    link_up("lo")
             except OSError as e:
                 code = e.errno or errno.EIO
             os.write(w, bytes([min(code, 255)]))
@@ -377,7 +378,7 @@ def pin_new_namespaces(userns_path: str, uid_map: str, gid_map: str, netns_path:
             _await_byte(r, pid, "unshare(CLONE_NEWUSER)")
             _write_maps(pid, uid_map, gid_map)
             os.write(go_w, b"\0")
-        _await_byte(r, pid, "unshare(CLONE_NEWNET)")
+        _await_byte(r, pid, "unshare(CLONE_NEWNET)" if netns_path else "the user namespace")
         for kind, path in (("user", userns_path), ("net", netns_path)):
             if not path:
                 continue

@@ -17,8 +17,9 @@ monitor itself, `{"ok": true, "monitor_pid": N, "init_pid": N}` once init
 runs, or
 `{"ok": false, "error": {...}}`; `{"cmd": "ping"}` answers `{"ok": true, "pid": N}`;
 `{"cmd": "namespaces", "userns": PATH|"", "uid_map": TEXT, "gid_map": TEXT,
-"netns": PATH}` makes a container's namespaces and binds them on the paths
-(no user namespace when "userns" is empty), answering `{"ok": true}`.
+"netns": PATH|""}` makes a container's namespaces and binds them on the
+paths (no user namespace when "userns" is empty, no network namespace when
+"netns" is), answering `{"ok": true}`.
 """
 
 from __future__ import annotations
@@ -121,8 +122,10 @@ def _namespaces(req: dict[str, Any]) -> dict[str, object]:
     """
     fields = ("userns", "uid_map", "gid_map", "netns")
     args = [req.get(k, "") for k in fields]
-    if not all(isinstance(a, str) for a in args) or not args[3]:
-        raise InvalidArgument("namespaces: userns, uid_map, gid_map are strings, netns a path")
+    if not all(isinstance(a, str) for a in args) or not (args[0] or args[3]):
+        raise InvalidArgument(
+            "namespaces: userns, uid_map, gid_map and netns are strings; userns or netns a path"
+        )
     # Our SIGCHLD handler must not reap the helper before it is waited for.
     old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
     try:
@@ -130,7 +133,9 @@ def _namespaces(req: dict[str, Any]) -> dict[str, object]:
     except OSError as e:
         return {
             "ok": False,
-            "error": LxpyError(f"cannot make the namespaces of {args[3]}: {e}").to_json(),
+            "error": LxpyError(
+                f"cannot make the namespaces of {args[3] or args[0]}: {e}"
+            ).to_json(),
         }
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -29,6 +29,7 @@ from lxpy.network import links
 from tests.conftest import (
     Daemon,
     alive,
+    assert_loopback_only,
     info,
     start_again,
     stop_containers,
@@ -138,6 +139,7 @@ def test_busybox_boots_isolated_with_events(busybox: Daemon) -> None:
     assert ["1", "init"] in procs
     assert all(int(p[0]) < 100 for p in procs), procs
     assert "lxpyd" not in nsenter(pid, "ps").stdout
+    assert_loopback_only(d, "bb1", pid)
     assert nsenter(pid, "hostname").stdout.strip() == "box-one"
     assert nsenter(pid, "cat", "/etc/hostname").stdout.strip() == "box-one"
     assert "127.0.1.1\tbox-one" in nsenter(pid, "cat", "/etc/hosts").stdout
@@ -186,6 +188,8 @@ def test_reboot_and_poweroff_inside(busybox: Daemon) -> None:
     ct = info(d, "bb2")
     assert ct["state"] == "RUNNING" and ct["init_pid"] != pid and alive(ct["init_pid"])
     assert ct["last_exit"]["reason"] == "reboot"
+    # The new boot has a network namespace of its own again.
+    assert_loopback_only(d, "bb2", ct["init_pid"])
     assert nsenter(ct["init_pid"], "poweroff").returncode == 0
     events.wait_state("bb2", "STOPPED")
     ct = info(d, "bb2")

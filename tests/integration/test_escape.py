@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VENV_BIN, Daemon, info
+from tests.conftest import VENV_BIN, Daemon, assert_loopback_only, info
 
 pytestmark = [
     pytest.mark.integration,
@@ -262,6 +262,7 @@ def test_privileged_container_holds_what_it_claims(daemon: Daemon, host_sleeper:
     assert str(ct["security"]).startswith("privileged")
     assert os.stat(f"/proc/{pid}").st_uid == 0
     assert Path(f"/proc/{pid}/uid_map").read_text().split() == ["0", "0", "4294967295"]
+    assert_loopback_only(d, "priv", pid)
     # LXC's capability drops.
     bnd = int(
         sh(d, "priv", "grep CapBnd /proc/self/status").stdout.split()[1],

@@ -95,6 +95,20 @@ def test_network_namespace_alone(paths: tuple[str, str]) -> None:
     assert "<LOOPBACK,UP" in _lo_flags(net)
 
 
+def test_user_namespace_alone(paths: tuple[str, str]) -> None:
+    user, net = paths
+    idmap.pin_new_namespaces(user, MAP.uid_map(), MAP.gid_map(), "")
+    assert _bound(user) and not os.path.exists(net)
+    res = subprocess.run(
+        ["nsenter", f"--user={user}", "cat", "/proc/self/uid_map"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    assert res.stdout.split() == ["0", str(MAP.uid_base), "65536"]
+
+
 def test_a_refused_map_leaves_nothing_bound(paths: tuple[str, str]) -> None:
     user, net = paths
     with pytest.raises(OSError, match="uid_map"):
@@ -122,6 +136,8 @@ def test_the_zygote_makes_them(paths: tuple[str, str], tmp_path: Path) -> None:
         with pytest.raises(LxpyError, match="uid_map"):
             spawn_request(sock, {**req, "uid_map": "0 3100000 10\n0 3300000 10\n"}, timeout=10)
         assert not _bound(user) and not _bound(net)
+        with pytest.raises(LxpyError, match="userns or netns a path"):
+            spawn_request(sock, {**req, "userns": "", "netns": ""}, timeout=10)
     finally:
         proc.kill()
         proc.wait(10)
