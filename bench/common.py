@@ -38,7 +38,9 @@ from lxpy.model.settings import builtin_template_dir  # noqa: E402
 from lxpy.model.template import find_template  # noqa: E402
 from tests.conftest import (  # noqa: E402
     Daemon,
+    ksm_state,
     make_btrfs,
+    restore_ksm,
     start_daemon,
     stop_daemon,
     unmount_all_under,
@@ -481,6 +483,8 @@ class Lxpy:
         root.mkdir()
         self.run_dir = LXPY_RUN_BASE / root_id(str(root))
         scratch.marks.append(str(self.run_dir))
+        # lxpyd starts ksmd when it is off; it is off again afterwards.
+        scratch.defer(restore_ksm, ksm_state())
         self._closed = False
         self.daemon: Daemon = start_daemon(
             root,

@@ -215,6 +215,35 @@ def stop_daemon(d: Daemon) -> None:
             d.proc.wait()
 
 
+KSM_RUN = Path("/sys/kernel/mm/ksm/run")
+
+
+def ksm_state() -> str | None:
+    """What /sys/kernel/mm/ksm/run holds now (None without KSM)."""
+    try:
+        return KSM_RUN.read_text().strip()
+    except OSError:
+        return None
+
+
+def restore_ksm(state: str | None) -> None:
+    """Put /sys/kernel/mm/ksm/run back to `state` (from ksm_state()).
+
+    Why: lxpyd starts ksmd (its `ksm` setting), a host-wide switch; what a
+    test or bench run turned on, it turns off again. Pages merged by then
+    stay merged until written, as after any stop of ksmd.
+    """
+    if state is not None and ksm_state() != state:
+        KSM_RUN.write_text(state)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ksmd_as_it_was() -> Iterator[None]:
+    state = ksm_state()
+    yield
+    restore_ksm(state)
+
+
 @pytest.fixture(scope="session")
 def test_cache() -> Path:
     """The suite's build cache: built rootfs tarballs kept between runs, so

@@ -413,6 +413,8 @@ class Lifecycle:
         )
         self.last_exit[name] = None
         d.set_state(name, State.RUNNING)
+        if d.ksmd is not None:
+            d.ksmd.kick()
         run = _Run(sock)
         self.runs[name] = run
         await self.nursery.start(self._watch, name, run)

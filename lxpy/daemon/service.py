@@ -19,7 +19,8 @@ import trio
 
 from lxpy import __version__
 from lxpy.daemon.events import EventBus
-from lxpy.daemon.networks import Networks
+from lxpy.daemon.merging import Ksmd
+from lxpy.daemon.networks import RUN_BASE, Networks
 from lxpy.daemon.operations import Operations
 from lxpy.daemon.registry import Registry
 from lxpy.errors import AlreadyExists, InvalidArgument, NotFound
@@ -89,6 +90,8 @@ class Daemon:
         # Names being created, copied or renamed to: not in `records` yet,
         # but taken.
         self.reserved: set[str] = set()
+        # Runs ksmd after starts (setting `ksm`); None when off.
+        self.ksmd: Ksmd | None = None
 
     @classmethod
     async def open(cls, settings: Settings, nursery: trio.Nursery) -> Daemon:
@@ -104,6 +107,9 @@ class Daemon:
             log.info("cgroup2 at %s favours dynamic moves (favordynmods)", where or "-")
         backend = await trio.to_thread.run_sync(open_pool, settings)
         d = cls(settings, backend, registry, nursery)
+        if settings.ksm:
+            d.ksmd = Ksmd(RUN_BASE / "ksmd.started")
+            nursery.start_soon(d.ksmd.run)
         d.records, d.broken = await d.files(registry.load_all)
         d.networks = await Networks.open(
             settings.root,

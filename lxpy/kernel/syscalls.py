@@ -47,6 +47,9 @@ PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
 
+# -- madvise advice (linux/mman.h) ---------------------------------------
+MADV_MERGEABLE = 12
+
 # pivot_root has no glibc wrapper: it is reached through syscall(2) by
 # number, which differs per architecture.
 _PIVOT_ROOT_NR = {
@@ -84,6 +87,7 @@ _libc.prctl.argtypes = [
     ctypes.c_ulong,
 ]
 _libc.syscall.restype = ctypes.c_long
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 def _check(ret: int, what: str) -> None:
@@ -210,3 +214,12 @@ def set_process_name(name: str) -> None:
     buf = ctypes.create_string_buffer(name.encode()[:15])
     ret = _libc.prctl(PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0)
     _check(ret, f"prctl(PR_SET_NAME, {name!r})")
+
+
+def madvise(addr: int, length: int, advice: int) -> None:
+    """madvise(2) on `length` bytes of the caller's memory from `addr`.
+
+    Raises:
+        OSError: with the kernel's errno (EINVAL for advice a mapping cannot take).
+    """
+    _check(_libc.madvise(addr, length, advice), f"madvise({addr:#x}, {length}, {advice})")

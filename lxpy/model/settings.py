@@ -60,6 +60,9 @@ class Settings:
     # process into a cgroup then costs ~0.3 ms instead of an RCU grace
     # period (~10 ms) on every container start and exec. Host-wide.
     cgroup_favordynmods: bool = True
+    # Start the kernel's same-page merging daemon (ksmd) when it is off, so
+    # the pages monitors mark mergeable are shared (see lxpy.kernel.ksm).
+    ksm: bool = True
 
     @property
     def cgroup_parent(self) -> str:
@@ -97,7 +100,7 @@ def settings_from_mapping(data: Mapping[str, object], source: str = "settings") 
                 values[key] = _path(key, value)
             elif key == "storage":
                 values[key] = _choice(key, value, STORAGE_CHOICES)
-            elif key == "cgroup_favordynmods":
+            elif key in ("cgroup_favordynmods", "ksm"):
                 if not isinstance(value, bool):
                     raise InvalidArgument(f"{key}: expected true or false, got {value!r}")
                 values[key] = value

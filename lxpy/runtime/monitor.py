@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from lxpy.errors import Busy, InvalidArgument, LxpyError
-from lxpy.kernel import devices, seccomp
+from lxpy.kernel import devices, ksm, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import ContainerCgroup
 from lxpy.kernel.idmap import IdMap, delegate_cgroups
@@ -954,6 +954,12 @@ def run(spec: LaunchSpec, ready_fd: int = -1) -> int:
         _ready(ready_fd, _error(LxpyError(f"{type(e).__name__}: {e}")))
         return 1
     _ready(ready_fd, {"ok": True, "monitor_pid": os.getpid(), "init_pid": mon.init_pid})
+    # After the answer, off the start's path: what this monitor has
+    # written by now is mostly what every other monitor wrote too.
+    try:
+        ksm.mark_mergeable()
+    except OSError:
+        pass
     mon.serve()
     return 0
 

@@ -31,6 +31,7 @@ from tests.conftest import (
     alive,
     assert_loopback_only,
     info,
+    ksm_state,
     start_again,
     stop_containers,
     stop_daemon,
@@ -335,6 +336,53 @@ def _children(pid: int) -> set[int]:
             out.add(k)
             todo.append(k)
     return out
+
+
+def _mergeable(pid: int) -> list[str]:
+    """The mappings of `pid` marked mergeable (VmFlags "mg"), by name."""
+    found, name = [], ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if line.startswith("VmFlags:"):
+            if "mg" in line.split()[1:]:
+                found.append(name)
+        elif not line[0].isupper():
+            fields = line.split()
+            name = fields[5] if len(fields) > 5 else "[anon]"
+    return found
+
+
+def test_monitors_memory_is_merged_and_containers_never(busybox: Daemon) -> None:
+    d = busybox
+    before = ksm_state()
+    if before is None:
+        pytest.fail("this kernel has no KSM (/sys/kernel/mm/ksm)")
+    names = ("km1", "km2", "km3")
+    inits = [_started(d, name)["init_pid"] for name in names]
+    monitors = [
+        int(Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()[1]) for p in inits
+    ]
+    for mon in monitors:
+        marked = _mergeable(mon)
+        assert "[heap]" in marked and "[anon]" in marked, marked
+    # Nothing of the container's is: not init, not what exec runs.
+    for pid in inits:
+        assert _mergeable(pid) == []
+    res = d.cli("exec", "km1", "--", "grep", "-c", " mg", "/proc/self/smaps", check=False)
+    assert res.stdout.strip() == "0", res
+
+    def merged() -> bool:
+        return all(int(Path(f"/proc/{m}/ksm_merging_pages").read_text()) > 50 for m in monitors)
+
+    # lxpyd (setting `ksm`, on by default) ran ksmd, which folded the pages
+    # the three monitors wrote alike...
+    wait_for(merged, 90, "ksmd to merge the monitors' pages")
+    if before != "1":
+        # ... and stops it once a scan finds nothing new; they stay merged.
+        wait_for(lambda: ksm_state() == "0", 90, "lxpyd to stop ksmd")
+        assert not (RUN_BASE / "ksmd.started").exists()
+        assert merged()
+    for name in names:
+        d.cli("stop", name, "--force")
 
 
 def test_start_stop_cycles_leak_nothing(busybox: Daemon, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lxpy.errors import InvalidArgument
+from lxpy.kernel import ksm
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import PREFIX, ContainerCgroup, Hierarchy, layout, parse_mountinfo
 from lxpy.runtime.monitor import _why
@@ -132,3 +133,51 @@ def test_launch_spec_rejects(tmp_path: Path, extra: dict[str, object], match: st
 def test_launch_spec_needs_a_rootfs_directory(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match="not a directory"):
         LaunchSpec.from_json(_spec(tmp_path, rootfs=str(tmp_path / "missing")))
+
+
+def test_ksm_switch_and_counters(tmp_path: Path) -> None:
+    assert ksm.run_state(tmp_path) is None  # no KSM in this kernel
+    (tmp_path / "run").write_text("0\n")
+    (tmp_path / "full_scans").write_text("7\n")
+    (tmp_path / "pages_sharing").write_text("1234\n")
+    assert ksm.run_state(tmp_path) == "0"
+    ksm.set_running(True, tmp_path)
+    assert ksm.run_state(tmp_path) == "1"
+    assert ksm.progress(tmp_path) == (7, 1234)
+
+
+def _vm_flags(pid: int | str) -> dict[str, set[str]]:
+    """The VmFlags of each mapping of `pid` (keyed by its address range)."""
+    flags: dict[str, set[str]] = {}
+    key = ""
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            if line.startswith("VmFlags:"):
+                flags[key] = set(line.split()[1:])
+            elif not line[0].isupper():
+                key = line.split()[0]
+    return flags
+
+
+def test_mark_mergeable_marks_private_writable_mappings_and_ends_at_exec() -> None:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(r)
+            ksm.mark_mergeable()
+            marked = _vm_flags("self")
+            heap = [k for k, v in marked.items() if "mg" in v]
+            os.write(w, f"{len(heap)}\n".encode())
+            # What an exec'd program gets is not marked.
+            os.dup2(w, 1)
+            os.execv("/bin/sh", ["sh", "-c", "grep -c ' mg' /proc/self/smaps || true"])
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        before, after = f.read().split()
+    os.waitpid(pid, 0)
+    assert int(before) > 3, "the heap, the allocator's arenas and the data segment"
+    assert after == "0"

@@ -128,6 +128,10 @@ def test_settings_validation(tmp_path: Path) -> None:
         settings_from_mapping({"storage": "zfs"})
     with pytest.raises(InvalidArgument, match="unknown setting 'rooot'"):
         settings_from_mapping({"rooot": "/x"})
+    assert settings_from_mapping({}).ksm is True
+    assert settings_from_mapping({"ksm": False}).ksm is False
+    with pytest.raises(InvalidArgument, match="ksm: expected true or false, got 'yes'"):
+        settings_from_mapping({"ksm": "yes"})
     f = tmp_path / "lxpyd.toml"
     f.write_text("pool_size = 'huge'\n")
     with pytest.raises(InvalidArgument, match=f"{f}: pool_size: invalid size"):

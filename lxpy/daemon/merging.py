@@ -1,0 +1,96 @@
+"""ksmd in bursts: merge what new monitors wrote alike, then rest.
+
+Monitors mark their memory mergeable (lxpy.kernel.ksm). ksmd scans
+continuously while it runs, about 2% of a CPU here whether it watches one
+monitor or fifty, yet once a monitor's pages are merged there is little
+left for it to find. So after a start, lxpyd runs ksmd until a full scan
+has merged nothing new twice in a row, then stops it; merged pages stay
+merged. A start during a burst extends it.
+
+A ksmd that runs without lxpy having started it (the admin's, or another
+program's) is left alone: it merges the monitors' pages anyway. The file
+RUN_BASE/ksmd.started says lxpy started it, so whichever lxpyd ends the
+burst (several may run on different roots) may stop it, and an lxpyd that
+finds ksmd stopped in the middle of its own burst starts it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import trio
+
+from lxpy.kernel import ksm
+
+log = logging.getLogger("lxpy.merging")
+
+POLL = 1.0  # seconds between looks at ksmd's counters
+QUIET_SCANS = 2  # full scans without a new merge that end a burst
+
+
+class Ksmd:
+    """Runs ksmd in bursts after starts (see the module docstring)."""
+
+    def __init__(self, marker: Path, ksm_dir: Path = ksm.KSM, poll: float = POLL) -> None:
+        self.marker = marker
+        self.ksm_dir = ksm_dir
+        self.poll = poll
+        self._wake = trio.Event()
+        self._kicked = False
+
+    def kick(self) -> None:
+        """A monitor started: have ksmd merge its pages."""
+        self._kicked = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Serve kicks until cancelled (a burst in progress is ended)."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            try:
+                await self._burst()
+            except OSError as e:
+                log.warning("ksmd: %s; monitors' pages stay unmerged", e)
+
+    async def _burst(self) -> None:
+        state = ksm.run_state(self.ksm_dir)
+        if state is None or (state == "1" and not self.marker.exists()):
+            return  # no KSM here, or a ksmd that is not ours merges already
+        try:
+            self._start()
+            self._kicked = False
+            scans, sharing = ksm.progress(self.ksm_dir)
+            quiet = 0
+            while quiet < QUIET_SCANS:
+                await trio.sleep(self.poll)
+                if ksm.run_state(self.ksm_dir) != "1":
+                    self._start()  # another lxpyd ended its burst before ours
+                if self._kicked:
+                    self._kicked = False
+                    quiet = 0
+                now_scans, now_sharing = ksm.progress(self.ksm_dir)
+                if now_scans == scans:
+                    continue
+                quiet = quiet + 1 if now_sharing <= sharing else 0
+                scans, sharing = now_scans, max(sharing, now_sharing)
+            log.debug("ksmd: merged, %d pages sharing; stopping it", sharing)
+        finally:
+            self._stop()
+
+    def _start(self) -> None:
+        self.marker.parent.mkdir(parents=True, exist_ok=True)
+        self.marker.touch()
+        ksm.set_running(True, self.ksm_dir)
+
+    def _stop(self) -> None:
+        # Only a ksmd lxpy started: if the marker went, another lxpyd
+        # stopped it already.
+        if not self.marker.exists():
+            return
+        try:
+            ksm.set_running(False, self.ksm_dir)
+        except OSError as e:
+            log.warning("ksmd: cannot stop it: %s", e)
+        self.marker.unlink(missing_ok=True)

@@ -1,0 +1,115 @@
+"""lxpyd's ksmd bursts (lxpy.daemon.merging) against a stand-in for
+/sys/kernel/mm/ksm: a directory of the same files, and a task playing
+ksmd that counts scans and merges while `run` is 1."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from lxpy.daemon.merging import Ksmd
+
+POLL = 0.01
+
+
+class FakeKsm:
+    def __init__(self, root: Path, run: str = "0") -> None:
+        self.dir = root / "ksm"
+        self.dir.mkdir()
+        self.write("run", run)
+        self.write("full_scans", "0")
+        self.write("pages_sharing", "0")
+        self.to_merge = 0  # pages the next scans will still merge
+
+    def write(self, name: str, value: object) -> None:
+        (self.dir / name).write_text(f"{value}\n")
+
+    def read(self, name: str) -> int:
+        return int((self.dir / name).read_text())
+
+    async def kernel(self) -> None:
+        """One full scan per half poll while running, merging 100 pages
+        per scan of what is left."""
+        while True:
+            await trio.sleep(POLL / 2)
+            if self.read("run") != 1:
+                continue
+            merged = min(100, self.to_merge)
+            self.to_merge -= merged
+            self.write("pages_sharing", self.read("pages_sharing") + merged)
+            self.write("full_scans", self.read("full_scans") + 1)
+
+
+def _parts(tmp_path: Path, run: str = "0") -> tuple[FakeKsm, Path, Ksmd]:
+    fake = FakeKsm(tmp_path, run)
+    marker = tmp_path / "ksmd.started"
+    return fake, marker, Ksmd(marker, fake.dir, poll=POLL)
+
+
+async def _until(cond: Callable[[], bool], what: str) -> None:
+    for _ in range(2000):  # 5 s
+        if cond():
+            return
+        await trio.sleep(POLL / 4)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.trio
+async def test_a_burst_runs_ksmd_until_nothing_more_merges(tmp_path: Path) -> None:
+    fake, marker, ksmd = _parts(tmp_path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake.kernel)
+        nursery.start_soon(ksmd.run)
+        fake.to_merge = 5000
+        ksmd.kick()
+        await _until(lambda: fake.read("run") == 1 and marker.exists(), "ksmd started")
+        # Stopped by another lxpyd mid-burst: started again.
+        fake.write("run", 0)
+        await _until(lambda: fake.read("run") == 1, "ksmd started again")
+        await _until(lambda: fake.read("run") == 0, "the burst to end")
+        assert fake.to_merge == 0 and fake.read("pages_sharing") == 5000
+        assert not marker.exists()
+        # The next start runs another burst.
+        fake.to_merge = 300
+        ksmd.kick()
+        await _until(lambda: fake.read("run") == 1, "the second burst")
+        await _until(lambda: fake.read("run") == 0, "the second burst to end")
+        assert fake.read("pages_sharing") == 5300 and not marker.exists()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_ksmd_lxpy_did_not_start_is_left_alone(tmp_path: Path) -> None:
+    fake, marker, ksmd = _parts(tmp_path, run="1")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ksmd.run)
+        ksmd.kick()
+        await trio.sleep(POLL * 5)
+        assert fake.read("run") == 1 and not marker.exists()
+        nursery.cancel_scope.cancel()
+    assert fake.read("run") == 1
+
+
+@pytest.mark.trio
+async def test_lxpyd_ending_mid_burst_stops_the_ksmd_it_started(tmp_path: Path) -> None:
+    fake, marker, ksmd = _parts(tmp_path)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ksmd.run)  # no kernel task: the burst never settles
+        ksmd.kick()
+        await _until(lambda: fake.read("run") == 1, "ksmd started")
+        nursery.cancel_scope.cancel()
+    assert fake.read("run") == 0 and not marker.exists()
+
+
+@pytest.mark.trio
+async def test_no_ksm_in_the_kernel_is_no_error(tmp_path: Path) -> None:
+    ksmd = Ksmd(tmp_path / "ksmd.started", tmp_path / "missing", poll=POLL)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ksmd.run)
+        ksmd.kick()
+        await trio.sleep(POLL * 3)
+        nursery.cancel_scope.cancel()
+    assert not (tmp_path / "ksmd.started").exists()
