@@ -12,7 +12,6 @@ CLI starts, asks and prints within a few tens of milliseconds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -24,6 +23,7 @@ from lxpy.errors import Cancelled, LxpyError, NotFound, from_json
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable, Iterable, Sequence
     from typing import Any
 
@@ -55,11 +55,28 @@ class UsageError(Exception):
         self.prog = prog
 
 
-class _Parser(argparse.ArgumentParser):
-    # argparse prints and exits on its own; route its errors through fail()
-    # so every error of the CLI looks the same.
-    def error(self, message: str) -> Any:  # type: ignore[override]
-        raise UsageError(message, self.format_usage(), self.prog)
+_PARSER_CLASS: Any = None
+
+
+def new_parser(**kwargs: Any) -> argparse.ArgumentParser:
+    """An argparse parser whose errors raise UsageError.
+
+    Why argparse is imported here and not at the top: with `re`, `enum`,
+    `gettext` and `shutil` behind it, it is a third of a short command's
+    run time, and the commonest command lines never need it (_fast_args).
+    """
+    global _PARSER_CLASS
+    if _PARSER_CLASS is None:
+        import argparse
+
+        class _Parser(argparse.ArgumentParser):
+            # argparse prints and exits on its own; route its errors through
+            # fail() so every error of the CLI looks the same.
+            def error(self, message: str) -> Any:  # type: ignore[override]
+                raise UsageError(message, self.format_usage(), self.prog)
+
+        _PARSER_CLASS = _Parser
+    return _PARSER_CLASS(**kwargs)  # type: ignore[no-any-return]
 
 
 # -- the command table ---------------------------------------------------------
@@ -86,6 +103,12 @@ class Command:
 
 
 COMMANDS: list[Command] = []
+
+# Stand-ins, in the table, for argparse's REMAINDER (its own value) and
+# BooleanOptionalAction (swapped in by build_parser), so that building the
+# table needs no argparse.
+REMAINDER = "..."
+BOOLEAN_OPTIONAL = "boolean-optional"
 
 # Help for commands that only group subcommands.
 GROUPS = {
@@ -137,6 +160,69 @@ def _named_path(argv: Sequence[str]) -> tuple[str, ...] | None:
     return None
 
 
+def _boolean_optional() -> type[argparse.Action]:
+    import argparse
+
+    return argparse.BooleanOptionalAction
+
+
+def _fast_args(argv: Sequence[str]) -> Any:
+    """The parsed arguments of a command line that names a command and
+    gives it only positional values (`lxpy start web db`), made without
+    argparse; None for anything else (options, help, errors), which
+    argparse then parses.
+
+    The result carries the same attributes argparse would set, with every
+    option at its default; tests/unit/test_cli.py compares the two for
+    every command in the table.
+    """
+    import types
+
+    words = list(argv)
+    socket = None
+    if words[:1] == ["--socket"] and len(words) > 1:
+        socket, words = words[1], words[2:]
+    elif words[:1] and words[0].startswith("--socket="):
+        socket, words = words[0].partition("=")[2], words[1:]
+    if not words or any(w.startswith("-") for w in words):
+        return None
+    path = tuple(words[:2]) if words[0] in GROUPS else tuple(words[:1])
+    cmd = next((c for c in COMMANDS if c.path == path), None)
+    if cmd is None:
+        return None
+    ns: dict[str, Any] = {"socket": socket, "command": path[0], "run": cmd.run}
+    if len(path) == 2:
+        ns["subcommand"] = path[1]
+    if cmd.formats:
+        ns["format"] = "table"
+    values = words[len(path) :]
+    positionals = [(f[0], kw.get("nargs")) for f, kw in cmd.args if not f[0].startswith("-")]
+    for flags, kw in cmd.args:
+        if not flags[0].startswith("-"):
+            if set(kw) - {"nargs", "metavar", "help"}:
+                return None  # a type or choices to check: argparse's job
+            continue
+        if kw.get("required"):
+            return None  # an option the line lacks: argparse's usage error
+        long = max(flags, key=len).lstrip("-").replace("-", "_")
+        action = kw.get("action")
+        if action in ("store_true", "store_false"):
+            ns[kw.get("dest", long)] = action == "store_false"
+        else:
+            ns[kw.get("dest", long)] = kw.get("default")
+    for i, (dest, nargs) in enumerate(positionals):
+        last = i == len(positionals) - 1
+        if nargs is None and values:
+            ns[dest], values = values[0], values[1:]
+        elif nargs in ("+", "*") and last and (values or nargs == "*"):
+            ns[dest], values = values, []
+        elif nargs == "?" and last:
+            ns[dest], values = (values[0] if values else None), values[1:]
+        else:
+            return None  # missing values, or a shape argparse handles
+    return None if values else types.SimpleNamespace(**ns)
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argparse parser for the commands in COMMANDS.
 
@@ -146,7 +232,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     commands get the full table.
     """
     wanted = _named_path(argv) if argv is not None else None
-    parser = _Parser(prog="lxpy", description="Manage system containers through lxpyd.")
+    parser = new_parser(prog="lxpy", description="Manage system containers through lxpyd.")
     parser.add_argument(
         "--socket",
         metavar="PATH",
@@ -169,6 +255,8 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             where = groups[group]
         p = where.add_parser(cmd.path[-1], help=cmd.help, description=cmd.help)
         for flags, kwargs in cmd.args:
+            if kwargs.get("action") == BOOLEAN_OPTIONAL:
+                kwargs = {**kwargs, "action": _boolean_optional()}
             p.add_argument(*flags, **kwargs)
         if cmd.formats:
             p.add_argument(
@@ -216,6 +304,8 @@ def key_value(text: str) -> tuple[str, str]:
     """argparse type of `--set KEY=VALUE`."""
     key, sep, value = text.partition("=")
     if not sep or not key:
+        import argparse
+
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     return key, value
 
@@ -499,15 +589,15 @@ _EXEC_OPTIONS = (
     "run a command in a running container; exits with the command's status",
     NAME,
     *_EXEC_OPTIONS,
-    arg("command", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command"),
+    arg("command", nargs=REMAINDER, metavar="-- CMD ...", help="the command"),
 )
 def cmd_exec(client: Client, args: argparse.Namespace) -> int:
     # argparse's REMAINDER takes everything after NAME, options included
     # (`lxpy exec web -t -- sh`): parse those options out of it here.
-    rest = _Parser(prog="lxpy exec", add_help=False)
+    rest = new_parser(prog="lxpy exec", add_help=False)
     for flags, kwargs in _EXEC_OPTIONS:
         rest.add_argument(*flags, **{**kwargs, "default": None})
-    rest.add_argument("command", nargs=argparse.REMAINDER)
+    rest.add_argument("command", nargs=REMAINDER)
     more = rest.parse_args(args.command)
     if more.tty is not None:
         args.tty = more.tty
@@ -711,7 +801,7 @@ NETWORK = arg("name", metavar="NAME", help="network name (also its bridge's name
     arg("--subnet", metavar="CIDR", help="IPv4 subnet (default: a free 10.x.y.0/24)"),
     arg(
         "--nat",
-        action=argparse.BooleanOptionalAction,
+        action=BOOLEAN_OPTIONAL,
         default=True,
         help="masquerade the containers' traffic out of the host (default: on)",
     ),
@@ -879,8 +969,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one `lxpy` command; return its exit status."""
     try:
         words = sys.argv[1:] if argv is None else argv
-        parser = build_parser(words)
-        args = parser.parse_args(words)
+        args = _fast_args(words)
+        if args is None:
+            args = build_parser(words).parse_args(words)
         client = Client(args.socket)
         status = args.run(client, args) or 0
         # Flush here so a closed pipe is seen below, not at interpreter exit.

@@ -652,3 +652,61 @@ def test_a_group_without_a_known_subcommand_builds_the_whole_group(
     assert "invalid choice: 'nosuch'" in err
     for sub in ("create", "list", "restore", "delete"):
         assert f"'{sub}'" in err
+
+
+def _positional_words(command: cli.Command) -> list[str]:
+    words: list[str] = []
+    for flags, kw in command.args:
+        if not flags[0].startswith("-"):
+            words += ["a", "b"] if kw.get("nargs") in ("+", "*") else ["a"]
+    return words
+
+
+def _needs_argparse(command: cli.Command) -> bool:
+    """A positional with a checked value (type, choices, everything after
+    `--`), or a required option."""
+    return any(
+        kw.get("required")
+        if flags[0].startswith("-")
+        else set(kw) - {"nargs", "metavar", "help"} or kw.get("nargs") == cli.REMAINDER
+        for flags, kw in command.args
+    )
+
+
+@pytest.mark.parametrize("command", cli.COMMANDS, ids=lambda c: " ".join(c.path))
+def test_fast_path_parses_as_argparse_does(command: cli.Command) -> None:
+    argv = [*command.path, *_positional_words(command)]
+    lines = [argv, ["--socket", "/x.sock", *argv], ["--socket=/x.sock", *argv]]
+    if any(kw.get("nargs") == "?" for _, kw in command.args):
+        lines.append(argv[:-1])  # the optional value left out
+    for line in lines:
+        fast = cli._fast_args(line)
+        assert (fast is None) == _needs_argparse(command), line
+        if fast is not None:
+            assert vars(fast) == vars(cli.build_parser(line).parse_args(line)), line
+
+
+def test_fast_path_leaves_options_help_and_mistakes_to_argparse() -> None:
+    assert cli._fast_args(["start", "web", "db"]).names == ["web", "db"]
+    for line in (
+        ["stop", "web", "--force"],
+        ["stop", "-t", "5", "web"],
+        ["start"],  # NAME missing: argparse's usage error
+        ["info", "a", "b"],  # one too many
+        ["start", "--help"],
+        ["nosuch", "x"],
+        ["snapshot", "create"],
+        [],
+    ):
+        assert cli._fast_args(line) is None, line
+
+
+def test_a_plain_start_imports_no_argparse() -> None:
+    code = (
+        "import sys; from lxpy.cli import main; "
+        "main(['--socket', '/nonexistent/lxpy.sock', 'start', 'web']); "
+        "print('argparse' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert res.stdout.strip() == "False", res
+    assert "cannot reach lxpyd" in res.stderr or "error:" in res.stderr
