@@ -135,6 +135,10 @@ class Daemon:
         d.lifecycle = Lifecycle(d, nursery)
         # Containers whose monitors outlived a previous lxpyd run on.
         await d.lifecycle.adopt_all()
+        if d.ksmd is not None and d.running:
+            # Their pages may not all be merged yet (a burst cut short by
+            # the previous lxpyd's end), or written apart since.
+            d.ksmd.kick()
         await d.resources.rebalance()
         # In the background: the API answers while they start one by one.
         nursery.start_soon(d.boot.autostart)

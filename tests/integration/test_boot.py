@@ -277,6 +277,7 @@ def test_monitor_killed_shows_error(busybox: Daemon) -> None:
 
 def test_daemon_sigkill_and_adoption(busybox: Daemon, tmp_path: Path) -> None:
     d = busybox
+    ksm_before = ksm_state()
     names = ("ad1", "ad2", "ad3")
     pids = {n: _started(d, n)["init_pid"] for n in names}
     d.proc.kill()
@@ -305,9 +306,15 @@ def test_daemon_sigkill_and_adoption(busybox: Daemon, tmp_path: Path) -> None:
     finally:
         stop_daemon(d2)
     assert alive(pid)
+    if ksm_before == "0":
+        # A stopping lxpyd ends its ksmd burst (the one ad4's start began).
+        assert ksm_state() == "0"
     d3 = start_again(d, tmp_path / "lxpyd3.log")
     try:
         assert info(d3, "ad4")["init_pid"] == pid
+        if ksm_before == "0":
+            # It runs one for the monitor it adopted.
+            wait_for(lambda: ksm_state() == "1", 10, "ksmd to run for the adopted monitor")
         d3.cli("stop", "ad4")
     finally:
         stop_daemon(d3)
