@@ -15,7 +15,9 @@ whoever started it (lxpyd, the zygote, a shell). It:
   them and the socket, writes its last state, and exits.
 
 Stdlib only, single-threaded, one poll() loop: it must cost little memory
-when fifty containers idle.
+when fifty containers idle. Once init runs it marks its memory mergeable,
+so ksmd can keep one copy of the pages all monitors write alike
+(lxpy.kernel.ksm).
 """
 
 from __future__ import annotations
