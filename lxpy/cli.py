@@ -254,16 +254,21 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                 )
             where = groups[group]
         p = where.add_parser(cmd.path[-1], help=cmd.help, description=cmd.help)
-        for flags, kwargs in cmd.args:
-            if kwargs.get("action") == BOOLEAN_OPTIONAL:
-                kwargs = {**kwargs, "action": _boolean_optional()}
-            p.add_argument(*flags, **kwargs)
-        if cmd.formats:
-            p.add_argument(
-                "--format", choices=("table", "json"), default="table", help="output format"
-            )
+        add_arguments(p, cmd)
         p.set_defaults(run=cmd.run)
     return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser, cmd: Command) -> None:
+    """Add command `cmd`'s arguments (and `--format`) to `parser`."""
+    for flags, kwargs in cmd.args:
+        if kwargs.get("action") == BOOLEAN_OPTIONAL:
+            kwargs = {**kwargs, "action": _boolean_optional()}
+        parser.add_argument(*flags, **kwargs)
+    if cmd.formats:
+        parser.add_argument(
+            "--format", choices=("table", "json"), default="table", help="output format"
+        )
 
 
 # -- output ------------------------------------------------------------------------
