@@ -5,7 +5,9 @@ continuously while it runs, about 2% of a CPU here whether it watches one
 monitor or fifty, yet once a monitor's pages are merged there is little
 left for it to find. So after a start, lxpyd runs ksmd until a full scan
 has merged nothing new twice in a row, then stops it; merged pages stay
-merged. A start during a burst extends it.
+merged. A start during a burst extends it. ksmd merges nothing in its
+first two scans of a page (it takes a page only once its checksum held
+from one scan to the next), so those do not count as quiet.
 
 A ksmd that runs without lxpy having started it (the admin's, or another
 program's) is left alone: it merges the monitors' pages anyway. The file
@@ -27,6 +29,7 @@ log = logging.getLogger("lxpy.merging")
 
 POLL = 1.0  # seconds between looks at ksmd's counters
 QUIET_SCANS = 2  # full scans without a new merge that end a burst
+FIRST_SCANS = 3  # full scans after a start before quiet ones count
 
 
 class Ksmd:
@@ -62,17 +65,18 @@ class Ksmd:
             self._start()
             self._kicked = False
             scans, sharing = ksm.progress(self.ksm_dir)
-            quiet = 0
-            while quiet < QUIET_SCANS:
+            since_kick = quiet = 0
+            while since_kick < FIRST_SCANS or quiet < QUIET_SCANS:
                 await trio.sleep(self.poll)
                 if ksm.run_state(self.ksm_dir) != "1":
                     self._start()  # another lxpyd ended its burst before ours
                 if self._kicked:
                     self._kicked = False
-                    quiet = 0
+                    since_kick = quiet = 0
                 now_scans, now_sharing = ksm.progress(self.ksm_dir)
                 if now_scans == scans:
                     continue
+                since_kick += now_scans - scans
                 quiet = quiet + 1 if now_sharing <= sharing else 0
                 scans, sharing = now_scans, max(sharing, now_sharing)
             log.debug("ksmd: merged, %d pages sharing; stopping it", sharing)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from lxpy.daemon.merging import Ksmd
 
@@ -23,6 +24,8 @@ class FakeKsm:
         self.write("full_scans", "0")
         self.write("pages_sharing", "0")
         self.to_merge = 0  # pages the next scans will still merge
+        self.idle_scans = 0  # scans after a start that merge nothing yet
+        self._idle_left = 0
 
     def write(self, name: str, value: object) -> None:
         (self.dir / name).write_text(f"{value}\n")
@@ -31,16 +34,26 @@ class FakeKsm:
         return int((self.dir / name).read_text())
 
     async def kernel(self) -> None:
-        """One full scan per half poll while running, merging 100 pages
-        per scan of what is left."""
+        """One full scan per poll, half a poll after lxpyd's looks, while
+        running; each merges 100 pages of what is left."""
+        await trio.sleep(POLL / 2)
         while True:
-            await trio.sleep(POLL / 2)
+            await trio.sleep(POLL)
             if self.read("run") != 1:
                 continue
-            merged = min(100, self.to_merge)
+            if self._idle_left > 0:
+                self._idle_left -= 1
+                merged = 0
+            else:
+                merged = min(100, self.to_merge)
             self.to_merge -= merged
             self.write("pages_sharing", self.read("pages_sharing") + merged)
             self.write("full_scans", self.read("full_scans") + 1)
+
+    def started(self, pages: int) -> None:
+        """A monitor started: `pages` to merge, after the idle scans."""
+        self.to_merge += pages
+        self._idle_left = self.idle_scans
 
 
 def _parts(tmp_path: Path, run: str = "0") -> tuple[FakeKsm, Path, Ksmd]:
@@ -58,12 +71,14 @@ async def _until(cond: Callable[[], bool], what: str) -> None:
 
 
 @pytest.mark.trio
-async def test_a_burst_runs_ksmd_until_nothing_more_merges(tmp_path: Path) -> None:
+async def test_a_burst_runs_ksmd_until_nothing_more_merges(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     fake, marker, ksmd = _parts(tmp_path)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fake.kernel)
         nursery.start_soon(ksmd.run)
-        fake.to_merge = 5000
+        fake.started(5000)
         ksmd.kick()
         await _until(lambda: fake.read("run") == 1 and marker.exists(), "ksmd started")
         # Stopped by another lxpyd mid-burst: started again.
@@ -73,7 +88,7 @@ async def test_a_burst_runs_ksmd_until_nothing_more_merges(tmp_path: Path) -> No
         assert fake.to_merge == 0 and fake.read("pages_sharing") == 5000
         assert not marker.exists()
         # The next start runs another burst.
-        fake.to_merge = 300
+        fake.started(300)
         ksmd.kick()
         await _until(lambda: fake.read("run") == 1, "the second burst")
         await _until(lambda: fake.read("run") == 0, "the second burst to end")
@@ -82,7 +97,9 @@ async def test_a_burst_runs_ksmd_until_nothing_more_merges(tmp_path: Path) -> No
 
 
 @pytest.mark.trio
-async def test_a_ksmd_lxpy_did_not_start_is_left_alone(tmp_path: Path) -> None:
+async def test_a_ksmd_lxpy_did_not_start_is_left_alone(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     fake, marker, ksmd = _parts(tmp_path, run="1")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ksmd.run)
@@ -94,7 +111,9 @@ async def test_a_ksmd_lxpy_did_not_start_is_left_alone(tmp_path: Path) -> None:
 
 
 @pytest.mark.trio
-async def test_lxpyd_ending_mid_burst_stops_the_ksmd_it_started(tmp_path: Path) -> None:
+async def test_lxpyd_ending_mid_burst_stops_the_ksmd_it_started(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     fake, marker, ksmd = _parts(tmp_path)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ksmd.run)  # no kernel task: the burst never settles
@@ -105,7 +124,9 @@ async def test_lxpyd_ending_mid_burst_stops_the_ksmd_it_started(tmp_path: Path) 
 
 
 @pytest.mark.trio
-async def test_no_ksm_in_the_kernel_is_no_error(tmp_path: Path) -> None:
+async def test_no_ksm_in_the_kernel_is_no_error(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
     ksmd = Ksmd(tmp_path / "ksmd.started", tmp_path / "missing", poll=POLL)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ksmd.run)
@@ -113,3 +134,22 @@ async def test_no_ksm_in_the_kernel_is_no_error(tmp_path: Path) -> None:
         await trio.sleep(POLL * 3)
         nursery.cancel_scope.cancel()
     assert not (tmp_path / "ksmd.started").exists()
+
+
+@pytest.mark.trio
+async def test_a_burst_outlasts_the_scans_that_cannot_merge_yet(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    # ksmd merges a page only from its second scan of it on; quiet scans
+    # before that must not end the burst.
+    fake, marker, ksmd = _parts(tmp_path)
+    fake.idle_scans = 2  # a start in the middle of a scan: two to wait
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake.kernel)
+        nursery.start_soon(ksmd.run)
+        fake.started(300)
+        ksmd.kick()
+        await _until(lambda: fake.read("run") == 1, "ksmd started")
+        await _until(lambda: fake.read("run") == 0, "the burst to end")
+        assert fake.read("pages_sharing") == 300
+        nursery.cancel_scope.cancel()
