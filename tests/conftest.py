@@ -229,12 +229,17 @@ def ksm_state() -> str | None:
 def restore_ksm(state: str | None) -> None:
     """Put /sys/kernel/mm/ksm/run back to `state` (from ksm_state()).
 
-    Why: lxpyd starts ksmd (its `ksm` setting), a host-wide switch; what a
-    test or bench run turned on, it turns off again. Pages merged by then
-    stay merged until written, as after any stop of ksmd.
+    Why: lxpyd runs ksmd after starts (its `ksm` setting), a host-wide
+    switch, and an lxpyd killed in the middle of a burst leaves it on, and
+    its mark that lxpy started it. Pages merged by then stay merged until
+    written, as after any stop of ksmd.
     """
+    from lxpy.daemon.networks import RUN_BASE
+
     if state is not None and ksm_state() != state:
         KSM_RUN.write_text(state)
+    if state != "1":
+        (RUN_BASE / "ksmd.started").unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
