@@ -40,7 +40,7 @@ from lxpy.model.state import State
 from lxpy.model.template import TemplateDef, find_template
 from lxpy.runtime.control import check_reply
 from lxpy.runtime.spec import LaunchSpec
-from lxpy.runtime.zygote import SPAWN_TIMEOUT, spawn_request, start_zygote
+from lxpy.runtime.zygote import SPAWN_TIMEOUT, encode_request, spawn_request, start_zygote
 
 __all__ = ["Lifecycle", "RunInfo"]
 
@@ -219,7 +219,7 @@ class Lifecycle:
         with trio.CancelScope(shield=True, deadline=trio.current_time() + wait):
             stream = await trio.open_unix_socket(str(self.zygote_socket))
             async with stream:
-                await stream.send_all((json.dumps(req) + "\n").encode())
+                await stream.send_all(encode_request(req))
                 buf = b""
                 while b"\n" not in buf:
                     chunk = await stream.receive_some(65536)

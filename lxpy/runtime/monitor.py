@@ -966,6 +966,11 @@ def run(spec: LaunchSpec, ready_fd: int = -1) -> int:
     return 0
 
 
+def report(ready_fd: int, e: LxpyError) -> None:
+    """Answer on `ready_fd` (as run() does) that a start failed with `e`."""
+    _ready(ready_fd, _error(e))
+
+
 def _ready(fd: int, msg: dict[str, object]) -> None:
     if fd < 0:
         return

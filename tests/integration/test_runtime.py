@@ -29,7 +29,7 @@ from lxpy.kernel.devices import ALLOWED, devices_dir, init_parent
 from lxpy.kernel.limits import controller_dir
 from lxpy.runtime.control import MonitorClient
 from lxpy.runtime.spec import LaunchSpec
-from lxpy.runtime.zygote import spawn_monitor, start_zygote
+from lxpy.runtime.zygote import spawn_monitor, spawn_request, start_zygote
 from tests.conftest import alive, wait_for
 
 pytestmark = pytest.mark.integration
@@ -557,3 +557,31 @@ def test_zygote_ends_with_its_owner(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_zygote_refuses_bad_requests_clearly(zygote: Path) -> None:
+    def ask(line: bytes) -> dict[str, object]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(str(zygote))
+            s.sendall(line)
+            reply: dict[str, object] = json.loads(s.makefile("rb").readline())
+            return reply
+
+    def error(reply: dict[str, object]) -> str:
+        assert reply["ok"] is False, reply
+        return str(reply["error"]["message"])  # type: ignore[index]
+
+    assert ask(b"ping {}\n")["ok"] is True
+    assert "unknown command 'dance'" in error(ask(b"dance {}\n"))
+    assert "bad request" in error(ask(b"namespaces not json\n"))
+    # A spawn's arguments are read by the forked child, which answers.
+    assert "bad request" in error(ask(b"spawn not json\n"))
+    assert "spec must be an object" in error(ask(b'spawn {"spec": 3}\n'))
+    spec = {"name": "x", "rootfs": "/", "control_socket": "/nonexistent/x.sock", "ttys": 99}
+    line = f"spawn {json.dumps({'spec': spec})}\n".encode()
+    assert "ttys must be 0..64, got 99" in error(ask(line))
+    # The zygote still serves, and the children that answered are gone.
+    pid = int(spawn_request(zygote, {"cmd": "ping"})["pid"])  # type: ignore[call-overload]
+    kids = Path(f"/proc/{pid}/task/{pid}/children")
+    wait_for(lambda: kids.read_text().split() == [], 5, "the zygote's children to be reaped")
