@@ -12,10 +12,10 @@ import ipaddress
 import os
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -298,32 +298,24 @@ def add_nics(path: Path, nics: list[Nic]) -> None:
     """
     if not nics:
         return
-    errors: list[BaseException] = []
 
     def work() -> None:
-        # A thread of its own: it joins the namespace (so the ioctl socket
-        # bringing the peers up is there) and ends there. The netlink socket
-        # is opened first, in the host namespace where the bridges are.
-        try:
-            with IPRoute() as ip:
-                ip.link_lookup(ifname="lo")
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    sc.setns(fd, sc.CLONE_NEWNET)
-                    _add_nics(ip, fd, nics)
-                finally:
-                    os.close(fd)
-        except BaseException as e:
-            errors.append(e)
+        # It joins the namespace (so the ioctl socket bringing the peers up
+        # is there). The netlink socket is opened first, in the host
+        # namespace where the bridges are.
+        with IPRoute() as ip:
+            ip.link_lookup(ifname="lo")
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                sc.setns(fd, sc.CLONE_NEWNET)
+                _add_nics(ip, fd, nics)
+            finally:
+                os.close(fd)
 
-    t = threading.Thread(target=work, name="lxpy-netns-nics")
-    t.start()
-    t.join()
-    if errors:
-        err = errors[0]
-        if isinstance(err, NetlinkError):
-            raise LxpyError(f"cannot set up the network of {path.name}: {err}") from err
-        raise err
+    try:
+        _in_own_thread("lxpy-netns-nics", work)
+    except NetlinkError as e:
+        raise _setup_error(path, e) from e
 
 
 def create_netns(path: Path, nics: list[Nic], netns_fd: int = -1) -> None:
@@ -341,52 +333,61 @@ def create_netns(path: Path, nics: list[Nic], netns_fd: int = -1) -> None:
         OSError: from unshare/mount.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            _setup_in_new_netns(path, nics, netns_fd)
-        except BaseException as e:
-            errors.append(e)
-
-    t = threading.Thread(target=work, name="lxpy-netns")
-    t.start()
-    t.join()
-    if errors:
+    try:
+        _in_own_thread("lxpy-netns", lambda: _setup_in_new_netns(path, nics, netns_fd))
+    except BaseException as e:
         remove_netns(path)
-        err = errors[0]
-        if isinstance(err, NetlinkError):
-            raise LxpyError(f"cannot set up the network of {path.name}: {err}") from err
-        raise err
+        if isinstance(e, NetlinkError):
+            raise _setup_error(path, e) from e
+        raise
 
 
 def netns_ipv4(path: Path) -> dict[str, list[str]]:
     """IPv4 addresses (CIDR) per interface inside the namespace at `path`,
     leaving out lo."""
-    result: dict[str, list[str]] = {}
+
+    def work() -> dict[str, list[str]]:
+        result: dict[str, list[str]] = {}
+        sc.setns_path(path, sc.CLONE_NEWNET)
+        with IPRoute() as ip:
+            names = {int(link["index"]): str(_attr(link, "IFLA_IFNAME")) for link in ip.get_links()}
+            for a in ip.get_addr(family=socket.AF_INET):
+                name = names.get(int(a["index"]), "?")
+                if name != "lo":
+                    result.setdefault(name, []).append(
+                        f"{_attr(a, 'IFA_ADDRESS')}/{a['prefixlen']}"
+                    )
+        return result
+
+    return _in_own_thread("lxpy-netns-read", work)
+
+
+_T = TypeVar("_T")
+
+
+def _in_own_thread(name: str, fn: Callable[[], _T]) -> _T:
+    """Run `fn` in a new thread and return its result (or raise its error).
+
+    Why: setns(CLONE_NEWNET) moves only the calling thread. A thread that
+    joins a container's namespace and ends there leaves the caller (a
+    worker of lxpyd's) in the host's.
+    """
+    out: list[_T] = []
     errors: list[BaseException] = []
 
     def work() -> None:
         try:
-            sc.setns_path(path, sc.CLONE_NEWNET)
-            with IPRoute() as ip:
-                names = {
-                    int(link["index"]): str(_attr(link, "IFLA_IFNAME")) for link in ip.get_links()
-                }
-                for a in ip.get_addr(family=socket.AF_INET):
-                    name = names.get(int(a["index"]), "?")
-                    if name == "lo":
-                        continue
-                    result.setdefault(name, []).append(
-                        f"{_attr(a, 'IFA_ADDRESS')}/{a['prefixlen']}"
-                    )
+            out.append(fn())
         except BaseException as e:
             errors.append(e)
 
-    # A thread of its own: it leaves the host namespace and ends there.
-    t = threading.Thread(target=work, name="lxpy-netns-read")
+    t = threading.Thread(target=work, name=name)
     t.start()
     t.join()
     if errors:
         raise errors[0]
-    return result
+    return out[0]
+
+
+def _setup_error(path: Path, e: NetlinkError) -> LxpyError:
+    return LxpyError(f"cannot set up the network of {path.name}: {e}")
