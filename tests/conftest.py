@@ -177,6 +177,17 @@ def alive(pid: int) -> bool:
         return False
 
 
+def owns(userns_fd: int, ns_fd: int) -> bool:
+    """Whether the user namespace open at `userns_fd` owns namespace `ns_fd`."""
+    from lxpy.kernel import idmap
+
+    owner = idmap.owning_userns(ns_fd)
+    try:
+        return os.fstat(owner).st_ino == os.fstat(userns_fd).st_ino
+    finally:
+        os.close(owner)
+
+
 def assert_loopback_only(d: Daemon, name: str, pid: int) -> None:
     """Container `name` (init `pid`), on no network, has a network namespace
     of its own holding only loopback, up; none is bound in the daemon's run

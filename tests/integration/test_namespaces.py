@@ -14,6 +14,7 @@ import pytest
 from lxpy.errors import LxpyError
 from lxpy.kernel import idmap
 from lxpy.runtime.zygote import spawn_request, start_zygote
+from tests.conftest import owns
 
 pytestmark = pytest.mark.integration
 
@@ -48,11 +49,7 @@ def _check_pinned(user: str, net: str) -> None:
     ufd = os.open(user, os.O_RDONLY | os.O_CLOEXEC)
     nfd = os.open(net, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        owner = idmap.owning_userns(nfd)
-        try:
-            assert os.fstat(owner).st_ino == os.fstat(ufd).st_ino
-        finally:
-            os.close(owner)
+        assert owns(ufd, nfd)
     finally:
         os.close(ufd)
         os.close(nfd)

@@ -21,6 +21,7 @@ import pytest
 from lxpy.kernel import caps, idmap, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import hierarchies
+from tests.conftest import owns
 from tests.forking import in_child
 
 pytestmark = pytest.mark.integration
@@ -185,11 +186,7 @@ def test_netns_owned_by_the_userns_lets_container_root_mount_sysfs(
     target = tmp_path / "sys"
     target.mkdir()
     try:
-        owner = idmap.owning_userns(netns)
-        try:
-            assert os.fstat(owner).st_ino == os.fstat(userns).st_ino
-        finally:
-            os.close(owner)
+        assert owns(userns, netns)
 
         def attempt(join_netns: bool) -> str:
             if join_netns:
