@@ -613,15 +613,16 @@ class Monitor:
         # init handles or blocks it (SIGKILL aside), and an init exec'd a
         # moment ago may not have set that up yet (systemd takes a few ms).
         # Unless /proc shows init taking the signal, send it again every
-        # half second until init ends or the retry window closes. (Inits
-        # waiting in sigtimedwait, like busybox, never show it: they get a
-        # repeat, which they ignore while shutting down.)
+        # half second until init ends or the retry window closes. /proc is
+        # read before the signal goes: read after, it could show a mask set
+        # up in between, for a signal the kernel had already dropped.
+        delivered = sig == signal.SIGKILL or _catches(self.init_pid, sig)
         try:
             os.kill(self.init_pid, sig)
         except ProcessLookupError:
             return
         now = time.monotonic()
-        if not retry or sig == signal.SIGKILL or _catches(self.init_pid, sig):
+        if not retry or delivered:
             self.pending_signal = None
         elif self.pending_signal is None:
             self.pending_signal = sig

@@ -258,6 +258,23 @@ def test_reboot_command_uses_the_reboot_signal(boot: Callable[..., Booted]) -> N
     assert st["last_exit"]["reason"] == "reboot"  # type: ignore[index]
 
 
+def test_reboot_signal_reaches_an_init_that_handles_it_late(
+    boot: Callable[..., Booted],
+) -> None:
+    # The kernel drops signals to a namespace's init that it neither handles
+    # nor blocks; this init takes SIGTERM only after a second, so the first
+    # sends are lost and the monitor must repeat the signal.
+    late = (
+        "#!/bin/sh\nsleep 1\n"
+        "trap 'echo caught the signal; exit 0' TERM\n"
+        "while :; do sleep 0.1; done\n"
+    )
+    b = boot(init="/sbin/late", files={"sbin/late": late})
+    b.client.request("reboot")
+    log = Path(b.spec.console_log)
+    wait_for(lambda: "caught the signal" in log.read_text(), 10, "the late trap")
+
+
 def test_poweroff_inside_ends_the_monitor(boot: Callable[..., Booted]) -> None:
     b = boot()
     nsenter(b.init_pid, "poweroff", "-f")
