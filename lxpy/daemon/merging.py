@@ -90,11 +90,14 @@ class Ksmd:
 
     def _stop(self) -> None:
         # Only a ksmd lxpy started: if the marker went, another lxpyd
-        # stopped it already.
+        # stopped it already. The marker goes first: removed after, it
+        # could take with it the one another lxpyd, finding ksmd stopped
+        # mid-burst, had just made when starting ksmd again, and that
+        # ksmd would then be left running.
         if not self.marker.exists():
             return
+        self.marker.unlink(missing_ok=True)
         try:
             ksm.set_running(False, self.ksm_dir)
         except OSError as e:
             log.warning("ksmd: cannot stop it: %s", e)
-        self.marker.unlink(missing_ok=True)

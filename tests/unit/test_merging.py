@@ -12,6 +12,7 @@ import trio
 import trio.testing
 
 from lxpy.daemon.merging import Ksmd
+from lxpy.kernel import ksm
 
 POLL = 0.01
 
@@ -153,3 +154,28 @@ async def test_a_burst_outlasts_the_scans_that_cannot_merge_yet(
         await _until(lambda: fake.read("run") == 0, "the burst to end")
         assert fake.read("pages_sharing") == 300
         nursery.cancel_scope.cancel()
+
+
+def test_a_ksmd_restarted_while_a_burst_ends_keeps_its_marker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two lxpyds: `mine` ends its burst; the other, mid-burst, finds ksmd
+    # stopped at that moment and starts it again (marker, then run = 1).
+    # Whatever the order, a running ksmd must keep its marker, or no lxpyd
+    # would ever stop it.
+    fake, marker, mine = _parts(tmp_path)
+    other = Ksmd(marker, fake.dir, poll=POLL)
+    mine._start()
+    real_set_running = ksm.set_running
+
+    def set_running(on: bool, ksm_dir: Path = ksm.KSM) -> None:
+        real_set_running(on, ksm_dir)
+        if not on:
+            monkeypatch.setattr(ksm, "set_running", real_set_running)
+            other._start()
+
+    monkeypatch.setattr(ksm, "set_running", set_running)
+    mine._stop()
+    assert fake.read("run") == 1 and marker.exists()
+    other._stop()
+    assert fake.read("run") == 0 and not marker.exists()
