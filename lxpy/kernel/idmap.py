@@ -196,13 +196,15 @@ def allocate(
     """
     taken = sorted(used)
     for rng in sorted(allowed):
+        # One sweep over the used ranges in order of their starts: each one
+        # reaching into the candidate pushes it past its end.
         start = rng.start
-        while start + size <= rng.end:
-            cand = IdRange(start, size)
-            clash = [u for u in taken if u.overlaps(cand)]
-            if not clash:
-                return cand
-            start = max(u.end for u in clash)
+        for u in taken:
+            if start + size > rng.end or u.start >= start + size:
+                break
+            start = max(start, u.end)
+        if start + size <= rng.end:
+            return IdRange(start, size)
     raise Busy(
         f"no free range of {size} IDs left for another isolated container",
         hint="add a larger range for root to /etc/subuid and /etc/subgid, "

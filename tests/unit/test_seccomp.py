@@ -257,6 +257,33 @@ def test_parse_subid_and_allocate() -> None:
         idmap.allocate(allowed, [shared, a, b, c, idmap.IdRange(1197082, 60000)])
 
 
+def test_allocate_finds_the_lowest_free_block() -> None:
+    import random
+
+    from lxpy.errors import Busy
+    from lxpy.kernel import idmap
+
+    def lowest(allowed: list[idmap.IdRange], used: list[idmap.IdRange], size: int) -> int | None:
+        # Every start in turn: slow, and plainly right.
+        for rng in sorted(allowed):
+            for start in range(rng.start, rng.end - size + 1):
+                if not any(u.overlaps(idmap.IdRange(start, size)) for u in used):
+                    return start
+        return None
+
+    rnd = random.Random(7)
+    for _ in range(300):
+        allowed = [idmap.IdRange(rnd.randrange(0, 200), rnd.randrange(1, 60)) for _ in range(2)]
+        used = [idmap.IdRange(rnd.randrange(0, 260), rnd.randrange(1, 30)) for _ in range(6)]
+        size = rnd.randrange(1, 20)
+        want = lowest(allowed, used, size)
+        if want is None:
+            with pytest.raises(Busy):
+                idmap.allocate(allowed, used, size)
+        else:
+            assert idmap.allocate(allowed, used, size) == idmap.IdRange(want, size)
+
+
 def test_default_range_without_subid_entries(tmp_path: Path) -> None:
     from lxpy.kernel import idmap
 
