@@ -183,6 +183,10 @@ def allowed_ranges(path: str) -> tuple[list[IdRange], bool]:
     return [IdRange(DEFAULT_RANGE_START, DEFAULT_RANGE_COUNT)], False
 
 
+def _start(r: IdRange) -> int:
+    return r.start
+
+
 def allocate(
     allowed: Sequence[IdRange], used: Iterable[IdRange], size: int = DEFAULT_SIZE
 ) -> IdRange:
@@ -194,8 +198,8 @@ def allocate(
     Raises:
         Busy: when the allowed ranges are full.
     """
-    taken = sorted(used)
-    for rng in sorted(allowed):
+    taken = sorted(used, key=_start)
+    for rng in sorted(allowed, key=_start):
         # One sweep over the used ranges in order of their starts: each one
         # reaching into the candidate pushes it past its end.
         start = rng.start
