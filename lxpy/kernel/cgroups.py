@@ -78,10 +78,13 @@ def parse_mountinfo(text: str) -> list[Hierarchy]:
     return found
 
 
-def hierarchies() -> list[Hierarchy]:
-    """The cgroup hierarchies mounted in the caller's mount namespace."""
-    with open("/proc/self/mountinfo") as f:
-        found = parse_mountinfo(f.read())
+def hierarchies(mountinfo: str | None = None) -> list[Hierarchy]:
+    """The cgroup hierarchies mounted in the caller's mount namespace;
+    `mountinfo`: the text of /proc/self/mountinfo, when read already."""
+    if mountinfo is None:
+        with open("/proc/self/mountinfo") as f:
+            mountinfo = f.read()
+    found = parse_mountinfo(mountinfo)
     out = []
     for h in found:
         if h.version == 2:
@@ -92,6 +95,17 @@ def hierarchies() -> list[Hierarchy]:
                 pass
         out.append(h)
     return out
+
+
+def hierarchy_ids() -> tuple[str, ...]:
+    """The kernel's cgroup hierarchies, as the lines of /proc/self/cgroup
+    without the caller's paths ("ID:controllers").
+
+    A short read of a few lines, whatever the mount table holds: it tells
+    whether hierarchies read from that table earlier still stand.
+    """
+    with open("/proc/self/cgroup") as f:
+        return tuple(":".join(line.split(":", 2)[:2]) for line in f.read().splitlines())
 
 
 def layout(hs: list[Hierarchy]) -> str:

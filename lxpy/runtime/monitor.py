@@ -38,7 +38,7 @@ from dataclasses import replace
 from lxpy.errors import Busy, InvalidArgument, LxpyError
 from lxpy.kernel import devices, ksm, seccomp
 from lxpy.kernel import syscalls as sc
-from lxpy.kernel.cgroups import ContainerCgroup
+from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy, hierarchies, hierarchy_ids
 from lxpy.kernel.idmap import IdMap, delegate_cgroups
 from lxpy.kernel.limits import apply_limits
 from lxpy.model.limits import Limits
@@ -81,12 +81,32 @@ def _error(e: LxpyError) -> dict[str, object]:
     return {"ok": False, "error": e.to_json()}
 
 
+# The host's cgroup hierarchies as the zygote a monitor is forked from read
+# them, with the hierarchy_ids() of then (lxpy.runtime.zygote); None: read
+# them at start.
+HIERARCHIES: tuple[tuple[str, ...], list[Hierarchy]] | None = None
+
+
+def _hierarchies() -> list[Hierarchy]:
+    """The host's cgroup hierarchies: the zygote's reading while the kernel
+    has the same ones, else the mount table's, read now.
+
+    Why: the mount table grows with every container (each pins its
+    namespaces with a bind mount). Parsing it in every monitor costs each
+    start CPU, and leaves garbage that differs from one monitor to the
+    next: private memory that ksmd cannot fold.
+    """
+    if HIERARCHIES is not None and HIERARCHIES[0] == hierarchy_ids():
+        return HIERARCHIES[1]
+    return hierarchies()
+
+
 class Monitor:
     """Runs one container until it ends for good. See the module docstring."""
 
     def __init__(self, spec: LaunchSpec) -> None:
         self.spec = spec
-        self.cg = ContainerCgroup.for_name(spec.name, parent=spec.cgroup_parent)
+        self.cg = ContainerCgroup.for_name(spec.name, _hierarchies(), parent=spec.cgroup_parent)
         self.state = "STARTING"
         self.init_pid = 0
         self.pidfd = -1

@@ -41,6 +41,7 @@ from typing import Any
 from lxpy.errors import InvalidArgument, LxpyError
 from lxpy.kernel import idmap
 from lxpy.kernel import syscalls as sc
+from lxpy.kernel.cgroups import hierarchies, hierarchy_ids
 from lxpy.model.units import parse_signal
 from lxpy.runtime import monitor
 from lxpy.runtime.control import check_reply
@@ -57,6 +58,7 @@ def _warm_up() -> None:
     allocate fresh, unshared memory in every monitor; done here they are
     shared copy-on-write.
     """
+    monitor.HIERARCHIES = (hierarchy_ids(), hierarchies())
     spec = LaunchSpec.from_json(
         {"name": "warm-up", "rootfs": "/", "control_socket": "/nonexistent/warm-up.sock"}
     )

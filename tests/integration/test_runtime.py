@@ -212,6 +212,44 @@ def test_boots_busybox_with_init_as_pid1(boot: Callable[..., Booted]) -> None:
         assert str(b.init_pid) in Path(path).read_text().split()
 
 
+@pytest.fixture
+def named_hierarchy(tmp_path: Path, zygote: Path) -> Iterator[Path]:
+    """A cgroup v1 hierarchy without controllers, mounted once the zygote runs."""
+    spawn_request(zygote, {"cmd": "ping"})
+    mnt = tmp_path / "named-cgroup"
+    mnt.mkdir()
+    name = f"lxpytest{os.getpid()}"
+    mount = ["mount", "-t", "cgroup", "-o", f"none,name={name}", "cgroup", str(mnt)]
+    subprocess.run(mount, check=True)
+    try:
+        yield mnt
+    finally:
+        # A hierarchy unmounted with cgroups left lives on, unseen, in the
+        # kernel; so does one whose last cgroup, removed a moment ago, was
+        # still dying at the unmount: mounted again and unmounted, it goes.
+        dirs = [p for p in mnt.rglob("*") if p.is_dir()]
+        for d in sorted(dirs, key=lambda p: -len(p.parts)):
+            d.rmdir()
+        subprocess.run(["umount", str(mnt)], check=True)
+        for _ in range(20):
+            time.sleep(0.25)
+            if f"name={name}:" not in Path("/proc/self/cgroup").read_text():
+                break
+            subprocess.run(mount, check=True)
+            subprocess.run(["umount", str(mnt)], check=True)
+        assert f"name={name}:" not in Path("/proc/self/cgroup").read_text()
+
+
+def test_a_cgroup_hierarchy_mounted_later_holds_the_next_container(
+    named_hierarchy: Path, boot: Callable[..., Booted]
+) -> None:
+    # The zygote keeps the hierarchies its monitors use, so it must notice
+    # one mounted after it started.
+    b = boot()
+    procs = named_hierarchy / PARENT / (PREFIX + b.spec.name) / "cgroup.procs"
+    assert str(b.init_pid) in procs.read_text().split()
+
+
 def test_stop_with_halt_signal_removes_everything(boot: Callable[..., Booted]) -> None:
     b = boot()
     reply = b.client.request("stop", wait=20, signal="SIGUSR2")
