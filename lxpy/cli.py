@@ -12,12 +12,12 @@ CLI starts, asks and prints within a few tens of milliseconds.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 
 from lxpy import __version__
+from lxpy.api import wire
 from lxpy.api.client import Client
 from lxpy.errors import Cancelled, LxpyError, NotFound, from_json
 
@@ -275,6 +275,8 @@ def add_arguments(parser: argparse.ArgumentParser, cmd: Command) -> None:
 
 
 def print_json(data: object) -> None:
+    import json  # only here: its import costs every other command ~6 ms
+
     print(json.dumps(data, indent=2))
 
 
@@ -295,7 +297,7 @@ def format_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return " ".join(value)
-    return json.dumps(value)
+    return wire.dumps(value)
 
 
 def _yes_no(value: object) -> str:

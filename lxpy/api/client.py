@@ -1,19 +1,19 @@
 """Synchronous client of lxpyd's HTTP/JSON API (docs/api.md) for the CLI.
 
-It speaks just enough HTTP/1.1 over a unix socket with the stdlib `socket`
-module: one connection per request (`Connection: close`), bodies framed by
-Content-Length, chunked transfer coding or the end of the connection.
-http.client is not used because its import alone costs about 25 ms, and
-`lxpy list` must start, ask and print in well under 150 ms.
+It speaks just enough HTTP/1.1 over a unix socket: one connection per
+request (`Connection: close`), bodies framed by Content-Length, chunked
+transfer coding or the end of the connection. http.client is not used
+because its import alone costs about 25 ms, and `lxpy list` must start, ask
+and print in well under 150 ms; the socket and JSON come from lxpy.api.wire
+for the same reason.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
-import socket
 
+from lxpy.api import wire
 from lxpy.errors import DaemonUnavailable, InvalidArgument, LxpyError, from_json
 
 # typing costs import time the CLI does not need at run time: the
@@ -21,7 +21,7 @@ from lxpy.errors import DaemonUnavailable, InvalidArgument, LxpyError, from_json
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
-    from typing import Any, BinaryIO
+    from typing import Any
 
 # Same default as lxpy.model.settings.DEFAULT_SOCKET, spelled out here so the
 # CLI does not import the daemon-side settings parser (and tomllib) to start.
@@ -87,7 +87,7 @@ def encode_request(
 ) -> bytes:
     """One HTTP/1.1 request to lxpyd, as bytes (both clients send these);
     with `upgrade`, one asking to switch to that protocol (lxpy.api.streams)."""
-    payload = b"" if body is None else json.dumps(body).encode()
+    payload = b"" if body is None else wire.dumps(body).encode()
     head = [
         f"{method} {path}{_query_string(query)} HTTP/1.1",
         "Host: lxpyd",
@@ -176,7 +176,7 @@ def decode_json(body: bytes, where: str) -> Any:
     if not body.strip():
         return None
     try:
-        return json.loads(body)
+        return wire.loads(body)
     except ValueError:
         raise LxpyError(f"lxpyd at {where} sent a body that is not JSON: {body[:80]!r}") from None
 
@@ -192,10 +192,50 @@ def response_error(status: int, reason: str, body: bytes, where: str) -> LxpyErr
     return LxpyError(f"lxpyd answered {status} {reason}".rstrip())
 
 
+class _Reader:
+    """Buffered reads from a socket: what Response reads of a file."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+
+    def _fill(self) -> bool:
+        data = self._sock.recv(65536)
+        self._buf += data
+        return bool(data)
+
+    def _take(self, n: int) -> bytes:
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    def readline(self, limit: int) -> bytes:
+        """Up to and with the next newline, at most `limit` bytes (fewer at EOF)."""
+        while (end := self._buf.find(b"\n", 0, limit)) < 0:
+            if len(self._buf) >= limit or not self._fill():
+                return self._take(limit)
+        return self._take(end + 1)
+
+    def read1(self, n: int) -> bytes:
+        """At most `n` bytes, with at most one read from the socket (b"" at EOF)."""
+        if not self._buf:
+            return self._sock.recv(n)  # type: ignore[no-any-return]
+        return self._take(n)
+
+    def read(self, n: int) -> bytes:
+        """`n` bytes, fewer only at EOF."""
+        while len(self._buf) < n and self._fill():
+            pass
+        return self._take(n)
+
+    def close(self) -> None:
+        self._buf.clear()
+
+
 class Response:
     """A response whose body is read as it arrives."""
 
-    def __init__(self, sock: socket.socket, rfile: BinaryIO, where: str) -> None:
+    def __init__(self, sock: Any, rfile: _Reader, where: str) -> None:
         self._sock = sock
         self._rfile = rfile
         self._where = where
@@ -230,14 +270,14 @@ class Response:
                 yield from self._chunked()
             elif left is not None:
                 while left > 0:
-                    data = self._rfile.read1(min(left, 65536))  # type: ignore[attr-defined]
+                    data = self._rfile.read1(min(left, 65536))
                     if not data:
                         raise lost(self._where, "body shorter than its Content-Length")
                     left -= len(data)
                     yield data
             else:
                 # HTTP/1.0 style: the body ends with the connection.
-                while data := self._rfile.read1(65536):  # type: ignore[attr-defined]
+                while data := self._rfile.read1(65536):
                     yield data
         except OSError as e:
             raise lost(self._where, e.strerror or str(e)) from None
@@ -291,8 +331,8 @@ class Client:
 
     # -- transport ---------------------------------------------------------
 
-    def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def _connect(self) -> Any:
+        sock = wire.unix_stream()
         # A live daemon accepts at once; only the answer may take long.
         sock.settimeout(10 if self.timeout is None else self.timeout)
         try:
@@ -321,7 +361,7 @@ class Client:
         sock = self._connect()
         try:
             sock.sendall(data)
-            return Response(sock, sock.makefile("rb"), self.socket_path)
+            return Response(sock, _Reader(sock), self.socket_path)
         except TimeoutError:
             sock.close()
             raise timed_out(self.socket_path, self.timeout) from None
@@ -386,7 +426,7 @@ class Client:
 
     def _decode_line(self, line: bytes) -> Any:
         try:
-            return json.loads(line)
+            return wire.loads(line)
         except ValueError:
             raise LxpyError(
                 f"lxpyd at {self.socket_path} sent a stream line that is not JSON: {line[:80]!r}"
