@@ -17,14 +17,13 @@ directions against each other.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import select
 import signal
-import socket
 import struct
 import sys
 
+from lxpy.api import wire
 from lxpy.api.client import encode_request, lost, parse_status_line, quote
 from lxpy.errors import DaemonUnavailable, InvalidArgument, LxpyError, from_json
 
@@ -56,7 +55,7 @@ def frame(kind: int, payload: bytes = b"") -> bytes:
 
 
 def json_frame(kind: int, obj: object) -> bytes:
-    return frame(kind, json.dumps(obj).encode())
+    return frame(kind, wire.dumps(obj).encode())
 
 
 class FrameDecoder:
@@ -98,7 +97,7 @@ def parse_json(payload: bytes, what: str) -> dict[str, object]:
         InvalidArgument: when the payload is not a JSON object.
     """
     try:
-        data = json.loads(payload)
+        data = wire.loads(payload)
     except ValueError:
         data = None
     if not isinstance(data, dict):
@@ -111,7 +110,7 @@ def parse_json(payload: bytes, what: str) -> dict[str, object]:
 
 def open_stream(
     client: Client, method: str, path: str, body: object = None
-) -> tuple[socket.socket, bytes]:
+) -> tuple[Any, bytes]:
     """Ask lxpyd to upgrade `method path` to a framed stream.
 
     Returns:
@@ -143,7 +142,7 @@ def open_stream(
         raise
 
 
-def _read_head(sock: socket.socket, where: str) -> tuple[int, dict[str, str], bytes]:
+def _read_head(sock: Any, where: str) -> tuple[int, dict[str, str], bytes]:
     buf = b""
     while b"\r\n\r\n" not in buf:
         chunk = sock.recv(65536)
@@ -163,7 +162,7 @@ def _read_head(sock: socket.socket, where: str) -> tuple[int, dict[str, str], by
 
 
 def _error_answer(
-    sock: socket.socket, status: int, headers: dict[str, str], body: bytes, where: str
+    sock: Any, status: int, headers: dict[str, str], body: bytes, where: str
 ) -> LxpyError:
     try:
         want = int(headers.get("content-length", "0"))
@@ -175,7 +174,7 @@ def _error_answer(
             break
         body += chunk
     try:
-        data = json.loads(body)
+        data = wire.loads(body)
     except ValueError:
         data = None
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
@@ -303,7 +302,7 @@ class Session:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: Any,
         early: bytes,
         stdin: int | None,
         escape: Escape | None = None,
