@@ -267,7 +267,10 @@ def add_arguments(parser: argparse.ArgumentParser, cmd: Command) -> None:
         parser.add_argument(*flags, **kwargs)
     if cmd.formats:
         parser.add_argument(
-            "--format", choices=("table", "json"), default="table", help="output format"
+            "--format",
+            choices=("table", "json"),
+            default="table",
+            help="output format (json: on one line, indented on a terminal)",
         )
 
 
@@ -275,9 +278,15 @@ def add_arguments(parser: argparse.ArgumentParser, cmd: Command) -> None:
 
 
 def print_json(data: object) -> None:
-    import json  # only here: its import costs every other command ~6 ms
+    """Indented on a terminal; one line (as Incus prints it) into a pipe or
+    file, where a script reads it and the pure-Python indenting encoder
+    would cost a `list --format json` of 100 containers ~12 ms."""
+    if sys.stdout.isatty():
+        import json  # only here: its import costs every other command ~6 ms
 
-    print(json.dumps(data, indent=2))
+        print(json.dumps(data, indent=2))
+    else:
+        print(wire.dumps(data))
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:

@@ -241,7 +241,9 @@ def test_socket_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- the CLI ---------------------------------------------------------------------
 
 
-def test_list_table_and_json(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_table_and_json(
+    fake: FakeDaemon, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     long = {**CT, "name": "a-much-longer-name", "state": "RUNNING", "snapshots": []}
     fake.routes["GET /1.0/containers"] = http(200, [CT, long])
     status, out, err = run(fake, capsys, "list")
@@ -263,6 +265,12 @@ def test_list_table_and_json(fake: FakeDaemon, capsys: pytest.CaptureFixture[str
 
     status, out, _ = run(fake, capsys, "list", "--format", "json")
     assert status == 0 and json.loads(out) == [CT, long]
+    # Into a pipe, one line; on a terminal, indented for a reader.
+    assert out.count("\n") == 1
+    with monkeypatch.context() as m:
+        m.setattr(sys.stdout, "isatty", lambda: True)
+        status, out, _ = run(fake, capsys, "list", "--format", "json")
+    assert out == json.dumps([CT, long], indent=2) + "\n"
 
 
 def test_start_stop_and_console_log(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
