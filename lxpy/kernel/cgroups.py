@@ -78,13 +78,10 @@ def parse_mountinfo(text: str) -> list[Hierarchy]:
     return found
 
 
-def hierarchies(mountinfo: str | None = None) -> list[Hierarchy]:
-    """The cgroup hierarchies mounted in the caller's mount namespace;
-    `mountinfo`: the text of /proc/self/mountinfo, when read already."""
-    if mountinfo is None:
-        with open("/proc/self/mountinfo") as f:
-            mountinfo = f.read()
-    found = parse_mountinfo(mountinfo)
+def hierarchies() -> list[Hierarchy]:
+    """The cgroup hierarchies mounted in the caller's mount namespace."""
+    with open("/proc/self/mountinfo") as f:
+        found = parse_mountinfo(f.read())
     out = []
     for h in found:
         if h.version == 2:

@@ -58,7 +58,6 @@ def _warm_up() -> None:
     allocate fresh, unshared memory in every monitor; done here they are
     shared copy-on-write.
     """
-    monitor.HIERARCHIES = (hierarchy_ids(), hierarchies())
     spec = LaunchSpec.from_json(
         {"name": "warm-up", "rootfs": "/", "control_socket": "/nonexistent/warm-up.sock"}
     )
@@ -244,6 +243,8 @@ def serve(path: str, owner: int = 0) -> None:
     listener.bind(path)
     os.chmod(path, 0o600)
     listener.listen(64)
+    # Read once here for every monitor forked later (monitor._hierarchies).
+    monitor.HIERARCHIES = (hierarchy_ids(), hierarchies())
     _warm_up()
     # Everything imported so far is shared with every monitor: keep the
     # collector from touching (and so copying) those pages in the children.
