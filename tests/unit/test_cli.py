@@ -719,3 +719,18 @@ def test_a_plain_start_imports_no_argparse_json_or_socket() -> None:
     # Nor the packages lxpy.api.wire stands in for, which cost the CLI ~8 ms.
     assert res.stdout.strip() == "[]", res
     assert "cannot reach lxpyd" in res.stderr or "error:" in res.stderr
+
+
+def test_the_command_ignores_pythonpath_and_site_customisation(tmp_path: Path) -> None:
+    # A root tool must not import what the environment points it at; and
+    # without site (scripts/write-launcher) it starts ~2.5 ms sooner.
+    (tmp_path / "lxpy").mkdir()
+    (tmp_path / "lxpy" / "__init__.py").write_text("print('hijacked lxpy')\n")
+    (tmp_path / "sitecustomize.py").write_text("print('sitecustomize ran')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    res = subprocess.run(
+        [str(VENV_BIN / "lxpy"), "--version"], capture_output=True, text=True, env=env, timeout=30
+    )
+    assert res.returncode == 0, res
+    assert res.stdout.split() == ["lxpy", cli.__version__], res
+    assert "site" not in res.stdout and "hijacked" not in res.stdout
