@@ -19,6 +19,7 @@ finds ksmd stopped in the middle of its own burst starts it again.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import trio
@@ -35,7 +36,9 @@ FIRST_SCANS = 3  # full scans after a start before quiet ones count
 class Ksmd:
     """Runs ksmd in bursts after starts (see the module docstring)."""
 
-    def __init__(self, marker: Path, ksm_dir: Path = ksm.KSM, poll: float = POLL) -> None:
+    def __init__(
+        self, marker: Path, ksm_dir: str | os.PathLike[str] = ksm.KSM, poll: float = POLL
+    ) -> None:
         self.marker = marker
         self.ksm_dir = ksm_dir
         self.poll = poll

@@ -16,33 +16,41 @@ lxpyd runs it in bursts after starts (lxpy.daemon.merging).
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from lxpy.kernel import syscalls as sc
 
-KSM = Path("/sys/kernel/mm/ksm")
+# A str, not a pathlib.Path: monitors import this module, and pathlib (with
+# urllib.parse and ipaddress, which it imports) would add ~0.7 MB to the
+# zygote that every monitor maps.
+KSM = "/sys/kernel/mm/ksm"
 
 
-def run_state(ksm: Path = KSM) -> str | None:
+def _read(ksm: str | os.PathLike[str], name: str) -> str:
+    with open(os.path.join(ksm, name)) as f:
+        return f.read().strip()
+
+
+def run_state(ksm: str | os.PathLike[str] = KSM) -> str | None:
     """What ksmd's `run` switch holds ("0", "1", "2"), or None without KSM."""
     try:
-        return (ksm / "run").read_text().strip()
+        return _read(ksm, "run")
     except FileNotFoundError:
         return None
 
 
-def set_running(on: bool, ksm: Path = KSM) -> None:
+def set_running(on: bool, ksm: str | os.PathLike[str] = KSM) -> None:
     """Start ksmd (`run` = 1) or stop it, keeping merged pages (`run` = 0).
 
     Raises:
         OSError: when the switch cannot be written.
     """
-    sc.write_file(str(ksm / "run"), "1" if on else "0")
+    sc.write_file(os.path.join(ksm, "run"), "1" if on else "0")
 
 
-def progress(ksm: Path = KSM) -> tuple[int, int]:
+def progress(ksm: str | os.PathLike[str] = KSM) -> tuple[int, int]:
     """(full scans done, pages sharing a merged page) so far."""
-    return int((ksm / "full_scans").read_text()), int((ksm / "pages_sharing").read_text())
+    return int(_read(ksm, "full_scans")), int(_read(ksm, "pages_sharing"))
 
 
 def mark_mergeable() -> int:

@@ -22,9 +22,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import cast
 
 from lxpy.errors import InvalidArgument
+
+# For annotations only: typing would cost the zygote, and so every monitor it
+# forks, ~0.5 MB.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # Capability numbers (linux/capability.h).
 CAPABILITIES: dict[str, int] = {
@@ -185,18 +190,18 @@ class SecurityConfig:
             InvalidArgument: naming the first bad key.
         """
 
-        def get(key: str, default: object) -> object:
+        def get(key: str, default: object) -> Any:  # what _PARSERS[key] returns
             return _PARSERS[key](key, config[key]) if key in config else default
 
-        deny = tuple(cast(list[str], get("security.syscalls.deny", [])))
-        allow = tuple(cast(list[str], get("security.syscalls.allow", [])))
+        deny = tuple(get("security.syscalls.deny", []))
+        allow = tuple(get("security.syscalls.allow", []))
         both = sorted(set(deny) & set(allow))
         if both:
             raise InvalidArgument(
                 f"security.syscalls.deny and security.syscalls.allow both name {both[0]!r}"
             )
         privileged = bool(get("security.privileged", False))
-        base = cast(int | None, get("security.idmap.base", None))
+        base: int | None = get("security.idmap.base", None)
         if base is not None and privileged:
             raise InvalidArgument(
                 "security.idmap.base: a privileged container has no ID map",
@@ -206,10 +211,10 @@ class SecurityConfig:
             privileged=privileged,
             idmap_isolated=bool(get("security.idmap.isolated", True)),
             idmap_base=base,
-            idmap_size=cast(int, get("security.idmap.size", MIN_IDMAP_SIZE)),
+            idmap_size=get("security.idmap.size", MIN_IDMAP_SIZE),
             syscalls_deny=deny,
             syscalls_allow=allow,
-            drop_caps=tuple(cast(list[str], get("security.capabilities.drop", DEFAULT_DROP_CAPS))),
+            drop_caps=tuple(get("security.capabilities.drop", DEFAULT_DROP_CAPS)),
             no_new_privs=bool(get("security.no_new_privs", False)),
         )
 

@@ -35,8 +35,6 @@ import select
 import signal
 import socket
 import sys
-from pathlib import Path
-from typing import Any
 
 from lxpy.errors import InvalidArgument, LxpyError
 from lxpy.kernel import idmap
@@ -46,6 +44,13 @@ from lxpy.model.units import parse_signal
 from lxpy.runtime import monitor
 from lxpy.runtime.control import check_reply
 from lxpy.runtime.spec import LaunchSpec
+
+# For annotations only: typing (and pathlib) cost the zygote, and so every monitor it
+# forks, ~0.5 MB.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 SPAWN_TIMEOUT = monitor.LAUNCH_TIMEOUT + 10
 
@@ -313,7 +318,7 @@ def start_zygote(
     import subprocess
     import time
 
-    root = str(Path(__file__).resolve().parents[2])
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
     args = [python or sys.executable, "-I", "-S", "-c", _BOOT.format(root=root), str(path)]
     if owner:
         args.append(str(owner))

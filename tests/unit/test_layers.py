@@ -48,3 +48,11 @@ def test_model_is_pure_data(module: str) -> None:
 def test_core_never_imports_textual() -> None:
     loaded = _modules_after_import("lxpy.daemon.main")
     assert "textual" not in loaded
+
+
+def test_the_zygote_carries_no_typing_or_pathlib() -> None:
+    # Every monitor maps what the zygote imported: typing and pathlib (with
+    # the urllib.parse and ipaddress it brings) would add ~1.1 MB to it.
+    # _modules_after_import's json is what the zygote imports anyway.
+    loaded = _modules_after_import("lxpy.runtime.zygote")
+    assert {"typing", "pathlib", "urllib.parse", "ipaddress"} & loaded == set()

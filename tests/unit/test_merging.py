@@ -4,6 +4,7 @@ ksmd that counts scans and merges while `run` is 1."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -168,7 +169,7 @@ def test_a_ksmd_restarted_while_a_burst_ends_keeps_its_marker(
     mine._start()
     real_set_running = ksm.set_running
 
-    def set_running(on: bool, ksm_dir: Path = ksm.KSM) -> None:
+    def set_running(on: bool, ksm_dir: str | os.PathLike[str] = ksm.KSM) -> None:
         real_set_running(on, ksm_dir)
         if not on:
             monkeypatch.setattr(ksm, "set_running", real_set_running)
