@@ -43,6 +43,7 @@ from common import (  # noqa: E402
     Scratch,
     build_template_tree,
     delete_tree,
+    install_compared,
     lxpy_can_run,
     ms_since,
     print_table,
@@ -188,6 +189,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_boot.py needs root (btrfs, namespaces, LXC)", file=sys.stderr)
         return 2
+    install_compared("lxc-start", "systemd-nspawn")
 
     with Scratch("lxpy-bench-boot-") as scratch:
         base = scratch.pool / "debian"

@@ -50,6 +50,7 @@ from common import (  # noqa: E402
     Scratch,
     build_template_tree,
     delete_tree,
+    install_compared,
     ms_since,
     print_table,
     run,
@@ -267,6 +268,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_dhcp.py needs root (btrfs, namespaces, bridges, LXC)", file=sys.stderr)
         return 2
+    install_compared("lxc-start")
 
     tag = os.getpid() % 10000
     labels = (LXPY, LXPY_API, LXC_NET, LXC_FAST)

@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-# Imported for what it does first: bring lxpy's byte-code up to date, or
+# Imported also for what it does first: bring lxpy's byte-code up to date, or
 # every `lxpy` timed here would compile its edited modules again.
-import common  # noqa: E402, F401
+import common  # noqa: E402
 
 from lxpy.api.client import Client  # noqa: E402
 from tests.conftest import daemon_in  # noqa: E402
@@ -87,6 +87,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_list: run as root", file=sys.stderr)
         return 2
+    common.install_compared("lxc-start")
     tmp = Path(tempfile.mkdtemp(prefix="lxpy-bench-list-"))
     # A network of the bench's own (the containers run on it with
     # --running), removed at the end.

@@ -43,6 +43,7 @@ from common import (  # noqa: E402
     Lxpy,
     Scratch,
     build_template_tree,
+    install_compared,
     lxpy_can_run,
     ppid,
     print_table,
@@ -166,6 +167,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_memory.py needs root (btrfs, namespaces, LXC)", file=sys.stderr)
         return 2
+    install_compared("lxc-start")
     n = args.count
     with Scratch("lxpy-bench-memory-") as scratch:
         base = scratch.pool / "busybox"

@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     Scratch,
     build_template_tree,
     delete_tree,
+    install_compared,
     lxpy_can_run,
     ms_since,
     print_table,
@@ -131,6 +132,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_parallel.py needs root (btrfs, namespaces, LXC)", file=sys.stderr)
         return 2
+    install_compared("lxc-start")
     n = args.count
     with Scratch("lxpy-bench-parallel-") as scratch:
         base = scratch.pool / "busybox"

@@ -109,6 +109,22 @@ def run(
     return res
 
 
+# The tools the benches compare lxpy with, and their Debian packages.
+COMPARED = {"lxc-start": "lxc", "systemd-nspawn": "systemd-container"}
+
+
+def install_compared(*commands: str) -> None:
+    """Install the Debian packages of the compared `commands` (keys of
+    COMPARED) that are missing, as scripts/setup installs lxpy's own."""
+    missing = sorted({COMPARED[c] for c in commands if shutil.which(c) is None})
+    if not missing:
+        return
+    print(f"installing {', '.join(missing)} to compare with", file=sys.stderr)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
+        subprocess.run(argv, check=True, env=env, stdout=subprocess.DEVNULL)
+
+
 def children(pid: int) -> list[int]:
     """Direct children of `pid` (all threads' lists)."""
     out: list[int] = []
