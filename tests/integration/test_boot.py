@@ -31,6 +31,7 @@ from tests.conftest import (
     Daemon,
     alive,
     assert_loopback_only,
+    daemon_in,
     info,
     ksm_state,
     start_again,
@@ -124,6 +125,23 @@ def _started(d: Daemon, name: str, *config: str) -> dict[str, Any]:
     ct = info(d, name)
     assert ct["state"] == "RUNNING", ct
     return ct
+
+
+def test_a_start_reads_init_ahead(tmp_path: Path, test_cache: Path) -> None:
+    # The read-ahead (lxpy.storage.prefetch) is a hint with nothing to see
+    # in the container: lxpyd's debug log is where it shows.
+    settings = (
+        f'pool_size = "3GiB"\nbuild_cache = "{test_cache}"\ndefault_network = ""\n'
+        'log_level = "debug"\n'
+    )
+    with daemon_in(tmp_path, settings) as d:
+        d.cli("template", "build", "busybox")
+        d.cli("create", "ahead", "-t", "busybox")
+        d.cli("start", "ahead")
+        # /sbin/init is busybox, linked statically: one file.
+        line = f"read ahead 1 files for /sbin/init in {d.root}/pool/containers/ahead"
+        wait_for(lambda: line in d.log.read_text(), 10, "the read-ahead's log line")
+        d.cli("stop", "ahead", "--force")
 
 
 def test_busybox_boots_isolated_with_events(busybox: Daemon) -> None:

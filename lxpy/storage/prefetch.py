@@ -1,0 +1,229 @@
+"""Read ahead what a container's init loads before it runs a line of its own.
+
+A container's rootfs is a fresh btrfs snapshot: its data is the template's
+on disk, but its files are new inodes, and the page cache belongs to the
+inode. So the first exec of init reads the init binary, the dynamic loader
+and every library it links (systemd: 26 files, 18 MB) from disk, one page
+fault at a time, before systemd's main() takes its first timestamp. Measured
+on a fresh snapshot: 20.7 ms from exec to that timestamp, 7 ms when the
+files are cached.
+
+lxpyd therefore asks the kernel to read those files ahead
+(posix_fadvise WILLNEED) as a start begins: the reads then run on another
+core while the monitor sets the container up, and init finds them cached.
+It is a hint and nothing more: a file that is missing, odd or refused is
+skipped, and no error reaches the start.
+
+Every lookup goes through openat2(RESOLVE_IN_ROOT) on the rootfs, so no
+symlink or ".." in a container's tree (which its root may have written) can
+lead outside it, and only regular files are read ahead.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+import struct
+
+from lxpy.kernel import syscalls as sc
+
+# The loader's own directories, searched after ld.so.conf's (glibc's
+# trusted directories; musl's defaults).
+DEFAULT_LIB_DIRS = ("/lib64", "/usr/lib64", "/lib", "/usr/lib", "/usr/local/lib")
+# Bounds for a tree its container's root may have written: files followed,
+# bytes read ahead from one file, ld.so.conf includes followed.
+MAX_FILES = 64
+MAX_BYTES = 64 << 20
+_MAX_INCLUDES = 8
+
+_RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS | sc.RESOLVE_NO_XDEV
+_OPEN = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+# ELF (elf.h): the identification bytes, the program header types and the
+# dynamic section tags read here.
+_ELFMAG = b"\x7fELF"
+_ELFCLASS64 = 2
+_ELFDATA2LSB = 1
+_PT_LOAD, _PT_DYNAMIC, _PT_INTERP = 1, 2, 3
+_DT_NULL, _DT_NEEDED, _DT_STRTAB, _DT_RPATH, _DT_RUNPATH = 0, 1, 5, 15, 29
+
+
+def _open_in(root_fd: int, path: str, flags: int = _OPEN) -> int | None:
+    """An fd of `path` inside the rootfs (symlinks resolved in it), or None."""
+    try:
+        return sc.openat2(root_fd, path, flags, _RESOLVE)
+    except OSError:
+        return None
+
+
+def _open_file(root_fd: int, path: str) -> int | None:
+    """As _open_in, for a regular file only."""
+    fd = _open_in(root_fd, path)
+    if fd is not None and not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def elf_needs(fd: int) -> tuple[str | None, list[str], list[str]]:
+    """(program interpreter, DT_NEEDED names, DT_RUNPATH/DT_RPATH
+    directories) of the 64-bit ELF file open on `fd`; (None, [], []) for
+    anything else (a script, a static or 32-bit binary).
+    """
+    head = os.pread(fd, 64, 0)
+    if len(head) < 64 or head[:4] != _ELFMAG or head[4] != _ELFCLASS64:
+        return None, [], []
+    e = "<" if head[5] == _ELFDATA2LSB else ">"
+    (phoff,) = struct.unpack_from(e + "Q", head, 0x20)
+    phentsize, phnum = struct.unpack_from(e + "HH", head, 0x36)
+    if phentsize < 56 or phnum > 256:
+        return None, [], []
+    ph = os.pread(fd, phentsize * phnum, phoff)
+    interp: str | None = None
+    dynamic: tuple[int, int] | None = None
+    loads: list[tuple[int, int, int]] = []
+    for i in range(len(ph) // phentsize):
+        p_type, _, offset, vaddr, _, filesz = struct.unpack_from(e + "IIQQQQ", ph, i * phentsize)
+        if p_type == _PT_INTERP:
+            interp = (
+                os.pread(fd, min(filesz, 4096), offset).split(b"\0", 1)[0].decode(errors="replace")
+            )
+        elif p_type == _PT_DYNAMIC:
+            dynamic = (offset, min(filesz, 1 << 16))
+        elif p_type == _PT_LOAD:
+            loads.append((vaddr, offset, filesz))
+    if dynamic is None:
+        return interp, [], []
+    raw = os.pread(fd, dynamic[1], dynamic[0])
+    needed: list[int] = []
+    paths: list[int] = []
+    strtab = None
+    for i in range(0, len(raw) - 15, 16):
+        tag, value = struct.unpack_from(e + "qQ", raw, i)
+        if tag == _DT_NULL:
+            break
+        if tag == _DT_NEEDED:
+            needed.append(value)
+        elif tag == _DT_STRTAB:
+            strtab = value
+        elif tag in (_DT_RPATH, _DT_RUNPATH):
+            paths.append(value)
+    # The string table's address, as a file offset: through the segment
+    # that maps it.
+    if strtab is None:
+        return interp, [], []
+    base = next((off + strtab - va for va, off, size in loads if va <= strtab < va + size), None)
+    if base is None:
+        return interp, [], []
+
+    def string(at: int) -> str:
+        return os.pread(fd, 256, base + at).split(b"\0", 1)[0].decode(errors="replace")
+
+    dirs = [d for at in paths for d in string(at).split(":") if d]
+    return interp, [string(at) for at in needed], dirs
+
+
+def lib_dirs(root_fd: int) -> list[str]:
+    """The library directories of the rootfs's loader: /etc/ld.so.conf's
+    (with its includes), then the loader's defaults."""
+    dirs: list[str] = []
+    pending = ["/etc/ld.so.conf"]
+    includes = 0
+    while pending and includes <= _MAX_INCLUDES:
+        text = _read_small(root_fd, pending.pop(0))
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line.startswith("include "):
+                includes += 1
+                pending.extend(_glob_in(root_fd, line.split(None, 1)[1].strip()))
+            elif line.startswith("/"):
+                dirs.append(line)
+    return [*dict.fromkeys([*dirs, *DEFAULT_LIB_DIRS])]
+
+
+def _read_small(root_fd: int, path: str) -> str:
+    fd = _open_file(root_fd, path)
+    if fd is None:
+        return ""
+    try:
+        return os.pread(fd, 65536, 0).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def _glob_in(root_fd: int, pattern: str) -> list[str]:
+    """Files matching `pattern` (a glob in its last component only, as
+    Debian's `include /etc/ld.so.conf.d/*.conf`), sorted."""
+    parent, _, name = pattern.rpartition("/")
+    fd = _open_in(root_fd, parent or "/", _OPEN | os.O_DIRECTORY)
+    if fd is None:
+        return []
+    try:
+        entries = os.listdir(fd)
+    finally:
+        os.close(fd)
+    return [f"{parent}/{e}" for e in sorted(entries) if fnmatch.fnmatchcase(e, name)]
+
+
+def warm(rootfs: str, init: str) -> list[str]:
+    """Read ahead `init` of `rootfs` (a path inside it), its program
+    interpreter and the libraries they link, in the order the loader needs
+    them; returns the paths (inside the rootfs) that were read ahead.
+    """
+    try:
+        root_fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        return _warm(root_fd, init)
+    finally:
+        os.close(root_fd)
+
+
+def _warm(root_fd: int, init: str) -> list[str]:
+    done: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    queue = [init]
+    dirs: list[str] | None = None
+    while queue and len(done) < MAX_FILES:
+        path = queue.pop(0)
+        fd = _open_file(root_fd, path)
+        if fd is None:
+            continue
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            # First the hint, so the read starts before we parse.
+            os.posix_fadvise(fd, 0, min(st.st_size, MAX_BYTES), os.POSIX_FADV_WILLNEED)
+            done.append(path)
+            interp, needed, runpath = elf_needs(fd)
+        except (OSError, struct.error):
+            continue
+        finally:
+            os.close(fd)
+        if interp:
+            queue.insert(0, interp)  # the loader runs first
+        if not needed:
+            continue
+        if dirs is None:
+            dirs = lib_dirs(root_fd)
+        origin = os.path.dirname(path)
+        search = [d.replace("$ORIGIN", origin) for d in runpath] + dirs
+        for name in needed:
+            found = name if "/" in name else _find_lib(root_fd, name, search)
+            if found:
+                queue.append(found)
+    return done
+
+
+def _find_lib(root_fd: int, name: str, dirs: list[str]) -> str | None:
+    for d in dirs:
+        path = f"{d}/{name}"
+        fd = _open_file(root_fd, path)
+        if fd is not None:
+            os.close(fd)
+            return path
+    return None

@@ -1,0 +1,115 @@
+"""The read-ahead of a container's init and libraries (lxpy.storage.prefetch),
+on the host's own binaries and on small trees made here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from lxpy.storage import prefetch
+
+
+def _ldd(binary: str) -> set[str]:
+    """What the loader maps for `binary`, as real paths (ldd's view)."""
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    found = set()
+    for line in out.splitlines():
+        words = line.split()
+        path = words[2] if "=>" in words and len(words) > 2 else words[0]
+        if path.startswith("/"):
+            found.add(os.path.realpath(path))
+    return found | {os.path.realpath(binary)}
+
+
+@pytest.mark.parametrize("binary", ["/usr/bin/python3.11", "/usr/lib/systemd/systemd"])
+def test_the_walk_reads_ahead_what_the_loader_loads(binary: str) -> None:
+    # systemd finds its own libraries through DT_RUNPATH; python through
+    # ld.so.conf.
+    if not os.path.exists(binary):
+        pytest.skip(f"{binary} is not installed")
+    warmed = prefetch.warm("/", binary)
+    assert {os.path.realpath(p) for p in warmed} == _ldd(binary)
+    assert warmed[0] == binary
+    assert "ld-linux" in warmed[1]  # the loader comes next: it runs first
+
+
+def _tree(tmp_path: Path) -> Path:
+    """A rootfs whose init is a copy of /bin/true, and nothing else."""
+    root = tmp_path / "root"
+    (root / "sbin").mkdir(parents=True)
+    shutil.copy("/bin/true", root / "sbin" / "init")
+    return root
+
+
+def test_symlinks_and_dotdot_resolve_inside_the_rootfs(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    # Followed from the host, each of these reaches the host's own loader
+    # and libc; resolved inside the rootfs, nothing.
+    (root / "lib64").symlink_to("/../../../../../../lib64")
+    libs = root / "etc"
+    libs.mkdir()
+    (libs / "ld.so.conf").write_text("/../../../../../../usr/lib/x86_64-linux-gnu\n")
+    (root / "lib").symlink_to("../../../../../../../lib")
+    assert prefetch.warm(str(root), "/sbin/init") == ["/sbin/init"]
+    # The same names, present inside: found there.
+    for link in ("lib64", "lib"):
+        (root / link).unlink()
+    (root / "lib64").mkdir()
+    (root / "lib").mkdir()
+    loader = next(p for p in _ldd("/bin/true") if "ld-linux" in p)
+    libc = next(p for p in _ldd("/bin/true") if "libc.so" in p)
+    shutil.copy(loader, root / "lib64" / "ld-linux-x86-64.so.2")
+    shutil.copy(libc, root / "lib" / "libc.so.6")
+    assert prefetch.warm(str(root), "/sbin/init") == [
+        "/sbin/init",
+        "/lib64/ld-linux-x86-64.so.2",
+        "/lib/libc.so.6",
+    ]
+
+
+def test_odd_files_are_skipped_without_blocking(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "sbin").mkdir(parents=True)
+    os.mkfifo(root / "sbin" / "fifo")  # opening it for reading would block
+    (root / "sbin" / "dir").mkdir()
+    (root / "sbin" / "script").write_text("#!/bin/sh\nexec true\n")
+    (root / "sbin" / "stub").write_bytes(b"\x7fELF\x02\x01")  # cut short
+    started = time.monotonic()
+    assert prefetch.warm(str(root), "/sbin/fifo") == []
+    assert prefetch.warm(str(root), "/sbin/dir") == []
+    assert prefetch.warm(str(root), "/sbin/missing") == []
+    assert prefetch.warm(str(root), "/sbin/script") == ["/sbin/script"]
+    assert prefetch.warm(str(root), "/sbin/stub") == ["/sbin/stub"]
+    assert prefetch.warm(str(tmp_path / "no-rootfs"), "/sbin/init") == []
+    assert time.monotonic() - started < 5
+
+
+def _cached_bytes(path: Path) -> int:
+    out = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(out.strip())
+
+
+def test_the_files_end_up_in_the_page_cache(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    init = root / "sbin" / "init"
+    with open(init, "ab") as f:
+        f.write(os.urandom(4 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    assert _cached_bytes(init) < 1 << 20
+    assert prefetch.warm(str(root), "/sbin/init") == ["/sbin/init"]
+    deadline = time.monotonic() + 5
+    while _cached_bytes(init) < init.stat().st_size and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _cached_bytes(init) >= init.stat().st_size
