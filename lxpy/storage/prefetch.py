@@ -68,10 +68,14 @@ def _open_file(root_fd: int, path: str) -> int | None:
 
 def elf_needs(fd: int) -> tuple[str | None, list[str], list[str]]:
     """(program interpreter, DT_NEEDED names, DT_RUNPATH/DT_RPATH
-    directories) of the 64-bit ELF file open on `fd`; (None, [], []) for
-    anything else (a script, a static or 32-bit binary).
+    directories) of the 64-bit ELF file open on `fd`. For a script, its
+    "#!" interpreter is the program interpreter; anything else (a static or
+    32-bit binary, data) needs nothing: (None, [], []).
     """
-    head = os.pread(fd, 64, 0)
+    head = os.pread(fd, 256, 0)
+    if head[:2] == b"#!":
+        words = head[2:].split(b"\n", 1)[0].split()
+        return (words[0].decode(errors="replace") if words else None), [], []
     if len(head) < 64 or head[:4] != _ELFMAG or head[4] != _ELFCLASS64:
         return None, [], []
     e = "<" if head[5] == _ELFDATA2LSB else ">"

@@ -83,10 +83,19 @@ def test_odd_files_are_skipped_without_blocking(tmp_path: Path) -> None:
     assert prefetch.warm(str(root), "/sbin/fifo") == []
     assert prefetch.warm(str(root), "/sbin/dir") == []
     assert prefetch.warm(str(root), "/sbin/missing") == []
-    assert prefetch.warm(str(root), "/sbin/script") == ["/sbin/script"]
+    assert prefetch.warm(str(root), "/sbin/script") == ["/sbin/script"]  # no /bin/sh here
     assert prefetch.warm(str(root), "/sbin/stub") == ["/sbin/stub"]
     assert prefetch.warm(str(tmp_path / "no-rootfs"), "/sbin/init") == []
     assert time.monotonic() - started < 5
+
+
+def test_a_script_brings_its_interpreter(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    (root / "bin").mkdir()
+    shutil.copy("/bin/true", root / "bin" / "sh")
+    (root / "sbin" / "init").unlink()
+    (root / "sbin" / "init").write_text("#!/bin/sh -e\nexec /sbin/real-init\n")
+    assert prefetch.warm(str(root), "/sbin/init") == ["/sbin/init", "/bin/sh"]
 
 
 def _cached_bytes(path: Path) -> int:
