@@ -108,9 +108,7 @@ def parse_json(payload: bytes, what: str) -> dict[str, object]:
 # -- the upgrade handshake ------------------------------------------------------
 
 
-def open_stream(
-    client: Client, method: str, path: str, body: object = None
-) -> tuple[Any, bytes]:
+def open_stream(client: Client, method: str, path: str, body: object = None) -> tuple[Any, bytes]:
     """Ask lxpyd to upgrade `method path` to a framed stream.
 
     Returns:
