@@ -57,13 +57,28 @@ def _open_in(root_fd: int, path: str, flags: int = _OPEN) -> int | None:
         return None
 
 
-def _open_file(root_fd: int, path: str) -> int | None:
-    """As _open_in, for a regular file only."""
-    fd = _open_in(root_fd, path)
-    if fd is not None and not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
+def _regular(root_fd: int, path: str) -> int | None:
+    """An O_PATH fd of `path` inside the rootfs when it is a regular file,
+    or None. An O_PATH fd opens nothing: a device node or FIFO there is
+    looked at, never opened."""
+    pfd = _open_in(root_fd, path, os.O_PATH | os.O_CLOEXEC)
+    if pfd is not None and not stat.S_ISREG(os.fstat(pfd).st_mode):
+        os.close(pfd)
         return None
-    return fd
+    return pfd
+
+
+def _open_file(root_fd: int, path: str) -> int | None:
+    """A read fd of the regular file `path` inside the rootfs, or None."""
+    pfd = _regular(root_fd, path)
+    if pfd is None:
+        return None
+    try:
+        return os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    finally:
+        os.close(pfd)
 
 
 def elf_needs(fd: int) -> tuple[str | None, list[str], list[str]]:
@@ -226,7 +241,7 @@ def _warm(root_fd: int, init: str) -> list[str]:
 def _find_lib(root_fd: int, name: str, dirs: list[str]) -> str | None:
     for d in dirs:
         path = f"{d}/{name}"
-        fd = _open_file(root_fd, path)
+        fd = _regular(root_fd, path)
         if fd is not None:
             os.close(fd)
             return path
