@@ -144,6 +144,8 @@ class Resources:
             if record is None:
                 continue
             config = override if name == extra and override is not None else record.config
+            if "limits.cpu" not in config:
+                continue  # the usual case, and one to skip: this runs per start and stop
             lim = _limits(config)
             if lim is None:
                 continue
