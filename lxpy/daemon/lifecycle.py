@@ -38,7 +38,7 @@ from lxpy.kernel.idmap import IdMap
 from lxpy.model.config import Container
 from lxpy.model.state import State
 from lxpy.model.template import TemplateDef, find_template
-from lxpy.runtime.control import check_reply
+from lxpy.runtime.control import check_reply, gone
 from lxpy.runtime.spec import LaunchSpec
 from lxpy.runtime.zygote import SPAWN_TIMEOUT, encode_request, spawn_request, start_zygote
 from lxpy.storage import prefetch
@@ -105,7 +105,8 @@ async def monitor_request(
     """One command to a monitor's control socket (see lxpy.runtime.control).
 
     Raises:
-        DaemonUnavailable: nothing answers on `path`.
+        DaemonUnavailable: nothing answers on `path`, or the monitor ended
+            before it answered.
         LxpyError (or a subclass): the monitor's error, or no answer in `wait` s.
     """
     try:
@@ -126,7 +127,7 @@ async def monitor_request(
     except trio.TooSlowError:
         raise LxpyError(f"the monitor did not answer {cmd!r} within {wait:g} s") from None
     if reply is None:
-        raise LxpyError(f"the monitor closed the connection before answering {cmd!r}")
+        raise gone(cmd)
     return check_reply(reply)
 
 

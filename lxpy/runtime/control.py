@@ -64,9 +64,12 @@ class MonitorClient:
     @staticmethod
     def _readline(sock: socket.socket, buf: bytearray) -> dict[str, object]:
         while b"\n" not in buf:
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:
+                chunk = b""
             if not chunk:
-                raise LxpyError("the monitor closed the connection before answering")
+                raise gone()
             buf += chunk
         line, _, rest = bytes(buf).partition(b"\n")
         buf[:] = rest
@@ -82,7 +85,8 @@ class MonitorClient:
             args: the command's arguments.
 
         Raises:
-            DaemonUnavailable: when nothing listens on the socket.
+            DaemonUnavailable: when nothing listens on the socket, or the
+                monitor ended before it answered.
             LxpyError (or a subclass): the monitor's error, or a timeout.
         """
         sock = self._connect(self.timeout if wait is None else wait)
@@ -108,9 +112,12 @@ class MonitorClient:
         sock = self._connect(self.timeout)
         try:
             sock.sendall((json.dumps({"cmd": "attach", "tty": tty}) + "\n").encode())
-            data, fds, _flags, _addr = socket.recv_fds(sock, 65536, 1)
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(sock, 65536, 1)
+            except ConnectionResetError:
+                data, fds = b"", []
             if not data:
-                raise LxpyError("the monitor closed the connection before answering")
+                raise gone()
             reply = check_reply(json.loads(data.partition(b"\n")[0]))
             if not fds:
                 raise LxpyError(f"the monitor sent no terminal: {reply}")
@@ -133,6 +140,16 @@ class MonitorClient:
                     return
         finally:
             sock.close()
+
+
+def gone(cmd: str = "") -> DaemonUnavailable:
+    """The error for a monitor that closed the connection without answering:
+    one that ends (its container stopped) does so with requests unanswered."""
+    what = f" {cmd!r}" if cmd else ""
+    return DaemonUnavailable(
+        f"the monitor closed the connection before answering{what}",
+        hint="the container has probably just stopped",
+    )
 
 
 def check_reply(reply: object) -> dict[str, object]:
