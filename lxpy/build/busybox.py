@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import struct
 from pathlib import Path
 
 import trio
@@ -18,9 +17,8 @@ import trio
 from lxpy.build.proc import capture
 from lxpy.build.report import Reporter
 from lxpy.errors import LxpyError, NotFound, Unsupported
+from lxpy.kernel import elf
 from lxpy.model.template import TemplateDef
-
-_PT_INTERP = 3
 
 # Mode of each top-level directory; the rest of the tree is made on demand.
 DIRS: dict[str, int] = {
@@ -122,30 +120,14 @@ def is_static_elf(path: Path) -> bool:
     Raises:
         LxpyError: the file is not an ELF binary.
     """
-    with path.open("rb") as f:
-        ident = f.read(16)
-        if len(ident) < 16 or ident[:4] != b"\x7fELF":
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        binary = elf.parse(fd)
+        if binary is None:
             raise LxpyError(f"{path} is not an ELF binary")
-        is64 = ident[4] == 2
-        endian = "<" if ident[5] == 1 else ">"
-        if is64:
-            header = f.read(48)
-            phoff, phentsize, phnum = (
-                struct.unpack_from(endian + "Q", header, 16)[0],
-                *struct.unpack_from(endian + "HH", header, 38),
-            )
-        else:
-            header = f.read(36)
-            phoff, phentsize, phnum = (
-                struct.unpack_from(endian + "I", header, 12)[0],
-                *struct.unpack_from(endian + "HH", header, 26),
-            )
-        for i in range(phnum):
-            f.seek(phoff + i * phentsize)
-            (p_type,) = struct.unpack(endian + "I", f.read(4))
-            if p_type == _PT_INTERP:
-                return False
-    return True
+        return binary.interpreter() is None
+    finally:
+        os.close(fd)
 
 
 def check_busybox(defn: TemplateDef) -> Path:

@@ -119,8 +119,9 @@ async def monitor_request(
                     hint="the container is probably not running",
                 ) from None
             async with stream:
-                await stream.send_all((json.dumps({"cmd": cmd, **args}) + "\n").encode())
+                # A monitor that ends meanwhile breaks the send or the read.
                 try:
+                    await stream.send_all((json.dumps({"cmd": cmd, **args}) + "\n").encode())
                     reply = await _Lines(stream).next()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     reply = None

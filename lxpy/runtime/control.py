@@ -93,6 +93,8 @@ class MonitorClient:
         try:
             sock.sendall((json.dumps({"cmd": cmd, **args}) + "\n").encode())
             return self._readline(sock, bytearray())
+        except BrokenPipeError:
+            raise gone(cmd) from None
         except TimeoutError:
             raise LxpyError(f"the monitor did not answer {cmd!r} in time") from None
         finally:

@@ -26,6 +26,7 @@ import os
 import stat
 import struct
 
+from lxpy.kernel import elf
 from lxpy.kernel import syscalls as sc
 
 # The loader's own directories, searched after ld.so.conf's (glibc's
@@ -39,14 +40,6 @@ _MAX_INCLUDES = 8
 
 _RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS | sc.RESOLVE_NO_XDEV
 _OPEN = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-# ELF (elf.h): the identification bytes, the program header types and the
-# dynamic section tags read here.
-_ELFMAG = b"\x7fELF"
-_ELFCLASS64 = 2
-_ELFDATA2LSB = 1
-_PT_LOAD, _PT_DYNAMIC, _PT_INTERP = 1, 2, 3
-_DT_NULL, _DT_NEEDED, _DT_STRTAB, _DT_RPATH, _DT_RUNPATH = 0, 1, 5, 15, 29
 
 
 def _open_in(root_fd: int, path: str, flags: int = _OPEN) -> int | None:
@@ -83,64 +76,18 @@ def _open_file(root_fd: int, path: str) -> int | None:
 
 def elf_needs(fd: int) -> tuple[str | None, list[str], list[str]]:
     """(program interpreter, DT_NEEDED names, DT_RUNPATH/DT_RPATH
-    directories) of the 64-bit ELF file open on `fd`. For a script, its
-    "#!" interpreter is the program interpreter; anything else (a static or
-    32-bit binary, data) needs nothing: (None, [], []).
+    directories) of the ELF file open on `fd`. For a script, its "#!"
+    interpreter is the program interpreter; anything else (a static binary,
+    data) needs nothing: (None, [], []).
     """
     head = os.pread(fd, 256, 0)
     if head[:2] == b"#!":
         words = head[2:].split(b"\n", 1)[0].split()
         return (words[0].decode(errors="replace") if words else None), [], []
-    if len(head) < 64 or head[:4] != _ELFMAG or head[4] != _ELFCLASS64:
+    binary = elf.parse(fd)
+    if binary is None:
         return None, [], []
-    e = "<" if head[5] == _ELFDATA2LSB else ">"
-    (phoff,) = struct.unpack_from(e + "Q", head, 0x20)
-    phentsize, phnum = struct.unpack_from(e + "HH", head, 0x36)
-    if phentsize < 56 or phnum > 256:
-        return None, [], []
-    ph = os.pread(fd, phentsize * phnum, phoff)
-    interp: str | None = None
-    dynamic: tuple[int, int] | None = None
-    loads: list[tuple[int, int, int]] = []
-    for i in range(len(ph) // phentsize):
-        p_type, _, offset, vaddr, _, filesz = struct.unpack_from(e + "IIQQQQ", ph, i * phentsize)
-        if p_type == _PT_INTERP:
-            interp = (
-                os.pread(fd, min(filesz, 4096), offset).split(b"\0", 1)[0].decode(errors="replace")
-            )
-        elif p_type == _PT_DYNAMIC:
-            dynamic = (offset, min(filesz, 1 << 16))
-        elif p_type == _PT_LOAD:
-            loads.append((vaddr, offset, filesz))
-    if dynamic is None:
-        return interp, [], []
-    raw = os.pread(fd, dynamic[1], dynamic[0])
-    needed: list[int] = []
-    paths: list[int] = []
-    strtab = None
-    for i in range(0, len(raw) - 15, 16):
-        tag, value = struct.unpack_from(e + "qQ", raw, i)
-        if tag == _DT_NULL:
-            break
-        if tag == _DT_NEEDED:
-            needed.append(value)
-        elif tag == _DT_STRTAB:
-            strtab = value
-        elif tag in (_DT_RPATH, _DT_RUNPATH):
-            paths.append(value)
-    # The string table's address, as a file offset: through the segment
-    # that maps it.
-    if strtab is None:
-        return interp, [], []
-    base = next((off + strtab - va for va, off, size in loads if va <= strtab < va + size), None)
-    if base is None:
-        return interp, [], []
-
-    def string(at: int) -> str:
-        return os.pread(fd, 256, base + at).split(b"\0", 1)[0].decode(errors="replace")
-
-    dirs = [d for at in paths for d in string(at).split(":") if d]
-    return interp, [string(at) for at in needed], dirs
+    return binary.interpreter(), *binary.needs()
 
 
 def lib_dirs(root_fd: int) -> list[str]:
