@@ -31,6 +31,7 @@ import trio
 
 from lxpy.build.rootfs import resolve_in, write_in
 from lxpy.daemon import security
+from lxpy.daemon.networks import joins_network
 from lxpy.daemon.service import Daemon, RunInfo
 from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel.cgroups import ContainerCgroup
@@ -383,7 +384,11 @@ class Lifecycle:
             if spec.uid_base and record.idmap is not None:
                 rec = record.idmap
                 ids = IdMap(rec.uid_base, rec.gid_base, rec.size)
-            userns = await d.files(self._prepare, spec, ids is not None)
+            # An unprivileged container on a network has its user namespace
+            # made and pinned first, to own the network namespace the veths
+            # go into. On no network the launch makes it (one step less).
+            pin = ids is not None and joins_network(record.config)
+            userns = await d.files(self._prepare, spec, pin)
             spec = replace(spec, userns=userns)
 
             # Both namespaces in one zygote request, the network namespace
@@ -393,9 +398,6 @@ class Lifecycle:
 
             handle = await d.networks.attach(name, record.config, userns, make_ns=make_ns)
             try:
-                if not handle.path and userns:
-                    # On no network: the user namespace alone.
-                    await self._make_namespaces(userns, ids, "")
                 spec = replace(spec, netns=handle.path)
                 reply = await self._spawn(spec)
             except BaseException:

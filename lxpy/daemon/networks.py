@@ -710,6 +710,12 @@ def _create_netns(path: Path, nics: list[Nic], userns: str) -> None:
         os.close(nfd)
 
 
+def joins_network(config: Mapping[str, object]) -> bool:
+    """Whether a container with `config` gets NICs, so a network namespace
+    made before its launch (see Networks.attach)."""
+    return bool(_as_list(config.get("network")))
+
+
 def _as_list(value: object) -> list[str]:
     if value is None:
         return []

@@ -5,10 +5,10 @@
 * `Security.assign`: the host ID range of an unprivileged container, picked
   once (at create, or at the first unprivileged start) and kept in its
   record; with the fallback method, the rootfs is shifted on disk here.
-* `Security.pin_userns` / `unpin_userns`: the user namespace of a running
-  container, bound under the run dir (`RUN/userns/NAME`) so the monitor,
-  the network namespace and `exec` all use the same one, and lxpyd may
-  restart meanwhile.
+* `Security.prepare_userns` / `unpin_userns`: where the user namespace of
+  a running container on a network is bound (`RUN/userns/NAME`), so the
+  network namespace that its veths go into and its launch use the same
+  one, and lxpyd may restart meanwhile. On no network the launch makes it.
 
 See docs/security.md for the model.
 """
@@ -239,23 +239,6 @@ class Security:
         """Where container `name`'s user namespace is bound while it runs."""
         return self.d.networks.run_dir / "userns" / name
 
-    def pin_userns(self, name: str, rec: IdmapRecord) -> str:
-        """Make container `name`'s user namespace with its map and bind it
-        (a stale one is replaced). Blocking: run it in a worker thread.
-
-        Raises:
-            OSError: with the kernel's errno.
-        """
-        path = self.userns_path(name)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        idmap.unpin_ns(str(path))
-        fd = idmap.create_userns(idmap.IdMap(rec.uid_base, rec.gid_base, rec.size))
-        try:
-            idmap.pin_ns(fd, str(path))
-        finally:
-            os.close(fd)
-        return str(path)
-
     def prepare_userns(self, name: str) -> str:
         """The path container `name`'s user namespace is bound on, its
         directory made and a stale binding removed (for a caller that makes
@@ -270,7 +253,8 @@ class Security:
         return str(path)
 
     def unpin_userns(self, name: str) -> None:
-        """Undo pin_userns (idempotent); the namespace ends with its last process."""
+        """Unbind container `name`'s user namespace (idempotent); the
+        namespace ends with its last process."""
         path = self.userns_path(name)
         idmap.unpin_ns(str(path))
         with contextlib.suppress(OSError):

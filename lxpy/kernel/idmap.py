@@ -259,7 +259,12 @@ def _reap(pid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def _write_maps(pid: int, uid_map: str, gid_map: str) -> None:
+def write_maps(pid: int, uid_map: str, gid_map: str) -> None:
+    """Write the uid and gid maps of process `pid`'s user namespace.
+
+    Raises:
+        OSError: with the kernel's errno, naming the map.
+    """
     # Why the parent writes the maps: a privileged writer may map any range
     # and leaves setgroups(2) usable inside, which a Debian system needs
     # (login, su, daemons dropping groups).
@@ -284,7 +289,7 @@ def create_userns(idmap: IdMap) -> int:
     pid, r = _helper(lambda: sc.unshare(CLONE_NEWUSER))
     try:
         _await_byte(r, pid, "unshare(CLONE_NEWUSER)")
-        _write_maps(pid, idmap.uid_map(), idmap.gid_map())
+        write_maps(pid, idmap.uid_map(), idmap.gid_map())
         return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     finally:
         os.close(r)
@@ -382,7 +387,7 @@ def pin_new_namespaces(userns_path: str, uid_map: str, gid_map: str, netns_path:
     try:
         if userns_path:
             _await_byte(r, pid, "unshare(CLONE_NEWUSER)")
-            _write_maps(pid, uid_map, gid_map)
+            write_maps(pid, uid_map, gid_map)
             os.write(go_w, b"\0")
         _await_byte(r, pid, "unshare(CLONE_NEWNET)" if netns_path else "the user namespace")
         for kind, path in (("user", userns_path), ("net", netns_path)):
@@ -447,6 +452,16 @@ def enter_userns(userns_fd: int) -> None:
         OSError: with the kernel's errno (EINVAL from a multithreaded process).
     """
     sc.setns(userns_fd, CLONE_NEWUSER)
+    become_root()
+
+
+def become_root() -> None:
+    """Switch to 0:0 with no groups in the user namespace the caller is in
+    (entered or unshared, its map written), where it holds every capability.
+
+    Raises:
+        OSError: with the kernel's errno (EINVAL while the map is unwritten).
+    """
     # Groups first and UID last: setresuid may take the capabilities
     # that setgroups and setresgid need.
     os.setgroups([])
@@ -497,22 +512,32 @@ def idmapped_tree(source: str, userns_fd: int, recursive: bool = True) -> int:
     """
     fd = clone_tree(source, recursive)
     try:
-        attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
-        _check(
-            _libc.syscall(
-                ctypes.c_long(_NR_MOUNT_SETATTR),
-                ctypes.c_int(fd),
-                b"",
-                ctypes.c_uint(AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)),
-                ctypes.byref(attr),
-                ctypes.c_size_t(ctypes.sizeof(attr)),
-            ),
-            f"mount_setattr({source!r}, MOUNT_ATTR_IDMAP)",
-        )
+        set_idmap(fd, userns_fd, recursive, source)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def set_idmap(tree_fd: int, userns_fd: int, recursive: bool = True, what: str = "") -> None:
+    """Idmap a detached tree (from clone_tree, not yet attached) through
+    `userns_fd`, as idmapped_tree does; `what` names it in errors.
+
+    Raises:
+        OSError: as for idmapped_tree.
+    """
+    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    _check(
+        _libc.syscall(
+            ctypes.c_long(_NR_MOUNT_SETATTR),
+            ctypes.c_int(tree_fd),
+            b"",
+            ctypes.c_uint(AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        ),
+        f"mount_setattr({what or tree_fd!r}, MOUNT_ATTR_IDMAP)",
+    )
 
 
 def attach_tree(tree_fd: int, target: str) -> None:

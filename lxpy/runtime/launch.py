@@ -110,26 +110,36 @@ def userns_child_main(
     errfd: int,
     pid_w: int,
     go_r: int,
+    tree: int = -1,
 ) -> NoReturn:
-    """Start an unprivileged container (spec.userns set); never returns.
+    """Start an unprivileged container; never returns.
 
     Runs in a child of the monitor (still host root, in the host's pid
     namespace). It prepares the rootfs view as host root, enters the
-    container's user namespace, unshares the namespaces that user namespace
-    will own, and forks the container's init-to-be, whose host pid it
-    writes to `pid_w` before exiting. The monitor, a child subreaper,
-    inherits that process, reaps this one, and then writes one byte to the
-    pipe `go_r` reads: only then may init arm PDEATHSIG (armed before, it
-    would fire on this process's exit).
+    container's user namespace (the pinned spec.userns) or makes it,
+    unshares the namespaces that user namespace will own, and forks the
+    container's init-to-be, whose host pid it writes to `pid_w` before
+    exiting. The monitor, a child subreaper, inherits that process, reaps
+    this one, and then writes b"g" to the pipe `go_r` reads: only then may
+    init arm PDEATHSIG (armed before, it would fire on this process's exit).
+
+    Making the namespace (no spec.userns): this process unshares it and
+    writes b"u" to `pid_w`; the monitor writes its map, idmaps `tree` (its
+    clone of the rootfs mount, which this process shares) through it, and
+    writes b"m" to `go_r`'s pipe.
 
     Args:
         spec, console_fd, console_path, tty_paths, cgroup_procs, errfd: as
             for child_main().
         pid_w: write end of a pipe for the init-to-be's host pid.
         go_r: read end of the monitor's go-ahead pipe.
+        tree: without spec.userns, the monitor's detached rootfs tree.
     """
     try:
-        pid = _setup_userns(spec, cgroup_procs, go_r)
+        if spec.userns:
+            pid = _setup_userns(spec, cgroup_procs, go_r)
+        else:
+            pid = _setup_own_userns(spec, cgroup_procs, pid_w, go_r, tree)
         if pid:
             os.write(pid_w, f"{pid}\n".encode())
             os._exit(0)
@@ -191,15 +201,55 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
     # Why private: without it, every mount below would propagate back to
     # the host's (shared) mount namespace.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    return _attach_and_fork(tree, go_r)
+
+
+def _attach_and_fork(tree: int, go_r: int) -> int:
+    """Attach the rootfs `tree` on the current directory (the rootfs) and
+    change into it; fork PID 1 of the new pid namespace. Returns its pid
+    (in this process) or 0 (in it)."""
     _step("mounting the rootfs")
     idmap.attach_tree(tree, ".")
     os.fchdir(tree)
     os.close(tree)
-    # The next child is PID 1 of the new pid namespace.
     pid = os.fork()
     if pid:
         os.close(go_r)
     return pid
+
+
+def _setup_own_userns(
+    spec: LaunchSpec, cgroup_procs: Sequence[str], pid_w: int, go_r: int, tree: int
+) -> int:
+    """_setup_userns for a container whose user namespace is made here:
+    returns the child's pid (in this process) or 0 (in it)."""
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    _join_cgroups(cgroup_procs)
+    if spec.lxcfs:
+        _clone_lxcfs(spec.lxcfs)
+    # As host root (see _setup_userns): later paths are relative to it.
+    os.chdir(os.path.realpath(spec.rootfs))
+    _step("namespaces")
+    # One call: the user namespace first, and the others owned by it. The
+    # caller holds every capability in them at once; only becoming root
+    # inside waits for the map.
+    sc.unshare(
+        sc.CLONE_NEWUSER
+        | sc.CLONE_NEWNET
+        | sc.CLONE_NEWPID
+        | sc.CLONE_NEWNS
+        | sc.CLONE_NEWUTS
+        | sc.CLONE_NEWIPC
+    )
+    os.write(pid_w, b"u")
+    # While the monitor writes the map. Why private: see _setup_userns.
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    link_up("lo")
+    _step("waiting for the ID map")
+    if os.read(go_r, 1) != b"m":
+        raise OSError(errno.ECHILD, "the monitor went away before writing the ID map")
+    idmap.become_root()
+    return _attach_and_fork(tree, go_r)
 
 
 def _wait_go(go_r: int, spec: LaunchSpec) -> seccomp.Policy:

@@ -22,6 +22,7 @@ so ksmd can keep one copy of the pages all monitors write alike
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -36,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from lxpy.errors import Busy, InvalidArgument, LxpyError
-from lxpy.kernel import devices, ksm, seccomp
+from lxpy.kernel import devices, idmap, ksm, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy, hierarchies, hierarchy_ids
 from lxpy.kernel.idmap import IdMap, delegate_cgroups
@@ -323,34 +324,54 @@ class Monitor:
         # Three pipes: errors (close-on-exec: EOF once init runs), init's
         # host pid from the helper, and our go-ahead to init once the
         # helper is reaped and init is our child.
-        r, w = os.pipe2(os.O_CLOEXEC)
-        pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
-        go_r, go_w = os.pipe2(os.O_CLOEXEC)
-        helper = os.fork()
-        if helper == 0:
-            os.close(r)
-            os.close(pid_r)
-            os.close(go_w)
-            launch.userns_child_main(
-                self.spec,
-                self.console_slave,
-                self.console_path,
-                self.tty_paths,
-                self.cg.procs_files(),
-                w,
-                pid_w,
-                go_r,
-            )
-        os.close(w)
-        os.close(pid_w)
-        os.close(go_r)
+        # With no pinned user namespace the helper makes one, and the same
+        # pipes carry the steps of writing its map (launch.userns_child_main).
+        tree = -1
+        if not self.spec.userns:
+            tree = idmap.clone_tree(os.path.realpath(self.spec.rootfs))
         try:
-            raw = b""
-            while chunk := os.read(pid_r, 64):
-                raw += chunk
+            r, w = os.pipe2(os.O_CLOEXEC)
+            pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+            go_r, go_w = os.pipe2(os.O_CLOEXEC)
+            helper = os.fork()
+            if helper == 0:
+                os.close(r)
+                os.close(pid_r)
+                os.close(go_w)
+                launch.userns_child_main(
+                    self.spec,
+                    self.console_slave,
+                    self.console_path,
+                    self.tty_paths,
+                    self.cg.procs_files(),
+                    w,
+                    pid_w,
+                    go_r,
+                    tree,
+                )
+            os.close(w)
+            os.close(pid_w)
+            os.close(go_r)
+            try:
+                if tree >= 0:
+                    self._map_userns(helper, pid_r, go_w, tree)
+                raw = b""
+                while chunk := os.read(pid_r, 64):
+                    raw += chunk
+            except BaseException as e:
+                os.kill(helper, signal.SIGKILL)
+                if isinstance(e, OSError):
+                    raise LxpyError(
+                        f"container {self.spec.name!r} failed to start: "
+                        f"mapping its user namespace: {e.strerror or e}"
+                    ) from None
+                raise
+            finally:
+                os.close(pid_r)
+                os.waitpid(helper, 0)
         finally:
-            os.close(pid_r)
-            os.waitpid(helper, 0)
+            if tree >= 0:
+                os.close(tree)
         pid = int(raw) if raw.strip().isdigit() else 0
         if pid:
             try:
@@ -375,6 +396,26 @@ class Monitor:
         self.started_at = time.time()
         self.boots += 1
         self._set_state("RUNNING")
+
+    def _map_userns(self, helper: int, pid_r: int, go_w: int, tree: int) -> None:
+        # Once the helper has made its user namespace: write the map, idmap
+        # the rootfs tree through it, let the helper go on. Anything else
+        # than its b"u" means it failed; the error pipe says why.
+        p = select.poll()
+        p.register(pid_r, select.POLLIN)
+        if not p.poll(LAUNCH_TIMEOUT * 1000):
+            raise OSError(errno.ETIMEDOUT, f"no user namespace within {LAUNCH_TIMEOUT}s")
+        if os.read(pid_r, 1) != b"u":
+            return
+        m = IdMap(self.spec.uid_base, self.spec.gid_base, self.spec.idmap_size)
+        idmap.write_maps(helper, m.uid_map(), m.gid_map())
+        if self.spec.idmap_method == "idmapped":
+            userns = os.open(f"/proc/{helper}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                idmap.set_idmap(tree, userns, what=self.spec.rootfs)
+            finally:
+                os.close(userns)
+        os.write(go_w, b"m")
 
     @staticmethod
     def _read_launch_error(r: int, pid: int) -> str:

@@ -96,9 +96,10 @@ class LaunchSpec:
     cgroup_view: str = "auto"
     uuid: str = ""
     drop_caps: tuple[str, ...] = DEFAULT_DROP_CAPS
-    # A pinned user namespace (lxpy.kernel.idmap.pin_ns) to run in; empty:
-    # privileged, no user namespace. Its map is repeated here for the host
-    # side (cgroup delegation, pty ownership).
+    # Unprivileged (an ID map below): a pinned user namespace
+    # (lxpy.kernel.idmap.pin_ns) with that map to run in, or empty for one
+    # the launch makes. The map also serves the host side (cgroup
+    # delegation, pty ownership). No map: privileged, no user namespace.
     userns: str = ""
     uid_base: int = 0
     gid_base: int = 0
@@ -125,7 +126,7 @@ class LaunchSpec:
     @property
     def privileged(self) -> bool:
         """No user namespace: root inside is host root."""
-        return not self.userns
+        return not (self.userns or self.idmap_size)
 
     @property
     def effective_hostname(self) -> str:
@@ -206,8 +207,8 @@ class LaunchSpec:
         bad = [c for c in self.drop_caps if c.lower().removeprefix("cap_") not in CAPS]
         if bad:
             raise InvalidArgument(f"launch spec: unknown capabilities {bad}")
-        if self.userns:
-            if not os.path.isabs(self.userns):
+        if not self.privileged:
+            if self.userns and not os.path.isabs(self.userns):
                 raise InvalidArgument(f"launch spec: userns {self.userns!r} must be a path")
             if min(self.uid_base, self.gid_base) <= 0 or self.idmap_size < 65536:
                 raise InvalidArgument(

@@ -387,6 +387,31 @@ def test_failed_start_reports_and_leaves_nothing(tmp_path: Path, zygote: Path) -
     assert host_mounts_under(tmp_path) == []
 
 
+def test_an_id_map_the_kernel_refuses_fails_the_start_cleanly(tmp_path: Path, zygote: Path) -> None:
+    # The launch makes the user namespace (no pinned one): its map is
+    # written by the monitor, and a range past the last ID is refused.
+    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
+    name = "t" + uuid.uuid4().hex[:10]
+    top = 2**32 - 1000
+    spec = LaunchSpec.from_json(
+        {
+            "name": name,
+            "rootfs": str(rootfs),
+            "control_socket": str(tmp_path / "m.sock"),
+            "cgroup_parent": PARENT,
+            "uid_base": top,
+            "gid_base": top,
+            "idmap_size": 65536,
+        }
+    )
+    assert not spec.privileged and not spec.userns
+    with pytest.raises(LxpyError, match="mapping its user namespace: writing uid_map"):
+        spawn_monitor(zygote, spec)
+    assert not (tmp_path / "m.sock").exists()
+    assert not any(Path(p).exists() for p in ContainerCgroup.for_name(name, parent=PARENT).paths)
+    assert host_mounts_under(tmp_path) == []
+
+
 def test_a_leftover_cgroup_loses_an_earlier_runs_limits(boot: Callable[..., Booted]) -> None:
     name = "t" + uuid.uuid4().hex[:10]
     cg = ContainerCgroup.for_name(name, parent=PARENT)
