@@ -71,6 +71,29 @@ def write_in(root: Path, path: str, text: str, mode: int = 0o644) -> Path:
     return dest
 
 
+def set_hostname_files(root: Path, hostname: str) -> None:
+    """Write the container's hostname into its /etc/hostname and the
+    127.0.1.1 line of its /etc/hosts (the template holds a placeholder).
+    Done at create, and checked again at each start (the hostname may have
+    been set or the container renamed since)."""
+    etc = resolve_in(root, "etc")
+    name_file = etc / "hostname"
+    # Unchanged (the usual case at a start): no write.
+    same = (
+        name_file.is_file()
+        and not name_file.is_symlink()
+        and name_file.read_text() == hostname + "\n"
+    )
+    if not same and etc.is_dir():
+        write_in(root, "etc/hostname", hostname + "\n")
+    hosts = resolve_in(root, "etc/hosts")
+    if hosts.is_file() and not hosts.is_symlink():
+        lines = hosts.read_text().splitlines()
+        out = [f"127.0.1.1\t{hostname}" if ln.startswith("127.0.1.1") else ln for ln in lines]
+        if out != lines:
+            write_in(root, "etc/hosts", "\n".join(out) + "\n")
+
+
 def symlink_in(root: Path, path: str, target: str) -> None:
     """Make `path` in the rootfs a symlink to `target`, replacing what is there."""
     parent = resolve_in(root, os.path.dirname(path))

@@ -14,6 +14,7 @@ from typing import Literal
 
 import trio
 
+from lxpy.build.rootfs import set_hostname_files
 from lxpy.daemon.events import now_iso
 from lxpy.daemon.security import check_config as check_security
 from lxpy.daemon.security import check_update
@@ -195,6 +196,12 @@ class Containers:
         """
         d = self.d
         try:
+            # Now, not at its first start: that start then finds the files
+            # written and in the page cache. Before the ID range, so a
+            # rootfs shifted on disk has them shifted too.
+            hostname = str(config.get("hostname") or name)
+            rootfs = d.backend.container_path(name)
+            await d.files(set_hostname_files, rootfs, hostname)
             idmap = await d.security.assign(name, config, current, fresh=True)
             record = Container(
                 name=name, template=template, created_at=now_iso(), config=config, idmap=idmap

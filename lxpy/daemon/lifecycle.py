@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from lxpy.build.rootfs import resolve_in, write_in
+from lxpy.build.rootfs import set_hostname_files
 from lxpy.daemon import security
 from lxpy.daemon.networks import joins_network
 from lxpy.daemon.service import Daemon, RunInfo
@@ -688,27 +688,6 @@ class Lifecycle:
             await trio.to_thread.run_sync(_remove_cgroups, self.d.cgroup(name))
         await d.networks.detach(name)
         await d.files(d.security.unpin_userns, name)
-
-
-def set_hostname_files(rootfs: Path, hostname: str) -> None:
-    """Write the container's hostname into its /etc/hostname and the
-    127.0.1.1 line of its /etc/hosts (the template holds a placeholder)."""
-    etc = resolve_in(rootfs, "etc")
-    name_file = etc / "hostname"
-    # Unchanged since the last start (the usual case): no write on the start path.
-    same = (
-        name_file.is_file()
-        and not name_file.is_symlink()
-        and name_file.read_text() == hostname + "\n"
-    )
-    if not same and etc.is_dir():
-        write_in(rootfs, "etc/hostname", hostname + "\n")
-    hosts = resolve_in(rootfs, "etc/hosts")
-    if hosts.is_file() and not hosts.is_symlink():
-        lines = hosts.read_text().splitlines()
-        out = [f"127.0.1.1\t{hostname}" if ln.startswith("127.0.1.1") else ln for ln in lines]
-        if out != lines:
-            write_in(rootfs, "etc/hosts", "\n".join(out) + "\n")
 
 
 def _read_json(path: Path) -> dict[str, object] | None:

@@ -144,6 +144,16 @@ def test_a_start_reads_init_ahead(tmp_path: Path, test_cache: Path) -> None:
         d.cli("stop", "ahead", "--force")
 
 
+def test_create_writes_the_hostname_files(busybox: Daemon) -> None:
+    # At create, not only at start: the first start then finds them written.
+    d = busybox
+    d.cli("create", "hn1", "-t", "busybox", "--set", "hostname=named-at-create")
+    rootfs = d.root / "pool/containers/hn1"
+    assert (rootfs / "etc/hostname").read_text() == "named-at-create\n"
+    assert "127.0.1.1\tnamed-at-create" in (rootfs / "etc/hosts").read_text()
+    d.cli("destroy", "hn1")
+
+
 def test_busybox_boots_isolated_with_events(busybox: Daemon) -> None:
     d = busybox
     events = Events(d)
