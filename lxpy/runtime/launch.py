@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import select
 import signal
 import termios
 from collections.abc import Sequence
@@ -110,50 +111,104 @@ def userns_child_main(
     errfd: int,
     pid_w: int,
     go_r: int,
-    tree: int = -1,
 ) -> NoReturn:
-    """Start an unprivileged container; never returns.
+    """Start an unprivileged container in its pinned user namespace
+    (spec.userns); never returns.
 
     Runs in a child of the monitor (still host root, in the host's pid
     namespace). It prepares the rootfs view as host root, enters the
-    container's user namespace (the pinned spec.userns) or makes it,
-    unshares the namespaces that user namespace will own, and forks the
-    container's init-to-be, whose host pid it writes to `pid_w` before
-    exiting. The monitor, a child subreaper, inherits that process, reaps
-    this one, and then writes b"g" to the pipe `go_r` reads: only then may
-    init arm PDEATHSIG (armed before, it would fire on this process's exit).
-
-    Making the namespace (no spec.userns): this process unshares it and
-    writes b"u" to `pid_w`; the monitor writes its map, idmaps `tree` (its
-    clone of the rootfs mount, which this process shares) through it, and
-    writes b"m" to `go_r`'s pipe.
+    container's user namespace, unshares the namespaces that user namespace
+    will own, and forks the container's init-to-be, whose host pid it
+    writes to `pid_w` before exiting. The monitor, a child subreaper,
+    inherits that process, reaps this one, and then writes one byte to the
+    pipe `go_r` reads: only then may init arm PDEATHSIG (armed before, it
+    would fire on this process's exit).
 
     Args:
         spec, console_fd, console_path, tty_paths, cgroup_procs, errfd: as
             for child_main().
         pid_w: write end of a pipe for the init-to-be's host pid.
         go_r: read end of the monitor's go-ahead pipe.
-        tree: without spec.userns, the monitor's detached rootfs tree.
     """
     try:
-        if spec.userns:
-            pid = _setup_userns(spec, cgroup_procs, go_r)
-        else:
-            pid = _setup_own_userns(spec, cgroup_procs, pid_w, go_r, tree)
+        pid = _setup_userns(spec, cgroup_procs, go_r)
         if pid:
             os.write(pid_w, f"{pid}\n".encode())
             os._exit(0)
         os.close(pid_w)
         policy = _wait_go(go_r, spec)
         _setup_init_userns(spec, console_fd, console_path, tty_paths)
-        _pivot(".")
-        _lock_down(spec, policy)
-        env = _environment(spec)
-        _step("exec " + spec.init)
-        os.execve(spec.init, [spec.init, *spec.args], env)
+        _pivot_and_exec(spec, policy)
     except BaseException as e:  # noqa: B036 - anything must reach the monitor
         _report(errfd, e)
     os._exit(127)
+
+
+def cloned_init_main(
+    spec: LaunchSpec,
+    console_fd: int,
+    console_path: str,
+    tty_paths: Sequence[str],
+    errfd: int,
+    go_r: int,
+    tree: int,
+) -> NoReturn:
+    """Start an unprivileged container whose user namespace is its own
+    (no spec.userns); never returns.
+
+    Runs as PID 1 of the namespaces the monitor cloned it into (user
+    first, and network, pid, mount, UTS and IPC owned by it), in the
+    rootfs directory, as the monitor's child. Meanwhile the monitor moves
+    it into the container's cgroups, writes its ID map and idmaps `tree`
+    (the monitor's detached clone of the rootfs mount) through the new
+    namespace; its byte on `go_r` says so. Then it becomes root inside,
+    attaches the tree and goes on as init-to-be.
+
+    Args:
+        spec, console_fd, console_path, tty_paths, errfd: as for child_main().
+        go_r: read end of the monitor's go-ahead pipe.
+        tree: the rootfs tree.
+    """
+    try:
+        _step("namespaces")
+        # Why private: without it, every mount below would propagate back
+        # to the host's (shared) mount namespace. Done while the monitor
+        # writes the map: the capabilities this needs are held already.
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        link_up("lo")
+        policy = _wait_go(go_r, spec)
+        idmap.become_root()
+        # Again: a change of credentials clears the parent-death signal.
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        _check_monitor(errfd)
+        _step("mounting the rootfs")
+        idmap.attach_tree(tree, ".")
+        os.fchdir(tree)
+        os.close(tree)
+        _setup_init_userns(spec, console_fd, console_path, tty_paths)
+        _pivot_and_exec(spec, policy)
+    except BaseException as e:  # noqa: B036 - anything must reach the monitor
+        _report(errfd, e)
+    os._exit(127)
+
+
+def _pivot_and_exec(spec: LaunchSpec, policy: seccomp.Policy) -> NoReturn:
+    # The last steps of an unprivileged init-to-be, in the rootfs's mount.
+    _pivot(".")
+    _lock_down(spec, policy)
+    env = _environment(spec)
+    _step("exec " + spec.init)
+    os.execve(spec.init, [spec.init, *spec.args], env)
+
+
+def _check_monitor(errfd: int) -> None:
+    # The monitor holds the read end of the error pipe until init runs: a
+    # write end that reports an error means it died (maybe before the
+    # parent-death signal was armed, which would then never come).
+    p = select.poll()
+    p.register(errfd, 0)
+    if p.poll(0):
+        raise OSError(errno.ECHILD, "the monitor went away before init started")
 
 
 def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> int:
@@ -176,7 +231,7 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
     else:
         tree = idmap.clone_tree(root)
     if spec.lxcfs:
-        _clone_lxcfs(spec.lxcfs)
+        clone_lxcfs(spec.lxcfs)
     # Why chdir now: the path to the rootfs may cross directories that the
     # container's root may not search (0700, owned by host root); every
     # later path is relative to it.
@@ -201,55 +256,15 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
     # Why private: without it, every mount below would propagate back to
     # the host's (shared) mount namespace.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    return _attach_and_fork(tree, go_r)
-
-
-def _attach_and_fork(tree: int, go_r: int) -> int:
-    """Attach the rootfs `tree` on the current directory (the rootfs) and
-    change into it; fork PID 1 of the new pid namespace. Returns its pid
-    (in this process) or 0 (in it)."""
     _step("mounting the rootfs")
     idmap.attach_tree(tree, ".")
     os.fchdir(tree)
     os.close(tree)
+    # The next child is PID 1 of the new pid namespace.
     pid = os.fork()
     if pid:
         os.close(go_r)
     return pid
-
-
-def _setup_own_userns(
-    spec: LaunchSpec, cgroup_procs: Sequence[str], pid_w: int, go_r: int, tree: int
-) -> int:
-    """_setup_userns for a container whose user namespace is made here:
-    returns the child's pid (in this process) or 0 (in it)."""
-    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    _join_cgroups(cgroup_procs)
-    if spec.lxcfs:
-        _clone_lxcfs(spec.lxcfs)
-    # As host root (see _setup_userns): later paths are relative to it.
-    os.chdir(os.path.realpath(spec.rootfs))
-    _step("namespaces")
-    # One call: the user namespace first, and the others owned by it. The
-    # caller holds every capability in them at once; only becoming root
-    # inside waits for the map.
-    sc.unshare(
-        sc.CLONE_NEWUSER
-        | sc.CLONE_NEWNET
-        | sc.CLONE_NEWPID
-        | sc.CLONE_NEWNS
-        | sc.CLONE_NEWUTS
-        | sc.CLONE_NEWIPC
-    )
-    os.write(pid_w, b"u")
-    # While the monitor writes the map. Why private: see _setup_userns.
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    link_up("lo")
-    _step("waiting for the ID map")
-    if os.read(go_r, 1) != b"m":
-        raise OSError(errno.ECHILD, "the monitor went away before writing the ID map")
-    idmap.become_root()
-    return _attach_and_fork(tree, go_r)
 
 
 def _wait_go(go_r: int, spec: LaunchSpec) -> seccomp.Policy:
@@ -493,12 +508,21 @@ def _mount_lxcfs(root: str, lxcfs_root: str) -> None:
 _LXCFS_TREES: dict[str, int] = {}
 
 
-def _clone_lxcfs(lxcfs_root: str) -> None:
+def clone_lxcfs(lxcfs_root: str) -> None:
+    """Detached copies of lxcfs's files, made by host root for a launch
+    that enters a user namespace (see _LXCFS_TREES)."""
     for src, dst in bind_mounts(lxcfs_root):
         try:
             _LXCFS_TREES[dst] = idmap.clone_tree(src, recursive=False)
         except OSError:
             pass  # a file this lxcfs cannot serve keeps the kernel's
+
+
+def close_lxcfs() -> None:
+    """Close the copies clone_lxcfs made (in a process that hands them on)."""
+    for tree in _LXCFS_TREES.values():
+        os.close(tree)
+    _LXCFS_TREES.clear()
 
 
 def _mount_dev(root: str, console_path: str, tty_paths: Sequence[str]) -> None:

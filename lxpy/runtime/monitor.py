@@ -22,7 +22,6 @@ so ksmd can keep one copy of the pages all monitors write alike
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -46,7 +45,22 @@ from lxpy.model.limits import Limits
 from lxpy.runtime import attach, launch
 from lxpy.runtime.spec import CAPS, LaunchSpec
 
+# For annotations only (see launch.py): typing costs every monitor memory.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
 LAUNCH_TIMEOUT = 30.0
+# The namespaces an unprivileged init-to-be is cloned into; the cgroup
+# namespace it makes itself, once it is in the container's cgroups.
+_CLONED_NS = (
+    sc.CLONE_NEWUSER
+    | sc.CLONE_NEWNET
+    | sc.CLONE_NEWPID
+    | sc.CLONE_NEWNS
+    | sc.CLONE_NEWUTS
+    | sc.CLONE_NEWIPC
+)
 _READ = select.POLLIN | select.POLLPRI
 _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
@@ -308,70 +322,45 @@ class Monitor:
         os.close(w)
         err = self._read_launch_error(r, pid)
         if err:
-            os.waitpid(pid, 0)
-            raise LxpyError(
-                f"container {self.spec.name!r} failed to start: {err}",
-                hint="check the rootfs, its init and the console log",
-            )
-        self.init_pid = pid
+            self._failed(pid, err)
         self.pidfd = os.pidfd_open(pid)
-        self._watch(self.pidfd, self._on_init_exit)
-        self.started_at = time.time()
-        self.boots += 1
-        self._set_state("RUNNING")
+        self._running(pid)
 
     def _launch_userns(self) -> None:
+        if not self.spec.userns:
+            self._launch_cloned()
+            return
         # Three pipes: errors (close-on-exec: EOF once init runs), init's
         # host pid from the helper, and our go-ahead to init once the
         # helper is reaped and init is our child.
-        # With no pinned user namespace the helper makes one, and the same
-        # pipes carry the steps of writing its map (launch.userns_child_main).
-        tree = -1
-        if not self.spec.userns:
-            tree = idmap.clone_tree(os.path.realpath(self.spec.rootfs))
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+        helper = os.fork()
+        if helper == 0:
+            os.close(r)
+            os.close(pid_r)
+            os.close(go_w)
+            launch.userns_child_main(
+                self.spec,
+                self.console_slave,
+                self.console_path,
+                self.tty_paths,
+                self.cg.procs_files(),
+                w,
+                pid_w,
+                go_r,
+            )
+        os.close(w)
+        os.close(pid_w)
+        os.close(go_r)
         try:
-            r, w = os.pipe2(os.O_CLOEXEC)
-            pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
-            go_r, go_w = os.pipe2(os.O_CLOEXEC)
-            helper = os.fork()
-            if helper == 0:
-                os.close(r)
-                os.close(pid_r)
-                os.close(go_w)
-                launch.userns_child_main(
-                    self.spec,
-                    self.console_slave,
-                    self.console_path,
-                    self.tty_paths,
-                    self.cg.procs_files(),
-                    w,
-                    pid_w,
-                    go_r,
-                    tree,
-                )
-            os.close(w)
-            os.close(pid_w)
-            os.close(go_r)
-            try:
-                if tree >= 0:
-                    self._map_userns(helper, pid_r, go_w, tree)
-                raw = b""
-                while chunk := os.read(pid_r, 64):
-                    raw += chunk
-            except BaseException as e:
-                os.kill(helper, signal.SIGKILL)
-                if isinstance(e, OSError):
-                    raise LxpyError(
-                        f"container {self.spec.name!r} failed to start: "
-                        f"mapping its user namespace: {e.strerror or e}"
-                    ) from None
-                raise
-            finally:
-                os.close(pid_r)
-                os.waitpid(helper, 0)
+            raw = b""
+            while chunk := os.read(pid_r, 64):
+                raw += chunk
         finally:
-            if tree >= 0:
-                os.close(tree)
+            os.close(pid_r)
+            os.waitpid(helper, 0)
         pid = int(raw) if raw.strip().isdigit() else 0
         if pid:
             try:
@@ -382,40 +371,97 @@ class Monitor:
         os.close(go_w)
         err = self._read_launch_error(r, pid) if pid else _drain(r)
         if err or not pid:
-            if pid:
+            self._failed(pid, err or "init was not forked")
+        self._running(pid)
+
+    def _launch_cloned(self) -> None:
+        # No pinned user namespace: init-to-be is cloned straight into new
+        # namespaces, the user namespace first (as LXC does), and is our
+        # child from the start. Until our go-ahead it has no map, so no ID
+        # of its own: what needs host root is done here, before and after
+        # the clone (launch.cloned_init_main).
+        spec = self.spec
+        root = os.path.realpath(spec.rootfs)
+        tree = idmap.clone_tree(root)
+        fds = [tree]
+        try:
+            if spec.lxcfs:
+                launch.clone_lxcfs(spec.lxcfs)
+            r, w = os.pipe2(os.O_CLOEXEC)
+            fds.append(r)
+            fds.append(w)
+            go_r, go_w = os.pipe2(os.O_CLOEXEC)
+            fds.append(go_r)
+            fds.append(go_w)
+            # Its cwd: the path to the rootfs may cross directories that
+            # the container's root may not search.
+            os.chdir(root)
+            try:
+                pid, self.pidfd = sc.clone3(_CLONED_NS, signal.SIGCHLD)
+            except BaseException:
+                os.chdir("/")
+                raise
+            if pid == 0:
+                launch.cloned_init_main(
+                    spec, self.console_slave, self.console_path, self.tty_paths, w, go_r, tree
+                )
+            os.chdir("/")
+            try:
+                self._hand_to_cloned(pid, tree, root)
+                os.write(go_w, b"g")
+            except OSError as e:
+                os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-            if self.pidfd >= 0:
                 os.close(self.pidfd)
                 self.pidfd = -1
-            raise LxpyError(
-                f"container {self.spec.name!r} failed to start: {err or 'init was not forked'}",
-                hint="check the rootfs, its init and the console log",
-            )
+                raise LxpyError(
+                    f"container {spec.name!r} failed to start: {e.strerror or e}",
+                    hint="check its ID range and cgroups",
+                ) from None
+            fds.remove(r)
+        finally:
+            for fd in fds:
+                os.close(fd)
+            launch.close_lxcfs()
+        err = self._read_launch_error(r, pid)
+        if err:
+            self._failed(pid, err)
+        self._running(pid)
+
+    def _hand_to_cloned(self, pid: int, tree: int, root: str) -> None:
+        # What cloned init-to-be `pid` waits for: its cgroups, its ID map,
+        # and the rootfs tree idmapped through its user namespace.
+        for procs in self.cg.procs_files():
+            sc.write_file(procs, str(pid))
+        spec = self.spec
+        m = IdMap(spec.uid_base, spec.gid_base, spec.idmap_size)
+        idmap.write_maps(pid, m.uid_map(), m.gid_map())
+        if spec.idmap_method == "idmapped":
+            userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                idmap.set_idmap(tree, userns, what=root)
+            finally:
+                os.close(userns)
+
+    def _failed(self, pid: int, err: str) -> NoReturn:
+        # Init-to-be `pid` (0: none) ended before exec, for reason `err`.
+        if pid:
+            os.waitpid(pid, 0)
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+        raise LxpyError(
+            f"container {self.spec.name!r} failed to start: {err}",
+            hint="check the rootfs, its init and the console log",
+        )
+
+    def _running(self, pid: int) -> None:
+        # Init runs (exec'd) and self.pidfd is its pidfd.
         self.init_pid = pid
         self._watch(self.pidfd, self._on_init_exit)
         self.started_at = time.time()
         self.boots += 1
         self._set_state("RUNNING")
-
-    def _map_userns(self, helper: int, pid_r: int, go_w: int, tree: int) -> None:
-        # Once the helper has made its user namespace: write the map, idmap
-        # the rootfs tree through it, let the helper go on. Anything else
-        # than its b"u" means it failed; the error pipe says why.
-        p = select.poll()
-        p.register(pid_r, select.POLLIN)
-        if not p.poll(LAUNCH_TIMEOUT * 1000):
-            raise OSError(errno.ETIMEDOUT, f"no user namespace within {LAUNCH_TIMEOUT}s")
-        if os.read(pid_r, 1) != b"u":
-            return
-        m = IdMap(self.spec.uid_base, self.spec.gid_base, self.spec.idmap_size)
-        idmap.write_maps(helper, m.uid_map(), m.gid_map())
-        if self.spec.idmap_method == "idmapped":
-            userns = os.open(f"/proc/{helper}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                idmap.set_idmap(tree, userns, what=self.spec.rootfs)
-            finally:
-                os.close(userns)
-        os.write(go_w, b"m")
 
     @staticmethod
     def _read_launch_error(r: int, pid: int) -> str:
