@@ -375,9 +375,10 @@ class Lifecycle:
         d.set_state(name, State.STARTING)
         try:
             # Unprivileged: its ID range (picked now if it has none yet).
-            record = await d.security.for_start(record)
+            # The read-ahead first: it runs beside everything below.
             spec = self._spec(record, defn)
             self.nursery.start_soon(self._read_ahead, spec.rootfs, spec.init)
+            record = await d.security.for_start(record)
             res = d.resources.launch_fields(name, record.config)
             spec = replace(spec, **res, **security.launch_fields(record))  # type: ignore[arg-type]
             ids: IdMap | None = None

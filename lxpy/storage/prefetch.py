@@ -17,6 +17,14 @@ skipped, and no error reaches the start.
 Every lookup goes through openat2(RESOLVE_IN_ROOT) on the rootfs, so no
 symlink or ".." in a container's tree (which its root may have written) can
 lead outside it, and only regular files are read ahead.
+
+The walk (parsing each ELF file, searching the library directories) takes
+as long as the hints themselves, so its result is kept per init file: a
+fresh snapshot's init is its template's file (the same inode number, size
+and times), and a start of any container from that template reads the
+list again instead of walking. A new init binary (an upgrade replaces the
+file) is walked afresh. What a kept list can miss: a library that moved
+while init stayed the same. It is a hint; init then loads that one itself.
 """
 
 from __future__ import annotations
@@ -37,6 +45,10 @@ DEFAULT_LIB_DIRS = ("/lib64", "/usr/lib64", "/lib", "/usr/lib", "/usr/local/lib"
 MAX_FILES = 64
 MAX_BYTES = 64 << 20
 _MAX_INCLUDES = 8
+
+# Walks made, by init: (path, inode, size, mtime, ctime) -> the files.
+_WALKS: dict[tuple[str, int, int, int, int], list[str]] = {}
+_MAX_WALKS = 64
 
 _RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS | sc.RESOLVE_NO_XDEV
 _OPEN = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -147,7 +159,49 @@ def warm(rootfs: str, init: str) -> list[str]:
         os.close(root_fd)
 
 
+def forget() -> None:
+    """Drop every kept walk."""
+    _WALKS.clear()
+
+
 def _warm(root_fd: int, init: str) -> list[str]:
+    fd = _open_file(root_fd, init)
+    if fd is None:
+        return []
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    key = (init, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    known = _WALKS.get(key)
+    if known is not None:
+        return [path for path in known if _hint(root_fd, path)]
+    done = _walk(root_fd, init)
+    if len(_WALKS) >= _MAX_WALKS:
+        del _WALKS[next(iter(_WALKS))]
+    _WALKS[key] = done
+    return done
+
+
+def _hint(root_fd: int, path: str) -> bool:
+    """Read ahead one file of the rootfs; whether it could be."""
+    fd = _open_file(root_fd, path)
+    if fd is None:
+        return False
+    try:
+        _advise(fd, os.fstat(fd).st_size)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def _advise(fd: int, size: int) -> None:
+    os.posix_fadvise(fd, 0, min(size, MAX_BYTES), os.POSIX_FADV_WILLNEED)
+
+
+def _walk(root_fd: int, init: str) -> list[str]:
     done: list[str] = []
     seen: set[tuple[int, int]] = set()
     queue = [init]
@@ -163,7 +217,7 @@ def _warm(root_fd: int, init: str) -> list[str]:
                 continue
             seen.add((st.st_dev, st.st_ino))
             # First the hint, so the read starts before we parse.
-            os.posix_fadvise(fd, 0, min(st.st_size, MAX_BYTES), os.POSIX_FADV_WILLNEED)
+            _advise(fd, st.st_size)
             done.append(path)
             interp, needed, runpath = elf_needs(fd)
         except (OSError, struct.error):

@@ -46,6 +46,16 @@ def _tree(tmp_path: Path) -> Path:
     return root
 
 
+def _with_libs(root: Path) -> Path:
+    (root / "lib64").mkdir()
+    (root / "lib").mkdir()
+    loader = next(p for p in _ldd("/bin/true") if "ld-linux" in p)
+    libc = next(p for p in _ldd("/bin/true") if "libc.so" in p)
+    shutil.copy(loader, root / "lib64" / "ld-linux-x86-64.so.2")
+    shutil.copy(libc, root / "lib" / "libc.so.6")
+    return root
+
+
 def test_symlinks_and_dotdot_resolve_inside_the_rootfs(tmp_path: Path) -> None:
     root = _tree(tmp_path)
     # Followed from the host, each of these reaches the host's own loader
@@ -56,20 +66,45 @@ def test_symlinks_and_dotdot_resolve_inside_the_rootfs(tmp_path: Path) -> None:
     (libs / "ld.so.conf").write_text("/../../../../../../usr/lib/x86_64-linux-gnu\n")
     (root / "lib").symlink_to("../../../../../../../lib")
     assert prefetch.warm(str(root), "/sbin/init") == ["/sbin/init"]
-    # The same names, present inside: found there.
+    # The same names, present inside: found there (by a new walk: the
+    # kept one is for the same init file).
+    prefetch.forget()
     for link in ("lib64", "lib"):
         (root / link).unlink()
-    (root / "lib64").mkdir()
-    (root / "lib").mkdir()
-    loader = next(p for p in _ldd("/bin/true") if "ld-linux" in p)
-    libc = next(p for p in _ldd("/bin/true") if "libc.so" in p)
-    shutil.copy(loader, root / "lib64" / "ld-linux-x86-64.so.2")
-    shutil.copy(libc, root / "lib" / "libc.so.6")
+    _with_libs(root)
     assert prefetch.warm(str(root), "/sbin/init") == [
         "/sbin/init",
         "/lib64/ld-linux-x86-64.so.2",
         "/lib/libc.so.6",
     ]
+
+
+def test_a_walk_is_kept_for_the_same_init_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _with_libs(_tree(tmp_path))
+    # Another rootfs whose init is the same file (as a snapshot's is: the
+    # same inode, size and times; linked first, as a link changes ctime).
+    other = tmp_path / "other"
+    (other / "sbin").mkdir(parents=True)
+    os.link(root / "sbin" / "init", other / "sbin" / "init")
+    _with_libs(other)
+    (other / "lib" / "libc.so.6").unlink()
+    files = ["/sbin/init", "/lib64/ld-linux-x86-64.so.2", "/lib/libc.so.6"]
+    assert prefetch.warm(str(root), "/sbin/init") == files
+    # There: the kept list, hinted inside it, with no walk; a file it lacks
+    # is left out.
+
+    def no_walk(fd: int) -> object:
+        raise AssertionError("walked again")
+
+    monkeypatch.setattr(prefetch, "elf_needs", no_walk)
+    assert prefetch.warm(str(other), "/sbin/init") == files[:2]
+    # A new init file (an upgrade replaces it) is walked afresh.
+    (other / "sbin" / "init").unlink()
+    shutil.copy("/bin/true", other / "sbin" / "init")
+    with pytest.raises(AssertionError, match="walked again"):
+        prefetch.warm(str(other), "/sbin/init")
 
 
 def test_odd_files_are_skipped_without_blocking(tmp_path: Path) -> None:
