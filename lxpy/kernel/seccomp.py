@@ -268,6 +268,22 @@ def build_filter(policy: Policy, machine: str | None = None) -> bytes:
         Unsupported: on an architecture without a syscall table here.
     """
     machine = machine or os.uname().machine
+    key = (tuple(sorted(policy.deny.items())), policy.reject_force_umount, machine)
+    prog = _BUILT.get(key)
+    if prog is None:
+        prog = _build(policy, machine)
+        if len(_BUILT) < 16:
+            _BUILT[key] = prog
+    return prog
+
+
+# Programs built, by policy and machine. The zygote builds the default one
+# before it forks: every launch then finds it instead of assembling it in
+# a fresh child, where that costs ~0.4 ms of copy-on-write faults.
+_BUILT: dict[tuple[tuple[tuple[str, int], ...], bool, str], bytes] = {}
+
+
+def _build(policy: Policy, machine: str) -> bytes:
     abis = _ABIS_BY_MACHINE.get(machine)
     if abis is None:
         raise Unsupported(

@@ -37,7 +37,7 @@ import socket
 import sys
 
 from lxpy.errors import InvalidArgument, LxpyError
-from lxpy.kernel import idmap
+from lxpy.kernel import idmap, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import hierarchies, hierarchy_ids
 from lxpy.model.units import parse_signal
@@ -77,6 +77,10 @@ def _warm_up() -> None:
     mon.cg.pids()
     mon.poll.register(0, select.POLLIN)
     mon.poll.unregister(0)
+    try:
+        seccomp.build_filter(seccomp.default_policy())
+    except LxpyError:
+        pass  # no syscall table for this machine: each launch says so
 
 
 def _reap(*_: object) -> None:

@@ -315,3 +315,19 @@ def test_docs_list_every_default_deny() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs/security.md").read_text()
     for d in seccomp.DEFAULT_DENY:
         assert f"`{d.name}`" in text, d.name
+
+
+def test_each_policy_gets_its_own_program() -> None:
+    # Programs are kept by policy (the zygote builds the default one once):
+    # a kept one must never stand in for another policy's.
+    default = seccomp.build_filter(seccomp.default_policy(), "x86_64")
+    assert seccomp.build_filter(seccomp.default_policy(), "x86_64") == default
+    for policy in (
+        seccomp.default_policy(["ptrace"]),
+        seccomp.default_policy(allow=["keyctl"]),
+        seccomp.default_policy(reject_force_umount=False),
+    ):
+        prog = seccomp.build_filter(policy, "x86_64")
+        assert prog != default
+        assert prog == seccomp._build(policy, "x86_64")
+    assert seccomp.build_filter(seccomp.default_policy(), "aarch64") != default
