@@ -8,8 +8,10 @@ nothing half-made. Requests on one container are serialized by its lock.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Literal
 
 import trio
@@ -195,13 +197,15 @@ class Containers:
         cannot be idmapped is shifted now.
         """
         d = self.d
+        log = d.console_log(name)
         try:
-            # Now, not at its first start: that start then finds the files
-            # written and in the page cache. Before the ID range, so a
-            # rootfs shifted on disk has them shifted too.
+            # Now, not at its first start: that start then finds them made
+            # (the hostname files written and in the page cache, the log
+            # file's inode allocated). Before the ID range, so a rootfs
+            # shifted on disk has them shifted too.
             hostname = str(config.get("hostname") or name)
             rootfs = d.backend.container_path(name)
-            await d.files(set_hostname_files, rootfs, hostname)
+            await d.files(_first_files, rootfs, hostname, log)
             idmap = await d.security.assign(name, config, current, fresh=True)
             record = Container(
                 name=name, template=template, created_at=now_iso(), config=config, idmap=idmap
@@ -209,6 +213,7 @@ class Containers:
             await d.files(d.registry.save, record)
         except BaseException:
             await _undo(lambda: d.storage(d.backend.delete_container, name), f"delete {name}")
+            await _undo(lambda: d.files(log.unlink, True), f"remove {log}")
             raise
         d.records[name] = record
         d.states[name] = State.STOPPED
@@ -380,3 +385,11 @@ class Containers:
             await d.storage(d.backend.delete_snapshot, name, snap)
         d.bus.lifecycle("snapshot-deleted", f"containers/{name}", {"snapshot": snap})
         return {}
+
+
+def _first_files(rootfs: Path, hostname: str, log: Path) -> None:
+    """What a new container's first start would otherwise make: its
+    hostname files and its (empty) console log."""
+    set_hostname_files(rootfs, hostname)
+    log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640))

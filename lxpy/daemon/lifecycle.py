@@ -168,7 +168,7 @@ class Lifecycle:
         return self.d.container_run_dir(name) / "state.json"
 
     def console_log_path(self, name: str) -> Path:
-        return self.d.settings.root / "logs" / f"{name}.console.log"
+        return self.d.console_log(name)
 
     # -- the container object --------------------------------------------------
     def run_fields(self, name: str) -> dict[str, object]:

@@ -161,6 +161,10 @@ class Daemon:
         the hierarchies, when the caller has them already."""
         return ContainerCgroup.for_name(name, hs, parent=self.settings.cgroup_parent)
 
+    def console_log(self, name: str) -> Path:
+        """Where container `name`'s console is logged (kept across starts)."""
+        return self.settings.root / "logs" / f"{name}.console.log"
+
     def monitor_socket(self, name: str) -> Path:
         """Container `name`'s monitor control socket."""
         return self.container_run_dir(name) / "monitor.sock"

@@ -144,14 +144,18 @@ def test_a_start_reads_init_ahead(tmp_path: Path, test_cache: Path) -> None:
         d.cli("stop", "ahead", "--force")
 
 
-def test_create_writes_the_hostname_files(busybox: Daemon) -> None:
+def test_create_writes_the_hostname_files_and_the_log(busybox: Daemon) -> None:
     # At create, not only at start: the first start then finds them written.
     d = busybox
     d.cli("create", "hn1", "-t", "busybox", "--set", "hostname=named-at-create")
     rootfs = d.root / "pool/containers/hn1"
     assert (rootfs / "etc/hostname").read_text() == "named-at-create\n"
     assert "127.0.1.1\tnamed-at-create" in (rootfs / "etc/hosts").read_text()
+    # Its console log is there too, empty, for the first start to open.
+    log = d.root / "logs/hn1.console.log"
+    assert log.read_bytes() == b"" and log.stat().st_mode & 0o777 == 0o640
     d.cli("destroy", "hn1")
+    assert not log.exists()
 
 
 def test_busybox_boots_isolated_with_events(busybox: Daemon) -> None:
