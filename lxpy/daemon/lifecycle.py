@@ -280,9 +280,9 @@ class Lifecycle:
             self._template_defs[name] = find_template(dirs, name)
         return self._template_defs[name]
 
-    async def _template(self, record: Container) -> TemplateDef | None:
+    def _template(self, record: Container) -> TemplateDef | None:
         try:
-            return await self.d.files(self._find_template, record.template)
+            return self._find_template(record.template)
         except (NotFound, InvalidArgument) as e:
             # Its defaults (init, signals) are only defaults: the launch spec's
             # own apply, and the config can name them.
@@ -332,10 +332,11 @@ class Lifecycle:
             **kw,  # type: ignore[arg-type]
         )
 
-    def _prepare(self, spec: LaunchSpec, userns: bool) -> str:
-        """Host-side files for a start: run dir, console log, hostname files;
-        with `userns`, the (empty) place of its user namespace, returned.
-        One worker trip for all of them."""
+    def _prepare(self, record: Container) -> LaunchSpec:
+        """The launch spec of `record` (its template's defaults looked up)
+        and the host-side files of a start: run dir, console log, hostname
+        files. Blocking: one worker trip for all of them."""
+        spec = self._spec(record, self._template(record))
         run_dir = Path(spec.control_socket).parent
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         Path(spec.state_file).unlink(missing_ok=True)
@@ -345,7 +346,7 @@ class Lifecycle:
             logf.replace(logf.with_name(logf.name + ".1"))
         set_hostname_files(Path(spec.rootfs), spec.effective_hostname)
         spec.validate()
-        return self.d.security.prepare_userns(spec.name) if userns else ""
+        return spec
 
     async def start(self, name: str) -> None:
         """Boot container `name`; returns once its init runs (RUNNING).
@@ -371,13 +372,12 @@ class Lifecycle:
                 f"container {name!r} is already running ({state})",
                 hint=f"stop it first: lxpy stop {name}",
             )
-        defn = await self._template(record)
         d.set_state(name, State.STARTING)
         try:
-            # Unprivileged: its ID range (picked now if it has none yet).
+            spec = await d.files(self._prepare, record)
             # The read-ahead first: it runs beside everything below.
-            spec = self._spec(record, defn)
             self.nursery.start_soon(self._read_ahead, spec.rootfs, spec.init)
+            # Unprivileged: its ID range (picked now if it has none yet).
             record = await d.security.for_start(record)
             res = d.resources.launch_fields(name, record.config)
             spec = replace(spec, **res, **security.launch_fields(record))  # type: ignore[arg-type]
@@ -388,8 +388,9 @@ class Lifecycle:
             # An unprivileged container on a network has its user namespace
             # made and pinned first, to own the network namespace the veths
             # go into. On no network the launch makes it (one step less).
-            pin = ids is not None and joins_network(record.config)
-            userns = await d.files(self._prepare, spec, pin)
+            userns = ""
+            if ids is not None and joins_network(record.config):
+                userns = await d.files(d.security.prepare_userns, name)
             spec = replace(spec, userns=userns)
 
             # Both namespaces in one zygote request, the network namespace
