@@ -28,6 +28,7 @@ Why the name comes first: a spawn forks before its arguments are parsed
 
 from __future__ import annotations
 
+import _socket
 import gc
 import json
 import os
@@ -97,7 +98,7 @@ def _reap(*_: object) -> None:
             print(f"lxpy-zygote: monitor {pid} was killed by {name}", file=sys.stderr)
 
 
-def _spawn(listener: socket.socket, conn: socket.socket, args: bytes | None = None) -> None:
+def _spawn(listener: socket.socket, conn: _socket.socket, args: bytes | None = None) -> None:
     """Fork a monitor for the spawn request on `conn` (its arguments read
     already when `args` is given); the monitor reads and parses it and
     answers on `conn` itself.
@@ -177,7 +178,7 @@ def _namespaces(req: dict[str, Any]) -> dict[str, object]:
     return {"ok": True}
 
 
-def _read_line(conn: socket.socket) -> bytes:
+def _read_line(conn: _socket.socket) -> bytes:
     """One request line from `conn`, without its newline (b"" at EOF)."""
     buf = b""
     while b"\n" not in buf:
@@ -191,7 +192,7 @@ def _read_line(conn: socket.socket) -> bytes:
 _SPAWN = b"spawn "
 
 
-def _handle(conn: socket.socket, listener: socket.socket) -> None:
+def _handle(conn: _socket.socket, listener: socket.socket) -> None:
     # A spawn is known by its first bytes, left in the socket for the
     # monitor to read (see _spawn).
     if conn.recv(len(_SPAWN), socket.MSG_PEEK) == _SPAWN:
@@ -280,7 +281,17 @@ def serve(path: str, owner: int = 0) -> None:
             except OSError:
                 pass
             return
-        conn, _ = listener.accept()
+        # Nothing here may make or change a dict between two forks: each
+        # does in CPython 3.11 (a global version counter every dict
+        # records), and a monitor forked after N of them would hold values
+        # N apart from the last one's in every dict it writes: pages ksmd
+        # could not fold. So the bare C socket from _accept(), not
+        # socket.socket, whose instances keep attributes in a dict.
+        try:
+            fd, _addr = listener._accept()  # type: ignore[attr-defined]
+        except OSError:
+            continue
+        conn = _socket.socket(-1, -1, -1, fd)
         conn.settimeout(SPAWN_TIMEOUT)
         try:
             _handle(conn, listener)
