@@ -5,9 +5,11 @@ same objects, so most pages it has written (reference counts, caches,
 allocator state) end up byte for byte equal to the other monitors' copies.
 ksmd, the kernel's same-page merging daemon, folds such pages into one
 read-only copy. A monitor marks its own private writable mappings
-mergeable once its container runs: marks that apply to mappings, not to
-the process, so they end at exec and never reach a container's processes,
-whose memory must not be shared with anyone else's.
+mergeable once its container runs, and the zygote its own before it forks
+(a page every monitor wrote often ends up equal to the zygote's again):
+marks that apply to mappings, not to the process, so they end at exec and
+never reach a container's processes, whose memory must not be shared with
+anyone else's.
 
 ksmd merges only what is marked, and only while it runs (`run` = 1); pages
 it merged stay merged when it stops (`run` = 0) until one is written.

@@ -38,7 +38,7 @@ import socket
 import sys
 
 from lxpy.errors import InvalidArgument, LxpyError
-from lxpy.kernel import idmap, seccomp
+from lxpy.kernel import idmap, ksm, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import hierarchies, hierarchy_ids
 from lxpy.model.units import parse_signal
@@ -260,6 +260,13 @@ def serve(path: str, owner: int = 0) -> None:
     # collector from touching (and so copying) those pages in the children.
     gc.collect()
     gc.freeze()
+    # Pages that every monitor writes stop being shared with us; many of
+    # them end up equal to ours again (a count raised, then lowered), and
+    # ksmd can fold ours in with theirs only if ours are marked too.
+    try:
+        ksm.mark_mergeable()
+    except OSError:
+        pass
     poll = select.poll()
     poll.register(listener.fileno(), select.POLLIN)
     owner_fd = -1

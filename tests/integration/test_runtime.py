@@ -665,3 +665,12 @@ def test_zygote_refuses_bad_requests_clearly(zygote: Path) -> None:
     pid = int(spawn_request(zygote, {"cmd": "ping"})["pid"])  # type: ignore[call-overload]
     kids = Path(f"/proc/{pid}/task/{pid}/children")
     wait_for(lambda: kids.read_text().split() == [], 5, "the zygote's children to be reaped")
+
+
+def test_zygote_memory_is_mergeable(zygote: Path) -> None:
+    # Many pages every monitor writes end up equal to the zygote's again:
+    # ksmd folds them together only if the zygote's are marked as well.
+    pid = int(spawn_request(zygote, {"cmd": "ping"})["pid"])  # type: ignore[call-overload]
+    text = Path(f"/proc/{pid}/smaps").read_text()
+    heap = text.partition("[heap]")[2].partition("VmFlags:")[2].split("\n")[0].split()
+    assert "mg" in heap, heap
