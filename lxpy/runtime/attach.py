@@ -27,6 +27,10 @@ import signal
 import socket
 import struct
 import termios
+
+# Imported here, not where it is used: os.execvpe (os.get_exec_path) imports
+# it, inside the container's root by then, where no Python library is.
+import warnings  # noqa: F401
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 

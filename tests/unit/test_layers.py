@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +57,21 @@ def test_the_zygote_carries_no_typing_or_pathlib() -> None:
     # _modules_after_import's json is what the zygote imports anyway.
     loaded = _modules_after_import("lxpy.runtime.zygote")
     assert {"typing", "pathlib", "urllib.parse", "ipaddress"} & loaded == set()
+
+
+def test_the_zygote_defers_what_no_monitor_uses() -> None:
+    # As the zygote starts (its prelude, its imports, its warm-up): inspect
+    # and what it brings stay out, about 1.3 MB less in every monitor.
+    from lxpy.runtime import zygote
+
+    root = str(Path(zygote.__file__).resolve().parents[2])
+    code = zygote._PRELUDE.format(root=root) + (
+        "import types; from lxpy.runtime import zygote; zygote._warm_up(); "
+        "print(' '.join(n for n, m in sys.modules.items() "
+        "if type(m) is types.ModuleType))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "lxpy.runtime.monitor" in out
+    assert {"inspect", "ast", "dis", "tokenize", "linecache"} & set(out) == set()
