@@ -305,6 +305,12 @@ class Containers:
                 d.records[new] = record
                 d.states[new] = d.states[name]
                 d.forget(name)
+                # Its console log goes with it (the container is renamed
+                # already: a failure here is only logged).
+                try:
+                    await d.files(_move_logs, d.console_log(name), d.console_log(new))
+                except OSError as e:
+                    log.warning("rename %s to %s: console log not moved: %s", name, new, e)
             finally:
                 d.reserved.discard(new)
         d.bus.lifecycle("container-renamed", f"containers/{new}", {"old": name, "new": new})
@@ -393,3 +399,10 @@ def _first_files(rootfs: Path, hostname: str, log: Path) -> None:
     set_hostname_files(rootfs, hostname)
     log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640))
+
+
+def _move_logs(old: Path, new: Path) -> None:
+    """Move a container's console log (and its rotated part) to a new name."""
+    for src, dst in ((old, new), (old.with_suffix(".log.1"), new.with_suffix(".log.1"))):
+        if src.exists():
+            src.replace(dst)

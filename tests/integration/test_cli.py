@@ -137,8 +137,12 @@ def test_container_lifecycle(daemon: Daemon) -> None:
     assert fails(daemon, "config", "unset", "web", "bogus").count("bogus")
     assert cli_json(daemon, "config", "show", "web") == config
 
-    # rename
+    # rename: the console log goes along.
+    logs = daemon.root / "logs"
+    (logs / "web.console.log").write_text("booted as web\n")
     assert daemon.cli("rename", "web", "www").stdout == "renamed web to www\n"
+    assert (logs / "www.console.log").read_text() == "booted as web\n"
+    assert not (logs / "web.console.log").exists()
     assert "not" in fails(daemon, "info", "web").lower()
     www = cli_json(daemon, "info", "www")
     assert www["config"] == config and Path(www["path"]).is_dir()
