@@ -7,10 +7,13 @@ container's cgroups, takes the console, enters its other namespaces, builds
 the root filesystem view, pivots into it, drops capabilities, installs the
 syscall filter and execs init.
 
-Unprivileged containers (userns_child_main): the same steps, split over two
-processes because the pid namespace must be owned by the container's user
-namespace: a helper enters the user namespace, unshares, and forks PID 1;
-see docs/security.md.
+Unprivileged containers in a pinned user namespace (userns_child_main): the
+same steps, split over two processes because the pid namespace must be
+owned by the container's user namespace: a helper enters the user
+namespace, unshares, and forks PID 1. Without a pinned one
+(cloned_init_main), the monitor clones PID 1 straight into new namespaces,
+the user namespace first, and does the host root's part itself; see
+docs/security.md.
 
 Any failure is written to `errfd` (close-on-exec, so a successful exec
 reads as EOF on the monitor's side) and the process exits 127.
