@@ -744,8 +744,9 @@ async def _wait_ready(proc: trio.Process, pidfile: Path) -> bool:
     # exit is a failure to start.
     with trio.move_on_after(READY_TIMEOUT):
         while proc.poll() is None:
-            with contextlib.suppress(OSError, ValueError):
-                if int((await trio.Path(pidfile).read_text()).split()[0]) == proc.pid:
+            with contextlib.suppress(OSError):
+                # Empty or cut short while dnsmasq is writing it: not yet.
+                if (await trio.Path(pidfile).read_text()).split()[:1] == [str(proc.pid)]:
                     return True
             await trio.sleep(0.01)
     return False
