@@ -167,9 +167,6 @@ class Lifecycle:
     def state_file(self, name: str) -> Path:
         return self.d.container_run_dir(name) / "state.json"
 
-    def console_log_path(self, name: str) -> Path:
-        return self.d.console_log(name)
-
     # -- the container object --------------------------------------------------
     def run_fields(self, name: str) -> dict[str, object]:
         """init_pid, started_at and last_exit of the API's container object."""
@@ -325,7 +322,7 @@ class Lifecycle:
             env=env,
             hostname=str(c.get("hostname") or name),
             stop_timeout=DEFAULT_STOP_TIMEOUT,
-            console_log=str(self.console_log_path(name)),
+            console_log=str(self.d.console_log(name)),
             state_file=str(self.state_file(name)),
             uuid=str(ident),
             cgroup_parent=self.d.settings.cgroup_parent,
@@ -620,7 +617,7 @@ class Lifecycle:
                 return str(reply.get("text", ""))
             except DaemonUnavailable:
                 pass
-        return await self.d.files(_tail, self.console_log_path(name), CONSOLE_TAIL)
+        return await self.d.files(_tail, self.d.console_log(name), CONSOLE_TAIL)
 
     # -- deleting and renaming -------------------------------------------------
     async def forget(self, name: str) -> None:
@@ -630,8 +627,8 @@ class Lifecycle:
         def work() -> None:
             _remove_run_dir(self.d.container_run_dir(name))
             for p in (
-                self.console_log_path(name),
-                self.console_log_path(name).with_suffix(".log.1"),
+                self.d.console_log(name),
+                self.d.console_log(name).with_suffix(".log.1"),
             ):
                 p.unlink(missing_ok=True)
 

@@ -283,9 +283,6 @@ class Monitor:
         )
         for path in (self.console_path, *self.tty_paths):
             os.chown(path, m.host_uid(0), m.host_gid(5))
-        # Init is forked by a helper that exits at once (launch.py): as a
-        # child subreaper the monitor inherits init and stays its parent.
-        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
 
     def _launch(self) -> None:
         if self.spec.cgroup_view == "auto":
@@ -330,6 +327,9 @@ class Monitor:
         if not self.spec.userns:
             self._launch_cloned()
             return
+        # Init is forked by a helper that exits at once (launch.py): as a
+        # child subreaper the monitor inherits init and stays its parent.
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
         # Three pipes: errors (close-on-exec: EOF once init runs), init's
         # host pid from the helper, and our go-ahead to init once the
         # helper is reaped and init is our child.

@@ -165,7 +165,8 @@ def forget() -> None:
 
 
 def _warm(root_fd: int, init: str) -> list[str]:
-    fd = _open_file(root_fd, init)
+    # Looked at, not opened: the walk or the kept list opens it.
+    fd = _regular(root_fd, init)
     if fd is None:
         return []
     try:
