@@ -564,6 +564,26 @@ class Lxpy:
             return None
         return pid if _alive(pid) else None
 
+    def spares(self) -> list[int]:
+        """The zygote's spare monitors: forked ahead, waiting for a start."""
+        zygote = self.zygote()
+        if zygote is None:
+            return []
+        try:
+            with open(f"/proc/{zygote}/task/{zygote}/children") as f:
+                children = [int(p) for p in f.read().split()]
+        except OSError:
+            return []
+        spares = []
+        for pid in children:
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() == "lxpy-spare":
+                        spares.append(pid)
+            except OSError:
+                continue
+        return spares
+
     def cleanup(self) -> None:
         """Stop every container, lxpyd, and the zygote (which outlives lxpyd
         by design, as the monitors do); remove the daemon's run dir."""

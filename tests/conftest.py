@@ -363,7 +363,7 @@ def stop_containers(root: Path) -> list[str]:
         unpin_ns(str(ns))
     for d in ("containers", "nics", "netns", "userns"):
         shutil.rmtree(run / d, ignore_errors=True)
-    for f in ("zygote.sock", "zygote.pid"):
+    for f in ("zygote.sock", "zygote.sock.pages", "zygote.pid"):
         (run / f).unlink(missing_ok=True)
     try:
         run.rmdir()  # only when nothing else (networks) is left in it

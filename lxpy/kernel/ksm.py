@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 
+from lxpy.kernel import pages
 from lxpy.kernel import syscalls as sc
 
 # A str, not a pathlib.Path: monitors import this module, and pathlib (with
@@ -64,14 +65,7 @@ def mark_mergeable() -> int:
     saving, never a condition.
     """
     marked = 0
-    with open("/proc/self/maps") as f:
-        lines = f.read().splitlines()
-    for line in lines:
-        fields = line.split(maxsplit=2)
-        if len(fields) < 2 or fields[1] != "rw-p":
-            continue
-        lo, _, hi = fields[0].partition("-")
-        start, end = int(lo, 16), int(hi, 16)
+    for start, end in pages.private_writable():
         try:
             sc.madvise(start, end - start, sc.MADV_MERGEABLE)
         except OSError:

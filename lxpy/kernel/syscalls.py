@@ -51,6 +51,7 @@ PR_SET_CHILD_SUBREAPER = 36
 
 # -- madvise advice (linux/mman.h) ---------------------------------------
 MADV_MERGEABLE = 12
+MADV_POPULATE_WRITE = 23  # Linux 5.14
 
 # pivot_root has no glibc wrapper: it is reached through syscall(2) by
 # number, which differs per architecture.

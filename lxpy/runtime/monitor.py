@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from lxpy.errors import Busy, InvalidArgument, LxpyError
-from lxpy.kernel import devices, idmap, ksm, seccomp
+from lxpy.kernel import devices, idmap, ksm, pages, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy, hierarchies, hierarchy_ids
 from lxpy.kernel.idmap import IdMap, delegate_cgroups
@@ -100,6 +100,10 @@ def _error(e: LxpyError) -> dict[str, object]:
 # them, with the hierarchy_ids() of then (lxpy.runtime.zygote); None: read
 # them at start.
 HIERARCHIES: tuple[tuple[str, ...], list[Hierarchy]] | None = None
+
+# Set in a monitor that was its zygote's spare: where to save the pages its
+# start wrote, how many the spare had copied in, and the zygote's pid.
+LEARN: tuple[str, int, int] | None = None
 
 
 def _hierarchies() -> list[Hierarchy]:
@@ -1070,8 +1074,22 @@ def run(spec: LaunchSpec, ready_fd: int = -1) -> int:
         ksm.mark_mergeable()
     except OSError:
         pass
+    if LEARN is not None:
+        _learn(*LEARN)
     mon.serve()
     return 0
+
+
+def _learn(path: str, known: int, zygote: int) -> None:
+    # Save the pages this start wrote for the next spare to copy in ahead
+    # (lxpy.runtime.zygote._fork_spare), if they are more than the set it
+    # was given; only while its zygote lives (the set holds its addresses).
+    try:
+        runs = pages.written()
+        if pages.total(runs) > known and os.getppid() == zygote:
+            pages.save(path, runs)
+    except OSError:
+        pass  # a saving, never a condition
 
 
 def report(ready_fd: int, e: LxpyError) -> None:

@@ -6,7 +6,9 @@ collector's reach with gc.freeze() (so collections in the children do not
 write to, and so un-share, the pages they live on), and then forks one
 monitor per request on its unix socket. A forked monitor shares the
 zygote's pages copy-on-write: it costs a fraction of a fresh interpreter
-and starts in about a millisecond.
+and starts in about a millisecond. Whenever the zygote is idle, one spare
+monitor waits forked ahead, its start's page copies made (_fork_spare),
+and the next spawn goes to it instead.
 
 Each monitor calls setsid(), so neither the zygote's nor lxpyd's death
 touches it.
@@ -38,7 +40,7 @@ import socket
 import sys
 
 from lxpy.errors import InvalidArgument, LxpyError
-from lxpy.kernel import idmap, ksm, seccomp
+from lxpy.kernel import idmap, ksm, pages, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import hierarchies, hierarchy_ids
 from lxpy.model.units import parse_signal
@@ -51,7 +53,7 @@ from lxpy.runtime.spec import LaunchSpec
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
-    from typing import Any
+    from typing import Any, NoReturn
 
 SPAWN_TIMEOUT = monitor.LAUNCH_TIMEOUT + 10
 
@@ -116,37 +118,132 @@ def _spawn(listener: socket.socket, conn: _socket.socket, args: bytes | None = N
     folds into one copy (lxpy.kernel.ksm).
     """
     if os.fork() == 0:
-        code = 1
         try:
             listener.close()
-            # A session of its own: no terminal, no process group of the
-            # caller's. One fork, not the daemons' usual two: a second costs
-            # a start about half a millisecond, and the pages the middle
-            # process wrote would stay with the monitor. A session leader
-            # gets a controlling terminal by opening one, so the monitor
-            # opens ttys only with O_NOCTTY (openpty does too). It stays our
-            # child: _reap collects it, or the host's init once we end.
-            os.setsid()
-            os.chdir("/")
-            devnull = os.open(os.devnull, os.O_RDWR)
-            os.dup2(devnull, 0)
-            os.close(devnull)
-            if args is None:
-                args = _read_line(conn).partition(b" ")[2]
-            ready = conn.detach()
-            try:
-                spec_data = json.loads(args).get("spec")
-                if not isinstance(spec_data, dict):
-                    raise InvalidArgument("spawn: spec must be an object")
-                spec = LaunchSpec.from_json(spec_data)
-            except (ValueError, AttributeError) as e:
-                monitor.report(ready, InvalidArgument(f"bad request: {e}"))
-            except LxpyError as e:
-                monitor.report(ready, e)
-            else:
-                code = monitor.run(spec, ready_fd=ready)
+            _detach()
+            _monitor(conn, args)
         finally:
-            os._exit(code)
+            os._exit(1)
+
+
+def _detach() -> None:
+    # A session of its own: no terminal, no process group of the caller's.
+    # One fork, not the daemons' usual two: a second costs a start about
+    # half a millisecond, and the pages the middle process wrote would stay
+    # with the monitor. A session leader gets a controlling terminal by
+    # opening one, so the monitor opens ttys only with O_NOCTTY (openpty
+    # does too). It stays our child: _reap collects it, or the host's init
+    # once we end.
+    os.setsid()
+    os.chdir("/")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+
+
+def _monitor(conn: _socket.socket, args: bytes | None) -> NoReturn:
+    """In a forked child: read the spawn request on `conn` (unless its
+    arguments `args` were read already), run its monitor, and exit."""
+    code = 1
+    try:
+        if args is None:
+            args = _read_line(conn).partition(b" ")[2]
+        ready = conn.detach()
+        try:
+            spec_data = json.loads(args).get("spec")
+            if not isinstance(spec_data, dict):
+                raise InvalidArgument("spawn: spec must be an object")
+            spec = LaunchSpec.from_json(spec_data)
+        except (ValueError, AttributeError) as e:
+            monitor.report(ready, InvalidArgument(f"bad request: {e}"))
+        except LxpyError as e:
+            monitor.report(ready, e)
+        else:
+            code = monitor.run(spec, ready_fd=ready)
+    finally:
+        os._exit(code)
+
+
+# -- the spare ---------------------------------------------------------------
+
+# How long the zygote waits without a request before it forks the next
+# spare: never beside a run of starts, whose monitors it forks directly.
+SPARE_IDLE = 0.05
+
+
+def _fork_spare(listener: socket.socket, pages_path: str) -> _socket.socket | None:
+    """Fork a spare monitor; returns our end of the socket that hands it
+    a spawn's connection (None if the fork failed).
+
+    Why: a forked monitor's start writes some 800 pages it shares with the
+    zygote, and each first write is a page fault that copies the page;
+    with the fork itself that was a third of the time from the request to
+    a running init. A spare is forked while the zygote is idle and copies
+    those pages in ahead (lxpy.kernel.pages), so the next start skips both.
+    Which pages: the ones the monitors before it wrote in their starts,
+    which each spare-made monitor saves to `pages_path` once its init runs
+    (monitor.LEARN). Their contents stay the zygote's, so ksmd folds them
+    back into one copy if the spare waits long.
+    """
+    ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    zygote = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        return None
+    if pid:
+        theirs.close()
+        return ours
+    try:
+        listener.close()
+        ours.close()
+        _spare(theirs, zygote, pages_path)
+    finally:
+        os._exit(1)
+
+
+def _spare(sock: _socket.socket, zygote: int, pages_path: str) -> NoReturn:
+    # A spare dies with the zygote; a monitor must outlive it.
+    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != zygote:
+        os._exit(0)
+    try:
+        sc.set_process_name("lxpy-spare")
+    except OSError:
+        pass
+    _detach()
+    known = pages.load(pages_path)
+    pages.prefault(known)
+    conn = None
+    try:
+        _msg, ancdata, _flags, _addr = sock.recvmsg(1, _FD_SPACE)
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS and len(data) >= 4:
+                conn = _socket.socket(fileno=int.from_bytes(data[:4], sys.byteorder))
+    except OSError:
+        pass
+    if conn is None:
+        os._exit(0)  # the zygote closed its end: it ends, or wants no spare
+    sc.prctl(sc.PR_SET_PDEATHSIG, 0)
+    sock.close()
+    conn.settimeout(SPAWN_TIMEOUT)
+    monitor.LEARN = (pages_path, pages.total(known), zygote)
+    _monitor(conn, None)
+
+
+_FD_SPACE = socket.CMSG_SPACE(4)
+
+
+def _hand_to_spare(spare: _socket.socket, conn: _socket.socket) -> bool:
+    """Pass spawn connection `conn` to the spare; False if it is gone."""
+    try:
+        fd = conn.fileno().to_bytes(4, sys.byteorder)
+        spare.sendmsg([b"s"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd)])
+    except OSError:
+        return False
+    return True
 
 
 def _namespaces(req: dict[str, Any]) -> dict[str, object]:
@@ -224,9 +321,10 @@ def _handle(conn: _socket.socket, listener: socket.socket) -> None:
     conn.sendall((json.dumps(reply) + "\n").encode())
 
 
-def serve(path: str, owner: int = 0) -> None:
+def serve(path: str, owner: int = 0, spares: bool = True) -> None:
     """Listen on `path` and fork monitors until killed, or until process
-    `owner` (lxpyd) ends when it is given.
+    `owner` (lxpyd) ends when it is given. With `spares`, a spare monitor
+    waits for the next spawn whenever the zygote is idle (_fork_spare).
 
     Why the zygote ends with lxpyd: monitors do not need it (they run in
     sessions of their own and move on to the host's init), and a zygote
@@ -247,8 +345,10 @@ def serve(path: str, owner: int = 0) -> None:
     except OSError:
         pass
     signal.signal(signal.SIGCHLD, _reap)
-    if os.path.exists(path):
-        os.unlink(path)
+    pages_path = f"{path}.pages"
+    for stale in (path, pages_path):
+        if os.path.exists(stale):
+            os.unlink(stale)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     os.chmod(path, 0o600)
@@ -276,13 +376,26 @@ def serve(path: str, owner: int = 0) -> None:
         except OSError:
             return  # it is gone already
         poll.register(owner_fd, select.POLLIN)
+    # The first spare too comes from the loop's idle wait, not from here:
+    # every spare is then forked from the same state (see below).
+    spare: _socket.socket | None = None
+    idle_ms = round(SPARE_IDLE * 1000) if spares else -1
     while True:
         try:
-            ready = [fd for fd, _ in poll.poll()]
+            ready = [fd for fd, _ in poll.poll(-1 if spare is not None else idle_ms)]
         except InterruptedError:
             continue
+        if not ready:
+            spare = _fork_spare(listener, pages_path)
+            continue
         if owner_fd in ready:
-            os.unlink(path)
+            if spare is not None:
+                spare.close()
+            for ours in (path, pages_path):
+                try:
+                    os.unlink(ours)
+                except FileNotFoundError:
+                    pass
             try:
                 os.rmdir(os.path.dirname(path))  # lxpyd's run dir, once empty
             except OSError:
@@ -301,6 +414,12 @@ def serve(path: str, owner: int = 0) -> None:
         conn = _socket.socket(-1, -1, -1, fd)
         conn.settimeout(SPAWN_TIMEOUT)
         try:
+            if spare is not None and conn.recv(len(_SPAWN), socket.MSG_PEEK) == _SPAWN:
+                handed = _hand_to_spare(spare, conn)
+                spare.close()
+                spare = None
+                if handed:
+                    continue
             _handle(conn, listener)
         except OSError:
             pass

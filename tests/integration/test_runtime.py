@@ -13,6 +13,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from lxpy.errors import LxpyError
+from lxpy.kernel import pages
 from lxpy.kernel.cgroups import PREFIX, ContainerCgroup, hierarchies, remove_parent
 from lxpy.kernel.devices import ALLOWED, devices_dir, init_parent
 from lxpy.kernel.limits import controller_dir
@@ -111,6 +113,18 @@ class Booted:
         return self.client.request("status")
 
 
+def _spawned(zygote: Path, spec: LaunchSpec, d: Path) -> Booted:
+    """Have `zygote` start `spec` (its files under `d`)."""
+    reply = spawn_monitor(zygote, spec)
+    return Booted(
+        spec,
+        MonitorClient(spec.control_socket),
+        int(reply["monitor_pid"]),  # type: ignore[call-overload]
+        int(reply["init_pid"]),  # type: ignore[call-overload]
+        d,
+    )
+
+
 def _teardown(b: Booted) -> None:
     if alive(b.monitor_pid):
         try:
@@ -155,15 +169,7 @@ def boot(tmp_path: Path, zygote: Path) -> Iterator[Callable[..., Booted]]:
             "cgroup_parent": PARENT,
         }
         fields.update(spec_args)
-        spec = LaunchSpec.from_json(fields)
-        reply = spawn_monitor(zygote, spec)
-        b = Booted(
-            spec,
-            MonitorClient(spec.control_socket),
-            int(reply["monitor_pid"]),  # type: ignore[call-overload]
-            int(reply["init_pid"]),  # type: ignore[call-overload]
-            d,
-        )
+        b = _spawned(zygote, LaunchSpec.from_json(fields), d)
         booted.append(b)
         return b
 
@@ -620,6 +626,87 @@ def test_boots_debian_systemd_to_running(tmp_path: Path, zygote: Path, test_cach
     finally:
         _teardown(b)
         shutil.rmtree(rootfs, ignore_errors=True)
+
+
+def _spares(zygote_pid: int) -> list[int]:
+    try:
+        kids = Path(f"/proc/{zygote_pid}/task/{zygote_pid}/children").read_text().split()
+    except OSError:
+        return []
+    out = []
+    for pid in map(int, kids):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "lxpy-spare":
+                out.append(pid)
+        except OSError:
+            continue
+    return out
+
+
+def _copied(pid: int, runs: list[tuple[int, int]]) -> int:
+    """How many pages of `runs` process `pid` holds as its own copy."""
+    own = 0
+    with open(f"/proc/{pid}/pagemap", "rb") as f:
+        for addr, n in runs:
+            f.seek(addr // pages.PAGE * 8)
+            for (entry,) in struct.iter_unpack("<Q", f.read(n * 8)):
+                own += entry >> 63 & 1 and entry >> 56 & 1
+    return own
+
+
+def _spec_for(tmp_path: Path, name: str) -> LaunchSpec:
+    rootfs = make_busybox_rootfs(tmp_path / name / "rootfs")
+    return LaunchSpec.from_json(
+        {
+            "name": name,
+            "rootfs": str(rootfs),
+            "control_socket": str(tmp_path / name / "m.sock"),
+            "halt_signal": "SIGUSR2",
+            "cgroup_parent": PARENT,
+        }
+    )
+
+
+def test_a_spare_monitor_forked_ahead_takes_the_next_start(tmp_path: Path) -> None:
+    sock = tmp_path / "z.sock"
+    proc = start_zygote(sock)
+    booted: list[Booted] = []
+
+    def start(name: str) -> Booted:
+        b = _spawned(sock, _spec_for(tmp_path, name), tmp_path / name)
+        booted.append(b)
+        return b
+
+    try:
+        first = wait_for(lambda: _spares(proc.pid), 5, "a spare")[0]
+        assert start("t" + uuid.uuid4().hex[:10]).monitor_pid == first
+        # Once its init runs, that monitor saves the pages its start wrote.
+        saved = Path(f"{sock}.pages")
+        runs = wait_for(lambda: pages.load(str(saved)), 5, "the saved pages")
+        assert pages.total(runs) > 200
+        # A new spare copies them in while it waits; the first had none to copy.
+        second = wait_for(lambda: [p for p in _spares(proc.pid) if p != first], 5, "a new spare")[0]
+        copied = wait_for(lambda: _copied(second, runs) > pages.total(runs) // 2, 5, "the copies")
+        assert copied
+        assert start("t" + uuid.uuid4().hex[:10]).monitor_pid == second
+        # A spare that died is passed over: the zygote forks the monitor.
+        third = wait_for(lambda: [p for p in _spares(proc.pid) if p != second], 5, "a spare")[0]
+        os.kill(third, signal.SIGKILL)
+        b = start("t" + uuid.uuid4().hex[:10])
+        assert b.monitor_pid != third and b.client.request("status")["state"] == "RUNNING"
+        # The zygote's end takes its spare along, not the monitors it made.
+        spare = wait_for(lambda: _spares(proc.pid), 5, "a spare")[0]
+        proc.kill()
+        proc.wait(timeout=10)
+        wait_for(lambda: not alive(spare), 5, "the spare to end")
+        assert all(b.client.request("status")["state"] == "RUNNING" for b in booted)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for b in booted:
+            _teardown(b)
+    assert [line for b in booted for line in host_mounts_under(b.dir)] == []
 
 
 def test_zygote_ends_with_its_owner(tmp_path: Path) -> None:

@@ -16,26 +16,29 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The zygote's own serve loop, with a _spawn that forks as the real one
-# does and has the child report the counter (a new dict's stamp, at offset
-# 24 of a PyDictObject in CPython 3.11) instead of running a monitor.
+# The zygote's own serve loop, forking monitors (directly, or as spares
+# when argv[2] is "spares"), with a child that reports the counter (a new
+# dict's stamp, at offset 24 of a PyDictObject in CPython 3.11) where it
+# would run its monitor, and says whether it was a spare.
 _ZYGOTE = f"""
 import ctypes, os, sys
 sys.path.insert(0, {str(ROOT)!r})
 from lxpy.runtime import zygote
+from lxpy.kernel import syscalls
 
-def _spawn(listener, conn, args=None):
-    if os.fork() == 0:
-        stamp = ctypes.c_uint64.from_address(id({{}}) + 24).value
-        conn.sendall(str(stamp).encode() + b"\\n")
-        os._exit(0)
+def _monitor(conn, args):
+    stamp = ctypes.c_uint64.from_address(id({{}}) + 24).value
+    with open(f"/proc/{{os.getpid()}}/comm") as f:
+        comm = f.read().strip()
+    conn.sendall(f"{{stamp}} {{comm}}\\n".encode())
+    os._exit(0)
 
-zygote._spawn = _spawn
-zygote.serve(sys.argv[1])
+zygote._monitor = _monitor
+zygote.serve(sys.argv[1], spares=sys.argv[2] == "spares")
 """
 
 
-def _stamp(path: Path) -> int:
+def _ask(path: Path, line: bytes) -> str:
     deadline = time.monotonic() + 10
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(10)
@@ -47,16 +50,35 @@ def _stamp(path: Path) -> int:
                 # Not listening yet: the zygote warms up first.
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
-        s.sendall(b'spawn {"spec": {}}\n')
-        return int(s.makefile().readline())
+        s.sendall(line)
+        return s.makefile().readline().strip()
 
 
-def test_every_fork_starts_from_the_same_dict_counter(tmp_path: Path) -> None:
+def _stamps(tmp_path: Path, mode: str, pause: float) -> list[str]:
     path = tmp_path / "z.sock"
-    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _ZYGOTE, str(path)])
+    proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _ZYGOTE, str(path), mode])
     try:
-        stamps = [_stamp(path) for _ in range(5)]
+        # Once it answers it serves from its loop: any wait from here on
+        # is one the zygote is idle in.
+        assert '"ok": true' in _ask(path, b"ping {}\n")
+        stamps = []
+        for _ in range(5):
+            time.sleep(pause)
+            stamps.append(_ask(path, b'spawn {"spec": {}}\n'))
     finally:
         proc.kill()
         proc.wait()
+    return stamps
+
+
+def test_every_fork_starts_from_the_same_dict_counter(tmp_path: Path) -> None:
+    stamps = _stamps(tmp_path, "no-spares", 0)
     assert len(set(stamps)) == 1, stamps
+    assert stamps[0].endswith(" lxpy-zygote"), stamps  # forked on request
+
+
+def test_every_spare_starts_from_the_same_dict_counter(tmp_path: Path) -> None:
+    # Pauses longer than the zygote's idle wait: a spare waits each time.
+    stamps = _stamps(tmp_path, "spares", 0.3)
+    assert len(set(stamps)) == 1, stamps
+    assert stamps[0].endswith(" lxpy-spare"), stamps
