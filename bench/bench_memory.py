@@ -9,8 +9,8 @@ one btrfs snapshot per LXC container), with no network.
   LXC: the PSS of each `[lxc monitor]` process (LXC's only host process
       per running container).
   lxpy: the PSS of each monitor (the parent of the container's init), plus
-      the PSS of the zygote and its spares (a monitor and an init-to-be made
-      ahead for the next start) shared out over the containers, plus lxpyd's PSS
+      the PSS of the zygote and its spare monitor (one forked ahead for the
+      next start) shared out over the containers, plus lxpyd's PSS
       growth from "all created, none running" to "all running", per
       container.
 
@@ -148,7 +148,7 @@ def lxpy_side(scratch: Scratch, count: int) -> tuple[LxpyMemory, LxpyMemory, flo
     def measure() -> LxpyMemory:
         return LxpyMemory(
             monitor=[mb(pss_kb(p)) for p in monitors],
-            # With its spares, made ahead for the next start.
+            # With its spare, the monitor it keeps forked ahead.
             zygote=mb(pss_kb(zygote) + sum(pss_kb(p) for p in lxpy.spares())),
             daemon_growth=mb(pss_kb(dpid) - daemon_before),
             daemon_rss=(mb(rss_before), mb(rss_kb(dpid))),

@@ -208,23 +208,6 @@ def reap_orphans() -> None:
             return
 
 
-def _children_named(pid: int, comm: str) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            children = [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-    named = []
-    for child in children:
-        try:
-            with open(f"/proc/{child}/comm") as f:
-                if f.read().strip() == comm:
-                    named.append(child)
-        except OSError:
-            continue
-    return named
-
-
 def _alive(pid: int) -> bool:
     """Running (not gone, not a zombie); reaps it when it is our child."""
     try:
@@ -582,13 +565,24 @@ class Lxpy:
         return pid if _alive(pid) else None
 
     def spares(self) -> list[int]:
-        """The zygote's spare monitor and the spare init-to-be it cloned:
-        made ahead, waiting for a start."""
+        """The zygote's spare monitors: forked ahead, waiting for a start."""
         zygote = self.zygote()
         if zygote is None:
             return []
-        spares = _children_named(zygote, "lxpy-spare")
-        return spares + [p for s in spares for p in _children_named(s, "lxpy-spare-init")]
+        try:
+            with open(f"/proc/{zygote}/task/{zygote}/children") as f:
+                children = [int(p) for p in f.read().split()]
+        except OSError:
+            return []
+        spares = []
+        for pid in children:
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() == "lxpy-spare":
+                        spares.append(pid)
+            except OSError:
+                continue
+        return spares
 
     def cleanup(self) -> None:
         """Stop every container, lxpyd, and the zygote (which outlives lxpyd

@@ -16,7 +16,6 @@ Only stdlib and syscalls: monitors import this module.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 from lxpy.kernel import syscalls as sc
 
@@ -79,7 +78,7 @@ def total(runs: list[tuple[int, int]]) -> int:
     return sum(n for _, n in runs)
 
 
-def prefault(runs: Sequence[tuple[int, int]]) -> int:
+def prefault(runs: list[tuple[int, int]]) -> int:
     """Copy in, as a write would, the pages of `runs` that the calling
     process has mapped writable (others are skipped), up to LIMIT pages;
     returns how many pages were asked for."""

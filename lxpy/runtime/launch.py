@@ -12,8 +12,8 @@ same steps, split over two processes because the pid namespace must be
 owned by the container's user namespace: a helper enters the user
 namespace, unshares, and forks PID 1. Without a pinned one
 (cloned_init_main), the monitor clones PID 1 straight into new namespaces,
-the user namespace first, and does the host root's part itself, or takes
-one its zygote had it clone ahead (spare_init_main); see docs/security.md.
+the user namespace first, and does the host root's part itself; see
+docs/security.md.
 
 Any failure is written to `errfd` (close-on-exec, so a successful exec
 reads as EOF on the monitor's side) and the process exits 127.
@@ -21,19 +21,15 @@ reads as EOF on the monitor's side) and the process exits 127.
 
 from __future__ import annotations
 
-import _socket
 import errno
 import fcntl
-import json
 import os
 import select
 import signal
-import socket
-import sys
 import termios
 from collections.abc import Sequence
 
-from lxpy.kernel import caps, idmap, pages, seccomp
+from lxpy.kernel import caps, idmap, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.lxcfs import bind_mounts
 from lxpy.kernel.netif import link_up
@@ -151,63 +147,6 @@ def userns_child_main(
     os._exit(127)
 
 
-# The namespaces an unprivileged init-to-be is cloned into. It makes its
-# mount namespace once it has its orders (_init_in_tree), and its cgroup
-# namespace once it is in the container's cgroups.
-CLONED_NS = sc.CLONE_NEWUSER | sc.CLONE_NEWNET | sc.CLONE_NEWPID | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC
-
-
-class SpareInit:
-    """A spare init-to-be (spare_init_main): its host pid, a pidfd, and our
-    end of its orders socket. Its parent is the process that cloned it."""
-
-    def __init__(self, pid: int, pidfd: int, orders: _socket.socket) -> None:
-        self.pid = pid
-        self.pidfd = pidfd
-        self.orders = orders
-
-    def alive(self) -> bool:
-        p = select.poll()
-        p.register(self.pidfd, select.POLLIN)
-        return not p.poll(0)
-
-    def kill(self) -> None:
-        """End it (reap() collects it)."""
-        try:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
-        except OSError:
-            pass  # ended already
-        self.orders.close()
-
-    def reap(self) -> None:
-        """Wait for its end, once kill() was called."""
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass  # collected already
-        os.close(self.pidfd)
-
-
-def clone_spare_init(
-    close: Sequence[int] = (), prefault: Sequence[tuple[int, int]] = ()
-) -> SpareInit | None:
-    """Clone a spare init-to-be as our child (None when that fails);
-    `close`: descriptors it must not hold; `prefault`: pages it copies in
-    while it waits (lxpy.kernel.pages). Single-threaded callers only.
-    """
-    ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        pid, pidfd = sc.clone3(CLONED_NS, signal.SIGCHLD)
-    except OSError:
-        ours.close()
-        theirs.close()
-        return None
-    if pid == 0:
-        spare_init_main(theirs, (*close, ours.detach()), prefault)
-    theirs.close()
-    return SpareInit(pid, pidfd, ours)
-
-
 def cloned_init_main(
     spec: LaunchSpec,
     console_fd: int,
@@ -221,13 +160,12 @@ def cloned_init_main(
     (no spec.userns); never returns.
 
     Runs as PID 1 of the namespaces the monitor cloned it into (user
-    first, and network, pid, UTS and IPC owned by it), in the rootfs
-    directory, as the monitor's child. Meanwhile the monitor moves it into
-    the container's cgroups, writes its ID map and idmaps `tree` (the
-    monitor's detached clone of the rootfs mount) through the new
-    namespace; its byte on `go_r` says so. Then it makes its mount
-    namespace, becomes root inside, attaches the tree and goes on as
-    init-to-be (_init_in_tree).
+    first, and network, pid, mount, UTS and IPC owned by it), in the
+    rootfs directory, as the monitor's child. Meanwhile the monitor moves
+    it into the container's cgroups, writes its ID map and idmaps `tree`
+    (the monitor's detached clone of the rootfs mount) through the new
+    namespace; its byte on `go_r` says so. Then it becomes root inside,
+    attaches the tree and goes on as init-to-be.
 
     Args:
         spec, console_fd, console_path, tty_paths, errfd: as for child_main().
@@ -236,132 +174,25 @@ def cloned_init_main(
     """
     try:
         _step("namespaces")
+        # Why private: without it, every mount below would propagate back
+        # to the host's (shared) mount namespace. Done while the monitor
+        # writes the map: the capabilities this needs are held already.
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
         link_up("lo")
         policy = _wait_go(go_r, spec)
-        _init_in_tree(spec, policy, console_fd, console_path, tty_paths, errfd, tree)
+        idmap.become_root()
+        # Again: a change of credentials clears the parent-death signal.
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        _check_monitor(errfd)
+        _step("mounting the rootfs")
+        idmap.attach_tree(tree, ".")
+        os.fchdir(tree)
+        os.close(tree)
+        _setup_init_userns(spec, console_fd, console_path, tty_paths)
+        _pivot_and_exec(spec, policy)
     except BaseException as e:  # noqa: B036 - anything must reach the monitor
         _report(errfd, e)
     os._exit(127)
-
-
-# What a spare init's orders carry, after the JSON: the console slave, the
-# error pipe, the rootfs tree and the rootfs directory.
-_ORDER_FDS = 4
-_ORDERS_MAX = 1 << 20
-
-
-def spare_init_main(
-    orders: _socket.socket, close: Sequence[int] = (), prefault: Sequence[tuple[int, int]] = ()
-) -> NoReturn:
-    """A spare init-to-be, cloned ahead of any start into the namespaces
-    cloned_init_main's are (lxpy.runtime.zygote keeps one with its spare
-    monitor); never returns.
-
-    It brings up loopback and waits for its orders on `orders`, one
-    message: a JSON object {"spec", "console_path", "tty_paths"} with the
-    console slave, the error pipe's write end, the rootfs tree and an
-    O_PATH descriptor of the rootfs directory attached. They come once the
-    monitor has done what cloned_init_main waits for; from there on it is
-    the same. It exits when `orders` closes without any (its monitor went).
-    Its mount namespace is made only then, from the host's of that
-    moment: a copy made ahead would miss later mounts and keep every
-    filesystem it held busy after the host unmounted it.
-
-    Args:
-        orders: its end of the socket pair (SOCK_SEQPACKET).
-        close: descriptors of the spare's that this process must not hold.
-        prefault: pages to copy in while it waits: the ones a monitor's
-            start writes, most of which reading its orders and going on
-            from there write too.
-    """
-    errfd = -1
-    try:
-        for fd in close:
-            os.close(fd)
-        # Its parent is the spare (then the monitor); a dead spare also
-        # shows as the end of `orders`, which covers a death before this.
-        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        try:
-            sc.set_process_name("lxpy-spare-init")
-        except OSError:
-            pass
-        link_up("lo")
-        pages.prefault(prefault)
-        data, ancdata, _flags, _addr = orders.recvmsg(
-            _ORDERS_MAX, socket.CMSG_SPACE(4 * _ORDER_FDS), socket.MSG_CMSG_CLOEXEC
-        )
-        fds = [
-            int.from_bytes(raw[i : i + 4], sys.byteorder)
-            for level, kind, raw in ancdata
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-            for i in range(0, len(raw) - len(raw) % 4, 4)
-        ]
-        if len(fds) != _ORDER_FDS:
-            os._exit(0)
-        console_fd, errfd, tree, root = fds
-        orders.close()
-        order = json.loads(data)
-        spec = LaunchSpec.from_json(order["spec"])
-        os.fchdir(root)
-        os.close(root)
-        _default_signals()
-        policy = seccomp.default_policy(spec.syscalls_deny, spec.syscalls_allow)
-        _init_in_tree(
-            spec, policy, console_fd, order["console_path"], order["tty_paths"], errfd, tree
-        )
-    except BaseException as e:  # noqa: B036 - anything must reach the monitor
-        if errfd >= 0:
-            _report(errfd, e)
-    os._exit(127)
-
-
-def send_orders(
-    orders: _socket.socket,
-    spec: LaunchSpec,
-    console_fd: int,
-    console_path: str,
-    tty_paths: Sequence[str],
-    errfd: int,
-    tree: int,
-    root: int,
-) -> None:
-    """Hand a spare init its container (see spare_init_main).
-
-    Raises:
-        OSError: when it cannot be reached.
-    """
-    order = {"spec": spec.to_json(), "console_path": console_path, "tty_paths": list(tty_paths)}
-    fds = b"".join(fd.to_bytes(4, sys.byteorder) for fd in (console_fd, errfd, tree, root))
-    orders.sendmsg([json.dumps(order).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-
-
-def _init_in_tree(
-    spec: LaunchSpec,
-    policy: seccomp.Policy,
-    console_fd: int,
-    console_path: str,
-    tty_paths: Sequence[str],
-    errfd: int,
-    tree: int,
-) -> NoReturn:
-    # After the go-ahead, in the rootfs directory: from here on the same
-    # for a cloned init and a spare one.
-    _step("namespaces")
-    # Made from the host's current one (the rootfs directory becomes its
-    # copy there), and private: without that, every mount below would
-    # propagate back to the host's (shared) mount namespace.
-    sc.unshare(sc.CLONE_NEWNS)
-    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    idmap.become_root()
-    # Again: a change of credentials clears the parent-death signal.
-    sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-    _check_monitor(errfd)
-    _step("mounting the rootfs")
-    idmap.attach_tree(tree, ".")
-    os.fchdir(tree)
-    os.close(tree)
-    _setup_init_userns(spec, console_fd, console_path, tty_paths)
-    _pivot_and_exec(spec, policy)
 
 
 def _pivot_and_exec(spec: LaunchSpec, policy: seccomp.Policy) -> NoReturn:

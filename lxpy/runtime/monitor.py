@@ -51,6 +51,16 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 LAUNCH_TIMEOUT = 30.0
+# The namespaces an unprivileged init-to-be is cloned into; the cgroup
+# namespace it makes itself, once it is in the container's cgroups.
+_CLONED_NS = (
+    sc.CLONE_NEWUSER
+    | sc.CLONE_NEWNET
+    | sc.CLONE_NEWPID
+    | sc.CLONE_NEWNS
+    | sc.CLONE_NEWUTS
+    | sc.CLONE_NEWIPC
+)
 _READ = select.POLLIN | select.POLLPRI
 _ERR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 
@@ -92,10 +102,8 @@ def _error(e: LxpyError) -> dict[str, object]:
 HIERARCHIES: tuple[tuple[str, ...], list[Hierarchy]] | None = None
 
 # Set in a monitor that was its zygote's spare: where to save the pages its
-# start wrote, how many the spare had copied in, and the zygote's pid; and
-# the spare init-to-be it cloned while it waited.
+# start wrote, how many the spare had copied in, and the zygote's pid.
 LEARN: tuple[str, int, int] | None = None
-SPARE_INIT: launch.SpareInit | None = None
 
 
 def _hierarchies() -> list[Hierarchy]:
@@ -152,10 +160,6 @@ class Monitor:
         # Set once the cgroups are ours: a start refused because another run
         # holds them must not kill that run on its way out.
         self._owns_cgroup = False
-        # A spare init-to-be cloned ahead (lxpy.runtime.zygote), and those
-        # ended unused, to collect.
-        self.spare_init: launch.SpareInit | None = SPARE_INIT
-        self.dropped: list[launch.SpareInit] = []
 
     # -- set-up ---------------------------------------------------------
 
@@ -294,7 +298,6 @@ class Monitor:
         if not self.spec.privileged:
             self._launch_userns()
             return
-        self._drop_spare_init()
         r, w = os.pipe2(os.O_CLOEXEC)
         # The next child is created in a new pid namespace as its PID 1,
         # while the monitor stays outside as its parent and reaper.
@@ -328,7 +331,6 @@ class Monitor:
         if not self.spec.userns:
             self._launch_cloned()
             return
-        self._drop_spare_init()
         # Init is forked by a helper that exits at once (launch.py): as a
         # child subreaper the monitor inherits init and stays its parent.
         sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
@@ -379,36 +381,38 @@ class Monitor:
     def _launch_cloned(self) -> None:
         # No pinned user namespace: init-to-be is cloned straight into new
         # namespaces, the user namespace first (as LXC does), and is our
-        # child from the start; or it is the spare one the zygote had us
-        # clone ahead, in the same namespaces. Until our go-ahead it has no
-        # map, so no ID of its own: what needs host root is done here,
-        # before and after the clone (launch.cloned_init_main).
+        # child from the start. Until our go-ahead it has no map, so no ID
+        # of its own: what needs host root is done here, before and after
+        # the clone (launch.cloned_init_main).
         spec = self.spec
         root = os.path.realpath(spec.rootfs)
         tree = idmap.clone_tree(root)
         fds = [tree]
-        spare = None
         try:
+            if spec.lxcfs:
+                launch.clone_lxcfs(spec.lxcfs)
             r, w = os.pipe2(os.O_CLOEXEC)
             fds.append(r)
             fds.append(w)
-            spare = self._take_spare_init()
-            if spare is not None:
-                pid, self.pidfd = spare.pid, spare.pidfd
-            else:
-                pid, go_w = self._clone_init(root, tree, w)
-                fds.append(go_w)
+            go_r, go_w = os.pipe2(os.O_CLOEXEC)
+            fds.append(go_r)
+            fds.append(go_w)
+            # Its cwd: the path to the rootfs may cross directories that
+            # the container's root may not search.
+            os.chdir(root)
+            try:
+                pid, self.pidfd = sc.clone3(_CLONED_NS, signal.SIGCHLD)
+            except BaseException:
+                os.chdir("/")
+                raise
+            if pid == 0:
+                launch.cloned_init_main(
+                    spec, self.console_slave, self.console_path, self.tty_paths, w, go_r, tree
+                )
+            os.chdir("/")
             try:
                 self._hand_to_cloned(pid, tree, root)
-                if spare is not None:
-                    # Its cwd, as a fresh clone's: the rootfs directory.
-                    fds.append(os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
-                    launch.send_orders(
-                        spare.orders, spec, self.console_slave, self.console_path,
-                        self.tty_paths, w, tree, fds[-1],
-                    )  # fmt: skip
-                else:
-                    os.write(go_w, b"g")
+                os.write(go_w, b"g")
             except OSError as e:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
@@ -418,9 +422,6 @@ class Monitor:
                     f"container {spec.name!r} failed to start: {e.strerror or e}",
                     hint="check its ID range and cgroups",
                 ) from None
-            finally:
-                if spare is not None:
-                    spare.orders.close()
             fds.remove(r)
         finally:
             for fd in fds:
@@ -430,56 +431,6 @@ class Monitor:
         if err:
             self._failed(pid, err)
         self._running(pid)
-
-    def _clone_init(self, root: str, tree: int, errfd: int) -> tuple[int, int]:
-        # Clone init-to-be (launch.cloned_init_main); returns its pid and
-        # the write end of its go-ahead pipe.
-        spec = self.spec
-        if spec.lxcfs:
-            launch.clone_lxcfs(spec.lxcfs)
-        go_r, go_w = os.pipe2(os.O_CLOEXEC)
-        # Its cwd: the path to the rootfs may cross directories that the
-        # container's root may not search.
-        os.chdir(root)
-        try:
-            pid, self.pidfd = sc.clone3(launch.CLONED_NS, signal.SIGCHLD)
-        except BaseException:
-            os.chdir("/")
-            os.close(go_r)
-            os.close(go_w)
-            raise
-        if pid == 0:
-            launch.cloned_init_main(
-                spec, self.console_slave, self.console_path, self.tty_paths, errfd, go_r, tree
-            )
-        os.chdir("/")
-        os.close(go_r)
-        return pid, go_w
-
-    def _take_spare_init(self) -> launch.SpareInit | None:
-        # The spare init-to-be, if it is alive and this start can use it
-        # (lxcfs's trees are cloned for a fresh clone only); else it ends.
-        spare, self.spare_init = self.spare_init, None
-        if spare is None:
-            return None
-        if self.spec.lxcfs or not spare.alive():
-            self._drop_spare_init(spare)
-            return None
-        return spare
-
-    def _drop_spare_init(self, spare: launch.SpareInit | None = None) -> None:
-        # Killed now; reaped once the start is answered (reap_dropped).
-        if spare is None:
-            spare, self.spare_init = self.spare_init, None
-        if spare is not None:
-            spare.kill()
-            self.dropped.append(spare)
-
-    def reap_dropped(self) -> None:
-        """Collect the spare inits this monitor did not use."""
-        for spare in self.dropped:
-            spare.reap()
-        self.dropped.clear()
 
     def _hand_to_cloned(self, pid: int, tree: int, root: str) -> None:
         # What cloned init-to-be `pid` waits for: its cgroups, its ID map,
@@ -1012,8 +963,6 @@ class Monitor:
 
     def _cleanup(self) -> None:
         # Idempotent: runs after the loop, or after a failed start.
-        self._drop_spare_init()
-        self.reap_dropped()
         self._end_execs()
         if self._owns_cgroup:
             try:
@@ -1125,7 +1074,6 @@ def run(spec: LaunchSpec, ready_fd: int = -1) -> int:
         ksm.mark_mergeable()
     except OSError:
         pass
-    mon.reap_dropped()
     if LEARN is not None:
         _learn(*LEARN)
     mon.serve()

@@ -7,8 +7,8 @@ write to, and so un-share, the pages they live on), and then forks one
 monitor per request on its unix socket. A forked monitor shares the
 zygote's pages copy-on-write: it costs a fraction of a fresh interpreter
 and starts in about a millisecond. Whenever the zygote is idle, one spare
-monitor waits forked ahead, its start's page copies made and an
-init-to-be cloned (_fork_spare), and the next spawn goes to it instead.
+monitor waits forked ahead, its start's page copies made (_fork_spare),
+and the next spawn goes to it instead.
 
 Each monitor calls setsid(), so neither the zygote's nor lxpyd's death
 touches it.
@@ -44,7 +44,7 @@ from lxpy.kernel import idmap, ksm, pages, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import hierarchies, hierarchy_ids
 from lxpy.model.units import parse_signal
-from lxpy.runtime import launch, monitor
+from lxpy.runtime import monitor
 from lxpy.runtime.control import check_reply
 from lxpy.runtime.spec import LaunchSpec
 
@@ -184,11 +184,6 @@ def _fork_spare(listener: socket.socket, pages_path: str) -> _socket.socket | No
     which each spare-made monitor saves to `pages_path` once its init runs
     (monitor.LEARN). Their contents stay the zygote's, so ksmd folds them
     back into one copy if the spare waits long.
-
-    The spare also clones an init-to-be into the namespaces of an
-    unprivileged container on no network (launch.spare_init_main), which
-    the next start uses if it is such a container: the clone and what
-    init-to-be does before its go-ahead are then off the start's path too.
     """
     ours, theirs = _socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     zygote = os.getpid()
@@ -219,10 +214,7 @@ def _spare(sock: _socket.socket, zygote: int, pages_path: str) -> NoReturn:
     except OSError:
         pass
     _detach()
-    # Its init-to-be first, so that the two do not share the copies each
-    # makes of the same pages next (each would copy its own again).
     known = pages.load(pages_path)
-    spare_init = launch.clone_spare_init(close=(sock.fileno(),), prefault=known)
     pages.prefault(known)
     conn = None
     try:
@@ -234,7 +226,6 @@ def _spare(sock: _socket.socket, zygote: int, pages_path: str) -> NoReturn:
         pass
     if conn is None:
         os._exit(0)  # the zygote closed its end: it ends, or wants no spare
-    monitor.SPARE_INIT = spare_init
     sc.prctl(sc.PR_SET_PDEATHSIG, 0)
     sock.close()
     conn.settimeout(SPAWN_TIMEOUT)

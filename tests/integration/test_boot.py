@@ -465,9 +465,9 @@ def test_start_stop_cycles_leak_nothing(busybox: Daemon, tmp_path: Path) -> None
             if str(tmp_path) in line or "/run/lxpy/" in line and "cyc" in line
         ]
         cgroups = {p for p in payload_cgroups() if p.endswith(PREFIX + "cyc")}
-        # The zygote's spare monitor and its init-to-be are new processes
-        # after every start that took them: counted, not named.
-        spares = {p for p in _children(zygote) if comm(p) in ("lxpy-spare", "lxpy-spare-init")}
+        # The zygote's spare monitor is a new process after every start that
+        # took it: counted, not named.
+        spares = {p for p in _children(zygote) if comm(p) == "lxpy-spare"}
         return (
             _fds(d.proc.pid),
             mounts,

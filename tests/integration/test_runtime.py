@@ -393,45 +393,9 @@ def test_failed_start_reports_and_leaves_nothing(tmp_path: Path, zygote: Path) -
     assert host_mounts_under(tmp_path) == []
 
 
-def _spare_init_ready(zygote: Path, ready: bool) -> None:
-    # With `ready`, wait until the zygote's spare has its init-to-be; else
-    # end the spare: the next start then clones a fresh one.
-    pid = int(spawn_request(zygote, {"cmd": "ping"})["pid"])  # type: ignore[call-overload]
-    spare = wait_for(lambda: _spares(pid), 5, "a spare")[0]
-    spare_init = _child_named(spare, "lxpy-spare-init")
-    if not ready:
-        os.kill(spare, signal.SIGKILL)
-        wait_for(lambda: not alive(spare_init), 5, "the spare's init-to-be to end")
-
-
-def test_a_spare_init_that_fails_reports_and_leaves_nothing(tmp_path: Path, zygote: Path) -> None:
-    _spare_init_ready(zygote, True)
-    rootfs = make_busybox_rootfs(tmp_path / "rootfs")
-    name = "t" + uuid.uuid4().hex[:10]
-    spec = LaunchSpec.from_json(
-        {
-            "name": name,
-            "rootfs": str(rootfs),
-            "control_socket": str(tmp_path / "m.sock"),
-            "init": "/sbin/no-such-init",
-            "cgroup_parent": PARENT,
-            **UNPRIVILEGED,
-        }
-    )
-    with pytest.raises(LxpyError, match="exec /sbin/no-such-init: .*No such file"):
-        spawn_monitor(zygote, spec)
-    assert not (tmp_path / "m.sock").exists()
-    assert not any(Path(p).exists() for p in ContainerCgroup.for_name(name, parent=PARENT).paths)
-    assert host_mounts_under(tmp_path) == []
-
-
-@pytest.mark.parametrize("spare", [False, True], ids=["cloned", "cloned-ahead"])
-def test_an_id_map_the_kernel_refuses_fails_the_start_cleanly(
-    tmp_path: Path, zygote: Path, spare: bool
-) -> None:
+def test_an_id_map_the_kernel_refuses_fails_the_start_cleanly(tmp_path: Path, zygote: Path) -> None:
     # The launch makes the user namespace (no pinned one): its map is
     # written by the monitor, and a range past the last ID is refused.
-    _spare_init_ready(zygote, spare)
     rootfs = make_busybox_rootfs(tmp_path / "rootfs")
     name = "t" + uuid.uuid4().hex[:10]
     top = 2**32 - 1000
@@ -664,23 +628,19 @@ def test_boots_debian_systemd_to_running(tmp_path: Path, zygote: Path, test_cach
         shutil.rmtree(rootfs, ignore_errors=True)
 
 
-def _children_named(pid: int, comm: str) -> list[int]:
+def _spares(zygote_pid: int) -> list[int]:
     try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        kids = Path(f"/proc/{zygote_pid}/task/{zygote_pid}/children").read_text().split()
     except OSError:
         return []
     out = []
-    for kid in map(int, kids):
+    for pid in map(int, kids):
         try:
-            if Path(f"/proc/{kid}/comm").read_text().strip() == comm:
-                out.append(kid)
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "lxpy-spare":
+                out.append(pid)
         except OSError:
             continue
     return out
-
-
-def _spares(zygote_pid: int) -> list[int]:
-    return _children_named(zygote_pid, "lxpy-spare")
 
 
 def _copied(pid: int, runs: list[tuple[int, int]]) -> int:
@@ -694,7 +654,7 @@ def _copied(pid: int, runs: list[tuple[int, int]]) -> int:
     return own
 
 
-def _spec_for(tmp_path: Path, name: str, **fields: object) -> LaunchSpec:
+def _spec_for(tmp_path: Path, name: str) -> LaunchSpec:
     rootfs = make_busybox_rootfs(tmp_path / name / "rootfs")
     return LaunchSpec.from_json(
         {
@@ -703,19 +663,8 @@ def _spec_for(tmp_path: Path, name: str, **fields: object) -> LaunchSpec:
             "control_socket": str(tmp_path / name / "m.sock"),
             "halt_signal": "SIGUSR2",
             "cgroup_parent": PARENT,
-            **fields,
         }
     )
-
-
-# An unprivileged container on no network: init is cloned into a user
-# namespace of its own (launch.cloned_init_main).
-UNPRIVILEGED = {"uid_base": 3300000, "gid_base": 3300000, "idmap_size": 65536}
-
-
-def _child_named(pid: int, comm: str) -> int:
-    """The child of `pid` called `comm`, once there is one."""
-    return wait_for(lambda: _children_named(pid, comm), 5, f"a child {comm} of {pid}")[0]
 
 
 def test_a_spare_monitor_forked_ahead_takes_the_next_start(tmp_path: Path) -> None:
@@ -723,8 +672,8 @@ def test_a_spare_monitor_forked_ahead_takes_the_next_start(tmp_path: Path) -> No
     proc = start_zygote(sock)
     booted: list[Booted] = []
 
-    def start(name: str, **fields: object) -> Booted:
-        b = _spawned(sock, _spec_for(tmp_path, name, **fields), tmp_path / name)
+    def start(name: str) -> Booted:
+        b = _spawned(sock, _spec_for(tmp_path, name), tmp_path / name)
         booted.append(b)
         return b
 
@@ -739,25 +688,10 @@ def test_a_spare_monitor_forked_ahead_takes_the_next_start(tmp_path: Path) -> No
         second = wait_for(lambda: [p for p in _spares(proc.pid) if p != first], 5, "a new spare")[0]
         copied = wait_for(lambda: _copied(second, runs) > pages.total(runs) // 2, 5, "the copies")
         assert copied
-        # With the spare waits its init-to-be, cloned ahead into the new
-        # namespaces: the start makes it the container's init.
-        spare_init = _child_named(second, "lxpy-spare-init")
-        b = start("t" + uuid.uuid4().hex[:10], **UNPRIVILEGED)
-        assert (b.monitor_pid, b.init_pid) == (second, spare_init)
-        assert nsenter(b.init_pid, "hostname").strip() == b.spec.name
-        assert nsenter(b.init_pid, "cat", "/proc/self/uid_map").split() == ["0", "3300000", "65536"]
-        # A start that cannot use it (privileged here) ends it.
-        spare = wait_for(lambda: [p for p in _spares(proc.pid) if p != second], 5, "a spare")[0]
-        unused = _child_named(spare, "lxpy-spare-init")
-        b = start("t" + uuid.uuid4().hex[:10])
-        assert b.spec.privileged and b.monitor_pid == spare and b.init_pid != unused
-        wait_for(lambda: not Path(f"/proc/{unused}").exists(), 5, "the unused init to be reaped")
-        # A spare that died is passed over (its init-to-be goes with it):
-        # the zygote forks the monitor, which clones init.
-        third = wait_for(lambda: [p for p in _spares(proc.pid) if p != spare], 5, "a spare")[0]
-        third_init = _child_named(third, "lxpy-spare-init")
+        assert start("t" + uuid.uuid4().hex[:10]).monitor_pid == second
+        # A spare that died is passed over: the zygote forks the monitor.
+        third = wait_for(lambda: [p for p in _spares(proc.pid) if p != second], 5, "a spare")[0]
         os.kill(third, signal.SIGKILL)
-        wait_for(lambda: not alive(third_init), 5, "the spare's init-to-be to end")
         b = start("t" + uuid.uuid4().hex[:10])
         assert b.monitor_pid != third and b.client.request("status")["state"] == "RUNNING"
         # The zygote's end takes its spare along, not the monitors it made.
