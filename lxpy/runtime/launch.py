@@ -1,8 +1,8 @@
 """The launch path: what the container's init-to-be does before exec.
 
-Privileged containers (child_main): the monitor has already unshared
-CLONE_NEWPID and forked, so this code runs as PID 1 of a fresh pid
-namespace, with the monitor (outside it) as parent. It joins the
+Privileged containers (child_main): the monitor has cloned this process
+into a new pid namespace, so it runs as its PID 1, with the monitor
+(outside it) as parent. It joins the
 container's cgroups, takes the console, enters its other namespaces, builds
 the root filesystem view, pivots into it, drops capabilities, installs the
 syscall filter and execs init.

@@ -299,13 +299,13 @@ class Monitor:
             self._launch_userns()
             return
         r, w = os.pipe2(os.O_CLOEXEC)
-        # The next child is created in a new pid namespace as its PID 1,
-        # while the monitor stays outside as its parent and reaper.
-        sc.unshare(sc.CLONE_NEWPID)
+        # Init-to-be is cloned into a new pid namespace as its PID 1, while
+        # the monitor stays outside as its parent and reaper.
         try:
-            pid = os.fork()
+            pid, self.pidfd = sc.clone3(sc.CLONE_NEWPID, signal.SIGCHLD)
         except BaseException:
-            sc.setns(self._pidns_fd, sc.CLONE_NEWPID)
+            os.close(r)
+            os.close(w)
             raise
         if pid == 0:
             os.close(r)
@@ -317,14 +317,10 @@ class Monitor:
                 self.cg.procs_files(),
                 w,
             )
-        # Back to our own namespace for children, so the next launch (after a
-        # reboot) may unshare a fresh one: a second unshare would be EINVAL.
-        sc.setns(self._pidns_fd, sc.CLONE_NEWPID)
         os.close(w)
         err = self._read_launch_error(r, pid)
         if err:
             self._failed(pid, err)
-        self.pidfd = os.pidfd_open(pid)
         self._running(pid)
 
     def _launch_userns(self) -> None:
