@@ -2,8 +2,9 @@
 
 A container's rootfs is a fresh btrfs snapshot: its data is the template's
 on disk, but its files are new inodes, and the page cache belongs to the
-inode. So the first exec of init reads the init binary, the dynamic loader
-and every library it links (systemd: 26 files, 18 MB) from disk, one page
+inode. So the first exec of init reads the init binary, the dynamic loader,
+its cache of library paths and every library it links (systemd: 27 files,
+18 MB) from disk, one page
 fault at a time, before systemd's main() takes its first timestamp. Measured
 on a fresh snapshot: 20.7 ms from exec to that timestamp, 7 ms when the
 files are cached.
@@ -45,6 +46,7 @@ DEFAULT_LIB_DIRS = ("/lib64", "/usr/lib64", "/lib", "/usr/lib", "/usr/local/lib"
 MAX_FILES = 64
 MAX_BYTES = 64 << 20
 _MAX_INCLUDES = 8
+LD_CACHE = "/etc/ld.so.cache"
 
 # Walks made, by init: (path, inode, size, mtime, ctime) -> the files.
 _WALKS: dict[tuple[str, int, int, int, int], list[str]] = {}
@@ -229,6 +231,10 @@ def _walk(root_fd: int, init: str) -> list[str]:
             queue.insert(0, interp)  # the loader runs first
         if not needed:
             continue
+        if LD_CACHE not in queue and LD_CACHE not in done:
+            # glibc's loader reads its cache of library paths before the
+            # first library (a data file: read ahead, nothing to parse).
+            queue.insert(1 if interp else 0, LD_CACHE)
         if dirs is None:
             dirs = lib_dirs(root_fd)
         origin = os.path.dirname(path)
