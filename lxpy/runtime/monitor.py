@@ -160,6 +160,9 @@ class Monitor:
         # Set once the cgroups are ours: a start refused because another run
         # holds them must not kill that run on its way out.
         self._owns_cgroup = False
+        # Work for the serve loop once the time comes (run()).
+        self.later: list[Callable[[], None]] = []
+        self.later_at = 0.0
 
     # -- set-up ---------------------------------------------------------
 
@@ -496,8 +499,11 @@ class Monitor:
         """Answer requests and follow init until the container ends for good."""
         while not self.done:
             timeout = None
+            if self.later:
+                timeout = max(0.0, self.later_at - time.monotonic()) * 1000
             if self.stop_deadline is not None:
-                timeout = max(0.0, self.stop_deadline - time.monotonic()) * 1000
+                left = max(0.0, self.stop_deadline - time.monotonic()) * 1000
+                timeout = left if timeout is None else min(timeout, left)
             if self.pending_signal is not None:
                 left = max(0.0, self.pending_next - time.monotonic()) * 1000
                 timeout = left if timeout is None else min(timeout, left)
@@ -517,6 +523,10 @@ class Monitor:
                 self.stop_deadline = None
                 self.pending_signal = None
                 self._force_kill()
+            if self.later and time.monotonic() >= self.later_at:
+                work, self.later = self.later, []
+                for fn in work:
+                    fn()
         self._cleanup()
 
     def _on_signal(self, fd: int) -> None:
@@ -1064,16 +1074,34 @@ def run(spec: LaunchSpec, ready_fd: int = -1) -> int:
         _ready(ready_fd, _error(LxpyError(f"{type(e).__name__}: {e}")))
         return 1
     _ready(ready_fd, {"ok": True, "monitor_pid": os.getpid(), "init_pid": mon.init_pid})
-    # After the answer, off the start's path: what this monitor has
-    # written by now is mostly what every other monitor wrote too.
+    # Off the start's path, and a little after it: init's first
+    # milliseconds (a dynamic init loading its libraries) need the CPU more.
+    # What this monitor has written by then is mostly what every other
+    # monitor wrote too.
+    mon.later = [_mark_mergeable]
+    if LEARN is not None:
+        learn = LEARN
+        if learn[1] == 0:
+            # The first set is saved at once: the next spare is forked
+            # sooner than SETTLE (zygote.SPARE_IDLE) and would find none.
+            _learn(*learn)
+        else:
+            mon.later.append(lambda: _learn(*learn))
+    mon.later_at = time.monotonic() + SETTLE
+    mon.serve()
+    return 0
+
+
+# Seconds after a start's answer before the monitor marks its memory
+# mergeable and saves the pages its start wrote.
+SETTLE = 0.1
+
+
+def _mark_mergeable() -> None:
     try:
         ksm.mark_mergeable()
     except OSError:
         pass
-    if LEARN is not None:
-        _learn(*LEARN)
-    mon.serve()
-    return 0
 
 
 def _learn(path: str, known: int, zygote: int) -> None:
