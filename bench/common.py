@@ -569,13 +569,8 @@ class Lxpy:
         zygote = self.zygote()
         if zygote is None:
             return []
-        try:
-            with open(f"/proc/{zygote}/task/{zygote}/children") as f:
-                children = [int(p) for p in f.read().split()]
-        except OSError:
-            return []
         spares = []
-        for pid in children:
+        for pid in children(zygote):
             try:
                 with open(f"/proc/{pid}/comm") as f:
                     if f.read().strip() == "lxpy-spare":

@@ -403,6 +403,6 @@ def _first_files(rootfs: Path, hostname: str, log: Path) -> None:
 
 def _move_logs(old: Path, new: Path) -> None:
     """Move a container's console log (and its rotated part) to a new name."""
-    for src, dst in ((old, new), (old.with_suffix(".log.1"), new.with_suffix(".log.1"))):
+    for src, dst in ((old, new), (Daemon.rotated_log(old), Daemon.rotated_log(new))):
         if src.exists():
             src.replace(dst)

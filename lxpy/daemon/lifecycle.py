@@ -340,7 +340,7 @@ class Lifecycle:
         logf = Path(spec.console_log)
         logf.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if logf.exists() and logf.stat().st_size > CONSOLE_LOG_MAX:
-            logf.replace(logf.with_name(logf.name + ".1"))
+            logf.replace(Daemon.rotated_log(logf))
         set_hostname_files(Path(spec.rootfs), spec.effective_hostname)
         spec.validate()
         return spec
@@ -626,10 +626,8 @@ class Lifecycle:
 
         def work() -> None:
             _remove_run_dir(self.d.container_run_dir(name))
-            for p in (
-                self.d.console_log(name),
-                self.d.console_log(name).with_suffix(".log.1"),
-            ):
+            log = self.d.console_log(name)
+            for p in (log, Daemon.rotated_log(log)):
                 p.unlink(missing_ok=True)
 
         await self.d.files(work)

@@ -165,6 +165,11 @@ class Daemon:
         """Where container `name`'s console is logged (kept across starts)."""
         return self.settings.root / "logs" / f"{name}.console.log"
 
+    @staticmethod
+    def rotated_log(log: Path) -> Path:
+        """Where console log `log` goes when a start rotates it."""
+        return log.with_name(log.name + ".1")
+
     def monitor_socket(self, name: str) -> Path:
         """Container `name`'s monitor control socket."""
         return self.container_run_dir(name) / "monitor.sock"

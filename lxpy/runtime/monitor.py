@@ -191,7 +191,6 @@ class Monitor:
                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                     0o640,
                 )
-            self._pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
             self._launch()
         except BaseException:
             self._cleanup()
@@ -820,6 +819,9 @@ class Monitor:
                 hint="stdin, stdout, stderr; or, with tty, a unix socket for the pty master",
             )
         drop = [CAPS[c.lower().removeprefix("cap_")] for c in self.spec.drop_caps]
+        if self._pidns_fd < 0:
+            # Our own pid namespace, to return to after each exec's fork.
+            self._pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         r, w = os.pipe2(os.O_CLOEXEC)
         pid = -1
         pidns = os.open(f"/proc/{self.init_pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
