@@ -72,6 +72,20 @@ def ms_since(t0: float) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
+_TICK_MS = 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def busy_ms() -> float:
+    """CPU time the whole machine has spent busy since boot, all cores
+    (user, nice, system, irq and softirq in /proc/stat; not idle, iowait or
+    steal). The difference over a window is what everything running then
+    cost, the measured tool and any other load alike."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[1:8])
+    return (user + nice + system + irq + softirq) * _TICK_MS
+
+
 def p90(xs: list[float]) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, round(0.9 * (len(s) - 1)))]
