@@ -85,7 +85,6 @@ def lxc_round(
         lxc.define(name, snapshot(base, scratch.pool / name))
     try:
         w = Window()
-        t0 = w.t0
         starts = [
             subprocess.Popen(lxc.argv("lxc-start", n, "-d"), stderr=subprocess.PIPE) for n in names
         ]
@@ -98,7 +97,7 @@ def lxc_round(
             for n in names
         ]
         wait_all(waits, "lxc-wait -s RUNNING")
-        confirmed = ms_since(t0)
+        confirmed, _cpu = w.took()
     finally:
         stops = [
             subprocess.Popen(lxc.argv("lxc-stop", n, "-k"), stderr=subprocess.DEVNULL)

@@ -497,15 +497,14 @@ class Monitor:
     def serve(self) -> None:
         """Answer requests and follow init until the container ends for good."""
         while not self.done:
-            timeout = None
-            if self.later:
-                timeout = max(0.0, self.later_at - time.monotonic()) * 1000
+            # Wake for the nearest of: the later work, the stop's deadline,
+            # the next repeat of the halt signal.
+            due = [self.later_at] if self.later else []
             if self.stop_deadline is not None:
-                left = max(0.0, self.stop_deadline - time.monotonic()) * 1000
-                timeout = left if timeout is None else min(timeout, left)
+                due.append(self.stop_deadline)
             if self.pending_signal is not None:
-                left = max(0.0, self.pending_next - time.monotonic()) * 1000
-                timeout = left if timeout is None else min(timeout, left)
+                due.append(self.pending_next)
+            timeout = max(0.0, min(due) - time.monotonic()) * 1000 if due else None
             for fd, _ev in self.poll.poll(timeout):
                 handler = self.handlers.get(fd)
                 if handler is not None:
