@@ -127,10 +127,16 @@ class Daemon:
 
 
 def start_daemon(
-    root: Path, socket: Path, log: Path, *extra: str, settings: str | None = None
+    root: Path,
+    socket: Path,
+    log: Path,
+    *extra: str,
+    settings: str | None = None,
+    prefix: tuple[str, ...] = (),
 ) -> Daemon:
-    """Start lxpyd and wait until its socket answers."""
-    args = [str(VENV_BIN / "lxpyd"), "--root", str(root), "--socket", str(socket), *extra]
+    """Start lxpyd (behind the command `prefix`, which must exec it) and
+    wait until its socket answers."""
+    args = [*prefix, str(VENV_BIN / "lxpyd"), "--root", str(root), "--socket", str(socket), *extra]
     if settings is not None:
         if "lxcfs" not in settings:
             # No lxcfs unless a test asks: lxpyd would start the system's
@@ -272,14 +278,20 @@ def test_cache() -> Path:
 
 @contextlib.contextmanager
 def daemon_in(
-    tmp_path: Path, settings: str, after_stop: Callable[[], object] | None = None
+    tmp_path: Path,
+    settings: str,
+    after_stop: Callable[[], object] | None = None,
+    prefix: tuple[str, ...] = (),
 ) -> Iterator[Daemon]:
     """A real lxpyd on tmp_path/root (its loop-file btrfs pool is made by
-    lxpyd itself on first start) with `settings`; at the end it, its
-    containers, `after_stop` and every mount under tmp_path go."""
+    lxpyd itself on first start) with `settings`, started behind `prefix`
+    (see start_daemon); at the end it, its containers, `after_stop` and
+    every mount under tmp_path go."""
     root = tmp_path / "root"
     root.mkdir()
-    d = start_daemon(root, tmp_path / "lxpy.sock", tmp_path / "lxpyd.log", settings=settings)
+    d = start_daemon(
+        root, tmp_path / "lxpy.sock", tmp_path / "lxpyd.log", settings=settings, prefix=prefix
+    )
     try:
         yield d
     finally:

@@ -472,20 +472,29 @@ def become_root() -> None:
 # -- idmapped mounts -------------------------------------------------------
 
 
-def clone_tree(source: str, recursive: bool = True) -> int:
-    """A detached copy of the mount tree at `source` (open_tree(2) with
-    OPEN_TREE_CLONE), as an O_CLOEXEC descriptor; attach_tree() mounts it.
+def clone_tree(source: str, recursive: bool = True, userns_fd: int = -1) -> int:
+    """A detached, private copy of the mount tree at `source` (open_tree(2)
+    with OPEN_TREE_CLONE), as an O_CLOEXEC descriptor; attach_tree() mounts
+    it. With `userns_fd`, the copy is idmapped through that user namespace
+    too (see idmapped_tree).
 
     Why detached: made by host root before the launch path enters the
     container's user namespace, it can be attached inside the namespace's
     own mount namespace, where a mount copied from the host's would be
     locked and refused by pivot_root.
 
+    Why private: a copy keeps the propagation of what it copies, and on a
+    host whose `/` is shared (systemd makes it so) that is a peer of the
+    host's pool mount. pivot_root refuses a shared new root, and every
+    mount made below the copy (the container's /proc, /dev, ...) would
+    appear in the host's mount table too.
+
     Raises:
-        OSError: with the kernel's errno (ENOSYS before Linux 5.2).
+        OSError: with the kernel's errno (ENOSYS before Linux 5.2; with
+            `userns_fd`, as for idmapped_tree).
     """
     flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
-    return _check(
+    fd = _check(
         _libc.syscall(
             ctypes.c_long(_NR_OPEN_TREE),
             ctypes.c_int(AT_FDCWD),
@@ -494,10 +503,23 @@ def clone_tree(source: str, recursive: bool = True) -> int:
         ),
         f"open_tree({source!r})",
     )
+    if userns_fd >= 0:
+        attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, sc.MS_PRIVATE, userns_fd)
+        what = f"mount_setattr({source!r}, MOUNT_ATTR_IDMAP)"
+    else:
+        attr = _MountAttr(0, 0, sc.MS_PRIVATE, 0)
+        what = f"mount_setattr({source!r}, MS_PRIVATE)"
+    try:
+        _setattr(fd, attr, recursive, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def idmapped_tree(source: str, userns_fd: int, recursive: bool = True) -> int:
-    """A detached copy of the mount tree at `source`, idmapped through `userns_fd`.
+    """A detached, private copy of the mount tree at `source`, idmapped
+    through `userns_fd`.
 
     On the copy, an inode owned by k on disk is seen as the host ID that
     the namespace maps k to (container root's files: base + 0), and a file
@@ -510,13 +532,7 @@ def idmapped_tree(source: str, userns_fd: int, recursive: bool = True) -> int:
         OSError: EINVAL when the filesystem cannot be idmapped, ENOSYS on
             kernels before 5.12, EPERM without CAP_SYS_ADMIN.
     """
-    fd = clone_tree(source, recursive)
-    try:
-        set_idmap(fd, userns_fd, recursive, source)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return clone_tree(source, recursive, userns_fd)
 
 
 def set_idmap(tree_fd: int, userns_fd: int, recursive: bool = True, what: str = "") -> None:
@@ -527,6 +543,10 @@ def set_idmap(tree_fd: int, userns_fd: int, recursive: bool = True, what: str = 
         OSError: as for idmapped_tree.
     """
     attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    _setattr(tree_fd, attr, recursive, f"mount_setattr({what or tree_fd!r}, MOUNT_ATTR_IDMAP)")
+
+
+def _setattr(tree_fd: int, attr: _MountAttr, recursive: bool, what: str) -> None:
     _check(
         _libc.syscall(
             ctypes.c_long(_NR_MOUNT_SETATTR),
@@ -536,7 +556,7 @@ def set_idmap(tree_fd: int, userns_fd: int, recursive: bool = True, what: str = 
             ctypes.byref(attr),
             ctypes.c_size_t(ctypes.sizeof(attr)),
         ),
-        f"mount_setattr({what or tree_fd!r}, MOUNT_ATTR_IDMAP)",
+        what,
     )
 
 
