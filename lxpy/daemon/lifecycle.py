@@ -325,7 +325,8 @@ class Lifecycle:
             console_log=str(self.d.console_log(name)),
             state_file=str(self.state_file(name)),
             uuid=str(ident),
-            cgroup_parent=self.d.settings.cgroup_parent,
+            cgroup_parent=self.d.cgroup_parent(name),
+            scope=self.d.scope(name),
             **kw,  # type: ignore[arg-type]
         )
 

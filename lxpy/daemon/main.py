@@ -252,11 +252,31 @@ def main(argv: list[str] | None = None) -> int:
             _remove_socket(settings.socket, bound[0])
         # Still holding running containers (they outlive lxpyd), it stays.
         remove_parent(settings.cgroup_parent)
-        # The zygote ends with us (and removes the run dir once it is empty).
-        (RUN_BASE / root_id(str(settings.root)) / "zygote.pid").unlink(missing_ok=True)
+        # The zygote would end with us (and remove the run dir once it is
+        # empty), but only a moment after: under systemd, a process still
+        # in lxpy.service when lxpyd has exited is a "left-over" one. So it
+        # is ended now, its spare monitor with it.
+        _end_zygote(RUN_BASE / root_id(str(settings.root)) / "zygote.pid")
         os.close(lock_fd)
     log.info("lxpyd stopped")
     return 0
+
+
+def _end_zygote(pid_file: Path) -> None:
+    try:
+        pid = int(pid_file.read_text())
+        with open(f"/proc/{pid}/comm") as f:
+            ours = f.read().strip() == "lxpy-zygote"
+    except (OSError, ValueError):
+        ours = False
+    if ours:
+        try:
+            # It is our child: killing it by pid cannot hit a reused pid.
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    pid_file.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

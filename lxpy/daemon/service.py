@@ -23,9 +23,11 @@ from lxpy.daemon.merging import Ksmd
 from lxpy.daemon.networks import RUN_BASE, Networks
 from lxpy.daemon.operations import Operations
 from lxpy.daemon.registry import Registry
-from lxpy.errors import AlreadyExists, InvalidArgument, NotFound
+from lxpy.errors import AlreadyExists, InvalidArgument, NotFound, Unsupported
+from lxpy.kernel import systemd
 from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy, favor_dynmods
 from lxpy.model.config import Container
+from lxpy.model.network import root_id
 from lxpy.model.settings import Settings
 from lxpy.model.state import State
 from lxpy.storage.base import Backend
@@ -51,6 +53,25 @@ class RunInfo:
     # ISO 8601, UTC: when init (last) started.
     started_at: str
     socket: Path
+
+
+def _use_scopes(setting: str) -> bool:
+    """Whether containers get systemd scopes, by the `systemd_scopes` setting.
+
+    Raises:
+        Unsupported: "on" on a host where systemd does not run.
+    """
+    if setting == "off":
+        return False
+    if systemd.available():
+        return True
+    if setting == "on":
+        raise Unsupported(
+            "systemd_scopes is on, but systemd does not run here "
+            f"({systemd.PRIVATE_SOCKET} is missing)",
+            hint='set systemd_scopes = "auto" or "off" in lxpyd.toml',
+        )
+    return False
 
 
 class Daemon:
@@ -92,6 +113,9 @@ class Daemon:
         self.reserved: set[str] = set()
         # Runs ksmd after starts (setting `ksm`); None when off.
         self.ksmd: Ksmd | None = None
+        # Containers run in systemd scope units of their own (setting
+        # `systemd_scopes`); decided by open().
+        self.scopes = False
 
     @classmethod
     async def open(cls, settings: Settings, nursery: trio.Nursery) -> Daemon:
@@ -107,6 +131,9 @@ class Daemon:
             log.info("cgroup2 at %s favours dynamic moves (favordynmods)", where or "-")
         backend = await trio.to_thread.run_sync(open_pool, settings)
         d = cls(settings, backend, registry, nursery)
+        d.scopes = _use_scopes(settings.systemd_scopes)
+        if d.scopes:
+            log.info("containers run in systemd scopes under %s", systemd.SLICE)
         if settings.ksm:
             d.ksmd = Ksmd(RUN_BASE / "ksmd.started")
             nursery.start_soon(d.ksmd.run)
@@ -159,7 +186,18 @@ class Daemon:
     def cgroup(self, name: str, hs: list[Hierarchy] | None = None) -> ContainerCgroup:
         """Where container `name`'s cgroups are (nothing is made); `hs`:
         the hierarchies, when the caller has them already."""
-        return ContainerCgroup.for_name(name, hs, parent=self.settings.cgroup_parent)
+        return ContainerCgroup.for_name(name, hs, parent=self.cgroup_parent(name))
+
+    def scope(self, name: str) -> str:
+        """Container `name`'s systemd scope unit while it runs, or "" without scopes."""
+        if not self.scopes:
+            return ""
+        return systemd.scope_unit(root_id(str(self.settings.root)), name)
+
+    def cgroup_parent(self, name: str) -> str:
+        """The cgroup (on every hierarchy) that holds container `name`'s."""
+        scope = self.scope(name)
+        return systemd.scope_cgroup(scope) if scope else self.settings.cgroup_parent
 
     def console_log(self, name: str) -> Path:
         """Where container `name`'s console is logged (kept across starts)."""

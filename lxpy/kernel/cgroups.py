@@ -27,6 +27,9 @@ from lxpy.errors import Busy, LxpyError, NotFound, Unsupported
 from lxpy.kernel import syscalls as sc
 
 PREFIX = "lxpy.payload."
+# In a container's systemd scope (lxpy.kernel.systemd), the leaf cgroup its
+# monitor moves into, beside the container's.
+MONITOR_LEAF = "lxpy.monitor"
 
 # Super options of a v1 cgroup mount that are not controller names.
 _V1_NON_CONTROLLERS = {"rw", "ro", "noprefix", "clone_children", "xattr", "cpuset_v2_mode"}

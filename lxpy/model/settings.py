@@ -60,6 +60,12 @@ class Settings:
     # process into a cgroup then costs ~0.3 ms instead of an RCU grace
     # period (~10 ms) on every container start and exec. Host-wide.
     cgroup_favordynmods: bool = True
+    # On a systemd host, each running container gets a transient scope unit
+    # of its own (lxpy-ROOTID-NAME.scope in machine.slice, delegated) and
+    # its cgroups live there, so lxpy.service stopping leaves nothing of it
+    # behind: auto uses scopes when systemd runs, on fails a start without
+    # them, off keeps containers under `lxpy.ROOTID` at the cgroup root.
+    systemd_scopes: str = "auto"
     # Start the kernel's same-page merging daemon (ksmd) when it is off, so
     # the pages monitors mark mergeable are shared (see lxpy.kernel.ksm).
     ksm: bool = True
@@ -104,7 +110,7 @@ def settings_from_mapping(data: Mapping[str, object], source: str = "settings") 
                 if not isinstance(value, bool):
                     raise InvalidArgument(f"{key}: expected true or false, got {value!r}")
                 values[key] = value
-            elif key == "lxcfs":
+            elif key in ("lxcfs", "systemd_scopes"):
                 values[key] = _choice(key, value, FEATURE_CHOICES)
             elif key == "log_level":
                 values[key] = _choice(key, value, LOG_LEVELS)

@@ -36,9 +36,15 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from lxpy.errors import Busy, InvalidArgument, LxpyError
-from lxpy.kernel import devices, idmap, ksm, pages, seccomp
+from lxpy.kernel import devices, idmap, ksm, pages, seccomp, systemd
 from lxpy.kernel import syscalls as sc
-from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy, hierarchies, hierarchy_ids
+from lxpy.kernel.cgroups import (
+    MONITOR_LEAF,
+    ContainerCgroup,
+    Hierarchy,
+    hierarchies,
+    hierarchy_ids,
+)
 from lxpy.kernel.idmap import IdMap, delegate_cgroups
 from lxpy.kernel.limits import apply_limits
 from lxpy.model.limits import Limits
@@ -175,6 +181,8 @@ class Monitor:
         try:
             self._signals()
             self._listen()
+            if self.spec.scope:
+                self._enter_scope()
             fresh = self.cg.create(devices.init_parent)
             self._owns_cgroup = True
             self._apply_limits(fresh)
@@ -195,6 +203,18 @@ class Monitor:
         except BaseException:
             self._cleanup()
             raise
+
+    def _enter_scope(self) -> None:
+        # Out of lxpyd's unit into the container's own scope, so that
+        # lxpy.service stopping or restarting leaves nothing of it behind.
+        systemd.start_scope(self.spec.scope, os.getpid(), f"lxpy container {self.spec.name}")
+        # A cgroup2 cgroup holding processes cannot pass controllers on to
+        # its children: the monitor takes a leaf of its own beside the
+        # container's, and the scope's cgroup stays empty.
+        if self.cg.unified:
+            leaf = os.path.join(os.path.dirname(self.cg.unified), MONITOR_LEAF)
+            os.makedirs(leaf, exist_ok=True)
+            sc.write_file(os.path.join(leaf, "cgroup.procs"), "0")
 
     def _apply_limits(self, fresh: bool) -> None:
         # Before init exists, so nothing in the container ever runs without

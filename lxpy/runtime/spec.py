@@ -83,6 +83,9 @@ class LaunchSpec:
     stop_timeout: float = 30.0
     # Nest the container's cgroup under this path of every hierarchy.
     cgroup_parent: str = ""
+    # On a systemd host: the transient scope unit (lxpy.kernel.systemd) the
+    # monitor moves into first; cgroup_parent is then that scope's cgroup.
+    scope: str = ""
     console_log: str = ""
     console_buffer: int = 256 * 1024
     # The monitor rewrites this JSON file on every state change, so its
