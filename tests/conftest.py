@@ -276,6 +276,28 @@ def test_cache() -> Path:
     return d
 
 
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lxpy_<version>_<arch>.deb, built from this checkout once per run
+    (lintian errors fail it)."""
+    from lxpy import __version__
+
+    out = tmp_path_factory.mktemp("dist")
+    res = subprocess.run(
+        [str(REPO / "scripts" / "build-deb"), "--install-deps", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert res.returncode == 0, f"build-deb failed:\n{res.stderr[-5000:]}"
+    arch = subprocess.run(
+        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    built = out / f"lxpy_{__version__}_{arch}.deb"
+    assert built.is_file(), f"expected {built.name}, got {sorted(p.name for p in out.iterdir())}"
+    return built
+
+
 @contextlib.contextmanager
 def daemon_in(
     tmp_path: Path,

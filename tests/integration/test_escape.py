@@ -342,8 +342,10 @@ def test_security_keys_are_checked_and_shown(daemon: Daemon) -> None:
         timeout=30,
     )
     assert out.returncode != 0 and "not permitted" in out.stderr, out
+    # Permitted in the other one (d.cli checks the exit status). Not read
+    # back: busybox's boot script may set the hostname from /etc/hostname
+    # again at any moment around here.
     d.cli("exec", "bb2", "--", "hostname", "other")
-    assert d.cli("exec", "bb2", "--", "hostname").stdout.strip() == "other"
     text = d.cli("info", "bb").stdout
     assert "security:" in text and "unprivileged" in text
 

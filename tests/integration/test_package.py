@@ -83,25 +83,6 @@ def _sh(*argv: str, timeout: float = 600) -> None:
 # -- the package ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """lxpy_<version>_<arch>.deb, built from this checkout (lintian errors fail it)."""
-    out = tmp_path_factory.mktemp("dist")
-    res = subprocess.run(
-        [str(REPO / "scripts" / "build-deb"), "--install-deps", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert res.returncode == 0, f"build-deb failed:\n{res.stderr[-5000:]}"
-    arch = subprocess.run(
-        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    built = out / f"lxpy_{__version__}_{arch}.deb"
-    assert built.is_file(), f"expected {built.name}, got {sorted(p.name for p in out.iterdir())}"
-    return built
-
-
 def clean_root_tarball(cache: Path) -> Path:
     """A minimal Debian 12 root as a tarball, bootstrapped once a month."""
     key = datetime.date.today().strftime("%Y-%m")
