@@ -38,15 +38,8 @@ SHUTDOWN_UNIT = "lxpy-containers.service"
 _UINT64_MAX = (1 << 64) - 1
 _METHOD_CALL, _METHOD_RETURN, _ERROR = 1, 2, 3
 # Header field codes (the D-Bus specification's "Message Format").
-_PATH, _INTERFACE, _MEMBER, _ERROR_NAME, _REPLY_SERIAL, _DESTINATION, _SIGNATURE = (
-    1,
-    2,
-    3,
-    4,
-    5,
-    6,
-    8,
-)
+_PATH, _INTERFACE, _MEMBER, _ERROR_NAME, _REPLY_SERIAL, _DESTINATION = 1, 2, 3, 4, 5, 6
+_SIGNATURE = 8
 _ALIGN = {"y": 1, "b": 4, "u": 4, "t": 8, "s": 4, "o": 4, "g": 1, "a": 4, "(": 8, "v": 1}
 
 
