@@ -40,34 +40,14 @@ SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 BUILD_VERSION = 1
 DISK_SIZE = "6G"
 HOSTNAME = "lxpy-vm"
-PACKAGES = (
-    "linux-image-amd64",
-    "initramfs-tools",
-    "zstd",
-    "systemd-sysv",
-    "udev",
-    "dbus",
-    "libpam-systemd",
-    "kmod",
-    "openssh-server",
-    "netbase",
-    "btrfs-progs",
-    "iproute2",
-    "nftables",
-    "dnsmasq-base",
-    "busybox-static",
-    "debootstrap",
-    "mmdebstrap",
-    "python3",
-    "python3.11",
-    "libbtrfsutil1",
-    "adduser",
-    "mount",
-    "procps",
-    "e2fsprogs",
-    "apparmor",
-    "ca-certificates",
-    "xz-utils",
+# What the image holds, with their dependencies (mmdebstrap adds no recommends).
+PACKAGES = tuple(
+    """
+    linux-image-amd64 initramfs-tools zstd systemd-sysv udev dbus libpam-systemd kmod
+    openssh-server netbase btrfs-progs iproute2 nftables dnsmasq-base busybox-static
+    debootstrap mmdebstrap python3 python3.11 libbtrfsutil1 adduser mount procps e2fsprogs
+    apparmor ca-certificates xz-utils
+    """.split()
 )
 SOURCES = (
     f"deb {MIRROR} {SUITE} main",
