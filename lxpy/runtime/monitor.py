@@ -212,9 +212,17 @@ class Monitor:
         # its children: the monitor takes a leaf of its own beside the
         # container's, and the scope's cgroup stays empty.
         if self.cg.unified:
-            leaf = os.path.join(os.path.dirname(self.cg.unified), MONITOR_LEAF)
+            scope = os.path.dirname(self.cg.unified)
+            leaf = os.path.join(scope, MONITOR_LEAF)
             os.makedirs(leaf, exist_ok=True)
             sc.write_file(os.path.join(leaf, "cgroup.procs"), "0")
+            # Accounting from the start, limits or not: what `lxpy info`
+            # and `top` show reads these controllers' files.
+            with open(os.path.join(scope, "cgroup.controllers")) as f:
+                have = f.read().split()
+            wanted = " ".join(f"+{c}" for c in ("cpu", "io", "memory", "pids") if c in have)
+            if wanted:
+                sc.write_file(os.path.join(scope, "cgroup.subtree_control"), wanted)
 
     def _apply_limits(self, fresh: bool) -> None:
         # Before init exists, so nothing in the container ever runs without
