@@ -1,0 +1,271 @@
+"""lxpy installed from its .deb on a stock Debian 12 host, used as an admin would.
+
+The guest (tests/vm/guest.py) boots Debian 12 with systemd as PID 1 and
+pure cgroup v2: what this machine is not. The package is installed with
+apt, lxpy.service runs lxpyd on the default root and network, and the
+tests below run in file order on that one guest, each building on what
+the one before left: containers in their systemd scopes, live cgroup v2
+limits, systemd inside a Debian container, lxpyd restarted and killed,
+a reboot that stops containers in order and starts them again.
+
+The guest reaches nothing outside: the Debian template comes into it as
+the tarball of the suite's build cache.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from lxpy.build.builder import build_rootfs
+from lxpy.build.cache import cache_file
+from lxpy.model.network import root_id
+from lxpy.model.settings import DEFAULT_MIRROR
+from lxpy.model.template import find_template
+from tests.conftest import REPO
+from tests.vm.guest import Guest
+
+pytestmark = [pytest.mark.integration, pytest.mark.vm]
+
+TIME_BOUND = 900
+ROOT_ID = root_id("/var/lib/lxpy")
+GUEST_CACHE = "/var/cache/lxpy-build"
+SETTINGS = f'build_cache = "{GUEST_CACHE}"\npool_size = "5GiB"\n'
+
+
+class _Silent:
+    def log(self, line: str) -> None:
+        pass
+
+    def progress(self, fraction: float, what: str) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def debian_tarball(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built debian-bookworm rootfs as the build cache keeps it; built
+    on this host first when the cache lacks it."""
+    defn = find_template([REPO / "templates"], "debian-bookworm")
+    tar = cache_file(test_cache, defn)
+    if not tar.is_file():
+        target = tmp_path_factory.mktemp("debian") / "rootfs"
+        target.mkdir()
+        try:
+            trio.run(
+                lambda: build_rootfs(
+                    defn, target, mirror=DEFAULT_MIRROR, cache_dir=test_cache, report=_Silent()
+                )
+            )
+        finally:
+            shutil.rmtree(target, ignore_errors=True)
+    assert tar.is_file()
+    return tar
+
+
+@pytest.fixture(scope="module")
+def host(guest: Guest, deb: Path, debian_tarball: Path) -> Iterator[Guest]:
+    """The guest with the package installed and lxpy.service running."""
+    guest.run("mkdir -p /var/log/journal && systemctl restart systemd-journald")
+    # The guest's systemd-networkd matches every Ethernet link, and veths
+    # are Ethernet links: it would take each container's host end off the
+    # bridge. As on any such host, the admin narrows it to the real NICs.
+    guest.run(
+        "sed -i 's/^Type=ether$/Name=en*/' /etc/systemd/network/20-wired.network"
+        " && networkctl reload"
+    )
+    guest.run(f"mkdir -p {GUEST_CACHE} /etc/lxpy")
+    guest.put(debian_tarball, f"{GUEST_CACHE}/{debian_tarball.name}")
+    guest.put(deb, f"/root/{deb.name}")
+    # The settings go in first: the service starts on install.
+    guest.run(f"printf '{SETTINGS}' > /etc/lxpy/lxpyd.toml")
+    guest.run(
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+        f"-o Dpkg::Options::=--force-confold /root/{deb.name}",
+        timeout=600,
+    )
+    yield guest
+
+
+def lxpy(g: Guest, args: str, timeout: float = 300) -> str:
+    return g.run(f"lxpy {args}", timeout=timeout).stdout
+
+
+def info(g: Guest, name: str) -> dict[str, Any]:
+    return json.loads(lxpy(g, f"info {name} --format json"))  # type: ignore[no-any-return]
+
+
+def wait(g: Guest, cond: str, timeout: float, what: str) -> None:
+    """Until the shell condition `cond` holds in the guest."""
+    # A deadline, not a count: each try of `cond` takes its own time here.
+    loop = f"end=$(($(date +%s) + {int(timeout)})); while [ $(date +%s) -lt $end ]; do "
+    res = g.run(
+        loop + f"if {cond}; then exit 0; fi; sleep 0.2; done; exit 1",
+        check=False,
+        timeout=timeout + 30,
+    )
+    assert res.returncode == 0, f"timed out after {timeout}s waiting for {what}"
+
+
+def wait_running(g: Guest, names: tuple[str, ...], timeout: float = 120) -> dict[str, int]:
+    """Until lxpy answers and lists every one of `names` RUNNING; their init pids."""
+    wait(g, "lxpy list >/dev/null 2>&1", timeout, "lxpyd to answer")
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = {c["name"]: c for c in json.loads(lxpy(g, "list --format json"))}
+        if all(listed.get(n, {}).get("state") == "RUNNING" for n in names):
+            return {n: info(g, n)["init_pid"] for n in names}
+        assert time.monotonic() < deadline, f"not all RUNNING: {listed}"
+        time.sleep(1)
+
+
+def cgroup_of(g: Guest, pid: int) -> str:
+    return g.run(f"cat /proc/{pid}/cgroup").stdout.strip()
+
+
+def parent_of(g: Guest, pid: int) -> int:
+    """The parent of `pid`: for a container's init, its monitor."""
+    return int(g.run(f"ps -o ppid= -p {pid}").stdout)
+
+
+def scope(name: str) -> str:
+    return f"lxpy-{ROOT_ID}-{name}.scope"
+
+
+def payload(name: str) -> str:
+    return f"/sys/fs/cgroup/machine.slice/{scope(name)}/lxpy.payload.{name}"
+
+
+def journal_since(g: Guest, cursor: str, unit: str = "lxpy") -> str:
+    return g.run(f"journalctl -q --no-pager -u {unit} --after-cursor='{cursor}'").stdout
+
+
+def cursor(g: Guest) -> str:
+    out = g.run("journalctl -q -n 0 --show-cursor --no-pager").stdout
+    return out.strip().removeprefix("-- cursor: ")
+
+
+def test_the_service_runs_on_a_stock_host(host: Guest) -> None:
+    g = host
+    assert g.run("ps -p 1 -o comm=").stdout.strip() == "systemd"
+    assert g.run("stat -fc %T /sys/fs/cgroup").stdout.strip() == "cgroup2fs"
+    assert g.run("systemctl is-active lxpy").stdout.strip() == "active"
+    assert g.run("systemctl is-enabled lxpy-containers").stdout.strip() == "enabled"
+    lxpy(g, "list")
+    assert g.run("findmnt -no FSTYPE /var/lib/lxpy/pool").stdout.strip() == "btrfs"
+
+
+def test_containers_start_in_scopes_of_their_own(host: Guest) -> None:
+    g = host
+    lxpy(g, "template build busybox")
+    # Unprivileged (the default) and privileged, both on lxpybr0.
+    lxpy(g, "create b1 -t busybox")
+    lxpy(g, "create b2 -t busybox --set security.privileged=true")
+    lxpy(g, "start b1 b2")
+    pids = wait_running(g, ("b1", "b2"))
+    monitors = {n: parent_of(g, pid) for n, pid in pids.items()}
+    for name in ("b1", "b2"):
+        wait(g, f"lxpy list | grep -q '^{name} .*10\\.'", 60, f"an address for {name}")
+        assert cgroup_of(g, pids[name]).startswith(
+            f"0::/machine.slice/{scope(name)}/lxpy.payload.{name}"
+        )
+        assert cgroup_of(g, monitors[name]) == f"0::/machine.slice/{scope(name)}/lxpy.monitor"
+        assert g.run(f"systemctl is-active {scope(name)}").stdout.strip() == "active"
+    # Nothing of a container is in lxpyd's unit, and none of its mounts
+    # reached the host's shared mount table.
+    procs = g.run("cat /sys/fs/cgroup/system.slice/lxpy.service/cgroup.procs").stdout.split()
+    assert str(pids["b1"]) not in procs and str(monitors["b1"]) not in procs
+    assert "/var/lib/lxpy/pool/containers/" not in g.run("cat /proc/self/mountinfo").stdout
+    assert "lxpy-" in g.run("systemd-cgls --no-pager /machine.slice").stdout
+
+
+def test_cgroup_v2_limits_are_set_live(host: Guest) -> None:
+    g = host
+    for key, value in (
+        ("limits.memory", "256MiB"),
+        ("limits.memory.swap", "false"),
+        ("limits.cpu", "0.5"),
+        ("limits.cpu.weight", "50"),
+        ("limits.processes", "300"),
+    ):
+        lxpy(g, f"config set b1 {key} {value}")
+    files = {
+        f: g.run(f"cat {payload('b1')}/{f}").stdout.strip()
+        for f in ("memory.max", "memory.swap.max", "cpu.max", "cpu.weight", "pids.max")
+    }
+    assert files == {
+        "memory.max": str(256 << 20),
+        "memory.swap.max": "0",
+        "cpu.max": "50000 100000",
+        "cpu.weight": "50",
+        "pids.max": "300",
+    }
+    stats = info(g, "b1")["stats"]
+    assert stats["memory_limit_bytes"] == 256 << 20
+    top = lxpy(g, "top --once")
+    assert "256.0MiB" in next(line for line in top.splitlines() if line.startswith("b1 ")), top
+    # Accounted from the start, with no limit set too.
+    assert info(g, "b2")["stats"]["memory_bytes"] > 0
+
+
+def test_systemd_runs_its_units_inside_a_debian_container(host: Guest) -> None:
+    g = host
+    lxpy(g, "template build debian-bookworm", timeout=600)
+    lxpy(g, "create d1 -t debian-bookworm")
+    lxpy(g, "start d1")
+    wait_running(g, ("d1",))
+    res = g.run("lxpy exec d1 -- systemctl is-system-running --wait", check=False, timeout=300)
+    assert res.stdout.strip() == "running", (
+        res.stdout + g.run("lxpy exec d1 -- systemctl --failed --no-pager", check=False).stdout
+    )
+    inside = g.run("lxpy exec d1 -- systemd-cgls --no-pager").stdout
+    assert "init.scope" in inside and "system.slice" in inside, inside
+    # Its units' cgroups are below the container's, in its scope.
+    assert g.run(f"test -d {payload('d1')}/system.slice", check=False).returncode == 0
+
+
+def test_restart_and_kill_of_lxpyd_keep_containers(host: Guest) -> None:
+    g = host
+    before = wait_running(g, ("b1", "b2", "d1"))
+    mark = cursor(g)
+    g.run("systemctl restart lxpy")
+    assert wait_running(g, ("b1", "b2", "d1")) == before
+    journal = journal_since(g, mark)
+    assert not re.search(r"left-over process|remains running", journal), journal
+    main = g.run("systemctl show -p MainPID --value lxpy").stdout.strip()
+    g.run(f"kill -9 {main}")
+    # Restart=on-failure brings it back; it adopts every container.
+    wait(g, f'[ "$(systemctl show -p MainPID --value lxpy)" != {main} ]', 60, "a new lxpyd")
+    assert wait_running(g, ("b1", "b2", "d1")) == before
+    # A SIGKILL leaves the killed lxpyd's dnsmasq behind (the new lxpyd
+    # replaces it); a stop of the service leaves nothing.
+    mark = cursor(g)
+    g.run("systemctl stop lxpy")
+    for pid in before.values():
+        assert g.run(f"kill -0 {pid}", check=False).returncode == 0
+    journal = journal_since(g, mark)
+    assert not re.search(r"left-over process|remains running", journal), journal
+    g.run("systemctl start lxpy")
+    assert wait_running(g, ("b1", "b2", "d1")) == before
+
+
+def test_a_reboot_stops_and_starts_containers_in_order(host: Guest) -> None:
+    g = host
+    for name, prio in (("b1", 10), ("b2", 20), ("d1", 30)):
+        lxpy(g, f"config set {name} boot.autostart true")
+        lxpy(g, f"config set {name} boot.priority {prio}")
+        lxpy(g, f"config set {name} boot.stop_priority {prio}")
+    g.reboot()
+    after = wait_running(g, ("b1", "b2", "d1"), timeout=300)
+    assert len(set(after.values())) == 3
+    # The previous boot: lxpyd stopped them, highest stop_priority first.
+    last = g.run("journalctl -q --no-pager -b -1 -u lxpy -g 'stopping \\(stop_priority'").stdout
+    order = [int(m) for m in re.findall(r"stop_priority (\d+)", last)]
+    assert order == [30, 20, 10], last
