@@ -16,6 +16,7 @@ veth, namespace, nftables table or dnsmasq of the test is still there.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -225,8 +226,10 @@ class Lab:
         return left
 
 
-@pytest.fixture
-def lab(daemon: Daemon, tmp_path: Path) -> Iterator[Lab]:
+@contextlib.contextmanager
+def lab_on(daemon: Daemon, tmp_path: Path) -> Iterator[Lab]:
+    """A Lab on `daemon`; at the end its containers and network go, and
+    anything of them still left fails the test."""
     lab = Lab(daemon, tmp_path)
     left: list[str] = []
     try:
@@ -239,6 +242,12 @@ def lab(daemon: Daemon, tmp_path: Path) -> Iterator[Lab]:
             # test starts clean; the leftovers still fail this one.
             scrub(lab.d.root, tuple(lab.containers))
     assert left == [], f"left behind after the test: {left}"
+
+
+@pytest.fixture
+def lab(daemon: Daemon, tmp_path: Path) -> Iterator[Lab]:
+    with lab_on(daemon, tmp_path) as lab:
+        yield lab
 
 
 def _templates(lab: Lab, *names: str) -> None:

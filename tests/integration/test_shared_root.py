@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Daemon, daemon_in, info
-from tests.integration.test_network import scrub
-from tests.integration.test_network_e2e import Lab
+from tests.integration.test_network_e2e import Lab, lab_on
 
 pytestmark = pytest.mark.integration
 
@@ -32,16 +31,8 @@ TIME_BOUND = 240
 def shared_lab(tmp_path: Path, test_cache: Path) -> Iterator[Lab]:
     settings = f'pool_size = "3GiB"\nbuild_cache = "{test_cache}"\ndefault_network = ""\n'
     prefix = (UNSHARE, "--mount", "--propagation", "shared")
-    with daemon_in(tmp_path, settings, prefix=prefix) as d:
-        lab = Lab(d, tmp_path)
-        try:
-            yield lab
-        finally:
-            try:
-                left = lab.close()
-            finally:
-                scrub(lab.d.root, tuple(lab.containers))
-            assert left == [], f"left behind after the test: {left}"
+    with daemon_in(tmp_path, settings, prefix=prefix) as d, lab_on(d, tmp_path) as lab:
+        yield lab
 
 
 def _mountinfo(d: Daemon) -> list[list[str]]:
