@@ -1,24 +1,32 @@
-"""Which device nodes a container may open: the cgroup v1 devices controller.
+"""Which device nodes a container may open: the v1 devices controller or,
+on cgroup v2, an eBPF device program.
 
 A container's /dev holds only harmless nodes, but a privileged root could
-make a node of a host disk with mknod(2) and open it. Where the host has the
-v1 `devices` controller, the container's cgroup gets an allow-list close to
-LXC's: every character node may be made (systemd's PrivateDevices= makes its
-own /dev), and only these may be opened. No block node may be made: the
-kernel mounts a block device that is mounted already without opening it, so
-a node of the host's disk would be enough to mount it. Unprivileged
+make a node of a host disk with mknod(2) and open it. The container's
+cgroup gets an allow-list close to LXC's: every character node may be made
+(systemd's PrivateDevices= makes its own /dev), and only these may be
+opened. No block node may be made: the kernel mounts a block device that is
+mounted already without opening it, so a node of the host's disk would be
+enough to mount it. Unprivileged
 containers get the same list, as a second wall behind the user namespace
 (which refuses such nodes anyway).
 
-The daemon's parent cgroup holds the same list: the kernel checks every
+Where the host has the v1 `devices` controller, the list is written to it,
+and the daemon's parent cgroup holds the same list: the kernel checks every
 change to a child's list against its parent's, so root in a privileged
-container cannot widen its own list.
+container cannot widen its own list. On cgroup v2 (no `devices`
+controller) the same rules become a BPF_PROG_TYPE_CGROUP_DEVICE program
+(lxpy.kernel.bpfdev) attached to the container's cgroup2 directory with
+BPF_F_ALLOW_MULTI: programs attached below it can only refuse more, and the
+container's seccomp filter refuses bpf(2), so it cannot detach it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 
+from lxpy.kernel import bpfdev
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy
 
@@ -45,19 +53,35 @@ def devices_dir(cg: ContainerCgroup) -> str | None:
 
 
 def restrict(cg: ContainerCgroup) -> bool:
-    """Deny every device to `cg` but ALLOWED (its directories must exist).
+    """Deny every device to `cg` but ALLOWED (its directories must exist):
+    through the v1 devices controller where the host has one, else through
+    a BPF device program on its cgroup2 directory.
 
     Returns:
-        False when the host has no v1 devices controller (pure cgroup v2,
-        where a BPF device program would be needed): nothing was done.
+        False when neither is there: no v1 devices controller, and no
+        cgroup2 directory or a kernel that will not load or attach the
+        program (no cgroup BPF, or no privilege for bpf(2)). Nothing was
+        done then.
 
     Raises:
-        OSError: when the kernel refuses a rule.
+        OSError: when the kernel refuses a v1 rule, or refuses the BPF
+            program for another reason (a verifier error names it).
     """
     d = devices_dir(cg)
-    if d is None:
+    if d is not None:
+        _restrict_dir(d)
+        return True
+    if cg.unified is None:
         return False
-    _restrict_dir(d)
+    try:
+        bpfdev.attach(cg.unified, ALLOWED)
+    except OSError as e:
+        # Why these: a kernel without bpf(2) or cgroup device programs
+        # (ENOSYS, EINVAL, EOPNOTSUPP), or a daemon without CAP_BPF /
+        # CAP_SYS_ADMIN (EPERM); the caller falls back to dropping mknod.
+        if e.errno in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+            return False
+        raise
     return True
 
 

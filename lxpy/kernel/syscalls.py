@@ -307,3 +307,47 @@ def clone3(flags: int, exit_signal: int) -> tuple[int, int]:
     )
     _check(ret, f"clone3({flags:#x})")
     return (int(ret), pidfd.value) if ret else (0, -1)
+
+
+# -- bpf (linux/bpf.h) ------------------------------------------------------
+BPF_PROG_LOAD = 5
+BPF_PROG_ATTACH = 8
+BPF_PROG_DETACH = 9
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6  # attach type
+BPF_F_ALLOW_MULTI = 2
+# bpf(2) has no glibc wrapper and a number per architecture (Linux 3.18).
+_BPF_NR = {
+    "x86_64": 321,
+    "aarch64": 280,
+    "riscv64": 280,
+    "loongarch64": 280,
+    "ppc64le": 361,
+    "ppc64": 361,
+    "s390x": 351,
+    "armv7l": 386,
+    "armv6l": 386,
+    "i686": 357,
+    "i386": 357,
+}
+
+
+def bpf(cmd: int, attr: bytes) -> int:
+    """bpf(2): run command `cmd` on `attr` (a packed `union bpf_attr`, only
+    as long as the fields the command reads); returns the kernel's answer
+    (a new fd for BPF_PROG_LOAD, 0 for BPF_PROG_ATTACH).
+
+    Raises:
+        OSError: with the kernel's errno (EPERM without CAP_BPF/CAP_SYS_ADMIN,
+            EINVAL for a program or attach type the kernel lacks, EACCES when
+            the verifier refuses a program); ENOSYS on an architecture this
+            module does not know.
+    """
+    nr = _BPF_NR.get(os.uname().machine)
+    if nr is None:
+        raise OSError(38, f"bpf: unknown syscall number on {os.uname().machine}")
+    # A copy the kernel may write to (newer kernels report the log's size in it).
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr)))
+    _check(ret, f"bpf({cmd}, {len(attr)} bytes)")
+    return int(ret)
