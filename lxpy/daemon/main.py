@@ -276,7 +276,12 @@ def _end_zygote(pid_file: Path) -> None:
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
-    pid_file.unlink(missing_ok=True)
+    # What the zygote removes itself when it sees lxpyd end.
+    run = pid_file.parent
+    for name in ("zygote.sock", "zygote.sock.pages", pid_file.name):
+        (run / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run.rmdir()  # only once empty: networks may still hold files here
 
 
 if __name__ == "__main__":
