@@ -186,7 +186,14 @@ class Daemon:
     def cgroup(self, name: str, hs: list[Hierarchy] | None = None) -> ContainerCgroup:
         """Where container `name`'s cgroups are (nothing is made); `hs`:
         the hierarchies, when the caller has them already."""
-        return ContainerCgroup.for_name(name, hs, parent=self.cgroup_parent(name))
+        cg = ContainerCgroup.for_name(name, hs, parent=self.cgroup_parent(name))
+        if self.scopes and not cg.exists():
+            # A container started without a scope (by an lxpyd before
+            # scopes, or with systemd_scopes off) runs on where it is.
+            legacy = ContainerCgroup.for_name(name, hs, parent=self.settings.cgroup_parent)
+            if legacy.exists():
+                return legacy
+        return cg
 
     def scope(self, name: str) -> str:
         """Container `name`'s systemd scope unit while it runs, or "" without scopes."""
