@@ -187,8 +187,9 @@ class Monitor:
             self._owns_cgroup = True
             self._apply_limits(fresh)
             if not devices.restrict(self.cg) and self.spec.privileged:
-                # No devices controller to stop a privileged root from
-                # opening a disk node it makes: it may make none.
+                # No device allow-list (neither the v1 controller nor a
+                # BPF program) to stop a privileged root from opening a
+                # disk node it makes: it may make none.
                 self.spec = replace(self.spec, drop_caps=(*self.spec.drop_caps, "mknod"))
             self._make_ptys()
             if not self.spec.privileged:
