@@ -6,7 +6,8 @@ apt, lxpy.service runs lxpyd on the default root and network, and the
 tests below run in file order on that one guest, each building on what
 the one before left: containers in their systemd scopes, live cgroup v2
 limits, systemd inside a Debian container, lxpyd restarted and killed,
-a reboot that stops containers in order and starts them again.
+a reboot that stops and starts containers in order, a reinstall, and
+the package's removal.
 
 The guest reaches nothing outside: the Debian template comes into it as
 the tarball of the suite's build cache.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,6 +188,23 @@ def test_containers_start_in_scopes_of_their_own(host: Guest) -> None:
     assert "lxpy-" in g.run("systemd-cgls --no-pager /machine.slice").stdout
 
 
+def test_the_device_allow_list_holds_in_a_privileged_container(host: Guest) -> None:
+    # cgroup v2 has no devices controller: a BPF program holds the list.
+    g = host
+
+    def inside(script: str) -> subprocess.CompletedProcess[str]:
+        return g.run(f"lxpy exec b2 -- sh -c '{script}'", check=False)
+
+    assert inside("echo x > /dev/null").returncode == 0
+    # Root may make character nodes, but open only the allowed ones.
+    assert inside("mknod /tmp/kmsg c 1 11").returncode == 0
+    res = inside("cat /tmp/kmsg")
+    assert res.returncode != 0 and "not permitted" in res.stderr, res
+    # No block node may be made: a node of the host's disk would do.
+    res = inside("mknod /tmp/disk b 8 0")
+    assert res.returncode != 0 and "not permitted" in res.stderr, res
+
+
 def test_cgroup_v2_limits_are_set_live(host: Guest) -> None:
     g = host
     for key, value in (
@@ -269,3 +288,33 @@ def test_a_reboot_stops_and_starts_containers_in_order(host: Guest) -> None:
     last = g.run("journalctl -q --no-pager -b -1 -u lxpy -g 'stopping \\(stop_priority'").stdout
     order = [int(m) for m in re.findall(r"stop_priority (\d+)", last)]
     assert order == [30, 20, 10], last
+    # This boot: started highest boot.priority first (init's start time,
+    # in clock ticks since boot: /proc/PID/stat's 22nd field).
+    started = {n: int(g.run(f"cut -d' ' -f22 /proc/{pid}/stat").stdout) for n, pid in after.items()}
+    assert started["d1"] < started["b2"] < started["b1"], started
+
+
+def test_a_reinstall_keeps_containers_running(host: Guest, deb: Path) -> None:
+    g = host
+    before = wait_running(g, ("b1", "b2", "d1"))
+    g.run(
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall "
+        f"-o Dpkg::Options::=--force-confold /root/{deb.name}",
+        timeout=600,
+    )
+    assert wait_running(g, ("b1", "b2", "d1")) == before
+
+
+def test_remove_and_purge_keep_the_containers_data(host: Guest) -> None:
+    g = host
+    data = "/var/lib/lxpy/pool/containers/b1/etc/hostname"
+    lxpy(g, "stop-all")
+    g.run("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q lxpy", timeout=300)
+    assert g.run(f"cat {data}").stdout.strip() == "b1"
+    assert g.run("test -e /usr/bin/lxpy", check=False).returncode != 0
+    g.run("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q lxpy", timeout=300)
+    assert g.run(f"cat {data}").stdout.strip() == "b1"
+    assert g.run("test -e /etc/lxpy", check=False).returncode != 0
+    # Nothing of lxpy runs any more: lxpyd, its zygote, monitors, dnsmasq.
+    procs = g.run("ps -eo comm=").stdout.splitlines()
+    assert not [p for p in procs if p.startswith(("lxpy", "dnsmasq"))], procs
