@@ -111,7 +111,7 @@ class Containers:
         c = d.require(name)
         return {
             **c.to_json(),
-            "security": describe_security(c),
+            "security": describe_security(c, d.apparmor),
             "state": str(d.states[name]),
             "snapshots": snaps,
             "path": path,

@@ -389,7 +389,8 @@ class Lifecycle:
             userns = ""
             if ids is not None and joins_network(record.config):
                 userns = await d.files(d.security.prepare_userns, name)
-            spec = replace(spec, userns=userns)
+            # Privileged: under the AppArmor profile where the host has one.
+            spec = replace(spec, userns=userns, apparmor=d.apparmor if ids is None else "")
 
             # Both namespaces in one zygote request, the network namespace
             # owned by the user namespace; the veths go in afterwards.

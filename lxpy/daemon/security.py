@@ -53,14 +53,16 @@ def check_config(config: Mapping[str, object]) -> SecurityConfig:
     return sec
 
 
-def describe(record: Container) -> str:
-    """One line for `lxpy info`: privileged, or the map and how the rootfs is presented."""
+def describe(record: Container, apparmor: str = "") -> str:
+    """One line for `lxpy info`: privileged (and under which AppArmor
+    profile, `apparmor`, if any), or the map and how the rootfs is presented."""
     try:
         sec = SecurityConfig.from_config(record.config)
     except InvalidArgument as e:
         return f"invalid: {e.message}"
     if sec.privileged:
-        return "privileged: root inside is root on the host (no user namespace)"
+        confined = f"AppArmor profile {apparmor}" if apparmor else "no AppArmor on this host"
+        return f"privileged: root inside is root on the host (no user namespace; {confined})"
     if record.idmap is None:
         return "unprivileged (its ID range is picked at the next start)"
     return record.idmap.describe()

@@ -24,7 +24,7 @@ from lxpy.daemon.networks import RUN_BASE, Networks
 from lxpy.daemon.operations import Operations
 from lxpy.daemon.registry import Registry
 from lxpy.errors import AlreadyExists, InvalidArgument, NotFound, Unsupported
-from lxpy.kernel import systemd
+from lxpy.kernel import apparmor, systemd
 from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy, favor_dynmods
 from lxpy.model.config import Container
 from lxpy.model.network import root_id
@@ -74,6 +74,28 @@ def _use_scopes(setting: str) -> bool:
     return False
 
 
+def _load_apparmor(setting: str, run_dir: Path) -> str:
+    """The profile for privileged containers, loaded, by the `apparmor`
+    setting; "" without one.
+
+    Raises:
+        Unsupported: "on" on a host without AppArmor.
+        LxpyError: the profile cannot be loaded.
+    """
+    if setting == "off":
+        return ""
+    if not apparmor.enabled():
+        if setting == "on":
+            raise Unsupported(
+                "apparmor is on, but this kernel runs no AppArmor",
+                hint='set apparmor = "auto" or "off" in lxpyd.toml',
+            )
+        return ""
+    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    apparmor.load(str(run_dir))
+    return apparmor.PROFILE
+
+
 class Daemon:
     """lxpyd's shared state. Build it with `await Daemon.open(...)`."""
 
@@ -116,6 +138,9 @@ class Daemon:
         # Containers run in systemd scope units of their own (setting
         # `systemd_scopes`); decided by open().
         self.scopes = False
+        # The AppArmor profile privileged containers run under, or "";
+        # decided by open().
+        self.apparmor = ""
 
     @classmethod
     async def open(cls, settings: Settings, nursery: trio.Nursery) -> Daemon:
@@ -124,6 +149,12 @@ class Daemon:
         Raises:
             LxpyError: the pool cannot be opened or made.
         """
+        # Host features first: a setting this host cannot honour fails
+        # the start before anything is made or mounted.
+        scopes = _use_scopes(settings.systemd_scopes)
+        profile = await trio.to_thread.run_sync(
+            _load_apparmor, settings.apparmor, RUN_BASE / root_id(str(settings.root))
+        )
         registry = Registry(settings.root)
         await trio.to_thread.run_sync(registry.prepare)
         if settings.cgroup_favordynmods:
@@ -131,7 +162,7 @@ class Daemon:
             log.info("cgroup2 at %s favours dynamic moves (favordynmods)", where or "-")
         backend = await trio.to_thread.run_sync(open_pool, settings)
         d = cls(settings, backend, registry, nursery)
-        d.scopes = _use_scopes(settings.systemd_scopes)
+        d.scopes, d.apparmor = scopes, profile
         if d.scopes:
             log.info("containers run in systemd scopes under %s", systemd.SLICE)
         if settings.ksm:
@@ -145,6 +176,8 @@ class Daemon:
             default_subnet=settings.default_subnet,
             users=lambda: {n: c.config for n, c in d.records.items()},
         )
+        if d.apparmor:
+            log.info("privileged containers run under AppArmor profile %s", d.apparmor)
         for name in d.records:
             d.states[name] = State.STOPPED
         for name in d.broken:

@@ -66,6 +66,10 @@ class Settings:
     # behind: auto uses scopes when systemd runs, on fails a start without
     # them, off keeps containers under `lxpy.ROOTID` at the cgroup root.
     systemd_scopes: str = "auto"
+    # Privileged containers run under the AppArmor profile lxpy-container
+    # (lxpy.kernel.apparmor) where the host runs AppArmor: auto uses it when
+    # the kernel has AppArmor, on refuses to start without it, off never.
+    apparmor: str = "auto"
     # Start the kernel's same-page merging daemon (ksmd) when it is off, so
     # the pages monitors mark mergeable are shared (see lxpy.kernel.ksm).
     ksm: bool = True
@@ -110,7 +114,7 @@ def settings_from_mapping(data: Mapping[str, object], source: str = "settings") 
                 if not isinstance(value, bool):
                     raise InvalidArgument(f"{key}: expected true or false, got {value!r}")
                 values[key] = value
-            elif key in ("lxcfs", "systemd_scopes"):
+            elif key in ("lxcfs", "systemd_scopes", "apparmor"):
                 values[key] = _choice(key, value, FEATURE_CHOICES)
             elif key == "log_level":
                 values[key] = _choice(key, value, LOG_LEVELS)

@@ -13,7 +13,7 @@ A failure before the exec is written to `errfd` as a JSON error object
 be exec'd is reported the way shells do: a line on its stderr and exit
 status 127 (not found) or 126 (not executable).
 
-Stdlib plus lxpy.kernel's syscalls, caps and seccomp only: the monitor imports
+Stdlib plus lxpy.kernel's syscalls, caps, seccomp and apparmor only: the monitor imports
 this module.
 """
 
@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lxpy.errors import InvalidArgument, LxpyError, NotFound
-from lxpy.kernel import caps, seccomp
+from lxpy.kernel import apparmor, caps, seccomp
 from lxpy.kernel import syscalls as sc
 
 # For annotations only: typing costs the zygote, and so every monitor it
@@ -230,6 +230,7 @@ def child_main(
     errfd: int,
     policy: seccomp.Policy | None = None,
     no_new_privs: bool = False,
+    apparmor_profile: str = "",
 ) -> NoReturn:
     """Enter the container of `init_pid` and exec `spec.command`; never returns.
 
@@ -244,8 +245,13 @@ def child_main(
         policy: the container's syscall filter, installed before the
             command runs (as for init).
         no_new_privs: set no_new_privs with it.
+        apparmor_profile: the AppArmor profile to exec the command under
+            (as init), or "".
     """
     try:
+        if apparmor_profile:
+            _STEP[0] = "setting the AppArmor profile"
+            apparmor.exec_under(apparmor_profile)
         env = _enter(init_pid, spec, fds, cgroup_procs, drop_caps, policy, no_new_privs)
     except BaseException as e:  # noqa: B036 - anything must reach the monitor
         if isinstance(e, LxpyError):

@@ -29,7 +29,7 @@ import signal
 import termios
 from collections.abc import Sequence
 
-from lxpy.kernel import caps, idmap, seccomp
+from lxpy.kernel import apparmor, caps, idmap, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.lxcfs import bind_mounts
 from lxpy.kernel.netif import link_up
@@ -373,6 +373,9 @@ def _pivot(root: str) -> None:
 def _lock_down(spec: LaunchSpec, policy: seccomp.Policy) -> None:
     # Last steps before exec: what init and everything it starts can
     # never regain. The filter goes last, so nothing above runs under it.
+    if spec.apparmor:
+        _step("setting the AppArmor profile")
+        apparmor.exec_under(spec.apparmor)
     _step("dropping capabilities")
     caps.drop_bounding(spec.drop_caps)
     caps.clear_inheritable_and_ambient()

@@ -870,6 +870,7 @@ class Monitor:
                         w,
                         seccomp.default_policy(self.spec.syscalls_deny, self.spec.syscalls_allow),
                         self.spec.no_new_privs,
+                        self.spec.apparmor,
                     )
             finally:
                 # Back to our own namespace, for the next exec and a reboot.

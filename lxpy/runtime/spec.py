@@ -115,6 +115,8 @@ class LaunchSpec:
     syscalls_deny: tuple[str, ...] = ()
     syscalls_allow: tuple[str, ...] = ()
     no_new_privs: bool = False
+    # The AppArmor profile init is exec'd under (lxpy.kernel.apparmor), or "".
+    apparmor: str = ""
     # The container's limits.* config keys (as stored), written into its
     # cgroups before init runs (lxpy.kernel.limits).
     limits: Mapping[str, object] = field(default_factory=dict)

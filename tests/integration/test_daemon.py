@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from lxpy.kernel import apparmor, systemd
 from tests.conftest import VENV_BIN, Daemon, daemon_in, start_daemon, stop_daemon
 
 pytestmark = pytest.mark.integration
@@ -268,6 +269,49 @@ def test_bad_settings_exit_2(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert res.stderr.startswith("error: ") and "storage" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("setting", "host_has_it", "without", "with_"),
+    [
+        (
+            "systemd_scopes",
+            systemd.available,
+            "systemd does not run here",
+            "containers run in systemd scopes",
+        ),
+        (
+            "apparmor",
+            apparmor.enabled,
+            "this kernel runs no AppArmor",
+            "run under AppArmor profile lxpy-container",
+        ),
+    ],
+)
+def test_a_feature_set_on_needs_the_host_to_have_it(
+    tmp_path: Path, setting: str, host_has_it: Callable[[], bool], without: str, with_: str
+) -> None:
+    # "on" fails loudly where "auto" would fall back quietly.
+    settings = f'{setting} = "on"\npool_size = "3GiB"\ndefault_network = ""\n'
+    if host_has_it():
+        with daemon_in(tmp_path, settings) as d:
+            assert with_ in d.log.read_text()
+        return
+    conf = tmp_path / "on.toml"
+    conf.write_text(settings)
+    res = subprocess.run(
+        [str(VENV_BIN / "lxpyd"), "--config", str(conf), "--root", str(tmp_path / "r")]
+        + ["--socket", str(tmp_path / "s.sock")],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert res.returncode == 1, res.stderr
+    assert f"error: {setting} is on, but {without}" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    # Refused before anything was made: no pool, no socket.
+    assert not (tmp_path / "s.sock").exists()
+    assert not (tmp_path / "r" / "pool").exists()
 
 
 def test_socket_mode_and_sigterm(daemon: Daemon) -> None:
