@@ -205,6 +205,43 @@ def test_the_device_allow_list_holds_in_a_privileged_container(host: Guest) -> N
     assert res.returncode != 0 and "not permitted" in res.stderr, res
 
 
+def test_apparmor_confines_a_privileged_container(host: Guest) -> None:
+    # Stock Debian runs AppArmor: root in a privileged container (host
+    # root, CAP_SYS_ADMIN) is held by lxpy's profile, in init and in exec.
+    g = host
+    assert "AppArmor profile lxpy-container" in info(g, "b2")["security"]
+    pid = info(g, "b2")["init_pid"]
+    assert g.run(f"cat /proc/{pid}/attr/current").stdout.strip() == "lxpy-container (enforce)"
+
+    def refused(script: str) -> str:
+        res = g.run(f"lxpy exec b2 -- sh -c '{script}'", check=False)
+        assert res.returncode != 0, f"{script}: {res.stdout}{res.stderr}"
+        return res.stderr
+
+    assert "lxpy-container" in g.run("lxpy exec b2 -- cat /proc/self/attr/current").stdout
+    # A remount of /proc/sys read-write goes through; the write does not.
+    assert "denied" in refused(
+        "mount -o remount,rw /proc/sys; echo 0 > /proc/sys/kernel/ctrl-alt-del"
+    )
+    g.run("lxpy exec b2 -- mkdir -p /tmp/m")
+    for script in (
+        "mount -t devtmpfs none /tmp/m",
+        # Refused for its type, before the kernel looks for a block device.
+        "mount -t ext4 /tmp /tmp/m",
+        # procfs and sysfs only where the profile's rules cover them.
+        "mount -t proc proc /tmp/m",
+        "mount -t sysfs sysfs /tmp/m",
+        "mount --bind /proc /tmp/m",
+        "echo b > /proc/sysrq-trigger",
+    ):
+        assert "denied" in refused(script), script
+    # What a system does still works: its own network's knobs, a tmpfs.
+    g.run("lxpy exec b2 -- sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'")
+    g.run("lxpy exec b2 -- sh -c 'mount -t tmpfs t /tmp/m && umount /tmp/m'")
+    # Unprivileged containers keep their user namespace as their wall.
+    assert "unprivileged" in info(g, "b1")["security"]
+
+
 def test_cgroup_v2_limits_are_set_live(host: Guest) -> None:
     g = host
     for key, value in (
@@ -234,20 +271,31 @@ def test_cgroup_v2_limits_are_set_live(host: Guest) -> None:
     assert info(g, "b2")["stats"]["memory_bytes"] > 0
 
 
+def system_running(g: Guest, name: str) -> None:
+    """Until systemd in container `name` has booted: `running`, not degraded."""
+    # systemctl answers only once systemd has opened its socket.
+    wait(g, f"lxpy exec {name} -- test -S /run/systemd/private", 120, f"systemd in {name}")
+    res = g.run(f"lxpy exec {name} -- systemctl is-system-running --wait", check=False, timeout=300)
+    failed = g.run(f"lxpy exec {name} -- systemctl --failed --no-pager", check=False).stdout
+    assert res.stdout.strip() == "running", res.stdout + failed
+
+
 def test_systemd_runs_its_units_inside_a_debian_container(host: Guest) -> None:
     g = host
     lxpy(g, "template build debian-bookworm", timeout=600)
     lxpy(g, "create d1 -t debian-bookworm")
     lxpy(g, "start d1")
     wait_running(g, ("d1",))
-    res = g.run("lxpy exec d1 -- systemctl is-system-running --wait", check=False, timeout=300)
-    assert res.stdout.strip() == "running", (
-        res.stdout + g.run("lxpy exec d1 -- systemctl --failed --no-pager", check=False).stdout
-    )
+    system_running(g, "d1")
     inside = g.run("lxpy exec d1 -- systemd-cgls --no-pager").stdout
     assert "init.scope" in inside and "system.slice" in inside, inside
     # Its units' cgroups are below the container's, in its scope.
     assert g.run(f"test -d {payload('d1')}/system.slice", check=False).returncode == 0
+    # Privileged, under the AppArmor profile, systemd boots all the same.
+    lxpy(g, "create pd -t debian-bookworm --set security.privileged=true")
+    lxpy(g, "start pd")
+    system_running(g, "pd")
+    lxpy(g, "stop pd")
 
 
 def test_restart_and_kill_of_lxpyd_keep_containers(host: Guest) -> None:
