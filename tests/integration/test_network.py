@@ -10,7 +10,6 @@ A finaliser removes anything a test may leave, also on failure.
 from __future__ import annotations
 
 import contextlib
-import errno
 import ipaddress
 import json
 import os
@@ -37,6 +36,9 @@ pytestmark = pytest.mark.integration
 IP = shutil.which("ip") or "/usr/sbin/ip"
 NFT = shutil.which("nft") or "/usr/sbin/nft"
 NSENTER = shutil.which("nsenter") or "/usr/bin/nsenter"
+
+# <linux/in.h>; the socket module does not name it.
+IP_FREEBIND = 15
 
 _counter = iter(range(1000))
 
@@ -162,26 +164,21 @@ def test_network_create_list_info_delete(clean_daemon: Daemon) -> None:
 
 def test_preflight_errors_leave_nothing(clean_daemon: Daemon) -> None:
     d = clean_daemon
-    # Port 53 taken on every address by another process (before any
-    # dnsmasq of this test listens on 53).
+    # Port 53 on the new bridge's address taken by another process: the
+    # test's socket, bound there before the address exists (IP_FREEBIND),
+    # not on every address, where a real dnsmasq on this host may hold 53.
     busy = net_name()
+    subnet = ipaddress.IPv4Network(free_subnet())
+    gateway = str(next(subnet.hosts()))
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        # The dnsmasq of an earlier test may take a moment to let go of 53.
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                listener.bind(("0.0.0.0", 53))
-                break
-            except OSError as e:
-                if e.errno != errno.EADDRINUSE or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        listener.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+        listener.bind((gateway, 53))
         listener.listen(1)
-        res = d.cli("network", "create", busy, "--subnet", free_subnet(), check=False)
+        res = d.cli("network", "create", busy, "--subnet", str(subnet), check=False)
     finally:
         listener.close()
-    assert res.returncode == 1 and "port 53/tcp" in res.stderr, res.stderr
+    assert res.returncode == 1 and f"port 53/tcp on {gateway}" in res.stderr, res.stderr
     assert f"pid {os.getpid()}" in res.stderr
     assert not bridge_exists(busy) and f'"{busy}"' not in table_text(d.root)
 
