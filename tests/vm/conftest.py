@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.guest import Guest, VmImage, build_image
+from tests.vm.guest import Guest
+from tests.vm.image import VmImage, build_image
 
 HERE = Path(__file__).parent
 
