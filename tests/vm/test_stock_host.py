@@ -15,32 +15,41 @@ the tarball of the suite's build cache.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
 
 from lxpy.build.builder import build_rootfs
 from lxpy.build.cache import cache_file
-from lxpy.model.network import root_id
 from lxpy.model.settings import DEFAULT_MIRROR
 from lxpy.model.template import find_template
 from tests.conftest import REPO
 from tests.vm.guest import Guest
+from tests.vm.stock import (
+    APT,
+    GUEST_CACHE,
+    cgroup_of,
+    cursor,
+    info,
+    install,
+    journal_since,
+    lxpy,
+    parent_of,
+    payload,
+    prepare,
+    scope,
+    wait,
+    wait_running,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
 
 TIME_BOUND = 900
-ROOT_ID = root_id("/var/lib/lxpy")
-GUEST_CACHE = "/var/cache/lxpy-build"
-SETTINGS = f'build_cache = "{GUEST_CACHE}"\npool_size = "5GiB"\n'
 
 
 class _Silent:
@@ -75,83 +84,10 @@ def debian_tarball(test_cache: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def host(guest: Guest, deb: Path, debian_tarball: Path) -> Iterator[Guest]:
     """The guest with the package installed and lxpy.service running."""
-    guest.run("mkdir -p /var/log/journal && systemctl restart systemd-journald")
-    # The guest's systemd-networkd matches every Ethernet link, and veths
-    # are Ethernet links: it would take each container's host end off the
-    # bridge. As on any such host, the admin narrows it to the real NICs.
-    guest.run(
-        "sed -i 's/^Type=ether$/Name=en*/' /etc/systemd/network/20-wired.network"
-        " && networkctl reload"
-    )
-    guest.run(f"mkdir -p {GUEST_CACHE} /etc/lxpy")
+    prepare(guest)
     guest.put(debian_tarball, f"{GUEST_CACHE}/{debian_tarball.name}")
-    guest.put(deb, f"/root/{deb.name}")
-    # The settings go in first: the service starts on install.
-    guest.run(f"printf '{SETTINGS}' > /etc/lxpy/lxpyd.toml")
-    guest.run(
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
-        f"-o Dpkg::Options::=--force-confold /root/{deb.name}",
-        timeout=600,
-    )
+    install(guest, deb)
     yield guest
-
-
-def lxpy(g: Guest, args: str, timeout: float = 300) -> str:
-    return g.run(f"lxpy {args}", timeout=timeout).stdout
-
-
-def info(g: Guest, name: str) -> dict[str, Any]:
-    return json.loads(lxpy(g, f"info {name} --format json"))  # type: ignore[no-any-return]
-
-
-def wait(g: Guest, cond: str, timeout: float, what: str) -> None:
-    """Until the shell condition `cond` holds in the guest."""
-    # A deadline, not a count: each try of `cond` takes its own time here.
-    loop = f"end=$(($(date +%s) + {int(timeout)})); while [ $(date +%s) -lt $end ]; do "
-    res = g.run(
-        loop + f"if {cond}; then exit 0; fi; sleep 0.2; done; exit 1",
-        check=False,
-        timeout=timeout + 30,
-    )
-    assert res.returncode == 0, f"timed out after {timeout}s waiting for {what}"
-
-
-def wait_running(g: Guest, names: tuple[str, ...], timeout: float = 120) -> dict[str, int]:
-    """Until lxpy answers and lists every one of `names` RUNNING; their init pids."""
-    wait(g, "lxpy list >/dev/null 2>&1", timeout, "lxpyd to answer")
-    deadline = time.monotonic() + timeout
-    while True:
-        listed = {c["name"]: c for c in json.loads(lxpy(g, "list --format json"))}
-        if all(listed.get(n, {}).get("state") == "RUNNING" for n in names):
-            return {n: info(g, n)["init_pid"] for n in names}
-        assert time.monotonic() < deadline, f"not all RUNNING: {listed}"
-        time.sleep(1)
-
-
-def cgroup_of(g: Guest, pid: int) -> str:
-    return g.run(f"cat /proc/{pid}/cgroup").stdout.strip()
-
-
-def parent_of(g: Guest, pid: int) -> int:
-    """The parent of `pid`: for a container's init, its monitor."""
-    return int(g.run(f"ps -o ppid= -p {pid}").stdout)
-
-
-def scope(name: str) -> str:
-    return f"lxpy-{ROOT_ID}-{name}.scope"
-
-
-def payload(name: str) -> str:
-    return f"/sys/fs/cgroup/machine.slice/{scope(name)}/lxpy.payload.{name}"
-
-
-def journal_since(g: Guest, cursor: str, unit: str = "lxpy") -> str:
-    return g.run(f"journalctl -q --no-pager -u {unit} --after-cursor='{cursor}'").stdout
-
-
-def cursor(g: Guest) -> str:
-    out = g.run("journalctl -q -n 0 --show-cursor --no-pager").stdout
-    return out.strip().removeprefix("-- cursor: ")
 
 
 def test_the_service_runs_on_a_stock_host(host: Guest) -> None:
@@ -345,11 +281,7 @@ def test_a_reboot_stops_and_starts_containers_in_order(host: Guest) -> None:
 def test_a_reinstall_keeps_containers_running(host: Guest, deb: Path) -> None:
     g = host
     before = wait_running(g, ("b1", "b2", "d1"))
-    g.run(
-        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --reinstall "
-        f"-o Dpkg::Options::=--force-confold /root/{deb.name}",
-        timeout=600,
-    )
+    install(g, deb, "--reinstall")
     assert wait_running(g, ("b1", "b2", "d1")) == before
 
 
@@ -357,10 +289,10 @@ def test_remove_and_purge_keep_the_containers_data(host: Guest) -> None:
     g = host
     data = "/var/lib/lxpy/pool/containers/b1/etc/hostname"
     lxpy(g, "stop-all")
-    g.run("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q lxpy", timeout=300)
+    g.run(f"{APT} remove lxpy", timeout=300)
     assert g.run(f"cat {data}").stdout.strip() == "b1"
     assert g.run("test -e /usr/bin/lxpy", check=False).returncode != 0
-    g.run("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q lxpy", timeout=300)
+    g.run(f"{APT} purge lxpy", timeout=300)
     assert g.run(f"cat {data}").stdout.strip() == "b1"
     assert g.run("test -e /etc/lxpy", check=False).returncode != 0
     # Nothing of lxpy runs any more: lxpyd, its zygote, monitors, dnsmasq.
