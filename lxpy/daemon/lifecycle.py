@@ -34,6 +34,7 @@ from lxpy.daemon import security
 from lxpy.daemon.networks import joins_network
 from lxpy.daemon.service import Daemon, RunInfo
 from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
+from lxpy.kernel import systemd
 from lxpy.kernel.cgroups import ContainerCgroup
 from lxpy.kernel.idmap import IdMap
 from lxpy.model.config import Container
@@ -644,6 +645,24 @@ class Lifecycle:
             except Exception:
                 log.exception("container %s: adoption failed", name)
 
+    async def _into_scope(self, name: str, monitor: int) -> None:
+        """Move the monitor of a container that an lxpyd before scopes
+        started out of lxpyd's unit, into the container's scope: then
+        lxpy.service holds lxpyd alone. Its cgroups stay where they are
+        until it starts again."""
+        scope = self.d.scope(name)
+        if not scope or not monitor:
+            return
+        try:
+            where = await self.d.files(systemd.unit_cgroup, monitor)
+            if where != await self.d.files(systemd.unit_cgroup, os.getpid()):
+                return
+            await self.d.files(systemd.start_scope, scope, monitor, systemd.describe(name))
+        except (OSError, LxpyError) as e:
+            log.warning("container %s: its monitor stays in lxpyd's unit: %s", name, e)
+        else:
+            log.info("container %s: its monitor moved into %s", name, scope)
+
     async def _adopt(self, name: str) -> None:
         d = self.d
         sock = d.monitor_socket(name)
@@ -667,6 +686,7 @@ class Lifecycle:
             self.runs[name] = run
             await self.nursery.start(self._watch, name, run)
             log.info("container %s: adopted (init %s)", name, d.running[name].init_pid)
+            await self._into_scope(name, d.running[name].monitor_pid)
             return
         data = await d.files(_read_json, self.state_file(name))
         if data is None:

@@ -63,6 +63,11 @@ def scope_cgroup(unit: str) -> str:
     return f"{SLICE}/{unit}"
 
 
+def describe(name: str) -> str:
+    """The Description of container `name`'s scope."""
+    return f"lxpy container {name}"
+
+
 def start_scope(unit: str, pid: int, description: str, timeout: float = 10.0) -> None:
     """Have systemd make transient scope `unit` (delegated, in machine.slice)
     holding process `pid`, and wait until `pid` is in its cgroup.
@@ -99,13 +104,18 @@ def start_scope(unit: str, pid: int, description: str, timeout: float = 10.0) ->
     # The reply comes once the job is queued; systemd moves the process
     # when the job runs, a moment later.
     want = "/" + scope_cgroup(unit)
-    while _unified_cgroup(pid) != want:
+    while unit_cgroup(pid) != want:
         if time.monotonic() > deadline:
             raise LxpyError(f"systemd did not move process {pid} into scope {unit} in time")
         time.sleep(0.001)
 
 
-def _unified_cgroup(pid: int) -> str:
+def unit_cgroup(pid: int) -> str:
+    """The cgroup that says which unit process `pid` is in ("" when none).
+
+    Raises:
+        OSError: `pid` does not exist.
+    """
     # The "0::" line (cgroup2) or, on a hybrid host, systemd's own
     # name=systemd hierarchy: the one that says which unit a process is in.
     with open(f"/proc/{pid}/cgroup") as f:

@@ -208,7 +208,7 @@ class Monitor:
     def _enter_scope(self) -> None:
         # Out of lxpyd's unit into the container's own scope, so that
         # lxpy.service stopping or restarting leaves nothing of it behind.
-        systemd.start_scope(self.spec.scope, os.getpid(), f"lxpy container {self.spec.name}")
+        systemd.start_scope(self.spec.scope, os.getpid(), systemd.describe(self.spec.name))
         # A cgroup2 cgroup holding processes cannot pass controllers on to
         # its children: the monitor takes a leaf of its own beside the
         # container's, and the scope's cgroup stays empty.
