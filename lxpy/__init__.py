@@ -1,3 +1,3 @@
 """lxpy: system containers on btrfs, supervised by an async daemon."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
