@@ -13,8 +13,8 @@ A directory pool left by such a fallback stays a directory pool: a loop
 mount over it would hide its containers.
 
 Whatever the kind, its directories are closed to other users
-(layout.CLOSED_MODE), and a loop image is root's alone. A pool an older
-lxpy left open is closed here.
+(layout.CLOSED_MODE); a loop image is root's alone and mounted nosuid and
+nodev. A pool an older lxpy left open is closed here.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import subprocess
 from pathlib import Path
 
 from lxpy.errors import Unsupported
+from lxpy.kernel import idmap
 from lxpy.model.settings import Settings
 from lxpy.storage.base import Backend
 from lxpy.storage.btrfs import BtrfsBackend
@@ -125,15 +126,41 @@ def _open_btrfs(settings: Settings) -> TreeBackend:
 
 
 def _close_image(image: Path, pool: Path) -> None:
-    """The loop image readable by root alone, as a pool made by an older
-    lxpy needs (it made the image 0644).
+    """The loop image readable by root alone, and its mount at `pool`
+    nosuid and nodev, as a pool made by an older lxpy needs (it made the
+    image 0644 and mounted it without either).
 
     Why: the image holds every rootfs, whose files a host user must not
-    read (shadow files, keys, anything a container keeps).
+    read; and no setuid file or device node a container's root made may
+    take effect through the host's view of the pool. Containers do not
+    lose them: each one's rootfs is a clone of this mount with both
+    attributes cleared (see lxpy.kernel.idmap.ROOTFS_ATTRS).
     """
     if stat.S_IMODE(image.stat().st_mode) != IMAGE_MODE:
         os.chmod(image, IMAGE_MODE)
         log.warning("storage pool: %s made readable by root alone", image)
+    if not _loop_backed_by(mount_of(pool).source, image):
+        # Something else mounted there (a disk of the admin's): its
+        # options are the admin's to choose.
+        return
+    flags = os.statvfs(pool).f_flag
+    if flags & os.ST_NOSUID and flags & os.ST_NODEV:
+        return
+    idmap.set_mount_attrs(str(pool), add=idmap.ROOTFS_ATTRS)
+    log.warning("storage pool: %s remounted nosuid,nodev", pool)
+
+
+def _loop_backed_by(source: str, image: Path) -> bool:
+    """Whether the block device `source` is a loop device over `image`."""
+    name = os.path.basename(source)
+    try:
+        backing = Path(f"/sys/class/block/{name}/loop/backing_file").read_text().strip()
+    except OSError:
+        return False
+    try:
+        return os.path.samefile(backing, image)
+    except OSError:
+        return False
 
 
 def _fallback(strict: bool, pool: Path, message: str, hint: str) -> TreeBackend:
@@ -191,7 +218,7 @@ def _loop_pool(image: Path, pool: Path, size: int | None) -> None:
             )
     made_dir = not pool.exists()
     pool.mkdir(exist_ok=True)
-    err = _run(["mount", "-o", "loop", str(image), str(pool)])
+    err = _run(["mount", "-o", "loop,nosuid,nodev", str(image), str(pool)])
     if err is not None:
         if created:
             image.unlink()
