@@ -199,8 +199,9 @@ def allocate(
 ) -> IdRange:
     """The lowest free block of `size` IDs inside `allowed` that overlaps no `used` one.
 
-    Pure: the daemon passes the ranges of the containers it knows, and
-    records the result in the container's record.
+    Pure: the daemon passes the blocks of every isolated container on the
+    host (lxpy.daemon.hostids), and keeps the result in the container's
+    record.
 
     Raises:
         Busy: when the allowed ranges are full.
