@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lxpy.daemon.registry import write_atomic
+from lxpy.errors import LxpyError
 from lxpy.kernel.idmap import IdRange
 from lxpy.model.network import root_id
 
@@ -77,9 +78,21 @@ class HostIds:
     @contextmanager
     def locked(self) -> Iterator[list[Block]]:
         """Hold the record's lock; yields the blocks of every other daemon
-        root (and drops the files of roots that no longer exist)."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        root (and drops the files of roots that no longer exist).
+
+        Raises:
+            LxpyError: the record's directory cannot be made or opened.
+        """
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise LxpyError(
+                f"cannot use the host-wide record of ID ranges in {self.directory}: "
+                f"{e.strerror or e}",
+                hint="every lxpyd on the host keeps its containers' ID ranges there: "
+                "it must be a directory root can write",
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield self._others()

@@ -10,7 +10,7 @@ import pytest
 
 from lxpy.daemon.hostids import Block, HostIds
 from lxpy.daemon.security import _pick
-from lxpy.errors import Busy
+from lxpy.errors import Busy, LxpyError
 from lxpy.kernel.idmap import IdRange
 from lxpy.model.security import SecurityConfig
 
@@ -110,3 +110,11 @@ def test_a_fixed_base_on_a_block_of_the_same_daemon_names_the_container() -> Non
     sec = SecurityConfig.from_config({"security.idmap.base": "1100000"})
     with pytest.raises(Busy, match="of container 'db'$"):
         _pick("/var/lib/lxpy", "web", sec, "idmapped", [mine], ALLOWED, ALLOWED)
+
+
+def test_a_record_that_cannot_be_made_says_where(tmp_path: Path) -> None:
+    (a_root,) = roots(tmp_path, "a")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(LxpyError, match="host-wide record of ID ranges in .*file/reg") as e:
+        HostIds(a_root, tmp_path / "file" / "reg").publish([])
+    assert e.value.hint
