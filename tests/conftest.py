@@ -319,9 +319,19 @@ def daemon_in(
     finally:
         stop_daemon(d)
         stop_containers(root)
+        forget_host_ids(root)
         if after_stop is not None:
             after_stop()
         unmount_all_under(tmp_path)
+
+
+def forget_host_ids(root: Path) -> None:
+    """Drop the entry of the daemon at `root` from the host-wide record of
+    ID blocks (lxpy.daemon.hostids), which every lxpyd on the host shares
+    and which would otherwise hold the test's blocks until `root` is gone."""
+    from lxpy.daemon.hostids import HostIds
+
+    HostIds(root.absolute()).forget()
 
 
 def start_again(d: Daemon, log: Path) -> Daemon:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from lxpy.build.mountns import in_own_mounts
 from lxpy.build.proc import run_logged, unmount_under
 from lxpy.build.report import Reporter
 from lxpy.build.rootfs import resolve_in
@@ -181,7 +182,8 @@ async def build(defn: TemplateDef, target: Path, mirror: str, report: Reporter) 
 
     env = dict(os.environ, PATH=_path_env(), LC_ALL="C.UTF-8", DEBIAN_FRONTEND="noninteractive")
     try:
-        await run_logged(argv, on_line, env=env)
+        # In a mount namespace of its own: the pool is nosuid and nodev.
+        await run_logged(in_own_mounts(target, argv), on_line, env=env, name=tool)
     finally:
         # A killed or failed tool can leave /proc, /sys or /dev mounted in
         # the target; the caller could not delete it then.

@@ -92,8 +92,10 @@ async def run_logged(
     *,
     env: Mapping[str, str] | None = None,
     grace: float = TERM_GRACE,
+    name: str = "",
 ) -> None:
-    """Run `argv`, passing each line of its stdout and stderr to `log`.
+    """Run `argv`, passing each line of its stdout and stderr to `log`;
+    errors name it `name` (default: `argv[0]`; for a wrapper, what it runs).
 
     Cancellation kills the process and everything in its session (SIGTERM,
     then SIGKILL after `grace` seconds) before the cancellation propagates.
@@ -102,7 +104,7 @@ async def run_logged(
         LxpyError: the program does not exist, or it exited non-zero (the
             message names it and the exit status and carries its last lines).
     """
-    name = os.fspath(argv[0])
+    name = name or os.fspath(argv[0])
     try:
         proc = await trio.lowlevel.open_process(
             [os.fspath(a) for a in argv],

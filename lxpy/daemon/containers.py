@@ -178,7 +178,7 @@ class Containers:
             await self._record_new(name, template, config, None)
         finally:
             d.reserved.discard(name)
-            d.security.release(name)
+            await d.security.release(name)
         d.bus.lifecycle("container-created", f"containers/{name}", {"template": template})
         return await self.describe(name)
 
@@ -240,6 +240,8 @@ class Containers:
             await d.files(d.registry.delete, name)
             await d.lifecycle.forget(name)
             d.forget(name)
+            # Its ID block is free again, for every lxpyd on the host.
+            await d.security.publish()
         d.bus.lifecycle("container-deleted", f"containers/{name}")
         return {}
 
@@ -305,6 +307,7 @@ class Containers:
                 d.records[new] = record
                 d.states[new] = d.states[name]
                 d.forget(name)
+                await d.security.rename(name, new)
                 # Its console log goes with it (the container is renamed
                 # already: a failure here is only logged).
                 try:
@@ -331,7 +334,7 @@ class Containers:
                 await self._record_new(dst, src.template, src.config, shifted)
             finally:
                 d.reserved.discard(dst)
-                d.security.release(dst)
+                await d.security.release(dst)
         d.bus.lifecycle("container-copied", f"containers/{dst}", {"source": name})
         return await self.describe(dst)
 

@@ -5,6 +5,8 @@
 * `Security.assign`: the host ID range of an unprivileged container, picked
   once (at create, or at the first unprivileged start) and kept in its
   record; with the fallback method, the rootfs is shifted on disk here.
+  Isolated blocks are allocated against every lxpyd on the host, through
+  the record they share (`lxpy.daemon.hostids`).
 * `Security.prepare_userns` / `unpin_userns`: where the user namespace of
   a running container on a network is bound (`RUN/userns/NAME`), so the
   network namespace that its veths go into and its launch use the same
@@ -24,6 +26,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import trio
+
+from lxpy.daemon.hostids import Block, HostIds
 from lxpy.errors import Busy, InvalidArgument, Unsupported
 from lxpy.kernel import idmap, seccomp
 from lxpy.model.config import Container
@@ -97,51 +102,135 @@ def _wanted_matches(rec: IdmapRecord, sec: SecurityConfig, shared: idmap.IdMap) 
     return sec.idmap_base is None or rec.uid_base == rec.gid_base == sec.idmap_base
 
 
+def _pick(
+    mine: str,
+    name: str,
+    sec: SecurityConfig,
+    method: str,
+    taken: list[Block],
+    uid_allowed: list[idmap.IdRange],
+    gid_allowed: list[idmap.IdRange],
+) -> IdmapRecord:
+    """The range container `name` of the daemon at root `mine` gets, given
+    every isolated block `taken` on the host.
+
+    Raises:
+        Busy: no free range, or a fixed base that overlaps another block.
+    """
+    shared = idmap.shared_map(uid_allowed, gid_allowed)
+    if not sec.idmap_isolated:
+        return IdmapRecord(shared.uid_base, shared.gid_base, shared.size, method, False)
+    size = sec.idmap_size
+    # The shared range is never handed to an isolated container.
+    common = Block("", "", shared.uid_base, shared.gid_base, shared.size)
+    if sec.idmap_base is not None:
+        wanted = Block(mine, name, sec.idmap_base, sec.idmap_base, size)
+        for other in [common, *taken]:
+            if wanted.overlaps(other):
+                whose = other.owner(mine) if other.container else "non-isolated containers"
+                lo = other.uid_base if wanted.uids().overlaps(other.uids()) else other.gid_base
+                raise Busy(
+                    f"security.idmap.base: {sec.idmap_base}..{sec.idmap_base + size - 1} "
+                    f"overlaps the range {lo}..{lo + other.size - 1} of {whose}",
+                    hint="pick another base, or unset it to have one allocated",
+                )
+        return IdmapRecord(sec.idmap_base, sec.idmap_base, size, method, True)
+    uid = idmap.allocate(uid_allowed, [b.uids() for b in [common, *taken]], size)
+    gid = idmap.allocate(gid_allowed, [b.gids() for b in [common, *taken]], size)
+    return IdmapRecord(uid.start, gid.start, size, method, True)
+
+
 class Security:
     """ID ranges and user namespaces of daemon `d`'s containers."""
 
     def __init__(self, d: Daemon) -> None:
         self.d = d
+        self.root = str(d.settings.root)
+        self.host = HostIds(d.settings.root)
         # Ranges handed out to containers whose record is not saved yet
         # (a create or copy under way): name -> record.
         self._claims: dict[str, IdmapRecord] = {}
+        # Every read-pick-publish of the host-wide record, in turn: a pick
+        # must see the blocks this daemon claimed a moment before.
+        self._host_lock = trio.Lock()
+        self._published: frozenset[Block] | None = None
+        # Containers whose recorded block another lxpyd had published
+        # first (both made before the record was shared): they get a block
+        # of their own at their next start.
+        self.stale: set[str] = set()
 
     # -- ID ranges -------------------------------------------------------------
-    def _used(self, skip: str) -> tuple[list[idmap.IdRange], list[idmap.IdRange]]:
-        recs = [r.idmap for n, r in self.d.records.items() if n != skip and r.idmap]
-        recs += [r for n, r in self._claims.items() if n != skip]
-        uids = [idmap.IdRange(r.uid_base, r.size) for r in recs if r.isolated]
-        gids = [idmap.IdRange(r.gid_base, r.size) for r in recs if r.isolated]
-        return uids, gids
+    def _blocks(self, skip: str = "") -> list[Block]:
+        # This daemon's isolated blocks: saved records and pending claims.
+        recs = {n: r.idmap for n, r in self.d.records.items() if r.idmap}
+        recs.update(self._claims)
+        return [
+            Block(self.root, n, r.uid_base, r.gid_base, r.size)
+            for n, r in sorted(recs.items())
+            if r.isolated and n != skip
+        ]
 
-    def _pick(
-        self, name: str, sec: SecurityConfig, current: IdmapRecord | None, method: str
-    ) -> IdmapRecord:
+    async def open(self) -> None:
+        """Publish this daemon's blocks in the host-wide record, and note
+        (as `stale`) its containers whose block another lxpyd holds."""
+        async with self._host_lock:
+            mine = self._blocks()
+            others = await self.d.files(self.host.publish, mine)
+            self._published = frozenset(mine)
+        for b in mine:
+            clash = next((o for o in others if b.overlaps(o)), None)
+            if clash is None:
+                continue
+            rec = self.d.records[b.container].idmap
+            if rec is not None and rec.method == "shift":
+                log.warning(
+                    "container %s: its ID range %d.. overlaps that of %s, and its files "
+                    "are shifted to it: copy it into a new container to separate them",
+                    b.container,
+                    b.uid_base,
+                    clash.owner(self.root),
+                )
+                continue
+            log.warning(
+                "container %s: its ID range %d.. overlaps that of %s; it gets a range "
+                "of its own at its next start",
+                b.container,
+                b.uid_base,
+                clash.owner(self.root),
+            )
+            self.stale.add(b.container)
+
+    async def publish(self) -> None:
+        """Bring this daemon's entry in the host-wide record in line with
+        its records and claims (after a delete, a rename, a failed create)."""
+        with trio.CancelScope(shield=True):
+            async with self._host_lock:
+                mine = frozenset(self._blocks())
+                if mine != self._published:
+                    await self.d.files(self.host.publish, mine)
+                    self._published = mine
+
+    async def rename(self, old: str, new: str) -> None:
+        """Container `old` is now `new` (its record is): so in the host-wide record."""
+        if old in self.stale:
+            self.stale.discard(old)
+            self.stale.add(new)
+        await self.publish()
+
+    def _pick_and_claim(
+        self, name: str, sec: SecurityConfig, method: str, own: list[Block]
+    ) -> tuple[IdmapRecord, frozenset[Block]]:
+        # In a worker thread, holding the host-wide lock: every block any
+        # lxpyd gave out is in `others`, and the pick is published before
+        # the lock goes. Returns it and what this daemon's entry now holds.
         uid_allowed, _ = idmap.allowed_ranges(SUBUID)
         gid_allowed, _ = idmap.allowed_ranges(SUBGID)
-        shared = idmap.shared_map(uid_allowed, gid_allowed)
-        if current is not None and _wanted_matches(current, sec, shared):
-            return current
-        if not sec.idmap_isolated:
-            return IdmapRecord(shared.uid_base, shared.gid_base, shared.size, method, False)
-        uids, gids = self._used(name)
-        # The shared range is never handed to an isolated container.
-        uids.append(idmap.IdRange(shared.uid_base, shared.size))
-        gids.append(idmap.IdRange(shared.gid_base, shared.size))
-        size = sec.idmap_size
-        if sec.idmap_base is not None:
-            mine = idmap.IdRange(sec.idmap_base, size)
-            clash = [u for u in uids + gids if u.overlaps(mine)]
-            if clash:
-                raise Busy(
-                    f"security.idmap.base: {sec.idmap_base}..{mine.end - 1} overlaps the "
-                    f"range {clash[0].start}..{clash[0].end - 1} of another container",
-                    hint="pick another base, or unset it to have one allocated",
-                )
-            return IdmapRecord(sec.idmap_base, sec.idmap_base, size, method, True)
-        uid = idmap.allocate(uid_allowed, uids, size)
-        gid = idmap.allocate(gid_allowed, gids, size)
-        return IdmapRecord(uid.start, gid.start, size, method, True)
+        with self.host.locked() as others:
+            rec = _pick(self.root, name, sec, method, own + others, uid_allowed, gid_allowed)
+            if rec.isolated:
+                own = [*own, Block(self.root, name, rec.uid_base, rec.gid_base, rec.size)]
+            self.host.write(own)
+        return rec, frozenset(own)
 
     async def assign(
         self, name: str, config: Mapping[str, object], current: IdmapRecord | None, fresh: bool
@@ -158,9 +247,9 @@ class Security:
                 rootfs cannot follow.
             Busy: no free range, or a fixed base that overlaps another.
         """
-        # The choice is made on the event loop (no await between reading
-        # the used ranges and claiming one); only the probe and a shift run
-        # in a worker thread.
+        # The choice is made holding this daemon's lock (its own blocks,
+        # claims included, cannot change meanwhile) and the host-wide one
+        # (nor can any other lxpyd's).
         sec = check_config(config)
         if not sec.privileged:
             # Probed once, in a worker thread; known, it is read right here.
@@ -187,15 +276,19 @@ class Security:
         uid_allowed, _ = idmap.allowed_ranges(SUBUID)
         gid_allowed, _ = idmap.allowed_ranges(SUBGID)
         shared = idmap.shared_map(uid_allowed, gid_allowed)
-        if current is not None and _wanted_matches(current, sec, shared):
+        keep = name not in self.stale or (current is not None and current.method == "shift")
+        if current is not None and keep and _wanted_matches(current, sec, shared):
             return current
-        rec = self._pick(name, sec, current, method)
-        self._claims[name] = rec
+        async with self._host_lock:
+            own = self._blocks(skip=name)
+            rec, written = await self.d.files(self._pick_and_claim, name, sec, method, own)
+            self._claims[name] = rec
+            self._published = written
         if method == "shift":
             try:
                 await self.d.storage(self._shift, name, current, rec, fresh)
             except BaseException:
-                self._claims.pop(name, None)
+                await self.release(name)
                 raise
         return rec
 
@@ -210,9 +303,11 @@ class Security:
         n = idmap.shift_tree(rootfs, idmap.IdMap(rec.uid_base, rec.gid_base, rec.size))
         log.info("container %s: shifted %d inodes to host IDs %d..", name, n, rec.uid_base)
 
-    def release(self, name: str) -> None:
-        """Drop the claim `assign` made (its record is saved, or the attempt failed)."""
+    async def release(self, name: str) -> None:
+        """Drop the claim `assign` made (its record is saved, or the attempt
+        failed: then its block leaves the host-wide record too)."""
         self._claims.pop(name, None)
+        await self.publish()
 
     async def for_start(self, record: Container) -> Container:
         """`record` with the ID range it starts with, saved when it changed.
@@ -225,14 +320,15 @@ class Security:
             return record
         rec = await self.assign(record.name, record.config, record.idmap, fresh=False)
         if rec == record.idmap:
-            self.release(record.name)
+            await self.release(record.name)
             return record
         new = replace(record, idmap=rec)
         try:
             await self.d.files(self.d.registry.save, new)
             self.d.records[record.name] = new
+            self.stale.discard(record.name)
         finally:
-            self.release(record.name)
+            await self.release(record.name)
         log.info("container %s: host ID range %s", record.name, rec.to_json() if rec else None)
         return new
 

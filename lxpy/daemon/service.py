@@ -189,6 +189,8 @@ class Daemon:
         from lxpy.daemon.security import Security
 
         d.security = Security(d)
+        # Its containers' ID blocks, known to every lxpyd on the host.
+        await d.security.open()
         d.resources = Resources(d)
         await d.resources.setup()
         d.boot = BootManager(d, nursery)

@@ -64,7 +64,14 @@ AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 AT_SYMLINK_NOFOLLOW = 0x100
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_IDMAP = 0x00100000
+
+# Set on the host's mount of a pool lxpy made, cleared on every container's
+# rootfs clone: setuid files and device nodes work inside the container, as
+# on any system, and never through the host's view of the pool.
+ROOTFS_ATTRS = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
 
 # The new mount API has one number on every architecture (since Linux 5.2).
 _NR_OPEN_TREE = 428
@@ -192,8 +199,9 @@ def allocate(
 ) -> IdRange:
     """The lowest free block of `size` IDs inside `allowed` that overlaps no `used` one.
 
-    Pure: the daemon passes the ranges of the containers it knows, and
-    records the result in the container's record.
+    Pure: the daemon passes the blocks of every isolated container on the
+    host (lxpy.daemon.hostids), and keeps the result in the container's
+    record.
 
     Raises:
         Busy: when the allowed ranges are full.
@@ -472,11 +480,12 @@ def become_root() -> None:
 # -- idmapped mounts -------------------------------------------------------
 
 
-def clone_tree(source: str, recursive: bool = True, userns_fd: int = -1) -> int:
+def clone_tree(source: str, recursive: bool = True, userns_fd: int = -1, clear: int = 0) -> int:
     """A detached, private copy of the mount tree at `source` (open_tree(2)
     with OPEN_TREE_CLONE), as an O_CLOEXEC descriptor; attach_tree() mounts
     it. With `userns_fd`, the copy is idmapped through that user namespace
-    too (see idmapped_tree).
+    too (see idmapped_tree). `clear`: MOUNT_ATTR_* flags the copy drops
+    (ROOTFS_ATTRS for a rootfs).
 
     Why detached: made by host root before the launch path enters the
     container's user namespace, it can be attached inside the namespace's
@@ -504,10 +513,10 @@ def clone_tree(source: str, recursive: bool = True, userns_fd: int = -1) -> int:
         f"open_tree({source!r})",
     )
     if userns_fd >= 0:
-        attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, sc.MS_PRIVATE, userns_fd)
+        attr = _MountAttr(MOUNT_ATTR_IDMAP, clear, sc.MS_PRIVATE, userns_fd)
         what = f"mount_setattr({source!r}, MOUNT_ATTR_IDMAP)"
     else:
-        attr = _MountAttr(0, 0, sc.MS_PRIVATE, 0)
+        attr = _MountAttr(0, clear, sc.MS_PRIVATE, 0)
         what = f"mount_setattr({source!r}, MS_PRIVATE)"
     try:
         _setattr(fd, attr, recursive, what)
@@ -517,7 +526,7 @@ def clone_tree(source: str, recursive: bool = True, userns_fd: int = -1) -> int:
     return fd
 
 
-def idmapped_tree(source: str, userns_fd: int, recursive: bool = True) -> int:
+def idmapped_tree(source: str, userns_fd: int, recursive: bool = True, clear: int = 0) -> int:
     """A detached, private copy of the mount tree at `source`, idmapped
     through `userns_fd`.
 
@@ -532,7 +541,19 @@ def idmapped_tree(source: str, userns_fd: int, recursive: bool = True) -> int:
         OSError: EINVAL when the filesystem cannot be idmapped, ENOSYS on
             kernels before 5.12, EPERM without CAP_SYS_ADMIN.
     """
-    return clone_tree(source, recursive, userns_fd)
+    return clone_tree(source, recursive, userns_fd, clear)
+
+
+def set_mount_attrs(path: str, add: int = 0, clear: int = 0, recursive: bool = True) -> None:
+    """Set (`add`) and clear (`clear`) MOUNT_ATTR_* flags of the mount at
+    `path` (and those below it), leaving its other flags as they are.
+
+    Raises:
+        OSError: with the kernel's errno (EPERM for a flag locked by a
+            less privileged mount namespace).
+    """
+    attr = _MountAttr(add, clear, 0, 0)
+    _mount_setattr(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, attr, recursive, f"mount_setattr({path!r})")
 
 
 def set_idmap(tree_fd: int, userns_fd: int, recursive: bool = True, what: str = "") -> None:
@@ -547,12 +568,18 @@ def set_idmap(tree_fd: int, userns_fd: int, recursive: bool = True, what: str = 
 
 
 def _setattr(tree_fd: int, attr: _MountAttr, recursive: bool, what: str) -> None:
+    _mount_setattr(tree_fd, "", AT_EMPTY_PATH, attr, recursive, what)
+
+
+def _mount_setattr(
+    dirfd: int, path: str, flags: int, attr: _MountAttr, recursive: bool, what: str
+) -> None:
     _check(
         _libc.syscall(
             ctypes.c_long(_NR_MOUNT_SETATTR),
-            ctypes.c_int(tree_fd),
-            b"",
-            ctypes.c_uint(AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)),
+            ctypes.c_int(dirfd),
+            os.fsencode(path),
+            ctypes.c_uint(flags | (AT_RECURSIVE if recursive else 0)),
             ctypes.byref(attr),
             ctypes.c_size_t(ctypes.sizeof(attr)),
         ),

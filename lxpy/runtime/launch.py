@@ -228,11 +228,13 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
     # the rootfs, idmapped through the container's namespace (on disk k,
     # seen as base + k: root inside owns its files) or, when the tree was
     # shifted on disk, as is. Made here it is not locked when attached in
-    # the container's mount namespace, so pivot_root accepts it.
+    # the container's mount namespace, so pivot_root accepts it. Setuid
+    # files and device nodes work in it again (the host's pool mount is
+    # nosuid and nodev).
     if spec.idmap_method == "idmapped":
-        tree = idmap.idmapped_tree(root, userns)
+        tree = idmap.idmapped_tree(root, userns, clear=idmap.ROOTFS_ATTRS)
     else:
-        tree = idmap.clone_tree(root)
+        tree = idmap.clone_tree(root, clear=idmap.ROOTFS_ATTRS)
     if spec.lxcfs:
         clone_lxcfs(spec.lxcfs)
     # Why chdir now: the path to the rootfs may cross directories that the
@@ -338,6 +340,9 @@ def _setup(
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     # pivot_root needs the new root to be a mount point.
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
+    # The bind inherits the pool's nosuid and nodev, which are the host's
+    # view only: inside, setuid files and device nodes work.
+    idmap.set_mount_attrs(root, clear=idmap.ROOTFS_ATTRS)
 
     _mount_all(root, spec, console_path, tty_paths)
     _pivot(root)

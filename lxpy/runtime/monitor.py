@@ -413,7 +413,8 @@ class Monitor:
         # the clone (launch.cloned_init_main).
         spec = self.spec
         root = os.path.realpath(spec.rootfs)
-        tree = idmap.clone_tree(root)
+        # Without the pool's nosuid and nodev (the host's view only).
+        tree = idmap.clone_tree(root, clear=idmap.ROOTFS_ATTRS)
         fds = [tree]
         try:
             if spec.lxcfs:

@@ -24,6 +24,7 @@ import errno
 import logging
 import os
 import secrets
+import stat
 from abc import abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,16 @@ from lxpy.storage.mounts import mounts_under
 log = logging.getLogger("lxpy.storage")
 
 TREES = ("templates", "containers", "snapshots")
+
+# Mode of the pool, its trees and the per-container snapshot directories:
+# host root's alone. The top directory of a rootfs is the container's `/`
+# (0755 inside, as every distribution has it), so the closing must happen
+# on the way there: with these at 0755 any host user could walk into a
+# rootfs and run a setuid-root file its root planted (on disk it is owned
+# by 0 even for an unprivileged container, whose files are idmapped), or
+# read its /etc/shadow. Incus closes each instance's directory (0100/0700)
+# for the same reason; here the rootfs is the volume, one level lower.
+CLOSED_MODE = 0o700
 
 
 def guard_name(name: str, what: str) -> str:
@@ -87,13 +98,41 @@ def os_error(e: OSError, what: str) -> LxpyError:
     return LxpyError(f"{what}: {reason}")
 
 
+def _closed_dir(path: Path) -> None:
+    # mkdir's mode passes through the umask, and an existing directory
+    # keeps whatever mode it has: set it outright.
+    path.mkdir(exist_ok=True, mode=CLOSED_MODE)
+    os.chmod(path, CLOSED_MODE)
+
+
 class TreeBackend(Backend):
     """Shared orchestration over a pool with templates/, containers/, snapshots/."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
+        path.mkdir(parents=True, exist_ok=True, mode=CLOSED_MODE)
         for tree in TREES:
-            (path / tree).mkdir(parents=True, exist_ok=True)
+            (path / tree).mkdir(exist_ok=True, mode=CLOSED_MODE)
+
+    def close_to_others(self) -> list[str]:
+        """Give the pool, its trees and every snapshot directory the closed
+        mode, as a pool made by an older lxpy (0711 and 0755) needs.
+
+        Returns the directories that were open, for the log.
+
+        Raises:
+            OSError: one cannot be changed.
+        """
+        dirs = [self.path, *(self.path / t for t in TREES)]
+        snaps = self.path / "snapshots"
+        dirs += [snaps / e for e in sorted(os.listdir(snaps)) if not e.startswith(".")]
+        changed = []
+        for d in dirs:
+            st = os.lstat(d)
+            if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) != CLOSED_MODE:
+                os.chmod(d, CLOSED_MODE)
+                changed.append(f"{d} ({stat.S_IMODE(st.st_mode):o})")
+        return changed
 
     # -- primitives each backend provides ------------------------------------
     @abstractmethod
@@ -309,7 +348,7 @@ class TreeBackend(Backend):
         src = self._need_container(name)
         self._need_free(dst, f"snapshot {snap!r} of container {name!r}")
         with translate(f"snapshot {snap!r} of container {name!r}"):
-            dst.parent.mkdir(exist_ok=True)
+            _closed_dir(dst.parent)
             self._copy(src, dst, read_only=True)
 
     def list_snapshots(self, name: str) -> list[SnapshotInfo]:

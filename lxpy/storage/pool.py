@@ -11,6 +11,10 @@ In order:
      fails and "auto" falls back to plain directories with a warning.
 A directory pool left by such a fallback stays a directory pool: a loop
 mount over it would hide its containers.
+
+Whatever the kind, its directories are closed to other users
+(layout.CLOSED_MODE); a loop image is root's alone and mounted nosuid and
+nodev. A pool an older lxpy left open is closed here.
 """
 
 from __future__ import annotations
@@ -18,10 +22,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
 from lxpy.errors import Unsupported
+from lxpy.kernel import idmap
 from lxpy.model.settings import Settings
 from lxpy.storage.base import Backend
 from lxpy.storage.btrfs import BtrfsBackend
@@ -43,6 +49,8 @@ POOL_SHARE = 0.2
 POOL_MIN = 5 * GiB
 POOL_MAX = 100 * GiB
 _TOOL_TIMEOUT = 120
+# The loop image holds every rootfs: root's alone.
+IMAGE_MODE = 0o600
 
 
 class _NoLoopPool(Exception):
@@ -59,7 +67,7 @@ def default_pool_size(root: Path) -> int:
     return min(max(int(free * POOL_SHARE), POOL_MIN), POOL_MAX)
 
 
-def open_pool(settings: Settings) -> Backend:
+def open_pool(settings: Settings) -> TreeBackend:
     """Open (making it on first use) the storage pool of `settings.root`.
 
     Synchronous and may block for seconds on first use (mkfs, mount). Also
@@ -72,7 +80,10 @@ def open_pool(settings: Settings) -> Backend:
     pool = root / "pool"
     root.mkdir(parents=True, exist_ok=True)
     backend = DirBackend(pool) if settings.storage == "dir" else _open_btrfs(settings)
-    os.chmod(pool, 0o711)  # containers' files are nobody else's business
+    # Containers' files are nobody else's business; a pool made by an
+    # older lxpy had them open (see layout.CLOSED_MODE).
+    for what in backend.close_to_others():
+        log.warning("storage pool: closed %s to other users", what)
     backend.recover()
     log.info("storage pool: %s at %s", backend.name, pool)
     return backend
@@ -86,6 +97,9 @@ def _open_btrfs(settings: Settings) -> TreeBackend:
     if is_mount_point(pool):
         fstype = mount_of(pool).fstype
         if fstype == "btrfs":
+            if image.exists():
+                # Mounted by an earlier start, maybe by an older lxpy.
+                _close_image(image, pool)
             return BtrfsBackend(pool)
         return _fallback(
             strict,
@@ -107,7 +121,46 @@ def _open_btrfs(settings: Settings) -> TreeBackend:
         _loop_pool(image, pool, settings.pool_size)
     except _NoLoopPool as e:
         return _fallback(strict, pool, e.message, e.hint)
+    _close_image(image, pool)
     return BtrfsBackend(pool)
+
+
+def _close_image(image: Path, pool: Path) -> None:
+    """The loop image readable by root alone, and its mount at `pool`
+    nosuid and nodev, as a pool made by an older lxpy needs (it made the
+    image 0644 and mounted it without either).
+
+    Why: the image holds every rootfs, whose files a host user must not
+    read; and no setuid file or device node a container's root made may
+    take effect through the host's view of the pool. Containers do not
+    lose them: each one's rootfs is a clone of this mount with both
+    attributes cleared (see lxpy.kernel.idmap.ROOTFS_ATTRS).
+    """
+    if stat.S_IMODE(image.stat().st_mode) != IMAGE_MODE:
+        os.chmod(image, IMAGE_MODE)
+        log.warning("storage pool: %s made readable by root alone", image)
+    if not _loop_backed_by(mount_of(pool).source, image):
+        # Something else mounted there (a disk of the admin's): its
+        # options are the admin's to choose.
+        return
+    flags = os.statvfs(pool).f_flag
+    if flags & os.ST_NOSUID and flags & os.ST_NODEV:
+        return
+    idmap.set_mount_attrs(str(pool), add=idmap.ROOTFS_ATTRS)
+    log.warning("storage pool: %s remounted nosuid,nodev", pool)
+
+
+def _loop_backed_by(source: str, image: Path) -> bool:
+    """Whether the block device `source` is a loop device over `image`."""
+    name = os.path.basename(source)
+    try:
+        backing = Path(f"/sys/class/block/{name}/loop/backing_file").read_text().strip()
+    except OSError:
+        return False
+    try:
+        return os.path.samefile(backing, image)
+    except OSError:
+        return False
 
 
 def _fallback(strict: bool, pool: Path, message: str, hint: str) -> TreeBackend:
@@ -152,7 +205,8 @@ def _loop_pool(image: Path, pool: Path, size: int | None) -> None:
                 "mkfs.btrfs is not installed", 'install btrfs-progs, or set storage = "dir"'
             )
         size = size if size is not None else default_pool_size(image.parent)
-        with open(image, "xb") as f:
+        fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, IMAGE_MODE)
+        with open(fd, "wb") as f:
             f.truncate(size)  # sparse: blocks are allocated as btrfs writes
         created = True
         err = _run(["mkfs.btrfs", "-q", str(image)])
@@ -164,7 +218,7 @@ def _loop_pool(image: Path, pool: Path, size: int | None) -> None:
             )
     made_dir = not pool.exists()
     pool.mkdir(exist_ok=True)
-    err = _run(["mount", "-o", "loop", str(image), str(pool)])
+    err = _run(["mount", "-o", "loop,nosuid,nodev", str(image), str(pool)])
     if err is not None:
         if created:
             image.unlink()

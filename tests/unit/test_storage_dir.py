@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
 from lxpy.storage.dir import DirBackend
-from lxpy.storage.layout import guard_name, iso_utc, os_error
+from lxpy.storage.layout import CLOSED_MODE, TREES, guard_name, iso_utc, os_error
 from lxpy.storage.mounts import is_mount_point, mount_of, mounts_under
 
 
@@ -66,3 +67,38 @@ def test_dir_backend_lifecycle(tmp_path: Path) -> None:
     be.delete_container("c1")
     be.delete_container("c1")
     assert os.listdir(be.path / "containers") == []
+
+
+def _mode(p: Path) -> int:
+    return stat.S_IMODE(os.stat(p).st_mode)
+
+
+def test_the_way_to_every_rootfs_is_closed(tmp_path: Path) -> None:
+    be = DirBackend(tmp_path / "pool")
+    (be.begin_template("base") / "hostname").write_text("base\n")
+    be.commit_template("base")
+    be.create_container("c1", "base")
+    be.create_snapshot("c1", "s1")
+    be.clone_container("c1", "c2")
+    be.rename_container("c1", "c3")
+    closed = [be.path, *(be.path / t for t in TREES), be.snapshot_dir("c3")]
+    assert {p: _mode(p) for p in closed} == {p: CLOSED_MODE for p in closed}
+    # A rootfs's own top directory is the container's `/`: left as it is.
+    assert _mode(be.container_path("c2")) == 0o755
+    assert be.close_to_others() == []
+
+
+def test_an_open_pool_is_closed_again(tmp_path: Path) -> None:
+    be = DirBackend(tmp_path / "pool")
+    be.begin_template("base")
+    be.commit_template("base")
+    be.create_container("c1", "base")
+    be.create_snapshot("c1", "s1")
+    # The modes an older lxpy gave them.
+    opened = [be.path / t for t in TREES] + [be.snapshot_dir("c1")]
+    os.chmod(be.path, 0o711)
+    for p in opened:
+        os.chmod(p, 0o755)
+    changed = DirBackend(be.path).close_to_others()
+    assert changed == [f"{be.path} (711)"] + [f"{p} (755)" for p in opened]
+    assert {_mode(p) for p in [be.path, *opened]} == {CLOSED_MODE}
