@@ -1,12 +1,13 @@
 """The daemon's network service: managed networks and container NICs.
 
 A managed network is a bridge with the subnet's first address, one dnsmasq
-(DHCP, DNS for `NAME.lxpy`), and rules in lxpy's own nftables table. Its
-record is `ROOT/networks/NAME.toml`; its leases are in `ROOT/networks/NAME/`;
-its hosts file and pid file are in the run dir, with the bound network
-namespaces (`RUN/netns/CONTAINER`) and the NIC records of running containers
-(`RUN/nics/CONTAINER.json`). Everything is re-created idempotently by
-`Networks.open` when lxpyd starts, and removed on delete.
+(DHCP, DNS for `NAME.lxpy`; supervised by lxpy.daemon.dnsmasqd), and rules
+in lxpy's own nftables table. Its record is `ROOT/networks/NAME.toml`; its
+leases are in `ROOT/networks/NAME/`; its hosts file and pid file are in the
+run dir, with the bound network namespaces (`RUN/netns/CONTAINER`) and the
+NIC records of running containers (`RUN/nics/CONTAINER.json`). Everything
+is re-created idempotently by `Networks.open` when lxpyd starts, and
+removed on delete.
 
 Entry points for the container lifecycle:
 
@@ -18,22 +19,22 @@ Entry points for the container lifecycle:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ipaddress
 import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import trio
 
+from lxpy.daemon import dnsmasqd
+from lxpy.daemon.dnsmasqd import DnsmasqState
 from lxpy.daemon.registry import write_atomic
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel import idmap
@@ -55,9 +56,6 @@ log = logging.getLogger("lxpyd.networks")
 
 T = TypeVar("T")
 RUN_BASE = Path("/run/lxpy")
-READY_TIMEOUT = 10.0
-BACKOFF_FIRST = 0.2
-BACKOFF_MAX = 10.0
 
 # Container name -> its config (the `network` and `ipv4.address` keys matter).
 Users = Callable[[], Mapping[str, Mapping[str, object]]]
@@ -69,18 +67,6 @@ class NetnsHandle:
 
     path: str
     nics: tuple[Nic, ...]
-
-
-@dataclass
-class _Dnsmasq:
-    """The supervision state of one network's dnsmasq."""
-
-    net: Network
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    done: trio.Event = field(default_factory=trio.Event)
-    proc: trio.Process | None = None
-    restarts: int = 0
-    error: str | None = None
 
 
 class Networks:
@@ -105,7 +91,7 @@ class Networks:
         self.users = users or (lambda: {})
         self.table = nftables.table_name(self.id)
         self.nets: dict[str, Network] = {}
-        self.dnsmasq: dict[str, _Dnsmasq] = {}
+        self.dnsmasq: dict[str, DnsmasqState] = {}
         self.attached: dict[str, tuple[Nic, ...]] = {}
         self._lock = trio.Lock()
         # Netlink calls are short; one at a time keeps bridge and veth
@@ -166,7 +152,7 @@ class Networks:
                 await self._bring_up(net, created_bridge=[])
             except LxpyError as e:
                 log.error("network %s: %s%s", net.name, e.message, f" ({e.hint})" if e.hint else "")
-                self.dnsmasq[net.name] = _Dnsmasq(net, error=e.message)
+                self.dnsmasq[net.name] = DnsmasqState(net, error=e.message)
                 self.dnsmasq[net.name].done.set()
         if self.nets:
             log.info("networks: %s", ", ".join(sorted(self.nets)))
@@ -245,107 +231,23 @@ class Networks:
         if net.nat:
             await self._run(nftables.enable_ip_forward)
         await self._run(_resolved_link_dns, net)
-        state = _Dnsmasq(net)
+        state = DnsmasqState(net)
         self.dnsmasq[net.name] = state
         try:
-            await self.nursery.start(self._supervise, state, bins["dnsmasq"])
+            await self.nursery.start(dnsmasqd.supervise, state, bins["dnsmasq"], paths)
         except BaseException:
             self.dnsmasq.pop(net.name, None)
             raise
 
-    # -- dnsmasq supervision ---------------------------------------------------
-    async def _supervise(
-        self,
-        st: _Dnsmasq,
-        binary: str,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Run the network's dnsmasq; restart it with backoff when it dies.
-        Reports started once the first one serves; a first start that fails
-        raises (the caller undoes the network)."""
-        paths = self._paths(st.net.name)
-        cmd = dnsmasq.command(binary, st.net, paths)
-        first = True
-        backoff = BACKOFF_FIRST
-        try:
-            with st.scope:
-                while True:
-                    began = trio.current_time()
-                    tail: collections.deque[str] = collections.deque(maxlen=10)
-                    ready = await self._run_once(
-                        st, cmd, paths, tail, task_status if first else None
-                    )
-                    why = "; ".join(tail) or f"exit status {st.proc.returncode if st.proc else '?'}"
-                    if first and not ready:
-                        raise _start_error(st.net, why)
-                    first = False
-                    st.restarts += 1
-                    st.error = why
-                    if trio.current_time() - began > 30:
-                        backoff = BACKOFF_FIRST
-                    log.warning(
-                        "dnsmasq of network %s ended (%s); restarting in %.1f s",
-                        st.net.name,
-                        why,
-                        backoff,
-                    )
-                    await trio.sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-        finally:
-            st.proc = None
-            st.done.set()
-
-    async def _run_once(
-        self,
-        st: _Dnsmasq,
-        cmd: list[str],
-        paths: dnsmasq.Paths,
-        tail: collections.deque[str],
-        task_status: trio.TaskStatus[None] | None,
-    ) -> bool:
-        # Returns whether this dnsmasq became ready (before it ended).
-        with contextlib.suppress(FileNotFoundError):
-            paths.pid.unlink()
-        proc = await trio.lowlevel.open_process(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        st.proc = proc
-        ready = False
-        try:
-            async with trio.open_nursery() as n:
-                n.start_soon(_pump_log, proc, tail, st.net.name)
-                ready = await _wait_ready(proc, paths.pid)
-                if ready:
-                    st.error = None
-                    if task_status is not None:
-                        task_status.started()
-                    log.info("dnsmasq of network %s serving (pid %d)", st.net.name, proc.pid)
-                await proc.wait()
-        finally:
-            with trio.CancelScope(shield=True):
-                if proc.returncode is None:
-                    proc.terminate()
-                    with trio.move_on_after(5):
-                        await proc.wait()
-                    if proc.returncode is None:
-                        proc.kill()
-                        await proc.wait()
-        return ready
-
     async def _stop_dnsmasq(self, name: str) -> None:
         st = self.dnsmasq.pop(name, None)
         if st is not None:
-            st.scope.cancel()
-            with trio.CancelScope(shield=True):
-                await st.done.wait()
+            await dnsmasqd.stop(st)
 
     def _reload(self, name: str) -> None:
         st = self.dnsmasq.get(name)
-        if st is not None and st.proc is not None and st.proc.returncode is None:
-            # SIGHUP re-reads the hosts file (static leases).
-            with contextlib.suppress(ProcessLookupError):
-                st.proc.send_signal(signal.SIGHUP)
+        if st is not None:
+            dnsmasqd.reload(st)
 
     def _write_hosts_sync(self, name: str) -> None:
         hosts = [
@@ -724,48 +626,6 @@ def _as_list(value: object) -> list[str]:
     if isinstance(value, list | tuple):
         return [str(v) for v in value]
     return []
-
-
-def _start_error(net: Network, why: str) -> LxpyError:
-    if "Address already in use" in why:
-        return Busy(
-            f"dnsmasq for network {net.name} cannot bind its ports on {net.gateway}: {why}",
-            hint="another DNS or DHCP server listens there; stop it or restrict it to "
-            "its own addresses",
-        )
-    return LxpyError(
-        f"dnsmasq for network {net.name} failed to start: {why}",
-        hint="see lxpyd's log for dnsmasq's messages",
-    )
-
-
-async def _wait_ready(proc: trio.Process, pidfile: Path) -> bool:
-    # dnsmasq writes its pid file once its sockets are bound; an early
-    # exit is a failure to start.
-    with trio.move_on_after(READY_TIMEOUT):
-        while proc.poll() is None:
-            with contextlib.suppress(OSError):
-                # Empty or cut short while dnsmasq is writing it: not yet.
-                if (await trio.Path(pidfile).read_text()).split()[:1] == [str(proc.pid)]:
-                    return True
-            await trio.sleep(0.01)
-    return False
-
-
-async def _pump_log(proc: trio.Process, tail: collections.deque[str], name: str) -> None:
-    assert proc.stderr is not None
-    buf = b""
-    while True:
-        chunk = await proc.stderr.receive_some(4096)
-        if not chunk:
-            break
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        for raw in lines:
-            line = raw.decode(errors="replace").strip()
-            if line:
-                tail.append(line.removeprefix("dnsmasq: "))
-                log.debug("dnsmasq[%s]: %s", name, line)
 
 
 def _resolved_link_dns(net: Network) -> None:
