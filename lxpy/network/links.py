@@ -129,12 +129,24 @@ def ensure_bridge(name: str, mark: str, gateway: ipaddress.IPv4Interface, mac: s
             want = (str(gateway.ip), gateway.network.prefixlen)
             if want not in have:
                 ip.addr("add", index=idx, address=want[0], prefixlen=want[1])
+            _refuse_router_adverts(name)
             ip.link("set", index=idx, state="up")
         except BaseException:
             if created:
                 _delete_link(ip, name)
             raise
         return created
+
+
+def _refuse_router_adverts(name: str) -> None:
+    # The bridge is its containers' gateway: it must not take an IPv6
+    # address or route from a router advertisement one of them sends, which
+    # the kernel accepts by default on a host that does not forward IPv6.
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", "w") as f:
+            f.write("0\n")
+    except FileNotFoundError:
+        pass  # no IPv6 on this host
 
 
 def delete_bridge(name: str, mark: str) -> None:
