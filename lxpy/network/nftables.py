@@ -62,7 +62,21 @@ def apply(table: str, networks: Iterable[Network], nft: str = "nft") -> None:
         Unsupported: no nft binary.
         LxpyError: nft refused the script (its message included).
     """
-    script = render(table, networks)
+    run_script(
+        render(table, networks),
+        f"lxpy's table {table}",
+        "check that the kernel has nf_tables with nat (`nft list tables`)",
+        nft,
+    )
+
+
+def run_script(script: str, what: str, hint: str, nft: str = "nft") -> None:
+    """Run an nft script (one transaction: all of it or nothing).
+
+    Raises:
+        Unsupported: no nft binary.
+        LxpyError: nft refused the script: "nft refused `what`: its message".
+    """
     try:
         res = subprocess.run(
             [nft, "-f", "-"], input=script, capture_output=True, text=True, timeout=30
@@ -72,10 +86,7 @@ def apply(table: str, networks: Iterable[Network], nft: str = "nft") -> None:
             "nft is not installed", hint="install nftables (`apt install nftables`)"
         ) from None
     if res.returncode != 0:
-        raise LxpyError(
-            f"nft refused lxpy's table {table}: {res.stderr.strip()}",
-            hint="check that the kernel has nf_tables with nat (`nft list tables`)",
-        )
+        raise LxpyError(f"nft refused {what}: {res.stderr.strip()}", hint=hint)
 
 
 def enable_ip_forward() -> None:
