@@ -11,11 +11,11 @@ import ipaddress
 import pytest
 
 from lxpy.daemon import portfilter
-from lxpy.errors import Busy, InvalidArgument
+from lxpy.errors import Busy, InvalidArgument, LxpyError
 from lxpy.model.config import KEYS, validate_config
 from lxpy.model.network import Network
 from lxpy.model.security import SecurityConfig
-from lxpy.network import l2filter
+from lxpy.network import l2filter, nftables
 from lxpy.network.dnsmasq import Lease
 from lxpy.network.links import Nic
 
@@ -150,3 +150,17 @@ def test_scripts_are_idempotent_transactions() -> None:
     sync = l2filter.sync_script("lxpy-t", [port, nic(host="lxpy-9999999999")])
     assert sync.startswith(last) and "lxpy-9999999999" not in sync
     assert l2filter.sync_script("lxpy-t", [nic()]) == last
+
+
+@pytest.mark.parametrize("in_process", [True, False])
+def test_nft_errors_name_what_was_refused(
+    in_process: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not in_process:
+        monkeypatch.setattr(nftables, "_LIB", [None])  # as without libnftables
+    else:
+        # nft is built on it: wherever nftables is installed, so is it.
+        assert nftables._libnftables() is not None
+    with pytest.raises(LxpyError, match="nft refused the test table: .*syntax error") as exc:
+        nftables.run_script("this is not nft\n", "the test table", "a hint")
+    assert exc.value.hint == "a hint"
