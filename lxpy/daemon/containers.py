@@ -26,7 +26,7 @@ from lxpy.daemon.templates import Templates
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, NotFound
 from lxpy.model.config import Container, validate_config
 from lxpy.model.names import validate_name
-from lxpy.model.security import IdmapRecord
+from lxpy.model.security import LIVE_KEYS, IdmapRecord
 from lxpy.model.state import State
 
 log = logging.getLogger("lxpyd.containers")
@@ -112,6 +112,7 @@ class Containers:
         return {
             **c.to_json(),
             "security": describe_security(c, d.apparmor),
+            "filtering": d.networks.filtering(name, c.config),
             "state": str(d.states[name]),
             "snapshots": snaps,
             "path": path,
@@ -259,17 +260,24 @@ class Containers:
             old = d.require(name)
             new = old.with_config(set_, unset)
             check_update(old, new.config)
-            # Limits of a running container change at once, before the
-            # record: a value the kernel refuses is not saved either. Other
-            # keys take effect at its next start.
+            # Limits and port filters of a running container change at once,
+            # before the record: a value the kernel refuses is not saved
+            # either. Other keys take effect at its next start.
             live = await d.resources.apply_live(name, old.config, new.config)
+            filters: list[str] = []
             try:
+                filters = await self._refilter(name, old.config, new.config)
                 await d.files(d.registry.save, new)
             except BaseException:
                 if live:
                     await _undo(
                         lambda: d.resources.apply_live(name, new.config, old.config),
                         f"restore the limits of {name}",
+                    )
+                if filters:
+                    await _undo(
+                        lambda: d.networks.refilter(name, old.config),
+                        f"restore the port filters of {name}",
                     )
                 raise
             d.records[name] = new
@@ -278,9 +286,20 @@ class Containers:
         d.bus.lifecycle(
             "container-updated",
             f"containers/{name}",
-            {"set": list(set_), "unset": unset, "applied": live},
+            {"set": list(set_), "unset": unset, "applied": live + filters},
         )
         return await self.describe(name)
+
+    async def _refilter(
+        self, name: str, old: Mapping[str, object], new: Mapping[str, object]
+    ) -> list[str]:
+        """Give a running container's ports the filters `new` asks for;
+        returns the keys that changed on a running container (none: nothing
+        done, they apply at its next start)."""
+        changed = sorted(k for k in LIVE_KEYS if old.get(k) != new.get(k))
+        if changed and await self.d.networks.refilter(name, new):
+            return changed
+        return []
 
     # -- rename / copy ------------------------------------------------------
     async def rename(self, name: str, body: dict[str, object]) -> dict[str, object]:

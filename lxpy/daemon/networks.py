@@ -1,12 +1,13 @@
 """The daemon's network service: managed networks and container NICs.
 
 A managed network is a bridge with the subnet's first address, one dnsmasq
-(DHCP, DNS for `NAME.lxpy`), and rules in lxpy's own nftables table. Its
-record is `ROOT/networks/NAME.toml`; its leases are in `ROOT/networks/NAME/`;
-its hosts file and pid file are in the run dir, with the bound network
-namespaces (`RUN/netns/CONTAINER`) and the NIC records of running containers
-(`RUN/nics/CONTAINER.json`). Everything is re-created idempotently by
-`Networks.open` when lxpyd starts, and removed on delete.
+(DHCP, DNS for `NAME.lxpy`; supervised by lxpy.daemon.dnsmasqd), and rules
+in lxpy's own nftables table. Its record is `ROOT/networks/NAME.toml`; its
+leases are in `ROOT/networks/NAME/`; its hosts file and pid file are in the
+run dir, with the bound network namespaces (`RUN/netns/CONTAINER`) and the
+NIC records of running containers (`RUN/nics/CONTAINER.json`). Everything
+is re-created idempotently by `Networks.open` when lxpyd starts, and
+removed on delete.
 
 Entry points for the container lifecycle:
 
@@ -18,22 +19,23 @@ Entry points for the container lifecycle:
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ipaddress
 import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import trio
 
+from lxpy.daemon import dnsmasqd, portfilter
+from lxpy.daemon.dnsmasqd import DnsmasqState
 from lxpy.daemon.registry import write_atomic
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel import idmap
@@ -48,16 +50,13 @@ from lxpy.model.network import (
     validate_network_name,
     veth_name,
 )
-from lxpy.network import dnsmasq, links, nftables, preflight
+from lxpy.network import dnsmasq, l2filter, links, nftables, preflight
 from lxpy.network.links import Nic
 
 log = logging.getLogger("lxpyd.networks")
 
 T = TypeVar("T")
 RUN_BASE = Path("/run/lxpy")
-READY_TIMEOUT = 10.0
-BACKOFF_FIRST = 0.2
-BACKOFF_MAX = 10.0
 
 # Container name -> its config (the `network` and `ipv4.address` keys matter).
 Users = Callable[[], Mapping[str, Mapping[str, object]]]
@@ -69,18 +68,6 @@ class NetnsHandle:
 
     path: str
     nics: tuple[Nic, ...]
-
-
-@dataclass
-class _Dnsmasq:
-    """The supervision state of one network's dnsmasq."""
-
-    net: Network
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    done: trio.Event = field(default_factory=trio.Event)
-    proc: trio.Process | None = None
-    restarts: int = 0
-    error: str | None = None
 
 
 class Networks:
@@ -105,7 +92,7 @@ class Networks:
         self.users = users or (lambda: {})
         self.table = nftables.table_name(self.id)
         self.nets: dict[str, Network] = {}
-        self.dnsmasq: dict[str, _Dnsmasq] = {}
+        self.dnsmasq: dict[str, DnsmasqState] = {}
         self.attached: dict[str, tuple[Nic, ...]] = {}
         self._lock = trio.Lock()
         # Netlink calls are short; one at a time keeps bridge and veth
@@ -161,12 +148,17 @@ class Networks:
         does not stop the daemon."""
         self = cls(root, nursery, run_dir, default_network, default_subnet, users)
         self.nets, self.attached = await self._run(self._load)
+        if self.nets or self.attached:
+            try:
+                await self._run(self._sync_filters)
+            except LxpyError as e:
+                log.error("port filters: %s%s", e.message, f" ({e.hint})" if e.hint else "")
         for net in sorted(self.nets.values(), key=lambda n: n.name):
             try:
                 await self._bring_up(net, created_bridge=[])
             except LxpyError as e:
                 log.error("network %s: %s%s", net.name, e.message, f" ({e.hint})" if e.hint else "")
-                self.dnsmasq[net.name] = _Dnsmasq(net, error=e.message)
+                self.dnsmasq[net.name] = DnsmasqState(net, error=e.message)
                 self.dnsmasq[net.name].done.set()
         if self.nets:
             log.info("networks: %s", ", ".join(sorted(self.nets)))
@@ -245,107 +237,23 @@ class Networks:
         if net.nat:
             await self._run(nftables.enable_ip_forward)
         await self._run(_resolved_link_dns, net)
-        state = _Dnsmasq(net)
+        state = DnsmasqState(net)
         self.dnsmasq[net.name] = state
         try:
-            await self.nursery.start(self._supervise, state, bins["dnsmasq"])
+            await self.nursery.start(dnsmasqd.supervise, state, bins["dnsmasq"], paths)
         except BaseException:
             self.dnsmasq.pop(net.name, None)
             raise
 
-    # -- dnsmasq supervision ---------------------------------------------------
-    async def _supervise(
-        self,
-        st: _Dnsmasq,
-        binary: str,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Run the network's dnsmasq; restart it with backoff when it dies.
-        Reports started once the first one serves; a first start that fails
-        raises (the caller undoes the network)."""
-        paths = self._paths(st.net.name)
-        cmd = dnsmasq.command(binary, st.net, paths)
-        first = True
-        backoff = BACKOFF_FIRST
-        try:
-            with st.scope:
-                while True:
-                    began = trio.current_time()
-                    tail: collections.deque[str] = collections.deque(maxlen=10)
-                    ready = await self._run_once(
-                        st, cmd, paths, tail, task_status if first else None
-                    )
-                    why = "; ".join(tail) or f"exit status {st.proc.returncode if st.proc else '?'}"
-                    if first and not ready:
-                        raise _start_error(st.net, why)
-                    first = False
-                    st.restarts += 1
-                    st.error = why
-                    if trio.current_time() - began > 30:
-                        backoff = BACKOFF_FIRST
-                    log.warning(
-                        "dnsmasq of network %s ended (%s); restarting in %.1f s",
-                        st.net.name,
-                        why,
-                        backoff,
-                    )
-                    await trio.sleep(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MAX)
-        finally:
-            st.proc = None
-            st.done.set()
-
-    async def _run_once(
-        self,
-        st: _Dnsmasq,
-        cmd: list[str],
-        paths: dnsmasq.Paths,
-        tail: collections.deque[str],
-        task_status: trio.TaskStatus[None] | None,
-    ) -> bool:
-        # Returns whether this dnsmasq became ready (before it ended).
-        with contextlib.suppress(FileNotFoundError):
-            paths.pid.unlink()
-        proc = await trio.lowlevel.open_process(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        st.proc = proc
-        ready = False
-        try:
-            async with trio.open_nursery() as n:
-                n.start_soon(_pump_log, proc, tail, st.net.name)
-                ready = await _wait_ready(proc, paths.pid)
-                if ready:
-                    st.error = None
-                    if task_status is not None:
-                        task_status.started()
-                    log.info("dnsmasq of network %s serving (pid %d)", st.net.name, proc.pid)
-                await proc.wait()
-        finally:
-            with trio.CancelScope(shield=True):
-                if proc.returncode is None:
-                    proc.terminate()
-                    with trio.move_on_after(5):
-                        await proc.wait()
-                    if proc.returncode is None:
-                        proc.kill()
-                        await proc.wait()
-        return ready
-
     async def _stop_dnsmasq(self, name: str) -> None:
         st = self.dnsmasq.pop(name, None)
         if st is not None:
-            st.scope.cancel()
-            with trio.CancelScope(shield=True):
-                await st.done.wait()
+            await dnsmasqd.stop(st)
 
     def _reload(self, name: str) -> None:
         st = self.dnsmasq.get(name)
-        if st is not None and st.proc is not None and st.proc.returncode is None:
-            # SIGHUP re-reads the hosts file (static leases).
-            with contextlib.suppress(ProcessLookupError):
-                st.proc.send_signal(signal.SIGHUP)
+        if st is not None:
+            dnsmasqd.reload(st)
 
     def _write_hosts_sync(self, name: str) -> None:
         hosts = [
@@ -552,10 +460,16 @@ class Networks:
         is ""): its launch makes one of its own, with only loopback, in the
         same step as its other namespaces. Nothing outside needs to reach it.
 
+        Each port gets the filter rules its config asks for (security.
+        mac_filtering, security.ipv4_filtering) before its veth exists; an
+        IPv4-filtered NIC without a pinned address is given one, as a static
+        lease (lxpy.daemon.portfilter).
+
         Raises:
             NotFound: a named network does not exist (the default one is made).
             InvalidArgument: `ipv4.address` is not usable on the first network.
-            Busy: the pinned address is held by another running container.
+            Busy: the pinned address is held by another running container, or
+                a network has no free address left for an IPv4-filtered NIC.
         """
         names = _as_list(config.get("network"))
         pinned = config.get("ipv4.address")
@@ -577,34 +491,39 @@ class Networks:
                         hint="pick another address",
                     )
         root = str(self.root)
-        nics = tuple(
-            Nic(
-                network=net.name,
-                bridge=net.name,
-                host=veth_name(root, container, i),
-                peer=f"eth{i}",
-                mac=mac_address(root, container, i),
-                ipv4=str(pinned) if i == 0 and pinned is not None else None,
-            )
-            for i, net in enumerate(nets)
+        nics = portfilter.flagged(
+            (
+                Nic(
+                    network=net.name,
+                    bridge=net.name,
+                    host=veth_name(root, container, i),
+                    peer=f"eth{i}",
+                    mac=mac_address(root, container, i),
+                    ipv4=str(pinned) if i == 0 and pinned is not None else None,
+                )
+                for i, net in enumerate(nets)
+            ),
+            config,
         )
         if container in self.attached or self.netns_path(container).exists():
             await self.detach(container)
         if not nics:
             return NetnsHandle("", ())
-        path = self.netns_path(container)
-        if make_ns is None:
-            await self._run(_create_netns, path, list(nics), userns)
+        leases = await self._leases_for(nics)
+        # No await from the choice of addresses to their claim in
+        # `attached`: a start running beside this one sees them taken.
+        nics = self._fix_addresses(container, nics, leases)
         self.attached[container] = nics
+        path = self.netns_path(container)
         try:
-            if make_ns is not None:
+            if make_ns is None:
+                await self._run(self._make_netns, container, path, nics, userns)
+            else:
                 # The run directory exists once the daemon's networks are up;
                 # this is a no-op stat on tmpfs after the first start.
                 path.parent.mkdir(parents=True, exist_ok=True)
                 await make_ns(path)
                 await self._run(self._fill_netns, container, path, nics)
-            else:
-                await self._run(self._save_nics, container, nics)
             await self._update_hosts({n.network for n in nics})
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -613,8 +532,17 @@ class Networks:
         return NetnsHandle(str(path), nics)
 
     def _fill_netns(self, container: str, path: Path, nics: tuple[Nic, ...]) -> None:
-        # One worker trip: the veths into the namespace, then their record.
+        # One worker trip: the ports' rules (before their veths exist, so
+        # no frame passes unfiltered), the veths into the namespace, then
+        # their record.
+        self._filter_new(nics)
         links.add_nics(path, list(nics))
+        self._save_nics(container, nics)
+
+    def _make_netns(self, container: str, path: Path, nics: tuple[Nic, ...], userns: str) -> None:
+        # _fill_netns for a namespace made here rather than by the zygote.
+        self._filter_new(nics)
+        _create_netns(path, list(nics), userns)
         self._save_nics(container, nics)
 
     def _save_nics(self, container: str, nics: tuple[Nic, ...]) -> None:
@@ -632,6 +560,10 @@ class Networks:
         """Remove container `container`'s veths, namespace and static leases
         (idempotent)."""
         nics = self.attached.pop(container, ())
+        # Decided just before the worker job is queued: the limiter runs
+        # jobs in order, so a start that claims a port after this point has
+        # its rules made after this removal.
+        keep_table = self._any_filtered()
         with trio.CancelScope(shield=True):
 
             def work() -> None:
@@ -639,9 +571,118 @@ class Networks:
                 links.remove_netns(self.netns_path(container))
                 self._nics_path(container).unlink(missing_ok=True)
                 self._prune_run_dir()
+                # After the veths: no moment with a port up and unfiltered.
+                if any(l2filter.filtered(n) for n in nics):
+                    try:
+                        self._filter((), [n.host for n in nics], keep_table)
+                    except LxpyError as e:
+                        # The next lxpyd start replaces the table whole.
+                        log.error("container %s: port filters left: %s", container, e.message)
 
             await self._run(work)
             await self._update_hosts({n.network for n in nics})
+
+    # -- port filtering (lxpy.network.l2filter) ---------------------------------
+    def _filter(
+        self, nics: tuple[Nic, ...], gone: list[str] | tuple[()] = (), keep_table: bool = True
+    ) -> None:
+        # The rules of `nics`' ports as their flags say; the ports of the
+        # veths `gone` removed. Blocking.
+        script = l2filter.update_script(self.table, nics, gone, keep_table)
+        l2filter.run(self.table, script, self._binaries()["nft"])
+
+    def _filter_new(self, nics: tuple[Nic, ...]) -> None:
+        # A starting container's ports; none filtered: no table is made.
+        if any(l2filter.filtered(n) for n in nics):
+            self._filter(nics)
+
+    def _sync_filters(self) -> None:
+        # The table as the running containers' NIC records say, whatever
+        # it held: after a restart, nothing twice and nothing of a container
+        # that ended while lxpyd was away.
+        nics = [n for ns in self.attached.values() for n in ns]
+        l2filter.run(self.table, l2filter.sync_script(self.table, nics), self._binaries()["nft"])
+
+    def _any_filtered(self) -> bool:
+        return any(l2filter.filtered(n) for ns in self.attached.values() for n in ns)
+
+    async def _leases_for(self, nics: tuple[Nic, ...]) -> dict[str, list[dnsmasq.Lease]]:
+        # The live leases of the networks where a NIC's address is to be fixed.
+        wanted = {n.network for n in nics if n.ipv4_filtering and n.ipv4 is None}
+        if not wanted:
+            return {}
+
+        def read() -> dict[str, list[dnsmasq.Lease]]:
+            now = time.time()
+            return {
+                name: [
+                    le
+                    for le in dnsmasq.read_leases(self._paths(name).leases)
+                    if le.expires == 0 or le.expires > now
+                ]
+                for name in wanted
+            }
+
+        return await self._run(read)
+
+    def _fix_addresses(
+        self, container: str, nics: tuple[Nic, ...], leases: Mapping[str, list[dnsmasq.Lease]]
+    ) -> tuple[Nic, ...]:
+        # No await in here: the caller claims the result before its next one.
+        taken: dict[str, set[str]] = {}
+        for other, ns in self.attached.items():
+            for n in ns:
+                if other != container and n.ipv4:
+                    taken.setdefault(n.network, set()).add(n.ipv4)
+        for other, cfg in self.users().items():
+            pinned, names = cfg.get("ipv4.address"), _as_list(cfg.get("network"))
+            if other != container and pinned and names:
+                taken.setdefault(names[0], set()).add(str(pinned))
+        return portfilter.fix_addresses(container, nics, self.nets, taken, leases)
+
+    async def refilter(self, container: str, config: Mapping[str, object]) -> bool:
+        """Give the ports of running container `container` the rules its
+        `config` asks for (security.mac_filtering, security.ipv4_filtering)
+        at once. Turned on, IPv4 filtering fixes the address it holds a
+        lease for (or a free one, which it gets at its next DHCP renewal).
+
+        Returns False when it has no port (not running, or on no network):
+        the keys then apply at its next start.
+
+        Raises:
+            LxpyError: nft refused the rules (the old ones stay).
+            Busy: no address is free for it.
+        """
+        leases = await self._leases_for(portfilter.flagged(self.nics(container), config))
+        old = self.nics(container)
+        if not old:
+            return False
+        new = self._fix_addresses(container, portfilter.flagged(old, config), leases)
+        if new == old:
+            return True
+        self.attached[container] = new
+        keep_table = self._any_filtered()
+
+        def work() -> None:
+            self._filter(new, keep_table=keep_table)
+            self._save_nics(container, new)
+
+        try:
+            await self._run(work)
+        except BaseException:
+            if self.attached.get(container) is new:
+                self.attached[container] = old
+            raise
+        if [n.ipv4 for n in new] != [n.ipv4 for n in old]:
+            await self._update_hosts({n.network for n in new})
+        return True
+
+    def filtering(self, container: str, config: Mapping[str, object]) -> str | None:
+        """One line for `lxpy info` (lxpy.daemon.portfilter.describe); None
+        when the container joins no network."""
+        if not _as_list(config.get("network")):
+            return None
+        return portfilter.describe(config, self.nics(container))
 
     def nics(self, container: str) -> tuple[Nic, ...]:
         """The NICs of a running container (empty when it has none)."""
@@ -724,48 +765,6 @@ def _as_list(value: object) -> list[str]:
     if isinstance(value, list | tuple):
         return [str(v) for v in value]
     return []
-
-
-def _start_error(net: Network, why: str) -> LxpyError:
-    if "Address already in use" in why:
-        return Busy(
-            f"dnsmasq for network {net.name} cannot bind its ports on {net.gateway}: {why}",
-            hint="another DNS or DHCP server listens there; stop it or restrict it to "
-            "its own addresses",
-        )
-    return LxpyError(
-        f"dnsmasq for network {net.name} failed to start: {why}",
-        hint="see lxpyd's log for dnsmasq's messages",
-    )
-
-
-async def _wait_ready(proc: trio.Process, pidfile: Path) -> bool:
-    # dnsmasq writes its pid file once its sockets are bound; an early
-    # exit is a failure to start.
-    with trio.move_on_after(READY_TIMEOUT):
-        while proc.poll() is None:
-            with contextlib.suppress(OSError):
-                # Empty or cut short while dnsmasq is writing it: not yet.
-                if (await trio.Path(pidfile).read_text()).split()[:1] == [str(proc.pid)]:
-                    return True
-            await trio.sleep(0.01)
-    return False
-
-
-async def _pump_log(proc: trio.Process, tail: collections.deque[str], name: str) -> None:
-    assert proc.stderr is not None
-    buf = b""
-    while True:
-        chunk = await proc.stderr.receive_some(4096)
-        if not chunk:
-            break
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        for raw in lines:
-            line = raw.decode(errors="replace").strip()
-            if line:
-                tail.append(line.removeprefix("dnsmasq: "))
-                log.debug("dnsmasq[%s]: %s", name, line)
 
 
 def _resolved_link_dns(net: Network) -> None:

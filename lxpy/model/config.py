@@ -163,9 +163,11 @@ KEYS: dict[str, ConfigKey] = {
         ),
     )
 }
-# security.* keys (see lxpy.model.security and docs/security.md); they take
-# effect at the next start.
-KEYS.update({name: ConfigKey(name, parse, doc) for name, parse, doc in sm.KEYS})
+# security.* keys (see lxpy.model.security and docs/security.md): they take
+# effect at the next start, the filtering ones at once.
+KEYS.update(
+    {name: ConfigKey(name, parse, doc, live=name in sm.LIVE_KEYS) for name, parse, doc in sm.KEYS}
+)
 
 # Families of free-form keys: the part after the prefix is the user's.
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

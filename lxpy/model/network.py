@@ -137,6 +137,22 @@ class Network:
             )
         return ip
 
+    def pick_address(self, taken: Iterable[str], prefer: Iterable[str] = ()) -> str | None:
+        """An address of the DHCP range for a NIC whose address lxpy fixes
+        (a static lease): the first of `prefer` (say, the lease it holds)
+        that is in the range and not in `taken`, else the lowest free one.
+        None when every address is taken."""
+        used = {ipaddress.IPv4Address(a) for a in taken}
+        first, last = self.dhcp_range
+        for a in prefer:
+            ip = ipaddress.IPv4Address(a)
+            if first <= ip <= last and ip not in used:
+                return str(ip)
+        for value in range(int(first), int(last) + 1):
+            if ipaddress.IPv4Address(value) not in used:
+                return str(ipaddress.IPv4Address(value))
+        return None
+
     def to_json(self) -> dict[str, object]:
         return {
             "name": self.name,

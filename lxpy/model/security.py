@@ -15,6 +15,11 @@ Keys:
     security.capabilities.drop capability names removed from the bounding
                                set (default: LXC's list).
     security.no_new_privs      bool, default false: set no_new_privs on init.
+    security.mac_filtering     bool, default true: frames from its NICs on a
+                               managed bridge carry the NIC's MAC.
+    security.ipv4_filtering    bool, default true: ARP and IPv4 from its NICs
+                               carry its own address; no DHCP server (implies
+                               MAC filtering, as in Incus).
 """
 
 from __future__ import annotations
@@ -161,7 +166,22 @@ KEYS: tuple[tuple[str, Parser, str], ...] = (
         parse_bool,
         "Set no_new_privs on init: setuid programs stop working (default false).",
     ),
+    (
+        "security.mac_filtering",
+        parse_bool,
+        "On a managed network, drop frames from the container whose source MAC is not "
+        "its NIC's (default true).",
+    ),
+    (
+        "security.ipv4_filtering",
+        parse_bool,
+        "On a managed network, drop ARP and IPv4 from the container that do not use its own "
+        "address, and DHCP server replies; implies MAC filtering (default true).",
+    ),
 )
+# Keys a running container follows at once (its NICs' rules are replaced);
+# the others take effect at its next start.
+LIVE_KEYS = frozenset({"security.mac_filtering", "security.ipv4_filtering"})
 
 _PARSERS = {k: p for k, p, _ in KEYS}
 
@@ -178,6 +198,14 @@ class SecurityConfig:
     syscalls_allow: tuple[str, ...] = ()
     drop_caps: tuple[str, ...] = DEFAULT_DROP_CAPS
     no_new_privs: bool = False
+    mac_filtering: bool = True
+    ipv4_filtering: bool = True
+
+    @property
+    def filters_mac(self) -> bool:
+        """Whether its NICs' source MAC is checked: IPv4 filtering needs it
+        (a port could otherwise take another's MAC and so its frames)."""
+        return self.mac_filtering or self.ipv4_filtering
 
     @classmethod
     def from_config(cls, config: Mapping[str, object]) -> SecurityConfig:
@@ -216,6 +244,8 @@ class SecurityConfig:
             syscalls_allow=allow,
             drop_caps=tuple(get("security.capabilities.drop", DEFAULT_DROP_CAPS)),
             no_new_privs=bool(get("security.no_new_privs", False)),
+            mac_filtering=bool(get("security.mac_filtering", True)),
+            ipv4_filtering=bool(get("security.ipv4_filtering", True)),
         )
 
 

@@ -29,7 +29,12 @@ _RT_TABLE_MAIN = 254
 
 @dataclass(frozen=True)
 class Nic:
-    """One container NIC: `host` on bridge `bridge`, `peer` (eth0) inside."""
+    """One container NIC: `host` on bridge `bridge`, `peer` (eth0) inside.
+
+    `ipv4` is its address when lxpy fixes it (pinned, or allocated for IPv4
+    filtering: a static lease either way); the filtering flags say which of
+    its rules are on its port (lxpy.network.l2filter).
+    """
 
     network: str
     bridge: str
@@ -37,6 +42,8 @@ class Nic:
     peer: str
     mac: str
     ipv4: str | None = None
+    mac_filtering: bool = False
+    ipv4_filtering: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -46,6 +53,8 @@ class Nic:
             "peer": self.peer,
             "mac": self.mac,
             "ipv4": self.ipv4,
+            "mac_filtering": self.mac_filtering,
+            "ipv4_filtering": self.ipv4_filtering,
         }
 
     @classmethod
@@ -58,6 +67,9 @@ class Nic:
             peer=str(data["peer"]),
             mac=str(data["mac"]),
             ipv4=None if ipv4 is None else str(ipv4),
+            # A record of an older lxpyd has none: its port has no rules.
+            mac_filtering=data.get("mac_filtering") is True,
+            ipv4_filtering=data.get("ipv4_filtering") is True,
         )
 
 
@@ -129,12 +141,24 @@ def ensure_bridge(name: str, mark: str, gateway: ipaddress.IPv4Interface, mac: s
             want = (str(gateway.ip), gateway.network.prefixlen)
             if want not in have:
                 ip.addr("add", index=idx, address=want[0], prefixlen=want[1])
+            _refuse_router_adverts(name)
             ip.link("set", index=idx, state="up")
         except BaseException:
             if created:
                 _delete_link(ip, name)
             raise
         return created
+
+
+def _refuse_router_adverts(name: str) -> None:
+    # The bridge is its containers' gateway: it must not take an IPv6
+    # address or route from a router advertisement one of them sends, which
+    # the kernel accepts by default on a host that does not forward IPv6.
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{name}/accept_ra", "w") as f:
+            f.write("0\n")
+    except FileNotFoundError:
+        pass  # no IPv6 on this host
 
 
 def delete_bridge(name: str, mark: str) -> None:

@@ -87,9 +87,11 @@ def scrub(root: Path, containers: tuple[str, ...] = ()) -> list[str]:
         left.append(f"netns {ns}")
         links.remove_netns(ns)
     table = nftables.table_name(rid)
-    if subprocess.run([NFT, "list", "table", "inet", table], capture_output=True).returncode == 0:
-        left.append(f"table {table}")
-        subprocess.run([NFT, "delete", "table", "inet", table], check=False)
+    for family in ("inet", "bridge"):
+        listed = subprocess.run([NFT, "list", "table", family, table], capture_output=True)
+        if listed.returncode == 0:
+            left.append(f"table {family} {table}")
+            subprocess.run([NFT, "delete", "table", family, table], check=False)
     shutil.rmtree(run, ignore_errors=True)
     return left
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from lxpy.daemon import networks
+from lxpy.daemon import dnsmasqd
 
 
 @pytest.mark.trio
@@ -18,15 +18,15 @@ async def test_an_empty_or_partial_pid_file_is_not_ready_yet(
     # dnsmasq creates the file before it writes its pid: read in between,
     # the file is empty (which once made a network create fail with an
     # internal error) or holds a prefix of the pid.
-    monkeypatch.setattr(networks, "READY_TIMEOUT", 0.3)
+    monkeypatch.setattr(dnsmasqd, "READY_TIMEOUT", 0.3)
     pidfile = tmp_path / "dnsmasq.pid"
     proc = await trio.lowlevel.open_process(["sleep", "30"], stdout=subprocess.DEVNULL)
     try:
         for text in ("", "\n", str(proc.pid)[:-1] + "\n"):
             pidfile.write_text(text)
-            assert await networks._wait_ready(proc, pidfile) is False
+            assert await dnsmasqd.wait_ready(proc, pidfile) is False
         pidfile.write_text(f"{proc.pid}\n")
-        assert await networks._wait_ready(proc, pidfile) is True
+        assert await dnsmasqd.wait_ready(proc, pidfile) is True
     finally:
         proc.kill()
         await proc.wait()
