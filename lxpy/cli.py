@@ -387,6 +387,7 @@ _INFO_FIELDS = (
     "last_exit",
     "template",
     "created_at",
+    "owner",
     "path",
     "snapshots",
 )
@@ -410,6 +411,8 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
         value = ct[key]
         if key == "last_exit" and isinstance(value, dict):
             text = f"{value.get('reason')}: {value.get('detail')}"
+        elif key == "owner" and isinstance(value, dict):
+            text = _owner_text(value)
         elif isinstance(value, list):
             text = ", ".join(str(v) for v in value) or "-"
         elif value is None:
@@ -425,6 +428,18 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
     print("config:" + ("" if config else " -"))
     for key in sorted(config):
         print(f"  {key} = {format_value(config[key])}")
+
+
+def _owner_text(owner: dict[str, Any]) -> str:
+    import pwd
+
+    uid = owner.get("uid")
+    try:
+        name = pwd.getpwuid(int(uid)).pw_name  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError):
+        name = "?"
+    tier = "restricted user" if owner.get("restricted") else "admin"
+    return f"{name} (uid {uid}, {tier})"
 
 
 @command(

@@ -49,7 +49,8 @@ class Unsupported(LxpyError):
 
 
 class Forbidden(LxpyError):
-    """The caller may not use lxpyd (not root, not in group lxpy)."""
+    """The caller may not use lxpyd (not root, in neither group lxpy nor
+    lxpy-user), or a restricted user (lxpy-user) asks what only admins may."""
 
     code = "forbidden"
     status = 403

@@ -33,7 +33,9 @@ START_HINT = (
     "or point --socket/LXPY_SOCKET at a running daemon"
 )
 PERMISSION_HINT = (
-    "add your user to the `lxpy` group (`adduser $USER lxpy`, then log in again), or run as root"
+    "an administrator adds you to group `lxpy-user` (your own unprivileged containers: "
+    "`adduser $USER lxpy-user`) or `lxpy` (root-equivalent), then you log in again; "
+    "or run as root"
 )
 LOST_HINT = "the daemon may have stopped; check its log (`journalctl -u lxpy`)"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -24,7 +24,7 @@ from lxpy.daemon.security import describe as describe_security
 from lxpy.daemon.service import Daemon
 from lxpy.daemon.templates import Templates
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, NotFound
-from lxpy.model.config import Container, validate_config
+from lxpy.model.config import Container, Owner, validate_config
 from lxpy.model.names import validate_name
 from lxpy.model.security import LIVE_KEYS, IdmapRecord
 from lxpy.model.state import State
@@ -120,10 +120,13 @@ class Containers:
             **run,
         }
 
-    async def list_all(self, stats: bool = False) -> list[dict[str, object]]:
+    async def list_all(
+        self, stats: bool = False, only: Callable[[Iterable[str]], list[str]] | None = None
+    ) -> list[dict[str, object]]:
         """GET /1.0/containers; with `stats`, the running ones' stats
-        (without disk use), read in one worker-thread trip."""
-        names = sorted(self.d.states)
+        (without disk use), read in one worker-thread trip; `only` picks
+        the names to list (the caller's, for a restricted user)."""
+        names = sorted(self.d.states if only is None else only(self.d.states))
         # One worker-thread trip for every container's snapshots, not one
         # each: with 100 containers the hops cost more than the listing.
         snaps = await self.d.storage(lambda: [self._snapshot_names(n) for n in names])
@@ -153,8 +156,8 @@ class Containers:
             )
 
     # -- create / delete ----------------------------------------------------
-    async def create(self, body: dict[str, object]) -> dict[str, object]:
-        """POST /1.0/containers. Validates everything before storage is touched.
+    async def create(self, body: dict[str, object], owner: Owner) -> dict[str, object]:
+        """POST /1.0/containers, by `owner`. Validates everything before storage is touched.
 
         Raises:
             InvalidArgument, NotFound (template), AlreadyExists, or a build error.
@@ -176,7 +179,7 @@ class Containers:
         try:
             await self.templates.ensure_built(template)
             await d.storage(d.backend.create_container, name, template)
-            await self._record_new(name, template, config, None)
+            await self._record_new(name, template, config, None, owner)
         finally:
             d.reserved.discard(name)
             await d.security.release(name)
@@ -189,6 +192,7 @@ class Containers:
         template: str,
         config: Mapping[str, object],
         current: IdmapRecord | None,
+        owner: Owner,
     ) -> None:
         """Save the record of container `name`, whose rootfs was just made,
         and make it known; on failure the rootfs is deleted again.
@@ -209,7 +213,12 @@ class Containers:
             await d.files(_first_files, rootfs, hostname, log)
             idmap = await d.security.assign(name, config, current, fresh=True)
             record = Container(
-                name=name, template=template, created_at=now_iso(), config=config, idmap=idmap
+                name=name,
+                template=template,
+                created_at=now_iso(),
+                config=config,
+                idmap=idmap,
+                owner=owner,
             )
             await d.files(d.registry.save, record)
         except BaseException:
@@ -338,8 +347,9 @@ class Containers:
         d.bus.lifecycle("container-renamed", f"containers/{new}", {"old": name, "new": new})
         return await self.describe(new)
 
-    async def copy(self, name: str, body: dict[str, object]) -> dict[str, object]:
-        """POST /1.0/containers/NAME/copy: a new container from this one's rootfs."""
+    async def copy(self, name: str, body: dict[str, object], owner: Owner) -> dict[str, object]:
+        """POST /1.0/containers/NAME/copy: a new container from this one's
+        rootfs, made by (and so belonging to) `owner`."""
         d = self.d
         dst = validate_name(body.get("name"))
         async with d.lock(name):
@@ -350,7 +360,7 @@ class Containers:
                 # A shifted source keeps its files' host IDs: the copy then
                 # starts from the source's range.
                 shifted = src.idmap if src.idmap and src.idmap.method == "shift" else None
-                await self._record_new(dst, src.template, src.config, shifted)
+                await self._record_new(dst, src.template, src.config, shifted, owner)
             finally:
                 d.reserved.discard(dst)
                 await d.security.release(dst)

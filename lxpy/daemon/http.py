@@ -91,6 +91,8 @@ class Request:
     body: bytes = b""
     # Header names in lower case (h11 gives them so).
     headers: dict[str, str] = field(default_factory=dict)
+    # Who asks (its tier decided at connect()).
+    caller: peers.Caller = peers.INTERNAL
 
     def json(self) -> dict[str, object]:
         """The body as a JSON object ({} for an empty body).
@@ -142,10 +144,17 @@ class Route:
 
 
 class Router:
-    """Method + path pattern (`/1.0/containers/{name}`) → handler."""
+    """Method + path pattern (`/1.0/containers/{name}`) → handler.
 
-    def __init__(self) -> None:
+    `groups` name who may connect at all (lxpy.daemon.peers); `authorize`,
+    when set, judges each matched request before its handler runs and
+    raises to refuse it (lxpy.daemon.policy).
+    """
+
+    def __init__(self, groups: peers.Groups = peers.DEFAULT_GROUPS) -> None:
         self.routes: list[Route] = []
+        self.groups = groups
+        self.authorize: Callable[[Route, Request], None] | None = None
 
     def add(self, method: str, pattern: str, handler: Handler, summary: str, **kw: object) -> None:
         self.routes.append(Route(method, pattern, handler, summary, **kw))  # type: ignore[arg-type]
@@ -293,10 +302,15 @@ async def _switch(conn: h11.Connection, stream: trio.abc.Stream, up: Upgrade) ->
 async def _dispatch(router: Router, req: Request) -> tuple[int, object]:
     try:
         route, req.params = router.match(req.method, req.path)
+        if router.authorize is not None:
+            router.authorize(route, req)
         result = await route.handler(req)
         return route.status, result
     except Exception as exc:
         e = leaf_error(exc)
+        if isinstance(e, Forbidden):
+            log.warning("refused %s: %s %s: %s", req.caller, req.method, req.path, e.message)
+            return e.status, _error_body(e)
         if isinstance(e, LxpyError):
             log.debug("%s %s: %s", req.method, req.path, e.message)
             return e.status, _error_body(e)
@@ -305,13 +319,28 @@ async def _dispatch(router: Router, req: Request) -> tuple[int, object]:
         return 500, _error_body(err)
 
 
+def _outsider(peer: peers.Peer, groups: peers.Groups) -> Forbidden:
+    tiers = [f"group {groups.admin!r}"] if groups.admin else []
+    if groups.user:
+        tiers.append(f"(restricted) group {groups.user!r}")
+    if not tiers:
+        return Forbidden(f"uid {peer.uid} may not use lxpyd: only root may")
+    # The restricted group first: the other is root-equivalent.
+    join = groups.user or groups.admin
+    return Forbidden(
+        f"uid {peer.uid} may not use lxpyd: only root and members of {' or '.join(tiers)} may",
+        hint=f"ask an administrator to add you to group {join!r} (then log in again)",
+    )
+
+
 async def serve_connection(stream: trio.abc.Stream, router: Router) -> None:
     """Serve HTTP requests on one connection until either side closes it."""
     conn = h11.Connection(h11.SERVER)
     try:
-        # Who connected, as the kernel recorded it at connect(): checked
-        # once per connection, logged with every change it asks for.
+        # Who connected, as the kernel recorded it at connect(): its tier is
+        # decided once per connection, and logged with every change it asks for.
         peer = peers.peer_of(stream.socket) if isinstance(stream, trio.SocketStream) else None
+        caller = peers.admit(peer, router.groups)
         while True:
             try:
                 req = await _read_request(conn, stream)
@@ -322,18 +351,15 @@ async def serve_connection(stream: trio.abc.Stream, router: Router) -> None:
                 return
             if req is None:
                 return
-            if peer is not None and not peers.allowed(peer):
+            if caller is None:
+                assert peer is not None
                 log.warning("refused %s: %s %s", peer, req.method, req.path)
-                denied = Forbidden(
-                    f"uid {peer.uid} may not use lxpyd: only root and members of "
-                    f"group {peers.ACCESS_GROUP!r} may",
-                    hint=f"ask an administrator to add you to group {peers.ACCESS_GROUP!r} "
-                    "(then log in again)",
-                )
+                denied = _outsider(peer, router.groups)
                 await _send_json(conn, stream, denied.status, _error_body(denied))
                 return
-            if peer is not None and req.method in _CHANGING:
-                log.info("%s: %s %s", peer, req.method, req.path)
+            req.caller = caller
+            if req.method in _CHANGING and peer is not None:
+                log.info("%s: %s %s", caller, req.method, req.path)
             status, result = await _dispatch(router, req)
             log.debug("%s %s → %s", req.method, req.path, status)
             if isinstance(result, Stream):

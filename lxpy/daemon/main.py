@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import errno
 import fcntl
-import grp
 import logging
 import os
 import signal
@@ -24,16 +23,16 @@ import trio
 
 from lxpy.daemon import http
 from lxpy.daemon.networks import RUN_BASE
+from lxpy.daemon.peers import DEFAULT_GROUPS, Groups, group_gid
 from lxpy.daemon.routes import build_router
 from lxpy.daemon.service import Daemon
 from lxpy.errors import Busy, LxpyError
+from lxpy.kernel import acl
 from lxpy.kernel.cgroups import remove_parent
 from lxpy.model.network import root_id
 from lxpy.model.settings import LOG_LEVELS, Settings, load_settings
 
 log = logging.getLogger("lxpyd")
-
-SOCKET_GROUP = "lxpy"
 
 
 class _Formatter(logging.Formatter):
@@ -139,19 +138,35 @@ def _prepare_socket_path(path: Path) -> None:
         path.unlink()
 
 
-def _secure_and_publish(tmp: Path, path: Path) -> None:
-    try:
-        gid = grp.getgrnam(SOCKET_GROUP).gr_gid
-    except KeyError:
-        os.chmod(tmp, 0o600)
-    else:
-        os.chown(tmp, -1, gid)
+def _secure_and_publish(tmp: Path, path: Path, groups: Groups) -> None:
+    # Root and the admin group by the mode (0660, 0600 without the group),
+    # the restricted users' group by an ACL entry: connect() needs write
+    # permission on the file. lxpyd checks each connection again
+    # (lxpy.daemon.peers), and each request of a restricted user
+    # (lxpy.daemon.policy).
+    admin, user = group_gid(groups.admin), group_gid(groups.user)
+    os.chmod(tmp, 0o600)
+    if admin is not None:
+        os.chown(tmp, -1, admin)
         os.chmod(tmp, 0o660)
+    if user is not None:
+        try:
+            acl.set_access(str(tmp), 6, 6 if admin is not None else 0, 0, {user: 6})
+        except OSError as e:
+            # Failing closed: restricted users cannot connect, admins can.
+            log.warning(
+                "cannot give group %s access to %s (%s): its filesystem needs POSIX ACLs",
+                groups.user,
+                path,
+                e.strerror or e,
+            )
     # Renamed into place only now: no client ever sees it with looser modes.
     os.rename(tmp, path)
 
 
-async def bind_socket(path: Path) -> tuple[trio.SocketListener, int]:
+async def bind_socket(
+    path: Path, groups: Groups = DEFAULT_GROUPS
+) -> tuple[trio.SocketListener, int]:
     """Listen on the unix socket `path`; returns the listener and the socket file's inode.
 
     Raises:
@@ -166,7 +181,7 @@ async def bind_socket(path: Path) -> tuple[trio.SocketListener, int]:
         # Listening before the path appears: a client that sees the socket
         # file can connect at once.
         sock.listen(128)
-        await trio.to_thread.run_sync(_secure_and_publish, tmp, path)
+        await trio.to_thread.run_sync(_secure_and_publish, tmp, path, groups)
     except BaseException:
         sock.close()
         with trio.CancelScope(shield=True):
@@ -196,7 +211,9 @@ async def run(settings: Settings, bound: list[int]) -> None:
         await trio.to_thread.run_sync(_prepare_socket_path, settings.socket)
         daemon = await Daemon.open(settings, nursery)
         router = build_router(daemon)
-        listener, ino = await bind_socket(settings.socket)
+        listener, ino = await bind_socket(
+            settings.socket, Groups(settings.admin_group, settings.user_group)
+        )
         bound.append(ino)
         await nursery.start(http.serve, listener, router)
         log.info("lxpyd ready: root %s, socket %s", settings.root, settings.socket)

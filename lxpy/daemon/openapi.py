@@ -10,10 +10,12 @@ import re
 
 from lxpy import __version__
 from lxpy.daemon.http import JSON_TYPE, NDJSON_TYPE, Router
+from lxpy.daemon.policy import USER_ROUTES
 from lxpy.errors import (
     AlreadyExists,
     Busy,
     Cancelled,
+    Forbidden,
     InvalidArgument,
     LxpyError,
     NotFound,
@@ -60,7 +62,16 @@ _NULL_INT: Schema = {"type": ["integer", "null"]}
 
 ERROR_CODES = [
     cls.code
-    for cls in (InvalidArgument, NotFound, AlreadyExists, Busy, Cancelled, LxpyError, Unsupported)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        Forbidden,
+        AlreadyExists,
+        Busy,
+        Cancelled,
+        LxpyError,
+        Unsupported,
+    )
 ]
 
 SCHEMAS: dict[str, Schema] = {
@@ -109,6 +120,13 @@ SCHEMAS: dict[str, Schema] = {
             "config": {"type": "object", "additionalProperties": True},
             "snapshots": array(STR),
             "path": STR,
+            "owner": {
+                "type": ["object", "null"],
+                "properties": {"uid": {"type": "integer"}, "restricted": {"type": "boolean"}},
+                "description": "who made it: a uid, and whether a restricted user (group "
+                "lxpy-user), the only ones besides admins who see it; null for containers "
+                "made before owners were recorded (admins' only)",
+            },
             "error": {
                 "type": ["string", "null"],
                 "description": "why the container is in ERROR (e.g. a broken record file)",
@@ -204,6 +222,8 @@ _REASONS = {
     201: "Created",
     202: "Accepted",
     400: "Invalid argument",
+    403: "Forbidden: not root nor in group lxpy or lxpy-user, or a restricted user "
+    "(lxpy-user) asking what only admins may",
     404: "Not found",
     405: "Method not allowed",
     409: "Already exists or busy",
@@ -223,6 +243,8 @@ def document(router: Router) -> dict[str, object]:
         op: dict[str, object] = {
             "summary": route.summary,
             "operationId": _operation_id(route.method, route.pattern),
+            # Whether members of group lxpy-user may use it (docs/security.md).
+            "x-restricted-users": (route.method, route.pattern) in USER_ROUTES,
         }
         params: list[Schema] = [
             {"name": n, "in": "path", "required": True, "schema": STR}
@@ -244,7 +266,7 @@ def document(router: Router) -> dict[str, object]:
         if route.response is not None:
             ok["content"] = {media: {"schema": route.response}}
         responses: dict[str, object] = {str(route.status): ok}
-        for status in (400, 404, 405, 409, 500):
+        for status in (400, 403, 404, 405, 409, 500):
             responses[str(status)] = _error_response(status)
         if route.pattern.startswith("/1.0/operations") or route.pattern.endswith("/build"):
             responses["499"] = _error_response(499)

@@ -7,6 +7,7 @@ so GET /1.0/openapi.json is built from the same table that serves requests.
 from __future__ import annotations
 
 from contextlib import aclosing
+from functools import partial
 
 import trio
 
@@ -15,6 +16,8 @@ from lxpy.daemon.containers import Containers
 from lxpy.daemon.events import EVENT_TYPES
 from lxpy.daemon.http import Request, Router, Send, Stream
 from lxpy.daemon.lifecycle_routes import add_lifecycle_routes
+from lxpy.daemon.peers import Groups
+from lxpy.daemon.policy import Policy, owner_of
 from lxpy.daemon.service import Daemon
 from lxpy.daemon.streams import add_stream_routes
 from lxpy.daemon.templates import Templates
@@ -37,8 +40,11 @@ def _timeout(req: Request) -> float | None:
 
 
 def build_router(d: Daemon) -> Router:
-    """Every endpoint of API 1.0, bound to daemon `d`."""
-    r = Router()
+    """Every endpoint of API 1.0, bound to daemon `d`, with the access
+    policy (lxpy.daemon.policy) judging each request."""
+    r = Router(Groups(d.settings.admin_group, d.settings.user_group))
+    policy = Policy(lambda: d.records)
+    r.authorize = policy.authorize
     templates = Templates(d)
     containers = Containers(d, templates)
     ops = d.ops
@@ -99,10 +105,11 @@ def build_router(d: Daemon) -> Router:
 
     # -- containers ---------------------------------------------------------
     async def list_containers(req: Request) -> object:
-        return await containers.list_all(stats=req.flag("stats"))
+        only = partial(policy.visible, req.caller) if req.caller.restricted else None
+        return await containers.list_all(stats=req.flag("stats"), only=only)
 
     async def create_container(req: Request) -> object:
-        return await containers.create(req.json())
+        return await containers.create(req.json(), owner_of(req.caller))
 
     async def get_container(req: Request) -> object:
         return await containers.get(req.params["name"])
@@ -117,7 +124,7 @@ def build_router(d: Daemon) -> Router:
         return await containers.rename(req.params["name"], req.json())
 
     async def copy(req: Request) -> object:
-        return await containers.copy(req.params["name"], req.json())
+        return await containers.copy(req.params["name"], req.json(), owner_of(req.caller))
 
     C = "/1.0/containers/{name}"
     r.add(
@@ -284,10 +291,12 @@ def build_router(d: Daemon) -> Router:
         # Subscribed before the answer starts: a client that sees the headers
         # and then acts sees the events of what it did.
         sub = d.bus.subscribe(types)
+        wanted = policy.event_filter(req.caller)
 
         async def produce(send: Send) -> None:
             async for event in sub.channel:
-                await send(event)
+                if wanted(event):
+                    await send(event)
 
         return Stream(produce, sub.close)
 
@@ -300,19 +309,22 @@ def build_router(d: Daemon) -> Router:
         stream=True,
         response=S("Event"),
     )
-    add_network_routes(r, d)
+    add_network_routes(r, d, policy)
     add_lifecycle_routes(r, d, containers)
     add_stream_routes(r, d)
     return r
 
 
-def add_network_routes(r: Router, d: Daemon) -> None:
+def add_network_routes(r: Router, d: Daemon, policy: Policy) -> None:
     """The /1.0/networks endpoints (managed bridges)."""
     nets = d.networks
     network_obj: dict[str, object] = {"type": "object", "additionalProperties": True}
 
+    def macs(container: str) -> list[str]:
+        return [n.mac for n in nets.attached.get(container, ())]
+
     async def list_networks(req: Request) -> object:
-        return await nets.list_all()
+        return [policy.network_view(req.caller, n, macs) for n in await nets.list_all()]
 
     async def create_network(req: Request) -> object:
         body = req.json()
@@ -325,7 +337,7 @@ def add_network_routes(r: Router, d: Daemon) -> None:
         return await nets.create(str(body.get("name", "")), subnet, nat)
 
     async def get_network(req: Request) -> object:
-        return await nets.info(req.params["name"])
+        return policy.network_view(req.caller, await nets.info(req.params["name"]), macs)
 
     async def delete_network(req: Request) -> object:
         await nets.delete(req.params["name"])

@@ -221,6 +221,28 @@ def _flatten(data: Mapping[str, object], prefix: str = "") -> dict[str, object]:
 
 
 @dataclass(frozen=True)
+class Owner:
+    """Who made a container: the caller's uid, and whether the caller was a
+    restricted user (group `lxpy-user`), who alone may see it besides admins."""
+
+    uid: int
+    restricted: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {"uid": self.uid, "restricted": self.restricted}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object], source: str = "owner") -> Owner:
+        """Raises InvalidArgument naming `source` for a bad table."""
+        uid, restricted = data.get("uid"), data.get("restricted", False)
+        if isinstance(uid, bool) or not isinstance(uid, int) or not 0 <= uid < 2**32 - 1:
+            raise InvalidArgument(f"{source}: uid must be a user ID, got {uid!r}")
+        if not isinstance(restricted, bool):
+            raise InvalidArgument(f"{source}: restricted must be true or false")
+        return cls(uid, restricted)
+
+
+@dataclass(frozen=True)
 class Container:
     """The on-disk record of one container (its state lives in the daemon)."""
 
@@ -230,6 +252,9 @@ class Container:
     config: Mapping[str, object] = field(default_factory=dict)
     # The host ID range of an unprivileged container, once allocated.
     idmap: sm.IdmapRecord | None = None
+    # Who made it (kept by rename; a copy belongs to whoever copied). None in
+    # records older than owners: such containers are the admins' only.
+    owner: Owner | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
@@ -257,6 +282,7 @@ class Container:
             "created_at": self.created_at,
             "config": dict(self.config),
             "idmap": self.idmap.to_json() if self.idmap else None,
+            "owner": self.owner.to_json() if self.owner else None,
         }
 
     def to_toml(self) -> str:
@@ -268,6 +294,8 @@ class Container:
         }
         if self.idmap is not None:
             data["idmap"] = self.idmap.to_json()
+        if self.owner is not None:
+            data["owner"] = self.owner.to_json()
         return tomlw.dumps(data)
 
     @classmethod
@@ -296,4 +324,16 @@ class Container:
             if not isinstance(data["idmap"], Mapping):
                 raise InvalidArgument(f"{source}: [idmap] must be a table")
             idmap = sm.IdmapRecord.from_json(data["idmap"], f"{source}: idmap")
-        return cls(name=name, template=template, created_at=created, config=config, idmap=idmap)
+        owner = None
+        if "owner" in data:
+            if not isinstance(data["owner"], Mapping):
+                raise InvalidArgument(f"{source}: [owner] must be a table")
+            owner = Owner.from_json(data["owner"], f"{source}: owner")
+        return cls(
+            name=name,
+            template=template,
+            created_at=created,
+            config=config,
+            idmap=idmap,
+            owner=owner,
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -73,6 +74,12 @@ class Settings:
     # Start the kernel's same-page merging daemon (ksmd) when it is off, so
     # the pages monitors mark mergeable are shared (see lxpy.kernel.ksm).
     ksm: bool = True
+    # Members of admin_group may do everything root may through the API,
+    # which makes them root-equivalent on the host (they may create
+    # privileged containers); members of user_group are restricted users
+    # (lxpy.daemon.policy). "" for no such group.
+    admin_group: str = "lxpy"
+    user_group: str = "lxpy-user"
 
     @property
     def cgroup_parent(self) -> str:
@@ -90,6 +97,17 @@ def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise InvalidArgument(f"{key}: expected one of {', '.join(choices)}, got {value!r}")
     return str(value)
+
+
+_GROUP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+
+
+def _group(key: str, value: object) -> str:
+    if value == "":
+        return ""
+    if not isinstance(value, str) or not _GROUP_NAME.fullmatch(value):
+        raise InvalidArgument(f'{key}: expected a group name (or "" for none), got {value!r}')
+    return value
 
 
 def settings_from_mapping(data: Mapping[str, object], source: str = "settings") -> Settings:
@@ -136,6 +154,14 @@ def settings_from_mapping(data: Mapping[str, object], source: str = "settings") 
                 if not isinstance(value, str) or "://" not in value:
                     raise InvalidArgument(f"{key}: expected a URL, got {value!r}")
                 values[key] = value
+            elif key in ("admin_group", "user_group"):
+                values[key] = _group(key, value)
+        admin = values.get("admin_group", Settings.admin_group)
+        if admin and admin == values.get("user_group", Settings.user_group):
+            raise InvalidArgument(
+                f"admin_group and user_group are both {admin!r}",
+                hint="restricted users need a group of their own",
+            )
     except InvalidArgument as e:
         raise InvalidArgument(f"{source}: {e.message}", e.hint) from None
     return replace(Settings(), **values)  # type: ignore[arg-type]

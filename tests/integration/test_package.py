@@ -234,7 +234,8 @@ def test_installed_files(chroot: Chroot) -> None:
     # Enabled on install (started too when systemd runs, which it does not
     # in a chroot).
     assert (root / "etc/systemd/system/multi-user.target.wants/lxpy.service").is_symlink()
-    assert any(line.startswith("lxpy:") for line in (root / "etc/group").read_text().splitlines())
+    groups = [line.split(":")[0] for line in (root / "etc/group").read_text().splitlines()]
+    assert "lxpy" in groups and "lxpy-user" in groups
     completion = root / "usr/share/bash-completion/completions/lxpy"
     chroot.run("bash", "-n", "/usr/share/bash-completion/completions/lxpy")
     assert "snapshot" in completion.read_text()

@@ -104,22 +104,32 @@ def test_peer_credentials_of_a_real_socket() -> None:
     assert peer is not None
     assert (peer.pid, peer.uid, peer.gid) == (os.getpid(), os.getuid(), os.getgid())
     assert peer.comm and peer.comm != "?"
+    # SO_PEERGROUPS: the supplementary groups as connect() saw them.
+    assert peer.groups == set(os.getgroups())
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with tcp:
         assert peers.peer_of(tcp) is None
 
 
-def test_who_may_use_the_api() -> None:
+def test_tiers_of_callers() -> None:
     me = os.getpid()
-    assert peers.allowed(peers.Peer(me, 0, 0))
-    # Not root and no such group: refused.
-    assert not peers.allowed(peers.Peer(me, 4242, 4242), group="lxpy-no-such-group")
-    # The primary group counts...
+    none = peers.Groups("lxpy-no-such-group", "lxpy-no-such-user-group")
+    root = peers.admit(peers.Peer(me, 0, 0), none)
+    assert root is not None and root.tier is peers.Tier.ADMIN and not root.restricted
+    # Not root and in neither group: refused.
+    assert peers.admit(peers.Peer(me, 4242, 4242), none) is None
     own = grp.getgrgid(os.getgid()).gr_name
-    assert peers.allowed(peers.Peer(me, 4242, os.getgid()), group=own)
-    # ...and so do the supplementary groups of the process.
-    extra = [g for g in os.getgroups() if g != os.getgid()]
-    for gid in extra[:1]:
-        name = grp.getgrgid(gid).gr_name
-        assert peers.allowed(peers.Peer(me, 4242, 4242), group=name)
-    assert peers.supplementary_groups(me) == set(os.getgroups())
+    # The primary group counts...
+    admin = peers.admit(peers.Peer(me, 4242, os.getgid()), peers.Groups(own, "x-none"))
+    assert admin is not None and admin.tier is peers.Tier.ADMIN
+    user = peers.admit(peers.Peer(me, 4242, os.getgid()), peers.Groups("x-none", own))
+    assert user is not None and user.restricted and user.uid == 4242
+    # ...and so do the supplementary groups.
+    extra = peers.Peer(me, 4242, 4242, groups=frozenset({os.getgid()}))
+    user = peers.admit(extra, peers.Groups("", own))
+    assert user is not None and user.restricted
+    # A member of both groups is an admin.
+    both = peers.admit(extra, peers.Groups(own, own))
+    assert both is not None and both.tier is peers.Tier.ADMIN
+    # No peer (an in-process caller) is trusted.
+    assert peers.admit(None) is peers.INTERNAL

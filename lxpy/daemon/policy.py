@@ -1,0 +1,245 @@
+"""What restricted users (group `lxpy-user`) may do through the API.
+
+Admins (root and group `lxpy`) may do everything, which is root on the
+host: they may make privileged containers. Restricted users get the routes
+in USER_ROUTES and no other, so a route added later is refused to them
+until it is named here. On the routes they get:
+
+* containers are theirs only: made by them (the record's owner is their
+  uid, made in the restricted tier). Any other container does not exist
+  for them (404, as for a name never used), and lists, network views and
+  the event stream leave it out;
+* config keys are an allow-list (USER_KEYS, USER_PREFIXES): never
+  `security.*`, `raw.*` or anything that reaches host paths; a key family
+  added later (devices) falls outside it until named here. Checked on
+  create (`--set`), on set and unset, and on copy (the source's keys);
+* templates, networks and the server are read-only: no build, delete,
+  network create or delete, stop-all, and no operations (the builds).
+
+Every refusal is a 403 that names what and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from enum import Enum
+
+from lxpy.daemon.http import Request, Route
+from lxpy.daemon.peers import Caller
+from lxpy.errors import Forbidden, InvalidArgument, NotFound
+from lxpy.model.config import Container, Owner
+
+# Keys that configure the container itself and reach nothing of the host's
+# beyond what every unprivileged container has.
+USER_KEYS = frozenset(
+    {
+        "description",
+        "hostname",
+        "init",
+        "init.args",
+        "halt_signal",
+        "reboot_signal",
+        "network",
+        "ipv4.address",
+        "limits.memory",
+        "limits.memory.swap",
+        "limits.cpu",
+        "limits.cpu.weight",
+        "limits.processes",
+        "boot.autostart",
+        "boot.priority",
+        "boot.delay",
+        "boot.stop_priority",
+        "boot.restart",
+        "boot.restart_max",
+    }
+)
+USER_PREFIXES = ("environment.", "user.")
+
+
+class Rule(Enum):
+    # Shared things to read; lists and views are filtered by the handler.
+    ANY = "any"
+    # The container {name} must be the caller's.
+    OWN = "own"
+    # Create: the keys of the body's config.
+    CREATE = "create"
+    # Set and unset keys of the caller's container {name}.
+    CONFIG = "config"
+    # Copy the caller's container {name}: its keys, as for a create.
+    COPY = "copy"
+
+
+_C = "/1.0/containers/{name}"
+USER_ROUTES: dict[tuple[str, str], Rule] = {
+    ("GET", "/1.0"): Rule.ANY,
+    ("GET", "/1.0/openapi.json"): Rule.ANY,
+    ("GET", "/1.0/templates"): Rule.ANY,
+    ("GET", "/1.0/templates/{name}"): Rule.ANY,
+    ("GET", "/1.0/networks"): Rule.ANY,
+    ("GET", "/1.0/networks/{name}"): Rule.ANY,
+    ("GET", "/1.0/events"): Rule.ANY,
+    ("GET", "/1.0/containers"): Rule.ANY,
+    ("POST", "/1.0/containers"): Rule.CREATE,
+    ("GET", _C): Rule.OWN,
+    ("DELETE", _C): Rule.OWN,
+    ("PATCH", _C + "/config"): Rule.CONFIG,
+    ("POST", _C + "/rename"): Rule.OWN,
+    ("POST", _C + "/copy"): Rule.COPY,
+    ("GET", _C + "/snapshots"): Rule.OWN,
+    ("POST", _C + "/snapshots"): Rule.OWN,
+    ("POST", _C + "/snapshots/{snap}/restore"): Rule.OWN,
+    ("DELETE", _C + "/snapshots/{snap}"): Rule.OWN,
+    ("POST", _C + "/start"): Rule.OWN,
+    ("POST", _C + "/stop"): Rule.OWN,
+    ("POST", _C + "/restart"): Rule.OWN,
+    ("POST", _C + "/freeze"): Rule.OWN,
+    ("POST", _C + "/unfreeze"): Rule.OWN,
+    ("GET", _C + "/stats"): Rule.OWN,
+    ("GET", _C + "/console/log"): Rule.OWN,
+    ("GET", _C + "/console"): Rule.OWN,
+    ("POST", _C + "/exec"): Rule.OWN,
+}
+
+
+def owner_of(caller: Caller) -> Owner:
+    """The owner recorded for a container `caller` makes (or copies)."""
+    return Owner(caller.uid, caller.restricted)
+
+
+def key_allowed(key: str) -> bool:
+    """Whether a restricted user may set or unset config key `key`."""
+    return key in USER_KEYS or any(key.startswith(p) and len(key) > len(p) for p in USER_PREFIXES)
+
+
+class Policy:
+    """The decisions of this module, over the daemon's container records."""
+
+    def __init__(self, records: Callable[[], Mapping[str, Container]]) -> None:
+        self._records = records
+
+    def sees(self, caller: Caller, name: str) -> bool:
+        """Whether container `name` exists for `caller`."""
+        if not caller.restricted:
+            return True
+        record = self._records().get(name)
+        owner = record.owner if record is not None else None
+        return owner is not None and owner.restricted and owner.uid == caller.uid
+
+    def visible(self, caller: Caller, names: Iterable[str]) -> list[str]:
+        """Those of `names` that exist for `caller`."""
+        return [n for n in names if self.sees(caller, n)]
+
+    def authorize(self, route: Route, req: Request) -> None:
+        """Refuse `req` (matched to `route`) when its caller may not make it.
+
+        Raises:
+            Forbidden: a restricted caller, a route or a key not allowed to them.
+            NotFound: a restricted caller names a container not theirs.
+            InvalidArgument: a body that cannot be judged (not JSON).
+        """
+        caller = req.caller
+        if not caller.restricted:
+            return
+        rule = USER_ROUTES.get((route.method, route.pattern))
+        if rule is None:
+            raise Forbidden(
+                f"{_restricted(caller)} may not use {route.method} {route.pattern}",
+                hint=f"{route.summary}: only root and members of group {caller.groups.admin!r} may",
+            )
+        if rule is Rule.ANY:
+            return
+        if rule is Rule.CREATE:
+            config = req.json().get("config") or {}
+            if not isinstance(config, dict):
+                raise InvalidArgument(f"'config' must be an object of key: value, got {config!r}")
+            self.check_keys(caller, config, "set")
+            return
+        name = req.params["name"]
+        if not self.sees(caller, name):
+            mine = sorted(self.visible(caller, self._records()))
+            raise NotFound(
+                f"container {name!r} not found",
+                hint="your containers: " + (", ".join(mine) or "none"),
+            )
+        if rule is Rule.CONFIG:
+            body = req.json()
+            set_, unset = body.get("set") or {}, body.get("unset") or []
+            if isinstance(set_, dict):
+                self.check_keys(caller, set_, "set")
+            if isinstance(unset, list):
+                self.check_keys(caller, [k for k in unset if isinstance(k, str)], "unset")
+        elif rule is Rule.COPY:
+            bad = sorted(k for k in self._records()[name].config if not key_allowed(k))
+            if bad:
+                raise Forbidden(
+                    f"{_restricted(caller)} may not copy container {name!r}: its config "
+                    f"sets {', '.join(bad)}, which they may not set",
+                    hint=f"ask a member of group {caller.groups.admin!r} to copy it",
+                )
+
+    def check_keys(self, caller: Caller, keys: Iterable[str], verb: str) -> None:
+        """Raise Forbidden for the first of `keys` a restricted `caller` may not `verb`."""
+        for key in keys:
+            if caller.restricted and not key_allowed(key):
+                raise Forbidden(
+                    f"{_restricted(caller)} may not {verb} {key}: "
+                    + _why(key, caller.groups.admin),
+                    hint="they may set: "
+                    + ", ".join([*sorted(USER_KEYS), *(p + "*" for p in USER_PREFIXES)]),
+                )
+
+    def event_filter(self, caller: Caller) -> Callable[[Mapping[str, object]], bool]:
+        """Which events of the stream `caller` gets: all for admins; for a
+        restricted user, lifecycle events of their containers only."""
+        if not caller.restricted:
+            return lambda event: True
+        # Names seen as theirs, so that the deletion of one (its record
+        # gone by the time the event is sent) still reaches them.
+        theirs = set(self.visible(caller, self._records()))
+
+        def wanted(event: Mapping[str, object]) -> bool:
+            resource = str(event.get("resource", ""))
+            if event.get("type") != "lifecycle" or not resource.startswith("containers/"):
+                return False
+            name = resource.removeprefix("containers/")
+            if self.sees(caller, name):
+                theirs.add(name)
+                return True
+            if name in theirs:
+                if event.get("action") == "container-deleted":
+                    theirs.discard(name)
+                return True
+            return False
+
+        return wanted
+
+    def network_view(
+        self, caller: Caller, net: dict[str, object], macs: Callable[[str], Iterable[str]]
+    ) -> dict[str, object]:
+        """A network object as `caller` may see it: a restricted user sees
+        only their containers among its users and leases (`macs(name)`:
+        the MAC addresses of container `name`'s NICs)."""
+        if not caller.restricted:
+            return net
+        view = dict(net)
+        used = net.get("used_by")
+        if isinstance(used, list):
+            view["used_by"] = self.visible(caller, used)
+        leases = net.get("leases")
+        if isinstance(leases, list):
+            mine = {m for name in self.visible(caller, self._records()) for m in macs(name)}
+            view["leases"] = [le for le in leases if isinstance(le, dict) and le.get("mac") in mine]
+        return view
+
+
+def _restricted(caller: Caller) -> str:
+    return f"restricted users (group {caller.groups.user})"
+
+
+def _why(key: str, admin: str) -> str:
+    if key.startswith("security."):
+        return f"security keys can make a container host root; only root and group {admin} may"
+    if key.startswith("raw."):
+        return f"raw keys reach the host unchecked; only root and group {admin} may"
+    return f"it is not one of the keys restricted users may set; root and group {admin} may"
