@@ -134,7 +134,12 @@ KEYS: dict[str, ConfigKey] = {
             "CPU share under contention, 1..10000 (default 100).",
             live=True,
         ),
-        ConfigKey("limits.processes", lm.parse_processes, "Most processes at once.", live=True),
+        ConfigKey(
+            "limits.processes",
+            lm.parse_processes,
+            "Most processes at once, or max (default: 15% of the host's PIDs).",
+            live=True,
+        ),
         ConfigKey("boot.autostart", _bool, "Start when lxpyd starts.", live=True),
         ConfigKey("boot.priority", lm.parse_priority, "Autostart order: higher first.", live=True),
         ConfigKey(

@@ -20,7 +20,9 @@ Meaning of the keys (docs/limits.md has the user's view):
   CPUs. Unlike Incus, a bare integer is time, not a pinned count.
 * `limits.cpu.weight`: share of CPU under contention, 1..10000 (default
   100), as cgroup v2's cpu.weight.
-* `limits.processes`: most processes (tasks) at once, >= 1.
+* `limits.processes`: most processes (tasks) at once, >= 1, or `max` for
+  no limit. Unset: DEFAULT_PROCESSES_SHARE of the host's PIDs (see
+  default_processes), so that no container can take all of them.
 * `boot.autostart`, `boot.priority` (higher starts first), `boot.delay`
   (seconds to wait after starting this one before the next),
   `boot.stop_priority` (higher stops first), `boot.restart` (no |
@@ -48,6 +50,9 @@ MIN_CPU = 0.01
 MAX_WEIGHT = 10_000
 RESTART_WINDOW = 60.0
 DEFAULT_RESTART_MAX = 5
+# systemd's DefaultTasksMax: a service may have 15% of the host's PIDs, so
+# that no one of them exhausts the table; a container is held to the same.
+DEFAULT_PROCESSES_SHARE = 0.15
 
 _CPU_SET = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 _PERCENT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*")
@@ -100,6 +105,22 @@ def host_cpus() -> tuple[int, ...]:
             return parse_cpu_list(f.read())
     except (OSError, ValueError):
         return tuple(range(os.cpu_count() or 1))
+
+
+def _read_int(path: str) -> int:
+    with open(path) as f:
+        return int(f.read().split()[0])
+
+
+def default_processes() -> int:
+    """`limits.processes` when unset: DEFAULT_PROCESSES_SHARE of the
+    host's PIDs, the smaller of kernel.pid_max and kernel.threads-max (a
+    thread takes a PID too), as systemd's DefaultTasksMax computes it."""
+    try:
+        pids = min(_read_int("/proc/sys/kernel/pid_max"), _read_int("/proc/sys/kernel/threads-max"))
+    except (OSError, ValueError, IndexError):
+        pids = 32768  # the kernel's own default pid_max
+    return max(1, int(pids * DEFAULT_PROCESSES_SHARE))
 
 
 def host_memory() -> int:
@@ -235,13 +256,18 @@ def parse_weight(key: str, value: object) -> int:
     return _int(key, value, 1, MAX_WEIGHT)
 
 
-def parse_processes(key: str, value: object) -> int:
-    """`limits.processes`: an integer >= 1.
+def parse_processes(key: str, value: object) -> int | str:
+    """`limits.processes`: an integer >= 1, or `max` (no limit).
 
     Raises:
         InvalidArgument: naming the key.
     """
-    return _int(key, value, 1)
+    if isinstance(value, str) and value.strip().lower() == "max":
+        return "max"
+    try:
+        return _int(key, value, 1)
+    except InvalidArgument as e:
+        raise InvalidArgument(e.message + " (or max for no limit)") from None
 
 
 def parse_priority(key: str, value: object) -> int:
@@ -318,6 +344,9 @@ class Limits:
     cpu_set: tuple[int, ...] | None = None
     cpu_weight: int | None = None
     processes: int | None = None
+    # processes is the default, not asked for: a host without the pids
+    # controller does without it rather than refusing the start.
+    processes_default: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, object], *, host_mem: int | None = None) -> Limits:
@@ -353,8 +382,13 @@ class Limits:
                 kw["cpu_set"] = parse_cpu_list(spec)
         if config.get("limits.cpu.weight") is not None:
             kw["cpu_weight"] = parse_weight("limits.cpu.weight", config["limits.cpu.weight"])
-        if config.get("limits.processes") is not None:
-            kw["processes"] = parse_processes("limits.processes", config["limits.processes"])
+        procs = config.get("limits.processes")
+        if procs is None:
+            kw["processes"] = default_processes()
+            kw["processes_default"] = True
+        else:
+            n = parse_processes("limits.processes", procs)
+            kw["processes"] = n if isinstance(n, int) else None
         return cls(**kw)  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, object]:

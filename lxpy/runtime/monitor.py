@@ -46,7 +46,7 @@ from lxpy.kernel.cgroups import (
     hierarchy_ids,
 )
 from lxpy.kernel.idmap import IdMap, delegate_cgroups
-from lxpy.kernel.limits import apply_limits
+from lxpy.kernel.limits import apply_limits, apply_process_limit
 from lxpy.model.limits import Limits
 from lxpy.runtime import attach, launch
 from lxpy.runtime.spec import CAPS, LaunchSpec
@@ -228,12 +228,14 @@ class Monitor:
     def _apply_limits(self, fresh: bool) -> None:
         # Before init exists, so nothing in the container ever runs without
         # its limits. New cgroups hold the kernel's defaults, which mean "no
-        # limit": with none set there is nothing to write. A reused leftover
-        # may still hold an earlier run's limits: all are written then.
+        # limit": with none set but the process limit (every container has
+        # one, by default) only that is written. A reused leftover may still
+        # hold an earlier run's limits: all are written then.
         limits = Limits.from_config(self.spec.limits)
         if self.spec.cpus and limits.cpu_set is None:
             limits = replace(limits, cpu_set=self.spec.cpus)
-        if fresh and limits == Limits():
+        if fresh and replace(limits, processes=None, processes_default=False) == Limits():
+            apply_process_limit(self.cg, limits)
             return
         apply_limits(self.cg, limits)
 
