@@ -140,6 +140,12 @@ KEYS: dict[str, ConfigKey] = {
             "Most processes at once, or max (default: 15% of the host's PIDs).",
             live=True,
         ),
+        # Set up at start: they take effect at the next one.
+        ConfigKey(
+            "limits.pty",
+            lm.parse_pty,
+            f"Most ptys the container's devpts hands out (default {lm.DEFAULT_PTY}).",
+        ),
         ConfigKey("boot.autostart", _bool, "Start when lxpyd starts.", live=True),
         ConfigKey("boot.priority", lm.parse_priority, "Autostart order: higher first.", live=True),
         ConfigKey(

@@ -23,6 +23,8 @@ Meaning of the keys (docs/limits.md has the user's view):
 * `limits.processes`: most processes (tasks) at once, >= 1, or `max` for
   no limit. Unset: DEFAULT_PROCESSES_SHARE of the host's PIDs (see
   default_processes), so that no container can take all of them.
+* `limits.pty`: most ptys the container's own devpts instance hands out
+  (devpts `max=`), default 1024 as LXC's `lxc.pty.max`.
 * `boot.autostart`, `boot.priority` (higher starts first), `boot.delay`
   (seconds to wait after starting this one before the next),
   `boot.stop_priority` (higher stops first), `boot.restart` (no |
@@ -53,6 +55,15 @@ DEFAULT_RESTART_MAX = 5
 # systemd's DefaultTasksMax: a service may have 15% of the host's PIDs, so
 # that no one of them exhausts the table; a container is held to the same.
 DEFAULT_PROCESSES_SHARE = 0.15
+# LXC's lxc.pty.max in its common.conf; the kernel's own ceiling per
+# devpts instance is NR_UNIX98_PTY_MAX.
+DEFAULT_PTY = 1024
+MAX_PTY = 1 << 20
+# Keys written into a running container's cgroups (lxpy.kernel.limits); the
+# other limits.* keys are set up at start and take effect at the next one.
+CGROUP_KEYS = frozenset(
+    ("limits.memory", "limits.memory.swap", "limits.cpu", "limits.cpu.weight", "limits.processes")
+)
 
 _CPU_SET = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 _PERCENT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*")
@@ -270,6 +281,15 @@ def parse_processes(key: str, value: object) -> int | str:
         raise InvalidArgument(e.message + " (or max for no limit)") from None
 
 
+def parse_pty(key: str, value: object) -> int:
+    """`limits.pty`: 1..1048576 ptys.
+
+    Raises:
+        InvalidArgument: naming the key.
+    """
+    return _int(key, value, 1, MAX_PTY)
+
+
 def parse_priority(key: str, value: object) -> int:
     """`boot.priority`, `boot.stop_priority`: any integer.
 
@@ -400,6 +420,29 @@ class Limits:
             "cpu_weight": self.cpu_weight,
             "processes": self.processes,
         }
+
+
+@dataclass(frozen=True)
+class KernelLimits:
+    """A container's share of host-wide kernel tables that are not cgroup
+    limits: set up when it starts (lxpy.runtime.launch)."""
+
+    pty: int = DEFAULT_PTY
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> KernelLimits:
+        """The kernel limits in a container's (validated) config.
+
+        Raises:
+            InvalidArgument: naming the key of a bad value.
+        """
+        kw: dict[str, int] = {}
+        for key, attr, parse in (
+            ("limits.pty", "pty", parse_pty),
+        ):
+            if config.get(key) is not None:
+                kw[attr] = parse(key, config[key])
+        return cls(**kw)  # type: ignore[arg-type]
 
 
 def _is_number(text: str) -> bool:

@@ -46,6 +46,7 @@ def bad(key: str, value: object) -> InvalidArgument:
         ("limits.cpu.weight", "200", 200),
         ("limits.processes", 100, 100),
         ("limits.processes", " MAX ", "max"),
+        ("limits.pty", "64", 64),
         ("boot.autostart", "true", True),
         ("boot.priority", "-3", -3),
         ("boot.delay", "2", 2),
@@ -89,6 +90,9 @@ def test_parse_and_reparse(key: str, value: object, stored: object) -> None:
         ("limits.processes", 0, "at least 1"),
         ("limits.processes", "-5", "at least 1"),
         ("limits.processes", "lots", "or max"),
+        ("limits.pty", 0, "1..1048576"),
+        ("limits.pty", 1 << 21, "1..1048576"),
+        ("limits.pty", "max", "integer"),
         ("boot.autostart", "maybe", "true or false"),
         ("boot.priority", "1.5", "integer"),
         ("boot.delay", "-1", "0..3600"),
@@ -150,6 +154,11 @@ def test_default_processes_is_a_share_of_the_host_pids() -> None:
     pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
     threads = int(Path("/proc/sys/kernel/threads-max").read_text())
     assert lm.default_processes() == int(min(pid_max, threads) * 0.15)
+
+
+def test_kernel_limits_from_config() -> None:
+    assert lm.KernelLimits.from_config({}) == lm.KernelLimits(1024)
+    assert lm.KernelLimits.from_config({"limits.pty": 16}) == lm.KernelLimits(16)
 
 
 def test_boot_from_config_defaults_and_values() -> None:
