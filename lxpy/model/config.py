@@ -146,6 +146,17 @@ KEYS: dict[str, ConfigKey] = {
             lm.parse_pty,
             f"Most ptys the container's devpts hands out (default {lm.DEFAULT_PTY}).",
         ),
+        ConfigKey(
+            "limits.kernel.max_inotify_instances",
+            lm.parse_ucount,
+            "inotify instances per user inside "
+            "(default: the host's fs.inotify.max_user_instances).",
+        ),
+        ConfigKey(
+            "limits.kernel.max_inotify_watches",
+            lm.parse_ucount,
+            "inotify watches per user inside (default: the host's fs.inotify.max_user_watches).",
+        ),
         ConfigKey("boot.autostart", _bool, "Start when lxpyd starts.", live=True),
         ConfigKey("boot.priority", lm.parse_priority, "Autostart order: higher first.", live=True),
         ConfigKey(

@@ -25,6 +25,10 @@ Meaning of the keys (docs/limits.md has the user's view):
   default_processes), so that no container can take all of them.
 * `limits.pty`: most ptys the container's own devpts instance hands out
   (devpts `max=`), default 1024 as LXC's `lxc.pty.max`.
+* `limits.kernel.max_inotify_instances`, `limits.kernel.max_inotify_watches`:
+  the container user namespace's own `user.max_inotify_*` sysctls (per user
+  inside); unset, the host's per-user `fs.inotify.max_user_*`. The host's
+  ceiling is raised to a higher value (lxpy.kernel.hostlimits).
 * `boot.autostart`, `boot.priority` (higher starts first), `boot.delay`
   (seconds to wait after starting this one before the next),
   `boot.stop_priority` (higher stops first), `boot.restart` (no |
@@ -59,6 +63,8 @@ DEFAULT_PROCESSES_SHARE = 0.15
 # devpts instance is NR_UNIX98_PTY_MAX.
 DEFAULT_PTY = 1024
 MAX_PTY = 1 << 20
+# The kernel keeps ucount limits in an int.
+MAX_UCOUNT = 2**31 - 1
 # Keys written into a running container's cgroups (lxpy.kernel.limits); the
 # other limits.* keys are set up at start and take effect at the next one.
 CGROUP_KEYS = frozenset(
@@ -290,6 +296,15 @@ def parse_pty(key: str, value: object) -> int:
     return _int(key, value, 1, MAX_PTY)
 
 
+def parse_ucount(key: str, value: object) -> int:
+    """`limits.kernel.max_inotify_*`: 1..2147483647.
+
+    Raises:
+        InvalidArgument: naming the key.
+    """
+    return _int(key, value, 1, MAX_UCOUNT)
+
+
 def parse_priority(key: str, value: object) -> int:
     """`boot.priority`, `boot.stop_priority`: any integer.
 
@@ -428,6 +443,9 @@ class KernelLimits:
     limits: set up when it starts (lxpy.runtime.launch)."""
 
     pty: int = DEFAULT_PTY
+    # None: the host's per-user value (fs.inotify.max_user_*).
+    inotify_instances: int | None = None
+    inotify_watches: int | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, object]) -> KernelLimits:
@@ -439,6 +457,8 @@ class KernelLimits:
         kw: dict[str, int] = {}
         for key, attr, parse in (
             ("limits.pty", "pty", parse_pty),
+            ("limits.kernel.max_inotify_instances", "inotify_instances", parse_ucount),
+            ("limits.kernel.max_inotify_watches", "inotify_watches", parse_ucount),
         ):
             if config.get(key) is not None:
                 kw[attr] = parse(key, config[key])

@@ -29,7 +29,7 @@ import signal
 import termios
 from collections.abc import Sequence
 
-from lxpy.kernel import apparmor, caps, idmap, seccomp
+from lxpy.kernel import apparmor, caps, hostlimits, idmap, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.lxcfs import bind_mounts
 from lxpy.kernel.netif import link_up
@@ -185,6 +185,7 @@ def cloned_init_main(
         # Again: a change of credentials clears the parent-death signal.
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         _check_monitor(errfd)
+        _own_limits(spec)
         _step("mounting the rootfs")
         idmap.attach_tree(tree, ".")
         os.fchdir(tree)
@@ -253,6 +254,7 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
     if netns >= 0:
         idmap.enter_userns(userns)
     os.close(userns)
+    _own_limits(spec)
     _step("namespaces")
     # Made after entering the user namespace, so it owns them: systemd
     # inside may mount /proc, set the hostname and manage its mounts.
@@ -269,6 +271,15 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
     if pid:
         os.close(go_r)
     return pid
+
+
+def _own_limits(spec: LaunchSpec) -> None:
+    # As root of the container's user namespace, before anything inside
+    # runs: its own inotify limits (per user inside; the whole container
+    # is held to the host's per-user ceiling, charged to its root ID).
+    _step("setting the user namespace's limits")
+    kl = KernelLimits.from_config(spec.limits)
+    hostlimits.set_own_inotify(kl.inotify_instances, kl.inotify_watches)
 
 
 def _wait_go(go_r: int, spec: LaunchSpec) -> seccomp.Policy:

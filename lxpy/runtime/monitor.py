@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from lxpy.errors import Busy, InvalidArgument, LxpyError
-from lxpy.kernel import devices, idmap, ksm, pages, seccomp, systemd
+from lxpy.kernel import devices, hostlimits, idmap, ksm, pages, seccomp, systemd
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import (
     MONITOR_LEAF,
@@ -429,15 +429,21 @@ class Monitor:
             # Its cwd: the path to the rootfs may cross directories that
             # the container's root may not search.
             os.chdir(root)
+            # The user namespace is owned by the container's root IDs, not
+            # host root: see lxpy.kernel.hostlimits.
+            m = IdMap(spec.uid_base, spec.gid_base, spec.idmap_size)
+            saved = hostlimits.act_as_owner(m.host_uid(0), m.host_gid(0))
             try:
                 pid, self.pidfd = sc.clone3(_CLONED_NS, signal.SIGCHLD)
             except BaseException:
+                hostlimits.stop_acting(saved)
                 os.chdir("/")
                 raise
             if pid == 0:
                 launch.cloned_init_main(
                     spec, self.console_slave, self.console_path, self.tty_paths, w, go_r, tree
                 )
+            hostlimits.stop_acting(saved)
             os.chdir("/")
             try:
                 self._hand_to_cloned(pid, tree, root)

@@ -181,3 +181,11 @@ def test_mark_mergeable_marks_private_writable_mappings_and_ends_at_exec() -> No
     os.waitpid(pid, 0)
     assert int(before) > 3, "the heap, the allocator's arenas and the data segment"
     assert after == "0"
+
+
+def test_map_root_is_the_host_id_of_root_inside() -> None:
+    from lxpy.kernel.hostlimits import map_root
+
+    assert map_root("0 1065536 65536\n") == 1065536
+    assert map_root("1 5000 10\n0 7000 1\n") == 7000
+    assert map_root("") == 0

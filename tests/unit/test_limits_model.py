@@ -47,6 +47,8 @@ def bad(key: str, value: object) -> InvalidArgument:
         ("limits.processes", 100, 100),
         ("limits.processes", " MAX ", "max"),
         ("limits.pty", "64", 64),
+        ("limits.kernel.max_inotify_instances", 512, 512),
+        ("limits.kernel.max_inotify_watches", "1048576", 1048576),
         ("boot.autostart", "true", True),
         ("boot.priority", "-3", -3),
         ("boot.delay", "2", 2),
@@ -93,6 +95,8 @@ def test_parse_and_reparse(key: str, value: object, stored: object) -> None:
         ("limits.pty", 0, "1..1048576"),
         ("limits.pty", 1 << 21, "1..1048576"),
         ("limits.pty", "max", "integer"),
+        ("limits.kernel.max_inotify_instances", 0, "1..2147483647"),
+        ("limits.kernel.max_inotify_watches", 2**31, "1..2147483647"),
         ("boot.autostart", "maybe", "true or false"),
         ("boot.priority", "1.5", "integer"),
         ("boot.delay", "-1", "0..3600"),
@@ -157,8 +161,15 @@ def test_default_processes_is_a_share_of_the_host_pids() -> None:
 
 
 def test_kernel_limits_from_config() -> None:
-    assert lm.KernelLimits.from_config({}) == lm.KernelLimits(1024)
-    assert lm.KernelLimits.from_config({"limits.pty": 16}) == lm.KernelLimits(16)
+    assert lm.KernelLimits.from_config({}) == lm.KernelLimits(1024, None, None)
+    kl = lm.KernelLimits.from_config(
+        {
+            "limits.pty": 16,
+            "limits.kernel.max_inotify_instances": 200,
+            "limits.kernel.max_inotify_watches": 9000,
+        }
+    )
+    assert kl == lm.KernelLimits(16, 200, 9000)
 
 
 def test_boot_from_config_defaults_and_values() -> None:
