@@ -151,6 +151,8 @@ class Monitor:
         self.pending_next = 0.0
         self.ring = bytearray()
         self.log_fd = -1
+        # Console bytes the log could not take (a full pool), not yet noted.
+        self.log_lost = 0
         self.console_master = -1
         self.console_slave = -1
         self.console_path = ""
@@ -589,10 +591,22 @@ class Monitor:
         if excess > 0:
             del self.ring[:excess]
         if self.log_fd >= 0:
-            try:
-                os.write(self.log_fd, data)
-            except OSError:
-                pass  # a full disk must not stop the console
+            self._log_console(data)
+
+    def _log_console(self, data: bytes) -> None:
+        # A full pool must not stop the console: what cannot be written is
+        # counted, and once writes work again a line says how much is
+        # missing, so the log never silently skips a part.
+        if self.log_lost:
+            note = (
+                f"\r\n[lxpy: {self.log_lost} bytes of console output were not logged: "
+                "the storage pool was full]\r\n"
+            ).encode()
+            if _write_some(self.log_fd, note) < len(note):
+                self.log_lost += len(data)
+                return
+            self.log_lost = 0
+        self.log_lost += len(data) - _write_some(self.log_fd, data)
 
     def _on_accept(self, _fd: int) -> None:
         assert self.listener is not None
@@ -1041,6 +1055,20 @@ class Monitor:
         self.console_master = self.console_slave = self.log_fd = self._pidns_fd = -1
         self.pidfd = -1
         self.tty_masters, self.tty_slaves = [], []
+
+
+def _write_some(fd: int, data: bytes) -> int:
+    """Write `data` to `fd` as far as it goes; how many bytes were written."""
+    done = 0
+    while done < len(data):
+        try:
+            n = os.write(fd, data[done:])
+        except OSError:
+            break
+        if n <= 0:
+            break
+        done += n
+    return done
 
 
 def _drain(fd: int) -> str:
