@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import platform
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +53,8 @@ TIME_BOUND = 420
 # Longest an exhaustion may last, whatever happens to the test.
 HOLD = 45
 NR_INOTIFY_INIT = 253
+# linux/nsfs.h: _IO(0xb7, 0x4)
+NS_GET_OWNER_UID = 0xB704
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -171,6 +175,33 @@ def test_one_container_cannot_take_every_inotify_instance(pair: Daemon) -> None:
         assert 0 < count <= per_user
     # Inside, the user namespace's own limit is the host's per-user one.
     assert sh(d, "a", "cat /proc/sys/user/max_inotify_instances").stdout.strip() == str(per_user)
+
+
+def owner_uid(ns: str | int) -> int:
+    """The host UID owning a user namespace (ioctl NS_GET_OWNER_UID)."""
+    fd = os.open(ns, os.O_RDONLY | os.O_CLOEXEC) if isinstance(ns, str) else ns
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, NS_GET_OWNER_UID, bytes(4)), sys.byteorder)
+    finally:
+        os.close(fd)
+
+
+def test_every_container_user_namespace_is_owned_by_its_root(pair: Daemon, tmp_path: Path) -> None:
+    from lxpy.kernel import idmap
+
+    # Cloned with init (a container on no network), as `a` was.
+    rec = info(pair, "a")["idmap"]
+    assert owner_uid(f"/proc/{info(pair, 'a')['init_pid']}/ns/user") == rec["uid_base"]
+    # Made and bound by the zygote's helper (a container on a network).
+    ids = idmap.IdMap(3_100_000, 3_200_000, 65536)
+    pinned = str(tmp_path / "userns")
+    idmap.pin_new_namespaces(pinned, ids.uid_map(), ids.gid_map(), "")
+    try:
+        assert owner_uid(pinned) == 3_100_000
+    finally:
+        idmap.unpin_ns(pinned)
+    # create_userns (lxpyd's probe).
+    assert owner_uid(idmap.create_userns(ids)) == 3_100_000
 
 
 def test_inotify_keys_set_the_container_limits(pair: Daemon) -> None:
