@@ -41,6 +41,13 @@ def _num(value: object) -> float | None:
     return None
 
 
+def _processes(stats: Mapping[str, Any]) -> str:
+    count = stats.get("processes")
+    limit = stats.get("processes_limit")
+    text = str(count) if count is not None else "-"
+    return text + (f" (limit {limit})" if limit is not None else " (no limit)")
+
+
 def info_lines(stats: Mapping[str, Any] | None) -> list[str]:
     """The `stats:` section of `lxpy info` (a running container's use)."""
     if not stats:
@@ -56,7 +63,7 @@ def info_lines(stats: Mapping[str, Any] | None) -> list[str]:
         f"  memory:     {mem} ({', '.join(extra)})",
         f"  swap:       {format_bytes(stats.get('swap_bytes'))}",
         f"  oom kills:  {stats.get('oom_kills') if stats.get('oom_kills') is not None else '-'}",
-        f"  processes:  {stats.get('processes') if stats.get('processes') is not None else '-'}",
+        f"  processes:  {_processes(stats)}",
         f"  disk:       {format_bytes(stats.get('disk_bytes'))}",
     ]
     net = stats.get("network") or {}

@@ -48,6 +48,25 @@ class Unsupported(LxpyError):
     status = 501
 
 
+class PoolFull(LxpyError):
+    """The storage pool (or the filesystem holding lxpyd's records) has no
+    space left: nothing was changed, and the request works again once
+    space is freed. Made by pool_full()."""
+
+    code = "pool_full"
+    status = 507
+
+
+def pool_full(what: str = "") -> PoolFull:
+    """The error for a write that found the pool full while working on `what`."""
+    return PoolFull(
+        "storage pool is full" + (f" ({what})" if what else ""),
+        hint="free space in it (delete snapshots, containers or templates you no longer "
+        "need; `lxpy info NAME` shows a container's disk use) or grow it "
+        "(btrfs filesystem resize), then try again",
+    )
+
+
 class Forbidden(LxpyError):
     """The caller may not use lxpyd (not root, in neither group lxpy nor
     lxpy-user), or a restricted user (lxpy-user) asks what only admins may."""
@@ -77,6 +96,7 @@ _BY_CODE: dict[str, type[LxpyError]] = {
         AlreadyExists,
         Busy,
         Unsupported,
+        PoolFull,
         Forbidden,
         Cancelled,
         DaemonUnavailable,

@@ -36,8 +36,10 @@ from lxpy.daemon.service import Daemon, RunInfo
 from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel import systemd
 from lxpy.kernel.cgroups import ContainerCgroup
+from lxpy.kernel.hostlimits import raise_host_inotify
 from lxpy.kernel.idmap import IdMap
 from lxpy.model.config import Container
+from lxpy.model.limits import KernelLimits
 from lxpy.model.state import State
 from lxpy.model.template import TemplateDef, find_template
 from lxpy.runtime.control import check_reply, gone
@@ -345,6 +347,9 @@ class Lifecycle:
             logf.replace(Daemon.rotated_log(logf))
         set_hostname_files(Path(spec.rootfs), spec.effective_hostname)
         spec.validate()
+        kl = KernelLimits.from_config(record.config)
+        for change in raise_host_inotify(kl.inotify_instances, kl.inotify_watches):
+            log.info("container %s: raised the host's %s (limits.kernel.*)", record.name, change)
         return spec
 
     async def start(self, name: str) -> None:

@@ -158,6 +158,7 @@ SCHEMAS: dict[str, Schema] = {
             "swap_bytes": _NULL_INT,
             "oom_kills": _NULL_INT,
             "processes": _NULL_INT,
+            "processes_limit": _NULL_INT,
             "network": {
                 "type": "object",
                 "additionalProperties": _obj(

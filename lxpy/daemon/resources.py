@@ -7,8 +7,9 @@
   containers, as Incus does, so `nproc` inside shows the quota rounded up
   rather than the host's count. The pins are worked out again whenever a
   container starts, stops or changes `limits.cpu`.
-* Live changes: `limits.*` keys changed on a running container are written
-  into its cgroups before the new config is saved.
+* Live changes: the cgroup `limits.*` keys (CGROUP_KEYS) changed on a
+  running container are written into its cgroups before the new config is
+  saved; `limits.pty` and `limits.kernel.*` take effect at the next start.
 * Stats: lxpy.kernel.stats read in a worker thread.
 
 The kernel writes and reads are blocking and run in worker threads under
@@ -32,7 +33,7 @@ from lxpy.kernel import lxcfs
 from lxpy.kernel.cgroups import ContainerCgroup, hierarchies
 from lxpy.kernel.limits import apply_limits, controller_dir
 from lxpy.kernel.stats import read_stats
-from lxpy.model.limits import Limits, host_cpus
+from lxpy.model.limits import CGROUP_KEYS, Limits, host_cpus
 
 if TYPE_CHECKING:
     from lxpy.daemon.service import Daemon
@@ -198,8 +199,8 @@ class Resources:
     async def apply_live(
         self, name: str, old: Mapping[str, object], new: Mapping[str, object]
     ) -> list[str]:
-        """Write a running container's changed `limits.*` keys into its
-        cgroups now. Returns the keys that changed (none: nothing written).
+        """Write a running container's changed cgroup `limits.*` keys into
+        its cgroups now. Returns the keys that changed (none: nothing written).
 
         On failure the old limits are written back, so the kernel holds
         what the saved config says.
@@ -208,7 +209,7 @@ class Resources:
             InvalidArgument, Busy, Unsupported, NotFound: naming the key.
         """
         changed = sorted(
-            k for k in set(old) | set(new) if k.startswith("limits.") and old.get(k) != new.get(k)
+            k for k in set(old) | set(new) if k in CGROUP_KEYS and old.get(k) != new.get(k)
         )
         if not changed or name not in self.d.running:
             return []

@@ -8,6 +8,7 @@ the storage limiter, file reads and writes under the file limiter.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from lxpy.daemon.merging import Ksmd
 from lxpy.daemon.networks import RUN_BASE, Networks
 from lxpy.daemon.operations import Operations
 from lxpy.daemon.registry import Registry
-from lxpy.errors import AlreadyExists, InvalidArgument, NotFound, Unsupported
+from lxpy.errors import AlreadyExists, InvalidArgument, NotFound, Unsupported, pool_full
 from lxpy.kernel import apparmor, systemd
 from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy, favor_dynmods
 from lxpy.model.config import Container
@@ -42,6 +43,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("lxpyd")
 
 T = TypeVar("T")
+
+
+def is_full(e: BaseException) -> bool:
+    """Whether `e` says a write found no space left (ENOSPC, EDQUOT).
+
+    Every write of lxpyd's own (records, logs, files in a rootfs, volumes)
+    goes to the pool or the root beside it, through Daemon.files or
+    Daemon.storage, which turn this into pool_full().
+    """
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+async def _in_thread(limiter: trio.CapacityLimiter, fn: Callable[..., T], *args: object) -> T:
+    try:
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+    except OSError as e:
+        if is_full(e):
+            raise pool_full() from e
+        raise
 
 
 @dataclass(frozen=True)
@@ -255,12 +275,21 @@ class Daemon:
         return self.container_run_dir(name) / "monitor.sock"
 
     async def storage(self, fn: Callable[..., T], *args: object) -> T:
-        """Run a blocking storage call in a worker thread."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.storage_limiter)
+        """Run a blocking storage call in a worker thread.
+
+        Raises:
+            PoolFull: for a write that found no space (what fn raised else).
+        """
+        return await _in_thread(self.storage_limiter, fn, *args)
 
     async def files(self, fn: Callable[..., T], *args: object) -> T:
-        """Run a blocking file call in a worker thread."""
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.file_limiter)
+        """Run a blocking file call (records, logs, files in a rootfs) in a
+        worker thread.
+
+        Raises:
+            PoolFull: for a write that found no space (what fn raised else).
+        """
+        return await _in_thread(self.file_limiter, fn, *args)
 
     def lock(self, name: str) -> trio.Lock:
         """The lock that serializes requests on container `name`."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import IO
@@ -19,13 +20,26 @@ import trio
 from lxpy.build.builder import build_rootfs
 from lxpy.daemon.events import now_iso
 from lxpy.daemon.operations import Operation, Report
-from lxpy.daemon.service import Daemon
-from lxpy.errors import Busy, NotFound
+from lxpy.daemon.service import Daemon, is_full
+from lxpy.errors import Busy, LxpyError, NotFound, pool_full
 from lxpy.model.template import TemplateDef, load_templates
 
 log = logging.getLogger("lxpyd.templates")
 
 BUILD_KIND = "template-build"
+
+
+# Less than this free in the pool after a failed build: the builder's tools
+# (tar, debootstrap) ran out of space, whatever their exit status says.
+_NEARLY_FULL = 1 << 20
+
+
+def _no_space(path: str | Path) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _NEARLY_FULL
 
 
 class Templates:
@@ -154,9 +168,16 @@ class Templates:
                         # "unpack the cached tarball again".
                         refresh_cache=force,
                     )
-                except BaseException:
+                except BaseException as e:
                     with trio.CancelScope(shield=True):
+                        # Asked before the staging volume goes: its files
+                        # may be what filled the pool.
+                        full = is_full(e) or (
+                            isinstance(e, Exception) and await d.storage(_no_space, target)
+                        )
                         await d.storage(d.backend.abort_template, name)
+                    if full:
+                        raise pool_full(f"building template {name!r}") from e
                     raise
                 # Once committing, finish: a cancel now would leave a template
                 # without its metadata.
@@ -188,12 +209,16 @@ class Templates:
                 try:
                     await self.d.files(f.write, text)
                     await self.d.files(f.flush)
-                except OSError as e:
-                    # The build matters more than its log file: keep going.
+                except (OSError, LxpyError) as e:
+                    # The build matters more than its log file (a full
+                    # pool says so itself): keep going.
                     log.warning("cannot write %s: %s", path, e)
         finally:
             with trio.CancelScope(shield=True):
-                await self.d.files(f.close)
+                try:
+                    await self.d.files(f.close)
+                except (OSError, LxpyError) as e:
+                    log.warning("cannot write %s: %s", path, e)
 
     async def delete(self, name: str) -> None:
         """Delete the built template `name` (its definition stays).

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from lxpy.errors import Busy, InvalidArgument, Unsupported
 from lxpy.kernel import syscalls as sc
+from lxpy.kernel.hostlimits import act_as_owner, map_root
 from lxpy.kernel.netif import link_up
 
 # What a container gets, and what a Debian system needs: 0..65535 covers
@@ -289,12 +290,18 @@ def create_userns(idmap: IdMap) -> int:
     A short-lived helper unshares CLONE_NEWUSER; we (root in the parent
     namespace) write its maps, open its /proc/PID/ns/user and kill it. The
     namespace lives as long as the descriptor (or a bind mount, see pin_ns).
+    It is owned by the host IDs of its root (hostlimits.act_as_owner).
 
     Raises:
         OSError: with the kernel's errno (EPERM without root, EINVAL for a
             map outside what the caller may map).
     """
-    pid, r = _helper(lambda: sc.unshare(CLONE_NEWUSER))
+
+    def work() -> None:
+        act_as_owner(idmap.host_uid(0), idmap.host_gid(0))
+        sc.unshare(CLONE_NEWUSER)
+
+    pid, r = _helper(work)
     try:
         _await_byte(r, pid, "unshare(CLONE_NEWUSER)")
         write_maps(pid, idmap.uid_map(), idmap.gid_map())
@@ -353,6 +360,10 @@ def pin_new_namespaces(userns_path: str, uid_map: str, gid_map: str, netns_path:
     Why one helper for both: each fork from a large process copies its page
     tables; one fork from a small one (the zygote) makes both namespaces.
 
+    The user namespace is owned by the host IDs its root maps to
+    (hostlimits.act_as_owner): what the container holds in host-wide
+    per-user tables is charged to them, not to host root.
+
     On failure neither path is left bound.
 
     Raises:
@@ -369,6 +380,7 @@ def pin_new_namespaces(userns_path: str, uid_map: str, gid_map: str, netns_path:
             os.close(go_w)
             if userns_path:
                 try:
+                    act_as_owner(map_root(uid_map), map_root(gid_map))
                     sc.unshare(CLONE_NEWUSER)
                 except OSError as e:
                     os.write(w, bytes([min(e.errno or errno.EIO, 255)]))

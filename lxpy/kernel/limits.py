@@ -110,15 +110,19 @@ def plan_limits(cg: ContainerCgroup, limits: Limits) -> list[Write]:
     out += _plan_memory(cg, limits)
     out += _plan_cpu(cg, limits)
     out += _plan_cpuset(cg, limits)
-    found = _need(cg, "pids", "limits.processes", limits.processes is not None)
-    if found:
-        _v, d = found
-        if _v == 2:
-            out += _v2_enable(d, "pids", "pids.max", "limits.processes")
-        out.append(
-            Write(os.path.join(d, "pids.max"), str(limits.processes or "max"), "limits.processes")
-        )
+    out += _plan_pids(cg, limits)
     return out
+
+
+def _plan_pids(cg: ContainerCgroup, limits: Limits) -> list[Write]:
+    wanted = limits.processes is not None and not limits.processes_default
+    found = _need(cg, "pids", "limits.processes", wanted)
+    if found is None:
+        return []
+    version, d = found
+    out = _v2_enable(d, "pids", "pids.max", "limits.processes") if version == 2 else []
+    value = str(limits.processes or "max")
+    return [*out, Write(os.path.join(d, "pids.max"), value, "limits.processes")]
 
 
 def _plan_memory(cg: ContainerCgroup, limits: Limits) -> list[Write]:
@@ -259,7 +263,21 @@ def apply_limits(
             f"cgroup of container {cg.name!r} does not exist",
             hint="limits are applied to a running container; they take effect at its next start",
         )
-    for w in plan_limits(cg, lim):
+    _make(plan_limits(cg, lim))
+
+
+def apply_process_limit(cg: ContainerCgroup, limits: Limits) -> None:
+    """Write only `limits.processes` into `cg` (a fresh cgroup, whose other
+    files hold the kernel's "no limit" already).
+
+    Raises:
+        as apply_limits.
+    """
+    _make(_plan_pids(cg, limits))
+
+
+def _make(plan: list[Write]) -> None:
+    for w in plan:
         try:
             _write(w)
         except OSError as e:

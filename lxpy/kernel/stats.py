@@ -13,6 +13,7 @@ lxpyd calls them through `trio.to_thread.run_sync`.
 | swap_bytes     | memory.swap.current            | memsw.usage - usage               |
 | oom_kills      | memory.events oom_kill         | memory.oom_control oom_kill       |
 | processes      | pids.current                   | pids.current                      |
+| processes_limit| pids.max                       | pids.max                          |
 
 cgroup2's cpu.stat exists in every cgroup2 directory even when the cpu
 controller is not enabled there (hybrid hosts), so CPU time comes from the
@@ -122,6 +123,12 @@ def process_count(cg: ContainerCgroup) -> int | None:
         if n is not None:
             return n
     return len(cg.pids()) if cg.exists() else None
+
+
+def process_limit(cg: ContainerCgroup) -> int | None:
+    """The container's pids.max (limits.processes in force); None for none."""
+    found = controller_dir(cg, "pids")
+    return None if found is None else _int(os.path.join(found[1], "pids.max"))
 
 
 def parse_net_dev(text: str) -> dict[str, dict[str, int]]:
@@ -268,7 +275,7 @@ def read_stats(
 
     Returns:
         cpu_seconds, memory_bytes, memory_peak_bytes, memory_limit_bytes,
-        swap_bytes, oom_kills, processes, network ({iface: {rx_bytes,
+        swap_bytes, oom_kills, processes, processes_limit, network ({iface: {rx_bytes,
         tx_bytes, rx_packets, tx_packets}}), disk_bytes,
         disk_exclusive_bytes, at (wall-clock time of the reading). A value
         the host cannot give is None.
@@ -277,6 +284,7 @@ def read_stats(
     out: dict[str, object] = {"at": time.time(), "cpu_seconds": cpu_seconds(cg)}
     out.update(memory_stats(cg))
     out["processes"] = process_count(cg)
+    out["processes_limit"] = process_limit(cg)
     out["network"] = network_stats(init_pid) if init_pid else {}
     out["disk_bytes"] = disk_usage(rootfs) if rootfs and disk else None
     out["disk_exclusive_bytes"] = (

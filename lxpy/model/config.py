@@ -134,7 +134,29 @@ KEYS: dict[str, ConfigKey] = {
             "CPU share under contention, 1..10000 (default 100).",
             live=True,
         ),
-        ConfigKey("limits.processes", lm.parse_processes, "Most processes at once.", live=True),
+        ConfigKey(
+            "limits.processes",
+            lm.parse_processes,
+            "Most processes at once, or max (default: 15% of the host's PIDs).",
+            live=True,
+        ),
+        # Set up at start: they take effect at the next one.
+        ConfigKey(
+            "limits.pty",
+            lm.parse_pty,
+            f"Most ptys the container's devpts hands out (default {lm.DEFAULT_PTY}).",
+        ),
+        ConfigKey(
+            "limits.kernel.max_inotify_instances",
+            lm.parse_ucount,
+            "inotify instances per user inside "
+            "(default: the host's fs.inotify.max_user_instances).",
+        ),
+        ConfigKey(
+            "limits.kernel.max_inotify_watches",
+            lm.parse_ucount,
+            "inotify watches per user inside (default: the host's fs.inotify.max_user_watches).",
+        ),
         ConfigKey("boot.autostart", _bool, "Start when lxpyd starts.", live=True),
         ConfigKey("boot.priority", lm.parse_priority, "Autostart order: higher first.", live=True),
         ConfigKey(

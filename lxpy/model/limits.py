@@ -20,7 +20,15 @@ Meaning of the keys (docs/limits.md has the user's view):
   CPUs. Unlike Incus, a bare integer is time, not a pinned count.
 * `limits.cpu.weight`: share of CPU under contention, 1..10000 (default
   100), as cgroup v2's cpu.weight.
-* `limits.processes`: most processes (tasks) at once, >= 1.
+* `limits.processes`: most processes (tasks) at once, >= 1, or `max` for
+  no limit. Unset: DEFAULT_PROCESSES_SHARE of the host's PIDs (see
+  default_processes), so that no container can take all of them.
+* `limits.pty`: most ptys the container's own devpts instance hands out
+  (devpts `max=`), default 1024 as LXC's `lxc.pty.max`.
+* `limits.kernel.max_inotify_instances`, `limits.kernel.max_inotify_watches`:
+  the container user namespace's own `user.max_inotify_*` sysctls (per user
+  inside); unset, the host's per-user `fs.inotify.max_user_*`. The host's
+  ceiling is raised to a higher value (lxpy.kernel.hostlimits).
 * `boot.autostart`, `boot.priority` (higher starts first), `boot.delay`
   (seconds to wait after starting this one before the next),
   `boot.stop_priority` (higher stops first), `boot.restart` (no |
@@ -48,6 +56,20 @@ MIN_CPU = 0.01
 MAX_WEIGHT = 10_000
 RESTART_WINDOW = 60.0
 DEFAULT_RESTART_MAX = 5
+# systemd's DefaultTasksMax: a service may have 15% of the host's PIDs, so
+# that no one of them exhausts the table; a container is held to the same.
+DEFAULT_PROCESSES_SHARE = 0.15
+# LXC's lxc.pty.max in its common.conf; the kernel's own ceiling per
+# devpts instance is NR_UNIX98_PTY_MAX.
+DEFAULT_PTY = 1024
+MAX_PTY = 1 << 20
+# The kernel keeps ucount limits in an int.
+MAX_UCOUNT = 2**31 - 1
+# Keys written into a running container's cgroups (lxpy.kernel.limits); the
+# other limits.* keys are set up at start and take effect at the next one.
+CGROUP_KEYS = frozenset(
+    ("limits.memory", "limits.memory.swap", "limits.cpu", "limits.cpu.weight", "limits.processes")
+)
 
 _CPU_SET = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 _PERCENT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*%\s*")
@@ -100,6 +122,22 @@ def host_cpus() -> tuple[int, ...]:
             return parse_cpu_list(f.read())
     except (OSError, ValueError):
         return tuple(range(os.cpu_count() or 1))
+
+
+def _read_int(path: str) -> int:
+    with open(path) as f:
+        return int(f.read().split()[0])
+
+
+def default_processes() -> int:
+    """`limits.processes` when unset: DEFAULT_PROCESSES_SHARE of the
+    host's PIDs, the smaller of kernel.pid_max and kernel.threads-max (a
+    thread takes a PID too), as systemd's DefaultTasksMax computes it."""
+    try:
+        pids = min(_read_int("/proc/sys/kernel/pid_max"), _read_int("/proc/sys/kernel/threads-max"))
+    except (OSError, ValueError, IndexError):
+        pids = 32768  # the kernel's own default pid_max
+    return max(1, int(pids * DEFAULT_PROCESSES_SHARE))
 
 
 def host_memory() -> int:
@@ -235,13 +273,36 @@ def parse_weight(key: str, value: object) -> int:
     return _int(key, value, 1, MAX_WEIGHT)
 
 
-def parse_processes(key: str, value: object) -> int:
-    """`limits.processes`: an integer >= 1.
+def parse_processes(key: str, value: object) -> int | str:
+    """`limits.processes`: an integer >= 1, or `max` (no limit).
 
     Raises:
         InvalidArgument: naming the key.
     """
-    return _int(key, value, 1)
+    if isinstance(value, str) and value.strip().lower() == "max":
+        return "max"
+    try:
+        return _int(key, value, 1)
+    except InvalidArgument as e:
+        raise InvalidArgument(e.message + " (or max for no limit)") from None
+
+
+def parse_pty(key: str, value: object) -> int:
+    """`limits.pty`: 1..1048576 ptys.
+
+    Raises:
+        InvalidArgument: naming the key.
+    """
+    return _int(key, value, 1, MAX_PTY)
+
+
+def parse_ucount(key: str, value: object) -> int:
+    """`limits.kernel.max_inotify_*`: 1..2147483647.
+
+    Raises:
+        InvalidArgument: naming the key.
+    """
+    return _int(key, value, 1, MAX_UCOUNT)
 
 
 def parse_priority(key: str, value: object) -> int:
@@ -318,6 +379,9 @@ class Limits:
     cpu_set: tuple[int, ...] | None = None
     cpu_weight: int | None = None
     processes: int | None = None
+    # processes is the default, not asked for: a host without the pids
+    # controller does without it rather than refusing the start.
+    processes_default: bool = False
 
     @classmethod
     def from_config(cls, config: Mapping[str, object], *, host_mem: int | None = None) -> Limits:
@@ -353,8 +417,13 @@ class Limits:
                 kw["cpu_set"] = parse_cpu_list(spec)
         if config.get("limits.cpu.weight") is not None:
             kw["cpu_weight"] = parse_weight("limits.cpu.weight", config["limits.cpu.weight"])
-        if config.get("limits.processes") is not None:
-            kw["processes"] = parse_processes("limits.processes", config["limits.processes"])
+        procs = config.get("limits.processes")
+        if procs is None:
+            kw["processes"] = default_processes()
+            kw["processes_default"] = True
+        else:
+            n = parse_processes("limits.processes", procs)
+            kw["processes"] = n if isinstance(n, int) else None
         return cls(**kw)  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, object]:
@@ -366,6 +435,34 @@ class Limits:
             "cpu_weight": self.cpu_weight,
             "processes": self.processes,
         }
+
+
+@dataclass(frozen=True)
+class KernelLimits:
+    """A container's share of host-wide kernel tables that are not cgroup
+    limits: set up when it starts (lxpy.runtime.launch)."""
+
+    pty: int = DEFAULT_PTY
+    # None: the host's per-user value (fs.inotify.max_user_*).
+    inotify_instances: int | None = None
+    inotify_watches: int | None = None
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> KernelLimits:
+        """The kernel limits in a container's (validated) config.
+
+        Raises:
+            InvalidArgument: naming the key of a bad value.
+        """
+        kw: dict[str, int] = {}
+        for key, attr, parse in (
+            ("limits.pty", "pty", parse_pty),
+            ("limits.kernel.max_inotify_instances", "inotify_instances", parse_ucount),
+            ("limits.kernel.max_inotify_watches", "inotify_watches", parse_ucount),
+        ):
+            if config.get(key) is not None:
+                kw[attr] = parse(key, config[key])
+        return cls(**kw)  # type: ignore[arg-type]
 
 
 def _is_number(text: str) -> bool:

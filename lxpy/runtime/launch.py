@@ -29,10 +29,11 @@ import signal
 import termios
 from collections.abc import Sequence
 
-from lxpy.kernel import apparmor, caps, idmap, seccomp
+from lxpy.kernel import apparmor, caps, hostlimits, idmap, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.lxcfs import bind_mounts
 from lxpy.kernel.netif import link_up
+from lxpy.model.limits import KernelLimits
 from lxpy.runtime.spec import LaunchSpec
 
 # For annotations only: typing costs the zygote, and so every monitor it
@@ -184,6 +185,7 @@ def cloned_init_main(
         # Again: a change of credentials clears the parent-death signal.
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         _check_monitor(errfd)
+        _own_limits(spec)
         _step("mounting the rootfs")
         idmap.attach_tree(tree, ".")
         os.fchdir(tree)
@@ -254,6 +256,7 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
     if netns >= 0:
         idmap.enter_userns(userns)
     os.close(userns)
+    _own_limits(spec)
     _step("namespaces")
     # Made after entering the user namespace, so it owns them: systemd
     # inside may mount /proc, set the hostname and manage its mounts.
@@ -270,6 +273,15 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
     if pid:
         os.close(go_r)
     return pid
+
+
+def _own_limits(spec: LaunchSpec) -> None:
+    # As root of the container's user namespace, before anything inside
+    # runs: its own inotify limits (per user inside; the whole container
+    # is held to the host's per-user ceiling, charged to its root ID).
+    _step("setting the user namespace's limits")
+    kl = KernelLimits.from_config(spec.limits)
+    hostlimits.set_own_inotify(kl.inotify_instances, kl.inotify_watches)
 
 
 def _wait_go(go_r: int, spec: LaunchSpec) -> seccomp.Policy:
@@ -360,7 +372,7 @@ def _mount_all(root: str, spec: LaunchSpec, console_path: str, tty_paths: Sequen
         _step("binding lxcfs files")
         _mount_lxcfs(root, spec.lxcfs)
     _step("building /dev")
-    _mount_dev(root, console_path, tty_paths)
+    _mount_dev(root, console_path, tty_paths, KernelLimits.from_config(spec.limits).pty)
     _step("mounting /run")
     _mount_run(root)
 
@@ -536,7 +548,7 @@ def close_lxcfs() -> None:
     _LXCFS_TREES.clear()
 
 
-def _mount_dev(root: str, console_path: str, tty_paths: Sequence[str]) -> None:
+def _mount_dev(root: str, console_path: str, tty_paths: Sequence[str], ptys: int) -> None:
     dev = _target(root, "dev")
     # A tmpfs of our own: the container sees only the nodes bound below, not
     # the host's disks. Not nodev, so nodes the container makes still work.
@@ -545,13 +557,18 @@ def _mount_dev(root: str, console_path: str, tty_paths: Sequence[str]) -> None:
         _bind(f"/dev/{node}", _target(dev, node, is_dir=False))
     # A private devpts instance: ptys opened in the container are numbered
     # and visible only there. gid=5 is the tty group of Debian rootfs trees.
+    # max= (limits.pty): every instance draws on the host's kernel.pty.max,
+    # so one container opening ptys until it fails would leave none for
+    # `lxpy exec -t` in any other. The host's own /dev/pts keeps
+    # kernel.pty.reserve of them: an instance mounted outside the initial
+    # mount namespace, as this one is, never takes those.
     pts = _target(dev, "pts")
     sc.mount(
         "devpts",
         pts,
         "devpts",
         sc.MS_NOSUID | sc.MS_NOEXEC,
-        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        f"newinstance,ptmxmode=0666,mode=0620,gid=5,max={ptys}",
     )
     os.symlink("pts/ptmx", os.path.join(dev, "ptmx"))
     # The console and ttys are host ptys whose masters the monitor holds:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from lxpy.errors import Busy, InvalidArgument, LxpyError
-from lxpy.kernel import devices, idmap, ksm, pages, seccomp, systemd
+from lxpy.kernel import devices, hostlimits, idmap, ksm, pages, seccomp, systemd
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import (
     MONITOR_LEAF,
@@ -46,7 +46,7 @@ from lxpy.kernel.cgroups import (
     hierarchy_ids,
 )
 from lxpy.kernel.idmap import IdMap, delegate_cgroups
-from lxpy.kernel.limits import apply_limits
+from lxpy.kernel.limits import apply_limits, apply_process_limit
 from lxpy.model.limits import Limits
 from lxpy.runtime import attach, launch
 from lxpy.runtime.spec import CAPS, LaunchSpec
@@ -151,6 +151,8 @@ class Monitor:
         self.pending_next = 0.0
         self.ring = bytearray()
         self.log_fd = -1
+        # Console bytes the log could not take (a full pool), not yet noted.
+        self.log_lost = 0
         self.console_master = -1
         self.console_slave = -1
         self.console_path = ""
@@ -228,12 +230,14 @@ class Monitor:
     def _apply_limits(self, fresh: bool) -> None:
         # Before init exists, so nothing in the container ever runs without
         # its limits. New cgroups hold the kernel's defaults, which mean "no
-        # limit": with none set there is nothing to write. A reused leftover
-        # may still hold an earlier run's limits: all are written then.
+        # limit": with none set but the process limit (every container has
+        # one, by default) only that is written. A reused leftover may still
+        # hold an earlier run's limits: all are written then.
         limits = Limits.from_config(self.spec.limits)
         if self.spec.cpus and limits.cpu_set is None:
             limits = replace(limits, cpu_set=self.spec.cpus)
-        if fresh and limits == Limits():
+        if fresh and replace(limits, processes=None, processes_default=False) == Limits():
+            apply_process_limit(self.cg, limits)
             return
         apply_limits(self.cg, limits)
 
@@ -428,15 +432,21 @@ class Monitor:
             # Its cwd: the path to the rootfs may cross directories that
             # the container's root may not search.
             os.chdir(root)
+            # The user namespace is owned by the container's root IDs, not
+            # host root: see lxpy.kernel.hostlimits.
+            m = IdMap(spec.uid_base, spec.gid_base, spec.idmap_size)
+            saved = hostlimits.act_as_owner(m.host_uid(0), m.host_gid(0))
             try:
                 pid, self.pidfd = sc.clone3(_CLONED_NS, signal.SIGCHLD)
             except BaseException:
+                hostlimits.stop_acting(saved)
                 os.chdir("/")
                 raise
             if pid == 0:
                 launch.cloned_init_main(
                     spec, self.console_slave, self.console_path, self.tty_paths, w, go_r, tree
                 )
+            hostlimits.stop_acting(saved)
             os.chdir("/")
             try:
                 self._hand_to_cloned(pid, tree, root)
@@ -582,10 +592,22 @@ class Monitor:
         if excess > 0:
             del self.ring[:excess]
         if self.log_fd >= 0:
-            try:
-                os.write(self.log_fd, data)
-            except OSError:
-                pass  # a full disk must not stop the console
+            self._log_console(data)
+
+    def _log_console(self, data: bytes) -> None:
+        # A full pool must not stop the console: what cannot be written is
+        # counted, and once writes work again a line says how much is
+        # missing, so the log never silently skips a part.
+        if self.log_lost:
+            note = (
+                f"\r\n[lxpy: {self.log_lost} bytes of console output were not logged: "
+                "the storage pool was full]\r\n"
+            ).encode()
+            if _write_some(self.log_fd, note) < len(note):
+                self.log_lost += len(data)
+                return
+            self.log_lost = 0
+        self.log_lost += len(data) - _write_some(self.log_fd, data)
 
     def _on_accept(self, _fd: int) -> None:
         assert self.listener is not None
@@ -1034,6 +1056,20 @@ class Monitor:
         self.console_master = self.console_slave = self.log_fd = self._pidns_fd = -1
         self.pidfd = -1
         self.tty_masters, self.tty_slaves = [], []
+
+
+def _write_some(fd: int, data: bytes) -> int:
+    """Write `data` to `fd` as far as it goes; how many bytes were written."""
+    done = 0
+    while done < len(data):
+        try:
+            n = os.write(fd, data[done:])
+        except OSError:
+            break
+        if n <= 0:
+            break
+        done += n
+    return done
 
 
 def _drain(fd: int) -> str:

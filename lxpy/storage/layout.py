@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
+from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound, pool_full
 from lxpy.storage.base import Backend, SnapshotInfo
 from lxpy.storage.mounts import mounts_under
 
@@ -93,8 +93,8 @@ def os_error(e: OSError, what: str) -> LxpyError:
             f"{what}: in use ({reason})",
             hint="stop the container and unmount anything mounted inside its rootfs",
         )
-    if e.errno == errno.ENOSPC:
-        return LxpyError(f"{what}: the storage pool is full", hint="delete snapshots or containers")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return pool_full(what)
     return LxpyError(f"{what}: {reason}")
 
 
@@ -209,7 +209,15 @@ class TreeBackend(Backend):
         with translate(what):
             # A local mountpoint refuses the rename with EBUSY: that is the
             # moment to stop, before anything is gone.
-            os.rename(path, trash)
+            try:
+                os.rename(path, trash)
+            except OSError as e:
+                # A full btrfs may refuse the rename (ENOSPC) and still
+                # delete: deleting is how space is freed, and the undo of
+                # a create that failed for want of space must not fail too.
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                trash = path
             self._destroy(trash)
 
     def _rename_back(self, aside: Path, path: Path, what: str) -> None:

@@ -181,3 +181,44 @@ def test_mark_mergeable_marks_private_writable_mappings_and_ends_at_exec() -> No
     os.waitpid(pid, 0)
     assert int(before) > 3, "the heap, the allocator's arenas and the data segment"
     assert after == "0"
+
+
+def test_console_log_notes_what_a_full_disk_kept_out(tmp_path: Path) -> None:
+    from lxpy.runtime.monitor import Monitor
+    from lxpy.runtime.spec import LaunchSpec
+
+    m = Monitor(LaunchSpec(name="log", rootfs="/nonexistent", control_socket="/nonexistent"))
+    # /dev/full answers every write with ENOSPC, as a full pool does.
+    m.log_fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        m._log_console(b"lost one\n")
+        m._log_console(b"lost two\n")
+    finally:
+        os.close(m.log_fd)
+    assert m.log_lost == 18
+    m.log_fd = os.open(tmp_path / "console.log", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        m._log_console(b"back\n")
+    finally:
+        os.close(m.log_fd)
+    assert (tmp_path / "console.log").read_bytes() == (
+        b"\r\n[lxpy: 18 bytes of console output were not logged: the storage pool was full]\r\n"
+        b"back\n"
+    )
+    assert m.log_lost == 0
+
+
+def test_map_root_is_the_host_id_of_root_inside() -> None:
+    from lxpy.kernel.hostlimits import map_root
+
+    assert map_root("0 1065536 65536\n") == 1065536
+    assert map_root("1 5000 10\n0 7000 1\n") == 7000
+    assert map_root("") == 0
+
+
+def test_pool_full_round_trip() -> None:
+    from lxpy.errors import PoolFull, from_json, pool_full
+
+    e = from_json(pool_full("container 'c2'").to_json())
+    assert isinstance(e, PoolFull) and e.status == 507
+    assert e.message == "storage pool is full (container 'c2')"

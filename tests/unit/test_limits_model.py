@@ -45,6 +45,10 @@ def bad(key: str, value: object) -> InvalidArgument:
         ("limits.cpu", "0,0", "0-0"),
         ("limits.cpu.weight", "200", 200),
         ("limits.processes", 100, 100),
+        ("limits.processes", " MAX ", "max"),
+        ("limits.pty", "64", 64),
+        ("limits.kernel.max_inotify_instances", 512, 512),
+        ("limits.kernel.max_inotify_watches", "1048576", 1048576),
         ("boot.autostart", "true", True),
         ("boot.priority", "-3", -3),
         ("boot.delay", "2", 2),
@@ -87,6 +91,12 @@ def test_parse_and_reparse(key: str, value: object, stored: object) -> None:
         ("limits.cpu.weight", "heavy", "integer"),
         ("limits.processes", 0, "at least 1"),
         ("limits.processes", "-5", "at least 1"),
+        ("limits.processes", "lots", "or max"),
+        ("limits.pty", 0, "1..1048576"),
+        ("limits.pty", 1 << 21, "1..1048576"),
+        ("limits.pty", "max", "integer"),
+        ("limits.kernel.max_inotify_instances", 0, "1..2147483647"),
+        ("limits.kernel.max_inotify_watches", 2**31, "1..2147483647"),
         ("boot.autostart", "maybe", "true or false"),
         ("boot.priority", "1.5", "integer"),
         ("boot.delay", "-1", "0..3600"),
@@ -133,12 +143,33 @@ def test_limits_from_config() -> None:
     assert lim == lm.Limits(
         memory=512 << 20, memory_swap=64 << 20, cpu_quota=0.5, cpu_weight=50, processes=64
     )
-    assert lm.Limits.from_config({}) == lm.Limits()
+    # limits.processes unset: the default share of the host's PIDs; max: none.
+    unset = lm.Limits.from_config({})
+    assert unset == lm.Limits(processes=lm.default_processes(), processes_default=True)
+    assert lm.Limits.from_config({"limits.processes": "max"}).processes is None
     assert lm.Limits.from_config({"limits.cpu": "0-0"}).cpu_set == (0,)
     assert lm.Limits.from_config({"limits.cpu": "1"}).cpu_quota == 1.0
     half = lm.Limits.from_config({"limits.memory": "50%"}, host_mem=8 << 30)
     assert half.memory == 4 << 30
     assert lm.Limits.from_config({"limits.memory.swap": False}).memory_swap is False
+
+
+def test_default_processes_is_a_share_of_the_host_pids() -> None:
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    threads = int(Path("/proc/sys/kernel/threads-max").read_text())
+    assert lm.default_processes() == int(min(pid_max, threads) * 0.15)
+
+
+def test_kernel_limits_from_config() -> None:
+    assert lm.KernelLimits.from_config({}) == lm.KernelLimits(1024, None, None)
+    kl = lm.KernelLimits.from_config(
+        {
+            "limits.pty": 16,
+            "limits.kernel.max_inotify_instances": 200,
+            "limits.kernel.max_inotify_watches": 9000,
+        }
+    )
+    assert kl == lm.KernelLimits(16, 200, 9000)
 
 
 def test_boot_from_config_defaults_and_values() -> None:
@@ -278,6 +309,8 @@ def test_plan_v2_missing_controller_is_unsupported_only_when_used(tmp_path: Path
     # A hybrid host's cgroup2 tree offers no controllers.
     cg = _v2(tmp_path, (), ["cgroup.procs"])
     assert plan_limits(cg, lm.Limits()) == []
+    # The default process limit is not asked for: the start goes on without.
+    assert plan_limits(cg, lm.Limits.from_config({})) == []
     with pytest.raises(Unsupported) as ei:
         plan_limits(cg, lm.Limits(processes=10))
     assert ei.value.message.startswith("limits.processes:")
@@ -412,6 +445,7 @@ def test_read_stats_from_a_fake_v2_tree(tmp_path: Path) -> None:
             "memory.swap.current": "0\n",
             "memory.events": "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n",
             "pids.current": "7\n",
+            "pids.max": "max\n",
         },
     )
     s = read_stats(cg)
@@ -422,6 +456,7 @@ def test_read_stats_from_a_fake_v2_tree(tmp_path: Path) -> None:
         None,
     )
     assert (s["swap_bytes"], s["oom_kills"], s["processes"]) == (0, 1, 7)
+    assert s["processes_limit"] is None
 
 
 def test_read_stats_from_a_fake_v1_tree(tmp_path: Path) -> None:
@@ -438,6 +473,7 @@ def test_read_stats_from_a_fake_v1_tree(tmp_path: Path) -> None:
         },
     )
     (root / "pids" / "lxpy.payload.c1" / "pids.current").write_text("4\n")
+    (root / "pids" / "lxpy.payload.c1" / "pids.max").write_text("4915\n")
     s = read_stats(cg)
     assert s["cpu_seconds"] is None  # neither cpu.stat nor cpuacct in this tree
     assert (s["memory_bytes"], s["memory_peak_bytes"], s["memory_limit_bytes"]) == (
@@ -446,3 +482,4 @@ def test_read_stats_from_a_fake_v1_tree(tmp_path: Path) -> None:
         None,
     )
     assert (s["swap_bytes"], s["oom_kills"], s["processes"]) == (1 << 20, 2, 4)
+    assert s["processes_limit"] == 4915

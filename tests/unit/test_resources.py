@@ -109,12 +109,15 @@ def test_info_lines() -> None:
         "swap_bytes": 0,
         "oom_kills": 2,
         "processes": 4,
+        "processes_limit": 4915,
         "disk_bytes": 3 << 20,
         "network": {"eth0": {"rx_bytes": 1024, "tx_bytes": 2048}},
     }
     text = "\n".join(info_lines(stats))
     assert "cpu time:   1.25 s" in text
     assert "1.0MiB (peak 2.0MiB, limit 64.0MiB)" in text
-    assert "oom kills:  2" in text and "processes:  4" in text
+    assert "oom kills:  2" in text and "processes:  4 (limit 4915)" in text
+    unlimited = {**stats, "processes_limit": None}
+    assert "processes:  4 (no limit)" in "\n".join(info_lines(unlimited))
     assert "eth0: rx 1.0KiB, tx 2.0KiB" in text
     assert info_lines(None) == ["stats:    -"]
