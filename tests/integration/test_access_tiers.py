@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -436,7 +437,7 @@ for ev in Client(SOCKET).events():
 def test_the_event_stream_shows_a_restricted_user_their_containers_only(lab: Lab) -> None:
     lab.ok(lab.alice, "create", "a-ev", "-t", "busybox")
     proc = lab.python(lab.alice, _FOLLOW.replace("SOCKET", repr(str(lab.d.socket))))
-    seen: list[dict[str, object]] = []
+    seen: list[dict[str, Any]] = []
     os.set_blocking(proc.stdout.fileno(), False)  # type: ignore[union-attr]
 
     def read() -> None:
@@ -463,10 +464,12 @@ def test_the_event_stream_shows_a_restricted_user_their_containers_only(lab: Lab
         lab.ok(lab.bob, "destroy", "b-ev")
         lab.ok(lab.admin, "template", "build", "busybox")
         lab.ok(lab.alice, "destroy", "a-ev")
-        wait_for(
-            lambda: read() or any(e.get("action") == "container-deleted" for e in seen[before:]),
-            what="her container's deletion",
-        )
+
+        def deleted() -> bool:
+            read()
+            return any(e.get("action") == "container-deleted" for e in seen[before:])
+
+        wait_for(deleted, what="her container's deletion")
         resources = {str(e.get("resource")) for e in seen}
         assert resources == {"containers/a-ev"}, resources
         assert all(e["type"] == "lifecycle" for e in seen)

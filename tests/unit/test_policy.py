@@ -133,7 +133,7 @@ def test_events_of_other_containers_are_left_out() -> None:
 
 def test_network_views() -> None:
     policy = Policy(lambda: RECORDS)
-    net = {
+    net: dict[str, object] = {
         "name": "br",
         "used_by": ["a1", "adm", "b1"],
         "leases": [{"mac": "m-a1"}, {"mac": "m-adm"}, {"mac": "m-b1"}],

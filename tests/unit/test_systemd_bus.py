@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from typing import Any
 
 import pytest
 
@@ -51,23 +52,22 @@ def _serve(sock: socket.socket, answer: str, seen: list[object]) -> None:
     seen.extend([kind, header, args])
     signal = _message(4, 9, [(systemd._MEMBER, ("s", "JobNew"))], b"")
     sock.sendall(signal)  # not the answer: the client must read past it
+    reply = bytearray()
     if answer == "ok":
-        body = bytearray()
-        systemd._put(body, "o", "/org/freedesktop/systemd1/job/1")
+        systemd._put(reply, "o", "/org/freedesktop/systemd1/job/1")
         fields = [(systemd._REPLY_SERIAL, ("u", 1)), (systemd._SIGNATURE, ("g", "o"))]
-        sock.sendall(_message(2, 10, fields, bytes(body)))
+        sock.sendall(_message(2, 10, fields, bytes(reply)))
     else:
-        body = bytearray()
-        systemd._put(body, "s", "Unit lxpy-x.scope already exists.")
+        systemd._put(reply, "s", "Unit lxpy-x.scope already exists.")
         fields = [
             (systemd._REPLY_SERIAL, ("u", 1)),
             (systemd._ERROR_NAME, ("s", answer)),
             (systemd._SIGNATURE, ("g", "s")),
         ]
-        sock.sendall(_message(3, 10, fields, bytes(body)))
+        sock.sendall(_message(3, 10, fields, bytes(reply)))
 
 
-def _call(answer: str) -> list[object]:
+def _call(answer: str) -> list[Any]:
     ours, theirs = socket.socketpair()
     seen: list[object] = []
     t = threading.Thread(target=_serve, args=(theirs, answer, seen))
