@@ -28,6 +28,7 @@ from lxpy.daemon.http import Request, Route
 from lxpy.daemon.peers import Caller
 from lxpy.errors import Forbidden, InvalidArgument, NotFound
 from lxpy.model.config import Container, Owner
+from lxpy.model.limits import DEFAULT_PROCESSES_SHARE, default_processes, parse_processes
 
 # Keys that configure the container itself and reach nothing of the host's
 # beyond what every unprivileged container has.
@@ -154,6 +155,7 @@ class Policy:
             if not isinstance(config, dict):
                 raise InvalidArgument(f"'config' must be an object of key: value, got {config!r}")
             self.check_keys(caller, config, "set")
+            check_values(caller, config)
             return
         name = req.params["name"]
         if not self.sees(caller, name):
@@ -167,10 +169,13 @@ class Policy:
             set_, unset = body.get("set") or {}, body.get("unset") or []
             if isinstance(set_, dict):
                 self.check_keys(caller, set_, "set")
+                check_values(caller, set_)
             if isinstance(unset, list):
                 self.check_keys(caller, [k for k in unset if isinstance(k, str)], "unset")
         elif rule is Rule.COPY:
-            bad = sorted(k for k in self._records()[name].config if not key_allowed(k))
+            source = self._records()[name].config
+            check_values(caller, source)
+            bad = sorted(k for k in source if not key_allowed(k))
             if bad:
                 raise Forbidden(
                     f"{_restricted(caller)} may not copy container {name!r}: its config "
@@ -231,6 +236,26 @@ class Policy:
             mine = {m for name in self.visible(caller, self._records()) for m in macs(name)}
             view["leases"] = [le for le in leases if isinstance(le, dict) and le.get("mac") in mine]
         return view
+
+
+def check_values(caller: Caller, config: Mapping[str, object]) -> None:
+    """Raise Forbidden when a restricted `caller` would lift a bound that
+    holds for the host's sake: `limits.processes` above its default (the
+    share of the host's PIDs that keeps a fork bomb from taking them all).
+    A value that does not parse is left to the config's own check."""
+    if not caller.restricted or "limits.processes" not in config:
+        return
+    try:
+        wanted = parse_processes("limits.processes", config["limits.processes"])
+    except InvalidArgument:
+        return
+    cap = default_processes()
+    if wanted == "max" or (isinstance(wanted, int) and wanted > cap):
+        raise Forbidden(
+            f"{_restricted(caller)} may not set limits.processes above {cap}, "
+            f"the default ({DEFAULT_PROCESSES_SHARE:.0%} of the host's PIDs)",
+            hint=f"a lower value is fine; above it, ask a member of group {caller.groups.admin!r}",
+        )
 
 
 def _restricted(caller: Caller) -> str:

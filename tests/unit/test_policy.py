@@ -12,6 +12,7 @@ from lxpy.daemon.policy import USER_ROUTES, Policy, key_allowed, owner_of
 from lxpy.daemon.routes import build_router
 from lxpy.errors import Forbidden, InvalidArgument, NotFound
 from lxpy.model.config import Container, Owner
+from lxpy.model.limits import default_processes
 from lxpy.model.settings import Settings
 
 GROUPS = peers.Groups("lxadmins", "lxusers")
@@ -101,6 +102,25 @@ def test_allowed_keys_pass() -> None:
     _ask(ALICE, "PATCH", "/1.0/containers/a1/config", b'{"set": {"environment.TZ": "UTC"}}')
     with pytest.raises(InvalidArgument):
         _ask(ALICE, "POST", "/1.0/containers", b'{"config": "x"}')
+
+
+def test_restricted_users_keep_the_default_process_limit_or_lower() -> None:
+    cap = default_processes()
+    for value in ("max", str(cap + 1)):
+        patch = f'{{"set": {{"limits.processes": "{value}"}}}}'.encode()
+        with pytest.raises(Forbidden, match=f"may not set limits.processes above {cap}"):
+            _ask(ALICE, "PATCH", "/1.0/containers/a1/config", patch)
+        _ask(ADMIN, "PATCH", "/1.0/containers/adm/config", patch)
+    body = b'{"name": "x", "template": "busybox", "config": {"limits.processes": "max"}}'
+    with pytest.raises(Forbidden, match="limits.processes"):
+        _ask(ALICE, "POST", "/1.0/containers", body)
+    _ask(
+        ALICE,
+        "PATCH",
+        "/1.0/containers/a1/config",
+        f'{{"set": {{"limits.processes": {cap}}}}}'.encode(),
+    )
+    _ask(ALICE, "PATCH", "/1.0/containers/a1/config", b'{"unset": ["limits.processes"]}')
 
 
 def test_a_copy_keeps_to_the_keys_of_a_create() -> None:
