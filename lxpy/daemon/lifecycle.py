@@ -29,13 +29,14 @@ from typing import Any
 
 import trio
 
-from lxpy.build.rootfs import set_hostname_files
+from lxpy.build.rootfs import check_init, set_hostname_files
 from lxpy.daemon import security
 from lxpy.daemon.networks import joins_network
 from lxpy.daemon.service import Daemon, RunInfo
 from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel.cgroups import ContainerCgroup
 from lxpy.kernel.idmap import IdMap
+from lxpy.kernel.inroot import Rootfs
 from lxpy.model.config import Container
 from lxpy.model.state import State
 from lxpy.model.template import TemplateDef, find_template
@@ -333,7 +334,7 @@ class Lifecycle:
     def _prepare(self, record: Container) -> LaunchSpec:
         """The launch spec of `record` (its template's defaults looked up)
         and the host-side files of a start: run dir, console log, hostname
-        files. Blocking: one worker trip for all of them."""
+        files, a look at its init. Blocking: one worker trip for all of them."""
         spec = self._spec(record, self._template(record))
         run_dir = Path(spec.control_socket).parent
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -342,8 +343,10 @@ class Lifecycle:
         logf.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if logf.exists() and logf.stat().st_size > CONSOLE_LOG_MAX:
             logf.replace(Daemon.rotated_log(logf))
-        set_hostname_files(Path(spec.rootfs), spec.effective_hostname)
         spec.validate()
+        with Rootfs(spec.rootfs, f"container {spec.name!r}") as root:
+            set_hostname_files(root, spec.effective_hostname)
+            check_init(root, spec.init)
         return spec
 
     async def start(self, name: str) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lxpy.build.rootfs import check_init, set_hostname_files
 from lxpy.kernel import inroot
 from lxpy.kernel.inroot import Rootfs, RootfsError
 
@@ -100,6 +101,43 @@ def test_errors_name_what_is_in_the_way(tree: Path, root: Rootfs) -> None:
     os.symlink("loop", tree / "loop")
     with pytest.raises(RootfsError, match="/loop cannot be resolved: too many levels"):
         root.read("loop")
+
+
+def test_hostname_files_replace_lxpys_own_and_leave_the_containers(
+    tree: Path, root: Rootfs, outside: Path
+) -> None:
+    os.mkfifo(tree / "etc/hostname")
+    (tree / "etc/hosts").symlink_to(outside)
+    set_hostname_files(root, "web")
+    assert (tree / "etc/hostname").read_text() == "web\n"
+    assert (tree / "etc/hosts").is_symlink() and outside.read_text() == "host data\n"
+    os.unlink(tree / "etc/hosts")
+    with open(tree / "etc/hosts", "wb") as f:
+        f.truncate(10 << 30)
+    set_hostname_files(root, "web")  # left alone, not read
+    assert (tree / "etc/hosts").stat().st_size == 10 << 30
+    os.unlink(tree / "etc/hosts")
+    (tree / "etc/hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tplaceholder\n")
+    set_hostname_files(root, "web")
+    assert (tree / "etc/hosts").read_text() == "127.0.0.1\tlocalhost\n127.0.1.1\tweb\n"
+
+
+def test_init_must_be_a_regular_file(tree: Path, root: Rootfs, outside: Path) -> None:
+    (tree / "sbin/init").symlink_to(outside)
+    with pytest.raises(RootfsError, match=r"its init /sbin/init does not exist \(a symlink to /"):
+        check_init(root, "/sbin/init")
+    os.unlink(tree / "sbin/init")
+    os.mkfifo(tree / "sbin/init")
+    with pytest.raises(RootfsError, match="/sbin/init is a FIFO, not a regular file"):
+        check_init(root, "/sbin/init")
+    os.unlink(tree / "sbin/init")
+    (tree / "bin").mkdir()
+    (tree / "bin/busybox").write_text("")
+    (tree / "sbin/init").symlink_to("/bin/busybox")
+    with pytest.raises(RootfsError, match="/sbin/init is not executable"):
+        check_init(root, "/sbin/init")
+    os.chmod(tree / "bin/busybox", 0o755)
+    check_init(root, "/sbin/init")
 
 
 def test_the_disk_walk_counts_blocks_and_stays_inside(tree: Path, outside: Path) -> None:
