@@ -304,7 +304,8 @@ def apply_setup(defn: TemplateDef, path: Path) -> list[str]:
             cannot use (a FIFO, a device node or a directory where a file
             should be, a file past the size they read).
     """
-    with Rootfs(path, f"template {defn.name!r}") as root:
+    hint = "fix the rootfs the definition's source gives (an imported tarball?)"
+    with Rootfs(path, f"template {defn.name!r}", hint=hint) as root:
         return _apply(defn, root)
 
 

@@ -138,12 +138,19 @@ class Rootfs:
         label: whose rootfs, for messages ("container 'web'").
         cross_mounts: whether a path may cross a mount: only from inside
             the container (its mounts are its own), never on the host.
+        hint: what the human can do about a bad entry.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], label: str, *, cross_mounts: bool = False
+        self,
+        path: str | os.PathLike[str],
+        label: str,
+        *,
+        cross_mounts: bool = False,
+        hint: str = "fix or remove it inside the container, or restore a snapshot",
     ) -> None:
         self.label = label
+        self.hint = hint
         self.resolve = IN_ROOT & ~sc.RESOLVE_NO_XDEV if cross_mounts else IN_ROOT
         self.fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
@@ -160,10 +167,7 @@ class Rootfs:
 
     def error(self, path: str, what: str) -> RootfsError:
         """The error for `path` (inside the rootfs) that `what` describes."""
-        return RootfsError(
-            f"{self.label}: /{_rel(path)} {what}",
-            hint="fix or remove it inside the container, or restore a snapshot",
-        )
+        return RootfsError(f"{self.label}: /{_rel(path)} {what}", hint=self.hint)
 
     def _oserror(self, path: str, e: OSError) -> RootfsError:
         if e.errno == errno.ELOOP:
