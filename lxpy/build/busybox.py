@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import trio
@@ -18,6 +17,7 @@ from lxpy.build.proc import capture
 from lxpy.build.report import Reporter
 from lxpy.errors import LxpyError, NotFound, Unsupported
 from lxpy.kernel import elf
+from lxpy.kernel.inroot import Rootfs
 from lxpy.model.template import TemplateDef
 
 # Mode of each top-level directory; the rest of the tree is made on demand.
@@ -170,48 +170,41 @@ def parse_version(banner: str) -> str:
     return m.group(1) if m else "unknown"
 
 
-def _write(path: Path, text: str, mode: int = 0o644) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    os.chmod(path, mode)
-
-
-def lay_out(root: Path, busybox: Path, applets: list[str], version: str) -> int:
-    """Fill the empty directory `root` with a busybox system (blocking).
+def lay_out(path: Path, busybox: Path, applets: list[str], version: str) -> int:
+    """Fill the empty directory `path` with a busybox system (blocking).
 
     Returns the number of applet links made.
     """
-    for rel, mode in DIRS.items():
-        d = root / rel
-        d.mkdir(parents=True, exist_ok=True)
-        # mkdir honours the umask; the sticky bit and 0700 must be exact.
-        os.chmod(d, mode)
-    (root / "var/run").symlink_to("../run")
-    shutil.copyfile(busybox, root / "bin/busybox")
-    os.chmod(root / "bin/busybox", 0o755)
-    made = 0
-    for rel in applets:
-        link = root / rel
-        if link.exists() or link.is_symlink():
-            continue
-        link.parent.mkdir(parents=True, exist_ok=True)
-        # Absolute target: it resolves inside the container once it is the root.
-        link.symlink_to("/bin/busybox")
-        made += 1
-    etc = root / "etc"
-    _write(etc / "inittab", INITTAB)
-    _write(etc / "init.d/rcS", RCS, 0o755)
-    _write(etc / "init.d/rcK", RCK, 0o755)
-    _write(etc / "profile", PROFILE)
-    _write(etc / "passwd", PASSWD)
-    _write(etc / "group", GROUP)
-    _write(etc / "shadow", SHADOW, 0o600)
-    _write(etc / "shells", "/bin/sh\n/bin/ash\n")
-    _write(
-        etc / "os-release",
-        f'NAME="BusyBox"\nID=busybox\nVERSION_ID="{version}"\nPRETTY_NAME="BusyBox {version}"\n',
-    )
-    _write(etc / "resolv.conf", "# written by udhcpc when a lease is bound\n")
+    with Rootfs(path, "the busybox rootfs") as root:
+        for rel, mode in DIRS.items():
+            root.makedirs(rel, mode)
+        root.symlink("var/run", "../run")
+        root.write("bin/busybox", busybox.read_bytes(), 0o755)
+        made = 0
+        for rel in applets:
+            if root.stat(rel, follow=False) is not None:
+                continue
+            # Absolute target: it resolves inside the container once it is the root.
+            root.symlink(rel, "/bin/busybox")
+            made += 1
+        files = {
+            "inittab": (INITTAB, 0o644),
+            "init.d/rcS": (RCS, 0o755),
+            "init.d/rcK": (RCK, 0o755),
+            "profile": (PROFILE, 0o644),
+            "passwd": (PASSWD, 0o644),
+            "group": (GROUP, 0o644),
+            "shadow": (SHADOW, 0o600),
+            "shells": ("/bin/sh\n/bin/ash\n", 0o644),
+            "os-release": (
+                f'NAME="BusyBox"\nID=busybox\nVERSION_ID="{version}"\n'
+                f'PRETTY_NAME="BusyBox {version}"\n',
+                0o644,
+            ),
+            "resolv.conf": ("# written by udhcpc when a lease is bound\n", 0o644),
+        }
+        for rel, (text, mode) in files.items():
+            root.write(f"etc/{rel}", text, mode, make_parents=True)
     return made
 
 

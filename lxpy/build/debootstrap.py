@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +15,8 @@ import trio
 from lxpy.build.mountns import in_own_mounts
 from lxpy.build.proc import run_logged, unmount_under
 from lxpy.build.report import Reporter
-from lxpy.build.rootfs import resolve_in
 from lxpy.errors import InvalidArgument, NotFound
+from lxpy.kernel.inroot import Rootfs
 from lxpy.model.template import Source, TemplateDef
 
 # The share of the whole build the bootstrap tool's run stands for; setup
@@ -131,29 +132,36 @@ def _path_env() -> str:
     return ":".join(d for d in dirs if d)
 
 
-def clean_apt(root: Path) -> int:
+def clean_apt(path: Path) -> int:
     """Remove downloaded packages and package lists (blocking): a template
     should be small, and `apt update` in a container fetches fresh lists.
 
     Returns the bytes freed.
     """
     freed = 0
-    for rel in ("var/cache/apt/archives", "var/cache/apt/archives/partial", "var/lib/apt/lists"):
-        d = resolve_in(root, rel)
-        if not d.is_dir():
-            continue
-        for entry in d.iterdir():
-            if entry.is_file() and not entry.is_symlink() and entry.name != "lock":
-                if rel.endswith("archives") and not entry.name.endswith(".deb"):
+    lists = ("var/cache/apt/archives", "var/cache/apt/archives/partial", "var/lib/apt/lists")
+    with Rootfs(path, "the bootstrapped rootfs") as root:
+        for rel in lists:
+            if not root.is_dir(rel):
+                continue
+            for name in root.listdir(rel):
+                if name == "lock" or (rel.endswith("archives") and not name.endswith(".deb")):
                     continue
-                freed += entry.stat().st_size
-                entry.unlink()
-    cache = resolve_in(root, "var/cache/apt")
-    if cache.is_dir():
-        for entry in cache.glob("*.bin"):
-            freed += entry.stat().st_size
-            entry.unlink()
+                freed += _remove_file(root, f"{rel}/{name}")
+        if root.is_dir("var/cache/apt"):
+            for name in root.listdir("var/cache/apt"):
+                if name.endswith(".bin"):
+                    freed += _remove_file(root, f"var/cache/apt/{name}")
     return freed
+
+
+def _remove_file(root: Rootfs, rel: str) -> int:
+    # A regular file's size once removed; anything else stays.
+    st = root.stat(rel, follow=False)
+    if st is None or not stat.S_ISREG(st.st_mode):
+        return 0
+    root.remove(rel)
+    return st.st_size
 
 
 async def build(defn: TemplateDef, target: Path, mirror: str, report: Reporter) -> None:

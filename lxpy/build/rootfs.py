@@ -1,114 +1,84 @@
-"""Safe file access inside a rootfs that is not the running system's root.
+"""What lxpy keeps and checks in a container's rootfs: its hostname, its init.
 
-A rootfs (especially an imported tarball) holds absolute symlinks such as
-/sbin/init -> /lib/systemd/systemd. Followed naively from the host they
-point into the host's own tree, so every lookup here resolves symlinks as
-if `root` were `/`, and writes never follow a symlink out of the rootfs.
+All access goes through lxpy.kernel.inroot: the rootfs belongs to the
+container's root, who may have made any of these files a FIFO, a device
+node, a symlink out of the rootfs or a huge sparse file.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import logging
+import stat
 
-from lxpy.errors import LxpyError
+from lxpy.kernel.inroot import Rootfs, RootfsError, kind
 
-_MAX_LINKS = 40
-
-
-def resolve_in(root: Path, path: str) -> Path:
-    """Host path of `path` (absolute or relative to the rootfs) with every
-    symlink resolved as if `root` were `/`. Missing components are kept as
-    they are, like realpath(1) -m.
-
-    Raises:
-        LxpyError: a symlink loop.
-    """
-    parts = [p for p in path.split("/") if p and p != "."]
-    done: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        current = root.joinpath(*done, part)
-        if current.is_symlink():
-            hops += 1
-            if hops > _MAX_LINKS:
-                raise LxpyError(f"too many symlinks resolving {path} in {root}")
-            target = os.readlink(current)
-            if target.startswith("/"):
-                done = []
-            parts = [p for p in target.split("/") if p and p != "."] + parts
-            continue
-        done.append(part)
-    return root.joinpath(*done)
+log = logging.getLogger("lxpy.rootfs")
 
 
-def exists_in(root: Path, path: str) -> bool:
-    """Whether `path` exists in the rootfs (symlinks resolved inside it)."""
-    return resolve_in(root, path).exists()
-
-
-def write_in(root: Path, path: str, text: str, mode: int = 0o644) -> Path:
-    """Write a file in the rootfs, replacing a symlink of that name rather
-    than writing through it. Existing regular files keep owner and mode.
-
-    Returns the host path written.
-    """
-    parent = resolve_in(root, os.path.dirname(path))
-    parent.mkdir(parents=True, exist_ok=True)
-    dest = parent / os.path.basename(path)
-    if dest.is_symlink():
-        dest.unlink()
-    fresh = not dest.exists()
-    with open(dest, "w") as f:
-        f.write(text)
-    if fresh:
-        os.chmod(dest, mode)
-    return dest
-
-
-def set_hostname_files(root: Path, hostname: str) -> None:
+def set_hostname_files(root: Rootfs, hostname: str) -> None:
     """Write the container's hostname into its /etc/hostname and the
     127.0.1.1 line of its /etc/hosts (the template holds a placeholder).
     Done at create, and checked again at each start (the hostname may have
-    been set or the container renamed since)."""
-    etc = resolve_in(root, "etc")
-    name_file = etc / "hostname"
-    # Unchanged (the usual case at a start): no write.
+    been set or the container renamed since).
+
+    /etc/hostname is lxpy's: whatever entry is there other than a regular
+    file with the right name (a FIFO, a device node, a symlink, a huge
+    file) is replaced. /etc/hosts is the container's: one that is not a
+    regular file of a sane size is left alone. A rootfs without /etc gets
+    neither.
+
+    Raises:
+        RootfsError: /etc or /etc/hostname is something lxpy cannot
+            replace (/etc not a directory, /etc/hostname a directory).
+    """
+    etc = root.stat("etc")
+    if etc is None:
+        return
+    if not stat.S_ISDIR(etc.st_mode):
+        raise root.error("etc", f"is {kind(etc.st_mode)}, not a directory")
+    want = hostname + "\n"
+    # Unchanged (the usual case at a start): no write. Read only what can
+    # be the right name: never a FIFO, never more than its size.
+    now = root.stat("etc/hostname", follow=False)
     same = (
-        name_file.is_file()
-        and not name_file.is_symlink()
-        and name_file.read_text() == hostname + "\n"
+        now is not None
+        and stat.S_ISREG(now.st_mode)
+        and now.st_size == len(want.encode())
+        and root.read_text("etc/hostname") == want
     )
-    if not same and etc.is_dir():
-        write_in(root, "etc/hostname", hostname + "\n")
-    hosts = resolve_in(root, "etc/hosts")
-    if hosts.is_file() and not hosts.is_symlink():
-        lines = hosts.read_text().splitlines()
-        out = [f"127.0.1.1\t{hostname}" if ln.startswith("127.0.1.1") else ln for ln in lines]
-        if out != lines:
-            write_in(root, "etc/hosts", "\n".join(out) + "\n")
+    if not same:
+        root.write("etc/hostname", want)
+    try:
+        text = root.read_text("etc/hosts")
+    except RootfsError as e:
+        log.warning("%s; its 127.0.1.1 line is left as it is", e.message)
+        return
+    if text is None:
+        return
+    lines = text.splitlines()
+    out = [f"127.0.1.1\t{hostname}" if ln.startswith("127.0.1.1") else ln for ln in lines]
+    if out != lines:
+        root.write("etc/hosts", "\n".join(out) + "\n")
 
 
-def symlink_in(root: Path, path: str, target: str) -> None:
-    """Make `path` in the rootfs a symlink to `target`, replacing what is there."""
-    parent = resolve_in(root, os.path.dirname(path))
-    parent.mkdir(parents=True, exist_ok=True)
-    link = parent / os.path.basename(path)
-    if link.is_symlink() or link.is_file():
-        link.unlink()
-    link.symlink_to(target)
+def check_init(root: Rootfs, init: str) -> None:
+    """Refuse a start whose init cannot be what it runs: missing, not a
+    regular file or not executable (looked at from the host, never
+    opened), so the error names the path and what it is instead of an
+    exec failure deep in the launch.
 
-
-def remove_in(root: Path, path: str) -> bool:
-    """Remove a file or symlink in the rootfs; True when something was removed."""
-    parent = resolve_in(root, os.path.dirname(path))
-    p = parent / os.path.basename(path)
-    if p.is_symlink() or p.is_file():
-        p.unlink()
-        return True
-    return False
+    Raises:
+        RootfsError: naming the path and what it is.
+    """
+    st = root.stat(init)
+    if st is None:
+        target = root.readlink(init)
+        extra = f" (a symlink to {target}, resolved inside the container)" if target else ""
+        raise RootfsError(
+            f"{root.label}: its init {init} does not exist{extra}",
+            hint="set the init key, or restore a snapshot",
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise root.error(init, f"is {kind(st.st_mode)}, not a regular file (it is the init)")
+    if not st.st_mode & 0o111:
+        raise root.error(init, "is not executable (it is the init)")

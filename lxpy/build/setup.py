@@ -1,7 +1,11 @@
 """Post-build setup steps ([setup] in a definition), applied to every kind.
 
 All functions here block (plain file work): the builder runs `apply_setup`
-in a worker thread. Steps adapt to the rootfs's init: a systemd rootfs gets
+in a worker thread. Every path is read and written through
+lxpy.kernel.inroot: an imported tarball may hold FIFOs, device nodes,
+symlinks out of the rootfs or huge files where these steps look.
+
+Steps adapt to the rootfs's init: a systemd rootfs gets
 systemd-networkd, a busybox rootfs gets udhcpc from its boot scripts, and a
 rootfs with another init keeps its own network configuration.
 """
@@ -10,13 +14,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
+import stat
 from enum import StrEnum
 from pathlib import Path
 
 from lxpy.build import busybox, systemd_units
-from lxpy.build.rootfs import exists_in, remove_in, resolve_in, symlink_in, write_in
 from lxpy.errors import InvalidArgument
+from lxpy.kernel.inroot import Rootfs
 from lxpy.model.template import TemplateDef
 
 NETWORK_FILE = "etc/systemd/network/80-lxpy-eth0.network"
@@ -116,24 +120,23 @@ class Flavour(StrEnum):
     OTHER = "other"
 
 
-def init_flavour(root: Path, init: str) -> Flavour:
+def init_flavour(root: Rootfs, init: str) -> Flavour:
     """Which init the rootfs runs, from what `init` resolves to inside it."""
-    real = resolve_in(root, init)
-    if not real.is_file():
+    if not root.is_file(init):
         return Flavour.OTHER
-    if real.name == "systemd":
+    name = os.path.basename(root.realpath(init) or "")
+    if name == "systemd":
         return Flavour.SYSTEMD
-    if real.name == "busybox":
+    if name == "busybox":
         return Flavour.BUSYBOX
     return Flavour.OTHER
 
 
-def set_hostname(root: Path, hostname: str) -> None:
+def set_hostname(root: Rootfs, hostname: str) -> None:
     """A placeholder /etc/hostname and a matching /etc/hosts; the runtime
     writes the container's real name at start."""
-    write_in(root, "etc/hostname", hostname + "\n")
-    write_in(
-        root,
+    root.write("etc/hostname", hostname + "\n")
+    root.write(
         "etc/hosts",
         "127.0.0.1\tlocalhost\n"
         f"127.0.1.1\t{hostname}\n"
@@ -143,13 +146,13 @@ def set_hostname(root: Path, hostname: str) -> None:
     )
 
 
-def setup_network_systemd(root: Path, network: str) -> list[str]:
+def setup_network_systemd(root: Rootfs, network: str) -> list[str]:
     notes = []
     if network == "dhcp":
-        write_in(root, NETWORK_FILE, NETWORKD_CONFIG)
+        root.write(NETWORK_FILE, NETWORKD_CONFIG, make_parents=True)
         systemd_units.enable_unit(root, "systemd-networkd.service")
         notes.append("network: systemd-networkd, DHCP on eth0")
-    elif remove_in(root, NETWORK_FILE):
+    elif root.remove(NETWORK_FILE):
         notes.append("network: removed lxpy's networkd config (network = none)")
     # The bootstrap tools copy the host's resolv.conf in; a template must
     # not carry it. With systemd-resolved, point at its stub (networkd hands
@@ -157,24 +160,24 @@ def setup_network_systemd(root: Path, network: str) -> list[str]:
     # current, so leave a note instead of stale servers.
     if systemd_units.has_unit(root, "systemd-resolved.service"):
         systemd_units.enable_unit(root, "systemd-resolved.service")
-        symlink_in(root, "etc/resolv.conf", STUB_RESOLV)
+        root.symlink("etc/resolv.conf", STUB_RESOLV)
         notes.append("resolver: systemd-resolved stub")
     else:
-        write_in(root, "etc/resolv.conf", "# no resolver: add systemd-resolved to packages\n")
+        root.write("etc/resolv.conf", "# no resolver: add systemd-resolved to packages\n")
         notes.append("resolver: none (systemd-resolved is not installed)")
     return notes
 
 
-def setup_network_busybox(root: Path, network: str) -> list[str]:
+def setup_network_busybox(root: Rootfs, network: str) -> list[str]:
     if network == "dhcp":
-        write_in(root, UDHCPC_SCRIPT, UDHCPC_SCRIPT_TEXT, 0o755)
-        write_in(root, NETWORK_INIT, NETWORK_INIT_TEXT, 0o755)
+        root.write(UDHCPC_SCRIPT, UDHCPC_SCRIPT_TEXT, 0o755, make_parents=True)
+        root.write(NETWORK_INIT, NETWORK_INIT_TEXT, 0o755, make_parents=True)
         return ["network: udhcpc on eth0 from /etc/init.d/S40network"]
-    remove_in(root, NETWORK_INIT)
+    root.remove(NETWORK_INIT)
     return ["network: none"]
 
 
-def setup_console_systemd(root: Path, getty: bool) -> list[str]:
+def setup_console_systemd(root: Rootfs, getty: bool) -> list[str]:
     # systemd's getty generator starts console-getty.service by itself when
     # it runs in a container (container= set, /dev/console a pty): the
     # template only has to make sure nothing masks it.
@@ -191,9 +194,8 @@ def setup_console_systemd(root: Path, getty: bool) -> list[str]:
     return notes
 
 
-def setup_console_busybox(root: Path, getty: bool) -> list[str]:
-    inittab = resolve_in(root, "etc/inittab")
-    lines = inittab.read_text().splitlines(keepends=True) if inittab.is_file() else []
+def setup_console_busybox(root: Rootfs, getty: bool) -> list[str]:
+    lines = (root.read_text("etc/inittab") or "").splitlines(keepends=True)
 
     def is_console_getty(line: str) -> bool:
         return "getty" in line and "console" in line and not line.lstrip().startswith("#")
@@ -203,11 +205,11 @@ def setup_console_busybox(root: Path, getty: bool) -> list[str]:
         lines.append(busybox.GETTY_LINE)
     elif not getty:
         lines = ["#" + line if is_console_getty(line) else line for line in lines]
-    write_in(root, "etc/inittab", "".join(lines))
+    root.write("etc/inittab", "".join(lines))
     return ["console: getty on /dev/console" if getty else "console: no getty"]
 
 
-def set_root_password(root: Path, password: str) -> None:
+def set_root_password(root: Rootfs, password: str) -> None:
     """'locked' gives root the password field '*' (no password matches);
     anything else is taken as a crypt(3) hash.
 
@@ -225,17 +227,16 @@ def set_root_password(root: Path, password: str) -> None:
         field = password
     # passwd: make root's field point at shadow ("x"), so an empty or
     # inherited password in /etc/passwd cannot bypass the lock.
-    passwd = resolve_in(root, "etc/passwd")
-    if passwd.is_file():
+    passwd = root.read_text("etc/passwd")
+    if passwd is not None:
         out = []
-        for line in passwd.read_text().splitlines():
+        for line in passwd.splitlines():
             parts = line.split(":")
             if parts[0] == "root" and len(parts) >= 2:
                 parts[1] = "x"
             out.append(":".join(parts))
-        write_in(root, "etc/passwd", "\n".join(out) + "\n")
-    shadow = resolve_in(root, "etc/shadow")
-    lines = shadow.read_text().splitlines() if shadow.is_file() else []
+        root.write("etc/passwd", "\n".join(out) + "\n")
+    lines = (root.read_text("etc/shadow") or "").splitlines()
     for i, line in enumerate(lines):
         parts = line.split(":")
         if parts[0] == "root" and len(parts) >= 2:
@@ -244,10 +245,10 @@ def set_root_password(root: Path, password: str) -> None:
             break
     else:
         lines.insert(0, f"root:{field}::0:99999:7:::")
-    write_in(root, "etc/shadow", "\n".join(lines) + "\n", 0o600)
+    root.write("etc/shadow", "\n".join(lines) + "\n", 0o600)
 
 
-def set_timezone(root: Path, tz: str) -> str:
+def set_timezone(root: Rootfs, tz: str) -> str:
     """/etc/localtime and /etc/timezone. A rootfs with tzdata gets a symlink;
     one without (busybox, minbase) gets a copy of the host's zone file.
 
@@ -257,53 +258,62 @@ def set_timezone(root: Path, tz: str) -> str:
     if not _TZ.fullmatch(tz):
         raise InvalidArgument(f"setup.timezone: invalid timezone name {tz!r}", hint="e.g. Etc/UTC")
     inside = f"usr/share/zoneinfo/{tz}"
-    if resolve_in(root, inside).is_file():
-        symlink_in(root, "etc/localtime", "/" + inside)
+    if root.is_file(inside):
+        root.symlink("etc/localtime", "/" + inside)
         how = "linked"
     elif (HOST_ZONEINFO / tz).is_file():
-        remove_in(root, "etc/localtime")
-        dest = resolve_in(root, "etc") / "localtime"
-        shutil.copyfile(HOST_ZONEINFO / tz, dest)
-        os.chmod(dest, 0o644)
+        # A new file, not the old one's mode: a zone file is world-readable.
+        root.remove("etc/localtime")
+        root.write("etc/localtime", (HOST_ZONEINFO / tz).read_bytes(), 0o644)
         how = "copied from the host"
     elif tz in ("UTC", "Etc/UTC"):
         # No /etc/localtime means UTC to the C library.
-        remove_in(root, "etc/localtime")
+        root.remove("etc/localtime")
         how = "UTC by default"
     else:
         raise InvalidArgument(
             f"setup.timezone: unknown timezone {tz!r}",
             hint="use a name from /usr/share/zoneinfo, e.g. Europe/Berlin",
         )
-    write_in(root, "etc/timezone", tz + "\n")
+    root.write("etc/timezone", tz + "\n")
     return f"timezone: {tz} ({how})"
 
 
-def clear_machine_id(root: Path) -> None:
+def clear_machine_id(root: Rootfs) -> None:
     """Empty /etc/machine-id so each container gets its own at first boot
     (systemd fills an empty one); the dbus copy becomes a link to it."""
-    if not resolve_in(root, "etc").is_dir():
+    if not root.is_dir("etc"):
         return
-    write_in(root, "etc/machine-id", "", 0o444)
+    # Replaced whatever it was; a new file, so mode 0444 whatever the old had.
+    root.remove("etc/machine-id")
+    root.write("etc/machine-id", "", 0o444)
     dbus_id = "var/lib/dbus/machine-id"
-    p = resolve_in(root, dbus_id)
-    if p.is_file() and not (root / dbus_id).is_symlink():
-        symlink_in(root, dbus_id, "/etc/machine-id")
+    entry = root.stat(dbus_id, follow=False)
+    if entry is not None and stat.S_ISREG(entry.st_mode):
+        root.symlink(dbus_id, "/etc/machine-id")
 
 
-def apply_setup(defn: TemplateDef, root: Path) -> list[str]:
+def apply_setup(defn: TemplateDef, path: Path) -> list[str]:
     """Apply the definition's [setup] to the built rootfs at `root` (blocking).
 
     Returns a line per step for the build log.
 
     Raises:
         InvalidArgument: a setup value that cannot be applied (timezone, hash).
+        RootfsError: a file the steps read or replace is something they
+            cannot use (a FIFO, a device node or a directory where a file
+            should be, a file past the size they read).
     """
+    hint = "fix the rootfs the definition's source gives (an imported tarball?)"
+    with Rootfs(path, f"template {defn.name!r}", hint=hint) as root:
+        return _apply(defn, root)
+
+
+def _apply(defn: TemplateDef, root: Rootfs) -> list[str]:
     st = defn.setup
     flavour = init_flavour(root, defn.init)
     notes = [f"init {defn.init}: {flavour}"]
-    if not exists_in(root, "etc"):
-        resolve_in(root, "etc").mkdir(parents=True)
+    root.makedirs("etc")
     set_hostname(root, defn.name)
     if flavour is Flavour.SYSTEMD:
         notes += setup_network_systemd(root, st.network)

@@ -1,15 +1,14 @@
 """Enabling and masking systemd units in a rootfs that is not running.
 
 What `systemctl enable` does offline, done from the unit files' [Install]
-sections, so no binary of the rootfs has to run on the host.
+sections, so no binary of the rootfs has to run on the host. Every path
+goes through lxpy.kernel.inroot.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from lxpy.build.rootfs import exists_in, remove_in, resolve_in, symlink_in
 from lxpy.errors import LxpyError
+from lxpy.kernel.inroot import Rootfs
 
 ETC_UNITS = "etc/systemd/system"
 # Vendor unit directories, in the order systemd reads them (Debian 12 still
@@ -24,12 +23,11 @@ VENDOR_UNITS = ("lib/systemd/system", "usr/lib/systemd/system")
 CONTAINER_MASKED_UNITS: tuple[str, ...] = ()
 
 
-def find_unit(root: Path, unit: str) -> str | None:
+def find_unit(root: Rootfs, unit: str) -> str | None:
     """The unit file's absolute path inside the rootfs, or None."""
     for d in (ETC_UNITS, *VENDOR_UNITS):
         rel = f"{d}/{unit}"
-        p = resolve_in(root, rel)
-        if p.is_file():
+        if root.is_file(rel):
             return "/" + rel
     return None
 
@@ -52,7 +50,7 @@ def install_section(text: str) -> dict[str, list[str]]:
     return out
 
 
-def enable_unit(root: Path, unit: str, _seen: set[str] | None = None) -> list[str]:
+def enable_unit(root: Rootfs, unit: str, _seen: set[str] | None = None) -> list[str]:
     """Enable `unit` (and what its Also= names) in the rootfs.
 
     Returns the links made, as paths inside the rootfs.
@@ -70,16 +68,16 @@ def enable_unit(root: Path, unit: str, _seen: set[str] | None = None) -> list[st
             f"cannot enable {unit}: no such unit in the rootfs",
             hint="add the package that ships it to source.packages",
         )
-    inst = install_section(resolve_in(root, where).read_text())
+    inst = install_section(root.read_text(where) or "")
     links = []
     for key, suffix in (("WantedBy", ".wants"), ("RequiredBy", ".requires")):
         for target in inst.get(key, []):
             link = f"{ETC_UNITS}/{target}{suffix}/{unit}"
-            symlink_in(root, link, where)
+            root.symlink(link, where)
             links.append("/" + link)
     for alias in inst.get("Alias", []):
         link = f"{ETC_UNITS}/{alias}"
-        symlink_in(root, link, where)
+        root.symlink(link, where)
         links.append("/" + link)
     for also in inst.get("Also", []):
         if "@" in also:
@@ -89,22 +87,21 @@ def enable_unit(root: Path, unit: str, _seen: set[str] | None = None) -> list[st
     return links
 
 
-def is_masked(root: Path, unit: str) -> bool:
-    link = root / ETC_UNITS / unit
-    return link.is_symlink() and str(link.readlink()) == "/dev/null"
+def is_masked(root: Rootfs, unit: str) -> bool:
+    return root.readlink(f"{ETC_UNITS}/{unit}") == "/dev/null"
 
 
-def mask_unit(root: Path, unit: str) -> None:
+def mask_unit(root: Rootfs, unit: str) -> None:
     """Mask `unit` (a symlink to /dev/null in /etc/systemd/system)."""
-    symlink_in(root, f"{ETC_UNITS}/{unit}", "/dev/null")
+    root.symlink(f"{ETC_UNITS}/{unit}", "/dev/null")
 
 
-def unmask_unit(root: Path, unit: str) -> bool:
+def unmask_unit(root: Rootfs, unit: str) -> bool:
     """Remove a mask of `unit`; True when it was masked."""
     if is_masked(root, unit):
-        return remove_in(root, f"{ETC_UNITS}/{unit}")
+        return root.remove(f"{ETC_UNITS}/{unit}")
     return False
 
 
-def has_unit(root: Path, unit: str) -> bool:
-    return any(exists_in(root, f"{d}/{unit}") for d in VENDOR_UNITS)
+def has_unit(root: Rootfs, unit: str) -> bool:
+    return any(root.exists(f"{d}/{unit}") for d in VENDOR_UNITS)

@@ -24,6 +24,7 @@ from lxpy.daemon.security import describe as describe_security
 from lxpy.daemon.service import Daemon
 from lxpy.daemon.templates import Templates
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, NotFound
+from lxpy.kernel.inroot import Rootfs
 from lxpy.model.config import Container, Owner, validate_config
 from lxpy.model.names import validate_name
 from lxpy.model.security import LIVE_KEYS, IdmapRecord
@@ -210,7 +211,7 @@ class Containers:
             # shifted on disk has them shifted too.
             hostname = str(config.get("hostname") or name)
             rootfs = d.backend.container_path(name)
-            await d.files(_first_files, rootfs, hostname, log)
+            await d.files(_first_files, rootfs, name, hostname, log)
             idmap = await d.security.assign(name, config, current, fresh=True)
             record = Container(
                 name=name,
@@ -425,10 +426,11 @@ class Containers:
         return {}
 
 
-def _first_files(rootfs: Path, hostname: str, log: Path) -> None:
+def _first_files(rootfs: Path, name: str, hostname: str, log: Path) -> None:
     """What a new container's first start would otherwise make: its
     hostname files and its (empty) console log."""
-    set_hostname_files(rootfs, hostname)
+    with Rootfs(rootfs, f"container {name!r}") as root:
+        set_hostname_files(root, hostname)
     log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640))
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from lxpy.build.rootfs import set_hostname_files
+from lxpy.build.rootfs import check_init, set_hostname_files
 from lxpy.daemon import security
 from lxpy.daemon.networks import joins_network
 from lxpy.daemon.service import Daemon, RunInfo
@@ -38,6 +38,7 @@ from lxpy.kernel import systemd
 from lxpy.kernel.cgroups import ContainerCgroup
 from lxpy.kernel.hostlimits import raise_host_inotify
 from lxpy.kernel.idmap import IdMap
+from lxpy.kernel.inroot import Rootfs
 from lxpy.model.config import Container
 from lxpy.model.limits import KernelLimits
 from lxpy.model.state import State
@@ -336,7 +337,7 @@ class Lifecycle:
     def _prepare(self, record: Container) -> LaunchSpec:
         """The launch spec of `record` (its template's defaults looked up)
         and the host-side files of a start: run dir, console log, hostname
-        files. Blocking: one worker trip for all of them."""
+        files, a look at its init. Blocking: one worker trip for all of them."""
         spec = self._spec(record, self._template(record))
         run_dir = Path(spec.control_socket).parent
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -345,11 +346,13 @@ class Lifecycle:
         logf.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if logf.exists() and logf.stat().st_size > CONSOLE_LOG_MAX:
             logf.replace(Daemon.rotated_log(logf))
-        set_hostname_files(Path(spec.rootfs), spec.effective_hostname)
         spec.validate()
         kl = KernelLimits.from_config(record.config)
         for change in raise_host_inotify(kl.inotify_instances, kl.inotify_watches):
             log.info("container %s: raised the host's %s (limits.kernel.*)", record.name, change)
+        with Rootfs(spec.rootfs, f"container {spec.name!r}") as root:
+            set_hostname_files(root, spec.effective_hostname)
+            check_init(root, spec.init)
         return spec
 
     async def start(self, name: str) -> None:

@@ -32,7 +32,7 @@ from lxpy.errors import InvalidArgument, LxpyError
 from lxpy.kernel import lxcfs
 from lxpy.kernel.cgroups import ContainerCgroup, hierarchies
 from lxpy.kernel.limits import apply_limits, controller_dir
-from lxpy.kernel.stats import read_stats
+from lxpy.kernel.stats import disk_usage, read_stats
 from lxpy.model.limits import CGROUP_KEYS, Limits, host_cpus
 
 if TYPE_CHECKING:
@@ -114,6 +114,8 @@ class Resources:
         # CPUs each running quota-limited container is pinned to now.
         self.pins: Pins = {}
         self.limiter = trio.CapacityLimiter(4)
+        # Disk-use walks: one at a time (a second asker then finds it cached).
+        self.disk_limiter = trio.CapacityLimiter(1)
         self._balance_lock = trio.Lock()
         # Pinning needs the cpuset controller; without it a quota is time only.
         self.can_pin = True
@@ -248,12 +250,19 @@ class Resources:
         info = self.d.running.get(name)
         if info is None:
             return None
-        rootfs = str(self.d.backend.container_path(name)) if disk else None
 
         def work() -> dict[str, object]:
-            return read_stats(self.d.cgroup(name), info.init_pid, rootfs, disk=disk)
+            return read_stats(self.d.cgroup(name), info.init_pid, None, disk=False)
 
-        return await trio.to_thread.run_sync(work, limiter=self.limiter)
+        out = await trio.to_thread.run_sync(work, limiter=self.limiter)
+        if disk:
+            # A limiter of its own: a long walk (a rootfs of many files)
+            # must not hold up limits being applied or other stats.
+            rootfs = str(self.d.backend.container_path(name))
+            out["disk_bytes"] = await trio.to_thread.run_sync(
+                disk_usage, rootfs, limiter=self.disk_limiter
+            )
+        return out
 
     async def stats_many(self, names: Iterable[str]) -> dict[str, dict[str, object]]:
         """Stats without disk use of the running ones of `names`, in one

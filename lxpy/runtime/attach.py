@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from lxpy.errors import InvalidArgument, LxpyError, NotFound
 from lxpy.kernel import apparmor, caps, seccomp
 from lxpy.kernel import syscalls as sc
+from lxpy.kernel.inroot import Rootfs, RootfsError
 
 # For annotations only: typing costs the zygote, and so every monitor it
 # forks, ~0.5 MB.
@@ -385,11 +386,15 @@ def _enter(
 
 
 def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except FileNotFoundError:
-        return ""
+    # The container's file, read in its root (after chroot): a FIFO, a
+    # device node or a huge file there must not hang or swamp this
+    # process. Such a file reads as absent: root and numeric users still
+    # work, so the container can be repaired through exec.
+    with Rootfs("/", "the container", cross_mounts=True) as root:
+        try:
+            return root.read_text(path) or ""
+        except RootfsError:
+            return ""
 
 
 def _join_cgroups(procs_files: Sequence[str], init_pid: int) -> None:

@@ -26,10 +26,11 @@ import fcntl
 import os
 import select
 import signal
+import stat
 import termios
 from collections.abc import Sequence
 
-from lxpy.kernel import apparmor, caps, hostlimits, idmap, seccomp
+from lxpy.kernel import apparmor, caps, hostlimits, idmap, inroot, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.lxcfs import bind_mounts
 from lxpy.kernel.netif import link_up
@@ -445,16 +446,27 @@ def _target(root: str, rel: str, is_dir: bool = True) -> str:
     """The absolute mount point `rel` under `root`, created if missing.
 
     A symlink is refused: the mount would follow it, to wherever the
-    container's files point.
+    container's files point. So is any other kind of entry than the one
+    the mount needs (a FIFO where /proc should be), with a message naming
+    it rather than the mount's bare ENOTDIR.
     """
     path = os.path.join(root, rel)
-    if os.path.islink(path):
-        raise OSError(40, f"refusing to mount on {rel}: it is a symlink in the rootfs")
-    if not os.path.exists(path):
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
         if is_dir:
             os.makedirs(path, mode=0o755, exist_ok=True)
         else:
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+        return path
+    want = stat.S_ISDIR(st.st_mode) if is_dir else not stat.S_ISDIR(st.st_mode)
+    if stat.S_ISLNK(st.st_mode) or not want:
+        what = "a directory" if is_dir else "a file"
+        raise OSError(
+            errno.ENOTDIR if is_dir else errno.EISDIR,
+            f"refusing to mount on {rel}: it is {inroot.kind(st.st_mode)} in the rootfs, "
+            f"not {what}",
+        )
     return path
 
 

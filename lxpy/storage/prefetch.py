@@ -15,9 +15,9 @@ core while the monitor sets the container up, and init finds them cached.
 It is a hint and nothing more: a file that is missing, odd or refused is
 skipped, and no error reaches the start.
 
-Every lookup goes through openat2(RESOLVE_IN_ROOT) on the rootfs, so no
-symlink or ".." in a container's tree (which its root may have written) can
-lead outside it, and only regular files are read ahead.
+Every lookup goes through lxpy.kernel.inroot, so no symlink or ".." in a
+container's tree (which its root may have written) can lead outside it,
+and only regular files are read ahead.
 
 The walk (parsing each ELF file, searching the library directories) takes
 as long as the hints themselves, so its result is kept per init file: a
@@ -35,7 +35,7 @@ import os
 import stat
 import struct
 
-from lxpy.kernel import elf
+from lxpy.kernel import elf, inroot
 from lxpy.kernel import syscalls as sc
 
 # The loader's own directories, searched after ld.so.conf's (glibc's
@@ -52,40 +52,19 @@ LD_CACHE = "/etc/ld.so.cache"
 _WALKS: dict[tuple[str, int, int, int, int], list[str]] = {}
 _MAX_WALKS = 64
 
-_RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS | sc.RESOLVE_NO_XDEV
-_OPEN = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-
-def _open_in(root_fd: int, path: str, flags: int = _OPEN) -> int | None:
-    """An fd of `path` inside the rootfs (symlinks resolved in it), or None."""
-    try:
-        return sc.openat2(root_fd, path, flags, _RESOLVE)
-    except OSError:
-        return None
-
 
 def _regular(root_fd: int, path: str) -> int | None:
     """An O_PATH fd of `path` inside the rootfs when it is a regular file,
     or None. An O_PATH fd opens nothing: a device node or FIFO there is
     looked at, never opened."""
-    pfd = _open_in(root_fd, path, os.O_PATH | os.O_CLOEXEC)
-    if pfd is not None and not stat.S_ISREG(os.fstat(pfd).st_mode):
+    try:
+        pfd = inroot.open_path(root_fd, path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(pfd).st_mode):
         os.close(pfd)
         return None
     return pfd
-
-
-def _open_file(root_fd: int, path: str) -> int | None:
-    """A read fd of the regular file `path` inside the rootfs, or None."""
-    pfd = _regular(root_fd, path)
-    if pfd is None:
-        return None
-    try:
-        return os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    finally:
-        os.close(pfd)
 
 
 def elf_needs(fd: int) -> tuple[str | None, list[str], list[str]]:
@@ -123,7 +102,7 @@ def lib_dirs(root_fd: int) -> list[str]:
 
 
 def _read_small(root_fd: int, path: str) -> str:
-    fd = _open_file(root_fd, path)
+    fd = inroot.open_regular(root_fd, path)
     if fd is None:
         return ""
     try:
@@ -136,8 +115,10 @@ def _glob_in(root_fd: int, pattern: str) -> list[str]:
     """Files matching `pattern` (a glob in its last component only, as
     Debian's `include /etc/ld.so.conf.d/*.conf`), sorted."""
     parent, _, name = pattern.rpartition("/")
-    fd = _open_in(root_fd, parent or "/", _OPEN | os.O_DIRECTORY)
-    if fd is None:
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = sc.openat2(root_fd, parent or "/", flags, inroot.IN_ROOT)
+    except OSError:
         return []
     try:
         entries = os.listdir(fd)
@@ -188,7 +169,7 @@ def _warm(root_fd: int, init: str) -> list[str]:
 
 def _hint(root_fd: int, path: str) -> bool:
     """Read ahead one file of the rootfs; whether it could be."""
-    fd = _open_file(root_fd, path)
+    fd = inroot.open_regular(root_fd, path)
     if fd is None:
         return False
     try:
@@ -211,7 +192,7 @@ def _walk(root_fd: int, init: str) -> list[str]:
     dirs: list[str] | None = None
     while queue and len(done) < MAX_FILES:
         path = queue.pop(0)
-        fd = _open_file(root_fd, path)
+        fd = inroot.open_regular(root_fd, path)
         if fd is None:
             continue
         try:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from lxpy.build import busybox, cache, debootstrap, setup, systemd_units
-from lxpy.build.rootfs import resolve_in, write_in
 from lxpy.errors import InvalidArgument, LxpyError
+from lxpy.kernel.inroot import Rootfs
 from lxpy.model.template import Source, parse_template
 
 
@@ -77,27 +77,19 @@ def test_stage_tracker_is_monotonic() -> None:
     assert seen[-1] == (1.0, "bootstrapped")
 
 
-def test_resolve_in_keeps_absolute_links_inside(tmp_path: Path) -> None:
+def test_absolute_links_resolve_inside_the_rootfs(tmp_path: Path) -> None:
     (tmp_path / "usr/lib/systemd").mkdir(parents=True)
     (tmp_path / "usr/lib/systemd/systemd").write_text("")
     (tmp_path / "lib").symlink_to("usr/lib")
     (tmp_path / "sbin").mkdir()
     (tmp_path / "sbin/init").symlink_to("/lib/systemd/systemd")
-    assert resolve_in(tmp_path, "/sbin/init") == tmp_path / "usr/lib/systemd/systemd"
-    (tmp_path / "escape").symlink_to("/../../etc")
-    assert resolve_in(tmp_path, "escape/passwd") == tmp_path / "etc/passwd"
-    assert setup.init_flavour(tmp_path, "/sbin/init") is setup.Flavour.SYSTEMD
-
-
-def test_write_in_replaces_a_symlink_instead_of_following_it(tmp_path: Path) -> None:
-    outside = tmp_path / "outside"
-    outside.write_text("keep")
-    root = tmp_path / "root"
-    (root / "etc").mkdir(parents=True)
-    (root / "etc/hostname").symlink_to(outside)
-    write_in(root, "etc/hostname", "box\n")
-    assert outside.read_text() == "keep"
-    assert (root / "etc/hostname").read_text() == "box\n"
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("inside\n")
+    with Rootfs(tmp_path, "test") as root:
+        assert root.realpath("/sbin/init") == "/usr/lib/systemd/systemd"
+        (tmp_path / "escape").symlink_to("/../../etc")
+        assert root.read_text("escape/passwd") == "inside\n"
+        assert setup.init_flavour(root, "/sbin/init") is setup.Flavour.SYSTEMD
 
 
 def test_enable_unit_follows_install_section(tmp_path: Path) -> None:
@@ -108,7 +100,8 @@ def test_enable_unit_follows_install_section(tmp_path: Path) -> None:
         "Alias=dbus-org.a.service\nAlso=a.socket\n"
     )
     (units / "a.socket").write_text("[Install]\nWantedBy=sockets.target\n")
-    links = systemd_units.enable_unit(tmp_path, "a.service")
+    root = Rootfs(tmp_path, "test")
+    links = systemd_units.enable_unit(root, "a.service")
     etc = tmp_path / "etc/systemd/system"
     assert (etc / "multi-user.target.wants/a.service").readlink() == Path(
         "/lib/systemd/system/a.service"
@@ -117,28 +110,31 @@ def test_enable_unit_follows_install_section(tmp_path: Path) -> None:
     assert (etc / "sockets.target.wants/a.socket").is_symlink()
     assert len(links) == 3
     with pytest.raises(LxpyError, match="no such unit"):
-        systemd_units.enable_unit(tmp_path, "missing.service")
-    systemd_units.mask_unit(tmp_path, "a.service")
-    assert systemd_units.is_masked(tmp_path, "a.service")
-    assert systemd_units.unmask_unit(tmp_path, "a.service")
+        systemd_units.enable_unit(root, "missing.service")
+    systemd_units.mask_unit(root, "a.service")
+    assert systemd_units.is_masked(root, "a.service")
+    assert systemd_units.unmask_unit(root, "a.service")
+    root.close()
 
 
 def test_root_password_and_timezone(tmp_path: Path) -> None:
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/passwd").write_text("root::0:0:root:/root:/bin/sh\n")
     (tmp_path / "etc/shadow").write_text("root:$6$old:19000:0:99999:7:::\nbin:*:1::::::\n")
-    setup.set_root_password(tmp_path, "locked")
+    root = Rootfs(tmp_path, "test")
+    setup.set_root_password(root, "locked")
     assert (tmp_path / "etc/shadow").read_text().splitlines()[0].startswith("root:*:19000:")
     assert (tmp_path / "etc/passwd").read_text().startswith("root:x:0:0:")
-    setup.set_root_password(tmp_path, "$6$salt$hash")
+    setup.set_root_password(root, "$6$salt$hash")
     assert (tmp_path / "etc/shadow").read_text().startswith("root:$6$salt$hash:")
     with pytest.raises(InvalidArgument, match="setup.root_password"):
-        setup.set_root_password(tmp_path, "a:b")
+        setup.set_root_password(root, "a:b")
     with pytest.raises(InvalidArgument, match="setup.timezone"):
-        setup.set_timezone(tmp_path, "../../etc/passwd")
+        setup.set_timezone(root, "../../etc/passwd")
     with pytest.raises(InvalidArgument, match="setup.timezone"):
-        setup.set_timezone(tmp_path, "Nowhere/Atlantis")
-    setup.set_timezone(tmp_path, "Etc/UTC")
+        setup.set_timezone(root, "Nowhere/Atlantis")
+    setup.set_timezone(root, "Etc/UTC")
+    root.close()
     assert (tmp_path / "etc/timezone").read_text() == "Etc/UTC\n"
 
 
