@@ -443,6 +443,8 @@ class Rootfs:
                     os.unlink(tmp, dir_fd=dfd)
                 except OSError:
                     pass
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise  # the caller's to say: the pool is full
                 raise self.error(path, f"cannot be written: {e.strerror or e}") from None
         finally:
             os.close(dfd)

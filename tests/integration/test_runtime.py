@@ -230,13 +230,20 @@ def named_hierarchy(tmp_path: Path, zygote: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        # A hierarchy unmounted with cgroups left lives on, unseen, in the
-        # kernel; so does one whose last cgroup, removed a moment ago, was
-        # still dying at the unmount: mounted again and unmounted, it goes.
-        dirs = [p for p in mnt.rglob("*") if p.is_dir()]
-        for d in sorted(dirs, key=lambda p: -len(p.parts)):
-            d.rmdir()
-        subprocess.run(["umount", str(mnt)], check=True)
+        # Only this test's cgroups are removed: any lxpyd on the host may
+        # have made some of its own in the new hierarchy meanwhile. Then it
+        # is unmounted whatever happened, or every lxpyd started later
+        # would take it up. A hierarchy unmounted with cgroups left lives
+        # on, unseen, in the kernel; so does one whose last cgroup, removed
+        # a moment ago, was still dying at the unmount: mounted again and
+        # unmounted, it goes.
+        try:
+            ours = [p for p in (mnt / PARENT).rglob("*") if p.is_dir()] + [mnt / PARENT]
+            for d in sorted(ours, key=lambda p: -len(p.parts)):
+                if d.is_dir():
+                    d.rmdir()
+        finally:
+            subprocess.run(["umount", str(mnt)], check=True)
         for _ in range(20):
             time.sleep(0.25)
             if f"name={name}:" not in Path("/proc/self/cgroup").read_text():
