@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(status)
     except UsageError as e:
         sys.stderr.write(e.usage)
-        return fail(e.message, f"see `{e.prog} --help`", EXIT_USAGE)
+        return fail(e.message, e.hint, EXIT_USAGE)
     except LxpyError as e:
         return fail(e.message, e.hint)
     except KeyboardInterrupt:

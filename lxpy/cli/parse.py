@@ -40,13 +40,15 @@ def fail(message: str, hint: str | None = None, status: int = EXIT_ERROR) -> int
 
 
 class UsageError(Exception):
-    """A bad command line, found by argparse."""
+    """A bad command line, found by argparse; the hint defaults to `see
+    `PROG --help``."""
 
-    def __init__(self, message: str, usage: str, prog: str) -> None:
+    def __init__(self, message: str, usage: str, prog: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.usage = usage
         self.prog = prog
+        self.hint = hint or f"see `{prog} --help`"
 
 
 _PARSER_CLASS: Any = None
@@ -69,8 +71,38 @@ def new_parser(**kwargs: Any) -> argparse.ArgumentParser:
             def error(self, message: str) -> Any:  # type: ignore[override]
                 raise UsageError(message, self.format_usage(), self.prog)
 
+            # argparse says "invalid choice: 'strat' (choose from ...)" and
+            # lists every command; say which one was meant instead.
+            def _check_value(self, action: argparse.Action, value: Any) -> None:
+                if action.choices is None or value in action.choices:
+                    return
+                raise bad_choice(self, action, value)
+
         _PARSER_CLASS = _Parser
     return _PARSER_CLASS(**kwargs)  # type: ignore[no-any-return]
+
+
+def bad_choice(parser: argparse.ArgumentParser, action: argparse.Action, value: str) -> UsageError:
+    """The usage error for `value`, which is not one of `action`'s choices:
+    an unknown command (or subcommand) with the nearest ones as the hint."""
+    from lxpy.model.suggest import did_you_mean, nearest, phrase
+
+    choices = [str(c) for c in action.choices or ()]
+    usage = parser.format_usage()
+    if action.dest not in ("command", "subcommand"):
+        what = "/".join(action.option_strings) or str(action.metavar or action.dest)
+        message = f"{what}: invalid choice {value!r} (choose from {', '.join(choices)})"
+        return UsageError(message, usage, parser.prog, did_you_mean(value, choices))
+    # The parser's prog is `lxpy` or `lxpy snapshot`: the command so far.
+    words = parser.prog.split()[1:]
+    near = nearest(value, choices)
+    if near:
+        hint = phrase([" ".join([*words, c]) for c in near])
+    elif words:
+        hint = f"`{parser.prog}` has: {', '.join(choices)}"
+    else:
+        hint = f"`{parser.prog} --help` lists the commands"
+    return UsageError(f"unknown command {' '.join([*words, value])!r}", usage, parser.prog, hint)
 
 
 # -- the command table ---------------------------------------------------------

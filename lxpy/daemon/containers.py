@@ -28,6 +28,7 @@ from lxpy.model.config import Container, Owner, validate_config
 from lxpy.model.names import validate_name
 from lxpy.model.security import LIVE_KEYS, IdmapRecord
 from lxpy.model.state import State
+from lxpy.model.suggest import not_found_hint
 
 log = logging.getLogger("lxpyd.containers")
 
@@ -373,9 +374,6 @@ class Containers:
         infos = await self.d.storage(self.d.backend.list_snapshots, name)
         return [{"name": s.name, "created_at": s.created_at} for s in infos]
 
-    async def _snapshot_exists(self, name: str, snap: str) -> bool:
-        return snap in await self.d.storage(self._snapshot_names, name)
-
     async def create_snapshot(self, name: str, body: dict[str, object]) -> dict[str, object]:
         """POST /1.0/containers/NAME/snapshots: `{"name": "s1"}` or the next `snapN`."""
         d = self.d
@@ -397,10 +395,12 @@ class Containers:
         return {"name": snap, "created_at": info.created_at if info else now_iso()}
 
     async def _require_snapshot(self, name: str, snap: str) -> None:
-        if not await self._snapshot_exists(name, snap):
+        snaps = await self.d.storage(self._snapshot_names, name)
+        if snap not in snaps:
+            lister = f"`lxpy snapshot list {name}`"
             raise NotFound(
                 f"container {name!r} has no snapshot {snap!r}",
-                hint=f"list them with GET /1.0/containers/{name}/snapshots",
+                hint=not_found_hint(snap, snaps, "its snapshots", lister),
             )
 
     async def restore(self, name: str, snap: str) -> dict[str, object]:
