@@ -9,6 +9,7 @@ from lxpy.errors import NotFound
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from typing import Any
 
     from lxpy.api.client import Client
 
@@ -39,6 +40,17 @@ def cmd_config_show(client: Client, args: argparse.Namespace) -> None:
         print(f"{key} = {format_value(config[key])}")
 
 
+def _say_deferred(name: str, answer: dict[str, Any]) -> None:
+    # The daemon lists what a running container gets only at its next start.
+    keys = answer.get("deferred") or []
+    if keys:
+        verb = "takes" if len(keys) == 1 else "take"
+        print(
+            f"{', '.join(keys)} {verb} effect at the next start of {name} "
+            f"(`lxpy restart {name}` restarts it now)"
+        )
+
+
 @command(
     "config set",
     "set one configuration key",
@@ -47,9 +59,9 @@ def cmd_config_show(client: Client, args: argparse.Namespace) -> None:
     arg("value", metavar="VALUE"),
 )
 def cmd_config_set(client: Client, args: argparse.Namespace) -> None:
-    client.update_config(args.name, set_={args.key: args.value})
+    _say_deferred(args.name, client.update_config(args.name, set_={args.key: args.value}))
 
 
 @command("config unset", "remove one configuration key", NAME, arg("key", metavar="KEY"))
 def cmd_config_unset(client: Client, args: argparse.Namespace) -> None:
-    client.update_config(args.name, unset=[args.key])
+    _say_deferred(args.name, client.update_config(args.name, unset=[args.key]))

@@ -17,6 +17,7 @@ from typing import Literal
 import trio
 
 from lxpy.build.rootfs import set_hostname_files
+from lxpy.daemon import configcheck
 from lxpy.daemon.events import now_iso
 from lxpy.daemon.security import check_config as check_security
 from lxpy.daemon.security import check_update
@@ -175,10 +176,17 @@ class Containers:
             # New containers join the default network unless told otherwise
             # (`network = []` for none); it is made when one first starts.
             config["network"] = [d.settings.default_network]
+        configcheck.check_networks(d, config)
+        configcheck.check_address(d, name, config, strict=True)
         await self.templates.find(template)
         d.reserve(name)
         try:
             await self.templates.ensure_built(template)
+            if "init" in config:
+                # The container's rootfs will be a snapshot of the template's.
+                rootfs = str(d.backend.template_path(template))
+                where = f"template {template!r}"
+                await configcheck.check_init(d, name, rootfs, str(config["init"]), where)
             await d.storage(d.backend.create_container, name, template)
             await self._record_new(name, template, config, None, owner)
         finally:
@@ -270,6 +278,8 @@ class Containers:
             old = d.require(name)
             new = old.with_config(set_, unset)
             check_update(old, new.config)
+            await configcheck.check_change(d, name, old.config, new.config)
+            running = name in d.lifecycle.runs
             # Limits and port filters of a running container change at once,
             # before the record: a value the kernel refuses is not saved
             # either. Other keys take effect at its next start.
@@ -298,7 +308,10 @@ class Containers:
             f"containers/{name}",
             {"set": list(set_), "unset": unset, "applied": live + filters},
         )
-        return await self.describe(name)
+        # What the caller should know: the changes a running container
+        # gets only at its next start.
+        later = configcheck.deferred(old.config, new.config) if running else []
+        return {**await self.describe(name), "deferred": later}
 
     async def _refilter(
         self, name: str, old: Mapping[str, object], new: Mapping[str, object]

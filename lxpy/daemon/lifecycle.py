@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from lxpy.build.rootfs import set_hostname_files
-from lxpy.daemon import security
+from lxpy.daemon import configcheck, security
 from lxpy.daemon.networks import joins_network
 from lxpy.daemon.service import Daemon, RunInfo
 from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
@@ -347,6 +347,11 @@ class Lifecycle:
             logf.replace(Daemon.rotated_log(logf))
         set_hostname_files(Path(spec.rootfs), spec.effective_hostname)
         spec.validate()
+        # Named here, not by the launch's exec failing inside the container.
+        problem = configcheck.init_problem(spec.rootfs, spec.init)
+        if problem is not None:
+            where = f"the rootfs of container {record.name!r}"
+            raise configcheck.init_error(record.name, spec.init, problem, where)
         kl = KernelLimits.from_config(record.config)
         for change in raise_host_inotify(kl.inotify_instances, kl.inotify_watches):
             log.info("container %s: raised the host's %s (limits.kernel.*)", record.name, change)
@@ -588,9 +593,18 @@ class Lifecycle:
             )
 
     async def restart(self, name: str, grace: float = DEFAULT_STOP_TIMEOUT) -> None:
-        """Stop (if running) and start container `name`."""
+        """Stop (if running) and start container `name`. What its config
+        would make the start refuse is found before it is stopped.
+
+        Raises:
+            as stop() and start(); InvalidArgument, Busy: a config the start
+            would refuse (the container is left running).
+        """
         async with self.d.lock(name):
             if name in self.runs:
+                record = self.d.require(name)
+                init = await self.d.files(lambda: self._spec(record, self._template(record)).init)
+                await configcheck.check_start(self.d, name, record.config, init)
                 await self.stop_locked(name, grace, False)
             await self._start_locked(name)
 

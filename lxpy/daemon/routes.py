@@ -157,9 +157,9 @@ def build_router(d: Daemon) -> Router:
         "PATCH",
         C + "/config",
         patch_config,
-        "Set and unset config keys",
+        "Set and unset config keys (what a value names is checked now)",
         body=openapi.CONFIG_BODY,
-        response=S("Container"),
+        response=openapi.CONFIG_ANSWER,
     )
     r.add(
         "POST",

@@ -9,14 +9,16 @@ take several.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lxpy.api.client import Client
 from tests.conftest import Daemon, info, stop_daemon
-from tests.integration.test_network import scrub
+from tests.integration.test_network import free_subnet, net_name, scrub
 
 pytestmark = pytest.mark.integration
 
@@ -55,6 +57,158 @@ def rootfs(d: Daemon, name: str) -> Path:
 
 def names(d: Daemon) -> list[str]:
     return sorted(c["name"] for c in json.loads(d.cli("list", "--format", "json").stdout))
+
+
+# -- 1. config checked when it is set -------------------------------------------------
+
+
+def test_a_network_that_does_not_exist_is_refused_on_set_and_create(bb: Daemon) -> None:
+    d = bb
+    d.cli("create", "db", "-t", "busybox", "--set", "network=")
+    before = config(d, "db")
+    error, hint = refused(d, "config", "set", "db", "network", "nosuchnet")
+    assert error == "error: network 'nosuchnet' not found"
+    assert "`lxpy network create nosuchnet`" in hint
+    assert config(d, "db") == before
+
+    # A near name is suggested.
+    lab = net_name()
+    d.cli("network", "create", lab, "--subnet", free_subnet())
+    error, hint = refused(d, "config", "set", "db", "network", lab + "x")
+    assert f"did you mean '{lab}'?" in hint
+    d.cli("config", "set", "db", "network", lab)
+    assert config(d, "db")["network"] == [lab]
+
+    # Create checks it too, and makes nothing.
+    refused(d, "create", "web", "-t", "busybox", "--set", "network=nosuchnet")
+    assert names(d) == ["db"]
+
+
+def test_ipv4_address_is_checked_against_the_subnet_and_other_containers(bb: Daemon) -> None:
+    d = bb
+    lab, subnet = net_name(), free_subnet()
+    d.cli("network", "create", lab, "--subnet", subnet)
+    prefix = subnet.rsplit(".", 1)[0]
+    d.cli("create", "a", "-t", "busybox", "--set", f"network={lab}")
+    d.cli("create", "b", "-t", "busybox", "--set", f"network={lab}")
+
+    error, hint = refused(d, "config", "set", "a", "ipv4.address", "192.0.2.9")
+    assert "is not usable on network" in error and "pick an address from" in hint
+    error, _ = refused(d, "config", "set", "a", "ipv4.address", f"{prefix}.1")  # the gateway
+    assert "is not usable" in error
+    d.cli("config", "set", "a", "ipv4.address", f"{prefix}.50")
+
+    # Free means not pinned by another container either.
+    error, _ = refused(d, "config", "set", "b", "ipv4.address", f"{prefix}.50")
+    assert error == f"error: ipv4.address {prefix}.50 on network {lab} is pinned by container 'a'"
+    error, _ = refused(
+        d,
+        "create",
+        "c",
+        "-t",
+        "busybox",
+        "--set",
+        f"network={lab}",
+        "--set",
+        f"ipv4.address={prefix}.50",
+    )
+    assert "pinned by container 'a'" in error
+    assert names(d) == ["a", "b"]
+
+    # A pinned address needs a network: dropping the network is refused.
+    error, hint = refused(d, "config", "set", "a", "network", "")
+    assert "pins" in error and "joins no network" in error and "unset ipv4.address" in hint
+    assert config(d, "a")["network"] == [lab]
+
+
+def test_init_is_looked_up_in_the_rootfs_without_leaving_it(bb: Daemon) -> None:
+    d = bb
+    d.cli("create", "web", "-t", "busybox", "--set", "network=")
+    root = rootfs(d, "web")
+    os.mkfifo(root / "fifo")
+    os.mknod(root / "null", 0o666 | 0o020000, os.makedev(1, 3))
+    (root / "plain").write_text("not a program\n")
+    # An absolute link is resolved inside the rootfs: a program on the
+    # host at that path is not the container's.
+    host_program = d.root.parent / "host-program"
+    host_program.write_text("#!/bin/sh\n")
+    host_program.chmod(0o755)
+    (root / "escape").symlink_to(host_program)
+    (root / "loop1").symlink_to("loop2")
+    (root / "loop2").symlink_to("loop1")
+    (root / "myinit").symlink_to("/bin/busybox")
+    for path, problem in (
+        ("/nosuch", "does not exist"),
+        ("/etc", "is a directory, not a program"),
+        ("/fifo", "is a FIFO, not a program"),  # looked at, never opened: no hang
+        ("/null", "is a character device, not a program"),
+        ("/plain", "is not executable"),
+        ("/escape", "does not exist"),
+        ("/loop1", "too many levels of symlinks"),
+    ):
+        error, hint = refused(d, "config", "set", "web", "init", path)
+        assert error.startswith(f"error: init: {path} in the rootfs of container 'web' "), error
+        assert problem in error, error
+        assert "`lxpy config unset web init`" in hint
+    assert "init" not in config(d, "web")
+    d.cli("config", "set", "web", "init", "/myinit")
+    assert config(d, "web")["init"] == "/myinit"
+
+    # On create, the template's rootfs is where it is looked for.
+    error, _ = refused(d, "create", "db", "-t", "busybox", "--set", "init=/nosuch")
+    assert error == "error: init: /nosuch in template 'busybox' does not exist"
+    assert names(d) == ["web"]
+
+
+def test_restart_checks_the_config_before_it_stops_the_container(bb: Daemon) -> None:
+    d = bb
+    d.cli("create", "web", "-t", "busybox", "--set", "network=")
+    root = rootfs(d, "web")
+    # busybox runs the applet its argv[0] names: a copy named `init` boots.
+    (root / "opt").mkdir(exist_ok=True)
+    (root / "opt" / "init").write_bytes((root / "bin" / "busybox").read_bytes())
+    (root / "opt" / "init").chmod(0o755)
+    d.cli("config", "set", "web", "init", "/opt/init")
+    d.cli("start", "web")
+    pid = info(d, "web")["init_pid"]
+
+    # Gone from the rootfs since it was set: the start would fail, so the
+    # restart refuses before it stops anything.
+    (root / "opt" / "init").unlink()
+    error, hint = refused(d, "restart", "web")
+    assert error == "error: init: /opt/init in the rootfs of container 'web' does not exist"
+    ct = info(d, "web")
+    assert (ct["state"], ct["init_pid"]) == ("RUNNING", pid)
+
+    # Fixed, it restarts.
+    d.cli("config", "unset", "web", "init")
+    d.cli("restart", "web")
+    ct = info(d, "web")
+    assert ct["state"] == "RUNNING" and ct["init_pid"] != pid
+
+
+def test_a_change_a_running_container_gets_later_says_so(bb: Daemon) -> None:
+    d = bb
+    d.cli("create", "web", "-t", "busybox", "--set", "network=")
+    # Stopped: everything applies at its next start; nothing to say.
+    assert d.cli("config", "set", "web", "hostname", "www").stdout == ""
+    d.cli("start", "web")
+    out = d.cli("config", "set", "web", "hostname", "front").stdout
+    assert (
+        out
+        == "hostname takes effect at the next start of web (`lxpy restart web` restarts it now)\n"
+    )
+    out = d.cli("config", "unset", "web", "hostname").stdout
+    assert out.startswith("hostname takes effect at the next start of web")
+    # Limits reach a running container at once.
+    assert d.cli("config", "set", "web", "limits.memory", "64MiB").stdout == ""
+    # The API says which keys wait for the next start.
+    client = Client(d.socket, timeout=30)
+    answer = client.update_config(
+        "web", {"limits.memory": "96MiB", "user.x": "1", "init.args": "-s"}
+    )
+    assert answer["deferred"] == ["init.args"]
+    assert answer["config"]["limits.memory"] == "96MiB"
 
 
 # -- 2. did you mean ------------------------------------------------------------------
