@@ -13,11 +13,20 @@ if TYPE_CHECKING:
     from lxpy.api.client import Client
 
 
-@command("start", "start containers (returns once their init runs)", NAMES)
+@command(
+    "start",
+    "start containers (returns once their init runs; a running one is left as it is)",
+    NAMES,
+)
 def cmd_start(client: Client, args: argparse.Namespace) -> None:
     def start(name: str) -> None:
         ct = client.start_container(name)
-        print(f"started {name} (init pid {ct.get('init_pid')})")
+        pid = ct.get("init_pid")
+        if ct.get("started") is False:
+            # As `systemctl start`: nothing to do is not an error.
+            print(f"{name} is already running (init pid {pid})")
+        else:
+            print(f"started {name} (init pid {pid})")
 
     each(args.names, start)
 

@@ -150,11 +150,14 @@ class Containers:
         self.d.require(name)
         return await self.d.resources.stats(name, disk=True)
 
-    def _require_stopped(self, name: str, what: str) -> None:
+    def _require_stopped(self, name: str, what: str, force: str = "") -> None:
+        # `force`: the command that does it anyway, for the hint.
         state = self.d.states.get(name)
         if state not in (State.STOPPED, State.ERROR):
+            hint = f"stop it first (`lxpy stop {name}`)"
             raise Busy(
-                f"cannot {what} container {name!r} while it is {state}", hint="stop it first"
+                f"cannot {what} container {name!r} while it is {state}",
+                hint=f"{hint}, or use `{force}`" if force else hint,
             )
 
     # -- create / delete ----------------------------------------------------
@@ -250,7 +253,7 @@ class Containers:
             if not d.known(name):
                 d.require(name)
             if not force:
-                self._require_stopped(name, "delete")
+                self._require_stopped(name, "delete", f"lxpy destroy --force {name}")
             elif name in d.lifecycle.runs:
                 await d.lifecycle.stop_locked(name, 0, force=True)
             # Storage first: if it fails half way the record stays, and a

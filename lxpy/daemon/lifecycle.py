@@ -357,16 +357,25 @@ class Lifecycle:
             log.info("container %s: raised the host's %s (limits.kernel.*)", record.name, change)
         return spec
 
-    async def start(self, name: str) -> None:
-        """Boot container `name`; returns once its init runs (RUNNING).
+    async def start(self, name: str) -> bool:
+        """Boot container `name`; returns once its init runs (RUNNING): True,
+        or False when it was running already (nothing done, as `systemctl
+        start` does nothing for a running unit).
 
         Raises:
-            NotFound; Busy (already running); LxpyError: why it did not
-            start (nothing of the attempt is left behind).
+            NotFound; Busy (frozen); LxpyError: why it did not start
+            (nothing of the attempt is left behind).
         """
         async with self.d.lock(name):
+            state = self.d.states.get(name)
+            if name in self.runs and state == State.RUNNING:
+                self.d.require(name)
+                return False
+            if state == State.FROZEN:
+                raise Busy(f"container {name!r} is frozen", hint=f"thaw it: lxpy unfreeze {name}")
             self.d.boot.forget(name)
             await self._start_locked(name)
+            return True
 
     async def start_locked(self, name: str) -> None:
         """start() for a caller that holds the container's lock."""
@@ -379,7 +388,7 @@ class Lifecycle:
         if state not in (State.STOPPED, State.ERROR) or name in self.runs:
             raise Busy(
                 f"container {name!r} is already running ({state})",
-                hint=f"stop it first: lxpy stop {name}",
+                hint=f"`lxpy restart {name}` restarts it",
             )
         d.set_state(name, State.STARTING)
         try:

@@ -59,7 +59,21 @@ STOP_ALL = _obj(
     ("stopped", "errors"),
 )
 _NULL_INT: Schema = {"type": ["integer", "null"]}
-# What a config change did, beside the container object.
+# What a start or a config change did, beside the container object.
+START_ANSWER: Schema = {
+    "allOf": [
+        ref("Container"),
+        _obj(
+            {
+                "started": {
+                    "type": "boolean",
+                    "description": "false when it was running already (nothing was done)",
+                }
+            },
+            ("started",),
+        ),
+    ]
+}
 CONFIG_ANSWER: Schema = {
     "allOf": [
         ref("Container"),

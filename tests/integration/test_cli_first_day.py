@@ -236,3 +236,44 @@ def test_not_found_errors_suggest_the_name_that_was_meant(bb: Daemon) -> None:
     assert (error, hint) == ("error: unknown command 'strat'", "hint: did you mean 'start'?")
     hint = refused(d, "snapshot", "dlete", "web", "x", status=2)[1]
     assert hint == "hint: did you mean 'snapshot delete'?"
+
+
+# -- 3. hints that name the right command ---------------------------------------------
+
+
+def test_hints_name_the_command_to_run(bb: Daemon) -> None:
+    d = bb
+    d.cli("create", "web", "-t", "busybox", "--set", "network=")
+    error, hint = refused(d, "snapshot", "delete", "web", "nosnap")
+    assert error == "error: container 'web' has no snapshot 'nosnap'"
+    assert hint == "hint: its snapshots: none" and "/1.0/" not in hint
+
+    d.cli("start", "web")
+    error, hint = refused(d, "destroy", "web")
+    assert error == "error: cannot delete container 'web' while it is RUNNING"
+    assert hint == "hint: stop it first (`lxpy stop web`), or use `lxpy destroy --force web`"
+    assert names(d) == ["web"]
+
+
+def test_starting_a_running_container_does_nothing_and_succeeds(bb: Daemon) -> None:
+    d = bb
+    d.cli("create", "web", "-t", "busybox", "--set", "network=")
+    d.cli("create", "db", "-t", "busybox", "--set", "network=")
+    d.cli("start", "web")
+    pid = info(d, "web")["init_pid"]
+    res = d.cli("start", "web")
+    assert res.stdout == f"web is already running (init pid {pid})\n"
+    assert info(d, "web")["init_pid"] == pid
+    # Among others: the running one is left alone, the others start.
+    out = d.cli("start", "web", "db").stdout.splitlines()
+    assert f"web is already running (init pid {pid})" in out
+    assert any(line.startswith("started db (init pid ") for line in out)
+    answer = Client(d.socket, timeout=30).start_container("web")
+    assert answer["started"] is False and answer["init_pid"] == pid
+
+    # Frozen is not running: it is thawed, not started.
+    d.cli("freeze", "web")
+    error, hint = refused(d, "start", "web")
+    assert error == "error: container 'web' is frozen"
+    assert hint == "hint: thaw it: lxpy unfreeze web"
+    assert info(d, "web")["state"] == "FROZEN"
