@@ -66,6 +66,10 @@ def new_parser(**kwargs: Any) -> argparse.ArgumentParser:
         import argparse
 
         class _Parser(argparse.ArgumentParser):
+            # Text after the options in --help, made only when help is
+            # shown (build_parser); see Command.epilog.
+            lazy_epilog: Callable[[], str] | None = None
+
             # argparse prints and exits on its own; route its errors through
             # fail() so every error of the CLI looks the same.
             def error(self, message: str) -> Any:  # type: ignore[override]
@@ -77,6 +81,11 @@ def new_parser(**kwargs: Any) -> argparse.ArgumentParser:
                 if action.choices is None or value in action.choices:
                     return
                 raise bad_choice(self, action, value)
+
+            def format_help(self) -> str:
+                if self.lazy_epilog is not None:
+                    self.epilog = self.lazy_epilog()
+                return super().format_help()
 
         _PARSER_CLASS = _Parser
     return _PARSER_CLASS(**kwargs)  # type: ignore[no-any-return]
@@ -111,7 +120,7 @@ def bad_choice(parser: argparse.ArgumentParser, action: argparse.Action, value: 
 class Command:
     """One row of the table: `path` is ("create",) or ("snapshot", "create")."""
 
-    __slots__ = ("path", "help", "args", "run", "formats")
+    __slots__ = ("path", "help", "args", "run", "formats", "epilog")
 
     def __init__(
         self,
@@ -120,12 +129,15 @@ class Command:
         args: tuple[tuple[tuple[str, ...], dict[str, Any]], ...],
         run: Handler,
         formats: bool,
+        epilog: Callable[[], str] | None = None,
     ) -> None:
         self.path = path
         self.help = help
         self.args = args
         self.run = run
         self.formats = formats
+        # What --help shows after the options, made when it is shown.
+        self.epilog = epilog
 
 
 COMMANDS: list[Command] = []
@@ -151,15 +163,20 @@ def arg(*flags: str, **kwargs: Any) -> tuple[tuple[str, ...], dict[str, Any]]:
 
 
 def command(
-    path: str, help: str, *args: tuple[tuple[str, ...], dict[str, Any]], formats: bool = False
+    path: str,
+    help: str,
+    *args: tuple[tuple[str, ...], dict[str, Any]],
+    formats: bool = False,
+    epilog: Callable[[], str] | None = None,
 ) -> Callable[[Handler], Handler]:
     """Register a handler as the command `path` ("destroy", "snapshot list").
 
-    formats=True adds `--format table|json`.
+    formats=True adds `--format table|json`; `epilog` makes the text that
+    --help shows after the options (as it is laid out).
     """
 
     def register(fn: Handler) -> Handler:
-        COMMANDS.append(Command(tuple(path.split()), help, args, fn, formats))
+        COMMANDS.append(Command(tuple(path.split()), help, args, fn, formats, epilog))
         return fn
 
     return register
@@ -279,7 +296,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                     dest="subcommand", metavar="SUBCOMMAND", required=True
                 )
             where = groups[group]
-        p = where.add_parser(cmd.path[-1], help=cmd.help, description=cmd.help)
+        kw: dict[str, Any] = {}
+        if cmd.epilog is not None:
+            import argparse
+
+            kw["formatter_class"] = argparse.RawDescriptionHelpFormatter
+        p = where.add_parser(cmd.path[-1], help=cmd.help, description=cmd.help, **kw)
+        p.lazy_epilog = cmd.epilog  # type: ignore[attr-defined]
         add_arguments(p, cmd)
         p.set_defaults(run=cmd.run)
     return parser

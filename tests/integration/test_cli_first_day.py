@@ -277,3 +277,19 @@ def test_starting_a_running_container_does_nothing_and_succeeds(bb: Daemon) -> N
     assert error == "error: container 'web' is frozen"
     assert hint == "hint: thaw it: lxpy unfreeze web"
     assert info(d, "web")["state"] == "FROZEN"
+
+
+def test_config_keys_are_listed_with_their_meaning(bb: Daemon) -> None:
+    d = bb
+    keys = json.loads(d.cli("config", "keys", "--format", "json").stdout)
+    by_name = {k["key"]: k for k in keys}
+    assert by_name["limits.memory"]["live"] is True
+    assert by_name["hostname"]["live"] is False
+    assert "environment.*" in by_name and by_name["network"]["meaning"]
+    table = d.cli("config", "keys").stdout.splitlines()
+    assert table[0].split() == ["KEY", "APPLIES", "MEANING"]
+    assert any(line.split()[:3] == ["limits.memory", "at", "once"] for line in table)
+    assert any(line.split()[:3] == ["hostname", "next", "start"] for line in table)
+    helptext = d.cli("config", "set", "--help").stdout
+    for key in by_name:
+        assert key in helptext
