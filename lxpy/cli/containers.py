@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lxpy.cli.output import format_value, print_json, print_table
-from lxpy.cli.parse import NAME, arg, command, key_value
+from lxpy.cli.parse import NAME, NAMES, arg, command, each, key_value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -126,13 +126,16 @@ def _owner_text(owner: dict[str, Any]) -> str:
 
 @command(
     "destroy",
-    "delete a container and its snapshots",
-    NAME,
-    arg("-f", "--force", action="store_true", help="stop it first if it runs"),
+    "delete containers and their snapshots",
+    NAMES,
+    arg("-f", "--force", action="store_true", help="stop those that run first"),
 )
 def cmd_destroy(client: Client, args: argparse.Namespace) -> None:
-    client.delete_container(args.name, force=args.force)
-    print(f"destroyed {args.name}")
+    def destroy(name: str) -> None:
+        client.delete_container(name, force=args.force)
+        print(f"destroyed {name}")
+
+    each(args.names, destroy)
 
 
 @command(

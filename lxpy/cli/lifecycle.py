@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from lxpy.cli.parse import EXIT_ERROR, NAME, NAMES, TIMEOUT, arg, command, each
+from lxpy.cli.parse import EXIT_ERROR, NAMES, TIMEOUT, arg, command, each
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,10 +47,19 @@ def cmd_stop(client: Client, args: argparse.Namespace) -> None:
     each(args.names, stop)
 
 
-@command("restart", "stop a container (if it runs) and start it again", NAME, TIMEOUT)
+@command(
+    "restart",
+    "stop containers (those that run) and start them again; a config their start "
+    "would refuse is found before they stop",
+    NAMES,
+    TIMEOUT,
+)
 def cmd_restart(client: Client, args: argparse.Namespace) -> None:
-    ct = client.restart_container(args.name, timeout=args.timeout)
-    print(f"restarted {args.name} (init pid {ct.get('init_pid')})")
+    def restart(name: str) -> None:
+        ct = client.restart_container(name, timeout=args.timeout)
+        print(f"restarted {name} (init pid {ct.get('init_pid')})")
+
+    each(args.names, restart)
 
 
 @command(
@@ -68,13 +77,19 @@ def cmd_stop_all(client: Client, args: argparse.Namespace) -> int:
     return EXIT_ERROR if errors else 0
 
 
-@command("freeze", "freeze every process of a running container", NAME)
+@command("freeze", "freeze every process of running containers", NAMES)
 def cmd_freeze(client: Client, args: argparse.Namespace) -> None:
-    client.freeze_container(args.name)
-    print(f"froze {args.name}")
+    def freeze(name: str) -> None:
+        client.freeze_container(name)
+        print(f"froze {name}")
+
+    each(args.names, freeze)
 
 
-@command("unfreeze", "thaw a frozen container", NAME)
+@command("unfreeze", "thaw frozen containers", NAMES)
 def cmd_unfreeze(client: Client, args: argparse.Namespace) -> None:
-    client.unfreeze_container(args.name)
-    print(f"unfroze {args.name}")
+    def unfreeze(name: str) -> None:
+        client.unfreeze_container(name)
+        print(f"unfroze {name}")
+
+    each(args.names, unfreeze)

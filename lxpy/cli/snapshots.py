@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lxpy.cli.output import print_json, print_table
-from lxpy.cli.parse import NAME, arg, command
+from lxpy.cli.parse import NAME, arg, command, each
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -45,7 +45,15 @@ def cmd_snapshot_restore(client: Client, args: argparse.Namespace) -> None:
     print(f"restored {args.name} to snapshot {args.snapshot}")
 
 
-@command("snapshot delete", "delete a snapshot", NAME, SNAP)
+@command(
+    "snapshot delete",
+    "delete snapshots of a container",
+    NAME,
+    arg("snapshots", nargs="+", metavar="SNAP", help="snapshot name(s)"),
+)
 def cmd_snapshot_delete(client: Client, args: argparse.Namespace) -> None:
-    client.delete_snapshot(args.name, args.snapshot)
-    print(f"deleted snapshot {args.name}/{args.snapshot}")
+    def delete(snap: str) -> None:
+        client.delete_snapshot(args.name, snap)
+        print(f"deleted snapshot {args.name}/{snap}")
+
+    each(args.snapshots, delete)

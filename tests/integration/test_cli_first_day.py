@@ -293,3 +293,49 @@ def test_config_keys_are_listed_with_their_meaning(bb: Daemon) -> None:
     helptext = d.cli("config", "set", "--help").stdout
     for key in by_name:
         assert key in helptext
+
+
+# -- 4. several names -----------------------------------------------------------------
+
+
+def test_commands_take_several_names(bb: Daemon) -> None:
+    d = bb
+    for n in ("a", "b"):
+        d.cli("create", n, "-t", "busybox", "--set", "network=")
+    d.cli("start", "a", "b")
+    pids = {n: info(d, n)["init_pid"] for n in ("a", "b")}
+
+    assert sorted(d.cli("freeze", "a", "b").stdout.splitlines()) == ["froze a", "froze b"]
+    assert {info(d, n)["state"] for n in ("a", "b")} == {"FROZEN"}
+    assert sorted(d.cli("unfreeze", "a", "b").stdout.splitlines()) == ["unfroze a", "unfroze b"]
+    out = d.cli("restart", "a", "b").stdout.splitlines()
+    assert sorted(line.split(" (")[0] for line in out) == ["restarted a", "restarted b"]
+    assert all(info(d, n)["init_pid"] != pids[n] for n in ("a", "b"))
+
+    for s in ("s1", "s2", "s3"):
+        d.cli("snapshot", "create", "a", s)
+    out = d.cli("snapshot", "delete", "a", "s1", "s2").stdout.splitlines()
+    assert sorted(out) == ["deleted snapshot a/s1", "deleted snapshot a/s2"]
+
+    # One that fails: the others are done, each failure is reported, exit 1.
+    res = d.cli("snapshot", "delete", "a", "s3", "nosnap", check=False)
+    assert res.returncode == 1
+    assert res.stdout == "deleted snapshot a/s3\n"
+    assert "error: nosnap: container 'a' has no snapshot 'nosnap'" in res.stderr
+    assert "error: 1 of 2 failed: nosnap" in res.stderr
+    assert [
+        s["name"] for s in json.loads(d.cli("snapshot", "list", "a", "--format", "json").stdout)
+    ] == []
+
+    res = d.cli("freeze", "a", "nosuch", check=False)
+    assert res.returncode == 1 and "error: nosuch: container 'nosuch' not found" in res.stderr
+    d.cli("unfreeze", "a")
+
+    # destroy: running ones only with --force; several at once.
+    res = d.cli("destroy", "a", "b", check=False)
+    assert res.returncode == 1 and "error: 2 of 2 failed: a, b" in res.stderr
+    assert "--force" in res.stderr
+    assert names(d) == ["a", "b"]
+    out = d.cli("destroy", "a", "b", "--force").stdout.splitlines()
+    assert sorted(out) == ["destroyed a", "destroyed b"]
+    assert names(d) == []
