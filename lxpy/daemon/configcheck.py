@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from lxpy.daemon.service import Daemon
 from lxpy.errors import Busy, InvalidArgument, LxpyError
@@ -76,10 +76,18 @@ def check_networks(d: Daemon, config: Mapping[str, object]) -> None:
             )
 
 
-def check_address(d: Daemon, name: str, config: Mapping[str, object], strict: bool) -> None:
+def check_address(
+    d: Daemon,
+    name: str,
+    config: Mapping[str, object],
+    strict: bool,
+    sees: Callable[[str], bool] | None = None,
+) -> None:
     """`ipv4.address` of container `name` is usable on its first network and
     not held by a running container there; `strict` (a new value): not
-    pinned by another container's config there either.
+    pinned by another container's config there either. `sees`: whether the
+    caller may know of a container (a restricted user's own); one they
+    may not is not named.
 
     The default network, before it is made, has no subnet to check against
     yet: its start checks it.
@@ -114,8 +122,9 @@ def check_address(d: Daemon, name: str, config: Mapping[str, object], strict: bo
     for other, record in d.records.items():
         c = record.config
         if other != name and str(c.get("ipv4.address")) == address and _networks(c)[:1] == nets[:1]:
+            who = f"container {other!r}" if sees is None or sees(other) else "another container"
             raise Busy(
-                f"ipv4.address {address} on network {net.name} is pinned by container {other!r}",
+                f"ipv4.address {address} on network {net.name} is pinned by {who}",
                 hint="pick another address",
             )
 
@@ -179,10 +188,15 @@ def init_error(name: str, path: str, problem: str, where: str) -> InvalidArgumen
 
 
 async def check_change(
-    d: Daemon, name: str, old: Mapping[str, object], new: Mapping[str, object]
+    d: Daemon,
+    name: str,
+    old: Mapping[str, object],
+    new: Mapping[str, object],
+    sees: Callable[[str], bool] | None = None,
 ) -> None:
     """Check what a config change of container `name` refers to (the keys
-    it changes only: an old value is not judged again).
+    it changes only: an old value is not judged again); `sees` as for
+    check_address.
 
     Raises:
         InvalidArgument, Busy: naming the key and what is wrong.
@@ -190,7 +204,7 @@ async def check_change(
     changed = changed_keys(old, new)
     if changed & NETWORK_KEYS:
         check_networks(d, new)
-        check_address(d, name, new, strict="ipv4.address" in changed)
+        check_address(d, name, new, strict="ipv4.address" in changed, sees=sees)
     if "init" in changed and "init" in new:
         rootfs = str(d.backend.container_path(name))
         await check_init(d, name, rootfs, str(new["init"]), f"the rootfs of container {name!r}")

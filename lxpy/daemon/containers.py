@@ -161,8 +161,11 @@ class Containers:
             )
 
     # -- create / delete ----------------------------------------------------
-    async def create(self, body: dict[str, object], owner: Owner) -> dict[str, object]:
-        """POST /1.0/containers, by `owner`. Validates everything before storage is touched.
+    async def create(
+        self, body: dict[str, object], owner: Owner, sees: Callable[[str], bool] | None = None
+    ) -> dict[str, object]:
+        """POST /1.0/containers, by `owner` (who may know of the containers
+        `sees` allows). Validates everything before storage is touched.
 
         Raises:
             InvalidArgument, NotFound (template), AlreadyExists, or a build error.
@@ -180,7 +183,7 @@ class Containers:
             # (`network = []` for none); it is made when one first starts.
             config["network"] = [d.settings.default_network]
         configcheck.check_networks(d, config)
-        configcheck.check_address(d, name, config, strict=True)
+        configcheck.check_address(d, name, config, strict=True, sees=sees)
         await self.templates.find(template)
         d.reserve(name)
         try:
@@ -268,8 +271,11 @@ class Containers:
         return {}
 
     # -- config -------------------------------------------------------------
-    async def update_config(self, name: str, body: dict[str, object]) -> dict[str, object]:
-        """PATCH /1.0/containers/NAME/config: `{"set": {...}, "unset": [...]}`."""
+    async def update_config(
+        self, name: str, body: dict[str, object], sees: Callable[[str], bool] | None = None
+    ) -> dict[str, object]:
+        """PATCH /1.0/containers/NAME/config: `{"set": {...}, "unset": [...]}`,
+        by a caller who may know of the containers `sees` allows."""
         d = self.d
         set_ = body.get("set") or {}
         unset = body.get("unset") or []
@@ -281,7 +287,7 @@ class Containers:
             old = d.require(name)
             new = old.with_config(set_, unset)
             check_update(old, new.config)
-            await configcheck.check_change(d, name, old.config, new.config)
+            await configcheck.check_change(d, name, old.config, new.config, sees)
             running = name in d.lifecycle.runs
             # Limits and port filters of a running container change at once,
             # before the record: a value the kernel refuses is not saved
