@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
 # lxpy as installed: byte-code up to date, as scripts/setup and the
 # package's postinst leave it. A checkout edited since, run with
 # PYTHONDONTWRITEBYTECODE, would compile lxpy's modules again in every
-# `lxpy` command and lxpyd (~6 ms of cli.py alone) and weigh on its figures.
+# `lxpy` command and lxpyd (~6 ms of lxpy.cli alone) and weigh on its figures.
 compileall.compile_dir(REPO / "lxpy", quiet=1)
 compileall.compile_dir(REPO / "tui", quiet=1)
 

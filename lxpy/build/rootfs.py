@@ -61,24 +61,39 @@ def set_hostname_files(root: Rootfs, hostname: str) -> None:
         root.write("etc/hosts", "\n".join(out) + "\n")
 
 
+def init_problem(root: Rootfs, init: str) -> str | None:
+    """Why `init` in `root` cannot be run as init (None: it can): it must
+    be a regular file with an execute bit, its symlinks resolved inside the
+    rootfs. Looked at from the host, never opened, so a FIFO or device
+    node there cannot block it."""
+    try:
+        st = root.stat(init)
+    except RootfsError as e:
+        return e.what
+    if st is None:
+        target = root.readlink(init)
+        return "does not exist" + (
+            f" (a symlink to {target}, resolved inside the container)" if target else ""
+        )
+    if not stat.S_ISREG(st.st_mode):
+        return f"is {kind(st.st_mode)}, not a program"
+    if not st.st_mode & 0o111:
+        return "is not executable"
+    return None
+
+
 def check_init(root: Rootfs, init: str) -> None:
-    """Refuse a start whose init cannot be what it runs: missing, not a
-    regular file or not executable (looked at from the host, never
-    opened), so the error names the path and what it is instead of an
-    exec failure deep in the launch.
+    """Refuse a start whose init cannot be what it runs (init_problem), so
+    the error names the path and what it is instead of an exec failure
+    deep in the launch.
 
     Raises:
         RootfsError: naming the path and what it is.
     """
-    st = root.stat(init)
-    if st is None:
-        target = root.readlink(init)
-        extra = f" (a symlink to {target}, resolved inside the container)" if target else ""
+    problem = init_problem(root, init)
+    if problem is not None:
         raise RootfsError(
-            f"{root.label}: its init {init} does not exist{extra}",
+            f"{root.label}: its init {init} {problem}",
             hint="set the init key, or restore a snapshot",
+            what=problem,
         )
-    if not stat.S_ISREG(st.st_mode):
-        raise root.error(init, f"is {kind(st.st_mode)}, not a regular file (it is the init)")
-    if not st.st_mode & 0o111:
-        raise root.error(init, "is not executable (it is the init)")

@@ -68,10 +68,10 @@ class BootManager:
         for i, name in enumerate(order):
             boot = boots[name]
             try:
-                await self.d.lifecycle.start(name)
+                if not await self.d.lifecycle.start(name):
+                    continue  # started by a client meanwhile
             except LxpyError as e:
-                # Started by a client meanwhile, deleted, or broken: the
-                # others still start.
+                # Deleted or broken meanwhile: the others still start.
                 log.warning("autostart of %s failed: %s", name, e.message)
                 continue
             self.d.bus.lifecycle(

@@ -17,6 +17,7 @@ from typing import Literal
 import trio
 
 from lxpy.build.rootfs import set_hostname_files
+from lxpy.daemon import configcheck
 from lxpy.daemon.events import now_iso
 from lxpy.daemon.security import check_config as check_security
 from lxpy.daemon.security import check_update
@@ -29,6 +30,7 @@ from lxpy.model.config import Container, Owner, validate_config
 from lxpy.model.names import validate_name
 from lxpy.model.security import LIVE_KEYS, IdmapRecord
 from lxpy.model.state import State
+from lxpy.model.suggest import not_found_hint
 
 log = logging.getLogger("lxpyd.containers")
 
@@ -149,16 +151,22 @@ class Containers:
         self.d.require(name)
         return await self.d.resources.stats(name, disk=True)
 
-    def _require_stopped(self, name: str, what: str) -> None:
+    def _require_stopped(self, name: str, what: str, force: str = "") -> None:
+        # `force`: the command that does it anyway, for the hint.
         state = self.d.states.get(name)
         if state not in (State.STOPPED, State.ERROR):
+            hint = f"stop it first (`lxpy stop {name}`)"
             raise Busy(
-                f"cannot {what} container {name!r} while it is {state}", hint="stop it first"
+                f"cannot {what} container {name!r} while it is {state}",
+                hint=f"{hint}, or use `{force}`" if force else hint,
             )
 
     # -- create / delete ----------------------------------------------------
-    async def create(self, body: dict[str, object], owner: Owner) -> dict[str, object]:
-        """POST /1.0/containers, by `owner`. Validates everything before storage is touched.
+    async def create(
+        self, body: dict[str, object], owner: Owner, sees: Callable[[str], bool] | None = None
+    ) -> dict[str, object]:
+        """POST /1.0/containers, by `owner` (who may know of the containers
+        `sees` allows). Validates everything before storage is touched.
 
         Raises:
             InvalidArgument, NotFound (template), AlreadyExists, or a build error.
@@ -175,10 +183,17 @@ class Containers:
             # New containers join the default network unless told otherwise
             # (`network = []` for none); it is made when one first starts.
             config["network"] = [d.settings.default_network]
+        configcheck.check_networks(d, config)
+        configcheck.check_address(d, name, config, strict=True, sees=sees)
         await self.templates.find(template)
         d.reserve(name)
         try:
             await self.templates.ensure_built(template)
+            if "init" in config:
+                # The container's rootfs will be a snapshot of the template's.
+                rootfs = str(d.backend.template_path(template))
+                where = f"template {template!r}"
+                await configcheck.check_init(d, name, rootfs, str(config["init"]), where)
             await d.storage(d.backend.create_container, name, template)
             await self._record_new(name, template, config, None, owner)
         finally:
@@ -242,7 +257,7 @@ class Containers:
             if not d.known(name):
                 d.require(name)
             if not force:
-                self._require_stopped(name, "delete")
+                self._require_stopped(name, "delete", f"lxpy destroy --force {name}")
             elif name in d.lifecycle.runs:
                 await d.lifecycle.stop_locked(name, 0, force=True)
             # Storage first: if it fails half way the record stays, and a
@@ -257,8 +272,11 @@ class Containers:
         return {}
 
     # -- config -------------------------------------------------------------
-    async def update_config(self, name: str, body: dict[str, object]) -> dict[str, object]:
-        """PATCH /1.0/containers/NAME/config: `{"set": {...}, "unset": [...]}`."""
+    async def update_config(
+        self, name: str, body: dict[str, object], sees: Callable[[str], bool] | None = None
+    ) -> dict[str, object]:
+        """PATCH /1.0/containers/NAME/config: `{"set": {...}, "unset": [...]}`,
+        by a caller who may know of the containers `sees` allows."""
         d = self.d
         set_ = body.get("set") or {}
         unset = body.get("unset") or []
@@ -270,6 +288,8 @@ class Containers:
             old = d.require(name)
             new = old.with_config(set_, unset)
             check_update(old, new.config)
+            await configcheck.check_change(d, name, old.config, new.config, sees)
+            running = name in d.lifecycle.runs
             # Limits and port filters of a running container change at once,
             # before the record: a value the kernel refuses is not saved
             # either. Other keys take effect at its next start.
@@ -298,7 +318,10 @@ class Containers:
             f"containers/{name}",
             {"set": list(set_), "unset": unset, "applied": live + filters},
         )
-        return await self.describe(name)
+        # What the caller should know: the changes a running container
+        # gets only at its next start.
+        later = configcheck.deferred(old.config, new.config) if running else []
+        return {**await self.describe(name), "deferred": later}
 
     async def _refilter(
         self, name: str, old: Mapping[str, object], new: Mapping[str, object]
@@ -374,9 +397,6 @@ class Containers:
         infos = await self.d.storage(self.d.backend.list_snapshots, name)
         return [{"name": s.name, "created_at": s.created_at} for s in infos]
 
-    async def _snapshot_exists(self, name: str, snap: str) -> bool:
-        return snap in await self.d.storage(self._snapshot_names, name)
-
     async def create_snapshot(self, name: str, body: dict[str, object]) -> dict[str, object]:
         """POST /1.0/containers/NAME/snapshots: `{"name": "s1"}` or the next `snapN`."""
         d = self.d
@@ -398,10 +418,12 @@ class Containers:
         return {"name": snap, "created_at": info.created_at if info else now_iso()}
 
     async def _require_snapshot(self, name: str, snap: str) -> None:
-        if not await self._snapshot_exists(name, snap):
+        snaps = await self.d.storage(self._snapshot_names, name)
+        if snap not in snaps:
+            lister = f"`lxpy snapshot list {name}`"
             raise NotFound(
                 f"container {name!r} has no snapshot {snap!r}",
-                hint=f"list them with GET /1.0/containers/{name}/snapshots",
+                hint=not_found_hint(snap, snaps, "its snapshots", lister),
             )
 
     async def restore(self, name: str, snap: str) -> dict[str, object]:

@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from lxpy.build.rootfs import check_init, set_hostname_files
-from lxpy.daemon import security
+from lxpy.daemon import configcheck, security
 from lxpy.daemon.networks import joins_network
 from lxpy.daemon.service import Daemon, RunInfo
 from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
@@ -355,16 +355,25 @@ class Lifecycle:
             check_init(root, spec.init)
         return spec
 
-    async def start(self, name: str) -> None:
-        """Boot container `name`; returns once its init runs (RUNNING).
+    async def start(self, name: str) -> bool:
+        """Boot container `name`; returns once its init runs (RUNNING): True,
+        or False when it was running already (nothing done, as `systemctl
+        start` does nothing for a running unit).
 
         Raises:
-            NotFound; Busy (already running); LxpyError: why it did not
-            start (nothing of the attempt is left behind).
+            NotFound; Busy (frozen); LxpyError: why it did not start
+            (nothing of the attempt is left behind).
         """
         async with self.d.lock(name):
+            state = self.d.states.get(name)
+            if name in self.runs and state == State.RUNNING:
+                self.d.require(name)
+                return False
+            if state == State.FROZEN:
+                raise Busy(f"container {name!r} is frozen", hint=f"thaw it: lxpy unfreeze {name}")
             self.d.boot.forget(name)
             await self._start_locked(name)
+            return True
 
     async def start_locked(self, name: str) -> None:
         """start() for a caller that holds the container's lock."""
@@ -377,7 +386,7 @@ class Lifecycle:
         if state not in (State.STOPPED, State.ERROR) or name in self.runs:
             raise Busy(
                 f"container {name!r} is already running ({state})",
-                hint=f"stop it first: lxpy stop {name}",
+                hint=f"`lxpy restart {name}` restarts it",
             )
         d.set_state(name, State.STARTING)
         try:
@@ -591,9 +600,18 @@ class Lifecycle:
             )
 
     async def restart(self, name: str, grace: float = DEFAULT_STOP_TIMEOUT) -> None:
-        """Stop (if running) and start container `name`."""
+        """Stop (if running) and start container `name`. What its config
+        would make the start refuse is found before it is stopped.
+
+        Raises:
+            as stop() and start(); InvalidArgument, Busy: a config the start
+            would refuse (the container is left running).
+        """
         async with self.d.lock(name):
             if name in self.runs:
+                record = self.d.require(name)
+                init = await self.d.files(lambda: self._spec(record, self._template(record)).init)
+                await configcheck.check_start(self.d, name, record.config, init)
                 await self.stop_locked(name, grace, False)
             await self._start_locked(name)
 

@@ -40,8 +40,10 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
     # and reading them (a worker thread each, one entering the network
     # namespace) competes with the boot for CPU.
     async def start(req: Request) -> object:
-        await life.start(req.params["name"])
-        return await containers.describe(req.params["name"], stats="omit", addresses=[])
+        # A running container is left as it is: `started` says which.
+        started = await life.start(req.params["name"])
+        ct = await containers.describe(req.params["name"], stats="omit", addresses=[])
+        return {**ct, "started": started}
 
     async def stop(req: Request) -> object:
         timeout, force = _stop_args(req.json())
@@ -71,7 +73,13 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
         timeout, _force = _stop_args(req.json())
         return await d.boot.stop_all(timeout)
 
-    r.add("POST", C + "/start", start, "Start a container (once init runs)", response=container)
+    r.add(
+        "POST",
+        C + "/start",
+        start,
+        "Start a container (once init runs); a running one is left as it is",
+        response=openapi.START_ANSWER,
+    )
     r.add(
         "POST",
         C + "/stop",

@@ -50,6 +50,7 @@ from lxpy.model.network import (
     validate_network_name,
     veth_name,
 )
+from lxpy.model.suggest import not_found_hint
 from lxpy.network import dnsmasq, l2filter, links, nftables, preflight
 from lxpy.network.links import Nic
 
@@ -382,9 +383,8 @@ class Networks:
         except KeyError:
             raise NotFound(
                 f"network {name!r} not found",
-                hint="known networks: "
-                + (", ".join(sorted(self.nets)) or "none")
-                + "; create one with `lxpy network create NAME`",
+                hint=not_found_hint(name, self.nets, "known networks", "`lxpy network list`")
+                + f" (`lxpy network create {name}` makes it)",
             ) from None
 
     async def ensure_default(self) -> Network | None:

@@ -59,6 +59,36 @@ STOP_ALL = _obj(
     ("stopped", "errors"),
 )
 _NULL_INT: Schema = {"type": ["integer", "null"]}
+# What a start or a config change did, beside the container object.
+START_ANSWER: Schema = {
+    "allOf": [
+        ref("Container"),
+        _obj(
+            {
+                "started": {
+                    "type": "boolean",
+                    "description": "false when it was running already (nothing was done)",
+                }
+            },
+            ("started",),
+        ),
+    ]
+}
+CONFIG_ANSWER: Schema = {
+    "allOf": [
+        ref("Container"),
+        _obj(
+            {
+                "deferred": {
+                    **array(STR),
+                    "description": "the keys of this change that a running container "
+                    "gets only at its next start (empty when it is stopped)",
+                }
+            },
+            ("deferred",),
+        ),
+    ]
+}
 
 ERROR_CODES = [
     cls.code

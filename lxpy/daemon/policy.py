@@ -29,6 +29,7 @@ from lxpy.daemon.peers import Caller
 from lxpy.errors import Forbidden, InvalidArgument, NotFound
 from lxpy.model.config import Container, Owner
 from lxpy.model.limits import DEFAULT_PROCESSES_SHARE, default_processes, parse_processes
+from lxpy.model.suggest import not_found_hint
 
 # Keys that configure the container itself and reach nothing of the host's
 # beyond what every unprivileged container has.
@@ -159,10 +160,11 @@ class Policy:
             return
         name = req.params["name"]
         if not self.sees(caller, name):
-            mine = sorted(self.visible(caller, self._records()))
+            # Suggested from their own names only: others' do not exist for them.
+            mine = self.visible(caller, self._records())
             raise NotFound(
                 f"container {name!r} not found",
-                hint="your containers: " + (", ".join(mine) or "none"),
+                hint=not_found_hint(name, mine, "your containers", "`lxpy list`"),
             )
         if rule is Rule.CONFIG:
             body = req.json()

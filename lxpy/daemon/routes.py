@@ -6,6 +6,7 @@ so GET /1.0/openapi.json is built from the same table that serves requests.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import aclosing
 from functools import partial
 
@@ -108,8 +109,12 @@ def build_router(d: Daemon) -> Router:
         only = partial(policy.visible, req.caller) if req.caller.restricted else None
         return await containers.list_all(stats=req.flag("stats"), only=only)
 
+    def sees(req: Request) -> Callable[[str], bool]:
+        # The containers a check may name to this caller.
+        return partial(policy.sees, req.caller)
+
     async def create_container(req: Request) -> object:
-        return await containers.create(req.json(), owner_of(req.caller))
+        return await containers.create(req.json(), owner_of(req.caller), sees(req))
 
     async def get_container(req: Request) -> object:
         return await containers.get(req.params["name"])
@@ -118,7 +123,7 @@ def build_router(d: Daemon) -> Router:
         return await containers.delete(req.params["name"], req.flag("force"))
 
     async def patch_config(req: Request) -> object:
-        return await containers.update_config(req.params["name"], req.json())
+        return await containers.update_config(req.params["name"], req.json(), sees(req))
 
     async def rename(req: Request) -> object:
         return await containers.rename(req.params["name"], req.json())
@@ -157,9 +162,9 @@ def build_router(d: Daemon) -> Router:
         "PATCH",
         C + "/config",
         patch_config,
-        "Set and unset config keys",
+        "Set and unset config keys (what a value names is checked now)",
         body=openapi.CONFIG_BODY,
-        response=S("Container"),
+        response=openapi.CONFIG_ANSWER,
     )
     r.add(
         "POST",

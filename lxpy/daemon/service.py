@@ -31,6 +31,7 @@ from lxpy.model.config import Container
 from lxpy.model.network import root_id
 from lxpy.model.settings import Settings
 from lxpy.model.state import State
+from lxpy.model.suggest import not_found_hint
 from lxpy.storage.base import Backend
 from lxpy.storage.pool import open_pool, pool_info
 
@@ -324,7 +325,7 @@ class Daemon:
         except KeyError:
             raise NotFound(
                 f"container {name!r} not found",
-                hint="known containers: " + (", ".join(sorted(self.states)) or "none"),
+                hint=not_found_hint(name, self.states, "known containers", "`lxpy list`"),
             ) from None
 
     def reserve(self, name: str) -> None:

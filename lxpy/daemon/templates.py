@@ -22,6 +22,7 @@ from lxpy.daemon.events import now_iso
 from lxpy.daemon.operations import Operation, Report
 from lxpy.daemon.service import Daemon, is_full
 from lxpy.errors import Busy, LxpyError, NotFound, pool_full
+from lxpy.model.suggest import not_found_hint
 from lxpy.model.template import TemplateDef, load_templates
 
 log = logging.getLogger("lxpyd.templates")
@@ -66,7 +67,7 @@ class Templates:
         if name not in defs:
             raise NotFound(
                 f"template {name!r} not found",
-                hint="known templates: " + (", ".join(sorted(defs)) or "none"),
+                hint=not_found_hint(name, defs, "known templates", "`lxpy template list`"),
             )
         return defs[name]
 

@@ -59,7 +59,12 @@ _KINDS = {
 
 
 class RootfsError(LxpyError):
-    """An entry of a rootfs that lxpy will not use as it is."""
+    """An entry of a rootfs that lxpy will not use as it is; `what` says
+    what is wrong with it, without naming the rootfs or the path."""
+
+    def __init__(self, message: str, hint: str | None = None, what: str = "") -> None:
+        super().__init__(message, hint)
+        self.what = what or message
 
 
 def kind(mode: int) -> str:
@@ -167,7 +172,7 @@ class Rootfs:
 
     def error(self, path: str, what: str) -> RootfsError:
         """The error for `path` (inside the rootfs) that `what` describes."""
-        return RootfsError(f"{self.label}: /{_rel(path)} {what}", hint=self.hint)
+        return RootfsError(f"{self.label}: /{_rel(path)} {what}", hint=self.hint, what=what)
 
     def _oserror(self, path: str, e: OSError) -> RootfsError:
         if e.errno == errno.ELOOP:

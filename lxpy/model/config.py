@@ -20,6 +20,7 @@ from lxpy.model import security as sm
 from lxpy.model import tomlw
 from lxpy.model.names import validate_name
 from lxpy.model.network import parse_ipv4, parse_network_list
+from lxpy.model.suggest import did_you_mean
 from lxpy.model.units import parse_signal, signal_name
 
 Parser = Callable[[str, object], object]
@@ -215,9 +216,12 @@ def lookup_key(key: str) -> ConfigKey:
             if not rest:
                 raise InvalidArgument(f"config key {key!r} needs a name after {prefix!r}")
             return decl
+    # A mistyped family prefix (`enviroment.TZ`) is near that family's key.
+    rest = key.partition(".")[2]
+    near = did_you_mean(key, [*KEYS, *(p + rest for p in PREFIXES if rest)])
+    lister = "`lxpy config keys` lists them with their meaning"
     raise InvalidArgument(
-        f"unknown config key {key!r}",
-        hint="known keys: " + ", ".join([*KEYS, *(p + "*" for p in PREFIXES)]),
+        f"unknown config key {key!r}", hint=f"{near} ({lister})" if near else lister
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from lxpy.errors import InvalidArgument, NotFound
 from lxpy.model import tomlw
 from lxpy.model.names import validate_name
+from lxpy.model.suggest import not_found_hint
 from lxpy.model.units import parse_signal, signal_name
 
 SOURCE_KINDS = ("busybox", "debootstrap", "tarball")
@@ -218,6 +219,6 @@ def find_template(dirs: Iterable[Path], name: str) -> TemplateDef:
     if name not in found:
         raise NotFound(
             f"template {name!r} not found",
-            hint="known templates: " + (", ".join(sorted(found)) or "none"),
+            hint=not_found_hint(name, found, "known templates", "`lxpy template list`"),
         )
     return found[name]

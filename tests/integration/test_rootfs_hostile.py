@@ -227,10 +227,10 @@ def test_poisoned_paths_at_copy_start_and_info(daemon: Daemon, host: HostFiles, 
                 in err
             )
         elif kind == "huge":
-            assert "container 'web': /sbin/init is not executable" in err, err
+            assert "container 'web': its init /sbin/init is not executable" in err, err
         else:
             what = "a FIFO" if kind == "fifo" else "a block device"
-            assert f"container 'web': /sbin/init is {what}, not a regular file" in err, err
+            assert f"container 'web': its init /sbin/init is {what}, not a program" in err, err
         assert state(d, "web") == "STOPPED"
 
         # With a working init it starts: /etc/hostname (lxpy's) replaced,

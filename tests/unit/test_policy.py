@@ -71,11 +71,16 @@ def test_restricted_users_see_their_own_containers_only() -> None:
     assert policy.visible(BOB, sorted(RECORDS)) == ["b1"]
     assert policy.visible(ADMIN, sorted(RECORDS)) == sorted(RECORDS)
     _ask(ALICE, "POST", "/1.0/containers/a1/start")
-    for name in ("b1", "adm", "old", "nothing"):
+    for name in ("adm", "old", "nothing"):
         with pytest.raises(NotFound, match=f"container '{name}' not found") as e:
             _ask(ALICE, "POST", f"/1.0/containers/{name}/start")
         # The hint names only her own containers.
         assert e.value.hint == "your containers: a1, granted"
+    # And suggests only them: never Bob's `b1` for her `b2`.
+    for name, hint in (("a2", "did you mean 'a1'?"), ("b2", "your containers: a1, granted")):
+        with pytest.raises(NotFound, match=f"container '{name}' not found") as e:
+            _ask(ALICE, "POST", f"/1.0/containers/{name}/start")
+        assert e.value.hint == hint
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lxpy.cli_stats import Top, format_bytes, info_lines
+from lxpy.cli.stats import Top, format_bytes, info_lines
 from lxpy.daemon.resources import balance, limits_config
 from lxpy.errors import InvalidArgument
 from lxpy.model.settings import settings_from_mapping

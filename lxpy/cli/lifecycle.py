@@ -1,0 +1,95 @@
+"""`lxpy start`, `stop`, `restart`, `stop-all`, `freeze` and `unfreeze`."""
+
+from __future__ import annotations
+
+import sys
+
+from lxpy.cli.parse import EXIT_ERROR, NAMES, TIMEOUT, arg, command, each
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+    from lxpy.api.client import Client
+
+
+@command(
+    "start",
+    "start containers (returns once their init runs; a running one is left as it is)",
+    NAMES,
+)
+def cmd_start(client: Client, args: argparse.Namespace) -> None:
+    def start(name: str) -> None:
+        ct = client.start_container(name)
+        pid = ct.get("init_pid")
+        if ct.get("started") is False:
+            # As `systemctl start`: nothing to do is not an error.
+            print(f"{name} is already running (init pid {pid})")
+        else:
+            print(f"started {name} (init pid {pid})")
+
+    each(args.names, start)
+
+
+@command(
+    "stop",
+    "stop containers: ask init to power off, kill after the timeout",
+    NAMES,
+    TIMEOUT,
+    arg("-f", "--force", action="store_true", help="kill it at once"),
+)
+def cmd_stop(client: Client, args: argparse.Namespace) -> None:
+    def stop(name: str) -> None:
+        ct = client.stop_container(name, timeout=args.timeout, force=args.force)
+        why = ct.get("last_exit") or {}
+        print(f"stopped {name}" + (f" ({why.get('detail')})" if why.get("detail") else ""))
+
+    each(args.names, stop)
+
+
+@command(
+    "restart",
+    "stop containers (those that run) and start them again; a config their start "
+    "would refuse is found before they stop",
+    NAMES,
+    TIMEOUT,
+)
+def cmd_restart(client: Client, args: argparse.Namespace) -> None:
+    def restart(name: str) -> None:
+        ct = client.restart_container(name, timeout=args.timeout)
+        print(f"restarted {name} (init pid {ct.get('init_pid')})")
+
+    each(args.names, restart)
+
+
+@command(
+    "stop-all",
+    "stop every running container, higher boot.stop_priority first (for host shutdown)",
+    TIMEOUT,
+)
+def cmd_stop_all(client: Client, args: argparse.Namespace) -> int:
+    res = client.stop_all(timeout=args.timeout)
+    for name in res.get("stopped") or ():
+        print(f"stopped {name}")
+    errors = res.get("errors") or {}
+    for name, msg in errors.items():
+        print(f"error: {name}: {msg}", file=sys.stderr)
+    return EXIT_ERROR if errors else 0
+
+
+@command("freeze", "freeze every process of running containers", NAMES)
+def cmd_freeze(client: Client, args: argparse.Namespace) -> None:
+    def freeze(name: str) -> None:
+        client.freeze_container(name)
+        print(f"froze {name}")
+
+    each(args.names, freeze)
+
+
+@command("unfreeze", "thaw frozen containers", NAMES)
+def cmd_unfreeze(client: Client, args: argparse.Namespace) -> None:
+    def unfreeze(name: str) -> None:
+        client.unfreeze_container(name)
+        print(f"unfroze {name}")
+
+    each(args.names, unfreeze)

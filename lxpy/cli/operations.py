@@ -1,0 +1,91 @@
+"""Following a long operation (a template build): its log, progress and Ctrl-C."""
+
+from __future__ import annotations
+
+import sys
+
+from lxpy.api.client import Client
+from lxpy.cli.parse import EXIT_INTERRUPTED, fail
+from lxpy.errors import LxpyError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+class Progress:
+    """Build output on stderr: log lines as they come, and a progress line.
+
+    On a terminal the progress line is redrawn in place under the log; in
+    a pipe it is printed once per stage, so logs stay readable.
+    """
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.line = ""
+        self.stage: object = None
+
+    def _clear(self) -> None:
+        if self.tty and self.line:
+            sys.stderr.write("\r\x1b[K")
+
+    def log(self, text: str) -> None:
+        self._clear()
+        sys.stderr.write(text.rstrip("\n") + "\n")
+        if self.tty and self.line:
+            sys.stderr.write(self.line)
+        sys.stderr.flush()
+
+    def update(self, progress: object, stage: object) -> None:
+        try:
+            pct = f"{float(progress) * 100:3.0f}%"  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            pct = "  ?%"
+        text = f"[{pct}] {stage or ''}".rstrip()
+        if self.tty:
+            self._clear()
+            self.line = text
+            sys.stderr.write(text)
+        elif stage != self.stage:
+            sys.stderr.write(text + "\n")
+        self.stage = stage
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        self._clear()
+        self.line = ""
+        sys.stderr.flush()
+
+
+def follow_operation(client: Client, op: dict[str, Any]) -> dict[str, Any]:
+    """Show a running operation's log and progress; return it once it has ended."""
+    op_id = str(op["id"])
+    progress = Progress()
+    final: dict[str, Any] | None = None
+    try:
+        for msg in client.operation_stream(op_id):
+            if "log" in msg:
+                progress.log(str(msg["log"]))
+            elif "operation" in msg:
+                # The last line; the daemon ends the stream right after it,
+                # so read on to the end rather than hang up mid-response.
+                final = msg["operation"]
+            elif "progress" in msg or "stage" in msg:
+                progress.update(msg.get("progress"), msg.get("stage"))
+    finally:
+        progress.done()
+    if final is None:
+        # The stream ended without its last line (daemon restart, proxy):
+        # ask for the outcome instead.
+        final = client.wait_operation(op_id)
+    return final
+
+
+def cancel(client: Client, op: dict[str, Any], what: str) -> int:
+    # Ctrl-C: the work runs in the daemon, so stop it there too; a fresh
+    # client bounds the wait in case the daemon is itself stuck.
+    try:
+        Client(client.socket_path, timeout=15).cancel_operation(str(op["id"]))
+    except LxpyError as e:
+        return fail(f"interrupted; could not cancel {what}: {e.message}", e.hint, EXIT_INTERRUPTED)
+    return fail(f"interrupted; cancelled {what}", status=EXIT_INTERRUPTED)
