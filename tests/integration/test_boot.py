@@ -280,16 +280,22 @@ def test_destroy_running_needs_force(busybox: Daemon) -> None:
 
 def test_failed_start_leaves_nothing(busybox: Daemon) -> None:
     d = busybox
-    d.cli("create", "broken", "-t", "busybox", "--set", "init=/no/such/init")
+    # A start that fails in the launch itself, once the cgroups and
+    # namespaces are made: /proc is no directory to mount proc on.
+    d.cli("create", "broken", "-t", "busybox")
+    proc = d.root / "pool" / "containers" / "broken" / "proc"
+    proc.rmdir()
+    proc.write_text("")
     res = d.cli("start", "broken", check=False)
-    assert res.returncode == 1 and "/no/such/init" in res.stderr, res.stderr
+    assert res.returncode == 1 and "/proc" in res.stderr, res.stderr
     ct = info(d, "broken")
     assert ct["state"] == "STOPPED" and ct["last_exit"]["reason"] == "error", ct
     assert not [p for p in payload_cgroups() if p.endswith(PREFIX + "broken")]
     assert not Path(f"/run/lxpy/{root_id(str(d.root))}/containers/broken").exists()
     assert not Path(f"/run/lxpy/{root_id(str(d.root))}/netns/broken").exists()
     # Fixed, it starts.
-    d.cli("config", "unset", "broken", "init")
+    proc.unlink()
+    proc.mkdir()
     d.cli("start", "broken")
     d.cli("stop", "broken", "--force")
 

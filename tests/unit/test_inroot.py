@@ -128,7 +128,7 @@ def test_init_must_be_a_regular_file(tree: Path, root: Rootfs, outside: Path) ->
         check_init(root, "/sbin/init")
     os.unlink(tree / "sbin/init")
     os.mkfifo(tree / "sbin/init")
-    with pytest.raises(RootfsError, match="/sbin/init is a FIFO, not a regular file"):
+    with pytest.raises(RootfsError, match="its init /sbin/init is a FIFO, not a program"):
         check_init(root, "/sbin/init")
     os.unlink(tree / "sbin/init")
     (tree / "bin").mkdir()
