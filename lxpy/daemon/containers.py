@@ -1,8 +1,11 @@
 """Containers: create, delete, config, rename, copy, snapshots, restore.
 
-Each change is a few steps (storage, then the record); when a later step
-fails, the earlier ones are undone in a shielded scope, so an error leaves
-nothing half-made. Requests on one container are serialized by its lock.
+Each change is a few steps (storage, then the record), run as an intent of
+the daemon's journal (lxpy.daemon.journal): each step registers its undo
+beside it, so an error leaves nothing half-made, and a crash leaves an
+intent the next lxpyd settles (lxpy.daemon.recovery). A container becomes
+known only with its record, written last. Requests on one container are
+serialized by its lock.
 """
 
 from __future__ import annotations
@@ -19,12 +22,13 @@ import trio
 from lxpy.build.rootfs import set_hostname_files
 from lxpy.daemon import configcheck
 from lxpy.daemon.events import now_iso
+from lxpy.daemon.journal import Intent
 from lxpy.daemon.security import check_config as check_security
 from lxpy.daemon.security import check_update
 from lxpy.daemon.security import describe as describe_security
 from lxpy.daemon.service import Daemon
 from lxpy.daemon.templates import Templates
-from lxpy.errors import AlreadyExists, Busy, InvalidArgument, NotFound
+from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel.inroot import Rootfs
 from lxpy.model.config import Container, Owner, validate_config
 from lxpy.model.names import validate_name
@@ -194,24 +198,32 @@ class Containers:
                 rootfs = str(d.backend.template_path(template))
                 where = f"template {template!r}"
                 await configcheck.check_init(d, name, rootfs, str(config["init"]), where)
-            await d.storage(d.backend.create_container, name, template)
-            await self._record_new(name, template, config, None, owner)
+            async with d.journal.begin("create", name=name, template=template) as op:
+                await d.storage(d.backend.create_container, name, template)
+                self._undo_volume(op, name)
+                await self._record_new(op, name, template, config, None, owner)
         finally:
             d.reserved.discard(name)
             await d.security.release(name)
         d.bus.lifecycle("container-created", f"containers/{name}", {"template": template})
         return await self.describe(name)
 
+    def _undo_volume(self, op: Intent, name: str) -> None:
+        d = self.d
+        op.undo(lambda: d.storage(d.backend.delete_container, name), f"delete {name}")
+        op.step("volume-made")
+
     async def _record_new(
         self,
+        op: Intent,
         name: str,
         template: str,
         config: Mapping[str, object],
         current: IdmapRecord | None,
         owner: Owner,
     ) -> None:
-        """Save the record of container `name`, whose rootfs was just made,
-        and make it known; on failure the rootfs is deleted again.
+        """Save the record of container `name`, whose rootfs was just made
+        (in operation `op`), and make it known.
 
         Unprivileged (the default), it gets a host ID range of its own (or
         the shared one, as configured), kept in the record; a rootfs that
@@ -219,28 +231,29 @@ class Containers:
         """
         d = self.d
         log = d.console_log(name)
-        try:
-            # Now, not at its first start: that start then finds them made
-            # (the hostname files written and in the page cache, the log
-            # file's inode allocated). Before the ID range, so a rootfs
-            # shifted on disk has them shifted too.
-            hostname = str(config.get("hostname") or name)
-            rootfs = d.backend.container_path(name)
-            await d.files(_first_files, rootfs, name, hostname, log)
-            idmap = await d.security.assign(name, config, current, fresh=True)
-            record = Container(
-                name=name,
-                template=template,
-                created_at=now_iso(),
-                config=config,
-                idmap=idmap,
-                owner=owner,
-            )
-            await d.files(d.registry.save, record)
-        except BaseException:
-            await _undo(lambda: d.storage(d.backend.delete_container, name), f"delete {name}")
-            await _undo(lambda: d.files(log.unlink, True), f"remove {log}")
-            raise
+        op.undo(lambda: d.files(log.unlink, True), f"remove {log}")
+        # Now, not at its first start: that start then finds them made
+        # (the hostname files written and in the page cache, the log
+        # file's inode allocated). Before the ID range, so a rootfs
+        # shifted on disk has them shifted too.
+        hostname = str(config.get("hostname") or name)
+        rootfs = d.backend.container_path(name)
+        await d.files(_first_files, rootfs, name, hostname, log)
+        op.step("files-written")
+        # Its block is claimed until the caller's release(): published
+        # before this returns, dropped again if the record never comes.
+        idmap = await d.security.assign(name, config, current, fresh=True)
+        op.step("ids-assigned")
+        record = Container(
+            name=name,
+            template=template,
+            created_at=now_iso(),
+            config=config,
+            idmap=idmap,
+            owner=owner,
+        )
+        await d.files(d.registry.save, record)
+        op.step("recorded")
         d.records[name] = record
         d.states[name] = State.STOPPED
 
@@ -261,11 +274,14 @@ class Containers:
             elif name in d.lifecycle.runs:
                 await d.lifecycle.stop_locked(name, 0, force=True)
             # Storage first: if it fails half way the record stays, and a
-            # retry (deletes are idempotent) finishes the job.
-            await d.storage(d.backend.delete_container, name)
-            await d.files(d.registry.delete, name)
-            await d.lifecycle.forget(name)
-            d.forget(name)
+            # retry (deletes are idempotent) finishes the job. The rootfs
+            # leaving its name is the point of no return for recovery.
+            async with d.journal.begin("delete", name=name) as op:
+                await d.storage(d.backend.delete_container, name, op.step)
+                await d.files(d.registry.delete, name)
+                op.step("record-deleted")
+                await d.lifecycle.forget(name)
+                d.forget(name)
             # Its ID block is free again, for every lxpyd on the host.
             await d.security.publish()
         d.bus.lifecycle("container-deleted", f"containers/{name}")
@@ -346,26 +362,24 @@ class Containers:
                 return await self.describe(name)
             d.reserve(new)
             try:
-                await d.storage(d.backend.rename_container, name, new)
-                record = old_record.renamed(new)
-                try:
-                    await d.files(d.registry.rename, name, record)
-                except BaseException:
-                    await _undo(
+                async with d.journal.begin("rename", name=name, new=new) as op:
+                    await d.storage(d.backend.rename_container, name, new, op.step)
+                    op.undo(
                         lambda: d.storage(d.backend.rename_container, new, name),
                         f"rename {new} back to {name}",
                     )
-                    raise
+                    record = old_record.renamed(new)
+                    await d.files(d.registry.rename, name, record, op.step)
+                    # Its console log goes with it (the container is renamed
+                    # already: a failure here is only logged).
+                    try:
+                        await d.files(_move_logs, d.console_log(name), d.console_log(new))
+                    except (OSError, LxpyError) as e:
+                        log.warning("rename %s to %s: console log not moved: %s", name, new, e)
                 d.records[new] = record
                 d.states[new] = d.states[name]
                 d.forget(name)
                 await d.security.rename(name, new)
-                # Its console log goes with it (the container is renamed
-                # already: a failure here is only logged).
-                try:
-                    await d.files(_move_logs, d.console_log(name), d.console_log(new))
-                except OSError as e:
-                    log.warning("rename %s to %s: console log not moved: %s", name, new, e)
             finally:
                 d.reserved.discard(new)
         d.bus.lifecycle("container-renamed", f"containers/{new}", {"old": name, "new": new})
@@ -380,11 +394,13 @@ class Containers:
             src = d.require(name)
             d.reserve(dst)
             try:
-                await d.storage(d.backend.clone_container, name, dst)
-                # A shifted source keeps its files' host IDs: the copy then
-                # starts from the source's range.
-                shifted = src.idmap if src.idmap and src.idmap.method == "shift" else None
-                await self._record_new(dst, src.template, src.config, shifted, owner)
+                async with d.journal.begin("copy", name=dst, source=name) as op:
+                    await d.storage(d.backend.clone_container, name, dst)
+                    self._undo_volume(op, dst)
+                    # A shifted source keeps its files' host IDs: the copy
+                    # then starts from the source's range.
+                    shifted = src.idmap if src.idmap and src.idmap.method == "shift" else None
+                    await self._record_new(op, dst, src.template, src.config, shifted, owner)
             finally:
                 d.reserved.discard(dst)
                 await d.security.release(dst)
@@ -411,7 +427,11 @@ class Containers:
                 snap = validate_name(wanted, "snapshot")
                 if snap in existing:
                     raise AlreadyExists(f"container {name!r} has a snapshot {snap!r} already")
-            await d.storage(d.backend.create_snapshot, name, snap)
+            # Atomic by storage alone (one snapshot, or a copy renamed into
+            # place): no intent to write.
+            async with d.journal.begin("snapshot", durable=False) as op:
+                await d.storage(d.backend.create_snapshot, name, snap)
+                op.step("snapshot-made")
             infos = await d.storage(d.backend.list_snapshots, name)
         d.bus.lifecycle("snapshot-created", f"containers/{name}", {"snapshot": snap})
         info = next((s for s in infos if s.name == snap), None)
@@ -433,7 +453,9 @@ class Containers:
             d.require(name)
             self._require_stopped(name, "restore")
             await self._require_snapshot(name, snap)
-            await d.storage(d.backend.restore_snapshot, name, snap)
+            # Storage alone settles a crash here (its .restore- name).
+            async with d.journal.begin("restore", durable=False) as op:
+                await d.storage(d.backend.restore_snapshot, name, snap, op.step)
         d.bus.lifecycle("snapshot-restored", f"containers/{name}", {"snapshot": snap})
         return await self.describe(name)
 
@@ -443,7 +465,10 @@ class Containers:
         async with d.lock(name):
             d.require(name)
             await self._require_snapshot(name, snap)
-            await d.storage(d.backend.delete_snapshot, name, snap)
+            # One rename out of sight, then the delete (its .trash- name).
+            async with d.journal.begin("snapshot-delete", durable=False) as op:
+                await d.storage(d.backend.delete_snapshot, name, snap)
+                op.step("snapshot-deleted")
         d.bus.lifecycle("snapshot-deleted", f"containers/{name}", {"snapshot": snap})
         return {}
 

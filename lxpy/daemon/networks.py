@@ -36,6 +36,8 @@ import trio
 
 from lxpy.daemon import dnsmasqd, portfilter
 from lxpy.daemon.dnsmasqd import DnsmasqState
+from lxpy.daemon.journal import Journal
+from lxpy.daemon.recovery import settle_networks
 from lxpy.daemon.registry import write_atomic
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel import idmap
@@ -82,8 +84,10 @@ class Networks:
         default_network: str = DEFAULT_NETWORK,
         default_subnet: str = "auto",
         users: Users | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.root = root
+        self.journal = journal or Journal(root)
         self.id = root_id(str(root))
         self.run_dir = run_dir or RUN_BASE / self.id
         self.state_dir = root / "networks"
@@ -142,13 +146,16 @@ class Networks:
         default_network: str = DEFAULT_NETWORK,
         default_subnet: str = "auto",
         users: Users | None = None,
+        journal: Journal | None = None,
     ) -> Networks:
-        """Load the networks of `root` and bring each up again (bridge,
+        """Load the networks of `root`, settle a create or delete a crash
+        cut short (lxpy.daemon.recovery), and bring each up again (bridge,
         nftables, dnsmasq), adopting the NICs of containers still running.
         A network that cannot be brought up is logged and shown in error; it
         does not stop the daemon."""
-        self = cls(root, nursery, run_dir, default_network, default_subnet, users)
+        self = cls(root, nursery, run_dir, default_network, default_subnet, users, journal)
         self.nets, self.attached = await self._run(self._load)
+        await self._run(settle_networks, self.journal, self)
         if self.nets or self.attached:
             try:
                 await self._run(self._sync_filters)
@@ -300,15 +307,18 @@ class Networks:
             chosen = await self._run(self._pick_subnet, name)
         net = Network(name=name, subnet=chosen, nat=nat)
         created: list[bool] = []
-        try:
+
+        async def undo() -> None:
+            self.nets.pop(name, None)
+            await self._teardown(net, delete_bridge=bool(created and created[0]))
+
+        async with self.journal.begin("network-create", name=name) as op:
+            op.undo(undo, f"remove network {name}")
             await self._bring_up(net, created)
+            op.step("bridge-up")
             self.nets[name] = net
             await self._run(self._save, net)
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                self.nets.pop(name, None)
-                await self._teardown(net, delete_bridge=bool(created and created[0]))
-            raise
+            op.step("recorded")
         log.info("network %s created: %s, nat %s", name, net.subnet, "on" if nat else "off")
         return net
 
@@ -332,8 +342,7 @@ class Networks:
         await self._stop_dnsmasq(net.name)
         errors: list[str] = []
         try:
-            nft = self._binaries()["nft"]
-            await self._run(nftables.apply, self.table, list(self.nets.values()), nft)
+            await self._run(self.apply_table)
         except LxpyError as e:
             errors.append(e.message)
         if delete_bridge:
@@ -366,10 +375,24 @@ class Networks:
                     f"network {name!r} is named in the config of: {', '.join(configured)}",
                     hint="change their `network` key (lxpy config set NAME network ...) first",
                 )
-            del self.nets[name]
-            await self._teardown(net)
-            await self._run(self._remove_files, name)
+            async with self.journal.begin("network-delete", name=name) as op:
+                del self.nets[name]
+                await self._teardown(net)
+                op.step("torn-down")
+                await self._run(self._remove_files, name)
+                op.step("record-removed")
         log.info("network %s deleted", name)
+
+    def remove_leftovers(self, name: str) -> None:
+        """What network `name` (not in `nets`) left: its dnsmasq, bridge and
+        files. Blocking; for recovery."""
+        dnsmasq.kill_stale(self._paths(name))
+        links.delete_bridge(name, self._mark(name))
+        self._remove_files(name)
+
+    def apply_table(self) -> None:
+        """lxpy's nftables table as `nets` says (none: no table). Blocking."""
+        nftables.apply(self.table, list(self.nets.values()), self._binaries()["nft"])
 
     def _remove_files(self, name: str) -> None:
         self.record_path(name).unlink(missing_ok=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from lxpy.errors import InvalidArgument, LxpyError
 from lxpy.model.config import Container
 from lxpy.model.names import validate_name
+from lxpy.storage.base import Step
 
 log = logging.getLogger("lxpyd.registry")
 
@@ -100,15 +101,20 @@ class Registry:
         self.record_path(name).unlink(missing_ok=True)
         _fsync_dir(self.containers)
 
-    def rename(self, old: str, c: Container) -> None:
+    def rename(self, old: str, c: Container, step: Step = None) -> None:
         """Record `c` (the renamed container) and drop `old`'s record; on
-        failure the old record is left as it was."""
+        failure the old record is left as it was. `step` is told "recorded"
+        and "old-record-removed"."""
         self.save(c)
         try:
+            if step is not None:
+                step("recorded")
             self.delete(old)
         except BaseException:
             self.record_path(c.name).unlink(missing_ok=True)
             raise
+        if step is not None:
+            step("old-record-removed")
 
     # -- templates ----------------------------------------------------------
     def template_meta(self, name: str) -> dict[str, object] | None:

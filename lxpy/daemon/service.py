@@ -20,9 +20,11 @@ import trio
 
 from lxpy import __version__
 from lxpy.daemon.events import EventBus
+from lxpy.daemon.journal import Journal
 from lxpy.daemon.merging import Ksmd
 from lxpy.daemon.networks import RUN_BASE, Networks
 from lxpy.daemon.operations import Operations
+from lxpy.daemon.recovery import Settler, settle_containers
 from lxpy.daemon.registry import Registry
 from lxpy.errors import AlreadyExists, InvalidArgument, NotFound, Unsupported, pool_full
 from lxpy.kernel import apparmor, systemd
@@ -137,6 +139,8 @@ class Daemon:
         self.settings = settings
         self.backend = backend
         self.registry = registry
+        # Intents of the multi-step operations under way.
+        self.journal = Journal(settings.root)
         self.bus = EventBus()
         self.ops = Operations(nursery, self.bus)
         # btrfs ioctls are short but hold the GIL; a dir-backend copy is long.
@@ -189,6 +193,11 @@ class Daemon:
         if settings.ksm:
             d.ksmd = Ksmd(RUN_BASE / "ksmd.started")
             nursery.start_soon(d.ksmd.run)
+        # What a crash cut short is settled before anything is listed.
+        settler = Settler(
+            backend, registry, settings.root / "logs", RUN_BASE / root_id(str(settings.root))
+        )
+        await d.files(settle_containers, d.journal, settler)
         d.records, d.broken = await d.files(registry.load_all)
         d.networks = await Networks.open(
             settings.root,
@@ -196,6 +205,7 @@ class Daemon:
             default_network=settings.default_network,
             default_subnet=settings.default_subnet,
             users=lambda: {n: c.config for n, c in d.records.items()},
+            journal=d.journal,
         )
         if d.apparmor:
             log.info("privileged containers run under AppArmor profile %s", d.apparmor)

@@ -2,7 +2,9 @@
 
 A build stages into a fresh volume and commits it only when the builder
 succeeded; on failure or cancel the staging volume is removed in a shielded
-scope, so no half-built template is ever visible. Definitions are re-read
+scope, so no half-built template is ever visible. The build is an intent of
+the daemon's journal: after a crash, the next lxpyd writes the metadata of
+a template committed just before it (lxpy.daemon.recovery). Definitions are re-read
 on every request, so a user's new or edited file is seen at once.
 """
 
@@ -148,6 +150,9 @@ class Templates:
             if meta.get("digest") == digest:
                 op.set_progress(1.0, "cached")
                 return
+        # What was there before (None: nothing): recovery tells by it
+        # whether a crash came before or after the commit.
+        before = await d.storage(d.backend.template_identity, name)
         # The log file is written by its own task so a slow disk never holds
         # up the builder; the channel is unbounded for the same reason.
         send, recv = trio.open_memory_channel[str](math.inf)
@@ -157,43 +162,48 @@ class Templates:
             with send:
                 report = Report(op, send.send_nowait)
                 op.set_progress(0.0, "preparing")
-                target = await d.storage(d.backend.begin_template, name)
-                try:
-                    await build_rootfs(
-                        defn,
-                        Path(target),
-                        mirror=d.settings.mirror,
-                        cache_dir=d.settings.build_cache,
-                        report=report,
-                        # A forced build means "from the source again", not
-                        # "unpack the cached tarball again".
-                        refresh_cache=force,
+                async with d.journal.begin(
+                    "template-build", name=name, digest=digest, before=before
+                ) as intent:
+                    target = await d.storage(d.backend.begin_template, name)
+                    intent.undo(
+                        lambda: d.storage(d.backend.abort_template, name),
+                        f"remove the staging volume of template {name}",
                     )
-                except BaseException as e:
-                    with trio.CancelScope(shield=True):
-                        # Asked before the staging volume goes: its files
-                        # may be what filled the pool.
-                        full = is_full(e) or (
-                            isinstance(e, Exception) and await d.storage(_no_space, target)
-                        )
-                        await d.storage(d.backend.abort_template, name)
-                    if full:
-                        raise pool_full(f"building template {name!r}") from e
-                    raise
-                # Once committing, finish: a cancel now would leave a template
-                # without its metadata.
-                with trio.CancelScope(shield=True):
+                    intent.step("staged")
                     try:
-                        await d.storage(d.backend.commit_template, name)
-                    except BaseException:
-                        await d.storage(d.backend.abort_template, name)
+                        await build_rootfs(
+                            defn,
+                            Path(target),
+                            mirror=d.settings.mirror,
+                            cache_dir=d.settings.build_cache,
+                            report=report,
+                            # A forced build means "from the source again",
+                            # not "unpack the cached tarball again".
+                            refresh_cache=force,
+                        )
+                    except BaseException as e:
+                        # Asked before the staging volume goes (the undo):
+                        # its files may be what filled the pool.
+                        with trio.CancelScope(shield=True):
+                            full = is_full(e) or (
+                                isinstance(e, Exception) and await d.storage(_no_space, target)
+                            )
+                        if full:
+                            raise pool_full(f"building template {name!r}") from e
                         raise
-                    meta = {
-                        "digest": digest,
-                        "built_at": now_iso(),
-                        "build_seconds": round(time.monotonic() - started, 3),
-                    }
-                    await d.files(d.registry.save_template_meta, name, meta)
+                    intent.step("built")
+                    # Once committing, finish: a cancel now would leave a
+                    # template without its metadata.
+                    with trio.CancelScope(shield=True):
+                        await d.storage(d.backend.commit_template, name, intent.step)
+                        meta = {
+                            "digest": digest,
+                            "built_at": now_iso(),
+                            "build_seconds": round(time.monotonic() - started, 3),
+                        }
+                        await d.files(d.registry.save_template_meta, name, meta)
+                        intent.step("committed")
         d.bus.lifecycle("template-built", f"templates/{name}", {"digest": digest})
 
     async def _write_log(self, path: Path, recv: trio.MemoryReceiveChannel[str]) -> None:

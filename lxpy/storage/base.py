@@ -14,8 +14,13 @@ completes or leaves the pool as it found it. Deletes are idempotent.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+# Called with the name of each step boundary an operation passes (see
+# lxpy.daemon.crashpoint); None: nobody asks.
+Step = Callable[[str], None] | None
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,15 @@ class Backend(ABC):
         `name` (replacing a stale one left by a crash) and return its path."""
 
     @abstractmethod
-    def commit_template(self, name: str) -> None:
+    def template_identity(self, name: str) -> str | None:
+        """What tells this volume of template `name` from any other that had
+        the name before or after (None: not built)."""
+
+    @abstractmethod
+    def commit_template(self, name: str, step: Step = None) -> None:
         """Turn the staging volume into the read-only template `name`,
-        replacing an existing template of that name."""
+        replacing an existing template of that name. `step` is told
+        "old-moved-aside" and "sealed"."""
 
     @abstractmethod
     def abort_template(self, name: str) -> None:
@@ -82,12 +93,20 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def delete_container(self, name: str) -> None:
-        """Delete the rootfs (with any nested subvolumes) and all snapshots."""
+    def delete_container(self, name: str, step: Step = None) -> None:
+        """Delete the rootfs (with any nested subvolumes) and all snapshots.
+        `step` is told "volume-deleted" and "snapshots-deleted"."""
 
     @abstractmethod
-    def rename_container(self, old: str, new: str) -> None:
-        """Rename the rootfs and the snapshots of `old`."""
+    def rename_container(self, old: str, new: str, step: Step = None) -> None:
+        """Rename the rootfs and the snapshots of `old`. `step` is told
+        "volume-moved" and "snapshots-moved"."""
+
+    @abstractmethod
+    def settle_rename(self, old: str, new: str, forward: bool) -> None:
+        """After a crash in rename_container: move the rootfs and the
+        snapshots of the container all to `new` (forward) or all back to
+        `old`, wherever each of them is."""
 
     @abstractmethod
     def clone_container(self, src: str, dst: str) -> None:
@@ -104,6 +123,7 @@ class Backend(ABC):
     def delete_snapshot(self, name: str, snap: str) -> None: ...
 
     @abstractmethod
-    def restore_snapshot(self, name: str, snap: str) -> None:
+    def restore_snapshot(self, name: str, snap: str, step: Step = None) -> None:
         """Make the container's rootfs a writable copy of `snap`. If this
-        fails half way, the rootfs is as it was before."""
+        fails half way, the rootfs is as it was before. `step` is told
+        "moved-aside" and "copied"."""

@@ -67,5 +67,9 @@ class BtrfsBackend(TreeBackend):
         if btrfsutil.get_subvolume_read_only(path):
             btrfsutil.set_subvolume_read_only(path, False)
 
+    def _identity(self, path: Path) -> str:
+        # Every subvolume's root is inode 256: its UUID tells them apart.
+        return bytes(btrfsutil.subvolume_info(path).uuid).hex()
+
     def _created_at(self, path: Path) -> float:
         return float(btrfsutil.subvolume_info(path).otime)

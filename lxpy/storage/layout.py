@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound, pool_full
-from lxpy.storage.base import Backend, SnapshotInfo
+from lxpy.storage.base import Backend, SnapshotInfo, Step
 from lxpy.storage.mounts import mounts_under
 
 log = logging.getLogger("lxpy.storage")
@@ -98,6 +98,11 @@ def os_error(e: OSError, what: str) -> LxpyError:
     return LxpyError(f"{what}: {reason}")
 
 
+def _tell(step: Step, name: str) -> None:
+    if step is not None:
+        step(name)
+
+
 def _closed_dir(path: Path) -> None:
     # mkdir's mode passes through the umask, and an existing directory
     # keeps whatever mode it has: set it outright.
@@ -161,6 +166,11 @@ class TreeBackend(Backend):
     @abstractmethod
     def _created_at(self, path: Path) -> float:
         """When the snapshot at `path` was taken (seconds since the epoch)."""
+
+    def _identity(self, path: Path) -> str:
+        # A rename keeps an inode; a new volume has a new one.
+        st = os.lstat(path)
+        return f"{st.st_dev}:{st.st_ino}"
 
     # -- paths ---------------------------------------------------------------
     def template_path(self, name: str) -> Path:
@@ -239,7 +249,14 @@ class TreeBackend(Backend):
             self._new_volume(staging)
         return staging
 
-    def commit_template(self, name: str) -> None:
+    def template_identity(self, name: str) -> str | None:
+        path = self.template_path(name)
+        if not self._is_volume(path):
+            return None
+        with translate(f"template {name!r}"):
+            return self._identity(path)
+
+    def commit_template(self, name: str, step: Step = None) -> None:
         staging = self._staging(name)
         dst = self.template_path(name)
         what = f"template {name!r}"
@@ -255,12 +272,14 @@ class TreeBackend(Backend):
             if had_old:
                 # The old template stays whole until the new one is in place.
                 os.rename(dst, old)
+                _tell(step, "old-moved-aside")
             try:
                 self._seal(staging, dst)
             except BaseException:
                 if had_old:
                     self._rename_back(old, dst, what)
                 raise
+            _tell(step, "sealed")
         if had_old:
             self._cleanup(old, what)
         self._cleanup(staging, what)
@@ -304,17 +323,18 @@ class TreeBackend(Backend):
         with translate(f"container {name!r}"):
             self._copy(src, dst, read_only=False)
 
-    def delete_container(self, name: str) -> None:
+    def delete_container(self, name: str, step: Step = None) -> None:
         what = f"container {name!r}"
         self._remove(self.container_path(name), what)
+        _tell(step, "volume-deleted")
         sdir = self.snapshot_dir(name)
-        if not sdir.is_dir():
-            return
-        for entry in sorted(os.listdir(sdir)):
-            if not entry.startswith("."):
-                self._remove(sdir / entry, f"snapshot {entry!r} of {what}")
-        with translate(f"snapshots of {what}"):
-            self._clear_snapshot_dir(sdir)
+        if sdir.is_dir():
+            for entry in sorted(os.listdir(sdir)):
+                if not entry.startswith("."):
+                    self._remove(sdir / entry, f"snapshot {entry!r} of {what}")
+            with translate(f"snapshots of {what}"):
+                self._clear_snapshot_dir(sdir)
+        _tell(step, "snapshots-deleted")
 
     def _clear_snapshot_dir(self, sdir: Path) -> None:
         # Only hidden leftovers (side files, trash) remain at this point.
@@ -326,7 +346,7 @@ class TreeBackend(Backend):
                 p.unlink()
         sdir.rmdir()
 
-    def rename_container(self, old: str, new: str) -> None:
+    def rename_container(self, old: str, new: str, step: Step = None) -> None:
         src, dst = self.container_path(old), self.container_path(new)
         ssrc, sdst = self.snapshot_dir(old), self.snapshot_dir(new)
         self._need_container(old)
@@ -336,12 +356,28 @@ class TreeBackend(Backend):
         what = f"container {old!r}"
         with translate(what):
             os.rename(src, dst)
+            _tell(step, "volume-moved")
             try:
                 if ssrc.exists():
                     os.rename(ssrc, sdst)
             except BaseException:
                 self._rename_back(dst, src, what)
                 raise
+        _tell(step, "snapshots-moved")
+
+    def settle_rename(self, old: str, new: str, forward: bool) -> None:
+        pairs = [
+            (self.container_path(old), self.container_path(new)),
+            (self.snapshot_dir(old), self.snapshot_dir(new)),
+        ]
+        with translate(f"rename of container {old!r} to {new!r}"):
+            for at_old, at_new in pairs:
+                src, dst = (at_old, at_new) if forward else (at_new, at_old)
+                # Only what is still on the wrong side moves; nothing is
+                # ever renamed over an entry.
+                if os.path.lexists(src) and not os.path.lexists(dst):
+                    log.info("storage recovery: moving %s to %s", src, dst)
+                    os.rename(src, dst)
 
     def clone_container(self, src: str, dst: str) -> None:
         spath = self._need_container(src)
@@ -374,7 +410,7 @@ class TreeBackend(Backend):
     def delete_snapshot(self, name: str, snap: str) -> None:
         self._remove(self.snapshot_path(name, snap), f"snapshot {snap!r} of container {name!r}")
 
-    def restore_snapshot(self, name: str, snap: str) -> None:
+    def restore_snapshot(self, name: str, snap: str, step: Step = None) -> None:
         src = self.snapshot_path(name, snap)
         if not self._is_volume(src):
             raise NotFound(f"container {name!r} has no snapshot {snap!r}")
@@ -387,11 +423,13 @@ class TreeBackend(Backend):
             # Rename, not copy: O(1), no space, and it keeps whatever nested
             # volumes the rootfs has, should we have to put it back.
             os.rename(root, aside)
+            _tell(step, "moved-aside")
             try:
                 self._copy(src, root, read_only=False)
             except BaseException:
                 self._undo_restore(root, aside, what)
                 raise
+            _tell(step, "copied")
         self._cleanup(aside, what)
 
     def _undo_restore(self, root: Path, aside: Path, what: str) -> None:

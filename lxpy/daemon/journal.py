@@ -1,0 +1,134 @@
+"""Intents of lxpyd's multi-step operations, and the undo of their steps.
+
+An operation that changes several things (create: a volume, files in it,
+an ID block, a record) first writes down what it is about to do:
+
+    ROOT/intents/SEQ-OP.json    {"op": "create", "name": "web", ...}
+
+atomically and fsynced before its first step, and removes it after its
+last. Each step registers its undo beside it (`Intent.undo`), as Incus's
+revert does: an error or a cancel runs the undos in reverse, shielded, and
+removes the intent. A crash runs nothing, and the next lxpyd finds the
+intent and settles it before it lists anything (lxpy.daemon.recovery):
+it completes the operation once its point of no return is passed, and
+undoes it otherwise.
+
+Operations that storage alone keeps whole by its hidden names (snapshot,
+snapshot delete, restore: see lxpy.storage.layout) use the same helper
+without a file (`durable=False`), for their undo and their step names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from lxpy.daemon import crashpoint
+from lxpy.daemon.registry import write_atomic
+
+log = logging.getLogger("lxpyd.journal")
+
+Undo = Callable[[], Awaitable[object]]
+
+
+class Intent:
+    """One operation under way: its step names and its registered undos."""
+
+    def __init__(self, op: str, path: Path | None) -> None:
+        self.op = op
+        self.path = path
+        self._undos: list[tuple[Undo, str]] = []
+
+    def step(self, name: str) -> None:
+        """Step `name` of this operation is done (see lxpy.daemon.crashpoint).
+        Safe to call from a worker thread."""
+        crashpoint.reached(self.op, name)
+
+    def undo(self, fn: Undo, what: str) -> None:
+        """Register how to reverse the step just done (`what`, for the log)."""
+        self._undos.append((fn, what))
+
+    async def revert(self) -> bool:
+        """Run the undos, last first, even while cancelled; returns whether
+        every one succeeded (a failure is logged, and the error the caller
+        sees stays the operation's own)."""
+        ok = True
+        with trio.CancelScope(shield=True):
+            for fn, what in reversed(self._undos):
+                try:
+                    await fn()
+                except Exception:
+                    log.exception("%s: undo failed: %s", self.op, what)
+                    ok = False
+        self._undos.clear()
+        return ok
+
+
+class Journal:
+    """The intents of the daemon at `root`, in `root`/intents."""
+
+    def __init__(self, root: Path) -> None:
+        self.directory = root / "intents"
+
+    def _write(self, op: str, fields: dict[str, object]) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Names sort in the order the operations began.
+        path = self.directory / f"{time.time_ns():020d}-{secrets.token_hex(2)}-{op}.json"
+        write_atomic(path, json.dumps({"op": op, **fields}).encode(), 0o600)
+        return path
+
+    def pending(self) -> list[tuple[Path, dict[str, object]]]:
+        """The intents a crash left, oldest first. Blocking."""
+        out: list[tuple[Path, dict[str, object]]] = []
+        if not self.directory.is_dir():
+            return out
+        for f in sorted(self.directory.glob("*.json")):
+            if f.name.startswith("."):
+                continue
+            try:
+                data = json.loads(f.read_bytes())
+                if not isinstance(data, dict) or not isinstance(data.get("op"), str):
+                    raise ValueError("no operation named")
+            except (OSError, ValueError) as e:
+                # Written atomically, so never half a file: someone's hand.
+                log.error("intent %s is unreadable (%s): left alone", f, e)
+                continue
+            out.append((f, data))
+        return out
+
+    def done(self, path: Path) -> None:
+        """Remove a settled intent. Blocking.
+
+        No fsync: an intent that comes back after a power cut is settled
+        again, and settling is idempotent.
+        """
+        path.unlink(missing_ok=True)
+
+    @asynccontextmanager
+    async def begin(self, op: str, durable: bool = True, **fields: object) -> AsyncIterator[Intent]:
+        """Run the body as operation `op` (a name in crashpoint.STEPS) with
+        the intent `fields`, written before the body starts when `durable`.
+
+        On an error or a cancel the body's undos run; the intent goes once
+        they all worked (one that failed leaves it, for the next start).
+        """
+        path = await trio.to_thread.run_sync(self._write, op, fields) if durable else None
+        intent = Intent(op, path)
+        intent.step("begun")
+        try:
+            yield intent
+        except BaseException:
+            if await intent.revert() and path is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self.done, path)
+            raise
+        if path is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.done, path)
