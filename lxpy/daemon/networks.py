@@ -38,7 +38,6 @@ from lxpy.daemon import dnsmasqd, portfilter
 from lxpy.daemon.dnsmasqd import DnsmasqState
 from lxpy.daemon.registry import write_atomic
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
-from lxpy.kernel import idmap
 from lxpy.model.network import (
     DEFAULT_NETWORK,
     DOMAIN,
@@ -542,7 +541,7 @@ class Networks:
     def _make_netns(self, container: str, path: Path, nics: tuple[Nic, ...], userns: str) -> None:
         # _fill_netns for a namespace made here rather than by the zygote.
         self._filter_new(nics)
-        _create_netns(path, list(nics), userns)
+        links.create_netns_in_userns(path, list(nics), userns)
         self._save_nics(container, nics)
 
     def _save_nics(self, container: str, nics: tuple[Nic, ...]) -> None:
@@ -734,21 +733,6 @@ class Networks:
             found = [by_mac[n.mac] for n in nics if n.mac in by_mac]
             out[c] = found if found or not nics else await self.addresses(c)
         return out
-
-
-def _create_netns(path: Path, nics: list[Nic], userns: str) -> None:
-    if not userns:
-        links.create_netns(path, nics)
-        return
-    ufd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        nfd = idmap.create_netns_in(ufd)
-    finally:
-        os.close(ufd)
-    try:
-        links.create_netns(path, nics, nfd)
-    finally:
-        os.close(nfd)
 
 
 def joins_network(config: Mapping[str, object]) -> bool:
