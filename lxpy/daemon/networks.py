@@ -1,13 +1,14 @@
 """The daemon's network service: managed networks and container NICs.
 
 A managed network is a bridge with the subnet's first address, one dnsmasq
-(DHCP, DNS for `NAME.lxpy`; supervised by lxpy.daemon.dnsmasqd), and rules
-in lxpy's own nftables table. Its record is `ROOT/networks/NAME.toml`; its
-leases are in `ROOT/networks/NAME/`; its hosts file and pid file are in the
-run dir, with the bound network namespaces (`RUN/netns/CONTAINER`) and the
-NIC records of running containers (`RUN/nics/CONTAINER.json`). Everything
-is re-created idempotently by `Networks.open` when lxpyd starts, and
-removed on delete.
+(DHCP, DNS for `NAME.lxpy`; supervised by lxpy.daemon.dnsmasqd, it outlives
+lxpyd), and rules in lxpy's own nftables table. Its record is
+`ROOT/networks/NAME.toml`; its leases and dnsmasq's log are in
+`ROOT/networks/NAME/`; its hosts file and pid file are in the run dir,
+with the bound network namespaces (`RUN/netns/CONTAINER`) and the NIC
+records of running containers (`RUN/nics/CONTAINER.json`). Everything is
+re-created idempotently by `Networks.open` when lxpyd starts, and removed
+on delete.
 
 Entry points for the container lifecycle:
 
@@ -25,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -40,7 +40,6 @@ from lxpy.daemon.registry import write_atomic
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
 from lxpy.model.network import (
     DEFAULT_NETWORK,
-    DOMAIN,
     Network,
     first_free_subnet,
     mac_address,
@@ -80,6 +79,7 @@ class Networks:
         default_network: str = DEFAULT_NETWORK,
         default_subnet: str = "auto",
         users: Users | None = None,
+        scopes: bool = False,
     ) -> None:
         self.root = root
         self.id = root_id(str(root))
@@ -89,6 +89,8 @@ class Networks:
         self.default_network = default_network
         self.default_subnet = default_subnet
         self.users = users or (lambda: {})
+        # Under systemd: each dnsmasq in a scope unit of its own.
+        self.scopes = scopes
         self.table = nftables.table_name(self.id)
         self.nets: dict[str, Network] = {}
         self.dnsmasq: dict[str, DnsmasqState] = {}
@@ -112,8 +114,20 @@ class Networks:
 
     def _paths(self, name: str) -> dnsmasq.Paths:
         run = self.run_dir / "networks" / name
+        state = self.state_dir / name
         return dnsmasq.Paths(
-            leases=self.state_dir / name / "leases", hosts=run / "hosts", pid=run / "dnsmasq.pid"
+            leases=state / "leases",
+            hosts=run / "hosts",
+            pid=run / "dnsmasq.pid",
+            log=state / "dnsmasq.log",
+        )
+
+    def _spec(self, net: Network) -> dnsmasqd.Spec:
+        paths = self._paths(net.name)
+        return dnsmasqd.Spec(
+            dnsmasq.command(self._binaries()["dnsmasq"], net, paths),
+            paths,
+            dnsmasqd.scope_unit(self.id, net.name) if self.scopes else "",
         )
 
     def _mark(self, name: str) -> str:
@@ -140,12 +154,14 @@ class Networks:
         default_network: str = DEFAULT_NETWORK,
         default_subnet: str = "auto",
         users: Users | None = None,
+        scopes: bool = False,
     ) -> Networks:
         """Load the networks of `root` and bring each up again (bridge,
-        nftables, dnsmasq), adopting the NICs of containers still running.
-        A network that cannot be brought up is logged and shown in error; it
-        does not stop the daemon."""
-        self = cls(root, nursery, run_dir, default_network, default_subnet, users)
+        nftables, dnsmasq), adopting the NICs of containers still running
+        and the dnsmasq still serving each network. A network that cannot
+        be brought up is logged and shown in error; it does not stop the
+        daemon."""
+        self = cls(root, nursery, run_dir, default_network, default_subnet, users, scopes)
         self.nets, self.attached = await self._run(self._load)
         if self.nets or self.attached:
             try:
@@ -208,9 +224,10 @@ class Networks:
     async def _bring_up(self, net: Network, created_bridge: list[bool]) -> None:
         # Idempotent: every step checks what is there first.
         bins = self._binaries()
-        paths = self._paths(net.name)
+        spec = self._spec(net)
+        paths = spec.paths
 
-        def host_side() -> None:
+        def host_side() -> tuple[int, int] | None:
             with preflight.host_lock():
                 others = [n.subnet for n in self.nets.values() if n.name != net.name]
                 used = links.used_subnets(exclude=[net.name]) + others
@@ -227,21 +244,26 @@ class Networks:
             for d in (self.run_dir, self.run_dir / "networks", paths.hosts.parent):
                 os.chmod(d, 0o755)
             self._write_hosts_sync(net.name)
-            dnsmasq.kill_stale(paths)
-            preflight.check_ports(net.gateway, net.name)
+            # The dnsmasq that outlived the last lxpyd serves on; without
+            # one, its ports must be free.
+            found = dnsmasqd.find(spec, net.name)
+            if found is None:
+                preflight.check_ports(net.gateway, net.name)
+            return found
 
-        await self._run(host_side)
-        nets = {**self.nets, net.name: net}
-        await self._run(nftables.apply, self.table, list(nets.values()), bins["nft"])
-        if net.nat:
-            await self._run(nftables.enable_ip_forward)
-        await self._run(_resolved_link_dns, net)
-        state = DnsmasqState(net)
+        found = await self._run(host_side)
+        state = DnsmasqState(net, *(found or (None, -1)))
         self.dnsmasq[net.name] = state
         try:
-            await self.nursery.start(dnsmasqd.supervise, state, bins["dnsmasq"], paths)
+            nets = {**self.nets, net.name: net}
+            await self._run(nftables.apply, self.table, list(nets.values()), bins["nft"])
+            if net.nat:
+                await self._run(nftables.enable_ip_forward)
+            await self._run(dnsmasqd.resolved_link_dns, net)
+            await self.nursery.start(dnsmasqd.supervise, state, spec)
         except BaseException:
             self.dnsmasq.pop(net.name, None)
+            dnsmasqd.forget(state)
             raise
 
     async def _stop_dnsmasq(self, name: str) -> None:
@@ -328,6 +350,8 @@ class Networks:
     async def _teardown(self, net: Network, delete_bridge: bool = True) -> None:
         # Removes what _bring_up made; each step is idempotent.
         await self._stop_dnsmasq(net.name)
+        # Also one that serves it unsupervised (it failed to come up).
+        await self._run(dnsmasq.kill_stale, self._paths(net.name))
         errors: list[str] = []
         try:
             nft = self._binaries()["nft"]
@@ -413,13 +437,13 @@ class Networks:
     def _describe(self, name: str) -> dict[str, object]:
         net = self.nets[name]
         st = self.dnsmasq.get(name)
-        proc = st.proc if st else None
-        alive = proc is not None and proc.returncode is None
+        pid = st.pid if st else None
+        alive = pid is not None
         return {
             **net.to_json(),
             "bridge": name,
             "status": "running" if alive else "error",
-            "dnsmasq_pid": proc.pid if alive and proc else None,
+            "dnsmasq_pid": pid,
             "dnsmasq_restarts": st.restarts if st else 0,
             "error": None if alive else (st.error if st else "not running"),
             "used_by": sorted(
@@ -749,18 +773,3 @@ def _as_list(value: object) -> list[str]:
     if isinstance(value, list | tuple):
         return [str(v) for v in value]
     return []
-
-
-def _resolved_link_dns(net: Network) -> None:
-    # Where systemd-resolved runs, the host resolves NAME.lxpy through the
-    # bridge's dnsmasq (per-link DNS, like systemd-networkd sets up). Best
-    # effort: without resolved, point a resolver at the gateway by hand.
-    if not Path("/run/systemd/resolve").is_dir():
-        return
-    exe = shutil.which("resolvectl")
-    if exe is None:
-        return
-    for args in (["dns", net.name, str(net.gateway)], ["domain", net.name, f"~{DOMAIN}"]):
-        res = subprocess.run([exe, *args], capture_output=True, text=True, timeout=10)
-        if res.returncode != 0:
-            log.warning("resolvectl %s: %s", " ".join(args), res.stderr.strip())

@@ -195,6 +195,7 @@ class Daemon:
             default_network=settings.default_network,
             default_subnet=settings.default_subnet,
             users=lambda: {n: c.config for n, c in d.records.items()},
+            scopes=d.scopes,
         )
         if d.apparmor:
             log.info("privileged containers run under AppArmor profile %s", d.apparmor)
