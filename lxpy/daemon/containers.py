@@ -246,8 +246,10 @@ class Containers:
                 await d.lifecycle.stop_locked(name, 0, force=True)
             # Storage first: if it fails half way the record stays, and a
             # retry (deletes are idempotent) finishes the job.
+            config = d.records[name].config if name in d.records else {}
             await d.storage(d.backend.delete_container, name)
             await d.files(d.registry.delete, name)
+            await d.networks.release(name, config)
             await d.lifecycle.forget(name)
             d.forget(name)
             # Its ID block is free again, for every lxpyd on the host.
@@ -335,6 +337,8 @@ class Containers:
                 d.records[new] = record
                 d.states[new] = d.states[name]
                 d.forget(name)
+                # Its NICs' MACs change with its name.
+                await d.networks.release(name, old_record.config)
                 await d.security.rename(name, new)
                 # Its console log goes with it (the container is renamed
                 # already: a failure here is only logged).

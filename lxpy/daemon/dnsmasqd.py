@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import subprocess
+from collections.abc import Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,6 +148,33 @@ def reload(st: DnsmasqState) -> None:
     if st.pidfd >= 0:
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(st.pidfd, signal.SIGHUP)
+
+
+async def release(st: DnsmasqState, leases: Path, macs: Set[str], container: str) -> None:
+    """Have the dnsmasq of `st` drop the leases (in file `leases`) of the
+    MACs `macs`, which were container `container`'s (lxpy.network.dnsmasq.
+    release). Logged, never raised."""
+    name = st.net.name
+    try:
+        now = await trio.to_thread.run_sync(dnsmasq.read_leases, leases)
+        held = [le for le in now if le.mac in macs]
+        what = ", ".join(le.ipv4 for le in held)
+        if held and st.pid is None:
+            log.warning(
+                "network %s: lease of %s (%s) kept: dnsmasq is not running; it expires by itself",
+                name,
+                container,
+                what,
+            )
+            return
+        if held:
+            gateway = str(st.net.gateway)
+            if await trio.to_thread.run_sync(dnsmasq.release, gateway, leases, held):
+                log.warning("network %s: lease of %s (%s) not released", name, container, what)
+            else:
+                log.info("network %s: lease of %s (%s) released", name, container, what)
+    except OSError as e:
+        log.warning("network %s: leases of %s not released: %s", name, container, e)
 
 
 def resolved_link_dns(net: Network) -> None:

@@ -393,6 +393,20 @@ class Networks:
             await self._run(self._remove_files, name)
         log.info("network %s deleted", name)
 
+    async def release(self, container: str, config: Mapping[str, object]) -> None:
+        """Give up the DHCP leases of container `container`, destroyed or
+        renamed (the MACs of its NICs go with its name): dnsmasq drops them
+        at once, and the names it resolved to their addresses with them.
+        Logged, never raised: a lease left expires within the hour."""
+        # NIC i's MAC, for every NIC it may have had: its config may have
+        # changed since the lease was taken.
+        count = max(len(_as_list(config.get("network"))), len(self.nets))
+        macs = {mac_address(str(self.root), container, i) for i in range(count)}
+        for name in sorted(self.nets):
+            st = self.dnsmasq.get(name)
+            if st is not None:
+                await dnsmasqd.release(st, self._paths(name).leases, macs, container)
+
     def _remove_files(self, name: str) -> None:
         self.record_path(name).unlink(missing_ok=True)
         shutil.rmtree(self.state_dir / name, ignore_errors=True)

@@ -15,7 +15,10 @@ import os
 import select
 import shutil
 import signal
+import socket
+import struct
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,3 +258,58 @@ def rotate_log(path: Path) -> None:
         os.truncate(path, 0)
     except FileNotFoundError:
         return
+
+
+# -- giving a lease up (RFC 2131) -------------------------------------------
+_BOOTREQUEST, _HTYPE_ETHER, _MAGIC = 1, 1, 0x63825363
+_OPT_MSG_TYPE, _OPT_SERVER_ID, _OPT_END, _DHCPRELEASE = 53, 54, 255, 7
+
+
+def release_packet(ipv4: str, mac: str, server: str) -> bytes:
+    """A DHCPRELEASE of `ipv4` held by `mac`, for the server at `server`.
+    No client identifier: dnsmasq then finds the lease by the MAC."""
+    chaddr = bytes.fromhex(mac.replace(":", "")).ljust(16, b"\0")
+    fixed = struct.pack(
+        "!BBBBIHH4s4s4s4s16s64s128sI",
+        _BOOTREQUEST,
+        _HTYPE_ETHER,
+        6,
+        0,
+        int.from_bytes(os.urandom(4), "big"),  # xid
+        0,
+        0,
+        socket.inet_aton(ipv4),  # ciaddr: the address given up
+        bytes(4),
+        bytes(4),
+        bytes(4),
+        chaddr,
+        bytes(64),
+        bytes(128),
+        _MAGIC,
+    )
+    options = bytes([_OPT_MSG_TYPE, 1, _DHCPRELEASE, _OPT_SERVER_ID, 4])
+    return fixed + options + socket.inet_aton(server) + bytes([_OPT_END])
+
+
+def release(server: str, path: Path, leases: list[Lease], timeout: float = 2.0) -> list[Lease]:
+    """Have the dnsmasq at `server` (the gateway) drop `leases` at once, by a
+    DHCPRELEASE for each, sent from the host as their client would; it
+    then no longer resolves their names either. Waits until its lease file
+    `path` has dropped them. Returns those still there after `timeout`
+    seconds. Blocking.
+
+    Raises:
+        OSError: the packets could not be sent.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for le in leases:
+            # To the gateway's own address: dnsmasq takes it as come in on
+            # the bridge that has that address.
+            s.sendto(release_packet(le.ipv4, le.mac, server), (server, 67))
+    gone = {(le.mac, le.ipv4) for le in leases}
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [le for le in read_leases(path) if (le.mac, le.ipv4) in gone]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.01)

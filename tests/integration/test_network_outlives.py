@@ -5,7 +5,8 @@ between the host, the bridge and the container): lxpyd is killed (SIGKILL)
 or stopped (SIGTERM), and from inside the container the bridge's dnsmasq
 still answers for NAME.lxpy and renews its DHCP lease; the next lxpyd
 adopts that same dnsmasq, a container it starts gets an address and a
-name, and the network's delete ends dnsmasq. Commands run inside with nsenter while lxpyd is away.
+name, a destroyed container's lease is released at once, and the network's
+delete ends dnsmasq. Commands run inside with nsenter while lxpyd is away.
 """
 
 from __future__ import annotations
@@ -112,12 +113,40 @@ def test_dns_and_dhcp_serve_while_lxpyd_is_down(lab: Lab, how: str) -> None:
     assert late_addr in resolves(pid, late, lab.gw)
     assert addr in resolves(lab.info(late)["init_pid"], bb, lab.gw)
 
+    # Destroyed: its lease is released at once, and its name with it.
+    late_mac = mac_address(str(lab.d.root), late)
+    assert late_mac in lease_macs(lab)
+    lab.cli("destroy", "--force", late)
+    lab.containers.discard(late)
+    assert late_mac not in lease_macs(lab)
+    assert late_mac not in {le["mac"] for le in lab.network()["leases"]}
+    assert resolves(pid, late, lab.gw) == ""
+    assert addr in resolves(pid, bb, lab.gw)
+
     # The network's delete ends its dnsmasq.
-    for c in (bb, late):
-        lab.cli("destroy", "--force", c)
-        lab.containers.discard(c)
+    lab.cli("destroy", "--force", bb)
+    lab.containers.discard(bb)
     lab.cli("network", "delete", lab.net)
     assert not alive(dns)
+
+
+def test_a_renamed_container_gives_up_its_leases(lab: Lab) -> None:
+    lab.make_network()
+    _templates(lab, "busybox")
+    bb, old, new = lab.names("bb", "old", "new")
+    for c in (bb, old):
+        lab.create(c, "busybox")
+    lab.start(bb)
+    old_addr, _ = lab.start(old)
+    pid = lab.info(bb)["init_pid"]
+    lab.cli("stop", old)
+    # Stopped, it keeps its lease (and address, for its next start).
+    assert old_addr in resolves(pid, old, lab.gw)
+    lab.cli("rename", old, new)
+    lab.containers.symmetric_difference_update({old, new})
+    # Its NIC's MAC went with its old name: so did the lease.
+    assert mac_address(str(lab.d.root), old) not in lease_macs(lab)
+    assert resolves(pid, old, lab.gw) == ""
 
 
 def test_a_dnsmasq_run_otherwise_is_replaced(lab: Lab) -> None:

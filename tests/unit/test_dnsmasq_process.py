@@ -1,10 +1,12 @@
 """lxpy.network.dnsmasq's process side: finding the dnsmasq of a network by
-its pid file and command line, ending it, and its log. Stand-in processes
-carry a dnsmasq-like command line."""
+its pid file and command line, ending it, its log, and the DHCPRELEASE it
+is sent. Stand-in processes carry a dnsmasq-like command line."""
 
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -85,3 +87,15 @@ def test_the_log_is_cut_past_its_limit(
         writer.write("next\n")
     assert paths.log.with_name("log.1").read_text() == "a longer line\n"
     assert paths.log.read_text() == "next\n"
+
+
+def test_the_release_packet_is_a_dhcprelease_of_the_lease() -> None:
+    pkt = dnsmasq.release_packet("10.87.5.9", "02:11:22:33:44:55", "10.87.5.1")
+    op, htype, hlen, hops = pkt[:4]
+    assert (op, htype, hlen, hops) == (1, 1, 6, 0)
+    assert socket.inet_ntoa(pkt[12:16]) == "10.87.5.9"  # ciaddr
+    assert pkt[16:28] == bytes(12)  # yiaddr, siaddr, giaddr
+    assert pkt[28:44] == bytes.fromhex("021122334455") + bytes(10)  # chaddr
+    assert struct.unpack("!I", pkt[236:240])[0] == 0x63825363
+    # Message type 7 (DHCPRELEASE), server identifier, end; no client id.
+    assert pkt[240:] == bytes([53, 1, 7, 54, 4, 10, 87, 5, 1, 255])
