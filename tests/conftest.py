@@ -352,9 +352,10 @@ def daemon(tmp_path: Path, test_cache: Path) -> Iterator[Daemon]:
 
 
 def stop_containers(root: Path) -> list[str]:
-    """Kill the monitors (so the containers) and the zygote that lxpyd left
-    running for `root` (they outlive lxpyd by design), with their network
-    namespaces and cgroups. Returns what was found still running."""
+    """Kill the monitors (so the containers), the zygote and the networks'
+    dnsmasq that lxpyd left running for `root` (they outlive lxpyd by
+    design), with their network namespaces and cgroups. Returns what was
+    found still running."""
     import json
     import signal
 
@@ -396,6 +397,12 @@ def stop_containers(root: Path) -> list[str]:
             left.append(f"zygote {pid}")
     except (OSError, ValueError):
         pass
+    for pid_file in run.glob("networks/*/dnsmasq.pid"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(pid_file.read_text().split()[0])
+            if f"--pid-file={pid_file}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+                left.append(f"dnsmasq {pid}")
     for nics in run.glob("nics/*.json"):
         try:
             links.delete_links(n["host"] for n in json.loads(nics.read_text()))

@@ -276,10 +276,12 @@ class Containers:
             # Storage first: if it fails half way the record stays, and a
             # retry (deletes are idempotent) finishes the job. The rootfs
             # leaving its name is the point of no return for recovery.
+            config = d.records[name].config if name in d.records else {}
             async with d.journal.begin("delete", name=name) as op:
                 await d.storage(d.backend.delete_container, name, op.step)
                 await d.files(d.registry.delete, name)
                 op.step("record-deleted")
+                await d.networks.release(name, config)
                 await d.lifecycle.forget(name)
                 d.forget(name)
             # Its ID block is free again, for every lxpyd on the host.
@@ -379,6 +381,8 @@ class Containers:
                 d.records[new] = record
                 d.states[new] = d.states[name]
                 d.forget(name)
+                # Its NICs' MACs change with its name.
+                await d.networks.release(name, old_record.config)
                 await d.security.rename(name, new)
             finally:
                 d.reserved.discard(new)

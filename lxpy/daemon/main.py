@@ -1,7 +1,7 @@
 """`lxpyd`: the daemon's entry point.
 
 Reads settings (file, then flags), takes the root's lock so only one daemon
-serves a root, opens the storage pool, binds the API socket and serves until
+serves a root (lxpy.daemon.rootlock), opens the storage pool, binds the API socket and serves until
 SIGTERM or SIGINT. Logs go to stderr in a form journald understands.
 """
 
@@ -10,18 +10,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import signal
 import socket as pysocket
+import struct
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import trio
 
-from lxpy.daemon import http
+from lxpy.daemon import http, rootlock
 from lxpy.daemon.networks import RUN_BASE
 from lxpy.daemon.peers import DEFAULT_GROUPS, Groups, group_gid
 from lxpy.daemon.routes import build_router
@@ -91,39 +91,29 @@ def _fail(err: LxpyError, status: int) -> int:
     return status
 
 
-def take_root_lock(root: Path) -> int:
-    """Lock `root` for this process's lifetime; the fd holds the lock.
-
-    Raises:
-        Busy: another lxpyd holds it (naming its pid).
-    """
-    root.mkdir(parents=True, exist_ok=True, mode=0o711)
-    path = root / "lxpyd.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise Busy(
-            f"another lxpyd is already running for {root} (pid {pid})",
-            hint="stop it first, or use another --root",
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
 def _socket_in_use(path: Path) -> bool:
     s = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
     try:
         s.settimeout(1)
         s.connect(str(path))
-        return True
+        # The credentials of whoever called listen(): a leftover that
+        # inherited the listening socket of a killed daemon (its helper, say)
+        # accepts connections into the backlog, but nobody serves them.
+        creds = s.getsockopt(pysocket.SOL_SOCKET, pysocket.SO_PEERCRED, struct.calcsize("3i"))
+        pid = struct.unpack("3i", creds)[0]
     except OSError:
         return False
     finally:
         s.close()
+    return _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _prepare_socket_path(path: Path) -> None:
@@ -244,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = replace(settings, root=settings.root.absolute(), socket=settings.socket.absolute())
     setup_logging(settings.log_level)
     try:
-        lock_fd = take_root_lock(settings.root)
+        lock_fd = rootlock.take(settings.root)
     except LxpyError as e:
         return _fail(e, 1)
     except OSError as e:
@@ -274,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         # in lxpy.service when lxpyd has exited is a "left-over" one. So it
         # is ended now, its spare monitor with it.
         _end_zygote(RUN_BASE / root_id(str(settings.root)) / "zygote.pid")
-        os.close(lock_fd)
+        rootlock.release(lock_fd)
     log.info("lxpyd stopped")
     return 0
 

@@ -1,13 +1,14 @@
 """The daemon's network service: managed networks and container NICs.
 
 A managed network is a bridge with the subnet's first address, one dnsmasq
-(DHCP, DNS for `NAME.lxpy`; supervised by lxpy.daemon.dnsmasqd), and rules
-in lxpy's own nftables table. Its record is `ROOT/networks/NAME.toml`; its
-leases are in `ROOT/networks/NAME/`; its hosts file and pid file are in the
-run dir, with the bound network namespaces (`RUN/netns/CONTAINER`) and the
-NIC records of running containers (`RUN/nics/CONTAINER.json`). Everything
-is re-created idempotently by `Networks.open` when lxpyd starts, and
-removed on delete.
+(DHCP, DNS for `NAME.lxpy`; supervised by lxpy.daemon.dnsmasqd, it outlives
+lxpyd), and rules in lxpy's own nftables table. Its record is
+`ROOT/networks/NAME.toml`; its leases and dnsmasq's log are in
+`ROOT/networks/NAME/`; its hosts file and pid file are in the run dir,
+with the bound network namespaces (`RUN/netns/CONTAINER`) and the NIC
+records of running containers (`RUN/nics/CONTAINER.json`). Everything is
+re-created idempotently by `Networks.open` when lxpyd starts, and removed
+on delete.
 
 Entry points for the container lifecycle:
 
@@ -25,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -40,10 +40,8 @@ from lxpy.daemon.journal import Journal
 from lxpy.daemon.recovery import settle_networks
 from lxpy.daemon.registry import write_atomic
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
-from lxpy.kernel import idmap
 from lxpy.model.network import (
     DEFAULT_NETWORK,
-    DOMAIN,
     Network,
     first_free_subnet,
     mac_address,
@@ -85,6 +83,7 @@ class Networks:
         default_subnet: str = "auto",
         users: Users | None = None,
         journal: Journal | None = None,
+        scopes: bool = False,
     ) -> None:
         self.root = root
         self.journal = journal or Journal(root)
@@ -95,6 +94,8 @@ class Networks:
         self.default_network = default_network
         self.default_subnet = default_subnet
         self.users = users or (lambda: {})
+        # Under systemd: each dnsmasq in a scope unit of its own.
+        self.scopes = scopes
         self.table = nftables.table_name(self.id)
         self.nets: dict[str, Network] = {}
         self.dnsmasq: dict[str, DnsmasqState] = {}
@@ -118,8 +119,20 @@ class Networks:
 
     def _paths(self, name: str) -> dnsmasq.Paths:
         run = self.run_dir / "networks" / name
+        state = self.state_dir / name
         return dnsmasq.Paths(
-            leases=self.state_dir / name / "leases", hosts=run / "hosts", pid=run / "dnsmasq.pid"
+            leases=state / "leases",
+            hosts=run / "hosts",
+            pid=run / "dnsmasq.pid",
+            log=state / "dnsmasq.log",
+        )
+
+    def _spec(self, net: Network) -> dnsmasqd.Spec:
+        paths = self._paths(net.name)
+        return dnsmasqd.Spec(
+            dnsmasq.command(self._binaries()["dnsmasq"], net, paths),
+            paths,
+            dnsmasqd.scope_unit(self.id, net.name) if self.scopes else "",
         )
 
     def _mark(self, name: str) -> str:
@@ -147,13 +160,15 @@ class Networks:
         default_subnet: str = "auto",
         users: Users | None = None,
         journal: Journal | None = None,
+        scopes: bool = False,
     ) -> Networks:
         """Load the networks of `root`, settle a create or delete a crash
         cut short (lxpy.daemon.recovery), and bring each up again (bridge,
-        nftables, dnsmasq), adopting the NICs of containers still running.
-        A network that cannot be brought up is logged and shown in error; it
-        does not stop the daemon."""
-        self = cls(root, nursery, run_dir, default_network, default_subnet, users, journal)
+        nftables, dnsmasq), adopting the NICs of containers still running
+        and the dnsmasq still serving each network. A network that cannot
+        be brought up is logged and shown in error; it does not stop the
+        daemon."""
+        self = cls(root, nursery, run_dir, default_network, default_subnet, users, journal, scopes)
         self.nets, self.attached = await self._run(self._load)
         await self._run(settle_networks, self.journal, self)
         if self.nets or self.attached:
@@ -217,9 +232,10 @@ class Networks:
     async def _bring_up(self, net: Network, created_bridge: list[bool]) -> None:
         # Idempotent: every step checks what is there first.
         bins = self._binaries()
-        paths = self._paths(net.name)
+        spec = self._spec(net)
+        paths = spec.paths
 
-        def host_side() -> None:
+        def host_side() -> tuple[int, int] | None:
             with preflight.host_lock():
                 others = [n.subnet for n in self.nets.values() if n.name != net.name]
                 used = links.used_subnets(exclude=[net.name]) + others
@@ -236,21 +252,26 @@ class Networks:
             for d in (self.run_dir, self.run_dir / "networks", paths.hosts.parent):
                 os.chmod(d, 0o755)
             self._write_hosts_sync(net.name)
-            dnsmasq.kill_stale(paths)
-            preflight.check_ports(net.gateway, net.name)
+            # The dnsmasq that outlived the last lxpyd serves on; without
+            # one, its ports must be free.
+            found = dnsmasqd.find(spec, net.name)
+            if found is None:
+                preflight.check_ports(net.gateway, net.name)
+            return found
 
-        await self._run(host_side)
-        nets = {**self.nets, net.name: net}
-        await self._run(nftables.apply, self.table, list(nets.values()), bins["nft"])
-        if net.nat:
-            await self._run(nftables.enable_ip_forward)
-        await self._run(_resolved_link_dns, net)
-        state = DnsmasqState(net)
+        found = await self._run(host_side)
+        state = DnsmasqState(net, *(found or (None, -1)))
         self.dnsmasq[net.name] = state
         try:
-            await self.nursery.start(dnsmasqd.supervise, state, bins["dnsmasq"], paths)
+            nets = {**self.nets, net.name: net}
+            await self._run(nftables.apply, self.table, list(nets.values()), bins["nft"])
+            if net.nat:
+                await self._run(nftables.enable_ip_forward)
+            await self._run(dnsmasqd.resolved_link_dns, net)
+            await self.nursery.start(dnsmasqd.supervise, state, spec)
         except BaseException:
             self.dnsmasq.pop(net.name, None)
+            dnsmasqd.forget(state)
             raise
 
     async def _stop_dnsmasq(self, name: str) -> None:
@@ -340,6 +361,8 @@ class Networks:
     async def _teardown(self, net: Network, delete_bridge: bool = True) -> None:
         # Removes what _bring_up made; each step is idempotent.
         await self._stop_dnsmasq(net.name)
+        # Also one that serves it unsupervised (it failed to come up).
+        await self._run(dnsmasq.kill_stale, self._paths(net.name))
         errors: list[str] = []
         try:
             await self._run(self.apply_table)
@@ -394,6 +417,20 @@ class Networks:
         """lxpy's nftables table as `nets` says (none: no table). Blocking."""
         nftables.apply(self.table, list(self.nets.values()), self._binaries()["nft"])
 
+    async def release(self, container: str, config: Mapping[str, object]) -> None:
+        """Give up the DHCP leases of container `container`, destroyed or
+        renamed (the MACs of its NICs go with its name): dnsmasq drops them
+        at once, and the names it resolved to their addresses with them.
+        Logged, never raised: a lease left expires within the hour."""
+        # NIC i's MAC, for every NIC it may have had: its config may have
+        # changed since the lease was taken.
+        count = max(len(_as_list(config.get("network"))), len(self.nets))
+        macs = {mac_address(str(self.root), container, i) for i in range(count)}
+        for name in sorted(self.nets):
+            st = self.dnsmasq.get(name)
+            if st is not None:
+                await dnsmasqd.release(st, self._paths(name).leases, macs, container)
+
     def _remove_files(self, name: str) -> None:
         self.record_path(name).unlink(missing_ok=True)
         shutil.rmtree(self.state_dir / name, ignore_errors=True)
@@ -437,13 +474,13 @@ class Networks:
     def _describe(self, name: str) -> dict[str, object]:
         net = self.nets[name]
         st = self.dnsmasq.get(name)
-        proc = st.proc if st else None
-        alive = proc is not None and proc.returncode is None
+        pid = st.pid if st else None
+        alive = pid is not None
         return {
             **net.to_json(),
             "bridge": name,
             "status": "running" if alive else "error",
-            "dnsmasq_pid": proc.pid if alive and proc else None,
+            "dnsmasq_pid": pid,
             "dnsmasq_restarts": st.restarts if st else 0,
             "error": None if alive else (st.error if st else "not running"),
             "used_by": sorted(
@@ -565,7 +602,7 @@ class Networks:
     def _make_netns(self, container: str, path: Path, nics: tuple[Nic, ...], userns: str) -> None:
         # _fill_netns for a namespace made here rather than by the zygote.
         self._filter_new(nics)
-        _create_netns(path, list(nics), userns)
+        links.create_netns_in_userns(path, list(nics), userns)
         self._save_nics(container, nics)
 
     def _save_nics(self, container: str, nics: tuple[Nic, ...]) -> None:
@@ -759,21 +796,6 @@ class Networks:
         return out
 
 
-def _create_netns(path: Path, nics: list[Nic], userns: str) -> None:
-    if not userns:
-        links.create_netns(path, nics)
-        return
-    ufd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        nfd = idmap.create_netns_in(ufd)
-    finally:
-        os.close(ufd)
-    try:
-        links.create_netns(path, nics, nfd)
-    finally:
-        os.close(nfd)
-
-
 def joins_network(config: Mapping[str, object]) -> bool:
     """Whether a container with `config` gets NICs, so a network namespace
     made before its launch (see Networks.attach)."""
@@ -788,18 +810,3 @@ def _as_list(value: object) -> list[str]:
     if isinstance(value, list | tuple):
         return [str(v) for v in value]
     return []
-
-
-def _resolved_link_dns(net: Network) -> None:
-    # Where systemd-resolved runs, the host resolves NAME.lxpy through the
-    # bridge's dnsmasq (per-link DNS, like systemd-networkd sets up). Best
-    # effort: without resolved, point a resolver at the gateway by hand.
-    if not Path("/run/systemd/resolve").is_dir():
-        return
-    exe = shutil.which("resolvectl")
-    if exe is None:
-        return
-    for args in (["dns", net.name, str(net.gateway)], ["domain", net.name, f"~{DOMAIN}"]):
-        res = subprocess.run([exe, *args], capture_output=True, text=True, timeout=10)
-        if res.returncode != 0:
-            log.warning("resolvectl %s: %s", " ".join(args), res.stderr.strip())

@@ -206,6 +206,7 @@ class Daemon:
             default_subnet=settings.default_subnet,
             users=lambda: {n: c.config for n, c in d.records.items()},
             journal=d.journal,
+            scopes=d.scopes,
         )
         if d.apparmor:
             log.info("privileged containers run under AppArmor profile %s", d.apparmor)

@@ -237,12 +237,13 @@ def shared_map(uid_allowed: Sequence[IdRange], gid_allowed: Sequence[IdRange]) -
 
 def _helper(work: Callable[[], object]) -> tuple[int, int]:
     """Fork a helper that runs `work` (entering namespaces), writes one
-    status byte (0, or the errno `work` failed with) and waits to be killed.
+    status byte (0, or the errno `work` failed with) and waits to be killed
+    (by the caller, or by the end of the calling thread: sc.fork_helper).
 
     Returns (pid, the read end of the status byte's pipe).
     """
     r, w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    pid = sc.fork_helper()
     if pid == 0:
         code = 0
         try:
@@ -372,7 +373,7 @@ def pin_new_namespaces(userns_path: str, uid_map: str, gid_map: str, netns_path:
     """
     r, w = os.pipe2(os.O_CLOEXEC)  # helper -> us: status bytes
     go_r, go_w = os.pipe2(os.O_CLOEXEC)  # us -> helper: the maps are written
-    pid = os.fork()
+    pid = sc.fork_helper()
     if pid == 0:
         code = 0
         try:

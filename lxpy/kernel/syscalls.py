@@ -49,6 +49,8 @@ PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
 
+SIGKILL = 9  # not imported from signal: this module stays lean
+
 # -- madvise advice (linux/mman.h) ---------------------------------------
 MADV_MERGEABLE = 12
 MADV_POPULATE_WRITE = 23  # Linux 5.14
@@ -206,6 +208,33 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     ret = _libc.prctl(option, arg2, arg3, arg4, arg5)
     _check(ret, f"prctl({option}, {arg2})")
     return int(ret)
+
+
+def fork_helper() -> int:
+    """os.fork() for a helper that must never outlive its parent: the child
+    is killed (SIGKILL) when the thread that forked it ends, or at once when
+    that has happened already. Returns the child's pid, and 0 in the child.
+
+    Why: a helper parked for its parent (in pause(), until it is killed)
+    that survived a killed parent would keep every descriptor it inherited,
+    the lock a daemon holds on its root among them. PDEATHSIG fires when
+    the forking *thread* ends, not its process: the caller reaps the helper
+    before the call that forked it returns, in that thread.
+
+    Raises:
+        OSError: fork failed.
+    """
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            prctl(PR_SET_PDEATHSIG, SIGKILL)
+        except OSError:
+            os._exit(1)
+        # Orphaned between the fork and the prctl: no death signal will come.
+        if os.getppid() != parent:
+            os._exit(1)
+    return pid
 
 
 def set_process_name(name: str) -> None:

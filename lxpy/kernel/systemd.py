@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 PRIVATE_SOCKET = "/run/systemd/private"
 SLICE = "machine.slice"
+# Where the managed networks' dnsmasq scopes go (lxpy.daemon.dnsmasqd).
+SYSTEM_SLICE = "system.slice"
 # The packaged unit whose stop (at host shutdown) stops every container in
 # order (debian/lxpy-containers.service): scopes stop after it.
 SHUTDOWN_UNIT = "lxpy-containers.service"
@@ -58,9 +60,9 @@ def scope_unit(root_id: str, name: str) -> str:
     return f"lxpy-{root_id}-{name}.scope"
 
 
-def scope_cgroup(unit: str) -> str:
-    """Where scope `unit`'s cgroup is, relative to a hierarchy's root."""
-    return f"{SLICE}/{unit}"
+def scope_cgroup(unit: str, slice_: str = SLICE) -> str:
+    """Where scope `unit` (in `slice_`) has its cgroup, relative to a hierarchy's root."""
+    return f"{slice_}/{unit}"
 
 
 def describe(name: str) -> str:
@@ -68,9 +70,11 @@ def describe(name: str) -> str:
     return f"lxpy container {name}"
 
 
-def start_scope(unit: str, pid: int, description: str, timeout: float = 10.0) -> None:
-    """Have systemd make transient scope `unit` (delegated, in machine.slice)
-    holding process `pid`, and wait until `pid` is in its cgroup.
+def start_scope(
+    unit: str, pid: int, description: str, timeout: float = 10.0, slice_: str = SLICE
+) -> None:
+    """Have systemd make transient scope `unit` in `slice_` (delegated in
+    machine.slice) holding process `pid`, and wait until `pid` is in its cgroup.
 
     Raises:
         Busy: when a unit of that name is active already.
@@ -78,8 +82,9 @@ def start_scope(unit: str, pid: int, description: str, timeout: float = 10.0) ->
     """
     props = [
         ("Description", ("s", description)),
-        ("Slice", ("s", SLICE)),
-        ("Delegate", ("b", True)),
+        ("Slice", ("s", slice_)),
+        # A container's cgroups below its scope are lxpy's to manage.
+        ("Delegate", ("b", slice_ == SLICE)),
         ("PIDs", ("au", [pid])),
         # A scope whose container failed must not keep its name taken.
         ("CollectMode", ("s", "inactive-or-failed")),
@@ -103,7 +108,7 @@ def start_scope(unit: str, pid: int, description: str, timeout: float = 10.0) ->
         ) from None
     # The reply comes once the job is queued; systemd moves the process
     # when the job runs, a moment later.
-    want = "/" + scope_cgroup(unit)
+    want = "/" + scope_cgroup(unit, slice_)
     while unit_cgroup(pid) != want:
         if time.monotonic() > deadline:
             raise LxpyError(f"systemd did not move process {pid} into scope {unit} in time")

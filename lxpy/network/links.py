@@ -21,6 +21,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from lxpy.errors import Busy, LxpyError
+from lxpy.kernel import idmap
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.netif import link_up
 
@@ -340,6 +341,29 @@ def add_nics(path: Path, nics: list[Nic]) -> None:
         _in_own_thread("lxpy-netns-nics", work)
     except NetlinkError as e:
         raise _setup_error(path, e) from e
+
+
+def create_netns_in_userns(path: Path, nics: list[Nic], userns: str) -> None:
+    """create_netns, the namespace owned by the user namespace bound at
+    `userns` (a container's: its root may then configure its interfaces and
+    mount sysfs); "" for the host's.
+
+    Raises:
+        LxpyError, OSError: as create_netns, and OSError when the user
+            namespace cannot be opened or entered.
+    """
+    if not userns:
+        create_netns(path, nics)
+        return
+    ufd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        nfd = idmap.create_netns_in(ufd)
+    finally:
+        os.close(ufd)
+    try:
+        create_netns(path, nics, nfd)
+    finally:
+        os.close(nfd)
 
 
 def create_netns(path: Path, nics: list[Nic], netns_fd: int = -1) -> None:

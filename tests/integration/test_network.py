@@ -219,7 +219,7 @@ def test_restart_and_sigkill_recreate_networks(clean_daemon: Daemon) -> None:
     net = json.loads(d.cli("network", "create", name, "--format", "json").stdout)
     old_pid = net["dnsmasq_pid"]
 
-    # SIGKILL: dnsmasq is orphaned; the next lxpyd replaces it.
+    # SIGKILL: dnsmasq serves on; the next lxpyd adopts it.
     d.proc.kill()
     d.proc.wait()
     assert alive(old_pid)
@@ -230,14 +230,16 @@ def test_restart_and_sigkill_recreate_networks(clean_daemon: Daemon) -> None:
     try:
         info = json.loads(again.cli("network", "info", name, "--format", "json").stdout)
         assert info["status"] == "running" and info["subnet"] == net["subnet"]
-        assert info["dnsmasq_pid"] != old_pid and not alive(old_pid)
-        # Graceful stop and start: the same network comes back.
+        assert info["dnsmasq_pid"] == old_pid
+        # Graceful stop and start: the same network (and dnsmasq) comes back.
         stop_daemon(again)
+        assert alive(old_pid)
         again = start_daemon(d.root, d.socket, d.log, settings=settings)
         info = json.loads(again.cli("network", "info", name, "--format", "json").stdout)
         assert info["status"] == "running" and bridge_exists(name)
+        assert info["dnsmasq_pid"] == old_pid
         again.cli("network", "delete", name)
-        assert not bridge_exists(name)
+        assert not bridge_exists(name) and not alive(old_pid)
     finally:
         stop_daemon(again)
         d.proc = again.proc
@@ -376,8 +378,8 @@ async def test_guests_get_dhcp_dns_and_are_reachable(tmp_path: Path, script: Pat
                 b = await nets.attach("beta", {**config, "ipv4.address": pinned})
                 assert await trio.to_thread.run_sync(Guest(b.path, script).dhcp, "beta") == pinned
 
-                # lxpyd goes away (dnsmasq with it) and comes back: the running
-                # guests are adopted, their NICs kept, DHCP serves them again.
+                # lxpyd goes away (dnsmasq serves on) and comes back: the
+                # running guests are adopted, their NICs kept, DHCP serves them.
                 nursery.cancel_scope.cancel()
             async with trio.open_nursery() as nursery:
                 nets = await Networks.open(root, nursery, default_network="")

@@ -101,9 +101,13 @@ def test_nft_script_replaces_the_table_whole() -> None:
 
 def test_dnsmasq_command_hosts_and_leases(tmp_path) -> None:  # type: ignore[no-untyped-def]
     net = Network("br9", N("10.87.5.0/24"))
-    paths = dnsmasq.Paths(tmp_path / "leases", tmp_path / "hosts", tmp_path / "pid")
+    paths = dnsmasq.Paths(
+        tmp_path / "leases", tmp_path / "hosts", tmp_path / "pid", tmp_path / "dnsmasq.log"
+    )
     cmd = dnsmasq.command("dnsmasq", net, paths)
     assert "--interface=br9" in cmd and "--listen-address=10.87.5.1" in cmd
+    # A daemon of its own, logging beside its leases: it outlives lxpyd.
+    assert "--keep-in-foreground" not in cmd and f"--log-facility={paths.log}" in cmd
     assert "--dhcp-range=10.87.5.2,10.87.5.254,255.255.255.0,1h" in cmd
     assert "--local=/lxpy/" in cmd and "--conf-file=/dev/null" in cmd
     dnsmasq.write_hosts(

@@ -247,8 +247,9 @@ def test_restart_and_kill_of_lxpyd_keep_containers(host: Guest) -> None:
     # Restart=on-failure brings it back; it adopts every container.
     wait(g, f'[ "$(systemctl show -p MainPID --value lxpy)" != {main} ]', 60, "a new lxpyd")
     assert wait_running(g, ("b1", "b2", "d1")) == before
-    # A SIGKILL leaves the killed lxpyd's dnsmasq behind (the new lxpyd
-    # replaces it); a stop of the service leaves nothing.
+    # A SIGKILL and a stop leave each network's dnsmasq serving, in a
+    # scope of its own (the next lxpyd adopts it): nothing is left in the
+    # service's unit.
     mark = cursor(g)
     g.run("systemctl stop lxpy")
     for pid in before.values():
