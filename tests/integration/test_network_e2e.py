@@ -332,16 +332,18 @@ def test_pinned_address_across_restarts(lab: Lab) -> None:
     lab.cli("stop", pin)
     lab.restart_daemon()
     assert lab.start(pin)[0] == pinned
-    # Another container cannot pin an address a running one holds.
-    lab.create(thief, "debian-bookworm", f"ipv4.address={pinned}")
-    res = lab.cli("start", thief, check=False)
+    # Another container cannot pin an address a running one holds: refused
+    # when it is set, so no start of it can find the address taken.
+    sets = ("--set", f"network={lab.net}", "--set", f"ipv4.address={pinned}")
+    res = lab.cli("create", thief, "-t", "debian-bookworm", *sets, check=False)
     assert res.returncode == 1 and "held by" in res.stderr and pin in res.stderr, res.stderr
-    assert lab.info(thief)["state"] == "STOPPED"
-    # A changed pin is taken at the next start.
+    assert lab.cli("info", thief, check=False).returncode == 1
+    # A changed pin is taken at the next start, and the old one is free.
     moved = str(lab.subnet.network_address + 51)
     lab.cli("config", "set", pin, "ipv4.address", moved)
     lab.cli("stop", pin)
     assert lab.start(pin)[0] == moved
+    lab.create(thief, "debian-bookworm", f"ipv4.address={pinned}")
     assert lab.start(thief)[0] == pinned
 
 
