@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from lxpy.model.network import (
     Network,
     first_free_subnet,
     mac_address,
+    network_list,
     parse_subnet,
     root_id,
     validate_network_name,
@@ -391,7 +391,7 @@ class Networks:
                     hint="stop them first",
                 )
             configured = sorted(
-                c for c, cfg in self.users().items() if name in _as_list(cfg.get("network"))
+                c for c, cfg in self.users().items() if name in network_list(cfg.get("network"))
             )
             if configured:
                 raise Busy(
@@ -424,7 +424,7 @@ class Networks:
         Logged, never raised: a lease left expires within the hour."""
         # NIC i's MAC, for every NIC it may have had: its config may have
         # changed since the lease was taken.
-        count = max(len(_as_list(config.get("network"))), len(self.nets))
+        count = max(len(network_list(config.get("network"))), len(self.nets))
         macs = {mac_address(str(self.root), container, i) for i in range(count)}
         for name in sorted(self.nets):
             st = self.dnsmasq.get(name)
@@ -531,7 +531,7 @@ class Networks:
             Busy: the pinned address is held by another running container, or
                 a network has no free address left for an IPv4-filtered NIC.
         """
-        names = _as_list(config.get("network"))
+        names = network_list(config.get("network"))
         pinned = config.get("ipv4.address")
         nets = [await self._network_for(n) for n in names]
         if pinned is not None and not nets:
@@ -673,15 +673,7 @@ class Networks:
             return {}
 
         def read() -> dict[str, list[dnsmasq.Lease]]:
-            now = time.time()
-            return {
-                name: [
-                    le
-                    for le in dnsmasq.read_leases(self._paths(name).leases)
-                    if le.expires == 0 or le.expires > now
-                ]
-                for name in wanted
-            }
+            return {name: dnsmasq.live_leases(self._paths(name).leases) for name in wanted}
 
         return await self._run(read)
 
@@ -689,15 +681,7 @@ class Networks:
         self, container: str, nics: tuple[Nic, ...], leases: Mapping[str, list[dnsmasq.Lease]]
     ) -> tuple[Nic, ...]:
         # No await in here: the caller claims the result before its next one.
-        taken: dict[str, set[str]] = {}
-        for other, ns in self.attached.items():
-            for n in ns:
-                if other != container and n.ipv4:
-                    taken.setdefault(n.network, set()).add(n.ipv4)
-        for other, cfg in self.users().items():
-            pinned, names = cfg.get("ipv4.address"), _as_list(cfg.get("network"))
-            if other != container and pinned and names:
-                taken.setdefault(names[0], set()).add(str(pinned))
+        taken = portfilter.taken_addresses(container, self.attached, self.users())
         return portfilter.fix_addresses(container, nics, self.nets, taken, leases)
 
     async def refilter(self, container: str, config: Mapping[str, object]) -> bool:
@@ -740,7 +724,7 @@ class Networks:
     def filtering(self, container: str, config: Mapping[str, object]) -> str | None:
         """One line for `lxpy info` (lxpy.daemon.portfilter.describe); None
         when the container joins no network."""
-        if not _as_list(config.get("network")):
+        if not network_list(config.get("network")):
             return None
         return portfilter.describe(config, self.nics(container))
 
@@ -799,14 +783,4 @@ class Networks:
 def joins_network(config: Mapping[str, object]) -> bool:
     """Whether a container with `config` gets NICs, so a network namespace
     made before its launch (see Networks.attach)."""
-    return bool(_as_list(config.get("network")))
-
-
-def _as_list(value: object) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v for v in value.replace(",", " ").split() if v]
-    if isinstance(value, list | tuple):
-        return [str(v) for v in value]
-    return []
+    return bool(network_list(config.get("network")))

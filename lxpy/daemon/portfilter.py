@@ -17,11 +17,31 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from lxpy.errors import Busy, InvalidArgument
-from lxpy.model.network import Network
+from lxpy.model.network import Network, network_list
 from lxpy.model.security import SecurityConfig
 from lxpy.network.dnsmasq import Lease
 from lxpy.network.l2filter import filtered
 from lxpy.network.links import Nic
+
+
+def taken_addresses(
+    container: str,
+    attached: Mapping[str, Iterable[Nic]],
+    configs: Mapping[str, Mapping[str, object]],
+) -> dict[str, set[str]]:
+    """network -> the addresses other containers hold (their running
+    NICs, `attached`) or pin (`ipv4.address` on their first network, in
+    `configs`): none of them can be given to `container`."""
+    taken: dict[str, set[str]] = {}
+    for other, nics in attached.items():
+        for n in nics:
+            if other != container and n.ipv4:
+                taken.setdefault(n.network, set()).add(n.ipv4)
+    for other, cfg in configs.items():
+        pinned, names = cfg.get("ipv4.address"), network_list(cfg.get("network"))
+        if other != container and pinned and names:
+            taken.setdefault(names[0], set()).add(str(pinned))
+    return taken
 
 
 def flagged(nics: Iterable[Nic], config: Mapping[str, object]) -> tuple[Nic, ...]:

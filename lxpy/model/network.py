@@ -226,3 +226,15 @@ def mac_address(root: str, container: str, index: int = 0) -> str:
     # Locally administered (bit 1 set), unicast (bit 0 clear).
     raw[0] = (raw[0] & 0xFC) | 0x02
     return ":".join(f"{b:02x}" for b in raw)
+
+
+def network_list(value: object) -> list[str]:
+    """The network names a container's `network` key holds: a list, or
+    names separated by commas or spaces ("" or none: no network)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [v for v in value.replace(",", " ").split() if v]
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value]
+    return []

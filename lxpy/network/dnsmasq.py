@@ -104,6 +104,12 @@ class Lease:
     expires: int
 
 
+def live_leases(path: Path) -> list[Lease]:
+    """The leases in a dnsmasq lease file that have not expired."""
+    now = time.time()
+    return [le for le in read_leases(path) if le.expires == 0 or le.expires > now]
+
+
 def read_leases(path: Path) -> list[Lease]:
     """The leases in a dnsmasq lease file (missing file: none)."""
     try:
