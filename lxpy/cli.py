@@ -19,6 +19,7 @@ import time
 from lxpy import __version__
 from lxpy.api import wire
 from lxpy.api.client import Client
+from lxpy.api.text import format_value, owner_text
 from lxpy.errors import Cancelled, LxpyError, NotFound, from_json
 
 TYPE_CHECKING = False
@@ -298,17 +299,6 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
         print("  ".join([*cells, r[-1]]).rstrip())
 
 
-def format_value(value: object) -> str:
-    """A config value as a user would type it back into `config set`."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return " ".join(value)
-    return wire.dumps(value)
-
-
 def _yes_no(value: object) -> str:
     return "yes" if value else "no"
 
@@ -412,7 +402,7 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
         if key == "last_exit" and isinstance(value, dict):
             text = f"{value.get('reason')}: {value.get('detail')}"
         elif key == "owner" and isinstance(value, dict):
-            text = _owner_text(value)
+            text = owner_text(value)
         elif isinstance(value, list):
             text = ", ".join(str(v) for v in value) or "-"
         elif value is None:
@@ -428,18 +418,6 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
     print("config:" + ("" if config else " -"))
     for key in sorted(config):
         print(f"  {key} = {format_value(config[key])}")
-
-
-def _owner_text(owner: dict[str, Any]) -> str:
-    import pwd
-
-    uid = owner.get("uid")
-    try:
-        name = pwd.getpwuid(int(uid)).pw_name  # type: ignore[arg-type]
-    except (KeyError, TypeError, ValueError):
-        name = "?"
-    tier = "restricted user" if owner.get("restricted") else "admin"
-    return f"{name} (uid {uid}, {tier})"
 
 
 @command(
