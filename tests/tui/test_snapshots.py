@@ -95,3 +95,28 @@ def test_dashboard_no_color(
     app = LxpyApp(fake_lxpyd.socket.name, clock=fixed_clock, stats_interval=60)
     assert app.no_color
     assert snap_compare(app, run_before=_on_web)
+
+
+def test_dashboard_numbers_fit(
+    fake_lxpyd: FakeLxpyd, monkeypatch: pytest.MonkeyPatch, snap_compare: Any
+) -> None:
+    """Stats that come with a later poll widen their columns: 127.4% and
+    1023M shown whole, not cut to the width of "-"."""
+    monkeypatch.chdir(fake_lxpyd.socket.parent)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    for ct in fake_lxpyd.containers:
+        ct["stats"] = {}
+    app = LxpyApp(fake_lxpyd.socket.name, clock=fixed_clock, stats_interval=60)
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await _on_web(pilot)
+        fake_lxpyd.container("db")["stats"] = {"cpu_percent": 127.4, "memory_bytes": 1023 * 2**20}
+        pilot.app.screen.poll()  # type: ignore[attr-defined]
+        table = pilot.app.screen.query_one(DataTable)
+        for _ in range(200):
+            if table.columns[ColumnKey("cpu")].content_width >= len("127.4%"):
+                break
+            await pilot.pause(0.02)
+        await pilot.pause()
+
+    assert snap_compare(app, run_before=run_before)

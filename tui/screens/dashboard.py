@@ -321,7 +321,8 @@ class DashboardScreen(Screen[None]):
             return True
         for i, (before, after) in enumerate(zip(old, row, strict=True)):
             if before != after:
-                table.update_cell(name, COLUMNS[i].lower(), _cell(i, after))
+                # Sized to the new text: a column never cuts a value short.
+                table.update_cell(name, COLUMNS[i].lower(), _cell(i, after), update_width=True)
         self._update_bindings()
         return False
 
