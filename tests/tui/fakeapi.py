@@ -52,8 +52,16 @@ CONTAINERS = [
         addresses=["10.87.0.12"],
         started_at="2026-11-27T18:55:30Z",
         stats={"cpu_percent": 3.2, "memory_bytes": 48_300_000},
-        config={"hostname": "web", "autostart": True, "limits.memory": "512MiB"},
+        config={
+            "hostname": "web",
+            "boot.autostart": True,
+            "limits.memory": "512MiB",
+            "network": ["lxpybr0"],
+            "init.args": ["--log-level", "info"],
+            "limits.cpu.weight": 200,
+        },
         snapshots=["before-upgrade", "snap1"],
+        owner={"uid": 0, "restricted": False},
     ),
     _ct(
         "db",
@@ -82,7 +90,22 @@ SNAPSHOTS = {
     ]
 }
 
-CONSOLE = {"web": "".join(f"[  {i}.000000] boot step {i}\n" for i in range(1, 9)) + "web login: "}
+# A Debian console as systemd writes it: colours, CR LF line ends, a status
+# line redrawn after a lone CR, an erase-to-end-of-line sequence.
+SYSTEMD_CONSOLE = (
+    "systemd 252.39-1~deb12u2 running in system mode (+PAM +AUDIT +SELINUX +APPARMOR +IMA "
+    "+SMACK +SECCOMP +GCRYPT -GNUTLS +OPENSSL +ACL +BLKID +CURL +ELFUTILS)\r\r\n"
+    "\r\nWelcome to \x1b[1mDebian GNU/Linux 12 (bookworm)\x1b[0m!\r\n\r\r\n"
+    + "".join(
+        f"[\x1b[0;32m  OK  \x1b[0m] Started \x1b[0;1;39munit{i}.service\x1b[0m - Unit {i}.\r\r\n"
+        for i in range(1, 9)
+    )
+    + "[  ***] A start job is running for network.target\r"
+    "[\x1b[0;32m  OK  \x1b[0m] Reached target \x1b[0;1;39mnetwork.target\x1b[0m.\x1b[K\r\n"
+    "\r\nDebian GNU/Linux 12 web console\r\n\r\nweb login: "
+)
+
+CONSOLE = {"web": SYSTEMD_CONSOLE}
 
 TEMPLATES = [
     {"name": "busybox", "description": "BusyBox", "kind": "busybox", "built": True, "stale": False},

@@ -97,6 +97,62 @@ def test_dashboard_no_color(
     assert snap_compare(app, run_before=_on_web)
 
 
+async def _detail_tab(pilot: Pilot[Any], tab: str) -> None:
+    await _on_web(pilot)
+    await pilot.press("enter")
+    screen = pilot.app.screen
+    for _ in range(200):
+        if getattr(screen, "ct", None) and screen.query_one("#config", DataTable).row_count:
+            break
+        await pilot.pause(0.02)
+    screen.query_one("#tabs").active = tab  # type: ignore[attr-defined]
+    await pilot.pause(0.3)
+
+
+def test_detail_config_tab(app: LxpyApp, snap_compare: Any) -> None:
+    """Config values as `lxpy config show` prints them (lxpybr0, true, the
+    arguments space-separated), the owner, and the keys of the config tab."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await _detail_tab(pilot, "tab-config")
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=run_before)
+
+
+def test_detail_console_tab(app: LxpyApp, snap_compare: Any) -> None:
+    """A systemd console log as its terminal shows it: colours, no escape
+    sequences, redrawn status lines, long lines wrapped."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await _detail_tab(pilot, "tab-console")
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=run_before)
+
+
+def test_detail_events_empty(app: LxpyApp, snap_compare: Any) -> None:
+    """The Events tab says there are none yet."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await _detail_tab(pilot, "tab-events")
+
+    assert snap_compare(app, run_before=run_before)
+
+
+def test_config_edit_refused(app: LxpyApp, snap_compare: Any) -> None:
+    """A limit edited to a value lxpyd refuses: its message under the field."""
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await _detail_tab(pilot, "tab-config")
+        config = pilot.app.screen.query_one("#config", DataTable)
+        config.move_cursor(row=config.get_row_index("limits.memory"))
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        await pilot.press(*"lots", "enter")
+        await pilot.pause(0.3)
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=run_before)
+
+
 def test_dashboard_numbers_fit(
     fake_lxpyd: FakeLxpyd, monkeypatch: pytest.MonkeyPatch, snap_compare: Any
 ) -> None:
