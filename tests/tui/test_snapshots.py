@@ -8,6 +8,7 @@ change, and look at them before committing.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -176,3 +177,24 @@ def test_dashboard_numbers_fit(
         await pilot.pause()
 
     assert snap_compare(app, run_before=run_before)
+
+
+def test_first_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, snap_compare: Any) -> None:
+    """No container yet: the two steps to the first one, as buttons."""
+    fake = FakeLxpyd(tmp_path / "fake.sock", containers=[]).start()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    app = LxpyApp("fake.sock", clock=fixed_clock, stats_interval=60)
+
+    async def run_before(pilot: Pilot[Any]) -> None:
+        for _ in range(200):
+            select = pilot.app.screen.query("#welcome-template")
+            if select and select.first().value == "busybox":  # type: ignore[attr-defined]
+                break
+            await pilot.pause(0.02)
+        await pilot.pause(0.2)
+
+    try:
+        assert snap_compare(app, terminal_size=(100, 30), run_before=run_before)
+    finally:
+        fake.stop()

@@ -23,7 +23,7 @@ from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 from lxpy.errors import LxpyError, NotFound
 from lxpy.model.names import validate_name
 from tui.inventory import COLUMNS, Inventory, Row
-from tui.messages import Connected, Disconnected, Lifecycle
+from tui.messages import Connected, Disconnected, Lifecycle, OperationUpdate
 from tui.screens.actions import (
     ACTION_STATES,
     LIFECYCLE_BINDINGS,
@@ -32,6 +32,7 @@ from tui.screens.actions import (
     ContainerScreen,
 )
 from tui.screens.modals import ConfirmScreen, PromptScreen
+from tui.welcome import Welcome
 from tui.widgets import ContainerTable
 
 # Seconds to gather a burst of events before fetching what they touched.
@@ -98,6 +99,7 @@ class DashboardScreen(ContainerScreen):
         self._bindings_key: tuple[object, ...] = ()
         self._banner = Static("connecting to lxpyd ...", id="banner")
         self._table = ContainerTable(id="containers", cursor_type="row", zebra_stripes=True)
+        self._welcome = Welcome(id="welcome")
         self._touched: dict[str, int] = {}
         self.connected = False
 
@@ -105,6 +107,7 @@ class DashboardScreen(ContainerScreen):
         yield Header()
         yield self._banner
         yield self._table
+        yield self._welcome
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -113,6 +116,7 @@ class DashboardScreen(ContainerScreen):
         for title in COLUMNS:
             table.add_column(title, key=title.lower())
         self.set_interval(self.lxpy.stats_interval, self.poll)
+        self._welcome.display = False
         table.focus()
 
     # -- which container -------------------------------------------------------
@@ -149,7 +153,29 @@ class DashboardScreen(ContainerScreen):
         except RowDoesNotExist:
             pass
 
+    def _update_welcome(self) -> None:
+        # The first-run panel stands in for the table while lxpyd answers
+        # and has no container at all.
+        empty = self.connected and not self._rows
+        if empty == self._welcome.display:
+            return
+        self._welcome.display = empty
+        self._table.display = not empty
+        if empty:
+            self._welcome.load()
+        else:
+            self._table.focus()
+
+    @on(Welcome.CreateAsked)
+    def _create_asked(self, msg: Welcome.CreateAsked) -> None:
+        self.action_create(msg.template)
+
+    @on(OperationUpdate)
+    def _operation(self, msg: OperationUpdate) -> None:
+        self._welcome.operation(msg.operation)
+
     def _update_bindings(self) -> None:
+        self._update_welcome()
         # The footer is rebuilt on every refresh_bindings(), which costs a
         # layout pass: do it only when what the keys depend on changed.
         name = self.selected()
@@ -326,7 +352,7 @@ class DashboardScreen(ContainerScreen):
         yield SystemCommand("Create container", "pick a template and a name", self.action_create)
         yield from super().palette_commands()
 
-    def action_create(self) -> None:
+    def action_create(self, template: str | None = None) -> None:
         from tui.screens.create import CreateScreen
 
         def created(name: str | None) -> None:
@@ -336,7 +362,7 @@ class DashboardScreen(ContainerScreen):
                 self.select(name)
                 self._mark(name)
 
-        self.app.push_screen(CreateScreen(set(self.inv.names())), created)
+        self.app.push_screen(CreateScreen(set(self.inv.names()), template), created)
 
     def action_details(self) -> None:
         from tui.screens.detail import DetailScreen
