@@ -36,7 +36,8 @@ def test_shown_while_there_is_no_container(tmp_path: Any) -> None:
             # The built template is picked, so creating is the next step.
             select = welcome.query_one("#welcome-template", Select)
             await wait_until(pilot, lambda: select.value == "busybox", what="busybox")
-            assert app.focused is welcome.query_one("#create", Button)
+            create = welcome.query_one("#create", Button)
+            await wait_until(pilot, lambda: app.focused is create, what="the create button")
             await pilot.press("enter")
             await wait_until(pilot, lambda: isinstance(app.screen, CreateScreen))
             template = app.screen.query_one("#template", Select)
@@ -57,7 +58,7 @@ def test_shown_while_there_is_no_container(tmp_path: Any) -> None:
             )
             await wait_until(pilot, lambda: "web" in rows(pilot), what="the new row")
             assert table.display and not welcome.display
-            assert app.focused is table
+            await wait_until(pilot, lambda: app.focused is table, what="the table's focus")
 
     try:
         run(body())

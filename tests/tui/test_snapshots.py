@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Label
 from textual.widgets.data_table import ColumnKey
 
 from tests.tui.conftest import fixed_clock
@@ -107,6 +107,11 @@ async def _detail_tab(pilot: Pilot[Any], tab: str) -> None:
             break
         await pilot.pause(0.02)
     screen.query_one("#tabs").active = tab  # type: ignore[attr-defined]
+    console = screen.query_one("#console")
+    for _ in range(200):
+        if tab != "tab-console" or console.log_text is not None:  # type: ignore[attr-defined]
+            break
+        await pilot.pause(0.02)
     await pilot.pause(0.3)
 
 
@@ -147,9 +152,17 @@ def test_config_edit_refused(app: LxpyApp, snap_compare: Any) -> None:
         config = pilot.app.screen.query_one("#config", DataTable)
         config.move_cursor(row=config.get_row_index("limits.memory"))
         await pilot.press("enter")
-        await pilot.pause(0.2)
+        for _ in range(200):
+            if pilot.app.screen.query("#problem"):
+                break
+            await pilot.pause(0.02)
         await pilot.press(*"lots", "enter")
-        await pilot.pause(0.3)
+        problem = pilot.app.screen.query_one("#problem", Label)
+        for _ in range(200):
+            if "invalid size" in str(problem.render()):
+                break
+            await pilot.pause(0.02)
+        await pilot.pause()
 
     assert snap_compare(app, terminal_size=(100, 30), run_before=run_before)
 
