@@ -144,7 +144,18 @@ class LxpyApp(App[None]):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `lxpy-tui [--socket PATH]`; return the exit status."""
     parser = argparse.ArgumentParser(
-        prog="lxpy-tui", description="A live terminal console for lxpyd's containers."
+        prog="lxpy-tui",
+        description="A live terminal console for lxpyd's containers.",
+        epilog=(
+            "The footer lists the keys that apply to the selected container "
+            "(ctrl+p: every command). With no container yet, the dashboard "
+            "offers to build a template (b) and create a container (n). The "
+            "detail screen (enter) has the same start, stop, restart, freeze, "
+            "console and shell keys as the dashboard; on its Config tab, enter "
+            "edits a key, a sets another and u unsets one, checked by lxpyd as "
+            "`lxpy config set` is; on its Snapshots tab, p takes a snapshot, o "
+            "restores and delete deletes one."
+        ),
     )
     parser.add_argument(
         "--socket",

@@ -324,6 +324,17 @@ class AsyncClient:
         body = {"name": name, "template": template, "config": dict(config or {})}
         return await self.request("POST", "/1.0/containers", body)  # type: ignore[no-any-return]
 
+    async def update_config(
+        self,
+        name: str,
+        set_: Mapping[str, object] | None = None,
+        unset: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Set and unset config keys of `name`; lxpyd checks them (nothing
+        changes when one is refused). The container as it is now."""
+        body = {"set": dict(set_ or {}), "unset": list(unset or [])}
+        return await self.request("PATCH", _ct(name) + "/config", body)  # type: ignore[no-any-return]
+
     async def delete_container(self, name: str, force: bool = False) -> None:
         await self.request("DELETE", _ct(name), query={"force": force})
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lxpy.cli.output import format_value, print_json, print_table
+from lxpy.api.text import format_value
+from lxpy.cli.output import print_json, print_table
 from lxpy.cli.parse import NAME, arg, command
 from lxpy.errors import NotFound
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from lxpy.cli.output import format_value, print_json, print_table
+from lxpy.api.text import format_value, owner_text
+from lxpy.cli.output import print_json, print_table
 from lxpy.cli.parse import NAME, NAMES, arg, command, each, key_value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from typing import Any
 
     from lxpy.api.client import Client
 
@@ -94,7 +94,7 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
         if key == "last_exit" and isinstance(value, dict):
             text = f"{value.get('reason')}: {value.get('detail')}"
         elif key == "owner" and isinstance(value, dict):
-            text = _owner_text(value)
+            text = owner_text(value)
         elif isinstance(value, list):
             text = ", ".join(str(v) for v in value) or "-"
         elif value is None:
@@ -110,18 +110,6 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
     print("config:" + ("" if config else " -"))
     for key in sorted(config):
         print(f"  {key} = {format_value(config[key])}")
-
-
-def _owner_text(owner: dict[str, Any]) -> str:
-    import pwd
-
-    uid = owner.get("uid")
-    try:
-        name = pwd.getpwuid(int(uid)).pw_name  # type: ignore[arg-type]
-    except (KeyError, TypeError, ValueError):
-        name = "?"
-    tier = "restricted user" if owner.get("restricted") else "admin"
-    return f"{name} (uid {uid}, {tier})"
 
 
 @command(

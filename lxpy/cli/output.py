@@ -32,16 +32,5 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
         print("  ".join([*cells, r[-1]]).rstrip())
 
 
-def format_value(value: object) -> str:
-    """A config value as a user would type it back into `config set`."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return " ".join(value)
-    return wire.dumps(value)
-
-
 def yes_no(value: object) -> str:
     return "yes" if value else "no"

@@ -2,18 +2,26 @@
 every run (snapshot tests): the same containers, times and stats each time.
 
 It speaks the wire of docs/api.md on a unix socket from a thread, so the
-app under test uses its real client; the event stream stays open and quiet.
+app under test uses its real client. Each instance starts from a copy of
+the data below, which a test may change (`fake.containers`, ...); the event
+stream stays open and quiet until a test sends an event with `emit()`.
+Config changes are checked with lxpyd's own parsers (lxpy.model.config).
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import queue
 import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from lxpy.errors import LxpyError
+from lxpy.model.config import parse_value
 
 NOW = "2026-11-27T21:00:00Z"
 
@@ -44,8 +52,16 @@ CONTAINERS = [
         addresses=["10.87.0.12"],
         started_at="2026-11-27T18:55:30Z",
         stats={"cpu_percent": 3.2, "memory_bytes": 48_300_000},
-        config={"hostname": "web", "autostart": True, "limits.memory": "512MiB"},
+        config={
+            "hostname": "web",
+            "boot.autostart": True,
+            "limits.memory": "512MiB",
+            "network": ["lxpybr0"],
+            "init.args": ["--log-level", "info"],
+            "limits.cpu.weight": 200,
+        },
         snapshots=["before-upgrade", "snap1"],
+        owner={"uid": 0, "restricted": False},
     ),
     _ct(
         "db",
@@ -74,7 +90,22 @@ SNAPSHOTS = {
     ]
 }
 
-CONSOLE = {"web": "".join(f"[  {i}.000000] boot step {i}\n" for i in range(1, 9)) + "web login: "}
+# A Debian console as systemd writes it: colours, CR LF line ends, a status
+# line redrawn after a lone CR, an erase-to-end-of-line sequence.
+SYSTEMD_CONSOLE = (
+    "systemd 252.39-1~deb12u2 running in system mode (+PAM +AUDIT +SELINUX +APPARMOR +IMA "
+    "+SMACK +SECCOMP +GCRYPT -GNUTLS +OPENSSL +ACL +BLKID +CURL +ELFUTILS)\r\r\n"
+    "\r\nWelcome to \x1b[1mDebian GNU/Linux 12 (bookworm)\x1b[0m!\r\n\r\r\n"
+    + "".join(
+        f"[\x1b[0;32m  OK  \x1b[0m] Started \x1b[0;1;39munit{i}.service\x1b[0m - Unit {i}.\r\r\n"
+        for i in range(1, 9)
+    )
+    + "[  ***] A start job is running for network.target\r"
+    "[\x1b[0;32m  OK  \x1b[0m] Reached target \x1b[0;1;39mnetwork.target\x1b[0m.\x1b[K\r\n"
+    "\r\nDebian GNU/Linux 12 web console\r\n\r\nweb login: "
+)
+
+CONSOLE = {"web": SYSTEMD_CONSOLE}
 
 TEMPLATES = [
     {"name": "busybox", "description": "BusyBox", "kind": "busybox", "built": True, "stale": False},
@@ -112,61 +143,117 @@ class _Handler(BaseHTTPRequestHandler):
     def _missing(self) -> None:
         self._send(404, {"error": {"code": "not_found", "message": "no such thing", "hint": None}})
 
+    def _path(self) -> list[str]:
+        return [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
+
+    def _events(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.flush()
+        events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        fake = self.server.fake
+        with fake.lock:
+            fake.subscribers.append(events)
+        while (event := events.get()) is not None:
+            line = json.dumps(event).encode() + b"\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+            self.wfile.flush()
+        self.close_connection = True
+
     def do_GET(self) -> None:
-        path = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
-        cts = {c["name"]: c for c in CONTAINERS}
+        path = self._path()
+        fake = self.server.fake
+        cts = {c["name"]: c for c in fake.containers}
         if path == ["1.0"]:
             self._send(200, INFO)
         elif path == ["1.0", "events"]:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-ndjson")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.flush()
-            self.server.quit.wait()
-            self.close_connection = True
+            self._events()
         elif path == ["1.0", "containers"]:
-            self._send(200, CONTAINERS)
+            self._send(200, fake.containers)
         elif path == ["1.0", "networks"]:
             self._send(200, NETWORKS)
         elif path == ["1.0", "templates"]:
-            self._send(200, TEMPLATES)
+            self._send(200, fake.templates)
         elif len(path) == 3 and path[1] == "containers" and path[2] in cts:
             self._send(200, cts[path[2]])
         elif path[1:2] == ["containers"] and path[3:] == ["snapshots"] and path[2] in cts:
-            self._send(200, SNAPSHOTS.get(path[2], []))
+            self._send(200, fake.snapshots.get(path[2], []))
         elif path[1:2] == ["containers"] and path[3:] == ["console", "log"] and path[2] in cts:
-            if path[2] in CONSOLE:
-                self._send(200, CONSOLE[path[2]], "text/plain")
+            if path[2] in fake.console:
+                self._send(200, fake.console[path[2]], "text/plain")
             else:
                 self._missing()
         else:
             self._missing()
 
+    def do_PATCH(self) -> None:
+        path = self._path()
+        cts = {c["name"]: c for c in self.server.fake.containers}
+        if not (path[1:2] == ["containers"] and path[3:] == ["config"] and path[2] in cts):
+            self._missing()
+            return
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        try:
+            parsed = {k: parse_value(k, v) for k, v in body.get("set", {}).items()}
+        except LxpyError as e:
+            error = {"code": "invalid_argument", "message": e.message, "hint": e.hint}
+            self._send(400, {"error": error})
+            return
+        config = cts[path[2]]["config"]
+        config.update(parsed)
+        for key in body.get("unset", []):
+            config.pop(key, None)
+        self._send(200, cts[path[2]])
+
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, path: str) -> None:
-        self.quit = threading.Event()
+    def __init__(self, path: str, fake: FakeLxpyd) -> None:
+        self.fake = fake
         super().__init__(path, _Handler)
 
 
 class FakeLxpyd:
-    """Serve the fixed data on `socket` until stop()."""
+    """Serve (a copy of) the fixed data on `socket` until stop().
 
-    def __init__(self, socket: Path) -> None:
+    Args:
+        socket: where to listen.
+        containers: the containers to serve instead of CONTAINERS.
+    """
+
+    def __init__(self, socket: Path, containers: list[dict[str, Any]] | None = None) -> None:
         self.socket = socket
-        self._server = _Server(str(socket))
+        self.containers = copy.deepcopy(CONTAINERS if containers is None else containers)
+        self.snapshots = copy.deepcopy(SNAPSHOTS)
+        self.console = dict(CONSOLE)
+        self.templates = copy.deepcopy(TEMPLATES)
+        self.lock = threading.Lock()
+        self.subscribers: list[queue.Queue[dict[str, Any] | None]] = []
+        self._server = _Server(str(socket), self)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def container(self, name: str) -> dict[str, Any]:
+        """The served object of container `name` (changes show at the next GET)."""
+        return next(c for c in self.containers if c["name"] == name)
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Send `event` on every open event stream."""
+        with self.lock:
+            for events in self.subscribers:
+                events.put(event)
 
     def start(self) -> FakeLxpyd:
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._server.quit.set()
+        with self.lock:
+            for events in self.subscribers:
+                events.put(None)
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from textual.pilot import Pilot
@@ -105,6 +106,9 @@ class Tmux:
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.server, "kill-server"], capture_output=True, timeout=10)
+        # The server leaves its socket file behind.
+        tmpdir = os.environ.get("TMUX_TMPDIR") or "/tmp"
+        Path(tmpdir, f"tmux-{os.getuid()}", self.server).unlink(missing_ok=True)
 
 
 def row_of(screen: str, name: str) -> str:

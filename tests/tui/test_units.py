@@ -7,8 +7,10 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from textual.widgets import DataTable
 
 from lxpy.api.aclient import AsyncClient
 from lxpy.errors import DaemonUnavailable, NotFound
@@ -164,5 +166,36 @@ def test_starts_without_a_daemon_and_connects_when_it_comes(tmp_path: Path) -> N
                 assert not screen.has_class("-offline")
             finally:
                 fake.stop()
+
+    run(body(), timeout=20)
+
+
+def test_columns_widen_to_numbers_that_come_later(fake_lxpyd: FakeLxpyd) -> None:
+    # No stats at first: the CPU and MEMORY columns are as narrow as "-"
+    # and their titles. Numbers that come with a later poll must fit.
+    for ct in fake_lxpyd.containers:
+        ct["stats"] = {}
+
+    def shown_row(pilot: Any, name: str) -> str:
+        table = dashboard(pilot).query_one("#containers", DataTable)
+        lines = [table.render_line(y).text for y in range(table.size.height)]
+        return next((line for line in lines if line.split()[:1] == [name]), "")
+
+    async def body() -> None:
+        app = LxpyApp(str(fake_lxpyd.socket), stats_interval=60)
+        async with app.run_test(size=(100, 24)) as pilot:
+            await wait_until(pilot, lambda: rows(pilot).get("db", ["", ""])[1] == "RUNNING")
+            await wait_until(pilot, lambda: shown_row(pilot, "db").split()[4:6] == ["-", "-"])
+            fake_lxpyd.container("db")["stats"] = {
+                "cpu_percent": 127.4,
+                "memory_bytes": 1023 * 2**20,
+            }
+            dashboard(pilot).poll()
+            await wait_until(pilot, lambda: rows(pilot)["db"][4] == "127.4%", what="the poll")
+            await wait_until(
+                pilot,
+                lambda: shown_row(pilot, "db").split()[4:6] == ["127.4%", "1023M"],
+                what=f"whole numbers in {shown_row(pilot, 'db')!r}",
+            )
 
     run(body(), timeout=20)

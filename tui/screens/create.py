@@ -15,10 +15,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Button, Footer, Header, Input, Label, ProgressBar, Select
+from textual.widgets import Button, Footer, Header, Input, Label, Select
 
 from lxpy.errors import LxpyError
 from lxpy.model.names import validate_name
+from tui.build import BuildProgress, offer_templates
 from tui.messages import Connected, OperationUpdate
 from tui.screens.modals import NameValidator
 
@@ -30,21 +31,12 @@ if TYPE_CHECKING:
 NONE = "-"
 
 
-def template_label(t: dict[str, Any]) -> str:
-    if not t.get("built"):
-        state = "not built: built first"
-    elif t.get("stale"):
-        state = "built, definition changed"
-    else:
-        state = "built"
-    return f"{t.get('name')} ({state})"
-
-
 class CreateScreen(Screen[str | None]):
     """Create a container; dismisses with its name (None when cancelled).
 
     Args:
         existing: names already taken, to say so before the daemon does.
+        template: the template picked at first (else busybox, if there is one).
     """
 
     BINDINGS = [
@@ -52,13 +44,13 @@ class CreateScreen(Screen[str | None]):
         Binding("ctrl+s", "create", "create"),
     ]
 
-    def __init__(self, existing: set[str] | None = None) -> None:
+    def __init__(self, existing: set[str] | None = None, template: str | None = None) -> None:
         super().__init__()
         self.existing = existing or set()
+        self.first_template = template
         self.templates: dict[str, dict[str, Any]] = {}
         self.networks: list[str] | None = None
         self.busy = False
-        self._op_id: str | None = None
 
     @property
     def lxpy(self) -> LxpyApp:
@@ -78,8 +70,7 @@ class CreateScreen(Screen[str | None]):
             yield Label("", id="problem", classes="problem")
             yield Label("Network", classes="field")
             yield Select[str]([], prompt="checking networks ...", id="network", disabled=True)
-            yield Label("", id="stage")
-            yield ProgressBar(total=1.0, show_eta=False, id="progress")
+            yield BuildProgress(id="build")
             with Horizontal(classes="buttons"):
                 yield Button("Create (ctrl+s)", variant="primary", id="create")
                 yield Button("Cancel (esc)", id="cancel")
@@ -87,7 +78,6 @@ class CreateScreen(Screen[str | None]):
 
     def on_mount(self) -> None:
         self.sub_title = "new container"
-        self.query_one("#progress").display = False
         self.query_one("#name", Input).focus()
         self.load()
 
@@ -105,15 +95,8 @@ class CreateScreen(Screen[str | None]):
         except LxpyError as e:
             self._problem(e)
             return
-        self.templates = {str(t["name"]): t for t in templates if t.get("name")}
         select = self.query_one("#template", Select)
-        keep = select.value
-        select.set_options((template_label(t), n) for n, t in sorted(self.templates.items()))
-        select.prompt = "pick a template"
-        if keep in self.templates:
-            select.value = keep
-        elif "busybox" in self.templates:
-            select.value = "busybox"
+        self.templates = offer_templates(select, templates, (self.first_template, "busybox"))
         net = self.query_one("#network", Select)
         if networks is None:
             self.networks = None
@@ -195,43 +178,14 @@ class CreateScreen(Screen[str | None]):
         self.dismiss(name)
 
     async def _build(self, template: str) -> bool:
-        client = self.lxpy.client
-        self.query_one("#progress").display = True
-        self._stage(f"building template {template} ...")
-        op = await client.build_template(template)
-        self._op_id = str(op["id"])
-        if op.get("status") == "running":
-            async with await client.operation_stream(self._op_id) as stream:
-                async for msg in stream:
-                    if "progress" in msg or "stage" in msg:
-                        self._progress(msg.get("progress"), msg.get("stage"))
-                    elif "operation" in msg:
-                        op = msg["operation"]
-        if op.get("status") == "running":
-            op = await client.wait_operation(self._op_id, wait=20)
-        if op.get("status") != "success":
-            err = op.get("error") or {}
-            self._problem(
-                f"building template {template} ended {op.get('status')}: "
-                f"{err.get('message', 'no reason given')}"
-            )
-            self._stage("")
-            return False
-        self._progress(1.0, "built")
-        return True
+        problem = await self.query_one(BuildProgress).build(self.lxpy.client, template)
+        if problem:
+            self._problem(problem)
+        return problem is None
 
     @on(OperationUpdate)
     def _operation(self, msg: OperationUpdate) -> None:
-        # The event stream also carries the build's progress: it keeps the
-        # bar moving should the operation's own stream be cut short.
-        if msg.operation.get("id") == self._op_id:
-            self._progress(msg.operation.get("progress"), msg.operation.get("stage"))
-
-    def _progress(self, progress: object, stage: object) -> None:
-        if isinstance(progress, int | float):
-            self.query_one("#progress", ProgressBar).update(progress=float(progress))
-        if stage:
-            self._stage(str(stage))
+        self.query_one(BuildProgress).operation(msg.operation)
 
     def _stage(self, text: str) -> None:
-        self.query_one("#stage", Label).update(text)
+        self.query_one(BuildProgress).stage(text)

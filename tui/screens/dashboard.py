@@ -9,27 +9,31 @@ refresh brings stats and uptimes and heals anything missed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.coordinate import Coordinate
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 
 from lxpy.errors import LxpyError, NotFound
 from lxpy.model.names import validate_name
 from tui.inventory import COLUMNS, Inventory, Row
-from tui.messages import Connected, Disconnected, Lifecycle
+from tui.messages import Connected, Disconnected, Lifecycle, OperationUpdate
+from tui.screens.actions import (
+    ACTION_STATES,
+    LIFECYCLE_BINDINGS,
+    PALETTE,
+    TERMINAL_BINDINGS,
+    ContainerScreen,
+)
 from tui.screens.modals import ConfirmScreen, PromptScreen
+from tui.welcome import Welcome
 from tui.widgets import ContainerTable
-
-if TYPE_CHECKING:
-    from tui.app import LxpyApp
 
 # Seconds to gather a burst of events before fetching what they touched.
 COALESCE = 0.03
@@ -45,32 +49,18 @@ STATE_STYLES = {
     "ERROR": "bold red",
 }
 
-# Which states each container action makes sense in (None: any state).
-ACTION_STATES: dict[str, frozenset[str] | None] = {
-    "start": frozenset({"STOPPED", "ERROR"}),
-    "stop": frozenset({"RUNNING", "FROZEN", "STARTING"}),
-    "restart": frozenset({"RUNNING"}),
-    "freeze": frozenset({"RUNNING"}),
-    "unfreeze": frozenset({"FROZEN"}),
-    "console": frozenset({"RUNNING"}),
-    "shell": frozenset({"RUNNING"}),
-    "snapshot": None,
+# The dashboard's actions: the shared ones, and those on the row itself.
+ACTIONS: dict[str, frozenset[str] | None] = {
+    **ACTION_STATES,
     "clone": None,
     "destroy": None,
     "details": None,
 }
 
-PALETTE = (
-    ("start", "Start", "boot the container"),
-    ("stop", "Stop", "shut the container down (asks first)"),
-    ("restart", "Restart", "stop and start again"),
-    ("freeze", "Freeze", "pause every process of the container"),
-    ("unfreeze", "Unfreeze", "resume the container's processes"),
-    ("snapshot", "Snapshot", "take a snapshot"),
+DASHBOARD_PALETTE = (
+    *PALETTE,
     ("clone", "Clone", "copy the container under a new name"),
     ("destroy", "Destroy", "delete the container and its snapshots (asks first)"),
-    ("console", "Console", "attach to the console; the TUI comes back on detach"),
-    ("shell", "Shell", "run /bin/sh inside; the TUI comes back when it exits"),
     ("details", "Details", "config, snapshots, console log, events"),
 )
 
@@ -81,23 +71,20 @@ def _cell(column: int, value: str) -> str | Text:
     return value
 
 
-class DashboardScreen(Screen[None]):
+class DashboardScreen(ContainerScreen):
     """The table of containers and the actions on the selected one."""
 
     BINDINGS = [
         Binding("n", "create", "new"),
         Binding("enter", "details", "info", priority=True),
-        Binding("s", "start", "start"),
-        Binding("x", "stop", "stop"),
-        Binding("r", "restart", "restart"),
-        Binding("f", "freeze", "freeze"),
-        Binding("f", "unfreeze", "thaw"),
+        *LIFECYCLE_BINDINGS,
         Binding("p", "snapshot", "snap"),
         Binding("l", "clone", "copy"),
         Binding("d", "destroy", "destroy"),
-        Binding("c", "console", "console"),
-        Binding("e", "shell", "shell"),
+        *TERMINAL_BINDINGS,
     ]
+    ACTIONS = ACTIONS
+    PALETTE = DASHBOARD_PALETTE
 
     def __init__(self) -> None:
         super().__init__()
@@ -112,17 +99,15 @@ class DashboardScreen(Screen[None]):
         self._bindings_key: tuple[object, ...] = ()
         self._banner = Static("connecting to lxpyd ...", id="banner")
         self._table = ContainerTable(id="containers", cursor_type="row", zebra_stripes=True)
+        self._welcome = Welcome(id="welcome")
         self._touched: dict[str, int] = {}
         self.connected = False
-
-    @property
-    def lxpy(self) -> LxpyApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         yield Header()
         yield self._banner
         yield self._table
+        yield self._welcome
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -131,6 +116,7 @@ class DashboardScreen(Screen[None]):
         for title in COLUMNS:
             table.add_column(title, key=title.lower())
         self.set_interval(self.lxpy.stats_interval, self.poll)
+        self._welcome.display = False
         table.focus()
 
     # -- which container -------------------------------------------------------
@@ -152,6 +138,14 @@ class DashboardScreen(Screen[None]):
             return None
         return key.value
 
+    def acting_on(self) -> tuple[str, dict[str, Any]] | None:
+        name = self.selected()
+        ct = self.inv.get(name) if name else None
+        return (name, ct) if name and ct is not None else None
+
+    def online(self) -> bool:
+        return self.connected
+
     def select(self, name: str) -> None:
         """Move the cursor to container `name`, if it has a row."""
         try:
@@ -159,7 +153,29 @@ class DashboardScreen(Screen[None]):
         except RowDoesNotExist:
             pass
 
+    def _update_welcome(self) -> None:
+        # The first-run panel stands in for the table while lxpyd answers
+        # and has no container at all.
+        empty = self.connected and not self._rows
+        if empty == self._welcome.display:
+            return
+        self._welcome.display = empty
+        self._table.display = not empty
+        if empty:
+            self._welcome.load()
+        else:
+            self._table.focus()
+
+    @on(Welcome.CreateAsked)
+    def _create_asked(self, msg: Welcome.CreateAsked) -> None:
+        self.action_create(msg.template)
+
+    @on(OperationUpdate)
+    def _operation(self, msg: OperationUpdate) -> None:
+        self._welcome.operation(msg.operation)
+
     def _update_bindings(self) -> None:
+        self._update_welcome()
         # The footer is rebuilt on every refresh_bindings(), which costs a
         # layout pass: do it only when what the keys depend on changed.
         name = self.selected()
@@ -176,18 +192,6 @@ class DashboardScreen(Screen[None]):
     @on(DataTable.RowSelected)
     def _chosen(self) -> None:
         self.action_details()
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        # Actions that do not apply to the selected container are hidden, so
-        # the footer lists exactly what can be done (and fits 80 columns).
-        if action not in ACTION_STATES:
-            return True
-        name = self.selected()
-        ct = self.inv.get(name) if name else None
-        if ct is None or not self.connected:
-            return False
-        states = ACTION_STATES[action]
-        return states is None or ct.get("state") in states
 
     # -- keeping up with lxpyd -------------------------------------------------
 
@@ -321,7 +325,8 @@ class DashboardScreen(Screen[None]):
             return True
         for i, (before, after) in enumerate(zip(old, row, strict=True)):
             if before != after:
-                table.update_cell(name, COLUMNS[i].lower(), _cell(i, after))
+                # Sized to the new text: a column never cuts a value short.
+                table.update_cell(name, COLUMNS[i].lower(), _cell(i, after), update_width=True)
         self._update_bindings()
         return False
 
@@ -345,35 +350,9 @@ class DashboardScreen(Screen[None]):
     def palette_commands(self) -> Iterable[SystemCommand]:
         """Command palette entries for the selected container and the screen."""
         yield SystemCommand("Create container", "pick a template and a name", self.action_create)
-        name = self.selected()
-        if name is None:
-            return
-        for action, title, help in PALETTE:
-            if self.check_action(action, ()):
-                yield SystemCommand(f"{title} {name}", help, getattr(self, f"action_{action}"))
+        yield from super().palette_commands()
 
-    @work(group="actions")
-    async def _act(
-        self, name: str, doing: str, done: str, call: Callable[[], Awaitable[object]]
-    ) -> None:
-        self.notify(f"{doing} {name} ...", timeout=2)
-        try:
-            await call()
-        except LxpyError as e:
-            self.notify(
-                e.message + (f"\nhint: {e.hint}" if e.hint else ""),
-                title=f"{doing} {name} failed",
-                severity="error",
-                timeout=8,
-            )
-            return
-        self.notify(f"{done} {name}", timeout=3)
-
-    def _target(self, action: str) -> str | None:
-        name = self.selected()
-        return name if name and self.check_action(action, ()) else None
-
-    def action_create(self) -> None:
+    def action_create(self, template: str | None = None) -> None:
         from tui.screens.create import CreateScreen
 
         def created(name: str | None) -> None:
@@ -383,7 +362,7 @@ class DashboardScreen(Screen[None]):
                 self.select(name)
                 self._mark(name)
 
-        self.app.push_screen(CreateScreen(set(self.inv.names())), created)
+        self.app.push_screen(CreateScreen(set(self.inv.names()), template), created)
 
     def action_details(self) -> None:
         from tui.screens.detail import DetailScreen
@@ -391,53 +370,6 @@ class DashboardScreen(Screen[None]):
         name = self._target("details")
         if name:
             self.app.push_screen(DetailScreen(name))
-
-    def action_start(self) -> None:
-        if name := self._target("start"):
-            self._act(name, "starting", "started", lambda: self.lxpy.client.start(name))
-
-    def action_stop(self) -> None:
-        if not (name := self._target("stop")):
-            return
-
-        def answer(yes: bool | None) -> None:
-            if yes:
-                self._act(name, "stopping", "stopped", lambda: self.lxpy.client.stop(name))
-
-        self.app.push_screen(ConfirmScreen(f"Stop container {name}?", yes="Stop"), answer)
-
-    def action_restart(self) -> None:
-        if name := self._target("restart"):
-            self._act(name, "restarting", "restarted", lambda: self.lxpy.client.restart(name))
-
-    def action_freeze(self) -> None:
-        if name := self._target("freeze"):
-            self._act(name, "freezing", "froze", lambda: self.lxpy.client.freeze(name))
-
-    def action_unfreeze(self) -> None:
-        if name := self._target("unfreeze"):
-            self._act(name, "unfreezing", "unfroze", lambda: self.lxpy.client.unfreeze(name))
-
-    def action_snapshot(self) -> None:
-        if not (name := self._target("snapshot")):
-            return
-
-        def answer(snap: str | None) -> None:
-            if snap is not None:
-                self._act(
-                    name,
-                    "snapshotting",
-                    "took a snapshot of",
-                    lambda: self.lxpy.client.create_snapshot(name, snap or None),
-                )
-
-        prompt = PromptScreen(
-            f"Snapshot of {name} (empty for the next snapN):",
-            placeholder="snapshot name",
-            check=lambda v: validate_name(v, "snapshot"),
-            allow_empty=True,
-        )
-        self.app.push_screen(prompt, answer)
 
     def action_clone(self) -> None:
         if not (name := self._target("clone")):
@@ -477,20 +409,5 @@ class DashboardScreen(Screen[None]):
 
         self.app.push_screen(ConfirmScreen(question, yes="Destroy"), answer)
 
-    def _hand_over(self, *args: str) -> None:
-        try:
-            status = self.lxpy.run_cli(*args)
-        except Exception as e:  # SuspendNotSupported (no terminal), a missing python
-            self.notify(f"cannot hand the terminal over: {e}", severity="error")
-            return
-        if status != 0:
-            self.notify(f"`lxpy {' '.join(args)}` ended with status {status}", severity="warning")
+    def after_hand_over(self) -> None:
         self.poll()
-
-    def action_console(self) -> None:
-        if name := self._target("console"):
-            self._hand_over("console", name)
-
-    def action_shell(self) -> None:
-        if name := self._target("shell"):
-            self._hand_over("exec", name, "-t", "--", "/bin/sh")

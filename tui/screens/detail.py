@@ -1,56 +1,85 @@
-"""The detail screen of one container: summary, config, snapshots (create,
-restore, delete), the console log tail and the container's recent events."""
+"""The detail screen of one container: summary, config (set and unset keys),
+snapshots (create, restore, delete), the console log and the container's
+recent events, with the same start/stop/console/shell keys as the dashboard.
+"""
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.coordinate import Coordinate
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedContent, TabPane
 from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 
+from lxpy.api.text import format_value, owner_text
 from lxpy.errors import LxpyError, NotFound
-from lxpy.model.names import validate_name
 from tui.inventory import RUNNING_STATES, addresses, uptime
-from tui.messages import Connected, Lifecycle
-from tui.screens.modals import ConfirmScreen, PromptScreen
-
-if TYPE_CHECKING:
-    from tui.app import LxpyApp
+from tui.messages import Connected, Disconnected, Lifecycle
+from tui.screens.actions import LIFECYCLE_BINDINGS, TERMINAL_BINDINGS, ContainerScreen
+from tui.screens.config import ConfigEditScreen
+from tui.screens.modals import ConfirmScreen
+from tui.widgets import ConsoleView
 
 # Lines of console log kept on screen.
 LOG_TAIL = 500
 
-
-def _value(v: object) -> str:
-    if isinstance(v, str):
-        return v
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return json.dumps(v)
+# Actions that act on the row under the cursor of one tab, and that tab.
+TAB_ACTIONS = {
+    "edit": "tab-config",
+    "add_key": "tab-config",
+    "unset": "tab-config",
+    "restore": "tab-snapshots",
+    "delete_snapshot": "tab-snapshots",
+}
 
 
 def event_line(event: dict[str, Any]) -> str:
     """One event as a log line: time, action and its data."""
     data = event.get("data") or {}
-    detail = " ".join(f"{k}={_value(v)}" for k, v in sorted(data.items()))
+    detail = " ".join(f"{k}={format_value(v)}" for k, v in sorted(data.items()))
     return f"{event.get('timestamp', '')} {event.get('action', '')} {detail}".rstrip()
 
 
-class DetailScreen(Screen[None]):
+def _cursor_key(table: DataTable[Any]) -> str | None:
+    """The key of the row under `table`'s cursor."""
+    if table.row_count == 0:
+        return None
+    try:
+        return table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value
+    except CellDoesNotExist:
+        return None
+
+
+def _refill(table: DataTable[Any], rows: list[tuple[str, str]]) -> None:
+    """Show `rows` (keyed by their first cell), the cursor kept on its row."""
+    keep = _cursor_key(table)
+    table.clear()
+    for row in rows:
+        table.add_row(*row, key=row[0])
+    if keep:
+        try:
+            table.move_cursor(row=table.get_row_index(keep))
+        except RowDoesNotExist:  # it is gone
+            pass
+
+
+class DetailScreen(ContainerScreen):
     """Everything about container `name`."""
 
     BINDINGS = [
         Binding("escape", "back", "back"),
-        Binding("p", "snapshot", "snapshot"),
-        Binding("o", "restore", "restore snap"),
-        Binding("delete", "delete_snapshot", "delete snap"),
-        Binding("g", "reload", "reload"),
+        *LIFECYCLE_BINDINGS,
+        *TERMINAL_BINDINGS,
+        Binding("p", "snapshot", "snap"),
+        Binding("enter", "edit", "edit", priority=True),
+        Binding("a", "add_key", "add key"),
+        Binding("u", "unset", "unset"),
+        Binding("o", "restore", "restore"),
+        Binding("delete", "delete_snapshot", "delete"),
+        Binding("g", "reload", "reload", show=False),
     ]
 
     def __init__(self, name: str) -> None:
@@ -58,21 +87,24 @@ class DetailScreen(Screen[None]):
         self.container_name = name
         self.ct: dict[str, Any] = {}
 
-    @property
-    def lxpy(self) -> LxpyApp:
-        return self.app  # type: ignore[return-value]
-
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static("loading ...", id="summary")
         with TabbedContent(id="tabs"):
             with TabPane("Config", id="tab-config"):
-                yield DataTable(id="config", cursor_type="row", show_cursor=False)
+                yield DataTable(id="config", cursor_type="row")
             with TabPane("Snapshots", id="tab-snapshots"):
+                yield Static("no snapshots yet: p takes one", id="no-snapshots", classes="empty")
                 yield DataTable(id="snapshots", cursor_type="row")
             with TabPane("Console", id="tab-console"):
-                yield Log(id="console", max_lines=LOG_TAIL)
+                yield ConsoleView(LOG_TAIL, id="console")
             with TabPane("Events", id="tab-events"):
+                yield Static(
+                    f"no events yet: changes to {self.container_name} (state, config, "
+                    "snapshots) show here as they happen",
+                    id="no-events",
+                    classes="empty",
+                )
                 yield Log(id="events", max_lines=LOG_TAIL)
         yield Footer(compact=True)
 
@@ -84,11 +116,54 @@ class DetailScreen(Screen[None]):
         snaps = self.query_one("#snapshots", DataTable)
         snaps.add_column("SNAPSHOT", key="name")
         snaps.add_column("CREATED", key="created")
-        events = self.query_one("#events", Log)
+        snaps.display = False
         for event in self.lxpy.events_for(self.container_name):
-            events.write_line(event_line(event))
+            self._event(event)
+        self._show_events()
         self.set_interval(self.lxpy.stats_interval, self._tick)
+        config.focus()
         self.action_reload()
+
+    # -- which container, which row ------------------------------------------------
+
+    def acting_on(self) -> tuple[str, dict[str, Any]] | None:
+        return (self.container_name, self.ct) if self.ct else None
+
+    def tab(self) -> str:
+        return str(self.query_one(TabbedContent).active)
+
+    def selected_key(self) -> str | None:
+        return _cursor_key(self.query_one("#config", DataTable))
+
+    def selected_snapshot(self) -> str | None:
+        return _cursor_key(self.query_one("#snapshots", DataTable))
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Row actions show only on their tab, and only with a row to act on.
+        tab = TAB_ACTIONS.get(action)
+        if tab is None:
+            return super().check_action(action, parameters)
+        if tab != self.tab() or not self.ct or not self.online():
+            return False
+        if action in ("edit", "unset"):
+            return self.selected_key() is not None
+        if action in ("restore", "delete_snapshot"):
+            return self.selected_snapshot() is not None
+        return True
+
+    @on(TabbedContent.TabActivated)
+    def _tab_changed(self, event: TabbedContent.TabActivated) -> None:
+        # The tab's own widget takes the keys (arrows, page up/down).
+        pane = event.pane
+        for widget in pane.query("DataTable, ConsoleView, Log"):
+            if widget.display:
+                widget.focus()
+                break
+        self.refresh_bindings()
+
+    @on(DataTable.RowHighlighted)
+    def _row_highlighted(self) -> None:
+        self.refresh_bindings()
 
     # -- loading -------------------------------------------------------------------
 
@@ -102,6 +177,9 @@ class DetailScreen(Screen[None]):
         if self.ct.get("state") in RUNNING_STATES:
             self.load_console()
 
+    def after_hand_over(self) -> None:
+        self.action_reload()
+
     @work(group="container", exclusive=True)
     async def load_container(self) -> None:
         try:
@@ -111,16 +189,16 @@ class DetailScreen(Screen[None]):
             self.query_one("#summary", Static).update(
                 f"container {self.container_name} does not exist (any more)"
             )
+            self.refresh_bindings()
             return
         except LxpyError as e:
             self.notify(e.message, severity="error")
             return
         self._summary()
-        table = self.query_one("#config", DataTable)
-        table.clear()
         config = self.ct.get("config") or {}
-        for key in sorted(config):
-            table.add_row(key, _value(config[key]), key=key)
+        rows = [(key, format_value(config[key])) for key in sorted(config)]
+        _refill(self.query_one("#config", DataTable), rows)
+        self.refresh_bindings()
 
     def _summary(self) -> None:
         if not self.ct:
@@ -132,6 +210,8 @@ class DetailScreen(Screen[None]):
             f"addresses: {', '.join(addresses(ct)) or '-'}",
             f"created {ct.get('created_at') or '-'}  path {ct.get('path') or '-'}",
         ]
+        if isinstance(ct.get("owner"), dict):
+            lines.append(f"owner: {owner_text(ct['owner'])}")
         if ct.get("init_pid"):
             lines.append(f"init pid {ct['init_pid']}  started {ct.get('started_at') or '-'}")
         last = ct.get("last_exit")
@@ -148,36 +228,37 @@ class DetailScreen(Screen[None]):
         except LxpyError:
             return
         table = self.query_one("#snapshots", DataTable)
-        keep = self.selected_snapshot()
-        table.clear()
-        for s in snaps:
-            table.add_row(str(s.get("name")), str(s.get("created_at") or "-"), key=str(s["name"]))
-        if keep:
-            try:
-                table.move_cursor(row=table.get_row_index(keep))
-            except RowDoesNotExist:  # it was the one deleted
-                pass
+        _refill(table, [(str(s["name"]), str(s.get("created_at") or "-")) for s in snaps])
+        table.display = bool(snaps)
+        self.query_one("#no-snapshots").display = not snaps
+        self.refresh_bindings()
 
     @work(group="console", exclusive=True)
     async def load_console(self) -> None:
-        log = self.query_one("#console", Log)
         try:
             text = await self.lxpy.client.console_log(self.container_name)
         except NotFound:
             text = "(no console log: the container has not run since lxpyd started)\n"
         except LxpyError as e:
             text = f"(console log unavailable: {e.message})\n"
-        lines = text.splitlines()[-LOG_TAIL:]
-        log.clear()
-        log.write_lines(lines)
+        self.query_one("#console", ConsoleView).show(text)
 
     # -- live updates --------------------------------------------------------------
+
+    def _event(self, event: dict[str, Any]) -> None:
+        self.query_one("#events", Log).write_line(event_line(event))
+
+    def _show_events(self) -> None:
+        some = self.query_one("#events", Log).line_count > 0
+        self.query_one("#events").display = some
+        self.query_one("#no-events").display = not some
 
     @on(Lifecycle)
     def _lifecycle(self, msg: Lifecycle) -> None:
         if msg.container != self.container_name:
             return
-        self.query_one("#events", Log).write_line(event_line(msg.event))
+        self._event(msg.event)
+        self._show_events()
         if msg.action == "container-renamed":
             new = (msg.event.get("data") or {}).get("new")
             if new:
@@ -188,6 +269,7 @@ class DetailScreen(Screen[None]):
         if msg.action == "container-state" and self.ct:
             self.ct = {**self.ct, "state": (msg.event.get("data") or {}).get("new")}
             self._summary()
+            self.refresh_bindings()
             self.load_console()
         self.load_container()
 
@@ -195,73 +277,72 @@ class DetailScreen(Screen[None]):
     def _reconnected(self) -> None:
         self.action_reload()
 
-    # -- snapshot actions ----------------------------------------------------------
-
-    def selected_snapshot(self) -> str | None:
-        table = self.query_one("#snapshots", DataTable)
-        if table.row_count == 0:
-            return None
-        try:
-            return table.coordinate_to_cell_key(Coordinate(table.cursor_row, 0)).row_key.value
-        except CellDoesNotExist:
-            return None
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("restore", "delete_snapshot"):
-            return True if self.selected_snapshot() else None
-        return True
-
-    @on(DataTable.RowHighlighted, "#snapshots")
-    def _snapshot_highlighted(self) -> None:
+    @on(Disconnected)
+    def _disconnected(self) -> None:
         self.refresh_bindings()
 
-    @work(group="snapshot-actions")
-    async def _snap_call(self, what: str, coro: Any) -> None:
-        try:
-            await coro
-        except LxpyError as e:
-            self.notify(
-                e.message + (f"\nhint: {e.hint}" if e.hint else ""),
-                title=f"{what} failed",
-                severity="error",
-                timeout=8,
-            )
-            return
-        self.notify(what, timeout=3)
-        self.load_snapshots()
+    # -- config --------------------------------------------------------------------
 
     def action_back(self) -> None:
         self.dismiss(None)
 
-    def action_snapshot(self) -> None:
+    def _edit(self, key: str | None) -> None:
+        config = self.ct.get("config") or {}
+        value = format_value(config[key]) if key in config else ""
+        running = self.ct.get("state") in RUNNING_STATES
+        screen = ConfigEditScreen(self.container_name, key, value, running)
+
+        def saved(ok: bool | None) -> None:
+            if ok:
+                self.load_container()
+
+        self.app.push_screen(screen, saved)
+
+    def action_edit(self) -> None:
+        if self.check_action("edit", ()) and (key := self.selected_key()):
+            self._edit(key)
+
+    @on(DataTable.RowSelected, "#config")
+    def _config_chosen(self) -> None:
+        self.action_edit()
+
+    def action_add_key(self) -> None:
+        if self.check_action("add_key", ()):
+            self._edit(None)
+
+    def action_unset(self) -> None:
+        if not (self.check_action("unset", ()) and (key := self.selected_key())):
+            return
         name = self.container_name
-
-        def answer(snap: str | None) -> None:
-            if snap is not None:
-                client = self.lxpy.client
-                self._snap_call(f"snapshot of {name}", client.create_snapshot(name, snap or None))
-
-        self.query_one(TabbedContent).active = "tab-snapshots"
-        self.app.push_screen(
-            PromptScreen(
-                f"Snapshot of {name} (empty for the next snapN):",
-                placeholder="snapshot name",
-                check=lambda v: validate_name(v, "snapshot"),
-                allow_empty=True,
-            ),
-            answer,
+        self._act(
+            name,
+            f"unsetting {key} of",
+            f"unset {key} of",
+            lambda: self.lxpy.client.update_config(name, unset=[key]),
+            then=self.load_container,
         )
+
+    # -- snapshots -----------------------------------------------------------------
+
+    def action_snapshot(self) -> None:
+        self.query_one(TabbedContent).active = "tab-snapshots"
+        super().action_snapshot()
 
     def action_restore(self) -> None:
         snap = self.selected_snapshot()
-        if not snap:
+        if not (snap and self.check_action("restore", ())):
             return
         name = self.container_name
 
         def answer(yes: bool | None) -> None:
             if yes:
-                client = self.lxpy.client
-                self._snap_call(f"restored {name} to {snap}", client.restore_snapshot(name, snap))
+                self._act(
+                    name,
+                    f"restoring {snap} of",
+                    f"restored {snap} of",
+                    lambda: self.lxpy.client.restore_snapshot(name, snap),
+                    then=self.action_reload,
+                )
 
         self.app.push_screen(
             ConfirmScreen(
@@ -273,14 +354,19 @@ class DetailScreen(Screen[None]):
 
     def action_delete_snapshot(self) -> None:
         snap = self.selected_snapshot()
-        if not snap:
+        if not (snap and self.check_action("delete_snapshot", ())):
             return
         name = self.container_name
 
         def answer(yes: bool | None) -> None:
             if yes:
-                client = self.lxpy.client
-                self._snap_call(f"deleted snapshot {snap}", client.delete_snapshot(name, snap))
+                self._act(
+                    name,
+                    f"deleting snapshot {snap} of",
+                    f"deleted snapshot {snap} of",
+                    lambda: self.lxpy.client.delete_snapshot(name, snap),
+                    then=self.load_snapshots,
+                )
 
         self.app.push_screen(
             ConfirmScreen(f"Delete snapshot {snap} of {name}?", yes="Delete"), answer
