@@ -167,8 +167,8 @@ SCHEMAS: dict[str, Schema] = {
             "last_exit": {
                 "type": ["object", "null"],
                 "properties": {"reason": STR, "detail": STR},
-                "description": "why init last ended (poweroff, reboot, killed, exited, "
-                "error, monitor-lost, restart-limit)",
+                "description": "why init last ended (stopped: by lxpy, restarted: by "
+                "lxpy, poweroff, reboot, killed, exited, error, monitor-lost, restart-limit)",
             },
             "stats": {
                 "oneOf": [{"type": "null"}, ref("Stats")],
