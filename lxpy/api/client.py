@@ -532,8 +532,13 @@ class Client:
         body = {} if snapshot is None else {"name": snapshot}
         return self.request("POST", _ct(name) + "/snapshots", body)  # type: ignore[no-any-return]
 
-    def restore_snapshot(self, name: str, snapshot: str) -> dict[str, Any]:
-        return self.request("POST", _snap(name, snapshot) + "/restore")  # type: ignore[no-any-return]
+    def restore_snapshot(
+        self, name: str, snapshot: str, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Restore a container to a snapshot; a running one is stopped (killed
+        after `timeout` s), restored and started again."""
+        body = None if timeout is None else {"timeout": timeout}
+        return self.request("POST", _snap(name, snapshot) + "/restore", body)  # type: ignore[no-any-return]
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         self.request("DELETE", _snap(name, snapshot))

@@ -639,13 +639,23 @@ class Lifecycle:
         async with self.d.lock(name):
             running = name in self.runs
             if running:
-                record = self.d.require(name)
-                init = await self.d.files(lambda: self._spec(record, self._template(record)).init)
-                await configcheck.check_start(self.d, name, record.config, init)
+                await self.check_start(name)
                 await self.stop_locked(name, grace, False)
             await self._start_locked(name)
             if running:
                 self.restarted(name, RESTARTED_BY_LXPY)
+
+    async def check_start(self, name: str, snapshot: str | None = None) -> None:
+        """What a start of container `name` would refuse in its config,
+        found without touching it (before a restart stops it); `snapshot`:
+        with that snapshot's files, which a restore brings back.
+
+        Raises:
+            NotFound; InvalidArgument, Busy: naming the key and what is wrong.
+        """
+        record = self.d.require(name)
+        init = await self.d.files(lambda: self._spec(record, self._template(record)).init)
+        await configcheck.check_start(self.d, name, record.config, init, snapshot)
 
     def restarted(self, name: str, detail: str) -> None:
         """Record that lxpy stopped and started container `name` again

@@ -275,9 +275,13 @@ def test_a_restricted_user_runs_an_unprivileged_container_of_their_own(lab: Lab)
     assert host_uid == ct["idmap"]["uid_base"]
     wait_for(lambda: lab.ok(lab.alice, "console", "a-web", "--log"), what="console output")
     lab.ok(lab.alice, "restart", "a-web")
-    lab.ok(lab.alice, "stop", "a-web", "--force")
     lab.ok(lab.alice, "snapshot", "create", "a-web", "s1")
     assert "s1" in lab.ok(lab.alice, "snapshot", "list", "a-web")
+    # Restoring her running container stops it, restores and starts it again.
+    out = lab.ok(lab.alice, "snapshot", "restore", "a-web", "s1", "--timeout", "5")
+    assert out == "restored a-web to snapshot s1 and started it again\n"
+    assert info(lab.d, "a-web")["state"] == "RUNNING"
+    lab.ok(lab.alice, "stop", "a-web", "--force")
     lab.ok(lab.alice, "snapshot", "restore", "a-web", "s1")
     lab.ok(lab.alice, "snapshot", "delete", "a-web", "s1")
     # Renamed, it stays hers; a copy she makes is hers too.
@@ -312,6 +316,7 @@ def test_restricted_users_neither_see_nor_touch_other_containers(lab: Lab) -> No
                 ("config", "set", other, "description", "taken"),
                 ("snapshot", "create", other, "s"),
                 ("snapshot", "list", other),
+                ("snapshot", "restore", other, "s", "--timeout", "1"),
                 ("rename", other, "a-took"),
                 ("copy", other, "a-took"),
                 ("destroy", other, "--force"),
