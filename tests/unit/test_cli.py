@@ -541,8 +541,8 @@ def test_no_daemon_says_how_to_start_it(tmp_path: Path) -> None:
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr == (
         f"error: cannot reach lxpyd at {missing}: No such file or directory\n"
-        "hint: start it with `lxpyd` (or `systemctl start lxpy`), "
-        "or point --socket/LXPY_SOCKET at a running daemon\n"
+        f"hint: start it in the background with `lxpyd --daemon --socket {missing}` "
+        "(log: /var/log/lxpy/lxpyd.log), or point --socket/LXPY_SOCKET at a running daemon\n"
     )
 
 
@@ -554,7 +554,9 @@ def test_refused_connection_says_how_to_start_it(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(DaemonUnavailable, match="Connection refused") as info:
         Client(stale).containers()
-    assert info.value.hint is not None and "start it with `lxpyd`" in info.value.hint
+    # The lxpyd named is the one beside the running program (here pytest's
+    # .venv/bin/lxpyd) when it is not the one on PATH.
+    assert info.value.hint is not None and f"lxpyd --daemon --socket {stale}`" in info.value.hint
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to try as another user")
