@@ -135,6 +135,10 @@ SCHEMAS: dict[str, Schema] = {
             "built_digest": NULL_STR,
             "built_at": NULL_STR,
             "build_seconds": {"type": ["number", "null"]},
+            "build_log": {
+                "type": ["string", "null"],
+                "description": "the log file of its last build, if any",
+            },
         },
         ("name", "kind", "built", "stale", "digest"),
     ),
