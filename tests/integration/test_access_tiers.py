@@ -103,6 +103,20 @@ class Lab:
             cwd="/",
         )
 
+    def complete(self, user: str, *words: str) -> list[str]:
+        """What TAB offers `user` after `lxpy WORDS` (the bash script's
+        `lxpy __complete bash --socket S WORDS`)."""
+        res = subprocess.run(
+            ["runuser", "-u", user, "--", str(VENV_BIN / "lxpy"), "__complete", "bash"]
+            + ["--socket", str(self.d.socket), *words],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+        )
+        assert (res.returncode, res.stderr) == (0, ""), res
+        return res.stdout.splitlines()
+
     def ok(self, user: str, *args: str) -> str:
         res = self.as_user(user, *args)
         assert res.returncode == 0, f"{user}: lxpy {' '.join(args)}: {res.stderr}"
@@ -304,6 +318,10 @@ def test_restricted_users_neither_see_nor_touch_other_containers(lab: Lab) -> No
         assert "adm-x" in lab.names("root")
         assert lab.names(lab.alice) == {"a-x"}
         assert lab.names(lab.bob) == {"b-x"}
+        # Completion asks lxpyd through the same routes: her names only.
+        assert lab.complete(lab.alice, "start", "") == ["a-x"]
+        assert lab.complete(lab.alice, "snapshot", "list", "") == ["a-x"]
+        assert lab.complete(lab.alice, "snapshot", "restore", "adm-x", "") == []
         for other in ("adm-x", "b-x"):
             for args in (
                 ("info", other),
