@@ -373,8 +373,13 @@ class AsyncClient:
         body = {} if snapshot is None else {"name": snapshot}
         return await self.request("POST", _ct(name) + "/snapshots", body)  # type: ignore[no-any-return]
 
-    async def restore_snapshot(self, name: str, snapshot: str) -> dict[str, Any]:
-        return await self.request("POST", _snap(name, snapshot) + "/restore")  # type: ignore[no-any-return]
+    async def restore_snapshot(
+        self, name: str, snapshot: str, grace: float | None = None
+    ) -> dict[str, Any]:
+        """Restore a container to a snapshot; a running one is stopped (killed
+        after `grace` s), restored and started again."""
+        body = None if grace is None else {"timeout": grace}
+        return await self.request("POST", _snap(name, snapshot) + "/restore", body)  # type: ignore[no-any-return]
 
     async def delete_snapshot(self, name: str, snapshot: str) -> None:
         await self.request("DELETE", _snap(name, snapshot))

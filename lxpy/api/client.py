@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 
 from lxpy.api import wire
 from lxpy.errors import DaemonUnavailable, InvalidArgument, LxpyError, from_json
@@ -28,16 +29,17 @@ if TYPE_CHECKING:
 DEFAULT_SOCKET = "/run/lxpy/lxpy.sock"
 SOCKET_ENV = "LXPY_SOCKET"
 
-START_HINT = (
-    "start it with `lxpyd` (or `systemctl start lxpy`), "
-    "or point --socket/LXPY_SOCKET at a running daemon"
-)
+# Where `lxpyd --daemon` logs unless told otherwise (lxpy.daemon.background).
+DAEMON_LOG = "/var/log/lxpy/lxpyd.log"
 PERMISSION_HINT = (
     "an administrator adds you to group `lxpy-user` (your own unprivileged containers: "
     "`adduser $USER lxpy-user`) or `lxpy` (root-equivalent), then you log in again; "
     "or run as root"
 )
-LOST_HINT = "the daemon may have stopped; check its log (`journalctl -u lxpy`)"
+LOST_HINT = (
+    f"the daemon may have stopped; check its log (`journalctl -u lxpy`, or {DAEMON_LOG} "
+    "when it runs with --daemon)"
+)
 
 # Bounds on what the daemon may send in a status line and headers, so a
 # confused peer cannot make the client buffer without end.
@@ -112,7 +114,36 @@ def unreachable(where: str, e: OSError) -> DaemonUnavailable:
     """The error for a failed connect to the socket at `where`."""
     msg = f"cannot reach lxpyd at {where}: {e.strerror or e}"
     denied = e.errno in (errno.EACCES, errno.EPERM)
-    return DaemonUnavailable(msg, hint=PERMISSION_HINT if denied else START_HINT)
+    return DaemonUnavailable(msg, hint=PERMISSION_HINT if denied else start_hint(where))
+
+
+def start_hint(where: str) -> str:
+    """How to start a daemon that serves `where`, in the background."""
+    daemon = f"{_lxpyd()} --daemon"
+    if where != DEFAULT_SOCKET:
+        return (
+            f"start it in the background with `{daemon} --socket {where}` "
+            f"(log: {DAEMON_LOG}), or point --socket/LXPY_SOCKET at a running daemon"
+        )
+    return (
+        f"start it: `systemctl start lxpy` where the package is installed, else `{daemon}` "
+        f"(it goes to the background; log: {DAEMON_LOG}); "
+        "or point --socket/LXPY_SOCKET at a running daemon"
+    )
+
+
+def _lxpyd() -> str:
+    # The lxpyd beside the running program (a checkout's .venv/bin/) when
+    # that is not the one on PATH: the command the user can paste.
+    here = os.path.join(os.path.dirname(os.path.abspath(sys.argv[0] or ".")), "lxpyd")
+    if not os.access(here, os.X_OK):
+        return "lxpyd"
+    import shutil  # only on this error path
+
+    found = shutil.which("lxpyd")
+    if found is not None and os.path.realpath(found) == os.path.realpath(here):
+        return "lxpyd"
+    return here
 
 
 def timed_out(where: str, timeout: float | None) -> DaemonUnavailable:
@@ -532,8 +563,13 @@ class Client:
         body = {} if snapshot is None else {"name": snapshot}
         return self.request("POST", _ct(name) + "/snapshots", body)  # type: ignore[no-any-return]
 
-    def restore_snapshot(self, name: str, snapshot: str) -> dict[str, Any]:
-        return self.request("POST", _snap(name, snapshot) + "/restore")  # type: ignore[no-any-return]
+    def restore_snapshot(
+        self, name: str, snapshot: str, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Restore a container to a snapshot; a running one is stopped (killed
+        after `timeout` s), restored and started again."""
+        body = None if timeout is None else {"timeout": timeout}
+        return self.request("POST", _snap(name, snapshot) + "/restore", body)  # type: ignore[no-any-return]
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         self.request("DELETE", _snap(name, snapshot))

@@ -3,10 +3,11 @@
 A thin client: every decision is the daemon's (docs/api.md). The table of
 commands and the parsing are in lxpy.cli.parse; each group of commands
 is a module of its own (containers, lifecycle, attach, config, snapshots,
-templates, networks, views), imported here so that its @command rows are
-in the table. Every failure leaves through fail(): `error: ...` and
-`hint: ...` on stderr, status 1 (2 for usage errors, 130 for Ctrl-C),
-never a traceback for an LxpyError.
+templates, networks, views, completion), imported here so that its
+@command rows are in the table; `lxpy __complete`, which the completion
+scripts run at each TAB, goes to lxpy.cli.completion. Every failure
+leaves through fail(): `error: ...` and `hint: ...` on stderr, status 1
+(2 for usage errors, 130 for Ctrl-C), never a traceback for an LxpyError.
 
 Imports are kept to the standard library's cheap modules and lxpy.api: the
 CLI starts, asks and prints within a few tens of milliseconds.
@@ -25,6 +26,7 @@ from lxpy.api.client import Client
 # isort: off
 from lxpy.cli import containers, lifecycle, attach, config  # noqa: F401
 from lxpy.cli import snapshots, templates, networks, views  # noqa: F401
+from lxpy.cli import completion
 
 # isort: on
 from lxpy.cli.parse import (
@@ -71,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one `lxpy` command; return its exit status."""
     try:
         words = sys.argv[1:] if argv is None else argv
+        if words[:1] == ["__complete"]:
+            return completion.run_hidden(words[1:])
         args = _fast_args(words)
         if args is None:
             args = build_parser(words).parse_args(words)

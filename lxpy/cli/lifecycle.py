@@ -41,8 +41,11 @@ def cmd_start(client: Client, args: argparse.Namespace) -> None:
 def cmd_stop(client: Client, args: argparse.Namespace) -> None:
     def stop(name: str) -> None:
         ct = client.stop_container(name, timeout=args.timeout, force=args.force)
-        why = ct.get("last_exit") or {}
-        print(f"stopped {name}" + (f" ({why.get('detail')})" if why.get("detail") else ""))
+        # Only what the plain "stopped" does not say: a kill, or an end of
+        # its own before lxpy's stop reached it.
+        detail = str((ct.get("last_exit") or {}).get("detail") or "")
+        detail = detail.removeprefix("stopped by lxpy").strip(" ()")
+        print(f"stopped {name}" + (f" ({detail})" if detail else ""))
 
     each(args.names, stop)
 

@@ -14,22 +14,32 @@ if TYPE_CHECKING:
 
 
 class Progress:
-    """Build output on stderr: log lines as they come, and a progress line.
+    """Build output on stderr: a progress line, and with `show_log` the log
+    lines as they come (else only the last TAIL are kept, for a failure).
 
     On a terminal the progress line is redrawn in place under the log; in
     a pipe it is printed once per stage, so logs stay readable.
     """
 
-    def __init__(self) -> None:
+    TAIL = 20
+
+    def __init__(self, show_log: bool = True) -> None:
+        from collections import deque
+
         self.tty = sys.stderr.isatty()
         self.line = ""
         self.stage: object = None
+        self.show_log = show_log
+        self.tail: deque[str] = deque(maxlen=self.TAIL)
 
     def _clear(self) -> None:
         if self.tty and self.line:
             sys.stderr.write("\r\x1b[K")
 
     def log(self, text: str) -> None:
+        self.tail.append(text.rstrip("\n"))
+        if not self.show_log:
+            return
         self._clear()
         sys.stderr.write(text.rstrip("\n") + "\n")
         if self.tty and self.line:
@@ -37,6 +47,8 @@ class Progress:
         sys.stderr.flush()
 
     def update(self, progress: object, stage: object) -> None:
+        if not stage:
+            return  # just started: nothing to say yet
         try:
             pct = f"{float(progress) * 100:3.0f}%"  # type: ignore[arg-type]
         except (TypeError, ValueError):
@@ -57,10 +69,13 @@ class Progress:
         sys.stderr.flush()
 
 
-def follow_operation(client: Client, op: dict[str, Any]) -> dict[str, Any]:
-    """Show a running operation's log and progress; return it once it has ended."""
+def follow_operation(
+    client: Client, op: dict[str, Any], progress: Progress | None = None
+) -> dict[str, Any]:
+    """Show a running operation's progress (and log, as `progress` says);
+    return it once it has ended."""
     op_id = str(op["id"])
-    progress = Progress()
+    progress = progress or Progress()
     final: dict[str, Any] | None = None
     try:
         for msg in client.operation_stream(op_id):

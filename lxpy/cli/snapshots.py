@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lxpy.cli.output import print_json, print_table
-from lxpy.cli.parse import NAME, arg, command, each
+from lxpy.cli.parse import NAME, TIMEOUT, arg, command, each
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -39,10 +39,17 @@ def cmd_snapshot_list(client: Client, args: argparse.Namespace) -> None:
     print_table(("NAME", "CREATED"), ((s.get("name", ""), s.get("created_at", "")) for s in snaps))
 
 
-@command("snapshot restore", "roll a stopped container back to a snapshot", NAME, SNAP)
+@command(
+    "snapshot restore",
+    "roll a container back to a snapshot (a running one is stopped and started again)",
+    NAME,
+    SNAP,
+    TIMEOUT,
+)
 def cmd_snapshot_restore(client: Client, args: argparse.Namespace) -> None:
-    client.restore_snapshot(args.name, args.snapshot)
-    print(f"restored {args.name} to snapshot {args.snapshot}")
+    ct = client.restore_snapshot(args.name, args.snapshot, timeout=args.timeout)
+    again = " and started it again" if ct.get("state") == "RUNNING" else ""
+    print(f"restored {args.name} to snapshot {args.snapshot}{again}")
 
 
 @command(

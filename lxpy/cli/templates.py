@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
-from lxpy.cli.operations import cancel, follow_operation
+from lxpy.cli.operations import Progress, cancel, follow_operation
 from lxpy.cli.output import print_json, print_table, yes_no
 from lxpy.cli.parse import arg, command
 from lxpy.errors import Cancelled, LxpyError, from_json
@@ -44,22 +45,29 @@ def cmd_template_list(client: Client, args: argparse.Namespace) -> None:
     "build a template (nothing to do when it is up to date, unless --force)",
     TEMPLATE,
     arg("-f", "--force", action="store_true", help="rebuild even when up to date"),
+    arg(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print the build log as it runs (else only progress, and on failure its end)",
+    ),
     formats=True,
 )
 def cmd_template_build(client: Client, args: argparse.Namespace) -> int | None:
     started = time.monotonic()
     op = client.build_template(args.name, force=args.force)
+    progress = Progress(show_log=args.verbose)
     if op.get("status") == "running":
         try:
-            op = follow_operation(client, op)
+            op = follow_operation(client, op, progress)
         except KeyboardInterrupt:
             return cancel(client, op, f"the build of template {args.name}")
     status = op.get("status")
     if status == "failure":
         err = op.get("error")
-        if isinstance(err, dict):
-            raise from_json(err)
-        raise LxpyError(f"building template {args.name} failed")
+        error = from_json(err) if isinstance(err, dict) else None
+        _show_build_log(client, args.name, progress, error.message if error else "")
+        raise error or LxpyError(f"building template {args.name} failed")
     if status == "cancelled":
         raise Cancelled(f"the build of template {args.name} was cancelled")
     if args.format == "json":
@@ -69,6 +77,26 @@ def cmd_template_build(client: Client, args: argparse.Namespace) -> int | None:
     else:
         print(f"built template {args.name} in {time.monotonic() - started:.1f} s")
     return None
+
+
+def _show_build_log(client: Client, name: str, progress: Progress, error: str) -> None:
+    # A failed build: the end of its log says what went wrong, unless it
+    # was all shown (--verbose) or the error quotes it (a tool that failed);
+    # the whole of it stays in a file.
+    try:
+        where = client.template(name).get("build_log")
+    except LxpyError:
+        where = None
+    lines = list(progress.tail)
+    if progress.show_log or not lines or lines[-1] in error:
+        if where:
+            print(f"the full build log: {where}", file=sys.stderr)
+        return
+    print(
+        "the end of the build log" + (f" (all of it: {where}):" if where else ":"), file=sys.stderr
+    )
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
 
 
 @command("template delete", "delete a built template", TEMPLATE)

@@ -173,9 +173,13 @@ async def check_change(
         await check_init(d, name, rootfs, str(new["init"]), f"the rootfs of container {name!r}")
 
 
-async def check_start(d: Daemon, name: str, config: Mapping[str, object], init: str) -> None:
+async def check_start(
+    d: Daemon, name: str, config: Mapping[str, object], init: str, snapshot: str | None = None
+) -> None:
     """What the start of container `name` would refuse in its config
-    (`init`: the program it would run), checked without touching it.
+    (`init`: the program it would run), checked without touching it;
+    `snapshot`: with the files of that snapshot of it (which a restore is
+    about to bring back) rather than its rootfs as it is.
 
     Raises:
         InvalidArgument, Busy: naming the key and what is wrong.
@@ -185,5 +189,10 @@ async def check_start(d: Daemon, name: str, config: Mapping[str, object], init: 
     if "limits.cpu" in config:
         # Parsed again: the host may have fewer CPUs than when it was set.
         lookup_key("limits.cpu").parse("limits.cpu", config["limits.cpu"])
-    rootfs = str(d.backend.container_path(name))
-    await check_init(d, name, rootfs, init, f"the rootfs of container {name!r}")
+    if snapshot is None:
+        rootfs = str(d.backend.container_path(name))
+        where = f"the rootfs of container {name!r}"
+    else:
+        rootfs = str(d.backend.snapshot_path(name, snapshot))
+        where = f"snapshot {snapshot!r} of container {name!r}"
+    await check_init(d, name, rootfs, init, where)

@@ -450,17 +450,54 @@ class Containers:
                 hint=not_found_hint(snap, snaps, "its snapshots", lister),
             )
 
-    async def restore(self, name: str, snap: str) -> dict[str, object]:
-        """POST /1.0/containers/NAME/snapshots/SNAP/restore (the backend rolls back on failure)."""
+    async def restore(
+        self, name: str, snap: str, grace: float, force: bool = False
+    ) -> dict[str, object]:
+        """POST /1.0/containers/NAME/snapshots/SNAP/restore.
+
+        A running (or frozen) container is stopped as `lxpy stop` does (the
+        halt signal, killed after `grace` s, at once with `force`),
+        restored and started again. Snapshots hold no running state, so
+        this is always a stateless restart. As for a restart, what the
+        start would refuse (its config, no init in the snapshot) is found
+        before it stops. The backend rolls the rootfs back when the
+        restore fails, and the container is started again as it was.
+
+        Raises:
+            NotFound; Busy (starting or stopping); InvalidArgument, Busy:
+            what its start would refuse (it is left running); LxpyError:
+            the stop or the restore failed (nothing changed), or the start
+            after it (the restored rootfs stays; the message says so).
+        """
         d = self.d
         async with d.lock(name):
             d.require(name)
-            self._require_stopped(name, "restore")
             await self._require_snapshot(name, snap)
+            running = name in d.lifecycle.runs
+            if running:
+                # What its start would refuse (in its config, or an init
+                # missing from the snapshot) is found before it stops.
+                await d.lifecycle.check_start(name, snapshot=snap)
+                await d.lifecycle.stop_locked(name, grace, force)
+            else:
+                self._require_stopped(name, "restore")
             # Storage alone settles a crash here (its .restore- name).
             async with d.journal.begin("restore", durable=False) as op:
+                if running:
+                    op.undo(lambda: d.lifecycle.start_locked(name), f"start {name} again")
                 await d.storage(d.backend.restore_snapshot, name, snap, op.step)
-        d.bus.lifecycle("snapshot-restored", f"containers/{name}", {"snapshot": snap})
+            d.bus.lifecycle("snapshot-restored", f"containers/{name}", {"snapshot": snap})
+            if running:
+                try:
+                    await d.lifecycle.start_locked(name)
+                except LxpyError as e:
+                    raise type(e)(
+                        f"restored container {name!r} to snapshot {snap!r}, "
+                        f"but it did not start again: {e.message}",
+                        hint=f"the restored files stay and it is stopped; `lxpy start {name}` "
+                        "once the cause is fixed" + (f" ({e.hint})" if e.hint else ""),
+                    ) from e
+                d.lifecycle.restarted(name, f"restarted by lxpy to restore snapshot {snap}")
         return await self.describe(name)
 
     async def delete_snapshot(self, name: str, snap: str) -> dict[str, object]:

@@ -77,12 +77,37 @@ def _iso(ts: object) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _exit_info(raw: object) -> dict[str, object] | None:
+STOPPED_BY_LXPY = "stopped by lxpy"
+RESTARTED_BY_LXPY = "restarted by lxpy"
+
+
+@dataclass(frozen=True)
+class _StopAsked:
+    """How lxpy asked a container to stop: killed at once, or after `grace` s."""
+
+    force: bool
+    grace: float
+
+
+def _exit_info(raw: object, asked: _StopAsked | None = None) -> dict[str, object] | None:
     # The monitor's last_exit carries more (at, stopped, forced); the API
-    # shows reason and detail.
+    # shows reason and detail. A stop that lxpy asked for says so: how init
+    # ended says nothing then (the halt signal makes init call reboot(2),
+    # which the kernel reports as a power-off from inside). `asked` is how
+    # the stop was asked for, when this daemon asked.
     if not isinstance(raw, dict) or "reason" not in raw:
         return None
-    return {"reason": raw["reason"], "detail": raw.get("detail", "")}
+    if not raw.get("stopped"):
+        return {"reason": raw["reason"], "detail": raw.get("detail", "")}
+    detail = STOPPED_BY_LXPY
+    if raw.get("forced"):
+        if asked is None:
+            detail += " (killed)"
+        elif asked.force:
+            detail += " (killed at once)"
+        else:
+            detail += f" (killed: still running after the {asked.grace:g} s timeout)"
+    return {"reason": "stopped", "detail": detail}
 
 
 class _Lines:
@@ -155,6 +180,8 @@ class Lifecycle:
         self.runs: dict[str, _Run] = {}
         # Why init last ended, per container (kept after it stopped).
         self.last_exit: dict[str, dict[str, object] | None] = {}
+        # How the stops under way were asked for (for last_exit's detail).
+        self._stops: dict[str, _StopAsked] = {}
         self._zygote_lock = trio.Lock()
         self._zygote: subprocess.Popen[bytes] | None = None
         # Parsed template definitions, valid while the files stay the same.
@@ -527,9 +554,10 @@ class Lifecycle:
         d = self.d
         data = await d.files(_read_json, self.state_file(name))
         info = d.running.pop(name, None)
+        asked = self._stops.pop(name, None)
         if data is not None and data.get("state") == "STOPPED":
             new = State.STOPPED
-            self.last_exit[name] = _exit_info(data.get("last_exit"))
+            self.last_exit[name] = _exit_info(data.get("last_exit"), asked)
             lost = False
         else:
             new = State.ERROR
@@ -583,6 +611,7 @@ class Lifecycle:
                 hint=f"its state is {d.states.get(name)}; start it with: lxpy start {name}",
             )
         d.set_state(name, State.STOPPING)
+        self._stops[name] = _StopAsked(force, grace)
         wait = (0 if force else grace) + STOP_MARGIN
         try:
             if force:
@@ -608,12 +637,30 @@ class Lifecycle:
             would refuse (the container is left running).
         """
         async with self.d.lock(name):
-            if name in self.runs:
-                record = self.d.require(name)
-                init = await self.d.files(lambda: self._spec(record, self._template(record)).init)
-                await configcheck.check_start(self.d, name, record.config, init)
+            running = name in self.runs
+            if running:
+                await self.check_start(name)
                 await self.stop_locked(name, grace, False)
             await self._start_locked(name)
+            if running:
+                self.restarted(name, RESTARTED_BY_LXPY)
+
+    async def check_start(self, name: str, snapshot: str | None = None) -> None:
+        """What a start of container `name` would refuse in its config,
+        found without touching it (before a restart stops it); `snapshot`:
+        with that snapshot's files, which a restore brings back.
+
+        Raises:
+            NotFound; InvalidArgument, Busy: naming the key and what is wrong.
+        """
+        record = self.d.require(name)
+        init = await self.d.files(lambda: self._spec(record, self._template(record)).init)
+        await configcheck.check_start(self.d, name, record.config, init, snapshot)
+
+    def restarted(self, name: str, detail: str) -> None:
+        """Record that lxpy stopped and started container `name` again
+        (its last_exit while it runs, as a reboot inside records one)."""
+        self.last_exit[name] = {"reason": "restarted", "detail": detail}
 
     # -- freeze ----------------------------------------------------------------
     async def freeze(self, name: str, on: bool) -> None:
@@ -652,6 +699,7 @@ class Lifecycle:
     async def forget(self, name: str) -> None:
         """Remove what a deleted container left here (run dir, console logs)."""
         self.last_exit.pop(name, None)
+        self._stops.pop(name, None)
 
         def work() -> None:
             _remove_run_dir(self.d.container_run_dir(name))

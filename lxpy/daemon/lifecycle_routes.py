@@ -19,7 +19,8 @@ STOP_BODY = {
 }
 
 
-def _stop_args(body: dict[str, object]) -> tuple[float, bool]:
+def stop_args(body: dict[str, object]) -> tuple[float, bool]:
+    """The timeout and force of a request body shaped as STOP_BODY."""
     timeout = body.get("timeout", DEFAULT_STOP_TIMEOUT)
     force = body.get("force", False)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0:
@@ -46,12 +47,12 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
         return {**ct, "started": started}
 
     async def stop(req: Request) -> object:
-        timeout, force = _stop_args(req.json())
+        timeout, force = stop_args(req.json())
         await life.stop(req.params["name"], timeout, force)
         return await containers.describe(req.params["name"])
 
     async def restart(req: Request) -> object:
-        timeout, _force = _stop_args(req.json())
+        timeout, _force = stop_args(req.json())
         await life.restart(req.params["name"], timeout)
         return await containers.describe(req.params["name"], stats="omit", addresses=[])
 
@@ -70,7 +71,7 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
         return await containers.stats(req.params["name"])
 
     async def stop_all(req: Request) -> object:
-        timeout, _force = _stop_args(req.json())
+        timeout, _force = stop_args(req.json())
         return await d.boot.stop_all(timeout)
 
     r.add(

@@ -1,8 +1,10 @@
 """`lxpyd`: the daemon's entry point.
 
 Reads settings (file, then flags), takes the root's lock so only one daemon
-serves a root (lxpy.daemon.rootlock), opens the storage pool, binds the API socket and serves until
-SIGTERM or SIGINT. Logs go to stderr in a form journald understands.
+serves a root (lxpy.daemon.rootlock), opens the storage pool, binds the API
+socket and serves until SIGTERM or SIGINT. Logs go to stderr in a form
+journald understands; with --daemon it goes to the background and logs to a
+file (lxpy.daemon.background).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import trio
 
-from lxpy.daemon import http, rootlock
+from lxpy.daemon import background, http, rootlock
 from lxpy.daemon.networks import RUN_BASE
 from lxpy.daemon.peers import DEFAULT_GROUPS, Groups, group_gid
 from lxpy.daemon.routes import build_router
@@ -37,7 +39,8 @@ log = logging.getLogger("lxpyd")
 
 class _Formatter(logging.Formatter):
     """Plain lines; with sd-daemon `<N>` priority prefixes when journald (or
-    any non-terminal) reads stderr. No timestamps: journald adds its own."""
+    any non-terminal) reads stderr. No timestamps: journald adds its own.
+    In a log file of lxpyd's own (--daemon), lines start with the time."""
 
     PRIORITY = {
         logging.DEBUG: 7,
@@ -47,9 +50,10 @@ class _Formatter(logging.Formatter):
         logging.CRITICAL: 2,
     }
 
-    def __init__(self, journal: bool) -> None:
+    def __init__(self, journal: bool, stamped: bool = False) -> None:
         super().__init__("%(message)s")
-        self.journal = journal
+        self.journal = journal and not stamped
+        self.stamped = stamped
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -59,15 +63,18 @@ class _Formatter(logging.Formatter):
             prefix = f"lxpyd: {record.levelname.lower()}: "
         else:
             prefix = "lxpyd: "
+        if self.stamped:
+            prefix = self.formatTime(record, "%Y-%m-%d %H:%M:%S") + " " + prefix
         # Each line (a traceback has many) carries the prefix, so journald
         # files every line with the right priority.
         return "\n".join(prefix + line for line in text.splitlines() or [""])
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, to_file: bool = False) -> None:
+    """Log to stderr at `level`; `to_file`: stderr is lxpyd's log file."""
     journal = "JOURNAL_STREAM" in os.environ or not sys.stderr.isatty()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter(journal))
+    handler.setFormatter(_Formatter(journal, stamped=to_file))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -81,7 +88,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--root", type=Path, help="state directory (default: /var/lib/lxpy)")
     p.add_argument("--socket", type=Path, help="API socket (default: /run/lxpy/lxpy.sock)")
     p.add_argument("--log-level", choices=LOG_LEVELS, help="log level (default: info)")
-    return p.parse_args(argv)
+    p.add_argument(
+        "--daemon",
+        action="store_true",
+        help="run in the background (for hosts without systemd): return once the socket "
+        "answers, log to --log-file, pid in --pid-file",
+    )
+    p.add_argument(
+        "--log-file",
+        type=Path,
+        help=f"with --daemon: the log (default: {background.DEFAULT_LOG_FILE})",
+    )
+    p.add_argument(
+        "--pid-file",
+        type=Path,
+        help=f"with --daemon: where its pid goes (default: {background.DEFAULT_PID_FILE})",
+    )
+    args = p.parse_args(argv)
+    if not args.daemon and (args.log_file or args.pid_file):
+        p.error("--log-file and --pid-file go with --daemon (in the foreground, logs go to stderr)")
+    return args
 
 
 def _fail(err: LxpyError, status: int) -> int:
@@ -192,8 +218,10 @@ async def _watch_signals(
             return
 
 
-async def run(settings: Settings, bound: list[int]) -> None:
-    """Serve until a stop signal; `bound` receives the socket file's inode."""
+async def run(settings: Settings, bound: list[int], ready: int = -1) -> None:
+    """Serve until a stop signal; `bound` receives the socket file's inode.
+    Once serving, READY is written to the descriptor `ready` (if not -1),
+    which is then closed."""
     async with trio.open_nursery() as nursery:
         await nursery.start(_watch_signals, nursery.cancel_scope)
         # A socket held by a live daemon fails the start before the pool is
@@ -207,6 +235,11 @@ async def run(settings: Settings, bound: list[int]) -> None:
         bound.append(ino)
         await nursery.start(http.serve, listener, router)
         log.info("lxpyd ready: root %s, socket %s", settings.root, settings.socket)
+        if ready >= 0:
+            # Whoever started `lxpyd --daemon` waits for this word.
+            with contextlib.suppress(OSError):
+                os.write(ready, background.READY)
+            os.close(ready)
 
 
 def _remove_socket(path: Path, ino: int) -> None:
@@ -232,7 +265,17 @@ def main(argv: list[str] | None = None) -> int:
         over["log_level"] = args.log_level
     settings = replace(settings, **over)  # type: ignore[arg-type]
     settings = replace(settings, root=settings.root.absolute(), socket=settings.socket.absolute())
-    setup_logging(settings.log_level)
+    ready = -1
+    pid_file: Path | None = None
+    if args.daemon:
+        log_file = (args.log_file or background.DEFAULT_LOG_FILE).absolute()
+        pid_file = (args.pid_file or background.DEFAULT_PID_FILE).absolute()
+        try:
+            ready = background.detach(log_file)
+        except OSError as e:
+            print(f"error: cannot open the log file {log_file}: {e.strerror or e}", file=sys.stderr)
+            return 1
+    setup_logging(settings.log_level, to_file=args.daemon)
     try:
         lock_fd = rootlock.take(settings.root)
     except LxpyError as e:
@@ -243,9 +286,19 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if pid_file is not None:
+        try:
+            background.write_pid_file(pid_file)
+        except LxpyError as e:
+            rootlock.release(lock_fd)
+            return _fail(e, 1)
+        except OSError as e:
+            rootlock.release(lock_fd)
+            print(f"error: cannot write {pid_file}: {e.strerror or e}", file=sys.stderr)
+            return 1
     bound: list[int] = []
     try:
-        trio.run(run, settings, bound)
+        trio.run(run, settings, bound, ready)
     except Exception as exc:
         err = http.leaf_error(exc)
         if isinstance(err, LxpyError):
@@ -264,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         # in lxpy.service when lxpyd has exited is a "left-over" one. So it
         # is ended now, its spare monitor with it.
         _end_zygote(RUN_BASE / root_id(str(settings.root)) / "zygote.pid")
+        if pid_file is not None:
+            background.remove_pid_file(pid_file)
         rootlock.release(lock_fd)
     log.info("lxpyd stopped")
     return 0

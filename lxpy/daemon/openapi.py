@@ -135,6 +135,10 @@ SCHEMAS: dict[str, Schema] = {
             "built_digest": NULL_STR,
             "built_at": NULL_STR,
             "build_seconds": {"type": ["number", "null"]},
+            "build_log": {
+                "type": ["string", "null"],
+                "description": "the log file of its last build, if any",
+            },
         },
         ("name", "kind", "built", "stale", "digest"),
     ),
@@ -167,8 +171,8 @@ SCHEMAS: dict[str, Schema] = {
             "last_exit": {
                 "type": ["object", "null"],
                 "properties": {"reason": STR, "detail": STR},
-                "description": "why init last ended (poweroff, reboot, killed, exited, "
-                "error, monitor-lost, restart-limit)",
+                "description": "why init last ended (stopped: by lxpy, restarted: by "
+                "lxpy, poweroff, reboot, killed, exited, error, monitor-lost, restart-limit)",
             },
             "stats": {
                 "oneOf": [{"type": "null"}, ref("Stats")],

@@ -168,6 +168,21 @@ class Operations:
         self._nursery.start_soon(self._run, op, work)
         return op
 
+    def done_now(self, kind: str, resource: str, stage: str) -> Operation:
+        """An operation with nothing to do: it ends `success` at `stage` at once,
+        so the caller's answer already says so."""
+        op = Operation(kind, resource, self._bus)
+        self._ops[op.id] = op
+        op.set_progress(1.0, stage)
+        op.finish(SUCCESS)
+        self._forget_old(op)
+        return op
+
+    def _forget_old(self, op: Operation) -> None:
+        self._finished.append(op.id)
+        while len(self._finished) > KEEP_FINISHED:
+            self._ops.pop(self._finished.popleft(), None)
+
     async def _run(self, op: Operation, work: Work) -> None:
         status = SUCCESS
         error: LxpyError | None = None
@@ -192,9 +207,7 @@ class Operations:
             op.finish(CANCELLED, Cancelled("lxpyd is stopping"))
             raise
         op.finish(status, error)
-        self._finished.append(op.id)
-        while len(self._finished) > KEEP_FINISHED:
-            self._ops.pop(self._finished.popleft(), None)
+        self._forget_old(op)
 
     def get(self, op_id: str) -> Operation:
         """Raises NotFound for an unknown (or long forgotten) id."""

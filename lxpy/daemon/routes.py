@@ -16,7 +16,7 @@ from lxpy.daemon import openapi
 from lxpy.daemon.containers import Containers
 from lxpy.daemon.events import EVENT_TYPES
 from lxpy.daemon.http import Request, Router, Send, Stream
-from lxpy.daemon.lifecycle_routes import add_lifecycle_routes
+from lxpy.daemon.lifecycle_routes import STOP_BODY, add_lifecycle_routes, stop_args
 from lxpy.daemon.peers import Groups
 from lxpy.daemon.policy import Policy, owner_of
 from lxpy.daemon.service import Daemon
@@ -192,7 +192,8 @@ def build_router(d: Daemon) -> Router:
         return await containers.create_snapshot(req.params["name"], req.json())
 
     async def restore(req: Request) -> object:
-        return await containers.restore(req.params["name"], req.params["snap"])
+        timeout, force = stop_args(req.json())
+        return await containers.restore(req.params["name"], req.params["snap"], timeout, force)
 
     async def delete_snapshot(req: Request) -> object:
         return await containers.delete_snapshot(req.params["name"], req.params["snap"])
@@ -217,7 +218,9 @@ def build_router(d: Daemon) -> Router:
         "POST",
         C + "/snapshots/{snap}/restore",
         restore,
-        "Restore a stopped container to a snapshot",
+        "Restore a container to a snapshot; a running one is stopped, restored and "
+        "started again (snapshots hold no running state)",
+        body=STOP_BODY,
         response=S("Container"),
     )
     r.add(

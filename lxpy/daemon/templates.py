@@ -79,6 +79,7 @@ class Templates:
         built = await self.d.storage(self.d.backend.template_exists, defn.name)
         digest = await self.d.files(defn.digest)
         built_digest = meta.get("digest") if built else None
+        log = self.d.registry.template_log(defn.name)
         return {
             "name": defn.name,
             "description": defn.description,
@@ -90,6 +91,7 @@ class Templates:
             "built_digest": built_digest,
             "built_at": meta.get("built_at") if built else None,
             "build_seconds": meta.get("build_seconds") if built else None,
+            "build_log": str(log) if await self.d.files(log.exists) else None,
         }
 
     async def list_all(self) -> list[dict[str, object]]:
@@ -106,12 +108,28 @@ class Templates:
             Busy: it is being built already.
         """
         defn = await self.find(name)
+        self._require_idle(name)
+        cached = not force and await self._up_to_date(defn)
+        self._require_idle(name)  # one may have started meanwhile
+        if cached:
+            # Answered as done: nothing to follow, no progress to show.
+            return self.d.ops.done_now(BUILD_KIND, f"templates/{name}", "cached")
+        return self._start(defn, force)
+
+    def _require_idle(self, name: str) -> None:
         if name in self.building:
             raise Busy(
                 f"template {name!r} is being built already",
                 hint=f"follow operation {self.building[name].id}",
             )
-        return self._start(defn, force)
+
+    async def _up_to_date(self, defn: TemplateDef) -> bool:
+        """Whether `defn` is built from the definition as it is now."""
+        d = self.d
+        if not await d.storage(d.backend.template_exists, defn.name):
+            return False
+        meta = await d.files(d.registry.template_meta, defn.name) or {}
+        return bool(meta.get("digest") == await d.files(defn.digest))
 
     async def ensure_built(self, name: str) -> None:
         """Build template `name` unless it is built; join a running build.
@@ -144,12 +162,10 @@ class Templates:
 
     async def _build(self, op: Operation, defn: TemplateDef, force: bool) -> None:
         d, name = self.d, defn.name
+        if not force and await self._up_to_date(defn):
+            op.set_progress(1.0, "cached")
+            return
         digest = await d.files(defn.digest)
-        if not force and await d.storage(d.backend.template_exists, name):
-            meta = await d.files(d.registry.template_meta, name) or {}
-            if meta.get("digest") == digest:
-                op.set_progress(1.0, "cached")
-                return
         # What was there before (None: nothing): recovery tells by it
         # whether a crash came before or after the commit.
         before = await d.storage(d.backend.template_identity, name)

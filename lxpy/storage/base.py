@@ -120,6 +120,10 @@ class Backend(ABC):
     def list_snapshots(self, name: str) -> list[SnapshotInfo]: ...
 
     @abstractmethod
+    def snapshot_path(self, name: str, snap: str) -> Path:
+        """Where snapshot `snap` of container `name` lives (read it only)."""
+
+    @abstractmethod
     def delete_snapshot(self, name: str, snap: str) -> None: ...
 
     @abstractmethod

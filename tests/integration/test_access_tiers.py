@@ -103,6 +103,20 @@ class Lab:
             cwd="/",
         )
 
+    def complete(self, user: str, *words: str) -> list[str]:
+        """What TAB offers `user` after `lxpy WORDS` (the bash script's
+        `lxpy __complete bash --socket S WORDS`)."""
+        res = subprocess.run(
+            ["runuser", "-u", user, "--", str(VENV_BIN / "lxpy"), "__complete", "bash"]
+            + ["--socket", str(self.d.socket), *words],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+        )
+        assert (res.returncode, res.stderr) == (0, ""), res
+        return res.stdout.splitlines()
+
     def ok(self, user: str, *args: str) -> str:
         res = self.as_user(user, *args)
         assert res.returncode == 0, f"{user}: lxpy {' '.join(args)}: {res.stderr}"
@@ -275,9 +289,13 @@ def test_a_restricted_user_runs_an_unprivileged_container_of_their_own(lab: Lab)
     assert host_uid == ct["idmap"]["uid_base"]
     wait_for(lambda: lab.ok(lab.alice, "console", "a-web", "--log"), what="console output")
     lab.ok(lab.alice, "restart", "a-web")
-    lab.ok(lab.alice, "stop", "a-web", "--force")
     lab.ok(lab.alice, "snapshot", "create", "a-web", "s1")
     assert "s1" in lab.ok(lab.alice, "snapshot", "list", "a-web")
+    # Restoring her running container stops it, restores and starts it again.
+    out = lab.ok(lab.alice, "snapshot", "restore", "a-web", "s1", "--timeout", "5")
+    assert out == "restored a-web to snapshot s1 and started it again\n"
+    assert info(lab.d, "a-web")["state"] == "RUNNING"
+    lab.ok(lab.alice, "stop", "a-web", "--force")
     lab.ok(lab.alice, "snapshot", "restore", "a-web", "s1")
     lab.ok(lab.alice, "snapshot", "delete", "a-web", "s1")
     # Renamed, it stays hers; a copy she makes is hers too.
@@ -300,6 +318,10 @@ def test_restricted_users_neither_see_nor_touch_other_containers(lab: Lab) -> No
         assert "adm-x" in lab.names("root")
         assert lab.names(lab.alice) == {"a-x"}
         assert lab.names(lab.bob) == {"b-x"}
+        # Completion asks lxpyd through the same routes: her names only.
+        assert lab.complete(lab.alice, "start", "") == ["a-x"]
+        assert lab.complete(lab.alice, "snapshot", "list", "") == ["a-x"]
+        assert lab.complete(lab.alice, "snapshot", "restore", "adm-x", "") == []
         for other in ("adm-x", "b-x"):
             for args in (
                 ("info", other),
@@ -312,6 +334,7 @@ def test_restricted_users_neither_see_nor_touch_other_containers(lab: Lab) -> No
                 ("config", "set", other, "description", "taken"),
                 ("snapshot", "create", other, "s"),
                 ("snapshot", "list", other),
+                ("snapshot", "restore", other, "s", "--timeout", "1"),
                 ("rename", other, "a-took"),
                 ("copy", other, "a-took"),
                 ("destroy", other, "--force"),

@@ -197,7 +197,7 @@ def test_busybox_boots_isolated_with_events(busybox: Daemon) -> None:
     stop = time.monotonic() - t0
     ct = info(d, "bb1")
     assert ct["state"] == "STOPPED" and ct["init_pid"] is None
-    assert ct["last_exit"]["reason"] == "poweroff", ct
+    assert ct["last_exit"] == {"reason": "stopped", "detail": "stopped by lxpy"}, ct
     assert not alive(pid)
     res = d.cli("stop", "bb1", check=False)
     assert res.returncode == 1 and "is not running" in res.stderr
@@ -255,13 +255,16 @@ def test_stop_timeout_falls_back_to_kill(busybox: Daemon) -> None:
     took = time.monotonic() - t0
     ct = info(d, "stubborn")
     assert ct["state"] == "STOPPED"
-    assert ct["last_exit"]["reason"] == "killed", ct
+    assert ct["last_exit"] == {
+        "reason": "stopped",
+        "detail": "stopped by lxpy (killed: still running after the 2 s timeout)",
+    }, ct
     assert 2 <= took < 12, took
     d.cli("start", "stubborn")
     t0 = time.monotonic()
     d.cli("stop", "stubborn", "--force")
     assert time.monotonic() - t0 < 8
-    assert info(d, "stubborn")["last_exit"]["reason"] == "killed"
+    assert info(d, "stubborn")["last_exit"]["detail"] == "stopped by lxpy (killed at once)"
 
 
 def test_destroy_running_needs_force(busybox: Daemon) -> None:
@@ -538,12 +541,12 @@ def test_debian_boots_to_running(daemon: Daemon) -> None:
         "the reboot",
     )
     assert system_state(pid2) == "running"
-    # A stop (SIGRTMIN+3) is a clean poweroff.
+    # A stop (SIGRTMIN+3) is a clean poweroff: nothing was killed.
     t0 = time.monotonic()
     d.cli("stop", "deb")
     stop = time.monotonic() - t0
     ct = info(d, "deb")
-    assert ct["last_exit"]["reason"] == "poweroff" and stop < 15, (ct, stop)
+    assert ct["last_exit"]["detail"] == "stopped by lxpy" and stop < 15, (ct, stop)
     # Poweroff inside.
     d.cli("start", "deb")
     pid3 = info(d, "deb")["init_pid"]

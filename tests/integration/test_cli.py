@@ -305,7 +305,8 @@ def test_cli_without_a_daemon_says_how_to_start_it(tmp_path: Path) -> None:
     )
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr.startswith(f"error: cannot reach lxpyd at {sock}: ")
-    assert "hint: start it with `lxpyd` (or `systemctl start lxpy`)" in res.stderr
+    assert "hint: start it in the background with `" in res.stderr
+    assert f"lxpyd --daemon --socket {sock}`" in res.stderr
     # $LXPY_SOCKET is used when --socket is not given.
     res = subprocess.run(
         [str(VENV_BIN / "lxpy"), "template", "list"],

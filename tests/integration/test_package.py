@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from lxpy import __version__
+from lxpy.cli.completion import INSTALL_PATHS
 from tests.conftest import REPO, unmount_all_under
 
 pytestmark = pytest.mark.integration
@@ -236,9 +237,18 @@ def test_installed_files(chroot: Chroot) -> None:
     assert (root / "etc/systemd/system/multi-user.target.wants/lxpy.service").is_symlink()
     groups = [line.split(":")[0] for line in (root / "etc/group").read_text().splitlines()]
     assert "lxpy" in groups and "lxpy-user" in groups
-    completion = root / "usr/share/bash-completion/completions/lxpy"
+    # Completion for bash, zsh and fish where each looks, as the installed
+    # `lxpy completion SHELL` prints it; bash completes from the installed lxpy.
+    for shell, path in INSTALL_PATHS.items():
+        assert chroot.run("lxpy", "completion", shell).stdout == (root / path).read_text()
     chroot.run("bash", "-n", "/usr/share/bash-completion/completions/lxpy")
-    assert "snapshot" in completion.read_text()
+    res = chroot.run(
+        "bash",
+        "-c",
+        ". /usr/share/bash-completion/completions/lxpy; "
+        'COMP_WORDS=(lxpy sn); COMP_CWORD=1; _lxpy; echo "${COMPREPLY[@]}"',
+    )
+    assert res.stdout == "snapshot\n"
     assert (root / "usr/share/man/man1/lxpy.1.gz").is_file()
     assert (root / "usr/share/man/man8/lxpyd.8.gz").is_file()
     # postinst compiled the byte-code the package does not ship.

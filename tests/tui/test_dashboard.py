@@ -135,6 +135,8 @@ def test_create_screen_builds_validates_and_creates(daemon: Daemon) -> None:
 def test_detail_screen_snapshots(daemon: Daemon) -> None:
     daemon.cli("create", "-t", "busybox", "box", "--set", "hostname=boxhost")
     daemon.cli("snapshot", "create", "box", "first")
+    # Running: its restore below is a restart, and the question says so.
+    daemon.cli("start", "box")
     client = Client(daemon.socket, timeout=30)
 
     async def body() -> None:
@@ -162,6 +164,7 @@ def test_detail_screen_snapshots(daemon: Daemon) -> None:
             snaps.move_cursor(row=0)  # type: ignore[attr-defined]
             await pilot.press("o")
             await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            assert "It is stopped, restored and started again." in app.screen.question  # type: ignore[attr-defined]
             await pilot.press("y")
             await wait_until(
                 pilot,
@@ -174,6 +177,7 @@ def test_detail_screen_snapshots(daemon: Daemon) -> None:
             await pilot.press("y")
             await wait_until(pilot, lambda: snaps.row_count == 1, what="delete")  # type: ignore[attr-defined]
             assert [s["name"] for s in client.snapshots("box")] == ["snap0"]
+            assert client.container("box")["state"] == "RUNNING"
             await pilot.press("escape")
             await wait_until(pilot, lambda: app.screen is dashboard(pilot))
 

@@ -416,10 +416,14 @@ def test_template_build_streams_log_and_progress(
             json.dumps({"operation": _op("success", stage="done")}).encode() + b"\n",
         ]
     )
-    status, out, err = run(fake, capsys, "template", "build", "busybox", "--force")
+    status, out, err = run(fake, capsys, "template", "build", "busybox", "--force", "-v")
     assert status == 0 and "built template busybox" in out
     assert err.splitlines() == ["copying busybox", "[ 50%] post-build", "done"]
     assert fake.requests[0][2] == {"force": True}
+    # Without --verbose: the progress only.
+    status, out, err = run(fake, capsys, "template", "build", "busybox", "--force")
+    assert status == 0 and "built template busybox" in out
+    assert err.splitlines() == ["[ 50%] post-build"]
 
 
 def test_template_build_cached(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
@@ -439,7 +443,14 @@ def test_template_build_failure_exits_non_zero(
     )
     status, out, err = run(fake, capsys, "template", "build", "debian")
     assert (status, out) == (1, "")
-    assert err.splitlines() == ["E: no mirror", "error: debootstrap failed", "hint: h"]
+    # The end of the log, which the error does not quote (the fake daemon
+    # knows no template to say where the log is).
+    assert err.splitlines() == [
+        "the end of the build log:",
+        "  E: no mirror",
+        "error: debootstrap failed",
+        "hint: h",
+    ]
 
 
 def test_template_build_stream_cut_short_asks_for_the_outcome(
@@ -470,7 +481,7 @@ def test_ctrl_c_cancels_the_build_on_the_daemon(fake: FakeDaemon) -> None:
     fake.routes["GET /1.0/operations/op1/stream"] = endless
     fake.routes["DELETE /1.0/operations/op1"] = cancel
     proc = subprocess.Popen(
-        [*LXPY, "--socket", str(fake.path), "template", "build", "busybox"],
+        [*LXPY, "--socket", str(fake.path), "template", "build", "busybox", "--verbose"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -541,8 +552,8 @@ def test_no_daemon_says_how_to_start_it(tmp_path: Path) -> None:
     assert res.returncode == 1 and res.stdout == ""
     assert res.stderr == (
         f"error: cannot reach lxpyd at {missing}: No such file or directory\n"
-        "hint: start it with `lxpyd` (or `systemctl start lxpy`), "
-        "or point --socket/LXPY_SOCKET at a running daemon\n"
+        f"hint: start it in the background with `lxpyd --daemon --socket {missing}` "
+        "(log: /var/log/lxpy/lxpyd.log), or point --socket/LXPY_SOCKET at a running daemon\n"
     )
 
 
@@ -554,7 +565,9 @@ def test_refused_connection_says_how_to_start_it(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(DaemonUnavailable, match="Connection refused") as info:
         Client(stale).containers()
-    assert info.value.hint is not None and "start it with `lxpyd`" in info.value.hint
+    # The lxpyd named is the one beside the running program (here pytest's
+    # .venv/bin/lxpyd) when it is not the one on PATH.
+    assert info.value.hint is not None and f"lxpyd --daemon --socket {stale}`" in info.value.hint
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to try as another user")

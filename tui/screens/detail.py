@@ -344,9 +344,12 @@ class DetailScreen(ContainerScreen):
                     then=self.action_reload,
                 )
 
+        # Snapshots hold files only: a running container is restarted.
+        running = self.ct.get("state") in RUNNING_STATES
+        again = "\nIt is stopped, restored and started again." if running else ""
         self.app.push_screen(
             ConfirmScreen(
-                f"Roll {name} back to snapshot {snap}?\nChanges since then are lost.",
+                f"Roll {name} back to snapshot {snap}?\nChanges since then are lost.{again}",
                 yes="Restore",
             ),
             answer,
