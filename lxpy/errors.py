@@ -7,6 +7,8 @@ CLI prints the same message and hint the daemon produced.
 
 from __future__ import annotations
 
+import errno
+
 
 class LxpyError(Exception):
     """Base error: a message for the human and an optional hint."""
@@ -55,6 +57,16 @@ class PoolFull(LxpyError):
 
     code = "pool_full"
     status = 507
+
+
+def is_full(e: BaseException) -> bool:
+    """Whether `e` says a write found no space left (ENOSPC, EDQUOT).
+
+    Every write of lxpyd's own (records, intents, logs, files in a rootfs,
+    volumes) goes to the pool or the root beside it, through Daemon.files,
+    Daemon.storage or the intent journal, which turn this into pool_full().
+    """
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def pool_full(what: str = "") -> PoolFull:

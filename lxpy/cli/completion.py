@@ -20,7 +20,7 @@ import os
 import sys
 
 from lxpy.api.client import Client
-from lxpy.cli.output import format_value
+from lxpy.api.text import format_value
 from lxpy.cli.parse import REMAINDER, arg, build_parser, command
 from lxpy.errors import LxpyError
 

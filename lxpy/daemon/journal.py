@@ -32,6 +32,7 @@ import trio
 
 from lxpy.daemon import crashpoint
 from lxpy.daemon.registry import write_atomic
+from lxpy.errors import is_full, pool_full
 
 log = logging.getLogger("lxpyd.journal")
 
@@ -119,7 +120,12 @@ class Journal:
         On an error or a cancel the body's undos run; the intent goes once
         they all worked (one that failed leaves it, for the next start).
         """
-        path = await trio.to_thread.run_sync(self._write, op, fields) if durable else None
+        try:
+            path = await trio.to_thread.run_sync(self._write, op, fields) if durable else None
+        except OSError as e:
+            if is_full(e):
+                raise pool_full(f"{op} {fields.get('name', '')}".strip()) from e
+            raise
         intent = Intent(op, path)
         intent.step("begun")
         try:

@@ -8,7 +8,6 @@ the storage limiter, file reads and writes under the file limiter.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from lxpy.daemon.networks import RUN_BASE, Networks
 from lxpy.daemon.operations import Operations
 from lxpy.daemon.recovery import Settler, settle_containers
 from lxpy.daemon.registry import Registry
-from lxpy.errors import AlreadyExists, InvalidArgument, NotFound, Unsupported, pool_full
+from lxpy.errors import AlreadyExists, InvalidArgument, NotFound, Unsupported, is_full, pool_full
 from lxpy.kernel import apparmor, systemd
 from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy, favor_dynmods
 from lxpy.model.config import Container
@@ -46,16 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("lxpyd")
 
 T = TypeVar("T")
-
-
-def is_full(e: BaseException) -> bool:
-    """Whether `e` says a write found no space left (ENOSPC, EDQUOT).
-
-    Every write of lxpyd's own (records, logs, files in a rootfs, volumes)
-    goes to the pool or the root beside it, through Daemon.files or
-    Daemon.storage, which turn this into pool_full().
-    """
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 async def _in_thread(limiter: trio.CapacityLimiter, fn: Callable[..., T], *args: object) -> T:

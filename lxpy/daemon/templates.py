@@ -22,8 +22,8 @@ import trio
 from lxpy.build.builder import build_rootfs
 from lxpy.daemon.events import now_iso
 from lxpy.daemon.operations import Operation, Report
-from lxpy.daemon.service import Daemon, is_full
-from lxpy.errors import Busy, LxpyError, NotFound, pool_full
+from lxpy.daemon.service import Daemon
+from lxpy.errors import Busy, LxpyError, NotFound, is_full, pool_full
 from lxpy.model.suggest import not_found_hint
 from lxpy.model.template import TemplateDef, load_templates
 
