@@ -25,12 +25,12 @@ import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from lxpy.build.rootfs import check_init, set_hostname_files
 from lxpy.daemon import configcheck, security
+from lxpy.daemon.monitors import Lines, monitor_request
 from lxpy.daemon.networks import joins_network
 from lxpy.daemon.service import Daemon, RunInfo
 from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
@@ -43,7 +43,7 @@ from lxpy.model.config import Container
 from lxpy.model.limits import KernelLimits
 from lxpy.model.state import State
 from lxpy.model.template import TemplateDef, find_template
-from lxpy.runtime.control import check_reply, gone
+from lxpy.runtime.control import check_reply
 from lxpy.runtime.spec import LaunchSpec
 from lxpy.runtime.zygote import SPAWN_TIMEOUT, encode_request, spawn_request, start_zygote
 from lxpy.storage import prefetch
@@ -108,58 +108,6 @@ def _exit_info(raw: object, asked: _StopAsked | None = None) -> dict[str, object
         else:
             detail += f" (killed: still running after the {asked.grace:g} s timeout)"
     return {"reason": "stopped", "detail": detail}
-
-
-class _Lines:
-    """JSON lines from a trio stream."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buf = bytearray()
-
-    async def next(self) -> Any:
-        """The next JSON value, or None at end of stream."""
-        while b"\n" not in self.buf:
-            chunk = await self.stream.receive_some(65536)
-            if not chunk:
-                return None
-            self.buf += chunk
-        line, _, rest = bytes(self.buf).partition(b"\n")
-        self.buf[:] = rest
-        return json.loads(line)
-
-
-async def monitor_request(
-    path: Path, cmd: str, wait: float = 10.0, **args: object
-) -> dict[str, object]:
-    """One command to a monitor's control socket (see lxpy.runtime.control).
-
-    Raises:
-        DaemonUnavailable: nothing answers on `path`, or the monitor ended
-            before it answered.
-        LxpyError (or a subclass): the monitor's error, or no answer in `wait` s.
-    """
-    try:
-        with trio.fail_after(wait):
-            try:
-                stream = await trio.open_unix_socket(str(path))
-            except OSError as e:
-                raise DaemonUnavailable(
-                    f"no monitor answers on {path}: {e.strerror or e}",
-                    hint="the container is probably not running",
-                ) from None
-            async with stream:
-                # A monitor that ends meanwhile breaks the send or the read.
-                try:
-                    await stream.send_all((json.dumps({"cmd": cmd, **args}) + "\n").encode())
-                    reply = await _Lines(stream).next()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    reply = None
-    except trio.TooSlowError:
-        raise LxpyError(f"the monitor did not answer {cmd!r} within {wait:g} s") from None
-    if reply is None:
-        raise gone(cmd)
-    return check_reply(reply)
 
 
 @dataclass
@@ -500,7 +448,7 @@ class Lifecycle:
             if stream is not None:
                 async with stream:
                     await stream.send_all(b'{"cmd": "subscribe"}\n')
-                    lines = _Lines(stream)
+                    lines = Lines(stream)
                     task_status.started()
                     started = True
                     while True:

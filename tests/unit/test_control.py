@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from lxpy.daemon.lifecycle import monitor_request
+from lxpy.daemon.monitors import monitor_request
 from lxpy.errors import DaemonUnavailable
 from lxpy.runtime.control import MonitorClient
 
