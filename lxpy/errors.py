@@ -57,6 +57,10 @@ class PoolFull(LxpyError):
 
     code = "pool_full"
     status = 507
+    # What was being done, and where the space ran out (the pool's path and
+    # what is left on it), as given to pool_full().
+    what = ""
+    where = ""
 
 
 def is_full(e: BaseException) -> bool:
@@ -69,14 +73,18 @@ def is_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def pool_full(what: str = "") -> PoolFull:
-    """The error for a write that found the pool full while working on `what`."""
-    return PoolFull(
-        "storage pool is full" + (f" ({what})" if what else ""),
+def pool_full(what: str = "", where: str = "") -> PoolFull:
+    """The error for a write that found the pool full while working on
+    `what`; `where` names the pool and the room left on it."""
+    message = "storage pool is full" + (f" ({what})" if what else "")
+    err = PoolFull(
+        message + (f": {where}" if where else ""),
         hint="free space in it (delete snapshots, containers or templates you no longer "
         "need; `lxpy info NAME` shows a container's disk use) or grow it "
         "(btrfs filesystem resize), then try again",
     )
+    err.what, err.where = what, where
+    return err
 
 
 class Forbidden(LxpyError):

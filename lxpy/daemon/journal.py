@@ -27,12 +27,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from lxpy.daemon import crashpoint
 from lxpy.daemon.registry import write_atomic
-from lxpy.errors import is_full, pool_full
+from lxpy.errors import PoolFull, is_full, pool_full
 
 log = logging.getLogger("lxpyd.journal")
 
@@ -72,11 +73,20 @@ class Intent:
         return ok
 
 
-class Journal:
-    """The intents of the daemon at `root`, in `root`/intents."""
+Blocking = Callable[..., Awaitable[Any]]
 
-    def __init__(self, root: Path) -> None:
+
+class Journal:
+    """The intents of the daemon at `root`, in `root`/intents.
+
+    `run` runs its blocking file calls in a worker thread: the daemon's
+    own (Daemon.files), so that an intent that finds no room says the
+    pool is full, and where.
+    """
+
+    def __init__(self, root: Path, run: Blocking | None = None) -> None:
         self.directory = root / "intents"
+        self._run: Blocking = run or trio.to_thread.run_sync
 
     def _write(self, op: str, fields: dict[str, object]) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -120,12 +130,16 @@ class Journal:
         On an error or a cancel the body's undos run; the intent goes once
         they all worked (one that failed leaves it, for the next start).
         """
+        what = f"{op} {fields.get('name', '')}".strip()
         try:
-            path = await trio.to_thread.run_sync(self._write, op, fields) if durable else None
+            path = await self._run(self._write, op, fields) if durable else None
         except OSError as e:
             if is_full(e):
-                raise pool_full(f"{op} {fields.get('name', '')}".strip()) from e
+                raise pool_full(what) from e
             raise
+        except PoolFull as e:
+            # The daemon's runner said where: add what was being done.
+            raise pool_full(what, e.where) from e
         intent = Intent(op, path)
         intent.step("begun")
         try:
@@ -133,8 +147,8 @@ class Journal:
         except BaseException:
             if await intent.revert() and path is not None:
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(self.done, path)
+                    await self._run(self.done, path)
             raise
         if path is not None:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.done, path)
+                await self._run(self.done, path)

@@ -25,7 +25,15 @@ from lxpy.daemon.networks import RUN_BASE, Networks
 from lxpy.daemon.operations import Operations
 from lxpy.daemon.recovery import Settler, settle_containers
 from lxpy.daemon.registry import Registry
-from lxpy.errors import AlreadyExists, InvalidArgument, NotFound, Unsupported, is_full, pool_full
+from lxpy.errors import (
+    AlreadyExists,
+    InvalidArgument,
+    NotFound,
+    PoolFull,
+    Unsupported,
+    is_full,
+    pool_full,
+)
 from lxpy.kernel import apparmor, systemd
 from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy, favor_dynmods
 from lxpy.model.config import Container
@@ -35,6 +43,7 @@ from lxpy.model.state import State
 from lxpy.model.suggest import not_found_hint
 from lxpy.storage.base import Backend
 from lxpy.storage.pool import open_pool, pool_info
+from lxpy.storage.space import space_of
 
 if TYPE_CHECKING:
     from lxpy.daemon.autostart import BootManager
@@ -45,15 +54,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("lxpyd")
 
 T = TypeVar("T")
-
-
-async def _in_thread(limiter: trio.CapacityLimiter, fn: Callable[..., T], *args: object) -> T:
-    try:
-        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
-    except OSError as e:
-        if is_full(e):
-            raise pool_full() from e
-        raise
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class Daemon:
         self.backend = backend
         self.registry = registry
         # Intents of the multi-step operations under way.
-        self.journal = Journal(settings.root)
+        self.journal = Journal(settings.root, self.files)
         self.bus = EventBus()
         self.ops = Operations(nursery, self.bus)
         # btrfs ioctls are short but hold the GIL; a dir-backend copy is long.
@@ -281,7 +281,7 @@ class Daemon:
         Raises:
             PoolFull: for a write that found no space (what fn raised else).
         """
-        return await _in_thread(self.storage_limiter, fn, *args)
+        return await self._in_thread(self.storage_limiter, fn, *args)
 
     async def files(self, fn: Callable[..., T], *args: object) -> T:
         """Run a blocking file call (records, logs, files in a rootfs) in a
@@ -290,7 +290,37 @@ class Daemon:
         Raises:
             PoolFull: for a write that found no space (what fn raised else).
         """
-        return await _in_thread(self.file_limiter, fn, *args)
+        return await self._in_thread(self.file_limiter, fn, *args)
+
+    async def _in_thread(
+        self, limiter: trio.CapacityLimiter, fn: Callable[..., T], *args: object
+    ) -> T:
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+        except OSError as e:
+            if not is_full(e):
+                raise
+            raise await self.pool_full() from e
+        except PoolFull as e:
+            if e.where:
+                raise
+            raise await self.pool_full(e.what) from e
+
+    async def pool_full(self, what: str = "") -> PoolFull:
+        """The error for a write that found no space while working on
+        `what`: it names the pool and the room left on it, and the
+        filesystem of the records too when that is another one."""
+        try:
+            pool, root = await trio.to_thread.run_sync(
+                lambda: (space_of(self.backend.path), space_of(self.settings.root))
+            )
+        except OSError as e:
+            log.warning("cannot read the free space of %s: %s", self.backend.path, e)
+            return pool_full(what)
+        where = pool.describe()
+        if root.fsid != pool.fsid:
+            where += f"; lxpyd's records are on another filesystem: {root.describe()}"
+        return pool_full(what, where)
 
     def lock(self, name: str) -> trio.Lock:
         """The lock that serializes requests on container `name`."""

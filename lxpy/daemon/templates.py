@@ -23,7 +23,7 @@ from lxpy.build.builder import build_rootfs
 from lxpy.daemon.events import now_iso
 from lxpy.daemon.operations import Operation, Report
 from lxpy.daemon.service import Daemon
-from lxpy.errors import Busy, LxpyError, NotFound, is_full, pool_full
+from lxpy.errors import Busy, LxpyError, NotFound, is_full
 from lxpy.model.suggest import not_found_hint
 from lxpy.model.template import TemplateDef, load_templates
 
@@ -205,8 +205,10 @@ class Templates:
                             full = is_full(e) or (
                                 isinstance(e, Exception) and await d.storage(_no_space, target)
                             )
-                        if full:
-                            raise pool_full(f"building template {name!r}") from e
+                            where = f"building template {name!r}"
+                            err = await d.pool_full(where) if full else None
+                        if err is not None:
+                            raise err from e
                         raise
                     intent.step("built")
                     # Once committing, finish: a cancel now would leave a

@@ -52,6 +52,16 @@ def parse_size(value: object, key: str = "size") -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
+def format_size(n: float) -> str:
+    """`1536` -> `1.5KiB`, `0` -> `0B`: what parse_size reads back."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 def parse_signal(value: object, key: str = "signal") -> int:
     """Parse a signal as LXC's lxc.signal.halt takes it: SIGPWR, PWR, RTMIN+3, 30.
 

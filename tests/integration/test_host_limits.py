@@ -301,10 +301,10 @@ def test_a_fork_bomb_is_held_to_the_default_process_limit(pair: Daemon) -> None:
 FULL = "error: storage pool is full"
 
 
-@pytest.fixture
-def small(tmp_path: Path) -> Iterator[Daemon]:
+@contextlib.contextmanager
+def small_pool(tmp_path: Path) -> Iterator[Daemon]:
     """lxpyd whose root (records, logs and pool) is a 300 MiB btrfs of its
-    own, with the busybox template built and container `c1` running."""
+    own, with the busybox template built and container `c1` made."""
     root = tmp_path / "root"
     make_btrfs(tmp_path / "small.img", root, "300M")
     d = None
@@ -314,13 +314,20 @@ def small(tmp_path: Path) -> Iterator[Daemon]:
         )
         d.cli("template", "build", "busybox")
         d.cli("create", "c1", "-t", "busybox", "--set", "user.a=1")
-        d.cli("start", "c1")
         yield d
     finally:
         if d is not None:
             stop_daemon(d)
         stop_containers(root)
         unmount_all_under(tmp_path)
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Iterator[Daemon]:
+    """small_pool() with container `c1` running."""
+    with small_pool(tmp_path) as d:
+        d.cli("start", "c1")
+        yield d
 
 
 def fill(where: Path) -> None:
