@@ -9,6 +9,7 @@ value, or raises InvalidArgument naming the key.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -230,9 +231,67 @@ def parse_value(key: str, value: object) -> object:
     return lookup_key(key).parse(key, value)
 
 
-def validate_config(values: Mapping[str, object]) -> dict[str, object]:
-    """Validate a whole mapping of config keys; the first bad key raises."""
-    return {key: parse_value(key, value) for key, value in values.items()}
+# What a request may store: a key name of at most MAX_KEY characters, a
+# value of at most MAX_VALUE bytes (as UTF-8; a list as its JSON), and a
+# config of at most MAX_CONFIG bytes, keys and values together. Every key
+# holds one line (a name, a path, a size, a list of names): 8 KiB is far
+# above what any needs, and the whole record stays small enough to be
+# read, listed and rewritten atomically on every change. Records already
+# stored are read whatever their size.
+MAX_KEY = 256
+MAX_VALUE = 8 * 1024
+MAX_CONFIG = 64 * 1024
+
+
+def _size(value: object) -> int:
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+def _check_size(key: str, value: object) -> None:
+    if len(key) > MAX_KEY:
+        raise InvalidArgument(
+            f"config key {key[:40]!r}... is {len(key)} characters long, at most {MAX_KEY} may be",
+            hint="pick a shorter name",
+        )
+    size = _size(value)
+    if size > MAX_VALUE:
+        raise InvalidArgument(
+            f"{key}: the value is {size} bytes long, at most {MAX_VALUE} (8 KiB) may be stored",
+            hint="keep large data in a file inside the container and the path in the key",
+        )
+
+
+def config_size(config: Mapping[str, object]) -> int:
+    """Bytes of a config's keys and values, as MAX_CONFIG counts them."""
+    return sum(len(key) + _size(value) for key, value in config.items())
+
+
+def _check_total(new: Mapping[str, object], old: Mapping[str, object] | None = None) -> None:
+    size = config_size(new)
+    # A config stored before the cap may stay over it, as long as it does
+    # not grow: unsetting keys must always work.
+    if size > MAX_CONFIG and (old is None or size > config_size(old)):
+        raise InvalidArgument(
+            f"the config would be {size} bytes long, at most {MAX_CONFIG} (64 KiB) may be stored",
+            hint="unset keys you no longer need",
+        )
+
+
+def validate_config(values: Mapping[str, object], *, capped: bool = True) -> dict[str, object]:
+    """Validate a whole mapping of config keys; the first bad key raises.
+
+    With `capped` (what a request asks to store), keys, values and the
+    whole mapping are held to MAX_KEY, MAX_VALUE and MAX_CONFIG.
+    """
+    if capped:
+        for key, value in values.items():
+            _check_size(key, value)
+    config = {key: parse_value(key, value) for key, value in values.items()}
+    if capped:
+        _check_total(config)
+    return config
 
 
 def _flatten(data: Mapping[str, object], prefix: str = "") -> dict[str, object]:
@@ -296,6 +355,7 @@ class Container:
             lookup_key(key)
             new.pop(key, None)
         new.update(validate_config(set_))
+        _check_total(new, self.config)
         return replace(self, config=new)
 
     def renamed(self, name: str) -> Container:
@@ -342,7 +402,7 @@ class Container:
         if not isinstance(raw, Mapping):
             raise InvalidArgument(f"{source}: [config] must be a table")
         try:
-            config = validate_config(_flatten(raw))
+            config = validate_config(_flatten(raw), capped=False)
         except InvalidArgument as e:
             raise InvalidArgument(f"{source}: {e.message}", e.hint) from None
         idmap = None
