@@ -3,6 +3,13 @@
 One task per connection, keep-alive, JSON bodies with Content-Length, and
 chunked NDJSON streams that end when the client hangs up. Handlers raise
 lxpy errors; the server turns them into the documented error format.
+
+What a client may send is bounded (lxpy.daemon.httpread): the URL, the
+header fields and the body by size, and the time a connection may sit idle
+or take to send one request. Past a bound the client gets its 4xx and the
+connection closes; no bound applies once a request is in, so answers that
+take long (a wait, a build) and streams (events, console, exec) are never
+cut.
 """
 
 from __future__ import annotations
@@ -12,17 +19,22 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 import trio
 
 from lxpy.daemon import peers
+from lxpy.daemon.httpread import MAX_HEAD, Limits, Reader, Refused
 from lxpy.errors import Forbidden, InvalidArgument, LxpyError, NotFound
 
 log = logging.getLogger("lxpyd.http")
 
-MAX_BODY = 4 * 1024 * 1024
+# After refusing a request whose body may still be coming, how long and how
+# much of it is read and dropped before closing (see _refuse).
+_LINGER_SECONDS = 5.0
+_LINGER_BYTES = 64 * 1024 * 1024
 JSON_TYPE = "application/json"
 NDJSON_TYPE = "application/x-ndjson"
 # Requests that change something: logged with who asked.
@@ -33,6 +45,17 @@ class MethodNotAllowed(InvalidArgument):
     """A known path asked with a method it does not serve (405, invalid_argument)."""
 
     status = 405
+
+    def __init__(self, message: str, allowed: list[str]) -> None:
+        super().__init__(message, hint="allowed: " + ", ".join(allowed))
+        # For the Allow header the answer must carry.
+        self.allowed = allowed
+
+
+class UnsupportedMediaType(InvalidArgument):
+    """A body that is not sent as JSON (415, invalid_argument)."""
+
+    status = 415
 
 
 Send = Callable[[object], Awaitable[None]]
@@ -98,10 +121,17 @@ class Request:
         """The body as a JSON object ({} for an empty body).
 
         Raises:
+            UnsupportedMediaType: a body not sent as application/json.
             InvalidArgument: the body is not JSON, or not an object.
         """
         if not self.body.strip():
             return {}
+        ctype = self.headers.get("content-type", "")
+        if ctype.split(";")[0].strip().lower() != JSON_TYPE:
+            raise UnsupportedMediaType(
+                f"request body sent as {ctype or 'no Content-Type'}: only JSON is accepted",
+                hint=f"send the body as a JSON object with `Content-Type: {JSON_TYPE}`",
+            )
         try:
             data = json.loads(self.body)
         except (ValueError, UnicodeDecodeError) as e:
@@ -151,9 +181,12 @@ class Router:
     raises to refuse it (lxpy.daemon.policy).
     """
 
-    def __init__(self, groups: peers.Groups = peers.DEFAULT_GROUPS) -> None:
+    def __init__(
+        self, groups: peers.Groups = peers.DEFAULT_GROUPS, limits: Limits | None = None
+    ) -> None:
         self.routes: list[Route] = []
         self.groups = groups
+        self.limits = limits or Limits()
         self.authorize: Callable[[Route, Request], None] | None = None
 
     def add(self, method: str, pattern: str, handler: Handler, summary: str, **kw: object) -> None:
@@ -175,9 +208,7 @@ class Router:
                 return route, {k: unquote(v) for k, v in m.groupdict().items()}
             allowed.append(route.method)
         if allowed:
-            raise MethodNotAllowed(
-                f"method {method} is not allowed on {path}", hint="allowed: " + ", ".join(allowed)
-            )
+            raise MethodNotAllowed(f"method {method} is not allowed on {path}", allowed)
         raise NotFound(f"no such API path: {path}", hint="GET /1.0/openapi.json lists them all")
 
 
@@ -196,55 +227,81 @@ def _error_body(err: LxpyError) -> dict[str, object]:
     return {"error": err.to_json()}
 
 
-async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> object:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event
-        # b"" (EOF) tells h11 the peer closed; it then yields ConnectionClosed.
-        conn.receive_data(bytes(await stream.receive_some(65536)))
-
-
-async def _read_request(conn: h11.Connection, stream: trio.abc.Stream) -> Request | None:
-    event = await _next_event(conn, stream)
-    if isinstance(event, h11.ConnectionClosed):
-        return None
-    if not isinstance(event, h11.Request):
-        raise h11.RemoteProtocolError(f"unexpected {type(event).__name__}")
+def _request(event: h11.Request, body: bytes) -> Request:
     url = urlsplit(event.target.decode("ascii", "replace"))
-    body = bytearray()
-    while True:
-        ev = await _next_event(conn, stream)
-        if isinstance(ev, h11.Data):
-            body += ev.data
-            if len(body) > MAX_BODY:
-                raise h11.RemoteProtocolError("request body too large", error_status_hint=413)
-        elif isinstance(ev, h11.EndOfMessage):
-            break
-        else:
-            return None
     return Request(
         method=event.method.decode("ascii", "replace"),
         # Matched raw, so an escaped "/" inside a name cannot split a segment;
         # the router unquotes the parameters.
         path=url.path,
         query=dict(parse_qsl(url.query)),
-        body=bytes(body),
+        body=body,
         headers={k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers},
     )
 
 
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Cancelled" if status == 499 else b""
+
+
 async def _send_json(
-    conn: h11.Connection, stream: trio.abc.Stream, status: int, body: object
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    status: int,
+    body: object,
+    extra: list[tuple[str, str]] | None = None,
 ) -> None:
     if isinstance(body, Text):
         data, ctype = body.text.encode(), "text/plain; charset=utf-8"
     else:
         data, ctype = json.dumps(body).encode() + b"\n", JSON_TYPE
-    headers = [("Content-Type", ctype), ("Content-Length", str(len(data)))]
-    await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
+    headers = [("Content-Type", ctype), ("Content-Length", str(len(data))), *(extra or ())]
+    head = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+    await stream.send_all(conn.send(head))
     await stream.send_all(conn.send(h11.Data(data=data)))
     await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+async def _answer(
+    conn: h11.Connection,
+    stream: trio.abc.Stream,
+    limits: Limits,
+    status: int,
+    body: object,
+    extra: list[tuple[str, str]] | None = None,
+) -> bool:
+    """Send a whole (non-stream) answer; False when the client did not take
+    it within the request timeout (a client that sends and never reads)."""
+    with trio.move_on_after(limits.request) as sending:
+        await _send_json(conn, stream, status, body, extra)
+    return not sending.cancelled_caught
+
+
+async def _refuse(
+    conn: h11.Connection, stream: trio.abc.Stream, limits: Limits, refused: Refused
+) -> None:
+    """Answer a request refused before the router saw it, and end."""
+    log.debug("refused a request: %s %s", refused.status, refused.err.message)
+    try:
+        body, close = _error_body(refused.err), [("Connection", "close")]
+        sent = await _answer(conn, stream, limits, refused.status, body, close)
+    except h11.LocalProtocolError:
+        return  # nothing of a request came: there is no one to answer
+    if not sent or not refused.linger:
+        return
+    # What the client still sends (a body too large, the rest of a head) is
+    # read and dropped, for a while, so that the answer reaches a client
+    # which sends all before it reads: closing with unread data would
+    # reset the connection under it.
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        await stream.send_eof()
+    dropped = 0
+    with trio.move_on_after(_LINGER_SECONDS):
+        while dropped < _LINGER_BYTES and (data := await stream.receive_some(65536)):
+            dropped += len(data)
 
 
 async def _send_stream(conn: h11.Connection, stream: trio.abc.Stream, body: Stream) -> None:
@@ -299,24 +356,28 @@ async def _switch(conn: h11.Connection, stream: trio.abc.Stream, up: Upgrade) ->
     await up.run(stream, bytes(early))
 
 
-async def _dispatch(router: Router, req: Request) -> tuple[int, object]:
+async def _dispatch(router: Router, req: Request) -> tuple[int, object, list[tuple[str, str]]]:
+    """The status, body and extra header fields of the answer to `req`."""
     try:
         route, req.params = router.match(req.method, req.path)
         if router.authorize is not None:
             router.authorize(route, req)
         result = await route.handler(req)
-        return route.status, result
+        return route.status, result, []
     except Exception as exc:
         e = leaf_error(exc)
+        if isinstance(e, MethodNotAllowed):
+            # A 405 must say what the path does serve.
+            return e.status, _error_body(e), [("Allow", ", ".join(e.allowed))]
         if isinstance(e, Forbidden):
             log.warning("refused %s: %s %s: %s", req.caller, req.method, req.path, e.message)
-            return e.status, _error_body(e)
+            return e.status, _error_body(e), []
         if isinstance(e, LxpyError):
             log.debug("%s %s: %s", req.method, req.path, e.message)
-            return e.status, _error_body(e)
+            return e.status, _error_body(e), []
         log.exception("%s %s failed", req.method, req.path)
         err = LxpyError(f"internal error: {type(e).__name__}: {e}", hint="see lxpyd's log")
-        return 500, _error_body(err)
+        return 500, _error_body(err), []
 
 
 def _outsider(peer: peers.Peer, groups: peers.Groups) -> Forbidden:
@@ -334,8 +395,11 @@ def _outsider(peer: peers.Peer, groups: peers.Groups) -> Forbidden:
 
 
 async def serve_connection(stream: trio.abc.Stream, router: Router) -> None:
-    """Serve HTTP requests on one connection until either side closes it."""
-    conn = h11.Connection(h11.SERVER)
+    """Serve HTTP requests on one connection until either side closes it,
+    or the client breaks a bound (lxpy.daemon.httpread)."""
+    limits = router.limits
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    reader = Reader(conn, stream, limits)
     try:
         # Who connected, as the kernel recorded it at connect(): its tier is
         # decided once per connection, and logged with every change it asks for.
@@ -343,24 +407,23 @@ async def serve_connection(stream: trio.abc.Stream, router: Router) -> None:
         caller = peers.admit(peer, router.groups)
         while True:
             try:
-                req = await _read_request(conn, stream)
-            except h11.RemoteProtocolError as e:
-                if conn.our_state is h11.SEND_RESPONSE:
-                    err = InvalidArgument(f"bad HTTP request: {e}")
-                    await _send_json(conn, stream, e.error_status_hint, _error_body(err))
+                got = await reader.request()
+            except Refused as refused:
+                await _refuse(conn, stream, limits, refused)
                 return
-            if req is None:
+            if got is None:
                 return
+            req = _request(*got)
             if caller is None:
                 assert peer is not None
                 log.warning("refused %s: %s %s", peer, req.method, req.path)
                 denied = _outsider(peer, router.groups)
-                await _send_json(conn, stream, denied.status, _error_body(denied))
+                await _answer(conn, stream, limits, denied.status, _error_body(denied))
                 return
             req.caller = caller
             if req.method in _CHANGING and peer is not None:
                 log.info("%s: %s %s", caller, req.method, req.path)
-            status, result = await _dispatch(router, req)
+            status, result, extra = await _dispatch(router, req)
             log.debug("%s %s → %s", req.method, req.path, status)
             if isinstance(result, Stream):
                 try:
@@ -374,7 +437,8 @@ async def serve_connection(stream: trio.abc.Stream, router: Router) -> None:
                 finally:
                     result.close()
                 return
-            await _send_json(conn, stream, status, result)
+            if not await _answer(conn, stream, limits, status, result, extra):
+                return
             if conn.our_state is h11.MUST_CLOSE:
                 return
             conn.start_next_cycle()

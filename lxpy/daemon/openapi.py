@@ -19,6 +19,7 @@ from lxpy.errors import (
     InvalidArgument,
     LxpyError,
     NotFound,
+    PoolFull,
     Unsupported,
 )
 
@@ -101,6 +102,7 @@ ERROR_CODES = [
         Cancelled,
         LxpyError,
         Unsupported,
+        PoolFull,
     )
 ]
 
@@ -260,11 +262,21 @@ _REASONS = {
     403: "Forbidden: not root nor in group lxpy or lxpy-user, or a restricted user "
     "(lxpy-user) asking what only admins may",
     404: "Not found",
-    405: "Method not allowed",
+    405: "Method not allowed (the Allow header lists what the path serves)",
+    408: "Request timeout: the request did not arrive whole in time",
     409: "Already exists or busy",
+    413: "Request body too large (at most 4 MiB)",
+    414: "URL too long (at most 8 KiB)",
+    415: "Unsupported media type: a body not sent as application/json",
+    431: "Request header fields too large (at most 16 KiB)",
     499: "Cancelled",
     500: "Internal error",
+    501: "Unsupported on this host",
+    507: "Storage pool full: nothing was changed",
 }
+# Every request may be refused so; the HTTP layer answers these before the
+# route's handler runs (lxpy.daemon.httpread), or the handler on failure.
+_ANY_ERRORS = (400, 403, 404, 405, 408, 409, 413, 414, 431, 500)
 
 
 def _error_response(status: int) -> Schema:
@@ -301,10 +313,18 @@ def document(router: Router) -> dict[str, object]:
         if route.response is not None:
             ok["content"] = {media: {"schema": route.response}}
         responses: dict[str, object] = {str(route.status): ok}
-        for status in (400, 403, 404, 405, 409, 500):
-            responses[str(status)] = _error_response(status)
+        errors = list(_ANY_ERRORS)
+        if route.body is not None:
+            errors.append(415)
+        if route.method != "GET":
+            # Changes may need the host's features, and space in the pool.
+            errors += [501, 507]
         if route.pattern.startswith("/1.0/operations") or route.pattern.endswith("/build"):
-            responses["499"] = _error_response(499)
+            errors.append(499)
+        for status in sorted(errors):
+            responses[str(status)] = _error_response(status)
+        allow = {"Allow": {"description": "the methods the path serves", "schema": STR}}
+        responses["405"] = {**_error_response(405), "headers": allow}
         op["responses"] = responses
         paths.setdefault(route.pattern, {})[route.method.lower()] = op
     return {

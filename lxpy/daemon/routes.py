@@ -16,6 +16,7 @@ from lxpy.daemon import openapi
 from lxpy.daemon.containers import Containers
 from lxpy.daemon.events import EVENT_TYPES
 from lxpy.daemon.http import Request, Router, Send, Stream
+from lxpy.daemon.httpread import Limits
 from lxpy.daemon.lifecycle_routes import STOP_BODY, add_lifecycle_routes, stop_args
 from lxpy.daemon.peers import Groups
 from lxpy.daemon.policy import Policy, owner_of
@@ -43,7 +44,11 @@ def _timeout(req: Request) -> float | None:
 def build_router(d: Daemon) -> Router:
     """Every endpoint of API 1.0, bound to daemon `d`, with the access
     policy (lxpy.daemon.policy) judging each request."""
-    r = Router(Groups(d.settings.admin_group, d.settings.user_group))
+    conf = d.settings
+    r = Router(
+        Groups(conf.admin_group, conf.user_group),
+        Limits(idle=conf.http_idle_timeout, request=conf.http_request_timeout),
+    )
     policy = Policy(lambda: d.records)
     r.authorize = policy.authorize
     templates = Templates(d)

@@ -80,6 +80,12 @@ class Settings:
     # (lxpy.daemon.policy). "" for no such group.
     admin_group: str = "lxpy"
     user_group: str = "lxpy-user"
+    # Seconds an API connection may sit with no request under way, and a
+    # request may take to arrive whole (or its answer to be taken): the
+    # connection is closed after them (lxpy.daemon.httpread). Neither
+    # bounds an answer being worked on, nor a stream.
+    http_idle_timeout: float = 60.0
+    http_request_timeout: float = 30.0
 
     @property
     def cgroup_parent(self) -> str:
@@ -108,6 +114,12 @@ def _group(key: str, value: object) -> str:
     if not isinstance(value, str) or not _GROUP_NAME.fullmatch(value):
         raise InvalidArgument(f'{key}: expected a group name (or "" for none), got {value!r}')
     return value
+
+
+def _seconds(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1e9:
+        raise InvalidArgument(f"{key}: expected a number of seconds above 0, got {value!r}")
+    return float(value)
 
 
 def settings_from_mapping(data: Mapping[str, object], source: str = "settings") -> Settings:
@@ -156,6 +168,8 @@ def settings_from_mapping(data: Mapping[str, object], source: str = "settings") 
                 values[key] = value
             elif key in ("admin_group", "user_group"):
                 values[key] = _group(key, value)
+            elif key in ("http_idle_timeout", "http_request_timeout"):
+                values[key] = _seconds(key, value)
         admin = values.get("admin_group", Settings.admin_group)
         if admin and admin == values.get("user_group", Settings.user_group):
             raise InvalidArgument(

@@ -186,7 +186,8 @@ async def test_upgrade_hands_over_the_connection_with_early_bytes() -> None:
     body = json.dumps({"code": 4}).encode()
     head = (
         b"POST /1.0/echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
-        b"Upgrade: lxpy-stream\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        b"Upgrade: lxpy-stream\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
     )
     # Frames sent right behind the request, before the 101: h11 has read
     # them already, and they must reach the stream handler.
@@ -201,7 +202,8 @@ async def test_upgrade_hands_over_the_connection_with_early_bytes() -> None:
 @pytest.mark.trio
 async def test_upgrade_route_without_upgrade_headers_is_400() -> None:
     out = await _talk(
-        b"POST /1.0/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+        b"POST /1.0/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\nConnection: close\r\n\r\n{}"
     )
     assert out.startswith(b"HTTP/1.1 400 ")
     assert b"Upgrade" in out

@@ -84,8 +84,10 @@ def _bodies(resp: bytes) -> list[tuple[int, object]]:
 async def test_keepalive_and_errors() -> None:
     reqs = (
         b"GET /1.0/things/web?x=1 HTTP/1.1\r\nHost: l\r\n\r\n"
-        b'POST /1.0/echo HTTP/1.1\r\nHost: l\r\nContent-Length: 10\r\n\r\n{"a": [1]}'
-        b"POST /1.0/echo HTTP/1.1\r\nHost: l\r\nContent-Length: 3\r\n\r\n[1]"
+        b"POST /1.0/echo HTTP/1.1\r\nHost: l\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 10\r\n\r\n{"a": [1]}'
+        b"POST /1.0/echo HTTP/1.1\r\nHost: l\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 3\r\n\r\n[1]"
         b"GET /1.0/busy HTTP/1.1\r\nHost: l\r\n\r\n"
         b"GET /1.0/boom HTTP/1.1\r\nHost: l\r\n\r\n"
         b"GET /nope HTTP/1.1\r\nHost: l\r\n\r\n"

@@ -49,7 +49,8 @@ def _router():  # type: ignore[no-untyped-def]
 def _ask(caller: peers.Caller, method: str, path: str, body: bytes = b"") -> None:
     r = _router()
     route, params = r.match(method, path)
-    req = Request(method, path, params=params, body=body, caller=caller)
+    headers = {"content-type": "application/json"}
+    req = Request(method, path, params=params, body=body, headers=headers, caller=caller)
     assert r.authorize is not None
     r.authorize(route, req)
 
