@@ -178,7 +178,7 @@ class Containers:
         d = self.d
         name = validate_name(body.get("name"))
         template = validate_name(body.get("template"), "template")
-        raw = body.get("config") or {}
+        raw = body.get("config", {})
         if not isinstance(raw, dict):
             raise InvalidArgument(f"'config' must be an object of key: value, got {raw!r}")
         config = validate_config(raw)
@@ -296,8 +296,8 @@ class Containers:
         """PATCH /1.0/containers/NAME/config: `{"set": {...}, "unset": [...]}`,
         by a caller who may know of the containers `sees` allows."""
         d = self.d
-        set_ = body.get("set") or {}
-        unset = body.get("unset") or []
+        set_ = body.get("set", {})
+        unset = body.get("unset", [])
         if not isinstance(set_, dict):
             raise InvalidArgument(f"'set' must be an object of key: value, got {set_!r}")
         if not isinstance(unset, list) or not all(isinstance(k, str) for k in unset):

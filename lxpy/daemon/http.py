@@ -37,6 +37,7 @@ _LINGER_SECONDS = 5.0
 _LINGER_BYTES = 64 * 1024 * 1024
 JSON_TYPE = "application/json"
 NDJSON_TYPE = "application/x-ndjson"
+TEXT_TYPE = "text/plain; charset=utf-8"
 # Requests that change something: logged with who asked.
 _CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -163,6 +164,8 @@ class Route:
     # (name, description) of query parameters.
     query: tuple[tuple[str, str], ...] = ()
     stream: bool = False
+    # The answer's media type when it is not JSON (a Text answer).
+    media: str | None = None
     regex: re.Pattern[str] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -255,7 +258,7 @@ async def _send_json(
     extra: list[tuple[str, str]] | None = None,
 ) -> None:
     if isinstance(body, Text):
-        data, ctype = body.text.encode(), "text/plain; charset=utf-8"
+        data, ctype = body.text.encode(), TEXT_TYPE
     else:
         data, ctype = json.dumps(body).encode() + b"\n", JSON_TYPE
     headers = [("Content-Type", ctype), ("Content-Length", str(len(data))), *(extra or ())]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from lxpy.daemon import openapi
 from lxpy.daemon.containers import Containers
-from lxpy.daemon.http import Request, Router, Text
+from lxpy.daemon.http import TEXT_TYPE, Request, Router, Text
 from lxpy.daemon.lifecycle import DEFAULT_STOP_TIMEOUT
 from lxpy.daemon.service import Daemon
 from lxpy.errors import InvalidArgument
@@ -120,4 +120,5 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
         console_log,
         "The console output kept since boot (text/plain)",
         response={"type": "string"},
+        media=TEXT_TYPE,
     )

@@ -297,11 +297,12 @@ class Networks:
 
     # -- managed networks --------------------------------------------------------
     async def create(
-        self, name: str, subnet: str | None = None, nat: bool = True
+        self, name: object, subnet: str | None = None, nat: bool = True
     ) -> dict[str, object]:
         """Create network `name` (bridge, nftables rules, dnsmasq).
 
         Args:
+            name: what the request gave (validated here).
             subnet: an IPv4 CIDR, or None/"auto" for the first free 10.x.y.0/24.
             nat: masquerade the subnet's traffic out of the host.
 

@@ -22,6 +22,7 @@ from lxpy.errors import (
     PoolFull,
     Unsupported,
 )
+from lxpy.model.config import ENV_NAME, KEYS, MAX_KEY, PREFIXES
 
 Schema = dict[str, object]
 
@@ -43,18 +44,27 @@ NULL_STR: Schema = {"type": ["string", "null"]}
 EMPTY: Schema = _obj({}, additionalProperties=False)
 NAME: Schema = {"type": "string", "pattern": "^[A-Za-z]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$"}
 
+# A config key: one of KEYS, or a name in a family of free-form keys (README,
+# "Config keys"); each key's own parser judges its value.
+CONFIG_KEY: Schema = {
+    "type": "string",
+    "maxLength": MAX_KEY,
+    "anyOf": [
+        {"enum": sorted(KEYS)},
+        *(
+            {"pattern": f"^{re.escape(p)}{ENV_NAME.pattern if p == 'environment.' else '.+'}$"}
+            for p in PREFIXES
+        ),
+    ],
+}
+CONFIG: Schema = {"type": "object", "propertyNames": CONFIG_KEY, "additionalProperties": True}
 BUILD_BODY = _obj({"force": {"type": "boolean", "default": False}})
-CREATE_BODY = _obj(
-    {
-        "name": NAME,
-        "template": NAME,
-        "config": {"type": "object", "additionalProperties": True},
-    },
-    ("name", "template"),
-)
-CONFIG_BODY = _obj({"set": {"type": "object", "additionalProperties": True}, "unset": array(STR)})
+CREATE_BODY = _obj({"name": NAME, "template": NAME, "config": CONFIG}, ("name", "template"))
+CONFIG_BODY = _obj({"set": CONFIG, "unset": array(CONFIG_KEY)})
 NAME_BODY = _obj({"name": NAME}, ("name",))
-SNAPSHOT_BODY = _obj({"name": NAME})
+SNAPSHOT_BODY = _obj(
+    {"name": {"anyOf": [NAME, {"type": "null"}], "description": "absent or null: the next snapN"}}
+)
 STOP_ALL = _obj(
     {"stopped": array(STR), "errors": {"type": "object", "additionalProperties": STR}},
     ("stopped", "errors"),
@@ -308,7 +318,7 @@ def document(router: Router) -> dict[str, object]:
                 "required": False,
                 "content": {JSON_TYPE: {"schema": route.body}},
             }
-        media = NDJSON_TYPE if route.stream else JSON_TYPE
+        media = route.media or (NDJSON_TYPE if route.stream else JSON_TYPE)
         ok: Schema = {"description": _REASONS[route.status]}
         if route.response is not None:
             ok["content"] = {media: {"schema": route.response}}

@@ -24,6 +24,7 @@ from lxpy.daemon.service import Daemon
 from lxpy.daemon.streams import add_stream_routes
 from lxpy.daemon.templates import Templates
 from lxpy.errors import InvalidArgument
+from lxpy.model.network import MAX_IFNAME
 
 S = openapi.ref
 
@@ -347,7 +348,7 @@ def add_network_routes(r: Router, d: Daemon, policy: Policy) -> None:
         nat = body.get("nat", True)
         if not isinstance(nat, bool):
             raise InvalidArgument(f"'nat' must be true or false, got {nat!r}")
-        return await nets.create(str(body.get("name", "")), subnet, nat)
+        return await nets.create(body.get("name"), subnet, nat)
 
     async def get_network(req: Request) -> object:
         return policy.network_view(req.caller, await nets.info(req.params["name"]), macs)
@@ -372,8 +373,11 @@ def add_network_routes(r: Router, d: Daemon, policy: Policy) -> None:
         body={
             "type": "object",
             "properties": {
-                "name": {"type": "string"},
-                "subnet": {"type": "string", "description": "IPv4 CIDR, or auto"},
+                "name": {**openapi.NAME, "maxLength": MAX_IFNAME},
+                "subnet": {
+                    "type": ["string", "null"],
+                    "description": "IPv4 CIDR, or auto (as are null, absent and empty)",
+                },
                 "nat": {"type": "boolean", "default": True},
             },
             "required": ["name"],

@@ -194,7 +194,7 @@ KEYS.update(
 )
 
 # Families of free-form keys: the part after the prefix is the user's.
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PREFIXES: dict[str, ConfigKey] = {
     "environment.": ConfigKey("environment.*", _text, "Environment variable for init."),
     "user.": ConfigKey("user.*", _text, "Free-form user metadata.", live=True),
@@ -212,7 +212,7 @@ def lookup_key(key: str) -> ConfigKey:
     for prefix, decl in PREFIXES.items():
         if key.startswith(prefix):
             rest = key[len(prefix) :]
-            if prefix == "environment." and not _ENV_NAME.fullmatch(rest):
+            if prefix == "environment." and not ENV_NAME.fullmatch(rest):
                 raise InvalidArgument(f"{key}: {rest!r} is not a valid environment variable name")
             if not rest:
                 raise InvalidArgument(f"config key {key!r} needs a name after {prefix!r}")
