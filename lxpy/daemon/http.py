@@ -141,6 +141,18 @@ class Request:
             raise InvalidArgument(
                 "request body must be a JSON object", hint='send e.g. {"name": "web"}'
             )
+        try:
+            # A \\uXXXX escape may carry half of a UTF-16 pair alone: no
+            # Unicode text, and nothing a record, a name or an argument
+            # could hold. Refused here rather than failing deep inside.
+            json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError as e:
+            bad = e.object[e.start : e.end].encode("unicode_escape").decode()
+            raise InvalidArgument(
+                f"request body is not valid JSON text: it holds {bad}, half of a UTF-16 "
+                "surrogate pair, alone",
+                hint="send the character itself, or both halves of its pair",
+            ) from None
         return data
 
     def flag(self, name: str) -> bool:

@@ -174,6 +174,30 @@ def test_a_config_value_too_large_is_refused_and_not_stored(plain: Daemon) -> No
     plain.cli("config", "set", "c1", "user.fine", "v" * 8192)
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/1.0/containers/c1/config", rb'{"set": {"user.x": "a\ud800"}}'),
+        ("/1.0/containers/c1/config", rb'{"set": {"description": "\udfff"}}'),
+        (
+            "/1.0/containers",
+            rb'{"name": "c5", "template": "busybox", "config": {"user.y": "\ud800"}}',
+        ),
+    ],
+)
+def test_half_a_surrogate_pair_is_refused(plain: Daemon, path: str, body: bytes) -> None:
+    # JSON's \uXXXX escapes can carry half of a UTF-16 pair, which is no text.
+    method = "PATCH" if path.endswith("config") else "POST"
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    raw = head.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    status, _, answer = _exchange(plain, raw)
+    assert status == 400
+    _invalid(answer, "not valid JSON text", "half of a UTF-16 surrogate pair")
+    config = plain.cli("config", "show", "c1").stdout
+    assert "user.x" not in config and "description" not in config
+    assert "c5" not in plain.cli("list").stdout
+
+
 # -- methods and media types ----------------------------------------------------
 
 
