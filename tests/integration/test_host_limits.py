@@ -34,6 +34,7 @@ from tests.conftest import (
     VENV_BIN,
     Daemon,
     daemon_in,
+    forget_host_ids,
     info,
     make_btrfs,
     start_daemon,
@@ -319,6 +320,7 @@ def small_pool(tmp_path: Path) -> Iterator[Daemon]:
         if d is not None:
             stop_daemon(d)
         stop_containers(root)
+        forget_host_ids(root)
         unmount_all_under(tmp_path)
 
 
