@@ -7,7 +7,6 @@ bool and lists of those. Keys that are not bare TOML keys are quoted.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import tomllib
@@ -19,8 +18,28 @@ from lxpy.errors import InvalidArgument
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 
+# What a TOML basic string may not hold as it is: the quote, the
+# backslash and the control characters (U+007F too).
+_ESCAPE = re.compile(r'["\\\x00-\x1f\x7f]')
+_SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+
+
+def _string(text: str) -> str:
+    """`text` as a TOML basic string: everything else as it is (UTF-8),
+    so that a character outside the BMP is not split into the surrogate
+    pair a JSON escape would make, which TOML refuses.
+
+    Raises:
+        ValueError: `text` holds a lone surrogate, which UTF-8 cannot hold.
+    """
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        raise ValueError(f"cannot write {text!r} to TOML: it holds a lone surrogate")
+    body = _ESCAPE.sub(lambda m: _SHORT.get(m[0]) or f"\\u{ord(m[0]):04X}", text)
+    return f'"{body}"'
+
+
 def _key(key: str) -> str:
-    return key if _BARE.fullmatch(key) else json.dumps(key)
+    return key if _BARE.fullmatch(key) else _string(key)
 
 
 def _value(value: object) -> str:
@@ -33,8 +52,7 @@ def _value(value: object) -> str:
             raise ValueError(f"cannot write {value!r} to TOML")
         return repr(value)
     if isinstance(value, str):
-        # JSON string escapes are a subset of TOML basic-string escapes.
-        return json.dumps(value, ensure_ascii=False)
+        return _string(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

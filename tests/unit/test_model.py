@@ -149,3 +149,19 @@ def test_state_machine() -> None:
 def test_toml_writer_quotes_and_nests() -> None:
     text = tomlw.dumps({"a": 1, "b c": "x\ty", "t": {"d.e": [1, 2], "f": True}})
     assert tomllib.loads(text) == {"a": 1, "b c": "x\ty", "t": {"d.e": [1, 2], "f": True}}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\U0001f600", "del\x7fhere", 'quote" and \\', "bell\x07 tab\t nl\n", "ümlaut €"],
+)
+def test_any_string_a_user_may_set_reads_back(text: str) -> None:
+    # A key or value outside the BMP once came back as a surrogate pair
+    # that tomllib refuses: the record could no longer be read.
+    data = {f"user.{text}": text, "table": {text: [text]}}
+    assert tomllib.loads(tomlw.dumps(data)) == data
+
+
+def test_a_lone_surrogate_is_refused_not_written() -> None:
+    with pytest.raises(ValueError, match="lone surrogate"):
+        tomlw.dumps({"user.x": "\ud800"})
