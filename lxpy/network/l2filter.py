@@ -82,6 +82,10 @@ def port_rules(nic: Nic) -> list[str]:
     rules = [
         f"ether saddr != {mac} counter drop",
         f"arp saddr ether != {mac} counter drop",
+        # A DHCP request in IP fragments: its first holds no chaddr for
+        # the rule below to read (a rule that cannot read is skipped), and
+        # the host reassembles the whole. DHCP is never that large.
+        "udp dport 67 ip frag-off & 0x2000 != 0 counter drop",
         # BOOTP's chaddr, 28 bytes into the message after the 8-byte UDP
         # header: dnsmasq hands out a lease per client hardware address.
         f"udp dport 67 @th,288,48 != {raw} counter drop",

@@ -184,6 +184,28 @@ for i in range(int(sys.argv[2])):
     s.sendto(msg, ("255.255.255.255", 67))
 """
 
+# The same requests from argv[3] (A's own address) as two IP fragments:
+# the first holds the UDP header alone, so a rule that reads into the DHCP
+# message finds nothing to read in it; the host reassembles the whole.
+FRAGMENTED_DHCP = (
+    FORGED_DHCP.replace(
+        '    s.sendto(msg, ("255.255.255.255", 67))',
+        """    udp = struct.pack("!HHHH", 68, 67, 8 + len(msg), 0)
+    for off, flags, part in ((0, 0x2000, udp), (1, 0, msg)):
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, 0x4C00 + i, flags | off, 64, 17, 0,
+                         socket.inet_aton(src), socket.inet_aton("255.255.255.255"))
+        raw.sendto(ip + part, ("255.255.255.255", 0))""",
+    )
+    .replace(
+        "own = bytes.fromhex",
+        "src = sys.argv.pop(3)\n"
+        "raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n"
+        "raw.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)\n"
+        "own = bytes.fromhex",
+    )
+    .replace("0x5E, 0x10", "0x5E, 0x11")
+)
+
 # A router advertisement for `prefix`/64 (on-link, autonomous) to all
 # nodes, with a router lifetime of 0 (no default route).
 ROUTER_ADVERT = """
@@ -287,7 +309,7 @@ def rogue_dhcp(lab: Lab, a: str, b: str) -> str:
 def starve_pool(lab: Lab, a: str, rounds: int) -> int:
     """A asks for leases under made-up MACs (its eth0's changed each time),
     then with its own MAC and made-up client ids, then with made-up client
-    hardware addresses inside the requests. Returns how many leases dnsmasq
+    hardware addresses inside the requests, whole and in fragments. Returns how many leases dnsmasq
     has afterwards beyond those it had."""
     before = len(lab.network()["leases"])
     mac = mac_of(lab, a)
@@ -302,6 +324,8 @@ def starve_pool(lab: Lab, a: str, rounds: int) -> int:
         f"for i in $(seq 10 {9 + rounds}); do {ask} -x 0x3d:01beef000000$i; done",
     )
     netns_python(lab, a, FORGED_DHCP, str(lab.subnet.network_address + 100), str(rounds))
+    own = lab.info(a)["addresses"][0]
+    netns_python(lab, a, FRAGMENTED_DHCP, str(lab.subnet.network_address + 150), str(rounds), own)
     # The last request has been answered (or dropped) when one more from
     # A's own MAC is: dnsmasq handles them in order.
     sh(lab, a, ask)
@@ -385,7 +409,7 @@ def test_spoofing_from_a_container_fails_and_succeeds_with_the_opt_out(lab: Lab)
     offer = rogue_dhcp(lab, a, b)
     assert f"obtained from {a_addr}" in offer, offer
     unfiltered = starve_pool(lab, a, rounds=6)
-    print(f"new leases from 18 forged requests: {filtered} filtered, {unfiltered} unfiltered")
+    print(f"new leases from 24 forged requests: {filtered} filtered, {unfiltered} unfiltered")
     assert unfiltered >= 10
 
     # And on again, live.
