@@ -96,11 +96,14 @@ def check_address(
     if net is None:
         return
     net.check_pinned(address)
+
+    def who(other: str) -> str:
+        return f"container {other!r}" if sees is None or sees(other) else "another container"
+
     for other, nics in d.networks.attached.items():
         if other != name and any(n.network == net.name and n.ipv4 == address for n in nics):
             raise Busy(
-                f"ipv4.address {address} on network {net.name} is held by running "
-                f"container {other!r}",
+                f"ipv4.address {address} on network {net.name} is held by {who(other)}, running",
                 hint="pick another address",
             )
     if not strict:
@@ -108,9 +111,8 @@ def check_address(
     for other, record in d.records.items():
         c = record.config
         if other != name and str(c.get("ipv4.address")) == address and _networks(c)[:1] == nets[:1]:
-            who = f"container {other!r}" if sees is None or sees(other) else "another container"
             raise Busy(
-                f"ipv4.address {address} on network {net.name} is pinned by {who}",
+                f"ipv4.address {address} on network {net.name} is pinned by {who(other)}",
                 hint="pick another address",
             )
 

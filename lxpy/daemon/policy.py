@@ -49,9 +49,6 @@ USER_KEYS = frozenset(
         "limits.cpu.weight",
         "limits.processes",
         "boot.autostart",
-        "boot.priority",
-        "boot.delay",
-        "boot.stop_priority",
         "boot.restart",
         "boot.restart_max",
     }
@@ -210,13 +207,22 @@ class Policy:
             if event.get("type") != "lifecycle" or not resource.startswith("containers/"):
                 return False
             name = resource.removeprefix("containers/")
+            action = event.get("action")
             if self.sees(caller, name):
                 theirs.add(name)
+                data = event.get("data")
+                if action == "container-renamed" and isinstance(data, Mapping):
+                    # The old name is free for anyone's container now.
+                    theirs.discard(str(data.get("old")))
                 return True
-            if name in theirs:
-                if event.get("action") == "container-deleted":
+            if name in theirs and name not in self._records():
+                # Theirs until it was deleted (its record is gone before
+                # the event is sent).
+                if action == "container-deleted":
                     theirs.discard(name)
                 return True
+            # The name is someone else's now.
+            theirs.discard(name)
             return False
 
         return wanted

@@ -486,7 +486,12 @@ def test_the_event_stream_shows_a_restricted_user_their_containers_only(lab: Lab
         lab.ok(lab.bob, "create", "b-ev", "-t", "busybox")
         lab.ok(lab.bob, "destroy", "b-ev")
         lab.ok(lab.admin, "template", "build", "busybox")
-        lab.ok(lab.alice, "destroy", "a-ev")
+        # Her old name, taken by an admin's container once she renamed
+        # hers: nothing of that one reaches her.
+        lab.ok(lab.alice, "rename", "a-ev", "a-ev2")
+        lab.ok(lab.admin, "create", "a-ev", "-t", "busybox")
+        lab.ok(lab.admin, "config", "set", "a-ev", "user.admin", "1")
+        lab.ok(lab.alice, "destroy", "a-ev2")
 
         def deleted() -> bool:
             read()
@@ -494,13 +499,16 @@ def test_the_event_stream_shows_a_restricted_user_their_containers_only(lab: Lab
 
         wait_for(deleted, what="her container's deletion")
         resources = {str(e.get("resource")) for e in seen}
-        assert resources == {"containers/a-ev"}, resources
+        assert resources == {"containers/a-ev", "containers/a-ev2"}, resources
+        renamed = next(i for i, e in enumerate(seen) if e.get("action") == "container-renamed")
+        after = [e for e in seen[renamed + 1 :] if e.get("resource") == "containers/a-ev"]
+        assert after == [], after
         assert all(e["type"] == "lifecycle" for e in seen)
     finally:
         proc.kill()
         proc.wait()
-        lab.as_user("root", "destroy", "adm-ev", "--force")
-        lab.as_user("root", "destroy", "a-ev", "--force")
+        for name in ("adm-ev", "a-ev", "a-ev2"):
+            lab.as_user("root", "destroy", name, "--force")
 
 
 def _gid(group: str) -> int:

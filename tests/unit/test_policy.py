@@ -85,7 +85,16 @@ def test_restricted_users_see_their_own_containers_only() -> None:
 
 
 @pytest.mark.parametrize(
-    "key", ["security.privileged", "security.idmap.isolated", "raw.lxc", "devices.disk.source"]
+    "key",
+    [
+        "security.privileged",
+        "security.idmap.isolated",
+        "raw.lxc",
+        "devices.disk.source",
+        "boot.priority",
+        "boot.delay",
+        "boot.stop_priority",
+    ],
 )
 def test_keys_outside_the_allow_list_are_refused(key: str) -> None:
     assert not key_allowed(key)
