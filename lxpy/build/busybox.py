@@ -66,6 +66,9 @@ ip link set lo up
 for script in /etc/init.d/S??*; do
 	[ -x "$script" ] && "$script" start
 done
+# The boot is done: say so to lxpy (`lxpy start --wait`), through the FIFO
+# it makes in every container. Elsewhere there is none and this is a no-op.
+[ -p /run/host/ready ] && echo READY=1 > /run/host/ready
 exit 0
 """
 

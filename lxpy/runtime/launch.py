@@ -35,6 +35,7 @@ from lxpy.kernel import syscalls as sc
 from lxpy.kernel.lxcfs import bind_mounts
 from lxpy.kernel.netif import link_up
 from lxpy.model.limits import KernelLimits
+from lxpy.runtime import readiness
 from lxpy.runtime.spec import LaunchSpec
 
 # For annotations only: typing costs the zygote, and so every monitor it
@@ -375,7 +376,7 @@ def _mount_all(root: str, spec: LaunchSpec, console_path: str, tty_paths: Sequen
     _step("building /dev")
     _mount_dev(root, console_path, tty_paths, KernelLimits.from_config(spec.limits).pty)
     _step("mounting /run")
-    _mount_run(root)
+    _mount_run(root, spec.notify_fd)
 
 
 def _pivot(root: str) -> None:
@@ -438,6 +439,8 @@ def _environment(spec: LaunchSpec) -> dict[str, str]:
     env = {"container": "lxpy", "TERM": "linux", "PATH": _PATH, "HOME": "/"}
     if spec.uuid:
         env["container_uuid"] = spec.uuid
+    if spec.notify_fd >= 0:
+        env["NOTIFY_SOCKET"] = readiness.NOTIFY_SOCKET
     env.update(spec.env)
     return env
 
@@ -602,7 +605,7 @@ def _mount_dev(root: str, console_path: str, tty_paths: Sequence[str], ptys: int
         os.symlink(dest, os.path.join(dev, name))
 
 
-def _mount_run(root: str) -> None:
+def _mount_run(root: str, notify_fd: int) -> None:
     run = _target(root, "run")
     sc.mount("tmpfs", run, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755,size=20%")
     # systemd's Container Interface: the host's os-release and the
@@ -620,3 +623,6 @@ def _mount_run(root: str) -> None:
         break
     with open(os.path.join(host, "container-manager"), "w") as f:
         f.write("lxpy\n")
+    if notify_fd >= 0:
+        # Where the container says it has booted (lxpy.runtime.readiness).
+        readiness.make_endpoints(host, notify_fd)

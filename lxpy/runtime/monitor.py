@@ -48,7 +48,7 @@ from lxpy.kernel.cgroups import (
 from lxpy.kernel.idmap import IdMap, delegate_cgroups
 from lxpy.kernel.limits import apply_limits, apply_process_limit
 from lxpy.model.limits import Limits
-from lxpy.runtime import attach, launch
+from lxpy.runtime import attach, launch, readiness
 from lxpy.runtime.spec import CAPS, LaunchSpec
 
 # For annotations only (see launch.py): typing costs every monitor memory.
@@ -138,6 +138,11 @@ class Monitor:
         self.started_at = 0.0
         self.boots = 0
         self.last_exit: dict[str, object] | None = None
+        # Whether this boot's init said it has booted (lxpy.runtime.readiness),
+        # and the two ways it may say so.
+        self.ready = False
+        self.notify: socket.socket | None = None
+        self.ready_fifo = -1
         self.clients: dict[int, _Client] = {}
         # exec children by pidfd. They are reaped by pid, never by
         # waitpid(-1), so init's status cannot be taken by mistake.
@@ -330,6 +335,9 @@ class Monitor:
             view = "cgroup2" if self.cg.unified else "none"
             self.spec = replace(self.spec, cgroup_view=view)
         self._reopen_slaves()
+        self._close_readiness()
+        self.notify = readiness.notify_socket()
+        self.spec = replace(self.spec, notify_fd=self.notify.fileno())
         if not self.spec.privileged:
             self._launch_userns()
             return
@@ -501,6 +509,11 @@ class Monitor:
         # Init runs (exec'd) and self.pidfd is its pidfd.
         self.init_pid = pid
         self._watch(self.pidfd, self._on_init_exit)
+        if self.notify is not None:
+            self._watch(self.notify.fileno(), self._on_notify)
+        self.ready_fifo = readiness.open_fifo(pid)
+        if self.ready_fifo >= 0:
+            self._watch(self.ready_fifo, self._on_ready_fifo)
         self.started_at = time.time()
         self.boots += 1
         self._set_state("RUNNING")
@@ -574,6 +587,30 @@ class Monitor:
             return
         if signal.SIGTERM in sigs and not self.stopping:
             self._begin_stop(self.spec.halt_signum(), self.spec.stop_timeout)
+
+    def _on_notify(self, _fd: int) -> None:
+        if self.notify is not None and readiness.read_socket(self.notify, self.init_pid):
+            self._booted()
+
+    def _on_ready_fifo(self, fd: int) -> None:
+        if readiness.read_fifo(fd):
+            self._booted()
+
+    def _booted(self) -> None:
+        if not self.ready:
+            self.ready = True
+            self._set_state(self.state)  # subscribers hear it
+
+    def _close_readiness(self) -> None:
+        self.ready = False
+        if self.notify is not None:
+            self._unwatch(self.notify.fileno())
+            self.notify.close()
+            self.notify = None
+        if self.ready_fifo >= 0:
+            self._unwatch(self.ready_fifo)
+            os.close(self.ready_fifo)
+            self.ready_fifo = -1
 
     def _on_console(self, fd: int) -> None:
         try:
@@ -724,6 +761,7 @@ class Monitor:
             "monitor_pid": os.getpid(),
             "started_at": self.started_at,
             "boots": self.boots,
+            "ready": self.ready,
             "last_exit": self.last_exit,
             "cgroup": self.cg.paths,
             "console": self.console_path,
@@ -983,6 +1021,7 @@ class Monitor:
         _pid, status = os.waitpid(self.init_pid, 0)
         reason, detail = _why(status)
         self.last_exit = {"reason": reason, "detail": detail, "at": time.time()}
+        self._close_readiness()  # the next boot has to say so again
         # The pid namespace died with init; anything still in the cgroups
         # came in from outside (nsenter) and goes too.
         try:
@@ -1024,6 +1063,7 @@ class Monitor:
     def _cleanup(self) -> None:
         # Idempotent: runs after the loop, or after a failed start.
         self._end_execs()
+        self._close_readiness()
         if self._owns_cgroup:
             try:
                 self.cg.kill(timeout=5)

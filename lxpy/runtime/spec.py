@@ -127,6 +127,10 @@ class LaunchSpec:
     # Root of an lxcfs mount whose files are bound over /proc/meminfo & co.;
     # empty: no lxcfs.
     lxcfs: str = ""
+    # Set by the monitor for each launch: its unbound notify socket, which
+    # the init-to-be inherits and binds in the container
+    # (lxpy.runtime.readiness); -1: none.
+    notify_fd: int = -1
 
     @property
     def privileged(self) -> bool:
