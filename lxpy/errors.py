@@ -100,6 +100,15 @@ class Cancelled(LxpyError):
     status = 499
 
 
+class TimedOut(LxpyError):
+    """What a request waited for did not happen in the time it allowed
+    (`lxpy start --wait`): the message says what was not ready; nothing
+    was undone."""
+
+    code = "timeout"
+    status = 504
+
+
 class DaemonUnavailable(LxpyError):
     """The client could not reach lxpyd."""
 
@@ -119,6 +128,7 @@ _BY_CODE: dict[str, type[LxpyError]] = {
         PoolFull,
         Forbidden,
         Cancelled,
+        TimedOut,
         DaemonUnavailable,
     )
 }

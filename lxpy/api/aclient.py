@@ -31,6 +31,7 @@ from lxpy.api.client import (
     response_error,
     timed_out,
     unreachable,
+    wait_fields,
 )
 from lxpy.errors import LxpyError, NotFound
 
@@ -344,16 +345,23 @@ class AsyncClient:
     async def copy_container(self, source: str, dest: str) -> dict[str, Any]:
         return await self.request("POST", _ct(source) + "/copy", {"name": dest})  # type: ignore[no-any-return]
 
-    async def start(self, name: str) -> dict[str, Any]:
-        return await self.request("POST", _ct(name) + "/start", {})  # type: ignore[no-any-return]
+    async def start(
+        self, name: str, wait: bool = False, wait_timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Start `name`; with `wait`, answer once it is ready, else once init runs."""
+        body = wait_fields(wait, wait_timeout)
+        return await self.request("POST", _ct(name) + "/start", body)  # type: ignore[no-any-return]
 
     async def stop(self, name: str, grace: float = 30, force: bool = False) -> dict[str, Any]:
         """Stop `name`: init gets `grace` seconds to halt (none with force)."""
         body = {"timeout": grace, "force": force}
         return await self.request("POST", _ct(name) + "/stop", body)  # type: ignore[no-any-return]
 
-    async def restart(self, name: str, grace: float = 30) -> dict[str, Any]:
-        body = {"timeout": grace}
+    async def restart(
+        self, name: str, grace: float = 30, wait: bool = False, wait_timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Stop `name` (as stop() does) and start it again; `wait` as for start()."""
+        body = {"timeout": grace, **wait_fields(wait, wait_timeout)}
         return await self.request("POST", _ct(name) + "/restart", body)  # type: ignore[no-any-return]
 
     async def freeze(self, name: str) -> dict[str, Any]:

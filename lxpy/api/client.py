@@ -500,8 +500,13 @@ class Client:
     def delete_container(self, name: str, force: bool = False) -> None:
         self.request("DELETE", _ct(name), query={"force": force})
 
-    def start_container(self, name: str) -> dict[str, Any]:
-        return self.request("POST", _ct(name) + "/start")  # type: ignore[no-any-return]
+    def start_container(
+        self, name: str, wait: bool = False, wait_timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Start `name`; with `wait`, return once it is ready (README, "Waiting
+        for a container"), else once its init runs."""
+        body = wait_fields(wait, wait_timeout)
+        return self.request("POST", _ct(name) + "/start", body)  # type: ignore[no-any-return]
 
     def stop_container(
         self, name: str, timeout: float | None = None, force: bool = False
@@ -511,8 +516,18 @@ class Client:
             body["timeout"] = timeout
         return self.request("POST", _ct(name) + "/stop", body)  # type: ignore[no-any-return]
 
-    def restart_container(self, name: str, timeout: float | None = None) -> dict[str, Any]:
-        body = {} if timeout is None else {"timeout": timeout}
+    def restart_container(
+        self,
+        name: str,
+        timeout: float | None = None,
+        wait: bool = False,
+        wait_timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Stop `name` (`timeout`: as for stop_container) and start it again;
+        `wait`: as for start_container."""
+        body = wait_fields(wait, wait_timeout)
+        if timeout is not None:
+            body["timeout"] = timeout
         return self.request("POST", _ct(name) + "/restart", body)  # type: ignore[no-any-return]
 
     def container_stats(self, name: str) -> dict[str, Any] | None:
@@ -612,6 +627,15 @@ class Client:
 
     def delete_network(self, name: str) -> None:
         self.request("DELETE", _net(name))
+
+
+def wait_fields(wait: bool, wait_timeout: float | None) -> dict[str, object]:
+    """The body fields of a start or restart that waits until the container
+    is ready (`wait_timeout` None: the daemon's default)."""
+    body: dict[str, object] = {"wait": True} if wait else {}
+    if wait_timeout is not None:
+        body["wait_timeout"] = wait_timeout
+    return body
 
 
 def _ct(name: str) -> str:

@@ -4,29 +4,55 @@ from __future__ import annotations
 
 import sys
 
-from lxpy.cli.parse import EXIT_ERROR, NAMES, TIMEOUT, arg, command, each
+from lxpy.cli.parse import EXIT_ERROR, NAMES, TIMEOUT, UsageError, arg, command, each
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
+    from typing import Any
 
     from lxpy.api.client import Client
+
+WAIT = arg(
+    "--wait",
+    action="store_true",
+    help="return once it is ready: booted (systemd: is-system-running says running or "
+    "degraded) and, on a network, holding its address",
+)
+
+
+def _waited(args: argparse.Namespace, seconds: float | None, flag: str) -> float | None:
+    # --timeout / --wait-timeout: how long --wait waits (None: the daemon's 120 s).
+    if seconds is not None and (not args.wait or seconds < 0):
+        why = "needs --wait" if not args.wait else "must be 0 or more"
+        raise UsageError(f"{flag} {why}", "", f"lxpy {args.command}")
+    return seconds
+
+
+def _ready(ct: dict[str, Any], wait: bool) -> str:
+    # ", ready 10.87.0.5" after a wait, with the addresses it holds.
+    return ", ready" + "".join(f" {a}" for a in ct.get("addresses") or []) if wait else ""
 
 
 @command(
     "start",
-    "start containers (returns once their init runs; a running one is left as it is)",
+    "start containers (returns once their init runs, or with --wait once they are ready; "
+    "a running one is left as it is)",
     NAMES,
+    WAIT,
+    arg("--timeout", type=float, metavar="S", help="with --wait: give up after S s (default 120)"),
 )
 def cmd_start(client: Client, args: argparse.Namespace) -> None:
+    seconds = _waited(args, args.timeout, "--timeout")
+
     def start(name: str) -> None:
-        ct = client.start_container(name)
+        ct = client.start_container(name, wait=args.wait, wait_timeout=seconds)
         pid = ct.get("init_pid")
         if ct.get("started") is False:
             # As `systemctl start`: nothing to do is not an error.
-            print(f"{name} is already running (init pid {pid})")
+            print(f"{name} is already running (init pid {pid}){_ready(ct, args.wait)}")
         else:
-            print(f"started {name} (init pid {pid})")
+            print(f"started {name} (init pid {pid}){_ready(ct, args.wait)}")
 
     each(args.names, start)
 
@@ -56,11 +82,17 @@ def cmd_stop(client: Client, args: argparse.Namespace) -> None:
     "would refuse is found before they stop",
     NAMES,
     TIMEOUT,
+    WAIT,
+    arg("--wait-timeout", type=float, metavar="S", help="give up --wait after S s (default 120)"),
 )
 def cmd_restart(client: Client, args: argparse.Namespace) -> None:
+    seconds = _waited(args, args.wait_timeout, "--wait-timeout")
+
     def restart(name: str) -> None:
-        ct = client.restart_container(name, timeout=args.timeout)
-        print(f"restarted {name} (init pid {ct.get('init_pid')})")
+        ct = client.restart_container(
+            name, timeout=args.timeout, wait=args.wait, wait_timeout=seconds
+        )
+        print(f"restarted {name} (init pid {ct.get('init_pid')}){_ready(ct, args.wait)}")
 
     each(args.names, restart)
 

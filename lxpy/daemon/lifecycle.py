@@ -117,6 +117,17 @@ class _Run:
     socket: Path
     # Set by the watcher once the container has ended and is cleaned up.
     ended: trio.Event = field(default_factory=trio.Event)
+    # Whether its init said this boot is done (lxpy.runtime.readiness), as
+    # the monitor last reported; `changed` fires (and is replaced) when it
+    # changes or the container ends.
+    ready: bool = False
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def set_ready(self, ready: bool) -> None:
+        if ready != self.ready:
+            self.ready = ready
+            self.changed.set()
+            self.changed = trio.Event()
 
 
 class Lifecycle:
@@ -460,6 +471,7 @@ class Lifecycle:
                             break
                         if isinstance(msg, dict):
                             self._apply(name, msg)
+                            run.set_ready(msg.get("ready") is True)
         except Exception:
             log.exception("container %s: lost track of its monitor", name)
         finally:
@@ -474,6 +486,7 @@ class Lifecycle:
                 log.exception("container %s: cleaning up after its end failed", name)
             finally:
                 run.ended.set()
+                run.changed.set()
 
     def _apply(self, name: str, status: dict[str, object]) -> None:
         """A status or state event from the monitor."""
@@ -704,7 +717,7 @@ class Lifecycle:
             d.states[name] = _STATES[str(status["state"])]
             if int(status.get("boots") or 0) > 1:  # type: ignore[call-overload]
                 self.last_exit[name] = _exit_info(status.get("last_exit"))
-            run = _Run(sock)
+            run = _Run(sock, ready=status.get("ready") is True)
             self.runs[name] = run
             await self.nursery.start(self._watch, name, run)
             log.info("container %s: adopted (init %s)", name, d.running[name].init_pid)

@@ -3,20 +3,28 @@ start, stop, restart, freeze, unfreeze, the console log, stats and stop-all."""
 
 from __future__ import annotations
 
+import math
+
 from lxpy.daemon import openapi
 from lxpy.daemon.containers import Containers
 from lxpy.daemon.http import TEXT_TYPE, Request, Router, Text
 from lxpy.daemon.lifecycle import DEFAULT_STOP_TIMEOUT
+from lxpy.daemon.readiness import DEFAULT_WAIT_TIMEOUT, wait_ready
 from lxpy.daemon.service import Daemon
 from lxpy.errors import InvalidArgument
 
-STOP_BODY = {
-    "type": "object",
-    "properties": {
-        "timeout": {"type": "number", "default": DEFAULT_STOP_TIMEOUT, "minimum": 0},
-        "force": {"type": "boolean", "default": False},
-    },
+STOP_PROPERTIES = {
+    "timeout": {"type": "number", "default": DEFAULT_STOP_TIMEOUT, "minimum": 0},
+    "force": {"type": "boolean", "default": False},
 }
+STOP_BODY = {"type": "object", "properties": STOP_PROPERTIES}
+# Start and restart may wait until the container is ready (lxpy.daemon.readiness).
+WAIT_PROPERTIES = {
+    "wait": {"type": "boolean", "default": False},
+    "wait_timeout": {"type": "number", "default": DEFAULT_WAIT_TIMEOUT, "minimum": 0},
+}
+START_BODY = {"type": "object", "properties": WAIT_PROPERTIES}
+RESTART_BODY = {"type": "object", "properties": {**STOP_PROPERTIES, **WAIT_PROPERTIES}}
 
 
 def stop_args(body: dict[str, object]) -> tuple[float, bool]:
@@ -30,6 +38,26 @@ def stop_args(body: dict[str, object]) -> tuple[float, bool]:
     return float(timeout), force
 
 
+def _wait_args(body: dict[str, object]) -> float | None:
+    # How long to wait for the container to be ready; None: not at all.
+    wait = body.get("wait", False)
+    timeout = body.get("wait_timeout")
+    if not isinstance(wait, bool):
+        raise InvalidArgument(f"'wait' must be true or false, got {wait!r}")
+    if timeout is None:
+        return DEFAULT_WAIT_TIMEOUT if wait else None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout < 0
+    ):
+        raise InvalidArgument(f"'wait_timeout' must be a number of seconds >= 0, got {timeout!r}")
+    if not wait:
+        raise InvalidArgument("'wait_timeout' needs 'wait': true", hint='send {"wait": true, ...}')
+    return float(timeout)
+
+
 def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
     """POST start/stop/restart/freeze/unfreeze and GET console/log of a container."""
     life = d.lifecycle
@@ -39,12 +67,20 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
     # Start and restart answer without stats, and with no addresses: a
     # moment after init's exec the stats say nothing and DHCP has not run,
     # and reading them (a worker thread each, one entering the network
-    # namespace) competes with the boot for CPU.
+    # namespace) competes with the boot for CPU. After a wait for
+    # readiness the addresses are there, and are read.
+    async def answer(name: str, wait: float | None) -> dict[str, object]:
+        if wait is None:
+            return await containers.describe(name, stats="omit", addresses=[])
+        await wait_ready(d, name, wait)
+        return await containers.describe(name, stats="omit")
+
     async def start(req: Request) -> object:
-        # A running container is left as it is: `started` says which.
+        # A running container is left as it is: `started` says which. A
+        # wait waits for it all the same: its caller wants it ready.
+        wait = _wait_args(req.json())
         started = await life.start(req.params["name"])
-        ct = await containers.describe(req.params["name"], stats="omit", addresses=[])
-        return {**ct, "started": started}
+        return {**await answer(req.params["name"], wait), "started": started}
 
     async def stop(req: Request) -> object:
         timeout, force = stop_args(req.json())
@@ -53,8 +89,9 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
 
     async def restart(req: Request) -> object:
         timeout, _force = stop_args(req.json())
+        wait = _wait_args(req.json())
         await life.restart(req.params["name"], timeout)
-        return await containers.describe(req.params["name"], stats="omit", addresses=[])
+        return await answer(req.params["name"], wait)
 
     async def freeze(req: Request) -> object:
         await life.freeze(req.params["name"], True)
@@ -78,7 +115,9 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
         "POST",
         C + "/start",
         start,
-        "Start a container (once init runs); a running one is left as it is",
+        "Start a container: once init runs, or with `wait` once it is ready; a running "
+        "one is left as it is",
+        body=START_BODY,
         response=openapi.START_ANSWER,
     )
     r.add(
@@ -93,8 +132,8 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
         "POST",
         C + "/restart",
         restart,
-        "Stop (if running) and start a container",
-        body=STOP_BODY,
+        "Stop (if running) and start a container; with `wait`, once it is ready",
+        body=RESTART_BODY,
         response=container,
     )
     r.add("POST", C + "/freeze", freeze, "Freeze every process of a container", response=container)

@@ -20,6 +20,7 @@ from lxpy.errors import (
     LxpyError,
     NotFound,
     PoolFull,
+    TimedOut,
     Unsupported,
 )
 from lxpy.model.config import ENV_NAME, KEYS, MAX_KEY, PREFIXES
@@ -113,6 +114,7 @@ ERROR_CODES = [
         LxpyError,
         Unsupported,
         PoolFull,
+        TimedOut,
     )
 ]
 
@@ -282,6 +284,7 @@ _REASONS = {
     499: "Cancelled",
     500: "Internal error",
     501: "Unsupported on this host",
+    504: "Not ready in time: what was waited for did not happen (the error says what)",
     507: "Storage pool full: nothing was changed",
 }
 # Every request may be refused so; the HTTP layer answers these before the
@@ -331,6 +334,9 @@ def document(router: Router) -> dict[str, object]:
             errors += [501, 507]
         if route.pattern.startswith("/1.0/operations") or route.pattern.endswith("/build"):
             errors.append(499)
+        if route.body is not None and "wait" in route.body.get("properties", {}):  # type: ignore[operator]
+            # A start or restart that waits for the container to be ready.
+            errors.append(504)
         for status in sorted(errors):
             responses[str(status)] = _error_response(status)
         allow = {"Allow": {"description": "the methods the path serves", "schema": STR}}

@@ -410,6 +410,35 @@ def netns_ipv4(path: Path) -> dict[str, list[str]]:
     return _in_own_thread("lxpy-netns-read", work)
 
 
+# rtnetlink's multicast group of IPv4 address changes (linux/rtnetlink.h).
+_RTMGRP_IPV4_IFADDR = 0x10
+
+
+def address_events(path: Path) -> socket.socket:
+    """A netlink socket that receives a message whenever an IPv4 address
+    in the network namespace at `path` is added or removed (a socket
+    keeps the namespace it was made in). Non-blocking, close-on-exec.
+
+    Raises:
+        OSError: the namespace cannot be entered.
+    """
+
+    def work() -> socket.socket:
+        sc.setns_path(path, sc.CLONE_NEWNET)
+        sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE
+        )
+        try:
+            sock.bind((0, _RTMGRP_IPV4_IFADDR))
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        return sock
+
+    return _in_own_thread("lxpy-netns-watch", work)
+
+
 _T = TypeVar("_T")
 
 
