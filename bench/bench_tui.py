@@ -1,5 +1,6 @@
-"""lxpy-tui with 200 containers: the dashboard's first full render, and the
-time from a state change in lxpyd to its row showing it.
+"""lxpy-tui with 200 containers: the dashboard's first full render, the
+time from a state change in lxpyd to its row showing it, and from a new
+container to its row.
 
 Run as root: .venv/bin/python bench/bench_tui.py [--count 200] [--runs 5] [--changes 20]
 
@@ -110,6 +111,23 @@ async def state_changes(
     return kind, out, daemon_ms
 
 
+async def new_rows(socket: str, client: Client, changes: int) -> list[float]:
+    """Milliseconds from asking lxpyd for a new container (a copy, as
+    cheap as a create) to its row showing; each is deleted again."""
+    out: list[float] = []
+    app = LxpyApp(socket, stats_interval=3600)
+    async with app.run_test(size=SIZE):
+        await _until(lambda: _table(app).row_count > 0)
+        for i in range(changes):
+            name = f"new{i:04d}"
+            sent = time.perf_counter()
+            await asyncio.to_thread(client.copy_container, "c0000", name)
+            await _until(lambda n=name: _cell(app, n, 0) == n)  # type: ignore[misc]
+            out.append((time.perf_counter() - sent) * 1000)
+            await asyncio.to_thread(client.delete_container, name)
+    return out
+
+
 def row(label: str, ms: list[float]) -> str:
     ms = sorted(ms)
     p90 = ms[max(0, int(len(ms) * 0.9) - 1)]
@@ -142,11 +160,13 @@ def main() -> int:
             kind, lags, daemon_ms = asyncio.run(
                 state_changes(str(daemon.socket), client, args.changes)
             )
+            appeared = asyncio.run(new_rows(str(daemon.socket), client, args.changes))
 
             print(f"\n{'figure':<48}{'n':>5}{'median':>9}{'p90':>9}{'max':>9}")
             print(row(f"first full render, {args.count} rows (ms)", renders))
             print(row(f"request -> row updated, {kind} (ms)", lags))
             print(row(f"  of which lxpyd's answer to the {kind} (ms)", daemon_ms))
+            print(row("request -> new row shown, a copy (ms)", appeared))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0

@@ -23,8 +23,9 @@ def run(coro: Coroutine[Any, Any, None], timeout: float = 30) -> None:
 
 async def wait_until(
     pilot: Pilot[Any], check: Callable[[], object], limit: float = 5, what: str = ""
-) -> float:
-    """Pause the pilot until `check()` is true; the seconds it took.
+) -> None:
+    """Pause the pilot until `check()` is true. How soon is not asserted:
+    bench/bench_tui.py measures it.
 
     Raises:
         AssertionError: when it is still false after `limit` seconds.
@@ -34,7 +35,6 @@ async def wait_until(
         if time.monotonic() - start > limit:
             raise AssertionError(f"timed out after {limit} s waiting for {what or check}")
         await pilot.pause(0.01)
-    return time.monotonic() - start
 
 
 def dashboard(pilot: Pilot[Any]) -> DashboardScreen:

@@ -5,7 +5,6 @@ containers"), in Textual's pilot and in a real terminal."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -31,10 +30,10 @@ def test_lifecycle_keys(daemon: Daemon) -> None:
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_until(pilot, lambda: _state(pilot, "box") == "STOPPED", what="fill")
 
-            # A state change made elsewhere shows within 200 ms.
+            # A state change made elsewhere shows (how soon: bench_tui.py,
+            # "request -> row updated").
             await asyncio.to_thread(client.request, "POST", "/1.0/containers/box/start")
-            shown = await wait_until(pilot, lambda: _state(pilot, "box") == "RUNNING", 2)
-            assert shown < 0.2, f"RUNNING took {shown:.3f} s to show"
+            await wait_until(pilot, lambda: _state(pilot, "box") == "RUNNING", 10, "RUNNING")
             # The full object (started_at, hence the uptime) follows.
             await wait_until(pilot, lambda: rows(pilot)["box"][6] != "-", 2, "uptime")
 
@@ -76,7 +75,6 @@ def test_start_and_stop_in_a_real_terminal(daemon: Daemon) -> None:
     term = Tmux(f"{VENV_BIN / 'lxpy-tui'} --socket {daemon.socket}", size=(80, 24))
     try:
         term.wait_for(lambda s: "STOPPED" in row_of(s, "one"), what="the table")
-        started = time.monotonic()
         term.keys("s")
         term.wait_for(lambda s: "RUNNING" in row_of(s, "one"), 20, "one to run")
         # The shell: the TUI hands the terminal over and is back on exit.
@@ -95,6 +93,5 @@ def test_start_and_stop_in_a_real_terminal(daemon: Daemon) -> None:
         term.wait_for(lambda s: "Stop container one?" in s, what="the confirmation")
         term.keys("y")
         term.wait_for(lambda s: "STOPPED" in row_of(s, "one"), 40, "one to stop")
-        assert time.monotonic() - started < 60
     finally:
         term.close()
