@@ -13,7 +13,6 @@ import ipaddress
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +38,7 @@ from tests.conftest import (
     stop_daemon,
     wait_for,
 )
+from tests.events import Events
 
 pytestmark = pytest.mark.integration
 
@@ -79,37 +79,6 @@ def monitor_of(init_pid: int) -> int:
     ppid = int(stat.rsplit(") ", 1)[1].split()[1])
     assert ppid in monitors()
     return ppid
-
-
-class Events:
-    """The daemon's lifecycle events, collected by a thread."""
-
-    def __init__(self, d: Daemon) -> None:
-        self.items: list[dict[str, Any]] = []
-        self._stream = Client(d.socket).events(["lifecycle"])
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            for ev in self._stream:
-                self.items.append(ev)
-        except Exception:
-            pass
-
-    def states(self, name: str) -> list[tuple[str, str]]:
-        return [
-            (e["data"]["old"], e["data"]["new"])
-            for e in list(self.items)
-            if e["action"] == "container-state" and e["resource"] == f"containers/{name}"
-        ]
-
-    def wait_state(self, name: str, new: str, count: int = 1, timeout: float = 15) -> None:
-        wait_for(
-            lambda: sum(1 for _o, n in self.states(name) if n == new) >= count,
-            timeout,
-            f"{name} to become {new} (x{count})",
-        )
 
 
 @pytest.fixture
@@ -161,7 +130,6 @@ def test_create_writes_the_hostname_files_and_the_log(busybox: Daemon) -> None:
 def test_busybox_boots_isolated_with_events(busybox: Daemon) -> None:
     d = busybox
     events = Events(d)
-    time.sleep(0.2)
     t0 = time.monotonic()
     ct = _started(d, "bb1", "hostname=box-one", "environment.GREETING=hi")
     boot = time.monotonic() - t0
@@ -216,7 +184,6 @@ def test_busybox_boots_isolated_with_events(busybox: Daemon) -> None:
 def test_reboot_and_poweroff_inside(busybox: Daemon) -> None:
     d = busybox
     events = Events(d)
-    time.sleep(0.2)
     pid = _started(d, "bb2")["init_pid"]
     assert nsenter(pid, "reboot").returncode == 0
     events.wait_state("bb2", "RUNNING", count=2)

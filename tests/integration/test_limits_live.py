@@ -11,11 +11,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -34,6 +32,7 @@ from tests.conftest import (
     stop_daemon,
     wait_for,
 )
+from tests.events import Events
 
 pytestmark = pytest.mark.integration
 
@@ -117,29 +116,6 @@ def start_time(pid: int) -> float:
     """When process `pid` started, in seconds since boot (from /proc)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rsplit(") ", 1)[1].split()[19]) / CLK_TCK
-
-
-class Events:
-    """The daemon's lifecycle events, collected by a thread."""
-
-    def __init__(self, d: Daemon) -> None:
-        self.items: list[dict[str, Any]] = []
-        self._stream = Client(d.socket).events(["lifecycle"])
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        try:
-            for ev in self._stream:
-                self.items.append(ev)
-        except Exception:
-            pass
-
-    def actions(self, name: str, action: str) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in list(self.items)
-            if e["action"] == action and e["resource"] == f"containers/{name}"
-        ]
 
 
 # -- limits ---------------------------------------------------------------------
@@ -295,7 +271,6 @@ def test_autostart_order_and_delay(bb: Daemon, tmp_path: Path) -> None:
 def test_restart_policy(bb: Daemon) -> None:
     c = Client(bb.socket)
     events = Events(bb)
-    time.sleep(0.2)
     crash = {
         "init": "/bin/sh",
         "init.args": ["-c", "sleep 0.1; exit 1"],
