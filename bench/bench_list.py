@@ -1,5 +1,6 @@
 """`lxpy list` with 100 containers: whole-command wall time, Python start-up
-included, side by side with `lxc-ls -f` over 100 LXC containers.
+included, side by side with `lxc-ls -f` over 100 LXC containers; with
+--running also `lxpy exec c0 -- true` beside `nsenter -a -t PID true`.
 
 Run as root: .venv/bin/python bench/bench_list.py [--count 100] [--runs 30]
 
@@ -105,7 +106,7 @@ def main() -> int:
                 env = {**os.environ, "LXPY_SOCKET": str(d.socket)}
                 lxpy = timed([str(BIN / "lxpy"), "list"], args.runs, env)
                 lxpy_json = timed([str(BIN / "lxpy"), "list", "--format", "json"], args.runs, env)
-                running = None
+                running = execs = None
                 if args.running:
                     names = [f"c{i}" for i in range(args.count)]
                     subprocess.run(
@@ -115,6 +116,11 @@ def main() -> int:
                         capture_output=True,
                     )
                     running = timed([str(BIN / "lxpy"), "list"], args.runs, env)
+                    init = str(client.container("c0")["init_pid"])
+                    execs = (
+                        timed([str(BIN / "lxpy"), "exec", "c0", "--", "true"], args.runs, env),
+                        timed(["nsenter", "-a", "-t", init, "true"], args.runs),
+                    )
                 startup = timed([str(BIN / "python"), "-I", "-S", "-c", "pass"], args.runs)
                 lxc = None
                 lxcpath = lxc_path(tmp, Path(client.container("c0")["path"]), args.count)
@@ -130,6 +136,9 @@ def main() -> int:
                 print(row("lxpy list --format json", lxpy_json))
                 if running is not None:
                     print(row("lxpy list, all running (with addresses)", running))
+                if execs is not None:
+                    print(row("lxpy exec c0 -- true", execs[0]))
+                    print(row("nsenter -a -t PID true (no lxpy)", execs[1]))
                 if lxc is not None:
                     print(row("lxc-ls -f (LXC 5, same count, stopped)", lxc))
                 print(row("python3 -I -S -c pass (start-up floor)", startup))

@@ -130,9 +130,7 @@ def test_create_writes_the_hostname_files_and_the_log(busybox: Daemon) -> None:
 def test_busybox_boots_isolated_with_events(busybox: Daemon) -> None:
     d = busybox
     events = Events(d)
-    t0 = time.monotonic()
     ct = _started(d, "bb1", "hostname=box-one", "environment.GREETING=hi")
-    boot = time.monotonic() - t0
     pid = ct["init_pid"]
     assert alive(pid) and ct["started_at"] and ct["addresses"] == []
     # PID 1 is busybox init; nothing of the host is visible.
@@ -160,9 +158,7 @@ def test_busybox_boots_isolated_with_events(busybox: Daemon) -> None:
     assert nsenter(pid, "true").returncode == 0
     assert "login" in d.cli("console", "bb1", "--log").stdout
     # A clean stop: busybox powers off on SIGUSR2.
-    t0 = time.monotonic()
     d.cli("stop", "bb1")
-    stop = time.monotonic() - t0
     ct = info(d, "bb1")
     assert ct["state"] == "STOPPED" and ct["init_pid"] is None
     assert ct["last_exit"] == {"reason": "stopped", "detail": "stopped by lxpy"}, ct
@@ -178,7 +174,6 @@ def test_busybox_boots_isolated_with_events(busybox: Daemon) -> None:
         ("RUNNING", "STOPPING"),
         ("STOPPING", "STOPPED"),
     ]
-    print(f"busybox: start {boot:.3f} s, stop {stop:.3f} s")
 
 
 def test_reboot_and_poweroff_inside(busybox: Daemon) -> None:
@@ -216,21 +211,19 @@ def test_stop_timeout_falls_back_to_kill(busybox: Daemon) -> None:
     d = busybox
     # busybox init has no handler for SIGWINCH: the kernel drops it for a
     # pid namespace's init, so only the kill after the timeout ends it.
+    # (How long a stop takes: bench/bench_boot.py.)
     _started(d, "stubborn", "halt_signal=SIGWINCH")
-    t0 = time.monotonic()
     d.cli("stop", "stubborn", "--timeout", "2")
-    took = time.monotonic() - t0
     ct = info(d, "stubborn")
     assert ct["state"] == "STOPPED"
+    # Killed once the 2 s it was given were over, not the default 30: the
+    # detail says which timeout ran out.
     assert ct["last_exit"] == {
         "reason": "stopped",
         "detail": "stopped by lxpy (killed: still running after the 2 s timeout)",
     }, ct
-    assert 2 <= took < 12, took
     d.cli("start", "stubborn")
-    t0 = time.monotonic()
     d.cli("stop", "stubborn", "--force")
-    assert time.monotonic() - t0 < 8
     assert info(d, "stubborn")["last_exit"]["detail"] == "stopped by lxpy (killed at once)"
 
 
@@ -485,12 +478,10 @@ def test_debian_boots_to_running(daemon: Daemon) -> None:
     d = daemon
     d.cli("template", "build", "debian-bookworm", timeout=1800)
     d.cli("create", "deb", "-t", "debian-bookworm", "--set", "hostname=debby")
-    t0 = time.monotonic()
+    # How fast it boots and stops: bench/bench_boot.py.
     d.cli("start", "deb")
     pid = info(d, "deb")["init_pid"]
-    state = system_state(pid)
-    booted = time.monotonic() - t0
-    assert state == "running"
+    assert system_state(pid) == "running"
     failed = nsenter(pid, "systemctl", "--failed", "--plain", "--no-legend").stdout
     assert failed.strip() == ""
     virt = nsenter(pid, "systemd-detect-virt", "--container")
@@ -509,11 +500,9 @@ def test_debian_boots_to_running(daemon: Daemon) -> None:
     )
     assert system_state(pid2) == "running"
     # A stop (SIGRTMIN+3) is a clean poweroff: nothing was killed.
-    t0 = time.monotonic()
     d.cli("stop", "deb")
-    stop = time.monotonic() - t0
     ct = info(d, "deb")
-    assert ct["last_exit"]["detail"] == "stopped by lxpy" and stop < 15, (ct, stop)
+    assert ct["last_exit"]["detail"] == "stopped by lxpy", ct
     # Poweroff inside.
     d.cli("start", "deb")
     pid3 = info(d, "deb")["init_pid"]
@@ -521,7 +510,6 @@ def test_debian_boots_to_running(daemon: Daemon) -> None:
     assert nsenter(pid3, "poweroff").returncode == 0
     wait_for(lambda: info(d, "deb")["state"] == "STOPPED", 30, "poweroff")
     assert info(d, "deb")["last_exit"]["reason"] == "poweroff"
-    print(f"debian: running after {booted:.3f} s, stop {stop:.3f} s")
 
 
 def system_state(pid: int) -> str:

@@ -380,8 +380,8 @@ def test_spoofing_from_a_container_fails_and_succeeds_with_the_opt_out(lab: Lab)
     a, b = lab.names("a", "b")
     lab.create(a, "busybox")
     lab.create(b, "busybox")
-    a_addr, _ = lab.start(a)
-    b_addr, _ = lab.start(b)
+    a_addr = lab.start(a)
+    b_addr = lab.start(b)
     b_mac = mac_of(lab, b)
 
     # Filtering is on by default: every attack fails.
@@ -437,7 +437,7 @@ def test_normal_traffic_passes_the_filters(lab: Lab) -> None:
     a, b = lab.names("a", "b")
     lab.create(a, "busybox")
     lab.create(b, "busybox")
-    addrs = {a: lab.start(a)[0], b: lab.start(b)[0]}
+    addrs = {a: lab.start(a), b: lab.start(b)}
     # DHCP: each holds the address its port is held to, and renews it.
     for name, addr in addrs.items():
         assert lab.info(name)["filtering"].endswith(f" {addr}")

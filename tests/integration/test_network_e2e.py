@@ -46,9 +46,9 @@ HOST_BUSYBOX = "/bin/busybox"
 # Where the Debian containers get the host's static busybox (minbase has
 # no ping and no nslookup).
 BB_IN_DEBIAN = "/usr/local/bin/busybox"
-# A generous bound on "holds its DHCP address after `lxpy start`"; it is
-# about 0.3 s on an idle machine (the figure is printed).
-DHCP_BOUND = 10.0
+# How long a container may take to hold its DHCP address after `lxpy start`
+# before the test gives up (how long it takes: bench/bench_dhcp.py).
+DHCP_WAIT = 15.0
 
 _counter = iter(range(1000))
 
@@ -151,16 +151,14 @@ class Lab:
         if template != "busybox":
             self.debian.add(name)
 
-    def start(self, name: str) -> tuple[str, float]:
-        """`lxpy start NAME`, then wait until eth0 holds an IPv4 address.
-        Returns the address and the seconds from the start command."""
-        t0 = time.monotonic()
+    def start(self, name: str) -> str:
+        """`lxpy start NAME`, then wait until eth0 holds an IPv4 address of
+        the test's subnet, and return it."""
         self.cli("start", name)
         pid = self.info(name)["init_pid"]
-        addr = wait_for(lambda: ipv4_of(pid), DHCP_BOUND + 5, f"a DHCP address in {name}")
-        took = time.monotonic() - t0
+        addr = wait_for(lambda: ipv4_of(pid), DHCP_WAIT, f"a DHCP address in {name}")
         assert ipaddress.IPv4Address(addr) in self.subnet
-        return str(addr), took
+        return str(addr)
 
     def busybox(self, name: str) -> str:
         """The path of a busybox inside container `name`."""
@@ -265,9 +263,7 @@ def test_dhcp_dns_and_reachability(lab: Lab) -> None:
     lab.create(bb, "busybox")
     addrs: dict[str, str] = {}
     for name in (deb_a, deb_b, bb):
-        addrs[name], took = lab.start(name)
-        print(f"{name}: {addrs[name]} held {took:.3f} s after `lxpy start`")
-        assert took < DHCP_BOUND
+        addrs[name] = lab.start(name)
     assert len(set(addrs.values())) == 3
     listing = lab.cli("list").stdout
     for name, addr in addrs.items():
@@ -318,12 +314,10 @@ def test_pinned_address_across_restarts(lab: Lab) -> None:
     pin, thief = lab.names("pin", "thief")
     pinned = str(lab.subnet.network_address + 50)
     lab.create(pin, "debian-bookworm", f"ipv4.address={pinned}")
-    assert lab.start(pin)[0] == pinned
+    assert lab.start(pin) == pinned
     # Stop and start.
     lab.cli("stop", pin)
-    addr, took = lab.start(pin)
-    assert addr == pinned
-    print(f"pinned {pinned} held {took:.3f} s after `lxpy start`")
+    assert lab.start(pin) == pinned
     # lxpyd restarts while the container runs: it keeps its address.
     lab.restart_daemon()
     assert lab.info(pin)["addresses"] == [pinned]
@@ -331,7 +325,7 @@ def test_pinned_address_across_restarts(lab: Lab) -> None:
     # ... and while it is stopped: the next start gets the pinned address.
     lab.cli("stop", pin)
     lab.restart_daemon()
-    assert lab.start(pin)[0] == pinned
+    assert lab.start(pin) == pinned
     # Another container cannot pin an address a running one holds: refused
     # when it is set, so no start of it can find the address taken.
     sets = ("--set", f"network={lab.net}", "--set", f"ipv4.address={pinned}")
@@ -342,9 +336,9 @@ def test_pinned_address_across_restarts(lab: Lab) -> None:
     moved = str(lab.subnet.network_address + 51)
     lab.cli("config", "set", pin, "ipv4.address", moved)
     lab.cli("stop", pin)
-    assert lab.start(pin)[0] == moved
+    assert lab.start(pin) == moved
     lab.create(thief, "debian-bookworm", f"ipv4.address={pinned}")
-    assert lab.start(thief)[0] == pinned
+    assert lab.start(thief) == pinned
 
 
 def test_dnsmasq_killed_is_healed(lab: Lab) -> None:
@@ -352,15 +346,13 @@ def test_dnsmasq_killed_is_healed(lab: Lab) -> None:
     _templates(lab, "busybox")
     (bb,) = lab.names("bb")
     lab.create(bb, "busybox")
-    addr, _ = lab.start(bb)
-    t0 = time.monotonic()
+    addr = lab.start(bb)
     os.kill(first, signal.SIGKILL)
     net = wait_for(
         lambda: (n := lab.network())["dnsmasq_pid"] not in (None, first) and n,
         5,
         "a new dnsmasq",
     )
-    print(f"dnsmasq replaced {time.monotonic() - t0:.3f} s after SIGKILL")
     assert net["status"] == "running" and net["dnsmasq_restarts"] == 1 and alive(net["dnsmasq_pid"])
     assert not alive(first)
     # The new one serves the running container's name, and a restarted
@@ -368,8 +360,7 @@ def test_dnsmasq_killed_is_healed(lab: Lab) -> None:
     res = lab.run_in(bb, "nslookup", f"{bb}.lxpy", lab.gw)
     assert addr in res.stdout.split(f"{bb}.lxpy", 1)[-1], res.stdout + res.stderr
     lab.cli("stop", bb)
-    again, took = lab.start(bb)
-    assert again == addr and took < DHCP_BOUND
+    assert lab.start(bb) == addr
     assert [le["ipv4"] for le in lab.network()["leases"]] == [addr]
 
 
@@ -379,7 +370,7 @@ def test_daemon_sigkill_keeps_networking(lab: Lab) -> None:
     deb, bb, late = lab.names("deb", "bb", "late")
     lab.create(deb, "debian-bookworm")
     lab.create(bb, "busybox")
-    addrs = {name: lab.start(name)[0] for name in (deb, bb)}
+    addrs = {name: lab.start(name) for name in (deb, bb)}
     lab.install_busybox(deb)
     pids = {name: lab.info(name)["init_pid"] for name in addrs}
     table = nftables.table_name(root_id(str(lab.d.root)))
@@ -413,7 +404,7 @@ def test_daemon_sigkill_keeps_networking(lab: Lab) -> None:
     assert all(host_ping(a) for a in addrs.values())
     # A container started by the new lxpyd joins them.
     lab.create(late, "busybox")
-    late_addr, _ = lab.start(late)
+    late_addr = lab.start(late)
     assert lab.ping(late, f"{deb}.lxpy").returncode == 0
     assert lab.ping(deb, f"{late}.lxpy").returncode == 0
     assert late_addr not in addrs.values()

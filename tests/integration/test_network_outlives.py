@@ -81,7 +81,7 @@ def test_dns_and_dhcp_serve_while_lxpyd_is_down(lab: Lab, how: str) -> None:
     _templates(lab, "busybox")
     bb, late = lab.names("bb", "late")
     lab.create(bb, "busybox")
-    addr, _ = lab.start(bb)
+    addr = lab.start(bb)
     pid = lab.info(bb)["init_pid"]
     mac = mac_address(str(lab.d.root), bb)
 
@@ -108,7 +108,7 @@ def test_dns_and_dhcp_serve_while_lxpyd_is_down(lab: Lab, how: str) -> None:
     assert f"dnsmasq of network {lab.net} adopted (pid {dns})" in lab.d.log.read_text()
     # A container started by the new lxpyd gets an address and a name.
     lab.create(late, "busybox")
-    late_addr, _ = lab.start(late)
+    late_addr = lab.start(late)
     assert late_addr != addr
     assert late_addr in resolves(pid, late, lab.gw)
     assert addr in resolves(lab.info(late)["init_pid"], bb, lab.gw)
@@ -137,7 +137,7 @@ def test_a_renamed_container_gives_up_its_leases(lab: Lab) -> None:
     for c in (bb, old):
         lab.create(c, "busybox")
     lab.start(bb)
-    old_addr, _ = lab.start(old)
+    old_addr = lab.start(old)
     pid = lab.info(bb)["init_pid"]
     lab.cli("stop", old)
     # Stopped, it keeps its lease (and address, for its next start).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -488,9 +489,13 @@ def test_ctrl_c_cancels_the_build_on_the_daemon(fake: FakeDaemon) -> None:
     )
     try:
         assert stream_open.wait(10)
-        time.sleep(0.2)  # let the CLI read the log line and block on the stream
+        # The CLI shows the log line once it follows the stream: Ctrl-C then.
+        assert proc.stderr is not None
+        assert select.select([proc.stderr], [], [], 10)[0], "the CLI showed no log line"
+        first = proc.stderr.readline()
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=10)
+        _, rest = proc.communicate(timeout=10)
+        err = first + rest
     finally:
         proc.kill()
     assert proc.returncode == 130

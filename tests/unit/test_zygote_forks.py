@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.conftest import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # The zygote's own serve loop, forking monitors (directly, or as spares
@@ -54,16 +56,34 @@ def _ask(path: Path, line: bytes) -> str:
         return s.makefile().readline().strip()
 
 
-def _stamps(tmp_path: Path, mode: str, pause: float) -> list[str]:
+def _spare(zygote: int, used: set[int]) -> int:
+    """A live spare the zygote has forked and no spawn has taken yet, or 0."""
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) in used:
+            continue
+        try:
+            comm, _, rest = (p / "stat").read_text().partition(" (")[2].rpartition(") ")
+        except OSError:
+            continue
+        state, ppid = rest.split()[:2]
+        if comm == "lxpy-spare" and int(ppid) == zygote and state != "Z":
+            return int(p.name)
+    return 0
+
+
+def _stamps(tmp_path: Path, mode: str) -> list[str]:
     path = tmp_path / "z.sock"
     proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _ZYGOTE, str(path), mode])
     try:
         # Once it answers it serves from its loop: any wait from here on
         # is one the zygote is idle in.
         assert '"ok": true' in _ask(path, b"ping {}\n")
-        stamps = []
+        stamps: list[str] = []
+        used: set[int] = set()
         for _ in range(5):
-            time.sleep(pause)
+            if mode == "spares":
+                # Idle, it forks a spare: each spawn goes to one.
+                used.add(wait_for(lambda u=used: _spare(proc.pid, u), 10, "a spare"))  # type: ignore[misc]
             stamps.append(_ask(path, b'spawn {"spec": {}}\n'))
     finally:
         proc.kill()
@@ -72,13 +92,12 @@ def _stamps(tmp_path: Path, mode: str, pause: float) -> list[str]:
 
 
 def test_every_fork_starts_from_the_same_dict_counter(tmp_path: Path) -> None:
-    stamps = _stamps(tmp_path, "no-spares", 0)
+    stamps = _stamps(tmp_path, "no-spares")
     assert len(set(stamps)) == 1, stamps
     assert stamps[0].endswith(" lxpy-zygote"), stamps  # forked on request
 
 
 def test_every_spare_starts_from_the_same_dict_counter(tmp_path: Path) -> None:
-    # Pauses longer than the zygote's idle wait: a spare waits each time.
-    stamps = _stamps(tmp_path, "spares", 0.3)
+    stamps = _stamps(tmp_path, "spares")
     assert len(set(stamps)) == 1, stamps
     assert stamps[0].endswith(" lxpy-spare"), stamps
