@@ -137,11 +137,17 @@ def start_daemon(
     """Start lxpyd (behind the command `prefix`, which must exec it) and
     wait until its socket answers."""
     args = [*prefix, str(VENV_BIN / "lxpyd"), "--root", str(root), "--socket", str(socket), *extra]
+    if settings is None and "--config" not in extra:
+        settings = ""
     if settings is not None:
         if "lxcfs" not in settings:
             # No lxcfs unless a test asks: lxpyd would start the system's
             # one, which outlives the suite (test_limits_live.py runs its own).
             settings += 'lxcfs = "off"\n'
+        if "default_network" not in settings:
+            # No default network unless a test names one: lxpybr0 is the
+            # host's (a real lxpyd's), and parallel daemons must not share it.
+            settings += 'default_network = ""\n'
         conf = root.parent / f"{root.name}-lxpyd.toml"
         conf.write_text(settings)
         args += ["--config", str(conf)]

@@ -22,7 +22,7 @@ import pytest
 
 from lxpy.api.client import Client
 from lxpy.daemon.networks import RUN_BASE
-from lxpy.kernel.cgroups import PREFIX, hierarchies
+from lxpy.kernel.cgroups import hierarchies
 from lxpy.model.network import root_id
 from lxpy.model.settings import Settings
 from lxpy.network import links
@@ -53,12 +53,10 @@ def nsenter(pid: int, *cmd: str, timeout: float = 30) -> subprocess.CompletedPro
     )
 
 
-def payload_cgroups() -> set[str]:
-    root = Path("/sys/fs/cgroup")
-    found = {str(p) for p in root.glob(PREFIX + "*")}
-    found |= {str(p) for p in root.glob("*/" + PREFIX + "*")}
-    found |= {str(p) for p in root.glob("*/*/" + PREFIX + "*")}
-    return found
+def payload_cgroups(d: Daemon, name: str) -> set[str]:
+    """The cgroup directories daemon `d` has for container `name` now (it
+    alone: other daemons on the host may have a container of that name)."""
+    return {p for p in d.cgroup(name).paths if os.path.isdir(p)}
 
 
 def monitors() -> set[int]:
@@ -151,8 +149,7 @@ def test_busybox_boots_isolated_with_events(busybox: Daemon) -> None:
     # Freeze and thaw.
     d.cli("freeze", "bb1")
     assert info(d, "bb1")["state"] == "FROZEN"
-    freezer = [p for p in payload_cgroups() if p.endswith(PREFIX + "bb1")]
-    assert freezer
+    assert payload_cgroups(d, "bb1")
     d.cli("unfreeze", "bb1")
     assert info(d, "bb1")["state"] == "RUNNING"
     assert nsenter(pid, "true").returncode == 0
@@ -238,7 +235,7 @@ def test_destroy_running_needs_force(busybox: Daemon) -> None:
     d.cli("destroy", "--force", "victim")
     assert not alive(pid)
     assert "victim" not in d.cli("list").stdout
-    assert not [p for p in payload_cgroups() if p.endswith(PREFIX + "victim")]
+    assert not payload_cgroups(d, "victim")
 
 
 def test_failed_start_leaves_nothing(busybox: Daemon) -> None:
@@ -253,7 +250,7 @@ def test_failed_start_leaves_nothing(busybox: Daemon) -> None:
     assert res.returncode == 1 and "/proc" in res.stderr, res.stderr
     ct = info(d, "broken")
     assert ct["state"] == "STOPPED" and ct["last_exit"]["reason"] == "error", ct
-    assert not [p for p in payload_cgroups() if p.endswith(PREFIX + "broken")]
+    assert not payload_cgroups(d, "broken")
     assert not Path(f"/run/lxpy/{root_id(str(d.root))}/containers/broken").exists()
     assert not Path(f"/run/lxpy/{root_id(str(d.root))}/netns/broken").exists()
     # Fixed, it starts.
@@ -272,7 +269,7 @@ def test_monitor_killed_shows_error(busybox: Daemon) -> None:
     ct = info(d, "lost")
     assert ct["last_exit"]["reason"] == "monitor-lost" and str(mon) in ct["last_exit"]["detail"]
     assert not alive(ct.get("init_pid") or 0)
-    assert not [p for p in payload_cgroups() if p.endswith(PREFIX + "lost")]
+    assert not payload_cgroups(d, "lost")
     # It can be started again.
     d.cli("start", "lost")
     d.cli("stop", "lost", "--force")
@@ -431,13 +428,14 @@ def test_start_stop_cycles_leak_nothing(busybox: Daemon, tmp_path: Path) -> None
             return ""  # gone meanwhile
 
     def ours() -> tuple[int, list[str], set[str], set[int], int, set[int]]:
-        # Other tests run beside this one: count only this daemon's share.
+        # Other daemons run beside this one: count only this daemon's share.
+        run_dir = str(RUN_BASE / root_id(str(d.root)))
         mounts = [
             line
             for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if str(tmp_path) in line or "/run/lxpy/" in line and "cyc" in line
+            if str(tmp_path) in line or run_dir in line
         ]
-        cgroups = {p for p in payload_cgroups() if p.endswith(PREFIX + "cyc")}
+        cgroups = payload_cgroups(d, "cyc")
         # The zygote's spare monitor is a new process after every start that
         # took it: counted, not named.
         spares = {p for p in _children(zygote) if comm(p) == "lxpy-spare"}

@@ -28,6 +28,9 @@ import pytest
 
 from lxpy import __version__
 from lxpy.cli.completion import INSTALL_PATHS
+from lxpy.errors import LxpyError
+from lxpy.kernel.cgroups import ContainerCgroup, remove_parent
+from lxpy.model.settings import Settings
 from tests.conftest import REPO, unmount_all_under
 
 pytestmark = pytest.mark.integration
@@ -124,22 +127,16 @@ def _kill_processes_under(root: Path) -> None:
 
 def _kill_container_cgroups(name: str) -> None:
     # A container's init and its children, in their own mount namespace,
-    # are found by their cgroup (lxpy.ROOTID/lxpy.payload.NAME on every hierarchy).
-    base = Path("/sys/fs/cgroup")
-    dirs = [p for p in base.glob(f"**/lxpy.payload.{name}") if p.is_dir()] if base.is_dir() else []
-    for d in dirs:
-        with contextlib.suppress(OSError):
-            for pid in (d / "cgroup.procs").read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-    time.sleep(0.2)
-    for d in sorted(dirs, key=lambda p: len(str(p)), reverse=True):
-        with contextlib.suppress(OSError):
-            d.rmdir()
-    # The daemon's parent cgroup (lxpy.ROOTID), once empty.
-    for parent in {d.parent for d in dirs if d.parent.name.startswith("lxpy.")}:
-        with contextlib.suppress(OSError):
-            parent.rmdir()
+    # are found by their cgroup (lxpy.ROOTID/lxpy.payload.NAME on every
+    # hierarchy), where the chroot's lxpyd on its /var/lib/lxpy put them.
+    # The parent is the one an lxpyd of the host's own /var/lib/lxpy uses
+    # too: it goes only when it holds no container, as lxpyd does it.
+    parent = Settings(root=Path("/var/lib/lxpy")).cgroup_parent
+    cg = ContainerCgroup.for_name(name, parent=parent)
+    with contextlib.suppress(LxpyError):
+        cg.kill(timeout=10)
+        cg.remove(timeout=10)
+    remove_parent(parent)
 
 
 def _detach_loops_under(path: Path) -> None:
@@ -265,7 +262,8 @@ def test_installed_lxpyd_runs_a_busybox_container(chroot: Chroot) -> None:
     starts it when the installed lxpy has `start`."""
     conf = chroot.root / "root/pkgtest.toml"
     # No default network: the test must not make or share the host's lxpybr0.
-    conf.write_text('pool_size = "2GiB"\ndefault_network = ""\n')
+    # Nor turn the host's ksmd on and off beside the host's own lxpyd.
+    conf.write_text('pool_size = "2GiB"\ndefault_network = ""\nksm = false\n')
     log = chroot.root.parent / "lxpyd.log"
     with log.open("ab") as logf:
         proc = subprocess.Popen(

@@ -7,6 +7,7 @@ and its finaliser kills whatever it started and removes its cgroups.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -230,18 +231,23 @@ def named_hierarchy(tmp_path: Path, zygote: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        # Only this test's cgroups are removed: any lxpyd on the host may
-        # have made some of its own in the new hierarchy meanwhile. Then it
-        # is unmounted whatever happened, or every lxpyd started later
-        # would take it up. A hierarchy unmounted with cgroups left lives
-        # on, unseen, in the kernel; so does one whose last cgroup, removed
-        # a moment ago, was still dying at the unmount: mounted again and
-        # unmounted, it goes.
+        # It is unmounted whatever happened, or every lxpyd started
+        # later would take it up. A hierarchy unmounted with cgroups left
+        # lives on, unseen, in the kernel, in every process's
+        # /proc/PID/cgroup; so does one whose last cgroup, removed a moment
+        # ago, was still dying at the unmount: mounted again and unmounted,
+        # it goes. Any lxpyd on the host that started a container meanwhile
+        # (a real one, another test run) made its cgroups here too: those
+        # processes go back to the root, where every process is in a
+        # hierarchy without controllers, and the directories go with ours,
+        # or the hierarchy would outlive the test.
         try:
-            ours = [p for p in (mnt / PARENT).rglob("*") if p.is_dir()] + [mnt / PARENT]
-            for d in sorted(ours, key=lambda p: -len(p.parts)):
-                if d.is_dir():
-                    d.rmdir()
+            dirs = [p for p in mnt.rglob("*") if p.is_dir()]
+            for d in sorted(dirs, key=lambda p: -len(p.parts)):
+                for pid in (d / "cgroup.procs").read_text().split():
+                    with contextlib.suppress(ProcessLookupError):
+                        (mnt / "cgroup.procs").write_text(pid)
+                d.rmdir()
         finally:
             subprocess.run(["umount", str(mnt)], check=True)
         for _ in range(20):
@@ -516,6 +522,11 @@ def test_container_cgroups_nest_under_a_parent_that_bounds_them(
     cg = ContainerCgroup.for_name(b.spec.name, parent=PARENT)
     assert all(os.path.basename(os.path.dirname(p)) == PARENT for p in cg.paths)
     for line in Path(f"/proc/{b.init_pid}/cgroup").read_text().splitlines():
+        if line.split(":")[1].startswith("name=lxpytest"):
+            # A hierarchy another test run mounted for a while on this host
+            # (named_hierarchy): it holds the container only if it was
+            # there before the start.
+            continue
         assert line.endswith(f"/{PARENT}/{PREFIX}{b.spec.name}"), line
     dev = devices_dir(cg)
     if dev is None:
