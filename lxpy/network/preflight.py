@@ -14,6 +14,7 @@ import ipaddress
 import os
 import shutil
 import socket
+import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -72,14 +73,28 @@ def host_lock() -> Iterator[None]:
         os.close(fd)
 
 
-def _socket_owner(port: int, protos: Iterable[str]) -> str:
-    """`pid N (comm)` of a process holding a socket on local `port`, or ''."""
+def _local_address(column: str) -> tuple[str, int]:
+    # /proc/net/{tcp,udp}: "0100007F:0035", the address as a 32-bit number
+    # printed in host byte order.
+    addr, _, port = column.partition(":")
+    return socket.inet_ntoa(struct.pack("=I", int(addr, 16))), int(port, 16)
+
+
+def socket_owner(address: str, port: int, protos: Iterable[str]) -> str:
+    """`pid N (comm)` of a process holding a socket that a bind to
+    `address`:`port` collides with (that address, or any when either is
+    0.0.0.0), or ''.
+
+    Why the address counts: every bridge's dnsmasq holds port 53 on its
+    own gateway; the one in the way is the one on this address.
+    """
     inodes: set[str] = set()
     for proto in protos:
         with contextlib.suppress(OSError), open(f"/proc/net/{proto}") as f:
             for line in f.readlines()[1:]:
                 cols = line.split()
-                if int(cols[1].rsplit(":", 1)[1], 16) == port:
+                held, held_port = _local_address(cols[1])
+                if held_port == port and (held == address or "0.0.0.0" in (address, held)):
                     inodes.add(cols[9])
     if not inodes:
         return ""
@@ -116,7 +131,7 @@ def check_ports(address: ipaddress.IPv4Address, bridge: str) -> None:
         except OSError as e:
             if e.errno != errno.EADDRINUSE:
                 raise
-            owner = _socket_owner(port, tables) or "another process"
+            owner = socket_owner(host, port, tables) or "another process"
             raise Busy(
                 f"port {port}/{proto} on {host} (bridge {bridge}) is taken by {owner}",
                 hint=f"stop that service or make it not listen on {host} "
