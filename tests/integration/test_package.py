@@ -135,6 +135,7 @@ def _kill_container_cgroups(name: str) -> None:
     cg = ContainerCgroup.for_name(name, parent=parent)
     with contextlib.suppress(LxpyError):
         cg.kill(timeout=10)
+    with contextlib.suppress(LxpyError):
         cg.remove(timeout=10)
     remove_parent(parent)
 
