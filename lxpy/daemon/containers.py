@@ -30,7 +30,7 @@ from lxpy.daemon.service import Daemon
 from lxpy.daemon.templates import Templates
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel.inroot import Rootfs
-from lxpy.model.config import Container, Owner, validate_config
+from lxpy.model.config import Container, Owner, check_key_length, validate_config
 from lxpy.model.names import validate_name
 from lxpy.model.security import LIVE_KEYS, IdmapRecord
 from lxpy.model.state import State
@@ -302,6 +302,8 @@ class Containers:
             raise InvalidArgument(f"'set' must be an object of key: value, got {set_!r}")
         if not isinstance(unset, list) or not all(isinstance(k, str) for k in unset):
             raise InvalidArgument(f"'unset' must be a list of keys, got {unset!r}")
+        for key in unset:
+            check_key_length(key)
         async with d.lock(name):
             old = d.require(name)
             new = old.with_config(set_, unset)

@@ -249,12 +249,17 @@ def _size(value: object) -> int:
     return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
-def _check_size(key: str, value: object) -> None:
+def check_key_length(key: str) -> None:
+    """Raise InvalidArgument for a key name longer than MAX_KEY characters."""
     if len(key) > MAX_KEY:
         raise InvalidArgument(
             f"config key {key[:40]!r}... is {len(key)} characters long, at most {MAX_KEY} may be",
             hint="pick a shorter name",
         )
+
+
+def _check_size(key: str, value: object) -> None:
+    check_key_length(key)
     size = _size(value)
     if size > MAX_VALUE:
         raise InvalidArgument(

@@ -169,6 +169,8 @@ def test_a_config_value_too_large_is_refused_and_not_stored(plain: Daemon) -> No
         "create", "c3", "-t", "busybox", "--set", "user." + "k" * 300 + "=1", check=False
     )
     assert res.returncode != 0 and "characters long, at most 256" in res.stderr, res.stderr
+    res = plain.cli("config", "unset", "c1", "user." + "k" * 300, check=False)
+    assert res.returncode != 0 and "characters long, at most 256" in res.stderr, res.stderr
     assert "user.big" not in plain.cli("config", "show", "c1").stdout
     assert "c3" not in plain.cli("list").stdout
     plain.cli("config", "set", "c1", "user.fine", "v" * 8192)
