@@ -24,6 +24,7 @@ from lxpy.daemon.service import Daemon
 from lxpy.errors import Busy, InvalidArgument, LxpyError
 from lxpy.kernel.inroot import Rootfs
 from lxpy.model.config import lookup_key
+from lxpy.model.network import network_list
 from lxpy.model.suggest import not_found_hint
 
 # Keys whose values name something outside the container's record.
@@ -40,11 +41,6 @@ def deferred(old: Mapping[str, object], new: Mapping[str, object]) -> list[str]:
     return sorted(k for k in changed_keys(old, new) if not lookup_key(k).live)
 
 
-def _networks(config: Mapping[str, object]) -> list[str]:
-    value = config.get("network")
-    return [str(v) for v in value] if isinstance(value, list) else []
-
-
 def check_networks(d: Daemon, config: Mapping[str, object]) -> None:
     """Every network `config` names exists (the default one is made on first use).
 
@@ -52,7 +48,7 @@ def check_networks(d: Daemon, config: Mapping[str, object]) -> None:
         InvalidArgument: naming the missing network, with the nearest known one.
     """
     nets = d.networks
-    for net in _networks(config):
+    for net in network_list(config.get("network")):
         if net not in nets.nets and net != nets.default_network:
             known = [*nets.nets, *([nets.default_network] if nets.default_network else [])]
             near = not_found_hint(net, known, "known networks", "`lxpy network list`")
@@ -86,7 +82,7 @@ def check_address(
     if pinned is None:
         return
     address = str(pinned)
-    nets = _networks(config)
+    nets = network_list(config.get("network"))
     if not nets:
         raise InvalidArgument(
             f"ipv4.address: container {name!r} pins {address} but joins no network",
@@ -110,7 +106,8 @@ def check_address(
         return
     for other, record in d.records.items():
         c = record.config
-        if other != name and str(c.get("ipv4.address")) == address and _networks(c)[:1] == nets[:1]:
+        same_net = network_list(c.get("network"))[:1] == nets[:1]
+        if other != name and str(c.get("ipv4.address")) == address and same_net:
             raise Busy(
                 f"ipv4.address {address} on network {net.name} is pinned by {who(other)}",
                 hint="pick another address",
