@@ -429,21 +429,45 @@ def stop_containers(root: Path) -> list[str]:
     return left
 
 
-# -- a run that must exercise the integration tests fails when they skip ----
-_skipped_integration: list[str] = []
+# -- a run that must exercise the integration tests fails when one did not run --
+# What was collected is counted against what ran, so that every way a test
+# can drop out counts: a skip in the test or its fixtures, a module skipped
+# as it was imported (`pytest.skip(allow_module_level=True)`, importorskip),
+# and a deselection (`-m`, `-k`, `--deselect` passed to scripts/test).
+_integration_collected: set[str] = set()
+_integration_ran: set[str] = set()
+_dropped: list[str] = []
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:
+        _dropped.append(f"{report.nodeid} (skipped as it was collected)")
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _dropped.extend(f"{i.nodeid} (deselected)" for i in items if "integration" in i.keywords)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _integration_collected.update(i.nodeid for i in session.items if "integration" in i.keywords)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.skipped and "integration" in report.keywords:
-        _skipped_integration.append(report.nodeid)
+    if report.when == "call" and not report.skipped:
+        _integration_ran.add(report.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if os.environ.get("LXPY_REQUIRE_INTEGRATION") != "1" or not _skipped_integration:
+    if os.environ.get("LXPY_REQUIRE_INTEGRATION") != "1":
+        return
+    missing = _dropped + sorted(
+        f"{n} (did not run)" for n in _integration_collected - _integration_ran
+    )
+    if not missing:
         return
     print(
-        f"\nerror: {len(_skipped_integration)} integration test(s) were skipped "
-        f"(first: {_skipped_integration[0]}); this run requires them"
+        f"\nerror: {len(missing)} integration test(s) or module(s) did not run "
+        f"(first: {missing[0]}); this run requires them all"
     )
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from lxpy.errors import LxpyError
-from lxpy.kernel import pages
+from lxpy.kernel import bpfdev, pages
 from lxpy.kernel.cgroups import PREFIX, ContainerCgroup, hierarchies, remove_parent
 from lxpy.kernel.devices import ALLOWED, devices_dir, init_parent
 from lxpy.kernel.limits import controller_dir
@@ -530,7 +530,11 @@ def test_container_cgroups_nest_under_a_parent_that_bounds_them(
         assert line.endswith(f"/{PARENT}/{PREFIX}{b.spec.name}"), line
     dev = devices_dir(cg)
     if dev is None:
-        return  # pure cgroup v2: no v1 devices list to check
+        # Pure cgroup v2: the allow-list is a device program on the
+        # container's cgroup2 directory (what it allows: test_devices_v2).
+        assert cg.unified is not None
+        assert bpfdev.attached(cg.unified) == 1
+        return
     listed = Path(os.path.dirname(dev), "devices.list").read_text().split("\n")
     assert sorted(filter(None, listed)) == sorted(ALLOWED)
     # Even host root cannot widen the container's list past its parent's.
