@@ -226,7 +226,7 @@ def info(d: Daemon, name: str) -> dict[str, Any]:
     """`lxpy info NAME --format json`, parsed."""
     import json
 
-    return json.loads(d.cli("info", name, "--format", "json").stdout)  # type: ignore[no-any-return]
+    return json.loads(d.cli("info", name, "--format", "json").stdout)
 
 
 def stop_daemon(d: Daemon) -> None:

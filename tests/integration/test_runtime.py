@@ -300,10 +300,10 @@ def test_reboot_inside_relaunches(boot: Callable[..., Booted]) -> None:
     )
     assert isinstance(st, dict)
     assert st["monitor_pid"] == b.monitor_pid
-    assert st["init_pid"] != b.init_pid and alive(int(st["init_pid"]))  # type: ignore[call-overload]
-    assert st["last_exit"]["reason"] == "reboot"  # type: ignore[index]
+    assert st["init_pid"] != b.init_pid and alive(int(st["init_pid"]))
+    assert st["last_exit"]["reason"] == "reboot"
     assert not alive(b.init_pid)
-    b.init_pid = int(st["init_pid"])  # type: ignore[call-overload]
+    b.init_pid = int(st["init_pid"])
     assert nsenter(b.init_pid, "hostname").strip() == b.spec.name
 
 
@@ -312,7 +312,7 @@ def test_reboot_command_uses_the_reboot_signal(boot: Callable[..., Booted]) -> N
     b.client.request("reboot")
     # busybox init reboots gracefully on SIGTERM (about 2 s of shutdown).
     st = wait_for(lambda: (s := b.status())["boots"] == 2 and s, 10, "reboot")
-    assert st["last_exit"]["reason"] == "reboot"  # type: ignore[index]
+    assert st["last_exit"]["reason"] == "reboot"
 
 
 def test_reboot_signal_reaches_an_init_that_handles_it_late(
@@ -639,7 +639,7 @@ def test_boots_debian_systemd_to_running(tmp_path: Path, zygote: Path, test_cach
         st = wait_for(
             lambda: (s := b.status())["boots"] == 2 and s["state"] == "RUNNING" and s, 15, "reboot"
         )
-        b.init_pid = int(st["init_pid"])  # type: ignore[call-overload,index]
+        b.init_pid = int(st["init_pid"])
         assert _system_running(b.init_pid) == "running"
         reply = b.client.request("stop", wait=40)
         assert reply["last_exit"]["reason"] == "poweroff"  # type: ignore[index]
