@@ -458,7 +458,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if os.environ.get("LXPY_REQUIRE_INTEGRATION") != "1":
+    if os.environ.get("LXPY_REQUIRE_INTEGRATION") != "1" or session.config.option.collectonly:
         return
     missing = _dropped + sorted(
         f"{n} (did not run)" for n in _integration_collected - _integration_ran
