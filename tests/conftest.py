@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from lxpy.daemon.peers import Groups
     from lxpy.kernel.cgroups import ContainerCgroup
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +50,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "integration" in item.keywords:
             item.add_marker(marker)
+
+
+def own_groups() -> Groups:
+    """Access groups (lxpy.daemon.peers.Groups) under which the user that runs
+    the tests is an admin, for an in-test server: root is one anyway, any
+    other user through their primary group."""
+    import grp
+
+    from lxpy.daemon import peers
+
+    return peers.Groups(admin=grp.getgrgid(os.getgid()).gr_name, user="")
 
 
 def make_btrfs(image: Path, mountpoint: Path, size: str = "3G") -> None:

@@ -1,7 +1,8 @@
 """A run that requires the integration tests (LXPY_REQUIRE_INTEGRATION=1,
 as scripts/test sets) fails when any of them did not run, whichever way it
 dropped out. Each case runs pytest on a small module made here, with the
-suite's conftest loaded as a plugin."""
+suite's conftest loaded as a plugin. Integration tests themselves: without
+root every one of them is skipped, so a run where all ran needs root."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 
