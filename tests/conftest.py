@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,59 @@ def own_groups() -> Groups:
     from lxpy.daemon import peers
 
     return peers.Groups(admin=grp.getgrgid(os.getgid()).gr_name, user="")
+
+
+@contextlib.contextmanager
+def named_cgroup_hierarchy(mnt: Path) -> Iterator[tuple[Path, str]]:
+    """A cgroup v1 hierarchy without controllers mounted on `mnt` while the
+    block runs, as an admin or a tool might mount one: (`mnt`, its name).
+    The name is new each time: mounting one that the kernel still holds
+    would take up that one, without a new hierarchy ID."""
+    mnt.mkdir()
+    name = f"lxpytest{os.getpid()}-{secrets.token_hex(3)}"
+    mount = ["mount", "-t", "cgroup", "-o", f"none,name={name}", "cgroup", str(mnt)]
+    subprocess.run(mount, check=True)
+    try:
+        yield mnt, name
+    finally:
+        unmount_named_cgroup_hierarchy(mnt, name)
+
+
+def unmount_named_cgroup_hierarchy(mnt: Path, name: str) -> None:
+    """Unmount the hierarchy `name=NAME` on `mnt`, if it still is there,
+    and make the kernel drop it.
+
+    A hierarchy unmounted with cgroups left lives on, unseen, in the
+    kernel, in every process's /proc/PID/cgroup; so does one whose last
+    cgroup, removed a moment ago, was still dying at the unmount: mounted
+    again and unmounted, it goes. Any lxpyd on the host that started a
+    container meanwhile (a real one, another test run) made its cgroups
+    there too: those processes go back to the root, where every process
+    is in a hierarchy without controllers, and the directories go with
+    ours, or the hierarchy would outlive the test.
+    """
+    if not os.path.ismount(mnt):
+        return
+    try:
+        dirs = [p for p in mnt.rglob("*") if p.is_dir()]
+        for d in sorted(dirs, key=lambda p: -len(p.parts)):
+            for pid in (d / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    (mnt / "cgroup.procs").write_text(pid)
+            d.rmdir()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    mount = ["mount", "-t", "cgroup", "-o", f"none,name={name}", "cgroup", str(mnt)]
+    # A busy host can take a minute to free a dying cgroup; the names are
+    # never used twice, so one that lingers empty meanwhile is in nobody's
+    # way.
+    deadline = time.monotonic() + 10
+    while f"name={name}:" in Path("/proc/self/cgroup").read_text():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+        subprocess.run(mount, check=True)
+        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def make_btrfs(image: Path, mountpoint: Path, size: str = "3G") -> None:

@@ -7,7 +7,6 @@ and its finaliser kills whatever it started and removes its cgroups.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
@@ -33,7 +32,7 @@ from lxpy.kernel.limits import controller_dir
 from lxpy.runtime.control import MonitorClient
 from lxpy.runtime.spec import LaunchSpec
 from lxpy.runtime.zygote import spawn_monitor, spawn_request, start_zygote
-from tests.conftest import alive, wait_for
+from tests.conftest import alive, named_cgroup_hierarchy, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -223,40 +222,8 @@ def test_boots_busybox_with_init_as_pid1(boot: Callable[..., Booted]) -> None:
 def named_hierarchy(tmp_path: Path, zygote: Path) -> Iterator[Path]:
     """A cgroup v1 hierarchy without controllers, mounted once the zygote runs."""
     spawn_request(zygote, {"cmd": "ping"})
-    mnt = tmp_path / "named-cgroup"
-    mnt.mkdir()
-    name = f"lxpytest{os.getpid()}"
-    mount = ["mount", "-t", "cgroup", "-o", f"none,name={name}", "cgroup", str(mnt)]
-    subprocess.run(mount, check=True)
-    try:
+    with named_cgroup_hierarchy(tmp_path / "named-cgroup") as (mnt, _name):
         yield mnt
-    finally:
-        # It is unmounted whatever happened, or every lxpyd started
-        # later would take it up. A hierarchy unmounted with cgroups left
-        # lives on, unseen, in the kernel, in every process's
-        # /proc/PID/cgroup; so does one whose last cgroup, removed a moment
-        # ago, was still dying at the unmount: mounted again and unmounted,
-        # it goes. Any lxpyd on the host that started a container meanwhile
-        # (a real one, another test run) made its cgroups here too: those
-        # processes go back to the root, where every process is in a
-        # hierarchy without controllers, and the directories go with ours,
-        # or the hierarchy would outlive the test.
-        try:
-            dirs = [p for p in mnt.rglob("*") if p.is_dir()]
-            for d in sorted(dirs, key=lambda p: -len(p.parts)):
-                for pid in (d / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        (mnt / "cgroup.procs").write_text(pid)
-                d.rmdir()
-        finally:
-            subprocess.run(["umount", str(mnt)], check=True)
-        for _ in range(20):
-            time.sleep(0.25)
-            if f"name={name}:" not in Path("/proc/self/cgroup").read_text():
-                break
-            subprocess.run(mount, check=True)
-            subprocess.run(["umount", str(mnt)], check=True)
-        assert f"name={name}:" not in Path("/proc/self/cgroup").read_text()
 
 
 def test_a_cgroup_hierarchy_mounted_later_holds_the_next_container(
