@@ -241,6 +241,8 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
         tree = idmap.clone_tree(root, clear=idmap.ROOTFS_ATTRS)
     if spec.lxcfs:
         clone_lxcfs(spec.lxcfs)
+    if spec.nesting:
+        clone_nesting_nodes(spec)
     # Why chdir now: the path to the rootfs may cross directories that the
     # container's root may not search (0700, owned by host root); every
     # later path is relative to it.
@@ -375,6 +377,9 @@ def _mount_all(root: str, spec: LaunchSpec, console_path: str, tty_paths: Sequen
         _mount_lxcfs(root, spec.lxcfs)
     _step("building /dev")
     _mount_dev(root, console_path, tty_paths, KernelLimits.from_config(spec.limits).pty)
+    if spec.nesting:
+        _step("nesting: /dev/.lxc, /dev/fuse, /dev/net/tun")
+        _mount_nesting(root, spec)
     _step("mounting /run")
     _mount_run(root, spec.notify_fd)
 
@@ -516,6 +521,98 @@ def _mount_sys(root: str, spec: LaunchSpec) -> None:
         # manages that subtree (on a hybrid host, without controllers).
         cg = os.path.join(sys_, "fs/cgroup")
         sc.mount("cgroup2", cg, "cgroup2", _NOSUID_NODEV_NOEXEC)
+    elif spec.cgroup_view == "hybrid":
+        _mount_hybrid(os.path.join(sys_, "fs/cgroup"), spec.cgroup_v1)
+
+
+def _mount_hybrid(cg: str, v1: Sequence[str]) -> None:
+    # The host's layout (systemd's "hybrid"): a tmpfs holding each v1
+    # hierarchy and cgroup2 at unified/. Mounted inside the new cgroup
+    # namespace, each shows the container's own subtree, which the monitor
+    # delegated to its root: nested runtimes make and limit their cgroups
+    # there. Only hierarchies the host has can be mounted in a user
+    # namespace, so nothing new is made.
+    sc.mount("tmpfs", cg, "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=755,size=64k")
+    for entry in v1:
+        name, _, options = entry.partition(":")
+        path = os.path.join(cg, name)
+        os.mkdir(path, 0o755)
+        sc.mount("cgroup", path, "cgroup", _NOSUID_NODEV_NOEXEC, options)
+    unified = os.path.join(cg, "unified")
+    os.mkdir(unified, 0o755)
+    sc.mount("cgroup2", unified, "cgroup2", _NOSUID_NODEV_NOEXEC)
+    # As on the host: nothing inside adds hierarchies beside these.
+    sc.mount(None, cg, None, sc.MS_REMOUNT | sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC, "mode=755")
+
+
+# Device nodes of a nesting container (security.nesting), beside
+# _DEV_NODES: FUSE (fuse-overlayfs, rootless storage) and TUN (slirp4netns,
+# pasta, VPNs). The devices cgroup allows both to every container; only
+# nesting ones get the nodes.
+_NESTING_NODES = (("fuse", 10, 229), ("net/tun", 10, 200))
+
+# Detached copies of those nodes by target, made by host root (see
+# clone_nesting_nodes).
+_NODE_TREES: dict[str, int] = {}
+
+
+def clone_nesting_nodes(spec: LaunchSpec) -> None:
+    """Detached binds of /dev/fuse and /dev/net/tun for a nesting
+    container, made by host root before the launch enters its user
+    namespace.
+
+    Why not the host's nodes: they may be 0600 (no udev), which root of an
+    unprivileged container cannot open; and nodes made inside a user
+    namespace never work (its mounts are nodev). So host root makes nodes
+    of its own, 0666, in the container's run dir, and clones them with
+    nodev cleared (the run dir's tmpfs is nodev). The devices cgroup still
+    decides who opens what.
+    """
+    nodes = os.path.join(os.path.dirname(spec.control_socket), "nodes")
+    os.makedirs(nodes, mode=0o700, exist_ok=True)
+    for target, major, minor in _NESTING_NODES:
+        path = os.path.join(nodes, os.path.basename(target))
+        want = os.makedev(major, minor)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISCHR(st.st_mode) or st.st_rdev != want:
+                os.unlink(path)
+                raise FileNotFoundError(path)
+        except FileNotFoundError:
+            os.mknod(path, 0o666 | stat.S_IFCHR, want)
+        os.chmod(path, 0o666)
+        _NODE_TREES[target] = idmap.clone_tree(path, recursive=False, clear=idmap.MOUNT_ATTR_NODEV)
+
+
+def _mount_nesting(root: str, spec: LaunchSpec) -> None:
+    # The kernel lets a user namespace mount a fresh proc or sysfs only
+    # where its mount namespace already holds one fully visible: not
+    # covered by anything but empty directories ("mount_too_revealing").
+    # The container's /proc and /sys are masked, and in a nested
+    # namespace those masks are locked, so a nested runtime's proc mount
+    # would be refused. As LXC's nesting.conf does, unmasked views under
+    # /dev/.lxc satisfy the check while /proc and /sys stay masked. They
+    # reveal nothing root inside could not read already: the masked files
+    # belong to host root (writes fail with EACCES) and /proc/sys is the
+    # host's only read-only. In root's own directory, so other users
+    # inside do not stumble on it (the kernel's check does not look at
+    # paths).
+    dev = os.path.join(root, "dev")
+    lxc = _target(dev, ".lxc")
+    os.chmod(lxc, 0o700)
+    sc.mount("proc", _target(lxc, "proc"), "proc", _NOSUID_NODEV_NOEXEC)
+    # Read-only as /sys: both are one superblock (this network namespace's).
+    sc.mount("sysfs", _target(lxc, "sys"), "sysfs", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+    if not _NODE_TREES:
+        # Privileged: still host root here.
+        clone_nesting_nodes(spec)
+    for target, tree in _NODE_TREES.items():
+        if "/" in target:
+            _target(dev, os.path.dirname(target))
+        path = _target(dev, target, is_dir=False)
+        idmap.attach_tree(tree, path)
+        os.close(tree)
+    _NODE_TREES.clear()
 
 
 def _mount_lxcfs(root: str, lxcfs_root: str) -> None:
@@ -557,10 +654,12 @@ def clone_lxcfs(lxcfs_root: str) -> None:
 
 
 def close_lxcfs() -> None:
-    """Close the copies clone_lxcfs made (in a process that hands them on)."""
-    for tree in _LXCFS_TREES.values():
-        os.close(tree)
-    _LXCFS_TREES.clear()
+    """Close the copies clone_lxcfs and clone_nesting_nodes made (in a
+    process that hands them on)."""
+    for trees in (_LXCFS_TREES, _NODE_TREES):
+        for tree in trees.values():
+            os.close(tree)
+        trees.clear()
 
 
 def _mount_dev(root: str, console_path: str, tty_paths: Sequence[str], ptys: int) -> None:

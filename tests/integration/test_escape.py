@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VENV_BIN, Daemon, assert_loopback_only, info
+from tests.conftest import VENV_BIN, Daemon, assert_loopback_only, info, push
 
 pytestmark = [
     pytest.mark.integration,
@@ -111,15 +111,7 @@ def boot(d: Daemon, name: str, *sets: str) -> int:
         time.sleep(0.2)
     assert state == "running", sh(d, name, "systemctl --failed --no-legend").stdout
     # Tools a minbase rootfs lacks: the host's static busybox.
-    with open("/bin/busybox", "rb") as f:
-        res = subprocess.run(
-            [str(VENV_BIN / "lxpy"), "--socket", str(d.socket), "exec", name, "--"]
-            + ["sh", "-c", f"cat > {BUSYBOX} && chmod 755 {BUSYBOX}"],
-            stdin=f,
-            capture_output=True,
-            timeout=60,
-        )
-    assert res.returncode == 0, res.stderr
+    push(d, name, "/bin/busybox", BUSYBOX, mode="755")
     return int(info(d, name)["init_pid"])  # type: ignore[call-overload]
 
 
