@@ -87,7 +87,13 @@ def userns_problem() -> str | None:
     """
     if not _USERNS:
         try:
-            os.close(idmap.create_userns(idmap.IdMap(idmap.DEFAULT_RANGE_START, 1_000_000, 1)))
+            # With root's own first ranges, which containers will use: in a
+            # nesting container (lxpy inside lxpy) the default range lies
+            # outside the container's map, where no ID can own a namespace.
+            uids, _ = idmap.allowed_ranges(SUBUID)
+            gids, _ = idmap.allowed_ranges(SUBGID)
+            probe = idmap.IdMap(uids[0].start, gids[0].start, 1)
+            os.close(idmap.create_userns(probe))
             _USERNS.append(None)
         except OSError as e:
             why = e.strerror or str(e)

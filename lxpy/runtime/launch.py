@@ -369,7 +369,7 @@ def _mount_all(root: str, spec: LaunchSpec, console_path: str, tty_paths: Sequen
     """The container's /proc, /sys, /dev and /run under `root` (or "." when
     the current directory is the new root)."""
     _step("mounting /proc")
-    _mount_proc(root)
+    _mount_proc(root, spec.nesting)
     _step("mounting /sys")
     _mount_sys(root, spec)
     if spec.lxcfs:
@@ -486,7 +486,7 @@ def _bind(src: str, dst: str, flags: int = 0) -> None:
         sc.mount(None, dst, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
 
 
-def _mount_proc(root: str) -> None:
+def _mount_proc(root: str, nesting: bool = False) -> None:
     proc = _target(root, "proc")
     sc.mount("proc", proc, "proc", _NOSUID_NODEV_NOEXEC)
     for rel in _READ_ONLY:
@@ -495,9 +495,13 @@ def _mount_proc(root: str) -> None:
             _bind(path, path, sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
     # The container owns its network namespace, so its net sysctls are its
     # own to set (systemd-networkd, ip forwarding).
-    net = os.path.join(proc, "sys/net")
-    if os.path.isdir(net):
-        _bind(net, net, _NOSUID_NODEV_NOEXEC)
+    # With nesting, its user namespace's limits (user.max_*) too: a nested
+    # lxpy or runtime sets those of the namespaces it makes, which the
+    # kernel bounds by the container's own.
+    for rel in ("sys/net", "sys/user") if nesting else ("sys/net",):
+        path = os.path.join(proc, rel)
+        if os.path.isdir(path):
+            _bind(path, path, _NOSUID_NODEV_NOEXEC)
     _mask(root, [m for m in _MASKED if m.startswith("proc/")])
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VENV_BIN, Daemon, daemon_in, info, push
+from tests.conftest import REPO, VENV_BIN, Daemon, daemon_in, info, push
 
 pytestmark = pytest.mark.integration
 
@@ -96,10 +96,15 @@ def busybox_rootfs_tar(path: Path) -> None:
         init = tarfile.TarInfo("sbin/init")
         init.type, init.linkname = tarfile.SYMTYPE, "/bin/busybox"
         tar.addfile(init)
-        passwd = b"root:x:0:0:root:/:/bin/sh\n"
-        entry = tarfile.TarInfo("etc/passwd")
-        entry.size = len(passwd)
-        tar.addfile(entry, io.BytesIO(passwd))
+        # What busybox init runs when booted (systemd-nspawn -b): a
+        # long-lived process to look for.
+        for path, text in (
+            ("etc/passwd", b"root:x:0:0:root:/:/bin/sh\n"),
+            ("etc/inittab", b"::respawn:/bin/sleep 3600\n"),
+        ):
+            entry = tarfile.TarInfo(path)
+            entry.size = len(text)
+            tar.addfile(entry, io.BytesIO(text))
 
 
 def boot_debian(d: Daemon, name: str, *sets: str) -> None:
@@ -123,7 +128,9 @@ def nest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         f'pool_size = "6GiB"\nbuild_cache = "{cache}"\ntemplate_dirs = ["{NESTING_TEMPLATES}"]\n'
     )
     with daemon_in(tmp, settings) as d:
-        boot_debian(d, "nest", "security.nesting=true")
+        # 131072 IDs: the upper 65536 are for what runs nested (nspawn
+        # wants a block of 65536 starting at a multiple of it).
+        boot_debian(d, "nest", "security.nesting=true", "security.idmap.size=131072")
         tar = tmp / "bb.tar"
         busybox_rootfs_tar(tar)
         push(d, "nest", tar, "/root/bb.tar")
@@ -144,5 +151,115 @@ def test_podman_runs_an_imported_image_with_its_own_network(nest: Daemon) -> Non
     # Its own network: podman's bridge gave it an address of 10.88.0.0/16.
     assert " eth0 " in res.stdout and "inet 10.88." in res.stdout, res.stdout
     # Root in it is the outer container's root: its host ID, never host root.
-    base = info(d, "nest")["idmap"]["uid_base"]
-    assert f"0 {base} 65536" in " ".join(res.stdout.split()), res.stdout
+    ids = info(d, "nest")["idmap"]
+    assert f"0 {ids['uid_base']} {ids['size']}" in " ".join(res.stdout.split()), res.stdout
+
+
+def test_cgroups_are_delegated_and_fuse_tun_overlayfs_work(nest: Daemon) -> None:
+    d = nest
+    # Hybrid host: the v1 controllers beside cgroup2, each the container's
+    # own subtree, where its root makes and limits cgroups of its own.
+    res = run(
+        d,
+        "nest",
+        "cd /sys/fs/cgroup && ls && "
+        "mkdir -p memory/t unified/t pids/t && echo 64M > memory/t/memory.limit_in_bytes && "
+        "echo 50 > pids/t/pids.max && sh -c 'echo $$ > memory/t/cgroup.procs; "
+        "echo $$ > pids/t/cgroup.procs; echo $$ > unified/t/cgroup.procs; "
+        'grep -E "memory|pids|^0::" /proc/self/cgroup\'; '
+        "cat memory/t/memory.limit_in_bytes; rmdir memory/t unified/t pids/t",
+    )
+    assert res.returncode == 0, res.stdout
+    out = res.stdout.split()
+    assert {"memory", "pids", "cpu", "systemd", "unified"} <= set(out), res.stdout
+    assert {"4:memory:/t", "0::/t"} <= set(out) and "67108864" in out, res.stdout
+    assert any(line.endswith("pids:/t") for line in out), res.stdout
+    # Its own limits stay the host's: the files are host root's.
+    res = run(d, "nest", "echo -1 > /sys/fs/cgroup/memory/memory.limit_in_bytes")
+    assert res.returncode != 0 and "Permission denied" in res.stdout, res.stdout
+
+    # /dev/fuse and /dev/net/tun open; a TUN device can be made; overlayfs
+    # mounts (the kernel allows it in a user namespace).
+    res = run(
+        d,
+        "nest",
+        "exec 3<>/dev/fuse && echo fuse-ok; ip tuntap add mode tun name tun7 && "
+        "ip -o link show tun7 && ip tuntap del mode tun name tun7; "
+        "mkdir -p /o/l /o/u /o/w /o/m && echo low > /o/l/f && "
+        "mount -t overlay overlay -o lowerdir=/o/l,upperdir=/o/u,workdir=/o/w /o/m && "
+        "echo up > /o/m/g && cat /o/m/f && ls /o/u; umount /o/m; rm -rf /o",
+    )
+    assert res.returncode == 0, res.stdout
+    assert "fuse-ok" in res.stdout and "tun7:" in res.stdout, res.stdout
+    assert res.stdout.split()[-2:] == ["low", "g"], res.stdout
+
+
+def test_systemd_nspawn_boots_a_container_inside(nest: Daemon) -> None:
+    d = nest
+    res = run(
+        d,
+        "nest",
+        "set -e; mkdir -p /var/lib/machines/bb; cd /var/lib/machines/bb; tar xf /root/bb.tar; "
+        "echo ID=busybox > etc/os-release; "
+        "systemd-run --unit nspawn-bb --quiet systemd-nspawn -q -D /var/lib/machines/bb -M bb "
+        "--private-network -b; "
+        "for i in $(seq 100); do machinectl show bb -p Leader --value 2>/dev/null | "
+        "grep -q . && break; sleep 0.1; done; "
+        "L=$(machinectl show bb -p Leader --value); "
+        "for i in $(seq 100); do nsenter -t $L -p -m -r ps 2>/dev/null | "
+        "grep -q 'sleep 3600' && break; sleep 0.1; done; "
+        "machinectl list --no-legend; nsenter -t $L -p -m -r ps; "
+        "nsenter -t $L -n ip -o link | cut -d: -f2; machinectl poweroff bb",
+        timeout=180,
+    )
+    assert res.returncode == 0, res.stdout
+    assert "bb container systemd-nspawn busybox" in " ".join(res.stdout.split()), res.stdout
+    # Booted: busybox init is PID 1 of its own pid namespace and has
+    # started what its inittab says; its network is its own (lo only).
+    assert "1 root init" in " ".join(res.stdout.split()), res.stdout
+    assert "sleep 3600" in res.stdout, res.stdout
+    assert "eth0" not in res.stdout, res.stdout
+
+
+def test_lxpy_runs_inside_lxpy(nest: Daemon, tmp_path: Path) -> None:
+    d = nest
+    # This checkout and its virtualenv, at the same paths inside (the
+    # container has Debian's python3.11 and lxpy's other dependencies).
+    venv = VENV_BIN.parent
+    tar = tmp_path / "lxpy.tar"
+    paths = [p.relative_to("/") for p in (REPO / "lxpy", REPO / "templates", venv)]
+    subprocess.run(
+        ["tar", "-C", "/", "-cf", str(tar), "--exclude=__pycache__", *map(str, paths)],
+        check=True,
+        timeout=120,
+    )
+    push(d, "nest", tar, "/root/lxpy.tar")
+    # The directory backend: no loop device inside.
+    conf = tmp_path / "lxpyd.toml"
+    conf.write_text('storage = "dir"\nlxcfs = "off"\ndefault_network = ""\n')
+    push(d, "nest", conf, "/etc/lxpy-inner/lxpyd.toml")
+    inner = f"{VENV_BIN}/lxpy --socket /run/lxpy-inner.sock"
+    res = run(
+        d,
+        "nest",
+        "set -e; tar -C / -xf /root/lxpy.tar; rm /root/lxpy.tar; "
+        # Root's IDs inside: the upper half of the container's map.
+        "echo root:65536:65536 > /etc/subuid; echo root:65536:65536 > /etc/subgid; "
+        f"systemd-run --unit lxpy-inner --quiet {VENV_BIN}/lxpyd --root /var/lib/lxpy-inner "
+        "--socket /run/lxpy-inner.sock --config /etc/lxpy-inner/lxpyd.toml; "
+        "for i in $(seq 300); do test -S /run/lxpy-inner.sock && break; sleep 0.1; done; "
+        f"{inner} template build busybox >/dev/null; "
+        # Shared range: the only block of 65536 IDs root has inside.
+        f"{inner} create bb -t busybox --set security.idmap.isolated=false >/dev/null; "
+        f"{inner} start bb; "
+        f"{inner} exec bb -- sh -c 'cat /proc/self/uid_map; ps'; "
+        f"{inner} info bb | grep -E '^(state|security):'; {inner} stop bb",
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + run(d, "nest", "journalctl -u lxpy-inner").stdout
+    text = " ".join(res.stdout.split())
+    assert "started bb" in text and "state: RUNNING" in text, res.stdout
+    # Unprivileged inside the unprivileged container: its root is ID 65536
+    # of the outer container, which is no host root either.
+    assert "0 65536 65536" in text, res.stdout
+    assert "1 root init" in text, res.stdout
