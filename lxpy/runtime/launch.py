@@ -26,6 +26,7 @@ import fcntl
 import os
 import select
 import signal
+import socket
 import stat
 import termios
 from collections.abc import Sequence
@@ -242,7 +243,7 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
     if spec.lxcfs:
         clone_lxcfs(spec.lxcfs)
     if spec.nesting:
-        clone_nesting_nodes(spec)
+        clone_nesting_nodes()
     # Why chdir now: the path to the rootfs may cross directories that the
     # container's root may not search (0700, owned by host root); every
     # later path is relative to it.
@@ -560,32 +561,56 @@ _NESTING_NODES = (("fuse", 10, 229), ("net/tun", 10, 200))
 _NODE_TREES: dict[str, int] = {}
 
 
-def clone_nesting_nodes(spec: LaunchSpec) -> None:
+def clone_nesting_nodes() -> None:
     """Detached binds of /dev/fuse and /dev/net/tun for a nesting
     container, made by host root before the launch enters its user
     namespace.
 
     Why not the host's nodes: they may be 0600 (no udev), which root of an
-    unprivileged container cannot open; and nodes made inside a user
-    namespace never work (its mounts are nodev). So host root makes nodes
-    of its own, 0666, in the container's run dir, and clones them with
-    nodev cleared (the run dir's tmpfs is nodev). The devices cgroup still
+    unprivileged container cannot open, and an idmapped bind of them is
+    refused (devtmpfs); nodes made inside a user namespace never work (its
+    mounts are nodev). So host root makes nodes of its own, 0666, on a
+    tmpfs of a throwaway mount namespace (nothing on the host's
+    filesystems, and no host path shows in the container's mount table),
+    and hands back detached binds of them. The devices cgroup still
     decides who opens what.
     """
-    nodes = os.path.join(os.path.dirname(spec.control_socket), "nodes")
-    os.makedirs(nodes, mode=0o700, exist_ok=True)
-    for target, major, minor in _NESTING_NODES:
-        path = os.path.join(nodes, os.path.basename(target))
-        want = os.makedev(major, minor)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
         try:
-            st = os.lstat(path)
-            if not stat.S_ISCHR(st.st_mode) or st.st_rdev != want:
-                os.unlink(path)
-                raise FileNotFoundError(path)
-        except FileNotFoundError:
-            os.mknod(path, 0o666 | stat.S_IFCHR, want)
-        os.chmod(path, 0o666)
-        _NODE_TREES[target] = idmap.clone_tree(path, recursive=False, clear=idmap.MOUNT_ATTR_NODEV)
+            ours.close()
+            sc.unshare(sc.CLONE_NEWNS)
+            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+            # /dev: a directory every host has, covered only in here.
+            sc.mount("none", "/dev", "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=755,size=16k")
+            fds = []
+            for target, major, minor in _NESTING_NODES:
+                path = os.path.join("/dev", target)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+                os.chmod(path, 0o666)
+                fds.append(idmap.clone_tree(path, recursive=False))
+            socket.send_fds(theirs, [b"n"], fds)
+            code = 0
+        except BaseException as e:  # noqa: B036 - reported to the parent
+            theirs.send(f"{type(e).__name__}: {e}".encode(errors="replace")[:1000])
+        finally:
+            os._exit(code)
+    theirs.close()
+    try:
+        msg, fds, _flags, _addr = socket.recv_fds(ours, 1024, len(_NESTING_NODES))
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
+    if len(fds) != len(_NESTING_NODES):
+        for fd in fds:
+            os.close(fd)
+        raise OSError(errno.EIO, "making /dev/fuse and /dev/net/tun: " + msg.decode())
+    for (target, _major, _minor), fd in zip(_NESTING_NODES, fds, strict=True):
+        os.set_inheritable(fd, False)
+        _NODE_TREES[target] = fd
 
 
 def _mount_nesting(root: str, spec: LaunchSpec) -> None:
@@ -609,7 +634,7 @@ def _mount_nesting(root: str, spec: LaunchSpec) -> None:
     sc.mount("sysfs", _target(lxc, "sys"), "sysfs", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
     if not _NODE_TREES:
         # Privileged: still host root here.
-        clone_nesting_nodes(spec)
+        clone_nesting_nodes()
     for target, tree in _NODE_TREES.items():
         if "/" in target:
             _target(dev, os.path.dirname(target))

@@ -450,7 +450,7 @@ class Monitor:
             if spec.lxcfs:
                 launch.clone_lxcfs(spec.lxcfs)
             if spec.nesting:
-                launch.clone_nesting_nodes(spec)
+                launch.clone_nesting_nodes()
             r, w = os.pipe2(os.O_CLOEXEC)
             fds.append(r)
             fds.append(w)
