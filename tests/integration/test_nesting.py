@@ -139,37 +139,27 @@ def nest(tmp_path_factory: pytest.TempPathFactory, test_cache: Path) -> Iterator
         yield d
 
 
-def test_podman_runs_an_imported_image_with_its_own_network(nest: Daemon) -> None:
+@pytest.mark.parametrize(
+    ("runtime", "subnet"),
+    # Each on its own default bridge, in the container's own network
+    # namespace: podman's (netavark, 10.88.0.0/16), docker0 (172.17.0.0/16).
+    [("podman", "10.88."), ("docker", "172.17.")],
+)
+def test_a_runtime_runs_an_imported_image_with_its_own_network(
+    nest: Daemon, runtime: str, subnet: str
+) -> None:
     d = nest
     res = run(
         d,
         "nest",
-        "podman import /root/bb.tar localhost/bb >/dev/null && "
-        "podman run --rm --network bridge localhost/bb "
-        "sh -c 'ip -4 -o addr show eth0; cat /proc/self/uid_map; hostname'",
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stdout
-    # Its own network: podman's bridge gave it an address of 10.88.0.0/16.
-    assert " eth0 " in res.stdout and "inet 10.88." in res.stdout, res.stdout
-    # Root in it is the outer container's root: its host ID, never host root.
-    ids = info(d, "nest")["idmap"]
-    assert f"0 {ids['uid_base']} {ids['size']}" in " ".join(res.stdout.split()), res.stdout
-
-
-def test_docker_runs_an_imported_image_with_its_own_network(nest: Daemon) -> None:
-    d = nest
-    res = run(
-        d,
-        "nest",
-        "docker import /root/bb.tar bb >/dev/null && docker run --rm --network bridge bb "
+        f"{runtime} import /root/bb.tar localhost/bb >/dev/null && "
+        f"{runtime} run --rm --network bridge localhost/bb "
         "sh -c 'ip -4 -o addr show eth0; cat /proc/self/uid_map'",
         timeout=300,
     )
     assert res.returncode == 0, res.stdout
-    # Docker's default bridge (docker0, 172.17.0.0/16) in the container's
-    # own network namespace.
-    assert " eth0 " in res.stdout and "inet 172.17." in res.stdout, res.stdout
+    assert " eth0 " in res.stdout and f"inet {subnet}" in res.stdout, res.stdout
+    # Root in it is the outer container's root: its host ID, never host root.
     ids = info(d, "nest")["idmap"]
     assert f"0 {ids['uid_base']} {ids['size']}" in " ".join(res.stdout.split()), res.stdout
 
