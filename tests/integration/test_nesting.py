@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, VENV_BIN, Daemon, daemon_in, info, push
+from tests.integration.test_network import free_subnet, net_name
 
 pytestmark = pytest.mark.integration
 
@@ -45,23 +46,41 @@ def bdaemon(tmp_path: Path, test_cache: Path) -> Iterator[Daemon]:
 
 def test_a_fresh_proc_in_a_nested_user_namespace_needs_nesting(bdaemon: Daemon) -> None:
     d = bdaemon
-    d.cli("create", "plain", "-t", "busybox")
-    d.cli("create", "nest", "-t", "busybox", "--set", "security.nesting=true")
-    d.cli("start", "plain")
-    d.cli("start", "nest")
+    net = net_name()
+    # No NAT: nothing leaves the host.
+    d.cli("network", "create", net, "--subnet", free_subnet(), "--no-nat")
+    try:
+        d.cli("create", "plain", "-t", "busybox")
+        d.cli("create", "nest", "-t", "busybox", "--set", "security.nesting=true")
+        # Each launch path: on a network the user namespace is pinned
+        # first and a helper enters it; privileged, there is none.
+        d.cli("create", "netnest", "-t", "busybox", "--set", "security.nesting=true")
+        d.cli("config", "set", "netnest", "network", net)
+        d.cli("create", "privnest", "-t", "busybox", "--set", "security.nesting=true")
+        d.cli("config", "set", "privnest", "security.privileged", "true")
+        for name in ("plain", "nest", "netnest", "privnest"):
+            d.cli("start", name)
 
-    off = run(d, "plain", UNSHARE)
-    assert off.returncode != 0, off.stdout
-    assert "Operation not permitted" in off.stdout, off.stdout
+        off = run(d, "plain", UNSHARE)
+        assert off.returncode != 0, off.stdout
+        assert "Operation not permitted" in off.stdout, off.stdout
 
-    on = run(d, "nest", UNSHARE)
-    assert on.returncode == 0, on.stdout
-    # PID 1 of its own pid namespace, as root of a namespace that maps it
-    # to the container's root (0 inside), never to host root.
-    assert "pid=1" in on.stdout, on.stdout
-    assert on.stdout.split()[-3:] == ["0", "0", "1"], on.stdout
+        for name in ("nest", "netnest", "privnest"):
+            on = run(d, name, UNSHARE)
+            assert on.returncode == 0, (name, on.stdout)
+            # PID 1 of its own pid namespace, as root of a namespace that
+            # maps it to the container's root (0 inside), never more.
+            assert "pid=1" in on.stdout, (name, on.stdout)
+            assert on.stdout.split()[-3:] == ["0", "0", "1"], (name, on.stdout)
+            nodes = run(d, name, "exec 3<>/dev/fuse 4<>/dev/net/tun && echo nodes-ok")
+            assert "nodes-ok" in nodes.stdout, (name, nodes.stdout)
+        for name in ("plain", "nest", "netnest", "privnest"):
+            d.cli("stop", name, "--force")
+    finally:
+        d.cli("network", "delete", net, check=False)
 
     # The container's own /proc stays masked; the unmasked views are root's.
+    d.cli("start", "nest")
     masked = run(d, "nest", "grep -c ' /proc/' /proc/self/mountinfo; stat -c %a /dev/.lxc")
     assert int(masked.stdout.split()[0]) >= 5, masked.stdout
     assert masked.stdout.split()[1] == "700", masked.stdout
