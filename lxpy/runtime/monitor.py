@@ -339,10 +339,13 @@ class Monitor:
         if self.spec.cgroup_view == "auto":
             # Decided here, from the hierarchies already read, so the launch
             # path does not scan the mount table again.
+            # Hierarchies with controllers, and systemd's: another named
+            # one (a tool's own) means nothing to runtimes inside, and a
+            # mount of it there would keep it alive after the host's goes.
             v1 = tuple(
                 f"{os.path.basename(h.mountpoint)}:{_v1_options(h.controllers)}"
                 for h, _ in self.cg.dirs
-                if h.version == 1
+                if h.version == 1 and (_named_only(h.controllers) in ("", "name=systemd"))
             )
             if self.spec.nesting and v1:
                 # A nested runtime limits its containers with the host's
@@ -1271,12 +1274,18 @@ def main(argv: list[str] | None = None) -> int:
     return run(spec, ready_fd=1)
 
 
+def _named_only(controllers: tuple[str, ...]) -> str:
+    # "name=X" for a v1 hierarchy that has a name and no controllers, else "".
+    if controllers and all(c.startswith("name=") for c in controllers):
+        return ",".join(controllers)
+    return ""
+
+
 def _v1_options(controllers: tuple[str, ...]) -> str:
     # The mount options that name a v1 hierarchy: its controllers, or
     # "none,name=X" for a named one (which has none).
-    if all(c.startswith("name=") for c in controllers):
-        return ",".join(("none", *controllers))
-    return ",".join(controllers)
+    named = _named_only(controllers)
+    return f"none,{named}" if named else ",".join(controllers)
 
 
 if __name__ == "__main__":

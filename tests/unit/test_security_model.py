@@ -154,3 +154,13 @@ def test_nesting_is_a_checked_key_shown_in_info_and_sent_to_the_launch() -> None
     assert LaunchSpec.from_json(spec.to_json()) == spec
     with pytest.raises(InvalidArgument, match="cgroup_v1"):
         LaunchSpec.from_json(base | {"cgroup_v1": "memory"})
+
+
+def test_the_hybrid_view_mounts_controllers_and_systemds_hierarchy_only() -> None:
+    from lxpy.runtime.monitor import _named_only, _v1_options
+
+    assert _v1_options(("cpu", "cpuacct")) == "cpu,cpuacct"
+    assert _v1_options(("name=systemd",)) == "none,name=systemd"
+    # A tool's own named hierarchy is left out of a nesting container's view.
+    assert _named_only(("name=lxpytest1",)) == "name=lxpytest1"
+    assert _named_only(("memory",)) == ""
