@@ -74,10 +74,12 @@ def test_a_fresh_proc_in_a_nested_user_namespace_needs_nesting(bdaemon: Daemon) 
             assert on.stdout.split()[-3:] == ["0", "0", "1"], (name, on.stdout)
             nodes = run(d, name, "exec 3<>/dev/fuse 4<>/dev/net/tun && echo nodes-ok")
             assert "nodes-ok" in nodes.stdout, (name, nodes.stdout)
-        for name in ("plain", "nest", "netnest", "privnest"):
+        for name in ("plain", "nest", "privnest"):
             d.cli("stop", name, "--force")
     finally:
-        d.cli("network", "delete", net, check=False)
+        # A network a container names cannot be deleted: that one goes first.
+        d.cli("destroy", "--force", "netnest", check=False)
+        d.cli("network", "delete", net)
 
     # The container's own /proc stays masked; the unmasked views are root's.
     d.cli("start", "nest")
