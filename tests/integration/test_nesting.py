@@ -175,11 +175,14 @@ def test_a_runtime_runs_an_imported_image_with_its_own_network(
         "nest",
         f"{runtime} import /root/bb.tar localhost/bb >/dev/null && "
         f"{runtime} run --rm --network bridge localhost/bb "
-        "sh -c 'ip -4 -o addr show eth0; cat /proc/self/uid_map'",
+        "sh -c 'ip -4 -o addr show eth0; cat /proc/self/uid_map; "
+        "grep Seccomp_filters /proc/self/status'",
         timeout=300,
     )
     assert res.returncode == 0, res.stdout
     assert " eth0 " in res.stdout and f"inet {subnet}" in res.stdout, res.stdout
+    # Its runtime loaded its own syscall filter on top of the container's.
+    assert int(res.stdout.split("Seccomp_filters:")[1].split()[0]) >= 2, res.stdout
     # Root in it is the outer container's root: its host ID, never host root.
     ids = info(d, "nest")["idmap"]
     assert f"0 {ids['uid_base']} {ids['size']}" in " ".join(res.stdout.split()), res.stdout
