@@ -516,7 +516,7 @@ class Lxpy:
     """A scratch lxpyd on the scratch directory: own pool, no default
     network, the suite's build cache."""
 
-    def __init__(self, scratch: Scratch, pool_size: str = "6GiB") -> None:
+    def __init__(self, scratch: Scratch, pool_size: str = "6GiB", settings: str = "") -> None:
         root = scratch.dir / "lxpy-root"
         root.mkdir()
         self.run_dir = LXPY_RUN_BASE / root_id(str(root))
@@ -530,6 +530,7 @@ class Lxpy:
             scratch.dir / "lxpyd.log",
             settings=(
                 f'pool_size = "{pool_size}"\nbuild_cache = "{TEST_CACHE}"\ndefault_network = ""\n'
+                + settings
             ),
         )
         scratch.defer(self.cleanup)
@@ -611,9 +612,12 @@ class Lxpy:
         zygote = self.zygote()
         stop_daemon(self.daemon)
         if zygote is not None:
-            os.kill(zygote, signal.SIGTERM)
             try:
+                # It may end by itself meanwhile, once lxpyd is gone.
+                os.kill(zygote, signal.SIGTERM)
                 wait_gone(zygote, 5)
+            except ProcessLookupError:
+                pass
             except TimeoutError:
                 os.kill(zygote, signal.SIGKILL)
                 wait_gone(zygote, 5)

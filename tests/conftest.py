@@ -295,6 +295,20 @@ def info(d: Daemon, name: str) -> dict[str, Any]:
     return json.loads(d.cli("info", name, "--format", "json").stdout)
 
 
+def push(d: Daemon, name: str, src: str | Path, dest: str, mode: str = "644") -> None:
+    """Copy a host file into container `name` (at `dest`, its directory
+    made) through the real `lxpy exec`."""
+    with open(src, "rb") as f:
+        res = subprocess.run(
+            [str(VENV_BIN / "lxpy"), "--socket", str(d.socket), "exec", name, "--"]
+            + ["sh", "-c", f"mkdir -p $(dirname {dest}) && cat > {dest} && chmod {mode} {dest}"],
+            stdin=f,
+            capture_output=True,
+            timeout=300,
+        )
+    assert res.returncode == 0, res.stderr
+
+
 def stop_daemon(d: Daemon) -> None:
     if d.proc.poll() is None:
         d.proc.terminate()

@@ -271,6 +271,15 @@ def _restricted(caller: Caller) -> str:
 
 
 def _why(key: str, admin: str) -> str:
+    if key == "security.nesting":
+        # Not a way to host root, but a wider reach into the host kernel
+        # (fresh proc and sysfs, FUSE, TUN, nested namespaces and
+        # filesystems: docs/security.md, "Nesting"): an admin's call, as
+        # Incus leaves it to restricted.containers.nesting.
+        return (
+            "nesting widens what the container reaches of the host kernel (fresh proc and "
+            f"sysfs, FUSE, TUN, nested runtimes); only root and group {admin} may"
+        )
     if key.startswith("security."):
         return f"security keys can make a container host root; only root and group {admin} may"
     if key.startswith("raw."):

@@ -65,12 +65,15 @@ def describe(record: Container, apparmor: str = "") -> str:
         sec = SecurityConfig.from_config(record.config)
     except InvalidArgument as e:
         return f"invalid: {e.message}"
+    nesting = "; nesting on (container runtimes may run inside)" if sec.nesting else ""
     if sec.privileged:
         confined = f"AppArmor profile {apparmor}" if apparmor else "no AppArmor on this host"
-        return f"privileged: root inside is root on the host (no user namespace; {confined})"
+        return (
+            f"privileged: root inside is root on the host (no user namespace; {confined})" + nesting
+        )
     if record.idmap is None:
-        return "unprivileged (its ID range is picked at the next start)"
-    return record.idmap.describe()
+        return "unprivileged (its ID range is picked at the next start)" + nesting
+    return record.idmap.describe() + nesting
 
 
 _USERNS: list[str | None] = []
@@ -84,7 +87,13 @@ def userns_problem() -> str | None:
     """
     if not _USERNS:
         try:
-            os.close(idmap.create_userns(idmap.IdMap(idmap.DEFAULT_RANGE_START, 1_000_000, 1)))
+            # With root's own first ranges, which containers will use: in a
+            # nesting container (lxpy inside lxpy) the default range lies
+            # outside the container's map, where no ID can own a namespace.
+            uids, _ = idmap.allowed_ranges(SUBUID)
+            gids, _ = idmap.allowed_ranges(SUBGID)
+            probe = idmap.IdMap(uids[0].start, gids[0].start, 1)
+            os.close(idmap.create_userns(probe))
             _USERNS.append(None)
         except OSError as e:
             why = e.strerror or str(e)
@@ -393,6 +402,7 @@ def launch_fields(record: Container) -> dict[str, object]:
         "syscalls_deny": sec.syscalls_deny,
         "syscalls_allow": sec.syscalls_allow,
         "no_new_privs": sec.no_new_privs,
+        "nesting": sec.nesting,
     }
     if not sec.privileged:
         rec = record.idmap

@@ -189,12 +189,19 @@ def _read(path: str) -> str:
 def _init_cpuset(d: str) -> None:
     # Why: a new v1 cpuset cgroup starts with empty cpus and mems, and the
     # kernel refuses to attach a task to it (ENOSPC) until both are set.
-    # Copy them from the parent, as clone_children would.
+    # Copy them from the parent, as clone_children would. A parent may be
+    # empty too when someone else made it (systemd's slices and scopes in
+    # a nesting container, where it does not manage cpuset): set it first.
+    parent = os.path.dirname(d)
     for key in ("cpuset.cpus", "cpuset.mems"):
         mine = os.path.join(d, key)
         if _read(mine).strip():
             continue
-        sc.write_file(mine, _read(os.path.join(os.path.dirname(d), key)).strip())
+        value = _read(os.path.join(parent, key)).strip()
+        if not value:
+            _init_cpuset(parent)
+            value = _read(os.path.join(parent, key)).strip()
+        sc.write_file(mine, value)
 
 
 def _make_parent(h: Hierarchy, path: str, init: Callable[[Hierarchy, str], None] | None) -> None:

@@ -69,7 +69,15 @@ def restrict(cg: ContainerCgroup) -> bool:
     """
     d = devices_dir(cg)
     if d is not None:
-        _restrict_dir(d)
+        try:
+            _restrict_dir(d)
+        except PermissionError:
+            if not in_user_namespace():
+                raise
+            # lxpy inside a nesting container: the v1 devices files are
+            # host root's alone, and the outer container's list already
+            # bounds every cgroup below it, this one included.
+            return False
         return True
     if cg.unified is None:
         return False
@@ -86,9 +94,20 @@ def restrict(cg: ContainerCgroup) -> bool:
 
 
 def init_parent(h: Hierarchy, path: str) -> None:
-    """Give a new parent cgroup (not yet holding any child) the allow-list."""
-    if h.version == 1 and "devices" in h.controllers:
+    """Give a new parent cgroup (not yet holding any child) the allow-list
+    (bounded by the outer container's when lxpy runs in one: see restrict)."""
+    if h.version == 1 and "devices" in h.controllers and not in_user_namespace():
         _restrict_dir(path)
+
+
+def in_user_namespace() -> bool:
+    """Whether this process runs in a user namespace other than the host's
+    (whose map is the whole ID space), as lxpy inside a container does."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() != ["0", "0", "4294967295"]
+    except FileNotFoundError:
+        return False
 
 
 def _restrict_dir(d: str) -> None:

@@ -20,6 +20,8 @@ Keys:
     security.ipv4_filtering    bool, default true: ARP and IPv4 from its NICs
                                carry its own address; no DHCP server (implies
                                MAC filtering, as in Incus).
+    security.nesting           bool, default false: container runtimes (podman,
+                               docker, systemd-nspawn, lxpy) may run inside.
 """
 
 from __future__ import annotations
@@ -178,6 +180,13 @@ KEYS: tuple[tuple[str, Parser, str], ...] = (
         "On a managed network, drop ARP and IPv4 from the container that do not use its own "
         "address, and DHCP server replies; implies MAC filtering (default true).",
     ),
+    (
+        "security.nesting",
+        parse_bool,
+        "Let container runtimes (podman, docker, systemd-nspawn, lxpy) run inside: fresh "
+        "proc and sysfs mounts, delegated cgroups, /dev/fuse and /dev/net/tun "
+        "(default false; see docs/security.md).",
+    ),
 )
 # Keys a running container follows at once (its NICs' rules are replaced);
 # the others take effect at its next start.
@@ -200,6 +209,7 @@ class SecurityConfig:
     no_new_privs: bool = False
     mac_filtering: bool = True
     ipv4_filtering: bool = True
+    nesting: bool = False
 
     @property
     def filters_mac(self) -> bool:
@@ -246,6 +256,7 @@ class SecurityConfig:
             no_new_privs=bool(get("security.no_new_privs", False)),
             mac_filtering=bool(get("security.mac_filtering", True)),
             ipv4_filtering=bool(get("security.ipv4_filtering", True)),
+            nesting=bool(get("security.nesting", False)),
         )
 
 

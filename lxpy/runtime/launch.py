@@ -26,6 +26,7 @@ import fcntl
 import os
 import select
 import signal
+import socket
 import stat
 import termios
 from collections.abc import Sequence
@@ -241,6 +242,8 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
         tree = idmap.clone_tree(root, clear=idmap.ROOTFS_ATTRS)
     if spec.lxcfs:
         clone_lxcfs(spec.lxcfs)
+    if spec.nesting:
+        clone_nesting_nodes()
     # Why chdir now: the path to the rootfs may cross directories that the
     # container's root may not search (0700, owned by host root); every
     # later path is relative to it.
@@ -367,7 +370,7 @@ def _mount_all(root: str, spec: LaunchSpec, console_path: str, tty_paths: Sequen
     """The container's /proc, /sys, /dev and /run under `root` (or "." when
     the current directory is the new root)."""
     _step("mounting /proc")
-    _mount_proc(root)
+    _mount_proc(root, spec.nesting)
     _step("mounting /sys")
     _mount_sys(root, spec)
     if spec.lxcfs:
@@ -375,6 +378,9 @@ def _mount_all(root: str, spec: LaunchSpec, console_path: str, tty_paths: Sequen
         _mount_lxcfs(root, spec.lxcfs)
     _step("building /dev")
     _mount_dev(root, console_path, tty_paths, KernelLimits.from_config(spec.limits).pty)
+    if spec.nesting:
+        _step("nesting: /dev/.lxc, /dev/fuse, /dev/net/tun")
+        _mount_nesting(root, spec)
     _step("mounting /run")
     _mount_run(root, spec.notify_fd)
 
@@ -481,7 +487,7 @@ def _bind(src: str, dst: str, flags: int = 0) -> None:
         sc.mount(None, dst, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
 
 
-def _mount_proc(root: str) -> None:
+def _mount_proc(root: str, nesting: bool = False) -> None:
     proc = _target(root, "proc")
     sc.mount("proc", proc, "proc", _NOSUID_NODEV_NOEXEC)
     for rel in _READ_ONLY:
@@ -490,9 +496,13 @@ def _mount_proc(root: str) -> None:
             _bind(path, path, sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
     # The container owns its network namespace, so its net sysctls are its
     # own to set (systemd-networkd, ip forwarding).
-    net = os.path.join(proc, "sys/net")
-    if os.path.isdir(net):
-        _bind(net, net, _NOSUID_NODEV_NOEXEC)
+    # With nesting, its user namespace's limits (user.max_*) too: a nested
+    # lxpy or runtime sets those of the namespaces it makes, which the
+    # kernel bounds by the container's own.
+    for rel in ("sys/net", "sys/user") if nesting else ("sys/net",):
+        path = os.path.join(proc, rel)
+        if os.path.isdir(path):
+            _bind(path, path, _NOSUID_NODEV_NOEXEC)
     _mask(root, [m for m in _MASKED if m.startswith("proc/")])
 
 
@@ -516,6 +526,122 @@ def _mount_sys(root: str, spec: LaunchSpec) -> None:
         # manages that subtree (on a hybrid host, without controllers).
         cg = os.path.join(sys_, "fs/cgroup")
         sc.mount("cgroup2", cg, "cgroup2", _NOSUID_NODEV_NOEXEC)
+    elif spec.cgroup_view == "hybrid":
+        _mount_hybrid(os.path.join(sys_, "fs/cgroup"), spec.cgroup_v1)
+
+
+def _mount_hybrid(cg: str, v1: Sequence[str]) -> None:
+    # The host's layout (systemd's "hybrid"): a tmpfs holding each v1
+    # hierarchy and cgroup2 at unified/. Mounted inside the new cgroup
+    # namespace, each shows the container's own subtree, which the monitor
+    # delegated to its root: nested runtimes make and limit their cgroups
+    # there. Only hierarchies the host has can be mounted in a user
+    # namespace, so nothing new is made.
+    sc.mount("tmpfs", cg, "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=755,size=64k")
+    for entry in v1:
+        name, _, options = entry.partition(":")
+        path = os.path.join(cg, name)
+        os.mkdir(path, 0o755)
+        sc.mount("cgroup", path, "cgroup", _NOSUID_NODEV_NOEXEC, options)
+    unified = os.path.join(cg, "unified")
+    os.mkdir(unified, 0o755)
+    sc.mount("cgroup2", unified, "cgroup2", _NOSUID_NODEV_NOEXEC)
+    # As on the host: nothing inside adds hierarchies beside these.
+    sc.mount(None, cg, None, sc.MS_REMOUNT | sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC, "mode=755")
+
+
+# Device nodes of a nesting container (security.nesting), beside
+# _DEV_NODES: FUSE (fuse-overlayfs, rootless storage) and TUN (slirp4netns,
+# pasta, VPNs). The devices cgroup allows both to every container; only
+# nesting ones get the nodes.
+_NESTING_NODES = (("fuse", 10, 229), ("net/tun", 10, 200))
+
+# Detached copies of those nodes by target, made by host root (see
+# clone_nesting_nodes).
+_NODE_TREES: dict[str, int] = {}
+
+
+def clone_nesting_nodes() -> None:
+    """Detached binds of /dev/fuse and /dev/net/tun for a nesting
+    container, made by host root before the launch enters its user
+    namespace.
+
+    Why not the host's nodes: they may be 0600 (no udev), which root of an
+    unprivileged container cannot open, and an idmapped bind of them is
+    refused (devtmpfs); nodes made inside a user namespace never work (its
+    mounts are nodev). So host root makes nodes of its own, 0666, on a
+    tmpfs of a throwaway mount namespace (nothing on the host's
+    filesystems, and no host path shows in the container's mount table),
+    and hands back detached binds of them. The devices cgroup still
+    decides who opens what.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ours.close()
+            sc.unshare(sc.CLONE_NEWNS)
+            sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+            # /dev: a directory every host has, covered only in here.
+            sc.mount("none", "/dev", "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=755,size=16k")
+            fds = []
+            for target, major, minor in _NESTING_NODES:
+                path = os.path.join("/dev", target)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+                os.chmod(path, 0o666)
+                fds.append(idmap.clone_tree(path, recursive=False))
+            socket.send_fds(theirs, [b"n"], fds)
+            code = 0
+        except BaseException as e:  # noqa: B036 - reported to the parent
+            theirs.send(f"{type(e).__name__}: {e}".encode(errors="replace")[:1000])
+        finally:
+            os._exit(code)
+    theirs.close()
+    try:
+        msg, fds, _flags, _addr = socket.recv_fds(ours, 1024, len(_NESTING_NODES))
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
+    if len(fds) != len(_NESTING_NODES):
+        for fd in fds:
+            os.close(fd)
+        raise OSError(errno.EIO, "making /dev/fuse and /dev/net/tun: " + msg.decode())
+    for (target, _major, _minor), fd in zip(_NESTING_NODES, fds, strict=True):
+        os.set_inheritable(fd, False)
+        _NODE_TREES[target] = fd
+
+
+def _mount_nesting(root: str, spec: LaunchSpec) -> None:
+    # The kernel lets a user namespace mount a fresh proc or sysfs only
+    # where its mount namespace already holds one fully visible: not
+    # covered by anything but empty directories ("mount_too_revealing").
+    # The container's /proc and /sys are masked, and in a nested
+    # namespace those masks are locked, so a nested runtime's proc mount
+    # would be refused. As LXC's nesting.conf does, unmasked views under
+    # /dev/.lxc satisfy the check while /proc and /sys stay masked. They
+    # reveal nothing root inside could not read already: the masked files
+    # belong to host root (writes fail with EACCES) and /proc/sys is the
+    # host's only read-only. In root's own directory, so other users
+    # inside do not stumble on it (the kernel's check does not look at
+    # paths).
+    dev = os.path.join(root, "dev")
+    lxc = _target(dev, ".lxc")
+    os.chmod(lxc, 0o700)
+    sc.mount("proc", _target(lxc, "proc"), "proc", _NOSUID_NODEV_NOEXEC)
+    # Read-only as /sys: both are one superblock (this network namespace's).
+    sc.mount("sysfs", _target(lxc, "sys"), "sysfs", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+    if not _NODE_TREES:
+        # Privileged: still host root here.
+        clone_nesting_nodes()
+    for target, tree in _NODE_TREES.items():
+        if "/" in target:
+            _target(dev, os.path.dirname(target))
+        path = _target(dev, target, is_dir=False)
+        idmap.attach_tree(tree, path)
+        os.close(tree)
+    _NODE_TREES.clear()
 
 
 def _mount_lxcfs(root: str, lxcfs_root: str) -> None:
@@ -557,10 +683,12 @@ def clone_lxcfs(lxcfs_root: str) -> None:
 
 
 def close_lxcfs() -> None:
-    """Close the copies clone_lxcfs made (in a process that hands them on)."""
-    for tree in _LXCFS_TREES.values():
-        os.close(tree)
-    _LXCFS_TREES.clear()
+    """Close the copies clone_lxcfs and clone_nesting_nodes made (in a
+    process that hands them on)."""
+    for trees in (_LXCFS_TREES, _NODE_TREES):
+        for tree in trees.values():
+            os.close(tree)
+        trees.clear()
 
 
 def _mount_dev(root: str, console_path: str, tty_paths: Sequence[str], ptys: int) -> None:

@@ -321,9 +321,16 @@ class Monitor:
         # An unprivileged container's root must own its cgroups (systemd
         # creates its subtree there) and its console and ttys (or systemd
         # could not reopen /dev/console); tty group 5, as on Debian.
+        # With nesting, the v1 controllers' directories too: runtimes inside
+        # make and limit cgroups of their own below the container's.
         m = IdMap(self.spec.uid_base, self.spec.gid_base, self.spec.idmap_size)
         delegate_cgroups(
-            [d for h, d in self.cg.dirs if h.version == 2 or "name=systemd" in h.controllers], m
+            [
+                d
+                for h, d in self.cg.dirs
+                if self.spec.nesting or h.version == 2 or "name=systemd" in h.controllers
+            ],
+            m,
         )
         for path in (self.console_path, *self.tty_paths):
             os.chown(path, m.host_uid(0), m.host_gid(5))
@@ -332,8 +339,22 @@ class Monitor:
         if self.spec.cgroup_view == "auto":
             # Decided here, from the hierarchies already read, so the launch
             # path does not scan the mount table again.
-            view = "cgroup2" if self.cg.unified else "none"
-            self.spec = replace(self.spec, cgroup_view=view)
+            # Hierarchies with controllers, and systemd's: another named
+            # one (a tool's own) means nothing to runtimes inside, and a
+            # mount of it there would keep it alive after the host's goes.
+            v1 = tuple(
+                f"{os.path.basename(h.mountpoint)}:{_v1_options(h.controllers)}"
+                for h, _ in self.cg.dirs
+                if h.version == 1 and (_named_only(h.controllers) in ("", "name=systemd"))
+            )
+            if self.spec.nesting and v1:
+                # A nested runtime limits its containers with the host's
+                # controllers, which a hybrid host has in v1 only: the
+                # container sees the same layout as the host.
+                self.spec = replace(self.spec, cgroup_view="hybrid", cgroup_v1=v1)
+            else:
+                view = "cgroup2" if self.cg.unified else "none"
+                self.spec = replace(self.spec, cgroup_view=view)
         self._reopen_slaves()
         self._close_readiness()
         self.notify = readiness.notify_socket()
@@ -431,6 +452,8 @@ class Monitor:
         try:
             if spec.lxcfs:
                 launch.clone_lxcfs(spec.lxcfs)
+            if spec.nesting:
+                launch.clone_nesting_nodes()
             r, w = os.pipe2(os.O_CLOEXEC)
             fds.append(r)
             fds.append(w)
@@ -1249,6 +1272,20 @@ def main(argv: list[str] | None = None) -> int:
     with open(args[0]) as f:
         spec = LaunchSpec.from_json(json.load(f))
     return run(spec, ready_fd=1)
+
+
+def _named_only(controllers: tuple[str, ...]) -> str:
+    # "name=X" for a v1 hierarchy that has a name and no controllers, else "".
+    if controllers and all(c.startswith("name=") for c in controllers):
+        return ",".join(controllers)
+    return ""
+
+
+def _v1_options(controllers: tuple[str, ...]) -> str:
+    # The mount options that name a v1 hierarchy: its controllers, or
+    # "none,name=X" for a named one (which has none).
+    named = _named_only(controllers)
+    return f"none,{named}" if named else ",".join(controllers)
 
 
 if __name__ == "__main__":

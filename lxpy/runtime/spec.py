@@ -63,7 +63,7 @@ CAPS = {
     "checkpoint_restore": 40,
 }
 
-CGROUP_VIEWS = ("auto", "cgroup2", "none")
+CGROUP_VIEWS = ("auto", "cgroup2", "hybrid", "none")
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,13 @@ class LaunchSpec:
     netns: str = ""
     ttys: int = 4
     # What the container sees at /sys/fs/cgroup: "cgroup2" (its own subtree),
-    # "none", or "auto" (cgroup2 when the host mounts it; the monitor decides).
+    # "none", "hybrid" (a tmpfs with the host's v1 hierarchies and cgroup2 at
+    # unified/, as on the host; for nesting), or "auto" (the monitor decides:
+    # cgroup2 when the host mounts it, hybrid for nesting on a hybrid host).
     cgroup_view: str = "auto"
+    # The host's v1 hierarchies for a hybrid view: "DIR:OPTIONS" per mount,
+    # e.g. "memory:memory", "systemd:none,name=systemd" (set by the monitor).
+    cgroup_v1: tuple[str, ...] = ()
     uuid: str = ""
     drop_caps: tuple[str, ...] = DEFAULT_DROP_CAPS
     # Unprivileged (an ID map below): a pinned user namespace
@@ -115,6 +120,9 @@ class LaunchSpec:
     syscalls_deny: tuple[str, ...] = ()
     syscalls_allow: tuple[str, ...] = ()
     no_new_privs: bool = False
+    # security.nesting: unmasked proc and sysfs under /dev/.lxc, /dev/fuse,
+    # /dev/net/tun and (on a hybrid host) the v1 hierarchies, all delegated.
+    nesting: bool = False
     # The AppArmor profile init is exec'd under (lxpy.kernel.apparmor), or "".
     apparmor: str = ""
     # The container's limits.* config keys (as stored), written into its
@@ -154,6 +162,7 @@ class LaunchSpec:
         data["drop_caps"] = list(self.drop_caps)
         data["syscalls_deny"] = list(self.syscalls_deny)
         data["syscalls_allow"] = list(self.syscalls_allow)
+        data["cgroup_v1"] = list(self.cgroup_v1)
         data["limits"] = dict(self.limits)
         data["cpus"] = list(self.cpus)
         return data
@@ -175,7 +184,7 @@ class LaunchSpec:
         kw = dict(data)
         if "args" in kw:
             kw["args"] = tuple(_strs(kw["args"], "args"))
-        for key in ("drop_caps", "syscalls_deny", "syscalls_allow"):
+        for key in ("drop_caps", "syscalls_deny", "syscalls_allow", "cgroup_v1"):
             if key in kw:
                 kw[key] = tuple(_strs(kw[key], key))
         env = kw.get("env", {})

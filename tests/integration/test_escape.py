@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VENV_BIN, Daemon, assert_loopback_only, info
+from tests.conftest import VENV_BIN, Daemon, assert_loopback_only, info, push
 
 pytestmark = [
     pytest.mark.integration,
@@ -111,15 +111,7 @@ def boot(d: Daemon, name: str, *sets: str) -> int:
         time.sleep(0.2)
     assert state == "running", sh(d, name, "systemctl --failed --no-legend").stdout
     # Tools a minbase rootfs lacks: the host's static busybox.
-    with open("/bin/busybox", "rb") as f:
-        res = subprocess.run(
-            [str(VENV_BIN / "lxpy"), "--socket", str(d.socket), "exec", name, "--"]
-            + ["sh", "-c", f"cat > {BUSYBOX} && chmod 755 {BUSYBOX}"],
-            stdin=f,
-            capture_output=True,
-            timeout=60,
-        )
-    assert res.returncode == 0, res.stderr
+    push(d, name, "/bin/busybox", BUSYBOX, mode="755")
     return int(info(d, name)["init_pid"])
 
 
@@ -258,6 +250,67 @@ def test_unprivileged_container_holds(daemon: Daemon, host_sleeper: int) -> None
     assert os.stat(f"/proc/{pid}/root/root/made-by-root").st_uid == base
     raw = Path(str(ct["path"])) / "root/made-by-root"
     assert os.stat(raw).st_uid == 0 and os.stat(raw).st_gid == 0
+
+
+def test_a_nesting_container_holds(daemon: Daemon, host_sleeper: int) -> None:
+    """security.nesting relaxes what docs/security.md says (unmasked proc
+    and sysfs views, FUSE, TUN, delegated cgroups) and nothing that keeps
+    the container off the host."""
+    d = daemon
+    pid = boot(d, "nest", "security.nesting=true")
+    ct = info(d, "nest")
+    assert "nesting on" in str(ct["security"]) and str(ct["security"]).startswith("unprivileged")
+    base = int(ct["idmap"]["uid_base"])
+    assert Path(f"/proc/{pid}/uid_map").read_text().split() == ["0", str(base), "65536"]
+
+    common_attempts(d, "nest", host_sleeper)
+    names = set(sh(d, "nest", "ls /dev /dev/net").stdout.split())
+    assert {"fuse", "tun"} <= names
+
+    # The unmasked views: the host's knobs are still host root's files
+    # (EACCES), /sys still read-only, and no host disk or devtmpfs mounts.
+    assert perl_open(d, "nest", "/dev/.lxc/proc/sys/kernel/ctrl-alt-del", ">") == errno.EACCES
+    assert perl_open(d, "nest", "/dev/.lxc/proc/sysrq-trigger", ">") in (
+        errno.ENOENT,
+        errno.EACCES,
+    )
+    assert perl_open(d, "nest", "/dev/.lxc/sys/kernel/lxpy-escape", ">") == errno.EROFS
+    out = sh(
+        d,
+        "nest",
+        f"{BUSYBOX} mount -o remount,rw /dev/.lxc/sys; echo sys=$?; "
+        f"{BUSYBOX} mount -o remount,rw /sys; echo sys2=$?; "
+        'perl -e \'open(my $f, ">", "/dev/.lxc/sys/kernel/uevent_helper") or print $!+0\'; '
+        f"echo; mkdir -p /mnt/x; {BUSYBOX} mknod /root/disk b 8 0; "
+        f"{BUSYBOX} mount -t devtmpfs none /mnt/x; echo devtmpfs=$?",
+    ).stdout
+    assert "sys=1" in out and "sys2=1" in out and "devtmpfs=1" in out, out
+    # uevent_helper (the path run as host root on a uevent): read-only.
+    assert str(errno.EROFS) in out.split(), out
+    # A fresh proc in a nested namespace (what nesting is for) is no way
+    # around them either.
+    out = sh(
+        d,
+        "nest",
+        f"{BUSYBOX} unshare -U -r -m -p -f --mount-proc sh -c "
+        "'echo pid=$$; perl -e \"open(my \\$f, q{>}, q{/proc/sys/kernel/ctrl-alt-del}) "
+        "or print \\$!+0\"'",
+    ).stdout
+    assert "pid=1" in out and out.strip().endswith(str(errno.EACCES)), out
+
+    # Its cgroups are its own below the host's: it makes children, but
+    # cannot widen a devices list or lift its own memory limit.
+    write = (
+        'for my $p ("/sys/fs/cgroup/devices/x/devices.allow", '
+        '"/sys/fs/cgroup/devices/devices.allow", "/sys/fs/cgroup/memory/memory.limit_in_bytes") '
+        '{ if (open(my $f, ">", $p)) { print((defined syswrite($f, "a") ? 0 : $!+0), " ") } '
+        'else { print $!+0, " " } }'
+    )
+    out = sh(d, "nest", f"mkdir -p /sys/fs/cgroup/devices/x; perl -e '{write}'").stdout
+    codes = out.split()
+    assert codes[0] == str(errno.EPERM), out
+    assert codes[1:] == [str(errno.EACCES)] * 2, out
+    sh(d, "nest", "rmdir /sys/fs/cgroup/devices/x")
 
 
 def test_privileged_container_holds_what_it_claims(daemon: Daemon, host_sleeper: int) -> None:

@@ -89,6 +89,7 @@ def test_restricted_users_see_their_own_containers_only() -> None:
     [
         "security.privileged",
         "security.idmap.isolated",
+        "security.nesting",
         "raw.lxc",
         "devices.disk.source",
         "boot.priority",
@@ -108,6 +109,13 @@ def test_keys_outside_the_allow_list_are_refused(key: str) -> None:
     ):
         with pytest.raises(Forbidden, match=f"may not {verb} {key}"):
             _ask(ALICE, "PATCH", "/1.0/containers/a1/config", patch.encode())
+
+
+def test_nesting_is_refused_with_its_own_reason() -> None:
+    body = b'{"name": "x", "template": "busybox", "config": {"security.nesting": "true"}}'
+    with pytest.raises(Forbidden) as e:
+        _ask(ALICE, "POST", "/1.0/containers", body)
+    assert "may not set security.nesting: nesting widens what the container reaches" in str(e.value)
 
 
 def test_allowed_keys_pass() -> None:

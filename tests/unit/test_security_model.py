@@ -133,3 +133,34 @@ def test_tiers_of_callers() -> None:
     assert both is not None and both.tier is peers.Tier.ADMIN
     # No peer (an in-process caller) is trusted.
     assert peers.admit(None) is peers.INTERNAL
+
+
+def test_nesting_is_a_checked_key_shown_in_info_and_sent_to_the_launch() -> None:
+    assert validate_config({"security.nesting": "on"})["security.nesting"] is True
+    with pytest.raises(InvalidArgument, match="security.nesting: expected true or false"):
+        validate_config({"security.nesting": "sometimes"})
+    rec = IdmapRecord(1065536, 1065536)
+    off = Container("a", "t", "now", {}, rec)
+    on = Container("b", "t", "now", {"security.nesting": True}, rec)
+    assert "nesting" not in describe(off) and describe(on).endswith(
+        "nesting on (container runtimes may run inside)"
+    )
+    assert launch_fields(off)["nesting"] is False and launch_fields(on)["nesting"] is True
+    base = {"name": "c", "rootfs": "/", "control_socket": "/run/x.sock"}
+    spec = LaunchSpec.from_json(
+        base | {"nesting": True, "cgroup_view": "hybrid", "cgroup_v1": ["memory:memory"]}
+    )
+    assert spec.cgroup_v1 == ("memory:memory",)
+    assert LaunchSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(InvalidArgument, match="cgroup_v1"):
+        LaunchSpec.from_json(base | {"cgroup_v1": "memory"})
+
+
+def test_the_hybrid_view_mounts_controllers_and_systemds_hierarchy_only() -> None:
+    from lxpy.runtime.monitor import _named_only, _v1_options
+
+    assert _v1_options(("cpu", "cpuacct")) == "cpu,cpuacct"
+    assert _v1_options(("name=systemd",)) == "none,name=systemd"
+    # A tool's own named hierarchy is left out of a nesting container's view.
+    assert _named_only(("name=lxpytest1",)) == "name=lxpytest1"
+    assert _named_only(("memory",)) == ""
