@@ -207,6 +207,35 @@ def test_cgroup_v2_limits_are_set_live(host: Guest) -> None:
     assert info(g, "b2")["stats"]["memory_bytes"] > 0
 
 
+def test_nesting_on_a_pure_cgroup_v2_host(host: Guest) -> None:
+    g = host
+    # Through two shells: the guest's login shell, then sh -c "...".
+    probe = "unshare -U -r -m -p -f --mount-proc sh -c 'echo pid=\\$\\$'"
+
+    def inside(name: str, script: str) -> subprocess.CompletedProcess[str]:
+        return g.run(f'lxpy exec {name} -- sh -c "exec 2>&1; {script}"', check=False)
+
+    lxpy(g, "create n1 -t busybox --set security.nesting=true")
+    lxpy(g, "start n1")
+    wait_running(g, ("n1",))
+    # b1 runs without nesting: a fresh proc in a nested namespace is
+    # refused there, and made in n1.
+    off = inside("b1", probe)
+    assert off.returncode != 0 and "Operation not permitted" in off.stdout, off
+    on = inside("n1", probe)
+    assert on.returncode == 0 and "pid=1" in on.stdout, on
+    # Its cgroup2 subtree is its root's to divide, within its own limits.
+    moved = inside(
+        "n1",
+        "mkdir /sys/fs/cgroup/inner && echo \\$\\$ > /sys/fs/cgroup/inner/cgroup.procs "
+        "&& cat /proc/self/cgroup",
+    )
+    assert moved.returncode == 0 and moved.stdout.strip() == "0::/inner", moved
+    nodes = inside("n1", "exec 3<>/dev/fuse 4<>/dev/net/tun && echo nodes-ok")
+    assert "nodes-ok" in nodes.stdout, nodes
+    lxpy(g, "destroy n1 --force")
+
+
 def system_running(g: Guest, name: str) -> None:
     """Until systemd in container `name` has booted: `running`, not degraded."""
     # systemctl answers only once systemd has opened its socket.
