@@ -17,7 +17,7 @@ import os
 import stat
 import subprocess
 import tarfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -534,3 +534,31 @@ def test_copy_keeps_an_empty_machine_id_empty(daemon: Daemon) -> None:
     (rootfs(d, "src") / "etc" / "machine-id").write_text("")
     d.cli("copy", "src", "dup")
     assert (rootfs(d, "dup") / "etc" / "machine-id").read_text() == ""
+
+
+def test_async_client_exports_and_imports(daemon: Daemon) -> None:
+    """The TUI's client speaks the same stream as the CLI's."""
+    import asyncio
+
+    from lxpy.api.aclient import AsyncClient
+
+    d = daemon
+    make_source(d, "web")
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any], bytes]:
+        client = AsyncClient(d.socket, timeout=120)
+        parts: list[bytes] = []
+        summary = await client.export_container("web", parts.append)
+        data = b"".join(parts)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(0, len(data), 1 << 16):
+                yield data[i : i + (1 << 16)]
+
+        made = await client.import_container(chunks(), "web2")
+        return summary, made, data
+
+    summary, made, data = asyncio.run(go())
+    assert summary["size"] == len(data) and summary["snapshots"] == ["s1", "s2"]
+    assert made["name"] == "web2" and made["snapshots"] == ["s1", "s2"]
+    assert_same_container(d, "web", "web2")
