@@ -32,7 +32,7 @@ from lxpy.api.streams import ERROR, EXIT, STDIN, STDOUT, FrameDecoder, frame, js
 from lxpy.daemon import configcheck
 from lxpy.daemon.containers import Containers
 from lxpy.daemon.events import now_iso
-from lxpy.daemon.http import Request, Router, Upgrade
+from lxpy.daemon.http import Request, Router, Upgrade, leaf_error
 from lxpy.daemon.policy import owner_of
 from lxpy.daemon.security import check_config as check_security
 from lxpy.daemon.service import Daemon
@@ -154,6 +154,10 @@ class Backups:
                         await self._run(
                             bk.write_archive, sources, index, optimized, spool, w, procs
                         )
+                    except LxpyError:
+                        if not procs.killed:
+                            raise
+                        # Killed because the reader stopped: its error is the one.
                     finally:
                         os.close(w)
 
@@ -378,7 +382,11 @@ async def _answer(stream: trio.abc.Stream, work: Callable[[], Awaitable[object]]
     """Run `work`; its result as an exit frame, or its error as an error frame."""
     try:
         result = await work()
-    except LxpyError as e:
+    except Exception as exc:
+        # A nursery's error comes wrapped in a group of one.
+        e = leaf_error(exc)
+        if not isinstance(e, LxpyError):
+            raise
         out = json_frame(ERROR, e.to_json())
     else:
         out = json_frame(EXIT, result)

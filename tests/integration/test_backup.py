@@ -23,7 +23,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Daemon, info, start_daemon, stop_daemon, unmount_all_under
+from tests.conftest import (
+    Daemon,
+    forget_host_ids,
+    info,
+    start_daemon,
+    stop_containers,
+    stop_daemon,
+    unmount_all_under,
+    wait_for,
+)
 from tests.integration.test_cli import cli_json, fails
 from tests.integration.test_network import free_subnet, net_name, scrub
 
@@ -257,6 +266,7 @@ def test_round_trip_dir_pool(tmp_path: Path, test_cache: Path) -> None:
         ]
     finally:
         stop_daemon(d)
+        forget_host_ids(d.root)
         unmount_all_under(tmp_path)
 
 
@@ -276,6 +286,7 @@ def test_btrfs_backup_into_dir_pool(daemon: Daemon, tmp_path: Path, test_cache: 
         assert_same_container(daemon, "web", "web", d2)
     finally:
         stop_daemon(d2)
+        forget_host_ids(d2.root)
 
 
 # -- refusals ------------------------------------------------------------------------
@@ -562,3 +573,83 @@ def test_async_client_exports_and_imports(daemon: Daemon) -> None:
     assert summary["size"] == len(data) and summary["snapshots"] == ["s1", "s2"]
     assert made["name"] == "web2" and made["snapshots"] == ["s1", "s2"]
     assert_same_container(d, "web", "web2")
+
+
+def test_export_of_a_running_container(daemon: Daemon, tmp_path: Path) -> None:
+    """On btrfs a running container is exported from snapshots of one
+    instant, and keeps running; nothing of the export stays in the pool."""
+    d = daemon
+    make_source(d, "web")
+    d.cli("start", "web")
+    pid = info(d, "web")["init_pid"]
+    backup = tmp_path / "web.tar.zst"
+    d.cli("export", "-q", "web", str(backup))
+    assert info(d, "web")["state"] == "RUNNING" and info(d, "web")["init_pid"] == pid
+    hidden = [p.name for p in (pool(d) / "containers").iterdir() if p.name.startswith(".")]
+    assert hidden == [] and list((d.root / "spool").glob("*")) == []
+    d.cli("import", "-q", str(backup), "web2")
+    assert (rootfs(d, "web2") / "data" / "marker").read_text() == "three"
+    d.cli("stop", "web", "--force")
+
+
+def test_hang_ups_leave_nothing(daemon: Daemon, tmp_path: Path) -> None:
+    """A client that goes away in the middle of an export or an upload:
+    the export's snapshots, tools and spool go, and no import is made."""
+    from lxpy.api.client import Client
+    from lxpy.api.streams import STDIN, frame, open_stream
+
+    d = daemon
+    make_source(d, "web")
+    # Enough data that the export is still under way when the client leaves.
+    with open(rootfs(d, "web") / "big", "wb") as f:
+        f.write(os.urandom(64 * 1024 * 1024))
+    backup = tmp_path / "web.tar.zst"
+    d.cli("export", "-q", "web", str(backup))
+    client = Client(d.socket, timeout=60)
+
+    sock, _ = open_stream(client, "GET", "/1.0/containers/web/export")
+    assert sock.recv(65536)
+    sock.close()
+
+    sock, _ = open_stream(client, "POST", "/1.0/containers/import?name=half")
+    sock.sendall(frame(STDIN, backup.read_bytes()[: 1 << 20]))
+    sock.close()
+
+    def settled() -> bool:
+        hidden = [p for p in (pool(d) / "containers").iterdir() if p.name.startswith(".")]
+        tools = [
+            p
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit() and str(pool(d)).encode() in _cmdline(p)
+        ]
+        return not hidden and not tools and not list((d.root / "spool").glob("*"))
+
+    wait_for(settled, 60, "the export and the upload to be cleaned up")
+    assert [c["name"] for c in cli_json(d, "list")] == ["web"]
+    # Both work again at once.
+    d.cli("export", "-q", "web", str(tmp_path / "again.tar.zst"))
+    d.cli("import", "-q", str(backup), "half")
+
+
+def _cmdline(p: Path) -> bytes:
+    try:
+        return (p / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_dir_pool_refuses_to_export_a_running_container(tmp_path: Path, test_cache: Path) -> None:
+    d = dir_daemon(tmp_path, test_cache, "plain")
+    try:
+        d.cli("create", "web", "-t", "busybox", timeout=300)
+        d.cli("start", "web")
+        err = fails(d, "export", "-q", "web", str(tmp_path / "w.tar.zst"))
+        assert "while it is RUNNING" in err and "lxpy stop web" in err, err
+        assert not (tmp_path / "w.tar.zst").exists()
+        d.cli("stop", "web", "--force")
+        d.cli("export", "-q", "web", str(tmp_path / "w.tar.zst"))
+    finally:
+        stop_daemon(d)
+        stop_containers(d.root)
+        forget_host_ids(d.root)
+        unmount_all_under(tmp_path)
