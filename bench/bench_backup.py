@@ -15,7 +15,8 @@ from the same state (the page cache warm for all, as after the first run):
   tar -c ... | zstd              the shell doing the plain backup's work:
                                  the same three trees, same tar options
   tar -c ... (no zstd)           to show what the compression costs
-  btrfs send ... | zstd          the shell doing the optimized backup's work
+  btrfs send ... | zstd          the optimized backup's work from the shell, less
+                                 the rootfs (it needs a read-only snapshot first)
   zstd -dc | tar -x              the shell unpacking the plain backup's trees
   lxc-copy                       LXC has no export; lxc-copy of a dir rootfs
                                  (rsync of the tree, no snapshots) is its
@@ -129,7 +130,7 @@ def main() -> None:
                 ),
             )
             measure(
-                "shell: btrfs send (full + 2 incr) | zstd",
+                "shell: btrfs send s1, s2 incr (no rootfs) | zstd",
                 lambda: sh(
                     f"{{ btrfs -q send {pool}/snapshots/web/s1; "
                     f"btrfs -q send -p {pool}/snapshots/web/s1 {pool}/snapshots/web/s2; }} "
