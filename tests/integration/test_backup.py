@@ -15,6 +15,7 @@ import io
 import json
 import os
 import stat
+import struct
 import subprocess
 import tarfile
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import (
+    VENV_BIN,
     Daemon,
     forget_host_ids,
     info,
@@ -129,6 +131,8 @@ def furnish(root: Path, stage: str) -> None:
     os.chmod(suid, 0o4755)
     os.setxattr(d / "marker", "user.stage", stage.encode())
     os.setxattr(owned, "trusted.note", b"kept")
+    # A file capability (cap_net_bind_service+ep, VFS_CAP_REVISION_2).
+    os.setxattr(suid, "security.capability", struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0))
     with contextlib.suppress(FileExistsError):
         os.symlink("/etc/hostname", d / "abs-link")
     with contextlib.suppress(FileExistsError):
@@ -224,6 +228,9 @@ def test_round_trip_btrfs(daemon: Daemon, tmp_path: Path, optimized: bool) -> No
     assert "importing" in res.stderr and "imported web2 with 2 snapshots" in res.stdout
     assert_same_container(d, "web", "web2")
     assert cli_json(d, "info", "web2")["owner"]["uid"] == 0
+    cap = os.getxattr(rootfs(d, "web2") / "data" / "suid", "security.capability")
+    assert struct.unpack("<IIIII", cap)[:2] == (0x02000001, 1 << 10)
+    assert os.stat(rootfs(d, "web2") / "data" / "suid").st_mode & stat.S_ISUID
 
     # Under its own name, once the source is gone: the name comes from the file.
     expected = describe_tree(snapshot(d, "web", "s2"))
@@ -238,14 +245,19 @@ def test_round_trip_btrfs(daemon: Daemon, tmp_path: Path, optimized: bool) -> No
     d.cli("stop", "web", "--force")
 
 
-def test_instance_only(daemon: Daemon, tmp_path: Path) -> None:
+def test_instance_only_through_a_pipe(daemon: Daemon, tmp_path: Path) -> None:
+    """`-` for stdout and stdin: `lxpy export web - | lxpy import - NEW`."""
     d = daemon
     make_source(d, "web")
-    backup = tmp_path / "web.tar.zst"
-    d.cli("export", "-q", "web", str(backup), "--instance-only")
-    d.cli("import", "-q", str(backup), "solo")
+    lxpy = f"{VENV_BIN / 'lxpy'} --socket {d.socket}"
+    subprocess.run(
+        ["sh", "-c", f"{lxpy} export -q web - --instance-only | {lxpy} import -q - solo"],
+        check=True,
+        timeout=300,
+    )
     assert info(d, "solo")["snapshots"] == []
     assert (rootfs(d, "solo") / "data" / "marker").read_text() == "three"
+    assert list(tmp_path.glob("*.part")) == []
 
 
 def test_round_trip_dir_pool(tmp_path: Path, test_cache: Path) -> None:
