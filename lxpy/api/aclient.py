@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from lxpy.api.client import (
@@ -33,7 +33,18 @@ from lxpy.api.client import (
     unreachable,
     wait_fields,
 )
-from lxpy.errors import LxpyError, NotFound
+from lxpy.api.streams import (
+    ERROR,
+    EXIT,
+    PROTOCOL,
+    STDIN,
+    STDOUT,
+    FrameDecoder,
+    frame,
+    parse_json,
+)
+from lxpy.api.transfer import EXPORT_PATH, IMPORT_PATH, query
+from lxpy.errors import LxpyError, NotFound, from_json
 
 # Bounds on a status line or header line, and on their number, so a
 # confused peer cannot make the client buffer without end.
@@ -205,7 +216,11 @@ class AsyncClient:
         Raises:
             DaemonUnavailable: when the daemon cannot be reached or hangs up.
         """
-        data = encode_request(method, path, body, query)
+        return await self._send(encode_request(method, path, body, query))
+
+    async def _send(self, data: bytes, upgrade: bool = False) -> AsyncResponse:
+        # One request on a new connection; its response once the head is
+        # read (with `upgrade`, refused unless it is the 101).
         try:
             reader, writer = await asyncio.open_unix_connection(self.socket_path, limit=_MAX_LINE)
         except OSError as e:
@@ -215,6 +230,8 @@ class AsyncClient:
             writer.write(data)
             await writer.drain()
             await resp.read_head()
+            if upgrade and resp.status != 101:
+                raise await resp.error()
             return resp
         except OSError as e:
             await resp.aclose()
@@ -342,8 +359,77 @@ class AsyncClient:
     async def rename_container(self, name: str, new: str) -> dict[str, Any]:
         return await self.request("POST", _ct(name) + "/rename", {"name": new})
 
-    async def copy_container(self, source: str, dest: str) -> dict[str, Any]:
-        return await self.request("POST", _ct(source) + "/copy", {"name": dest})
+    async def _upgrade(self, method: str, path: str) -> AsyncResponse:
+        """Ask for the framed stream (lxpy.api.streams) on `method path`.
+
+        Raises:
+            LxpyError: the error lxpyd answered instead of 101.
+        """
+        return await self._send(encode_request(method, path, upgrade=PROTOCOL), upgrade=True)
+
+    async def _frames_until_end(
+        self, resp: AsyncResponse, on_data: Callable[[bytes], None] | None = None
+    ) -> dict[str, Any]:
+        # Stdout frames to `on_data`; the exit frame's object is the answer,
+        # an error frame's error is raised.
+        decoder = FrameDecoder()
+        while True:
+            try:
+                data = await resp._reader.read(1 << 20)
+            except OSError as e:
+                raise lost(self.socket_path, e.strerror or str(e)) from None
+            if not data:
+                raise lost(self.socket_path, "the transfer ended before its answer")
+            for kind, payload in decoder.feed(data):
+                if kind == STDOUT and on_data is not None:
+                    on_data(payload)
+                elif kind == ERROR:
+                    raise from_json(parse_json(payload, "error"))
+                elif kind == EXIT:
+                    return parse_json(payload, "exit")
+
+    async def export_container(
+        self,
+        name: str,
+        on_data: Callable[[bytes], None],
+        instance_only: bool = False,
+        optimized: bool = False,
+    ) -> dict[str, Any]:
+        """The backup file of container `name`, a chunk at a time to
+        `on_data` (docs/backup.md); lxpyd's summary."""
+        path = EXPORT_PATH.format(name=quote(name))
+        resp = await self._upgrade(
+            "GET", path + query(instance_only=instance_only, optimized=optimized)
+        )
+        try:
+            return await self._frames_until_end(resp, on_data)
+        finally:
+            await resp.aclose()
+
+    async def import_container(
+        self, chunks: AsyncIterator[bytes], name: str | None = None
+    ) -> dict[str, Any]:
+        """Make a container of the backup file given as `chunks`; the container."""
+        resp = await self._upgrade("POST", IMPORT_PATH + query(name=name))
+        try:
+            try:
+                async for chunk in chunks:
+                    if chunk:
+                        resp._writer.write(frame(STDIN, chunk))
+                        await resp._writer.drain()
+                resp._writer.write(frame(STDIN, b""))
+                await resp._writer.drain()
+            except OSError:
+                pass  # lxpyd stopped reading: its answer says why
+            return await self._frames_until_end(resp)
+        finally:
+            await resp.aclose()
+
+    async def copy_container(
+        self, source: str, dest: str, instance_only: bool = False
+    ) -> dict[str, Any]:
+        body = {"name": dest, "instance_only": instance_only}
+        return await self.request("POST", _ct(source) + "/copy", body)
 
     async def start(
         self, name: str, wait: bool = False, wait_timeout: float | None = None

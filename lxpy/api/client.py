@@ -21,8 +21,8 @@ from lxpy.errors import DaemonUnavailable, InvalidArgument, LxpyError, from_json
 # annotations are strings (see the __future__ import) that only mypy reads.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping
-    from typing import Any
+    from collections.abc import Callable, Iterator, Mapping
+    from typing import IO, Any
 
 # Same default as lxpy.model.settings.DEFAULT_SOCKET, spelled out here so the
 # CLI does not import the daemon-side settings parser (and tomllib) to start.
@@ -568,8 +568,33 @@ class Client:
     def rename_container(self, name: str, new: str) -> dict[str, Any]:
         return self.request("POST", _ct(name) + "/rename", {"name": new})
 
-    def copy_container(self, source: str, dest: str) -> dict[str, Any]:
-        return self.request("POST", _ct(source) + "/copy", {"name": dest})
+    def copy_container(self, source: str, dest: str, instance_only: bool = False) -> dict[str, Any]:
+        body = {"name": dest, "instance_only": instance_only}
+        return self.request("POST", _ct(source) + "/copy", body)
+
+    def export_container(
+        self,
+        name: str,
+        out: IO[bytes],
+        instance_only: bool = False,
+        optimized: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Write the backup file of container `name` to `out` (docs/backup.md)."""
+        from lxpy.api import transfer
+
+        return transfer.export(self, name, out, instance_only, optimized, progress)
+
+    def import_container(
+        self,
+        src: IO[bytes],
+        name: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Make a container of the backup file `src` (named `name`, else as in it)."""
+        from lxpy.api import transfer
+
+        return transfer.import_(self, src, name, progress)
 
     def snapshots(self, name: str) -> list[dict[str, Any]]:
         return self.request("GET", _ct(name) + "/snapshots")

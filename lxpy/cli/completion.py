@@ -49,6 +49,7 @@ _NEW = {
     ("rename", "new"),
     ("network create", "name"),
     ("snapshot create", "snapshot"),
+    ("import", "name"),
 }
 
 Candidates = list[tuple[str, str]]
@@ -170,6 +171,8 @@ def _kind(path: Sequence[str], action: argparse.Action) -> str:
         return ""
     if action.choices:
         return "choices"
+    if action.metavar == "FILE":
+        return "files"
     if group == "template" or action.metavar == "TEMPLATE":
         return "templates"
     if group == "network":
@@ -241,6 +244,8 @@ def _positional_values(line: _Line, names: Callable[[str | None], Names]) -> Can
         return []
     if kind == "choices":
         return [(str(c), "") for c in action.choices or ()]
+    if kind == "files":
+        return [(FILES, "")]
     src = names(line.socket)
     first = line.positionals[0] if line.positionals else ""
     if kind == "containers":

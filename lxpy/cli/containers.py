@@ -139,14 +139,17 @@ def cmd_rename(client: Client, args: argparse.Namespace) -> None:
 
 @command(
     "copy",
-    "copy a container (a clone, by snapshot)",
+    "copy a container with its snapshots, as a new machine (own machine-id and MAC)",
     arg("source", metavar="SRC", help="container to copy"),
     arg("dest", metavar="DST", help="name of the copy"),
+    arg("--instance-only", action="store_true", help="copy the rootfs alone, not the snapshots"),
     formats=True,
 )
 def cmd_copy(client: Client, args: argparse.Namespace) -> None:
-    ct = client.copy_container(args.source, args.dest)
+    ct = client.copy_container(args.source, args.dest, args.instance_only)
     if args.format == "json":
         print_json(ct)
-    else:
-        print(f"copied {args.source} to {ct.get('name', args.dest)}")
+        return
+    print(f"copied {args.source} to {ct.get('name', args.dest)}")
+    for key in ct.get("dropped") or ():
+        print(f"not copied: {key} (it stays {args.source}'s; set another on the copy)")

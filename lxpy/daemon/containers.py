@@ -13,7 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
+import stat
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -37,6 +40,11 @@ from lxpy.model.state import State
 from lxpy.model.suggest import not_found_hint
 
 log = logging.getLogger("lxpyd.containers")
+
+# Keys a copy does not take over: a pinned address is the source's (as
+# Incus, which will not start two instances with one static address; here
+# the copy gets a lease of its own and the user may pin another).
+COPY_DROPS = frozenset({"ipv4.address"})
 
 # A container object's stats: known (None: not running), or read now
 # without / with the disk use, or left out (the plain list).
@@ -221,9 +229,11 @@ class Containers:
         config: Mapping[str, object],
         current: IdmapRecord | None,
         owner: Owner,
+        base: Container | None = None,
     ) -> None:
         """Save the record of container `name`, whose rootfs was just made
-        (in operation `op`), and make it known.
+        (in operation `op`), and make it known. `base`: the record it is
+        made from (a copy, an import), whose other fields it keeps.
 
         Unprivileged (the default), it gets a host ID range of its own (or
         the shared one, as configured), kept in the record; a rootfs that
@@ -244,14 +254,16 @@ class Containers:
         # before this returns, dropped again if the record never comes.
         idmap = await d.security.assign(name, config, current, fresh=True)
         op.step("ids-assigned")
-        record = Container(
-            name=name,
-            template=template,
-            created_at=now_iso(),
-            config=config,
-            idmap=idmap,
-            owner=owner,
-        )
+        fields = {
+            "name": name,
+            "template": template,
+            "created_at": now_iso(),
+            "config": config,
+            "idmap": idmap,
+            "owner": owner,
+        }
+        # Whatever else the record holds (devices) goes with it.
+        record = Container(**fields) if base is None else replace(base, **fields)  # type: ignore[arg-type]
         await d.files(d.registry.save, record)
         op.step("recorded")
         d.records[name] = record
@@ -393,25 +405,41 @@ class Containers:
 
     async def copy(self, name: str, body: dict[str, object], owner: Owner) -> dict[str, object]:
         """POST /1.0/containers/NAME/copy: a new container from this one's
-        rootfs, made by (and so belonging to) `owner`."""
+        rootfs and (unless `instance_only`) its snapshots, made by (and so
+        belonging to) `owner`.
+
+        The copy is a new machine: its own /etc/machine-id, its own MACs
+        (they follow its name), and no pinned ipv4.address, which stays
+        the source's alone (two containers would claim one address).
+        """
         d = self.d
         dst = validate_name(body.get("name"))
+        instance_only = body.get("instance_only", False)
+        if not isinstance(instance_only, bool):
+            raise InvalidArgument(f"'instance_only' must be true or false, got {instance_only!r}")
         async with d.lock(name):
             src = d.require(name)
+            config = {k: v for k, v in src.config.items() if k not in COPY_DROPS}
             d.reserve(dst)
             try:
                 async with d.journal.begin("copy", name=dst, source=name) as op:
                     await d.storage(d.backend.clone_container, name, dst)
                     self._undo_volume(op, dst)
+                    if not instance_only:
+                        snaps = await d.storage(self._snapshot_names, name)
+                        await d.storage(d.backend.copy_snapshots, name, dst, snaps)
+                    op.step("snapshots-copied")
+                    await d.files(new_machine_id, d.backend.container_path(dst), dst)
                     # A shifted source keeps its files' host IDs: the copy
                     # then starts from the source's range.
                     shifted = src.idmap if src.idmap and src.idmap.method == "shift" else None
-                    await self._record_new(op, dst, src.template, src.config, shifted, owner)
+                    await self._record_new(op, dst, src.template, config, shifted, owner, base=src)
             finally:
                 d.reserved.discard(dst)
                 await d.security.release(dst)
+        dropped = sorted(k for k in COPY_DROPS if k in src.config)
         d.bus.lifecycle("container-copied", f"containers/{dst}", {"source": name})
-        return await self.describe(dst)
+        return {**await self.describe(dst), "dropped": dropped}
 
     # -- snapshots ----------------------------------------------------------
     async def snapshots(self, name: str) -> list[dict[str, object]]:
@@ -523,6 +551,23 @@ def _first_files(rootfs: Path, name: str, hostname: str, log: Path) -> None:
         set_hostname_files(root, hostname)
     log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.close(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640))
+
+
+def new_machine_id(rootfs: Path, name: str) -> None:
+    """Give a copied rootfs its own /etc/machine-id: a new random one where
+    the source had one, none (systemd makes one at first boot) where it
+    had none. The D-Bus copy, a file of its own, follows it."""
+    with Rootfs(rootfs, f"container {name!r}") as root:
+        old = root.read_text("etc/machine-id", cap=4096) if root.is_file("etc/machine-id") else None
+        if old is None:
+            return
+        root.remove("etc/machine-id")
+        root.write("etc/machine-id", secrets.token_hex(16) + "\n" if old.strip() else "", 0o444)
+        dbus_id = "var/lib/dbus/machine-id"
+        entry = root.stat(dbus_id, follow=False)
+        if entry is not None and stat.S_ISREG(entry.st_mode):
+            root.remove(dbus_id)
+            root.symlink(dbus_id, "/etc/machine-id")
 
 
 def _move_logs(old: Path, new: Path) -> None:

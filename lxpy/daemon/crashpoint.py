@@ -24,7 +24,23 @@ CRASH_ENV = "LXPY_CRASH_AT"
 # its intent is written (lxpy.daemon.journal) and nothing else is done yet.
 STEPS: dict[str, tuple[str, ...]] = {
     "create": ("begun", "volume-made", "files-written", "ids-assigned", "recorded"),
-    "copy": ("begun", "volume-made", "files-written", "ids-assigned", "recorded"),
+    "copy": (
+        "begun",
+        "volume-made",
+        "snapshots-copied",
+        "files-written",
+        "ids-assigned",
+        "recorded",
+    ),
+    "import": (
+        "begun",
+        "staged",
+        "unpacked",
+        "volume-made",
+        "files-written",
+        "ids-assigned",
+        "recorded",
+    ),
     "rename": ("begun", "volume-moved", "snapshots-moved", "recorded", "old-record-removed"),
     "delete": ("begun", "volume-deleted", "snapshots-deleted", "record-deleted"),
     "snapshot": ("begun", "snapshot-made"),

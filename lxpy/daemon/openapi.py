@@ -63,6 +63,17 @@ BUILD_BODY = _obj({"force": {"type": "boolean", "default": False}})
 CREATE_BODY = _obj({"name": NAME, "template": NAME, "config": CONFIG}, ("name", "template"))
 CONFIG_BODY = _obj({"set": CONFIG, "unset": array(CONFIG_KEY)})
 NAME_BODY = _obj({"name": NAME}, ("name",))
+COPY_BODY = _obj(
+    {
+        "name": NAME,
+        "instance_only": {
+            "type": "boolean",
+            "default": False,
+            "description": "true: the rootfs alone, without the snapshots",
+        },
+    },
+    ("name",),
+)
 SNAPSHOT_BODY = _obj(
     {"name": {"anyOf": [NAME, {"type": "null"}], "description": "absent or null: the next snapN"}}
 )

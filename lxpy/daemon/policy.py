@@ -98,6 +98,10 @@ USER_ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", _C + "/console/log"): Rule.OWN,
     ("GET", _C + "/console"): Rule.OWN,
     ("POST", _C + "/exec"): Rule.OWN,
+    # Their own container's files, config and snapshots, to their own
+    # file. Import stays the admins': a backup is a record made elsewhere,
+    # whose keys and files nobody here has judged.
+    ("GET", _C + "/export"): Rule.OWN,
 }
 
 

@@ -6,8 +6,8 @@ left are the intents (lxpy.daemon.journal), each settled by the one rule
 of its operation, before the records are read, so nothing half-made is
 ever listed and no name is left taken:
 
-    create, copy     the record exists: done. Else its volume, snapshots
-                     and console log go (its ID block was only claimed,
+    create, copy,    the record exists: done. Else its volume, snapshots
+    import           and console log go (its ID block was only claimed,
                      and the host-wide record is rewritten from the
                      records at start).
     rename           the new record exists: finish (old record, volume,
@@ -114,6 +114,7 @@ def settle_containers(journal: Journal, s: Settler) -> None:
     rules: dict[str, Callable[[Fields], str]] = {
         "create": s.create,
         "copy": s.create,
+        "import": s.create,
         "rename": s.rename,
         "delete": s.delete,
         "template-build": s.template_build,

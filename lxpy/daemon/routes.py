@@ -13,6 +13,7 @@ from functools import partial
 import trio
 
 from lxpy.daemon import openapi
+from lxpy.daemon.backups import add_backup_routes
 from lxpy.daemon.containers import Containers
 from lxpy.daemon.events import EVENT_TYPES
 from lxpy.daemon.http import Request, Router, Send, Stream
@@ -184,9 +185,10 @@ def build_router(d: Daemon) -> Router:
         "POST",
         C + "/copy",
         copy,
-        "Copy a container (without its snapshots)",
+        "Copy a container with its snapshots (not with instance_only) as a new machine: "
+        "its own machine-id and MACs, no pinned ipv4.address",
         status=201,
-        body=openapi.NAME_BODY,
+        body=openapi.COPY_BODY,
         response=S("Container"),
     )
 
@@ -326,6 +328,7 @@ def build_router(d: Daemon) -> Router:
     add_network_routes(r, d, policy)
     add_lifecycle_routes(r, d, containers)
     add_stream_routes(r, d)
+    add_backup_routes(r, d, containers)
     return r
 
 

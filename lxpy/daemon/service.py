@@ -42,6 +42,7 @@ from lxpy.model.network import root_id
 from lxpy.model.settings import Settings
 from lxpy.model.state import State, can_move
 from lxpy.model.suggest import not_found_hint
+from lxpy.storage.backup import clear_spool
 from lxpy.storage.base import Backend
 from lxpy.storage.pool import open_pool, pool_info
 from lxpy.storage.space import space_of
@@ -188,6 +189,9 @@ class Daemon:
             backend, registry, settings.root / "logs", RUN_BASE / root_id(str(settings.root))
         )
         await d.files(settle_containers, d.journal, settler)
+        # Uploads and export spools of operations a crash ended.
+        for gone in await d.files(clear_spool, settings.root / "spool"):
+            log.warning("recovery: removed the spool file %s of an interrupted backup", gone)
         d.records, d.broken = await d.files(registry.load_all)
         d.networks = await Networks.open(
             settings.root,

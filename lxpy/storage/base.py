@@ -112,6 +112,10 @@ class Backend(ABC):
     def clone_container(self, src: str, dst: str) -> None:
         """A writable copy of container `src` (not its snapshots) as `dst`."""
 
+    @abstractmethod
+    def copy_snapshots(self, src: str, dst: str, snaps: list[str]) -> None:
+        """Copies of snapshots `snaps` of container `src` as snapshots of `dst`."""
+
     # -- snapshots ---------------------------------------------------------
     @abstractmethod
     def create_snapshot(self, name: str, snap: str) -> None: ...

@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from lxpy.errors import LxpyError
@@ -81,6 +82,17 @@ class DirBackend(TreeBackend):
         except (OSError, ValueError):
             # A pool written by hand or a lost side file: the best guess.
             return path.stat().st_mtime
+
+    def _adopt(self, src: Path, dst: Path, created: str | None) -> None:
+        # The scratch tree is the pool's to take: one rename, no copy.
+        if created is not None:
+            try:
+                when = datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+                stamp = when.timestamp()
+            except ValueError:
+                stamp = time.time()
+            self._stamp(dst).write_text(f"{stamp}\n")
+        os.rename(src, dst)
 
     def delete_snapshot(self, name: str, snap: str) -> None:
         super().delete_snapshot(name, snap)

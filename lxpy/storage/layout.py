@@ -386,6 +386,70 @@ class TreeBackend(Backend):
         with translate(f"container {dst!r}"):
             self._copy(spath, dpath, read_only=False)
 
+    # -- scratch volumes (export, import) -------------------------------------
+    def scratch_volume(self, name: str, tag: str) -> Path:
+        """An empty volume under a hidden name in containers/, for operation
+        `tag` on container `name`; recover() destroys one a crash left."""
+        guard_name(name, "container")
+        path = self.path / "containers" / f".tmp-{tag}-{name}-{secrets.token_hex(4)}"
+        with translate(f"scratch volume for container {name!r}"):
+            self._new_volume(path)
+        return path
+
+    def scratch_tree(self, path: Path) -> None:
+        """An empty volume at `path`, inside a scratch volume."""
+        with translate(f"scratch volume {path}"):
+            self._new_volume(path)
+
+    def read_only_copy(self, src: Path, dst: Path) -> None:
+        """A read-only copy of volume `src` at `dst` inside a scratch volume."""
+        with translate(f"copy of {src}"):
+            self._copy(src, dst, read_only=True)
+
+    def destroy_scratch(self, path: Path) -> None:
+        """Delete a scratch volume with everything in it (idempotent)."""
+        if os.path.lexists(path):
+            with translate(f"scratch volume {path}"):
+                self._destroy(path)
+
+    def adopt_container(
+        self, name: str, rootfs: Path, snapshots: list[tuple[str, Path, str]], step: Step = None
+    ) -> None:
+        """Make the trees of a scratch volume container `name`: `rootfs`
+        its rootfs, `snapshots` (name, tree, created_at: ISO 8601) its
+        snapshots. Either all are in place or none (the caller's undo is
+        delete_container). `step` is told "volume-made"."""
+        what = f"container {name!r}"
+        dst = self.container_path(name)
+        self._need_free(dst, what)
+        sdir = self.snapshot_dir(name)
+        self._need_free(sdir, f"snapshots of {what}")
+        try:
+            with translate(what):
+                for snap, tree, created in snapshots:
+                    _closed_dir(sdir)
+                    self._adopt(tree, self.snapshot_path(name, snap), created)
+                self._adopt(rootfs, dst, None)
+        except BaseException:
+            self.delete_container(name)
+            raise
+        _tell(step, "volume-made")
+
+    def _adopt(self, src: Path, dst: Path, created: str | None) -> None:
+        # A snapshot (created: when it was taken) or the rootfs (None).
+        self._copy(src, dst, read_only=created is not None)
+
+    def copy_snapshots(self, src: str, dst: str, snaps: list[str]) -> None:
+        """Copies of snapshots `snaps` of container `src` as snapshots of
+        `dst` (whose rootfs was just cloned; delete_container undoes both)."""
+        for snap in snaps:
+            spath = self.snapshot_path(src, snap)
+            dpath = self.snapshot_path(dst, snap)
+            self._need_free(dpath, f"snapshot {snap!r} of container {dst!r}")
+            with translate(f"snapshot {snap!r} of container {dst!r}"):
+                _closed_dir(dpath.parent)
+                self._copy(spath, dpath, read_only=True)
+
     # -- snapshots -----------------------------------------------------------
     def create_snapshot(self, name: str, snap: str) -> None:
         dst = self.snapshot_path(name, snap)

@@ -74,6 +74,7 @@ RESTRICTED_ROUTES = {
             ("GET", "/console/log"),
             ("GET", "/console"),
             ("POST", "/exec"),
+            ("GET", "/export"),
         )
     ),
 }
@@ -393,6 +394,34 @@ for method, path in json.load(sys.stdin):
         resp.close()
 print(json.dumps(out))
 """
+
+
+def test_a_restricted_user_exports_their_own_container_only(lab: Lab, tmp_path: Path) -> None:
+    """The backup goes to the caller's own file, written by the client with
+    the caller's rights; import stays the admins'."""
+    lab.ok(lab.alice, "create", "a-exp", "-t", "busybox")
+    lab.ok(lab.bob, "create", "b-exp", "-t", "busybox")
+    # A directory of hers (pytest's are root's alone).
+    out = Path(tempfile.mkdtemp(prefix="lxpy-alice-"))
+    os.chmod(out, 0o755)
+    os.chown(out, lab.uid(lab.alice), -1)
+    try:
+        lab.ok(lab.alice, "export", "-q", "a-exp", str(out / "a.tar.zst"))
+        st = (out / "a.tar.zst").stat()
+        assert st.st_uid == lab.uid(lab.alice) and st.st_size > 0
+        err = lab.refused(lab.alice, "export", "-q", "b-exp", str(out / "b.tar.zst"))
+        assert "container 'b-exp' not found" in err, err
+        assert not (out / "b.tar.zst").exists() and not (out / "b.tar.zst.part").exists()
+        err = lab.refused(lab.alice, "import", "-q", str(out / "a.tar.zst"), "a-imp")
+        assert "may not" in err, err
+        assert "a-imp" not in lab.names(lab.admin)
+        # An admin imports it; the import is the admin's.
+        lab.ok(lab.admin, "import", "-q", str(out / "a.tar.zst"), "adm-imp")
+        assert info(lab.d, "adm-imp")["owner"] == {"uid": lab.uid(lab.admin), "restricted": False}
+    finally:
+        for name in ("a-exp", "b-exp", "adm-imp"):
+            lab.as_user("root", "destroy", name, "--force")
+        shutil.rmtree(out)
 
 
 def test_every_route_not_allowed_to_restricted_users_answers_403(lab: Lab) -> None:

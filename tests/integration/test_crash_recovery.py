@@ -190,6 +190,11 @@ def _prep_src(s: Site) -> None:
     s.d.cli("snapshot", "create", "src", "s0")
 
 
+def _prep_backup(s: Site) -> None:
+    _prep_src(s)
+    s.d.cli("export", "-q", "src", str(s.tmp / "src.tar.zst"))
+
+
 def _settle_rename(s: Site) -> None:
     names = _names(s.d)
     assert ("src" in names) != ("c1" in names), names
@@ -276,6 +281,7 @@ def _settle_network(s: Site) -> None:
 OPS: dict[str, tuple[Callable[[Site], None] | None, list[str], Callable[[Site], None]]] = {
     "create": (None, ["create", "c1", "-t", "busybox"], _settle_created),
     "copy": (_prep_src, ["copy", "src", "c1"], _settle_created),
+    "import": (_prep_backup, [], _settle_created),
     "rename": (_prep_src, ["rename", "src", "c1"], _settle_rename),
     "delete": (_prep_running, ["destroy", "c1", "--force"], _settle_deleted),
     "snapshot": (_prep_one, ["snapshot", "create", "c1", "s1"], _settle_snapshot),
@@ -293,6 +299,8 @@ def _act(s: Site, op: str) -> subprocess.CompletedProcess[str]:
         return s.d.cli("network", "create", n2, "--subnet", free_subnet(), check=False)
     if op == "network-delete":
         return s.d.cli("network", "delete", n2, check=False)
+    if op == "import":
+        return s.d.cli("import", "-q", str(s.tmp / "src.tar.zst"), "c1", check=False)
     return s.d.cli(*OPS[op][1], check=False)
 
 
@@ -304,6 +312,7 @@ def _table(s: Site, family: str) -> str:
 
 def _assert_nothing_left(s: Site) -> None:
     assert list((s.root / "intents").glob("*")) == []
+    assert list((s.root / "spool").glob("*")) == []
     for pattern in ("templates/.*", "containers/.*", "snapshots/.*", "snapshots/*/.*"):
         assert [p for p in s.pool.glob(pattern) if p.name.startswith(HIDDEN)] == []
     assert _mounts(s.tmp) == s.mounts

@@ -102,6 +102,14 @@ def test_the_socket_is_taken_from_the_line_and_files_complete_it() -> None:
     assert Names.sockets == ["/x.sock", "/y.sock", None]
 
 
+def test_backup_files_complete_as_files() -> None:
+    assert values("export", "") == ["db", "web"]
+    assert candidates(["export", "web", ""], Names) == [(FILES, "")]  # type: ignore[arg-type]
+    assert candidates(["import", ""], Names) == [(FILES, "")]  # type: ignore[arg-type]
+    # The name of the container an import makes is a new one.
+    assert values("import", "web.tar.zst", "") == []
+
+
 def test_hidden_command_prints_per_shell(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_hidden(["bash", "snapshot", "l"]) == 0
     assert capsys.readouterr().out == "list\n"
