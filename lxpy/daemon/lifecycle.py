@@ -763,12 +763,16 @@ def _remove_run_dir(path: Path) -> None:
 
 
 def _remove_cgroups(cg: ContainerCgroup) -> None:
+    # Whatever the container left in its cgroups, its end is still
+    # recorded: a failure here is logged, never a reason to stay STOPPING.
     name = cg.name
     try:
         cg.kill(timeout=5)
         cg.remove(timeout=5)
     except LxpyError as e:
         log.warning("container %s: %s", name, e.message)
+    except OSError as e:
+        log.warning("container %s: removing its cgroups: %s", name, e)
 
 
 def _tail(path: Path, size: int) -> str:

@@ -186,6 +186,26 @@ def _read(path: str) -> str:
         return f.read()
 
 
+# How many cgroups a container may make below its own on cgroup v2, and
+# how deep. Why: most of the kernel memory of a cgroup is not charged to
+# the memory cgroup of who made it (about 8 KB each, measured), so without
+# a bound root in a container could tie up the host's memory beyond its
+# own limit by making cgroups. systemd in a container makes a few dozen; a
+# container engine one or two per container it runs.
+MAX_DESCENDANTS = 1000
+MAX_DEPTH = 32
+
+
+def _bound_subtree(d: str) -> None:
+    for key, value in (
+        ("cgroup.max.descendants", MAX_DESCENDANTS),
+        ("cgroup.max.depth", MAX_DEPTH),
+    ):
+        path = os.path.join(d, key)
+        if os.path.exists(path):
+            sc.write_file(path, str(value))
+
+
 def _init_cpuset(d: str) -> None:
     # Why: a new v1 cpuset cgroup starts with empty cpus and mems, and the
     # kernel refuses to attach a task to it (ENOSPC) until both are set.
@@ -259,14 +279,28 @@ def _scandir(path: str) -> list[os.DirEntry[str]]:
         return []
 
 
+def subtree(path: str) -> list[str]:
+    """`path` and every directory below it, each before its children.
+
+    Why not os.walk: it recurses, and root in a container may nest its
+    cgroups a thousand deep (on v1 nothing bounds the depth), which would
+    end the walk in a RecursionError and leave the tree behind.
+    """
+    out: list[str] = []
+    todo = [path]
+    while todo:
+        d = todo.pop()
+        out.append(d)
+        todo.extend(e.path for e in _scandir(d) if e.is_dir(follow_symlinks=False))
+    return out
+
+
 def _pids_under(path: str) -> set[int]:
     pids: set[int] = set()
-    for dirpath, _dirs, files in os.walk(path):
-        if "cgroup.procs" not in files:
-            continue
+    for d in subtree(path):
         try:
-            pids.update(int(p) for p in _read(os.path.join(dirpath, "cgroup.procs")).split())
-        except FileNotFoundError:
+            pids.update(int(p) for p in _read(os.path.join(d, "cgroup.procs")).split())
+        except (FileNotFoundError, NotADirectoryError):
             continue  # removed while we walked
     return pids
 
@@ -345,6 +379,8 @@ class ContainerCgroup:
                 if parent != h.mountpoint and not os.path.isdir(parent):
                     _make_parent(h, parent, init_parent)
                 os.makedirs(d, exist_ok=True)
+                if h.version == 2:
+                    _bound_subtree(d)
             except OSError as e:
                 self.remove(timeout=1)
                 raise LxpyError(f"cannot create cgroup {d}: {e.strerror}") from None
@@ -451,6 +487,7 @@ class ContainerCgroup:
                 sc.write_file(v2kill, "1")
             else:
                 self._kill_by_listing()
+            self._thaw_below()
             if time.monotonic() > deadline:
                 raise Busy(
                     f"cgroup {PREFIX}{self.name} still has processes {sorted(pids)[:5]} "
@@ -458,6 +495,21 @@ class ContainerCgroup:
                     hint="they are probably in uninterruptible sleep; retry later",
                 )
             time.sleep(0.005)
+
+    def _thaw_below(self) -> None:
+        # A task frozen by a v1 freezer cgroup does not die of SIGKILL
+        # until it is thawed, and a nesting container's root may freeze
+        # cgroups of its own below the container's (docker pause does):
+        # thawed here, as host root, so a kill ends them too.
+        top = self._v1("freezer")
+        if top is None:
+            return
+        for d in subtree(top)[1:]:
+            try:
+                if _read(os.path.join(d, "freezer.state")).strip() != "THAWED":
+                    sc.write_file(os.path.join(d, "freezer.state"), "THAWED")
+            except OSError:
+                continue  # gone meanwhile
 
     def _kill_by_listing(self) -> None:
         # Why freeze first: a forking process could otherwise create
@@ -493,8 +545,7 @@ class ContainerCgroup:
         for _h, d in self.dirs:
             if not os.path.isdir(d):
                 continue
-            subdirs = [p for p, _ds, _fs in os.walk(d, topdown=False)]
-            for sub in subdirs:
+            for sub in reversed(subtree(d)):
                 while True:
                     try:
                         os.rmdir(sub)

@@ -865,7 +865,7 @@ class Monitor:
         self.stop_forced = True
         try:
             self.cg.kill(timeout=5)
-        except LxpyError:
+        except (LxpyError, OSError):
             self._signal_init(signal.SIGKILL)
 
     def _cmd_kill(self, client: _Client, req: dict[str, object]) -> None:
@@ -1046,10 +1046,12 @@ class Monitor:
         self.last_exit = {"reason": reason, "detail": detail, "at": time.time()}
         self._close_readiness()  # the next boot has to say so again
         # The pid namespace died with init; anything still in the cgroups
-        # came in from outside (nsenter) and goes too.
+        # came in from outside (nsenter) and goes too. Whatever fails here,
+        # init's end must still be recorded (STOPPED below): a monitor that
+        # died now would leave lxpyd to guess.
         try:
             self.cg.kill(timeout=5)
-        except LxpyError:
+        except (LxpyError, OSError):
             pass
         if reason == "reboot" and not self.stopping:
             self._set_state("REBOOTING")
@@ -1093,6 +1095,8 @@ class Monitor:
                 self.cg.remove(timeout=5)
             except LxpyError as e:
                 print(f"lxpy monitor {self.spec.name}: {e.message}", file=sys.stderr)
+            except OSError as e:
+                print(f"lxpy monitor {self.spec.name}: removing its cgroups: {e}", file=sys.stderr)
         for client in list(self.stop_waiters):
             self._send(client, {"ok": True, "last_exit": self.last_exit})
         self.stop_waiters.clear()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from lxpy.kernel.cgroups import MAX_DEPTH, MAX_DESCENDANTS, ContainerCgroup
+from lxpy.model.settings import Settings
 from tests.conftest import REPO, VENV_BIN, Daemon, daemon_in, info, push
 from tests.integration.test_network import free_subnet, net_name
 
@@ -298,3 +300,59 @@ def test_lxpy_runs_inside_lxpy(nest: Daemon, tmp_path: Path) -> None:
     # of the outer container, which is no host root either.
     assert "0 65536 65536" in text, res.stdout
     assert "1 root init" in text, res.stdout
+
+
+def _cgroup(d: Daemon, name: str) -> ContainerCgroup:
+    """Container `name`'s cgroups on the host."""
+    return ContainerCgroup.for_name(name, parent=Settings(root=d.root).cgroup_parent)
+
+
+def test_what_root_makes_in_its_cgroups_does_not_outlive_a_stop(bdaemon: Daemon) -> None:
+    d = bdaemon
+    d.cli("create", "nb", "-t", "busybox", "--set", "security.nesting=true")
+    d.cli("start", "nb")
+    # A process frozen in a v1 freezer cgroup of root's own (docker pause
+    # does this): SIGKILL alone would never end it.
+    ice = "/sys/fs/cgroup/freezer/ice"
+    frozen = run(
+        d,
+        "nb",
+        f"mkdir {ice} && (setsid sleep 100000 </dev/null >/dev/null 2>&1 &) && sleep 0.2 "
+        f"&& for p in $(pidof sleep); do echo $p > {ice}/cgroup.procs; done "
+        f"&& echo FROZEN > {ice}/freezer.state && cat {ice}/freezer.state",
+    )
+    assert frozen.returncode == 0 and "FROZEN" in frozen.stdout, frozen.stdout
+    # A chain of cgroups deeper than any recursion: v1 bounds no depth.
+    deep = run(
+        d,
+        "nb",
+        "cd /sys/fs/cgroup/cpu && i=0; while [ $i -lt 1100 ]; do mkdir a && cd a; "
+        "i=$((i+1)); done; pwd | tr -cd / | wc -c",
+    )
+    assert deep.returncode == 0 and int(deep.stdout.split()[-1]) > 1100, deep.stdout
+    d.cli("stop", "nb", "--force", timeout=60)
+    assert info(d, "nb")["state"] == "STOPPED"
+    assert not _cgroup(d, "nb").exists()
+    # And it starts again.
+    d.cli("start", "nb")
+    assert info(d, "nb")["state"] == "RUNNING"
+
+
+def test_a_container_makes_a_bounded_number_of_cgroups(bdaemon: Daemon) -> None:
+    # Most of a cgroup's kernel memory is charged to nobody: on cgroup v2
+    # the container's subtree is bounded, nesting or not.
+    d = bdaemon
+    d.cli("create", "cb", "-t", "busybox")
+    d.cli("start", "cb")
+    unified = _cgroup(d, "cb").unified
+    assert unified is not None
+    assert Path(unified, "cgroup.max.descendants").read_text().strip() == str(MAX_DESCENDANTS)
+    assert Path(unified, "cgroup.max.depth").read_text().strip() == str(MAX_DEPTH)
+    res = run(
+        d,
+        "cb",
+        f"cd /sys/fs/cgroup && i=0; while [ $i -lt {MAX_DEPTH + 1} ]; do "
+        "mkdir a && cd a || break; i=$((i+1)); done; echo made=$i",
+    )
+    assert f"made={MAX_DEPTH}" in res.stdout, res.stdout
+    assert "Resource temporarily unavailable" in res.stdout, res.stdout
