@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,13 +102,45 @@ def command(tool: str, source: Source, target: Path, archives: list[AptSource]) 
 def upgrade_command(target: Path) -> list[str]:
     """apt in the bootstrapped `target` (chroot): fetch the lists of every
     suite in its sources and upgrade to them."""
+    # --error-on=any: a list that cannot be fetched fails the build, rather
+    # than an "upgrade" that found nothing to do.
     script = (
-        "apt-get -q update && apt-get -q -y "
+        "apt-get -q --error-on=any update && apt-get -q -y "
         "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold dist-upgrade"
     )
     return ["chroot", str(target), "/bin/sh", "-c", script]
 
 
+RESOLV_CONF = "etc/resolv.conf"
+
+
+def borrow_resolver(path: Path) -> Callable[[], None]:
+    """Give the rootfs at `path` the host's resolv.conf, for apt in a
+    chroot there (blocking); returns what puts the rootfs's own back.
+
+    Why: with systemd-resolved installed, the rootfs's resolv.conf links
+    to resolved's stub under /run, which nothing serves in a chroot.
+    """
+    with Rootfs(path, "the bootstrapped rootfs") as root:
+        link = root.readlink(RESOLV_CONF)
+        own = None if link is not None else root.read(RESOLV_CONF)
+        with open("/etc/resolv.conf", "rb") as f:
+            root.write(RESOLV_CONF, f.read(MAX_RESOLV_CONF))
+
+    def put_back() -> None:
+        with Rootfs(path, "the bootstrapped rootfs") as root:
+            if link is not None:
+                root.symlink(RESOLV_CONF, link)
+            elif own is not None:
+                root.write(RESOLV_CONF, own)
+            else:
+                root.remove(RESOLV_CONF)
+
+    return put_back
+
+
+# More than any resolv.conf holds (glibc reads 3 servers, 6 search domains).
+MAX_RESOLV_CONF = 64 * 1024
 SOURCES_LIST = "etc/apt/sources.list"
 DEB822_FILE = "etc/apt/sources.list.d/debian.sources"
 # The keyring apt checks Debian's archives with: .pgp from Debian 13 on,
@@ -145,7 +178,7 @@ def write_sources(path: Path, fmt: str, archives: list[AptSource]) -> str:
         if fmt == "deb822":
             keyring = next((k for k in KEYRINGS if root.is_file(k)), None)
             root.write(DEB822_FILE, header + deb822(archives, keyring), make_parents=True)
-            # An empty sources.list: what Debian 13's installer leaves too.
+            # The deb822 file alone, as on a fresh Debian 13.
             root.remove(SOURCES_LIST)
             return DEB822_FILE
         text = header + "".join(line + "\n" for a in archives for line in a.lines())
@@ -297,7 +330,14 @@ async def build(
             upgrade = upgrade_command(target)
             report.log("$ " + " ".join(upgrade))
             report.progress(BOOTSTRAP_SHARE, "upgrading")
-            await run_logged(in_own_mounts(target, upgrade), report.log, env=env, name="apt-get")
+            put_back = await trio.to_thread.run_sync(borrow_resolver, target)
+            try:
+                await run_logged(
+                    in_own_mounts(target, upgrade), report.log, env=env, name="apt-get"
+                )
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(put_back)
     finally:
         # A killed or failed tool can leave /proc, /sys or /dev mounted in
         # the target; the caller could not delete it then.

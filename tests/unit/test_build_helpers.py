@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -182,3 +183,25 @@ def test_stale_cache_files(tmp_path: Path) -> None:
         (tmp_path / name).write_text("")
     stale = cache.stale_files(tmp_path, "debian", tmp_path / f"debian-{d2}.tar")
     assert [p.name for p in stale] == [f"debian-{d1}.tar"]
+
+
+@pytest.mark.parametrize("own", ["link", "file", "none"])
+def test_borrowed_resolver_is_put_back(tmp_path: Path, own: str) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    conf = etc / "resolv.conf"
+    if own == "link":
+        conf.symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    elif own == "file":
+        conf.write_text("nameserver 192.0.2.1\n")
+    put_back = debootstrap.borrow_resolver(tmp_path)
+    # apt in the chroot resolves as the host does.
+    assert not conf.is_symlink()
+    assert conf.read_bytes() == Path("/etc/resolv.conf").read_bytes()
+    put_back()
+    if own == "link":
+        assert os.readlink(conf) == "../run/systemd/resolve/stub-resolv.conf"
+    elif own == "file":
+        assert conf.read_text() == "nameserver 192.0.2.1\n"
+    else:
+        assert not conf.exists()
