@@ -10,6 +10,7 @@ removed by `Scratch.close()`, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import compileall
+import contextlib
 import os
 import re
 import shutil
@@ -611,10 +612,12 @@ class Lxpy:
         zygote = self.zygote()
         stop_daemon(self.daemon)
         if zygote is not None:
-            os.kill(zygote, signal.SIGTERM)
-            try:
-                wait_gone(zygote, 5)
-            except TimeoutError:
-                os.kill(zygote, signal.SIGKILL)
-                wait_gone(zygote, 5)
+            # It may have ended with lxpyd already.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(zygote, signal.SIGTERM)
+                try:
+                    wait_gone(zygote, 5)
+                except TimeoutError:
+                    os.kill(zygote, signal.SIGKILL)
+                    wait_gone(zygote, 5)
         shutil.rmtree(self.run_dir, ignore_errors=True)
