@@ -1,11 +1,13 @@
-"""Booting and stopping a Debian bookworm systemd container: lxpy side by
-side with LXC 5 and systemd-nspawn, on the same rootfs, with no network.
+"""Booting and stopping a Debian systemd container: lxpy side by side with
+LXC 5 and systemd-nspawn, on the same rootfs, with no network.
 
 Run as root:  .venv/bin/python bench/bench_boot.py [--runs 10]
+                  [--template debian-bookworm] [--template debian-trixie]
 
-Builds lxpy's debian-bookworm template tree once (from the suite's build
-cache, /var/cache/lxpy-tests, the tarball lxpyd restores the template
-from) into a scratch btrfs pool; each LXC and nspawn run boots a fresh
+For each template (default: debian-bookworm; `--template` again adds
+Debian 13, debian-trixie), builds lxpy's template tree once (from the
+suite's build cache, /var/cache/lxpy-tests, the tarball lxpyd restores
+the template from) into a scratch btrfs pool; each LXC and nspawn run boots a fresh
 snapshot of it, each lxpy run a fresh container of a scratch lxpyd. Rounds
 alternate the tools; one warm-up round is not counted.
 
@@ -53,7 +55,7 @@ from common import (  # noqa: E402
     wait_running,
 )
 
-TEMPLATE = "debian-bookworm"
+TEMPLATES = {"debian-bookworm": "Debian 12 bookworm", "debian-trixie": "Debian 13 trixie"}
 LXC = "LXC 5 (lxc-start -d, lxc-stop)"
 NSPAWN = "systemd-nspawn (--boot, SIGTERM)"
 LXPY_CLI = "lxpy CLI (lxpy start, lxpy stop)"
@@ -114,8 +116,8 @@ def measure(tool: Tool, name: str, into: Results | None) -> None:
 
 
 class LxcTool:
-    def __init__(self, scratch: Scratch, base: Path) -> None:
-        self.lxc, self.pool, self.base = Lxc(scratch), scratch.pool, base
+    def __init__(self, lxc: Lxc, scratch: Scratch, base: Path) -> None:
+        self.lxc, self.pool, self.base = lxc, scratch.pool, base
 
     def prepare(self, name: str) -> None:
         self.lxc.define(name, snapshot(self.base, self.pool / name))
@@ -134,8 +136,8 @@ class LxcTool:
 
 
 class NspawnTool:
-    def __init__(self, scratch: Scratch, base: Path) -> None:
-        self.ns, self.pool, self.base = Nspawn(scratch), scratch.pool, base
+    def __init__(self, ns: Nspawn, scratch: Scratch, base: Path) -> None:
+        self.ns, self.pool, self.base = ns, scratch.pool, base
 
     def prepare(self, name: str) -> None:
         snapshot(self.base, self.pool / name)
@@ -153,11 +155,12 @@ class NspawnTool:
 
 
 class LxpyTool:
-    def __init__(self, lxpy: Lxpy, cli: bool, privileged: bool = False) -> None:
-        self.lxpy, self.via_cli, self.privileged = lxpy, cli, privileged
+    def __init__(self, lxpy: Lxpy, template: str, cli: bool, privileged: bool = False) -> None:
+        self.lxpy, self.template, self.via_cli = lxpy, template, cli
+        self.privileged = privileged
 
     def prepare(self, name: str) -> None:
-        self.lxpy.create(name, TEMPLATE, privileged=self.privileged)
+        self.lxpy.create(name, self.template, privileged=self.privileged)
 
     def start(self, name: str) -> int:
         # Init's pid as each way gives it: the CLI prints it, the API
@@ -185,6 +188,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10, help="counted runs per tool")
     ap.add_argument("--no-lxpy", action="store_true", help="LXC and nspawn only")
+    ap.add_argument(
+        "--template",
+        action="append",
+        choices=sorted(TEMPLATES),
+        help="the Debian template to boot (again for another; default debian-bookworm)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_boot.py needs root (btrfs, namespaces, LXC)", file=sys.stderr)
@@ -192,69 +201,85 @@ def main() -> int:
     install_compared("lxc-start", "systemd-nspawn")
 
     with Scratch("lxpy-bench-boot-") as scratch:
-        base = scratch.pool / "debian"
-        build_template_tree(TEMPLATE, base)
-        tools: dict[str, Tool] = {
-            LXC: LxcTool(scratch, base),
-            NSPAWN: NspawnTool(scratch, base),
-        }
+        # One of each for all templates: each owns a scratch directory.
+        lxc, ns = Lxc(scratch), Nspawn(scratch)
         have_lxpy = not args.no_lxpy and lxpy_can_run()
-        if have_lxpy:
-            lxpy = Lxpy(scratch)
-            lxpy.build(TEMPLATE)
-            tools[LXPY_CLI] = LxpyTool(lxpy, cli=True)
-            tools[LXPY_API] = LxpyTool(lxpy, cli=False)
-            tools[LXPY_PRIV] = LxpyTool(lxpy, cli=False, privileged=True)
-        results = {label: Results() for label in tools}
-        for r in range(args.runs + 1):
-            for i, (label, tool) in enumerate(tools.items()):
-                # Round 0 warms the page cache and the daemon: not counted.
-                measure(tool, f"b{i}r{r}", results[label] if r > 0 else None)
-
-        print(f"Debian bookworm (lxpy template tree), no network, {args.runs} runs per tool")
-        print(f"wait method: {WAIT_METHOD}")
-        print_table("start to running", [(k, v.boot) for k, v in results.items()])
-        print_table(
-            "systemd's own userspace boot (systemd-analyze)",
-            [(k, v.userspace) for k, v in results.items()],
-        )
-        print_table(
-            "overhead = start to running - userspace", [(k, v.overhead) for k, v in results.items()]
-        )
-        print_table(
-            "the probe alone, on the running container (included above)",
-            [(k, v.probe) for k, v in results.items()],
-        )
-        print_table("stop (clean halt until gone)", [(k, v.stop) for k, v in results.items()])
-        for k, v in results.items():
-            if v.not_running:
-                print(f"note: {k}: {len(v.not_running)} run(s) ended {sorted(set(v.not_running))}")
-
-        med = {
-            k: (statistics.median(v.boot), statistics.median(v.stop)) for k, v in results.items()
-        }
-        lxc_boot = med[LXC][0]
-        ns_stop = med[NSPAWN][1]
-        print()
-        if have_lxpy:
-            for k in (LXPY_CLI, LXPY_API, LXPY_PRIV):
-                over = statistics.median(results[k].overhead) if results[k].overhead else None
-                verdict(
-                    f"{k}: start median {med[k][0]:.1f} ms <= LXC's {lxc_boot:.1f} ms",
-                    med[k][0] <= lxc_boot,
-                )
-                verdict(
-                    f"{k}: overhead above systemd's userspace < 20 ms "
-                    f"({'-' if over is None else f'{over:.1f}'} ms)",
-                    None if over is None else over < 20,
-                )
-                verdict(
-                    f"{k}: stop median {med[k][1]:.1f} ms <= nspawn's {ns_stop:.1f} ms",
-                    med[k][1] <= ns_stop,
-                )
-        else:
-            verdict("lxpy start no slower than LXC (no `lxpy start` in this checkout)", None)
+        lxpy = Lxpy(scratch) if have_lxpy else None
+        for t, template in enumerate(dict.fromkeys(args.template or ["debian-bookworm"])):
+            if t:
+                print()
+            tools: dict[str, Tool] = {
+                LXC: LxcTool(lxc, scratch, scratch.pool / template),
+                NSPAWN: NspawnTool(ns, scratch, scratch.pool / template),
+            }
+            bench_template(scratch, tools, lxpy, template, args.runs, f"t{t}")
     return 0
+
+
+def bench_template(
+    scratch: Scratch,
+    tools: dict[str, Tool],
+    lxpy: Lxpy | None,
+    template: str,
+    runs: int,
+    prefix: str,
+) -> None:
+    """Boot `template` `runs` times with `tools` (LXC and nspawn, which
+    boot snapshots of its tree) and lxpy, alternating; print the tables
+    and verdicts."""
+    build_template_tree(template, scratch.pool / template)
+    if lxpy is not None:
+        lxpy.build(template)
+        tools[LXPY_CLI] = LxpyTool(lxpy, template, cli=True)
+        tools[LXPY_API] = LxpyTool(lxpy, template, cli=False)
+        tools[LXPY_PRIV] = LxpyTool(lxpy, template, cli=False, privileged=True)
+    results = {label: Results() for label in tools}
+    for r in range(runs + 1):
+        for i, (label, tool) in enumerate(tools.items()):
+            # Round 0 warms the page cache and the daemon: not counted.
+            measure(tool, f"{prefix}b{i}r{r}", results[label] if r > 0 else None)
+
+    print(f"{TEMPLATES[template]} (lxpy template tree), no network, {runs} runs per tool")
+    print(f"wait method: {WAIT_METHOD}")
+    print_table("start to running", [(k, v.boot) for k, v in results.items()])
+    print_table(
+        "systemd's own userspace boot (systemd-analyze)",
+        [(k, v.userspace) for k, v in results.items()],
+    )
+    print_table(
+        "overhead = start to running - userspace", [(k, v.overhead) for k, v in results.items()]
+    )
+    print_table(
+        "the probe alone, on the running container (included above)",
+        [(k, v.probe) for k, v in results.items()],
+    )
+    print_table("stop (clean halt until gone)", [(k, v.stop) for k, v in results.items()])
+    for k, v in results.items():
+        if v.not_running:
+            print(f"note: {k}: {len(v.not_running)} run(s) ended {sorted(set(v.not_running))}")
+
+    med = {k: (statistics.median(v.boot), statistics.median(v.stop)) for k, v in results.items()}
+    lxc_boot = med[LXC][0]
+    ns_stop = med[NSPAWN][1]
+    print()
+    if lxpy is None:
+        verdict("lxpy start no slower than LXC (no `lxpy start` in this checkout)", None)
+        return
+    for k in (LXPY_CLI, LXPY_API, LXPY_PRIV):
+        over = statistics.median(results[k].overhead) if results[k].overhead else None
+        verdict(
+            f"{k}: start median {med[k][0]:.1f} ms <= LXC's {lxc_boot:.1f} ms",
+            med[k][0] <= lxc_boot,
+        )
+        verdict(
+            f"{k}: overhead above systemd's userspace < 20 ms "
+            f"({'-' if over is None else f'{over:.1f}'} ms)",
+            None if over is None else over < 20,
+        )
+        verdict(
+            f"{k}: stop median {med[k][1]:.1f} ms <= nspawn's {ns_stop:.1f} ms",
+            med[k][1] <= ns_stop,
+        )
 
 
 if __name__ == "__main__":

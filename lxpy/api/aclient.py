@@ -317,10 +317,12 @@ class AsyncClient:
     async def templates(self) -> list[dict[str, Any]]:
         return await self.request("GET", "/1.0/templates")
 
-    async def build_template(self, name: str, force: bool = False) -> dict[str, Any]:
-        """Start a template build: the operation (already `success` when cached)."""
+    async def build_template(self, name: str, refresh: bool = False) -> dict[str, Any]:
+        """Start a template build: the operation (already `success` when cached).
+        `refresh` builds afresh from the mirror (current packages), even when
+        the template is up to date and its build is cached."""
         path = f"/1.0/templates/{quote(name, 'template name')}/build"
-        return await self.request("POST", path, {"force": force})
+        return await self.request("POST", path, {"refresh": refresh})
 
     async def networks(self) -> list[Any] | None:
         """The daemon's networks, or None when this lxpyd manages none (404)."""

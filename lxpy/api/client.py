@@ -476,10 +476,12 @@ class Client:
     def template(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/1.0/templates/{quote(name, 'template name')}")
 
-    def build_template(self, name: str, force: bool = False) -> dict[str, Any]:
-        """Start a template build: the operation (already `success` when cached)."""
+    def build_template(self, name: str, refresh: bool = False) -> dict[str, Any]:
+        """Start a template build: the operation (already `success` when cached).
+        `refresh` builds afresh from the mirror (current packages), even when
+        the template is up to date and its build is cached."""
         path = f"/1.0/templates/{quote(name, 'template name')}/build"
-        return self.request("POST", path, {"force": force})
+        return self.request("POST", path, {"refresh": refresh})
 
     def delete_template(self, name: str) -> None:
         self.request("DELETE", f"/1.0/templates/{quote(name, 'template name')}")

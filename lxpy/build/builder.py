@@ -20,6 +20,7 @@ from lxpy.build import busybox, cache, debootstrap, tarball
 from lxpy.build.report import Reporter
 from lxpy.build.setup import apply_setup
 from lxpy.errors import InvalidArgument, LxpyError
+from lxpy.model.settings import DEFAULT_SECURITY_MIRROR
 from lxpy.model.template import TemplateDef
 
 __all__ = ["CACHED_KINDS", "Reporter", "build_rootfs"]
@@ -41,6 +42,7 @@ async def build_rootfs(
     target: Path,
     *,
     mirror: str,
+    security_mirror: str = DEFAULT_SECURITY_MIRROR,
     cache_dir: Path | None,
     report: Reporter,
     refresh_cache: bool = False,
@@ -51,6 +53,7 @@ async def build_rootfs(
         defn: the template definition.
         target: an existing, empty, writable directory.
         mirror: the Debian mirror URL used when the definition names none.
+        security_mirror: the same for its -security suites.
         cache_dir: the build cache directory, or None for no cache.
         report: receives every output line and progress by stage.
         refresh_cache: build afresh even when the cache has this digest, and
@@ -82,7 +85,7 @@ async def build_rootfs(
     if kind == "busybox":
         await busybox.build(defn, target, report)
     elif kind == "debootstrap":
-        await debootstrap.build(defn, target, mirror, report)
+        await debootstrap.build(defn, target, mirror, security_mirror, report)
     elif kind == "tarball":
         await tarball.build(defn, target, report)
     else:  # the model only admits the kinds above

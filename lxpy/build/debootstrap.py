@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from lxpy.build.proc import run_logged, unmount_under
 from lxpy.build.report import Reporter
 from lxpy.errors import InvalidArgument, NotFound
 from lxpy.kernel.inroot import Rootfs
-from lxpy.model.template import Source, TemplateDef
+from lxpy.model.template import Source, TemplateDef, is_url
 
 # The share of the whole build the bootstrap tool's run stands for; setup
 # and caching take the rest.
@@ -40,8 +41,42 @@ def choose_tool(source: Source) -> str:
     )
 
 
-def command(tool: str, source: Source, target: Path, mirror: str) -> list[str]:
-    """The command line that bootstraps `source` into the empty `target`."""
+@dataclass(frozen=True)
+class AptSource:
+    """One archive of a rootfs's apt sources: a mirror and its suites."""
+
+    url: str
+    suites: tuple[str, ...]
+    components: tuple[str, ...]
+
+    def lines(self) -> list[str]:
+        """One-line format: a `deb` line per suite."""
+        comps = " ".join(self.components)
+        return [f"deb {self.url} {suite} {comps}" for suite in self.suites]
+
+
+def apt_sources(source: Source, mirror: str, security_mirror: str) -> list[AptSource]:
+    """The archives of the rootfs: the suite and its extra suites from the
+    mirror, the -security suites from the security mirror.
+
+    Raises:
+        InvalidArgument: a mirror is not a URL.
+    """
+    main, security = source.mirror or mirror, source.security_mirror or security_mirror
+    for key, url in (("mirror", main), ("security_mirror", security)):
+        if not is_url(url):
+            raise InvalidArgument(f"source.{key}: expected a URL, got {url!r}")
+    plain = (source.suite, *(s for s in source.suites if not s.endswith("-security")))
+    secure = tuple(s for s in source.suites if s.endswith("-security"))
+    archives = [AptSource(main, plain, source.components)]
+    if secure:
+        archives.append(AptSource(security, secure, source.components))
+    return archives
+
+
+def command(tool: str, source: Source, target: Path, archives: list[AptSource]) -> list[str]:
+    """The command line that bootstraps `source` into the empty `target`
+    from `archives` (apt_sources(); the first one's URL is the mirror)."""
     argv = [tool, f"--variant={source.variant}", f"--components={','.join(source.components)}"]
     if tool == "mmdebstrap":
         # root mode: we are root, so no user namespace or fakechroot is
@@ -52,8 +87,104 @@ def command(tool: str, source: Source, target: Path, mirror: str) -> list[str]:
         argv[1:1] = ["--mode=root", "--format=directory", "--verbose"]
     if source.packages:
         argv.append(f"--include={','.join(source.packages)}")
-    argv += [source.suite, str(target), mirror]
+    argv += [source.suite, str(target)]
+    if tool == "mmdebstrap":
+        # Every suite as a sources line: apt installs the newest version
+        # any of them has (security fixes included) in one pass.
+        argv += [line for a in archives for line in a.lines()]
+    else:
+        # debootstrap takes one mirror and one suite; the others are
+        # upgraded to afterwards (upgrade_command()).
+        argv.append(archives[0].url)
     return argv
+
+
+def upgrade_command(target: Path) -> list[str]:
+    """apt in the bootstrapped `target` (chroot): fetch the lists of every
+    suite in its sources and upgrade to them."""
+    # --error-on=any: a list that cannot be fetched fails the build, rather
+    # than an "upgrade" that found nothing to do.
+    script = (
+        "apt-get -q --error-on=any update && apt-get -q -y "
+        "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold dist-upgrade"
+    )
+    return ["chroot", str(target), "/bin/sh", "-c", script]
+
+
+RESOLV_CONF = "etc/resolv.conf"
+
+
+def borrow_resolver(path: Path) -> Callable[[], None]:
+    """Give the rootfs at `path` the host's resolv.conf, for apt in a
+    chroot there (blocking); returns what puts the rootfs's own back.
+
+    Why: with systemd-resolved installed, the rootfs's resolv.conf links
+    to resolved's stub under /run, which nothing serves in a chroot.
+    """
+    with Rootfs(path, "the bootstrapped rootfs") as root:
+        link = root.readlink(RESOLV_CONF)
+        own = None if link is not None else root.read(RESOLV_CONF)
+        with open("/etc/resolv.conf", "rb") as f:
+            root.write(RESOLV_CONF, f.read(MAX_RESOLV_CONF))
+
+    def put_back() -> None:
+        with Rootfs(path, "the bootstrapped rootfs") as root:
+            if link is not None:
+                root.symlink(RESOLV_CONF, link)
+            elif own is not None:
+                root.write(RESOLV_CONF, own)
+            else:
+                root.remove(RESOLV_CONF)
+
+    return put_back
+
+
+# More than any resolv.conf holds (glibc reads 3 servers, 6 search domains).
+MAX_RESOLV_CONF = 64 * 1024
+SOURCES_LIST = "etc/apt/sources.list"
+DEB822_FILE = "etc/apt/sources.list.d/debian.sources"
+# The keyring apt checks Debian's archives with: .pgp from Debian 13 on,
+# .gpg before.
+KEYRINGS = (
+    "usr/share/keyrings/debian-archive-keyring.pgp",
+    "usr/share/keyrings/debian-archive-keyring.gpg",
+)
+
+
+def deb822(archives: list[AptSource], keyring: str | None) -> str:
+    """The archives in apt's deb822 format (a stanza each)."""
+    stanzas = []
+    for a in archives:
+        lines = [
+            "Types: deb",
+            f"URIs: {a.url}",
+            f"Suites: {' '.join(a.suites)}",
+            f"Components: {' '.join(a.components)}",
+        ]
+        if keyring:
+            lines.append(f"Signed-By: /{keyring}")
+        stanzas.append("\n".join(lines) + "\n")
+    return "\n".join(stanzas)
+
+
+def write_sources(path: Path, fmt: str, archives: list[AptSource]) -> str:
+    """Write the rootfs's apt sources in format `fmt` (blocking); the
+    other format's file is removed so apt never reads a suite twice.
+
+    Returns the path written, relative to the rootfs.
+    """
+    header = "# Written by lxpy when the template was built.\n"
+    with Rootfs(path, "the bootstrapped rootfs") as root:
+        if fmt == "deb822":
+            keyring = next((k for k in KEYRINGS if root.is_file(k)), None)
+            root.write(DEB822_FILE, header + deb822(archives, keyring), make_parents=True)
+            # The deb822 file alone, as on a fresh Debian 13.
+            root.remove(SOURCES_LIST)
+            return DEB822_FILE
+        text = header + "".join(line + "\n" for a in archives for line in a.lines())
+        root.write(SOURCES_LIST, text, make_parents=True)
+        root.remove(DEB822_FILE)
+        return SOURCES_LIST
 
 
 @dataclass(frozen=True)
@@ -164,20 +295,21 @@ def _remove_file(root: Rootfs, rel: str) -> int:
     return st.st_size
 
 
-async def build(defn: TemplateDef, target: Path, mirror: str, report: Reporter) -> None:
-    """Bootstrap the definition's Debian suite into the empty `target`.
+async def build(
+    defn: TemplateDef, target: Path, mirror: str, security_mirror: str, report: Reporter
+) -> None:
+    """Bootstrap the definition's Debian suite (and its extra suites) into
+    the empty `target`, and write its apt sources.
 
     Raises:
-        InvalidArgument: the mirror is not a URL.
+        InvalidArgument: a mirror is not a URL.
         NotFound: no bootstrap tool is installed.
         LxpyError: the tool failed (its last output lines in the message).
     """
     src = defn.source
-    url = src.mirror or mirror
-    if "://" not in url:
-        raise InvalidArgument(f"source.mirror: expected a URL, got {url!r}")
+    archives = apt_sources(src, mirror, security_mirror)
     tool = choose_tool(src)
-    argv = command(tool, src, target, url)
+    argv = command(tool, src, target, archives)
     report.log("$ " + " ".join(argv))
     tracker = StageTracker(STAGES[tool])
     report.progress(0.0, "bootstrapping")
@@ -192,6 +324,20 @@ async def build(defn: TemplateDef, target: Path, mirror: str, report: Reporter) 
     try:
         # In a mount namespace of its own: the pool is nosuid and nodev.
         await run_logged(in_own_mounts(target, argv), on_line, env=env, name=tool)
+        written = await trio.to_thread.run_sync(write_sources, target, src.sources_format, archives)
+        report.log(f"apt sources written to /{written}")
+        if tool == "debootstrap" and src.suites:
+            upgrade = upgrade_command(target)
+            report.log("$ " + " ".join(upgrade))
+            report.progress(BOOTSTRAP_SHARE, "upgrading")
+            put_back = await trio.to_thread.run_sync(borrow_resolver, target)
+            try:
+                await run_logged(
+                    in_own_mounts(target, upgrade), report.log, env=env, name="apt-get"
+                )
+            finally:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(put_back)
     finally:
         # A killed or failed tool can leave /proc, /sys or /dev mounted in
         # the target; the caller could not delete it then.

@@ -42,9 +42,18 @@ def cmd_template_list(client: Client, args: argparse.Namespace) -> None:
 
 @command(
     "template build",
-    "build a template (nothing to do when it is up to date, unless --force)",
+    "build a template (nothing to do when it is up to date, unless --refresh)",
     TEMPLATE,
-    arg("-f", "--force", action="store_true", help="rebuild even when up to date"),
+    arg(
+        "-r",
+        "--refresh",
+        "-f",
+        "--force",
+        dest="refresh",
+        action="store_true",
+        help="rebuild from the mirror with current packages, even when up to date "
+        "(containers made afterwards get it; existing ones keep theirs)",
+    ),
     arg(
         "-v",
         "--verbose",
@@ -55,7 +64,7 @@ def cmd_template_list(client: Client, args: argparse.Namespace) -> None:
 )
 def cmd_template_build(client: Client, args: argparse.Namespace) -> int | None:
     started = time.monotonic()
-    op = client.build_template(args.name, force=args.force)
+    op = client.build_template(args.name, refresh=args.refresh)
     progress = Progress(show_log=args.verbose)
     if op.get("status") == "running":
         try:

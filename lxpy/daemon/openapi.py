@@ -59,7 +59,13 @@ CONFIG_KEY: Schema = {
     ],
 }
 CONFIG: Schema = {"type": "object", "propertyNames": CONFIG_KEY, "additionalProperties": True}
-BUILD_BODY = _obj({"force": {"type": "boolean", "default": False}})
+BUILD_BODY = _obj(
+    {
+        "refresh": {"type": "boolean", "default": False},
+        # The older name of refresh.
+        "force": {"type": "boolean", "default": False},
+    }
+)
 CREATE_BODY = _obj({"name": NAME, "template": NAME, "config": CONFIG}, ("name", "template"))
 CONFIG_BODY = _obj({"set": CONFIG, "unset": array(CONFIG_KEY)})
 NAME_BODY = _obj({"name": NAME}, ("name",))

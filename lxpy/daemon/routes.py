@@ -76,10 +76,15 @@ def build_router(d: Daemon) -> Router:
 
     async def build_template(req: Request) -> object:
         body = req.json()
-        force = body.get("force", False)
-        if not isinstance(force, bool):
-            raise InvalidArgument(f"'force' must be true or false, got {force!r}")
-        op = await templates.start_build(req.params["name"], force)
+        refresh = False
+        for key in ("refresh", "force"):
+            value = body.get(key, False)
+            if not isinstance(value, bool):
+                raise InvalidArgument(f"{key!r} must be true or false, got {value!r}")
+            # "force" is the older name of "refresh": either builds afresh
+            # from the mirror, bypassing the build cache.
+            refresh = refresh or value
+        op = await templates.start_build(req.params["name"], refresh)
         return op.to_json()
 
     async def delete_template(req: Request) -> object:
@@ -98,7 +103,7 @@ def build_router(d: Daemon) -> Router:
         "POST",
         "/1.0/templates/{name}/build",
         build_template,
-        "Build a template (cached unless its definition changed or force)",
+        "Build a template (cached unless its definition changed, or refresh)",
         status=202,
         body=openapi.BUILD_BODY,
         response=S("Operation"),

@@ -192,6 +192,7 @@ class Templates:
                             defn,
                             Path(target),
                             mirror=d.settings.mirror,
+                            security_mirror=d.settings.security_mirror,
                             cache_dir=d.settings.build_cache,
                             report=report,
                             # A forced build means "from the source again",

@@ -10,6 +10,7 @@ must stay lean.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 # -- namespaces (linux/sched.h) -------------------------------------------
@@ -281,15 +282,31 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
         OSError: with the kernel's errno (ENOSYS before Linux 5.6).
     """
     how = _OpenHow(flags, mode, resolve)
-    ret = _libc.syscall(
-        ctypes.c_long(_OPENAT2_NR),
-        ctypes.c_int(dirfd),
-        _b(path),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
+    for _ in range(_OPENAT2_TRIES):
+        ret = _libc.syscall(
+            ctypes.c_long(_OPENAT2_NR),
+            ctypes.c_int(dirfd),
+            _b(path),
+            ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )
+        # Why: a scoped walk (IN_ROOT, BENEATH) that crosses ".." fails with
+        # EAGAIN when any rename or mount on the host raced with it (the
+        # kernel cannot then prove ".." stayed inside); the kernel asks the
+        # caller to try again. A relative symlink such as Debian 13's
+        # /usr/sbin/init -> ../lib/systemd/systemd takes that path, so on a
+        # busy host a start could fail for a rename elsewhere.
+        if ret >= 0 or ctypes.get_errno() != errno.EAGAIN or not resolve & _SCOPED:
+            break
     _check(ret, f"openat2({dirfd}, {path!r}, {flags:#o}, resolve={resolve:#x})")
     return int(ret)
+
+
+# Scoped walks, which the kernel may refuse with EAGAIN under a racing rename.
+_SCOPED = RESOLVE_BENEATH | RESOLVE_IN_ROOT
+# Each retry is one lookup; a host renaming so often that this many in a
+# row race is a host to report EAGAIN on.
+_OPENAT2_TRIES = 64
 
 
 # The same number on every architecture (Linux 5.3).

@@ -10,12 +10,14 @@ from pathlib import Path
 from lxpy.errors import InvalidArgument
 from lxpy.model import tomlw
 from lxpy.model.network import parse_subnet, root_id, validate_network_name
+from lxpy.model.template import is_url
 from lxpy.model.units import parse_size
 
 DEFAULT_CONFIG = Path("/etc/lxpy/lxpyd.toml")
 DEFAULT_ROOT = Path("/var/lib/lxpy")
 DEFAULT_SOCKET = Path("/run/lxpy/lxpy.sock")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 STORAGE_CHOICES = ("auto", "btrfs", "dir")
 FEATURE_CHOICES = ("auto", "on", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -44,6 +46,9 @@ class Settings:
     # None disables the cache.
     build_cache: Path | None = None
     mirror: str = DEFAULT_MIRROR
+    # Where the -security suites of Debian templates come from (Debian
+    # publishes them apart from the main archive).
+    security_mirror: str = DEFAULT_SECURITY_MIRROR
     log_level: str = "info"
     # The network new containers join unless their config says otherwise
     # (made on first use); "" gives new containers no network.
@@ -162,8 +167,8 @@ def settings_from_mapping(data: Mapping[str, object], source: str = "settings") 
                 values[key] = "" if value == "" else validate_network_name(value)
             elif key == "default_subnet":
                 values[key] = "auto" if value == "auto" else str(parse_subnet(value, key))
-            elif key == "mirror":
-                if not isinstance(value, str) or "://" not in value:
+            elif key in ("mirror", "security_mirror"):
+                if not isinstance(value, str) or not is_url(value):
                     raise InvalidArgument(f"{key}: expected a URL, got {value!r}")
                 values[key] = value
             elif key in ("admin_group", "user_group"):

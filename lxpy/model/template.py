@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,10 +18,16 @@ from lxpy.model.units import parse_signal, signal_name
 SOURCE_KINDS = ("busybox", "debootstrap", "tarball")
 BOOTSTRAP_TOOLS = ("auto", "mmdebstrap", "debootstrap")
 NETWORK_SETUPS = ("dhcp", "none")
+# How a Debian rootfs's apt sources are written: "one-line" is
+# /etc/apt/sources.list (Debian 12's installer), "deb822" is
+# /etc/apt/sources.list.d/debian.sources (Debian 13's).
+SOURCES_FORMATS = ("one-line", "deb822")
 # What the [setup] steps write into a rootfs (lxpy/build/setup.py): bump it
 # when they change, so built templates and cached tarballs count as stale.
 # 2: networkd on eth0 is IPv4-only, keyed on the MAC, leaves the hostname.
 SETUP_REVISION = 2
+# A suite (or codename) as it goes on an apt sources line: one word.
+_SUITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+-]*")
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,12 @@ class Source:
     mirror: str = ""  # empty: the daemon's `mirror` setting
     components: tuple[str, ...] = ("main",)
     packages: tuple[str, ...] = ()
+    # More suites in the rootfs's apt sources, installed from at build time
+    # too: "bookworm-updates" from `mirror`, a name ending in "-security"
+    # from `security_mirror`.
+    suites: tuple[str, ...] = ()
+    security_mirror: str = ""  # empty: the daemon's `security_mirror` setting
+    sources_format: str = "one-line"
     # busybox: path of a static busybox on the host
     busybox: str = "/bin/busybox"
     # tarball: a rootfs archive (relative paths are relative to the definition)
@@ -83,6 +96,12 @@ class TemplateDef:
         return h.hexdigest()
 
 
+def is_url(value: str) -> bool:
+    """Whether `value` can be a mirror URL on an apt sources line (one word
+    with a scheme)."""
+    return "://" in value and not any(c.isspace() for c in value)
+
+
 def _strs(where: str, value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidArgument(f"{where}: expected a list of strings, got {value!r}")
@@ -128,7 +147,17 @@ def parse_template(name: str, text: str, file: Path | None = None) -> TemplateDe
         )
     per_kind = {
         "busybox": ("busybox",),
-        "debootstrap": ("suite", "variant", "tool", "mirror", "components", "packages"),
+        "debootstrap": (
+            "suite",
+            "variant",
+            "tool",
+            "mirror",
+            "components",
+            "packages",
+            "suites",
+            "security_mirror",
+            "sources_format",
+        ),
         "tarball": ("path", "sha256"),
     }[kind]
     _check_keys(f"{where}: [source]", src, ("kind", *per_kind))
@@ -136,7 +165,7 @@ def parse_template(name: str, text: str, file: Path | None = None) -> TemplateDe
     for key, value in src.items():
         if key == "kind":
             continue
-        if key in ("components", "packages"):
+        if key in ("components", "packages", "suites"):
             kw[key] = _strs(f"{where}: source.{key}", value)
         else:
             kw[key] = _str(f"{where}: source.{key}", value)
@@ -147,6 +176,25 @@ def parse_template(name: str, text: str, file: Path | None = None) -> TemplateDe
             raise InvalidArgument(
                 f"{where}: source.tool must be one of {', '.join(BOOTSTRAP_TOOLS)}"
             )
+        if kw.get("sources_format", "one-line") not in SOURCES_FORMATS:
+            raise InvalidArgument(
+                f"{where}: source.sources_format must be one of {', '.join(SOURCES_FORMATS)}, "
+                f"got {kw['sources_format']!r}"
+            )
+        extra = kw.get("suites", ())
+        assert isinstance(extra, tuple)
+        named = [("suite", kw["suite"]), *((f"suites[{i}]", v) for i, v in enumerate(extra))]
+        for key, value in named:
+            # Each one is a word of an apt sources line and an argument of
+            # the bootstrap tool: nothing else may ride along.
+            if not _SUITE.fullmatch(str(value)):
+                raise InvalidArgument(
+                    f"{where}: source.{key}: not a suite name: {value!r}",
+                    hint="letters, digits, '.', '+' and '-', e.g. bookworm-security",
+                )
+        for key in ("mirror", "security_mirror"):
+            if kw.get(key) and not is_url(str(kw[key])):
+                raise InvalidArgument(f"{where}: source.{key}: expected a URL, got {kw[key]!r}")
     if kind == "tarball":
         path = str(kw.get("path", ""))
         if not path:

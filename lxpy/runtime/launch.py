@@ -381,6 +381,8 @@ def _mount_all(root: str, spec: LaunchSpec, console_path: str, tty_paths: Sequen
     if spec.nesting:
         _step("nesting: /dev/.lxc, /dev/fuse, /dev/net/tun")
         _mount_nesting(root, spec)
+    _step("binding a fresh boot_id")
+    _fresh_boot_id(root)
     _step("mounting /run")
     _mount_run(root, spec.notify_fd)
 
@@ -731,6 +733,40 @@ def _mount_dev(root: str, console_path: str, tty_paths: Sequence[str], ptys: int
         ("stderr", "/proc/self/fd/2"),
     ):
         os.symlink(dest, os.path.join(dev, name))
+
+
+BOOT_ID = "proc/sys/kernel/random/boot_id"
+
+
+def new_boot_id() -> str:
+    """A random (version 4) UUID in boot_id's format: lowercase, dashed."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _fresh_boot_id(root: str) -> None:
+    # Why: the kernel's boot_id is the host's, the same in every container
+    # and across their starts, so journald would file every boot of the
+    # container under one boot (`journalctl --list-boots`) and tools that
+    # key on it would never see a reboot. Each start (and reboot inside,
+    # which is a new launch) binds a new one over it, read-only, as LXC
+    # and systemd-nspawn do. The file lives in the container's own /dev
+    # tmpfs just made, so nothing on the host or in the rootfs is written;
+    # its name goes once bound (the mount keeps the file).
+    target = os.path.join(root, BOOT_ID)
+    if not os.path.isfile(target) or os.path.islink(target):
+        return  # a kernel without it: nothing to hide
+    src = os.path.join(root, "dev", ".lxpy-boot-id")
+    fd = os.open(src, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+    try:
+        os.write(fd, (new_boot_id() + "\n").encode())
+    finally:
+        os.close(fd)
+    _bind(src, target, sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+    os.unlink(src)
 
 
 def _mount_run(root: str, notify_fd: int) -> None:

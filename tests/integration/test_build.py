@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import trio
 from lxpy.build import proc
 from lxpy.build.builder import build_rootfs
 from lxpy.errors import InvalidArgument, LxpyError
-from lxpy.model.settings import DEFAULT_MIRROR
+from lxpy.model.settings import DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR
 from lxpy.model.template import TemplateDef, find_template, parse_template
 
 pytestmark = pytest.mark.integration
@@ -374,6 +375,52 @@ async def test_debian_bookworm(plain_dir: Path, test_cache: Path) -> None:
     dbus_id = root / "var/lib/dbus/machine-id"
     assert not dbus_id.exists() or os.readlink(dbus_id) == "/etc/machine-id"
     print(f"debian-bookworm: {rec.lines[-1] if rec.lines else ''}")
+
+
+@pytest.mark.slow
+@pytest.mark.trio
+async def test_debootstrap_upgrades_to_the_extra_suites(plain_dir: Path, test_cache: Path) -> None:
+    """debootstrap takes one suite and one mirror: the updates and security
+    suites come in by an apt-get dist-upgrade in the rootfs once its sources
+    are written. Bootstrapped once per machine (a few minutes); later runs
+    restore the cached tarball, which keeps apt's record of the upgrade."""
+    text = (TEMPLATES / "debian-bookworm.toml").read_text()
+    assert 'tool = "auto"' in text
+    defn = parse_template(
+        "bookworm-by-debootstrap", text.replace('tool = "auto"', 'tool = "debootstrap"')
+    )
+    root = plain_dir / "rootfs"
+    root.mkdir()
+    with trio.fail_after(1800):
+        await build(defn, root, test_cache)
+    assert my_children() == []
+    assert proc.mounts_under(root) == []
+    sources = (root / "etc/apt/sources.list").read_text().splitlines()
+    assert sources[1:] == [
+        f"deb {MIRROR} bookworm main",
+        f"deb {MIRROR} bookworm-updates main",
+        f"deb {DEFAULT_SECURITY_MIRROR} bookworm-security main",
+    ]
+    # apt's own record: the upgrade ran in the rootfs, and every package
+    # it upgraded is installed at the new version. (bookworm-security has
+    # fixes newer than bookworm's last point release for as long as it is
+    # supported, so the upgrade always has something to do.)
+    history = (root / "var/log/apt/history.log").read_text()
+    assert "Commandline: apt-get -q -y" in history and "dist-upgrade" in history
+    upgraded = re.findall(
+        r"([a-z0-9.+-]+):\w+ \(([^,]+), ([^)]+)\)", history.split("Upgrade: ")[1].splitlines()[0]
+    )
+    assert upgraded
+    status = (root / "var/lib/dpkg/status").read_text()
+    for package, _old, new in upgraded:
+        assert f"Package: {package}\n" in status
+        assert re.search(
+            rf"Package: {re.escape(package)}\n(?:[^\n]+\n)*?Version: {re.escape(new)}\n", status
+        ), package
+    # The downloaded packages and lists are gone, as for mmdebstrap.
+    assert not list((root / "var/cache/apt/archives").glob("*.deb"))
+    lists = root / "var/lib/apt/lists"
+    assert [p.name for p in lists.rglob("*") if not p.is_dir()] == ["lock"]
 
 
 @pytest.mark.trio

@@ -246,7 +246,7 @@ def test_daemon_survives_clients_hanging_up_on_streams(daemon: Daemon) -> None:
     build_busybox(daemon)
     client = Client(daemon.socket, timeout=60)
     for _ in range(10):
-        op = client.build_template("busybox", force=True)
+        op = client.build_template("busybox", refresh=True)
         for msg in client.operation_stream(op["id"]):
             if "operation" in msg:
                 break

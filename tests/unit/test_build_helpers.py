@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -47,13 +48,51 @@ def test_parse_applets() -> None:
 
 def test_mmdebstrap_and_debootstrap_commands() -> None:
     src = Source(kind="debootstrap", suite="bookworm", packages=("systemd", "iproute2"))
-    argv = debootstrap.command("mmdebstrap", src, Path("/t"), "http://m/debian")
+    archives = debootstrap.apt_sources(src, "http://m/debian", "http://s/debian-security")
+    argv = debootstrap.command("mmdebstrap", src, Path("/t"), archives)
     assert argv[:3] == ["mmdebstrap", "--mode=root", "--format=directory"]
     assert "--include=systemd,iproute2" in argv
-    assert argv[-3:] == ["bookworm", "/t", "http://m/debian"]
-    argv = debootstrap.command("debootstrap", src, Path("/t"), "http://m/debian")
+    assert argv[-3:] == ["bookworm", "/t", "deb http://m/debian bookworm main"]
+    argv = debootstrap.command("debootstrap", src, Path("/t"), archives)
     assert argv[0] == "debootstrap" and "--mode=root" not in argv
     assert "--variant=minbase" in argv and "--components=main" in argv
+    assert argv[-3:] == ["bookworm", "/t", "http://m/debian"]
+
+
+def test_extra_suites_come_from_their_mirrors() -> None:
+    src = Source(
+        kind="debootstrap",
+        suite="bookworm",
+        components=("main", "contrib"),
+        suites=("bookworm-updates", "bookworm-security"),
+    )
+    archives = debootstrap.apt_sources(src, "http://m/debian", "http://s/debian-security")
+    argv = debootstrap.command("mmdebstrap", src, Path("/t"), archives)
+    assert argv[-4:] == [
+        "/t",
+        "deb http://m/debian bookworm main contrib",
+        "deb http://m/debian bookworm-updates main contrib",
+        "deb http://s/debian-security bookworm-security main contrib",
+    ]
+    text = debootstrap.deb822(archives, "usr/share/keyrings/debian-archive-keyring.pgp")
+    assert text == (
+        "Types: deb\nURIs: http://m/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main contrib\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.pgp\n\n"
+        "Types: deb\nURIs: http://s/debian-security\nSuites: bookworm-security\n"
+        "Components: main contrib\n"
+        "Signed-By: /usr/share/keyrings/debian-archive-keyring.pgp\n"
+    )
+    # The definition's own security mirror wins over the daemon's.
+    own = Source(
+        kind="debootstrap",
+        suite="trixie",
+        suites=("trixie-security",),
+        security_mirror="http://near/sec",
+    )
+    assert debootstrap.apt_sources(own, "http://m/d", "http://s/d")[1].url == "http://near/sec"
+    with pytest.raises(InvalidArgument, match="source.security_mirror"):
+        debootstrap.apt_sources(src, "http://m/debian", "not a url")
 
 
 def test_stage_tracker_is_monotonic() -> None:
@@ -144,3 +183,25 @@ def test_stale_cache_files(tmp_path: Path) -> None:
         (tmp_path / name).write_text("")
     stale = cache.stale_files(tmp_path, "debian", tmp_path / f"debian-{d2}.tar")
     assert [p.name for p in stale] == [f"debian-{d1}.tar"]
+
+
+@pytest.mark.parametrize("own", ["link", "file", "none"])
+def test_borrowed_resolver_is_put_back(tmp_path: Path, own: str) -> None:
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    conf = etc / "resolv.conf"
+    if own == "link":
+        conf.symlink_to("../run/systemd/resolve/stub-resolv.conf")
+    elif own == "file":
+        conf.write_text("nameserver 192.0.2.1\n")
+    put_back = debootstrap.borrow_resolver(tmp_path)
+    # apt in the chroot resolves as the host does.
+    assert not conf.is_symlink()
+    assert conf.read_bytes() == Path("/etc/resolv.conf").read_bytes()
+    put_back()
+    if own == "link":
+        assert os.readlink(conf) == "../run/systemd/resolve/stub-resolv.conf"
+    elif own == "file":
+        assert conf.read_text() == "nameserver 192.0.2.1\n"
+    else:
+        assert not conf.exists()

@@ -417,14 +417,16 @@ def test_template_build_streams_log_and_progress(
             json.dumps({"operation": _op("success", stage="done")}).encode() + b"\n",
         ]
     )
-    status, out, err = run(fake, capsys, "template", "build", "busybox", "--force", "-v")
+    status, out, err = run(fake, capsys, "template", "build", "busybox", "--refresh", "-v")
     assert status == 0 and "built template busybox" in out
     assert err.splitlines() == ["copying busybox", "[ 50%] post-build", "done"]
-    assert fake.requests[0][2] == {"force": True}
-    # Without --verbose: the progress only.
+    assert fake.requests[0][2] == {"refresh": True}
+    # Without --verbose: the progress only. --force is the older name.
     status, out, err = run(fake, capsys, "template", "build", "busybox", "--force")
     assert status == 0 and "built template busybox" in out
     assert err.splitlines() == ["[ 50%] post-build"]
+    posts = [r[2] for r in fake.requests if r[0] == "POST"]
+    assert posts == [{"refresh": True}, {"refresh": True}]
 
 
 def test_template_build_cached(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:

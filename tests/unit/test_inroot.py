@@ -156,3 +156,64 @@ def test_the_disk_walk_counts_blocks_and_stays_inside(tree: Path, outside: Path)
     assert grown is not None and (1 << 20) <= grown - total < (1 << 20) + (64 << 10)
     assert inroot.allocated_bytes(str(tree), deadline=0) is None
     assert inroot.allocated_bytes(str(tree / "missing")) is None
+
+
+def test_a_racing_rename_elsewhere_never_fails_a_lookup(tmp_path: Path) -> None:
+    # Debian 13's /usr/sbin/init is ../lib/systemd/systemd: a scoped walk
+    # over ".." that races with any rename on the host gets EAGAIN from
+    # the kernel, which sc.openat2 retries. The raw syscall, asked the same
+    # way meanwhile, shows that the race did happen here.
+    import ctypes
+    import errno
+    import subprocess
+    import sys
+
+    from lxpy.kernel import syscalls as sc
+
+    (tmp_path / "lib/systemd").mkdir(parents=True)
+    (tmp_path / "lib/systemd/systemd").write_text("")
+    (tmp_path / "usr/sbin").mkdir(parents=True)
+    (tmp_path / "usr/sbin/init").symlink_to("../../lib/systemd/systemd")
+    spin = tmp_path / "spin"
+    spin.write_text("")
+    # Renames in a process of its own, so they run while a lookup does.
+    renamer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\n"
+            "a, b = sys.argv[1], sys.argv[1] + '.x'\n"
+            "while True:\n    os.rename(a, b); os.rename(b, a)\n",
+            str(spin),
+        ]
+    )
+
+    def raw_eagain(root_fd: int) -> bool:
+        how = sc._OpenHow(os.O_PATH | os.O_CLOEXEC, 0, sc.RESOLVE_IN_ROOT)
+        ret = sc._libc.syscall(
+            ctypes.c_long(sc._OPENAT2_NR),
+            ctypes.c_int(root_fd),
+            b"usr/sbin/init",
+            ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )
+        if ret >= 0:
+            os.close(ret)
+            return False
+        assert ctypes.get_errno() == errno.EAGAIN
+        return True
+
+    root_fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    raced = 0
+    try:
+        for _ in range(200_000):
+            fd = sc.openat2(root_fd, "usr/sbin/init", os.O_PATH | os.O_CLOEXEC, sc.RESOLVE_IN_ROOT)
+            os.close(fd)
+            raced += raw_eagain(root_fd)
+            if raced >= 3:
+                break
+    finally:
+        renamer.kill()
+        renamer.wait()
+        os.close(root_fd)
+    assert raced >= 1, "the race never happened: the check above proved nothing"

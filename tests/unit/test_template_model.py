@@ -37,6 +37,23 @@ def test_shipped_debian_bookworm() -> None:
     assert t.setup.console_getty is True
 
 
+def test_shipped_debian_templates_are_current_and_have_admin_tools() -> None:
+    found = load_templates([TEMPLATES])
+    for name, suite, fmt in (
+        ("debian-bookworm", "bookworm", "one-line"),
+        ("debian-trixie", "trixie", "deb822"),
+    ):
+        t = found[name]
+        assert t.source.suite == suite
+        assert t.source.suites == (f"{suite}-updates", f"{suite}-security")
+        assert t.source.sources_format == fmt
+        assert t.source.mirror == t.source.security_mirror == ""
+        for pkg in ("procps", "iproute2", "less", "ca-certificates", "login", "passwd"):
+            assert pkg in t.source.packages
+        assert (t.halt_signal, t.reboot_signal) == ("SIGRTMIN+3", "SIGINT")
+        assert t.setup.console_getty is True
+
+
 def test_find_template_names_known_ones() -> None:
     with pytest.raises(NotFound) as e:
         find_template([TEMPLATES], "nope")
@@ -69,6 +86,13 @@ suite = "bookworm"
         ('[source]\nkind = "busybox"\nsuite = "bookworm"\n', "unknown key 'suite'"),
         ("description = \n", "not valid TOML"),
         ('description = "no source"\n', "[source]"),
+        (BASE + 'sources_format = "yaml"\n', "source.sources_format must be one of"),
+        (BASE + 'suites = ["bookworm-security main"]\n', "source.suites[0]: not a suite name"),
+        (BASE + 'suites = "bookworm-security"\n', "source.suites: expected a list"),
+        ('[source]\nkind = "debootstrap"\nsuite = "-x"\n', "source.suite: not a suite name"),
+        (BASE + 'security_mirror = "near"\n', "source.security_mirror: expected a URL"),
+        (BASE + 'mirror = "http://a b"\n', "source.mirror: expected a URL"),
+        ('[source]\nkind = "busybox"\nsuites = []\n', "unknown key 'suites'"),
     ],
 )
 def test_bad_definitions_name_the_key(text: str, expected: str) -> None:
@@ -98,7 +122,10 @@ def test_digest_ignores_comments_and_layout() -> None:
 @pytest.mark.parametrize(
     ("old", "new"),
     [
-        ('"iproute2"]', '"iproute2", "less"]'),
+        ('"passwd",\n]', '"passwd",\n    "vim-tiny",\n]'),
+        ('"bookworm-updates", ', ""),
+        ('sources_format = "one-line"', 'sources_format = "deb822"'),
+        ('security_mirror = ""', 'security_mirror = "http://near/debian-security"'),
         ('suite = "bookworm"', 'suite = "trixie"'),
         ('timezone = "Etc/UTC"', 'timezone = "Europe/Berlin"'),
         ('halt_signal = "SIGRTMIN+3"', 'halt_signal = "SIGPWR"'),
