@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Daemon, info
+from tests.conftest import Daemon, info, start_again, stop_daemon
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +120,123 @@ def test_devices_are_part_of_the_record_and_bad_ones_change_nothing(
     assert "snapshots" not in record(daemon, "web")
     out = json.loads(daemon.cli("info", "web", "--format", "json").stdout)
     assert sorted(out["devices"]) == ["ro", "www"]
+
+
+def sh(d: Daemon, name: str, script: str, check: bool = True) -> str:
+    res = d.cli("exec", name, "--", "sh", "-c", script, check=check)
+    return res.stdout if check else res.stdout + res.stderr
+
+
+def owner(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid
+
+
+def mounted_in(pid: int, path: str) -> bool:
+    lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    return any(line.split()[4] == path for line in lines)
+
+
+def test_a_disk_is_shared_both_ways_with_the_owners_expected(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    busybox(daemon, "web")
+    shared, ro, raw = tmp_path / "shared", tmp_path / "ro", tmp_path / "raw"
+    for p in (shared, ro, raw):
+        p.mkdir()
+        p.chmod(0o777)
+    (shared / "from-host").write_text("host\n")
+    os.chown(shared / "from-host", 1000, 1000)
+    (ro / "kept").write_text("kept\n")
+    (raw / "from-host").write_text("raw\n")
+    os.chown(raw / "from-host", 1000, 1000)
+    daemon.cli("device", "add", "web", "rw", "disk", f"source={shared}", "path=/srv/shared")
+    daemon.cli(
+        "device", "add", "web", "ro", "disk", f"source={ro}", "path=/srv/ro", "readonly=true"
+    )
+    daemon.cli("device", "add", "web", "raw", "disk", f"source={raw}", "path=/raw", "shift=false")
+    daemon.cli("device", "add", "web", "file", "disk", f"source={ro}/kept", "path=/etc/kept")
+    daemon.cli("start", "web")
+    ct = info(daemon, "web")
+    base = ct["idmap"]["uid_base"]
+    assert base > 0 and "unprivileged" in ct["security"]
+
+    # shift=true (the default): an ID is the same inside and on the host.
+    assert sh(daemon, "web", "cat /srv/shared/from-host") == "host\n"
+    assert sh(daemon, "web", "ls -ln /srv/shared/from-host").split()[2:4] == ["1000", "1000"]
+    sh(daemon, "web", "echo ct > /srv/shared/from-ct; chown 1000:1000 /srv/shared/from-ct")
+    sh(daemon, "web", "echo root > /srv/shared/root-made")
+    assert (shared / "from-ct").read_text() == "ct\n"
+    assert owner(shared / "from-ct") == (1000, 1000)
+    assert owner(shared / "root-made") == (0, 0)
+    # shift=false: the container's range maps them (root inside is base).
+    sh(daemon, "web", "echo ct > /raw/from-ct")
+    assert owner(raw / "from-ct") == (base, base)
+    assert sh(daemon, "web", "ls -ln /raw/from-host").split()[2:4] == ["65534", "65534"]
+    # readonly: nothing is written through it; a file source is a file.
+    err = sh(daemon, "web", "touch /srv/ro/new", check=False)
+    assert "Read-only file system" in err
+    assert not (ro / "new").exists()
+    assert sh(daemon, "web", "cat /etc/kept") == "kept\n"
+    assert all(d["active"] for d in devices(daemon, "web"))
+
+    # It is config: after a restart of the container, and of lxpyd.
+    daemon.cli("restart", "web")
+    assert sh(daemon, "web", "cat /srv/shared/from-ct") == "ct\n"
+    pid = info(daemon, "web")["init_pid"]
+    stop_daemon(daemon)
+    again = start_again(daemon, daemon.root.parent / "lxpyd-again.log")
+    try:
+        assert info(again, "web")["init_pid"] == pid
+        assert sh(again, "web", "cat /srv/shared/from-host") == "host\n"
+        assert all(d["active"] for d in devices(again, "web"))
+        again.cli("stop", "web")
+        again.cli("start", "web")
+        assert sh(again, "web", "cat /srv/ro/kept") == "kept\n"
+    finally:
+        stop_daemon(again)
+        daemon.proc = again.proc
+
+
+@pytest.mark.parametrize("privileged", [False, True], ids=["unprivileged", "privileged"])
+def test_a_disk_is_hot_plugged_and_unplugged_on_a_running_container(
+    daemon: Daemon, tmp_path: Path, privileged: bool
+) -> None:
+    busybox(daemon, "web")
+    if privileged:
+        daemon.cli("config", "set", "web", "security.privileged", "true")
+    hot = tmp_path / "hot"
+    hot.mkdir()
+    (hot / "f").write_text("hot\n")
+    daemon.cli("start", "web")
+    pid = info(daemon, "web")["init_pid"]
+    before = record(daemon, "web")
+
+    # Refused with nothing changed: not in the record, nothing mounted.
+    assert "does not exist" in refused(
+        daemon, "device", "add", "web", "hot", "disk", f"source={tmp_path}/no", "path=/mnt/hot"
+    )
+    assert record(daemon, "web") == before and not mounted_in(pid, "/mnt/hot")
+
+    out = daemon.cli("device", "add", "web", "hot", "disk", f"source={hot}", "path=/mnt/hot/x")
+    assert out.stdout == "added disk device hot to web (in effect now)\n"
+    assert mounted_in(pid, "/mnt/hot/x")
+    assert sh(daemon, "web", "cat /mnt/hot/x/f") == "hot\n"
+    sh(daemon, "web", "echo back > /mnt/hot/x/g")
+    assert (hot / "g").read_text() == "back\n"
+    assert owner(hot / "g") == (0, 0)
+    assert devices(daemon, "web")[0]["active"] is True
+    # The mount point was made inside the rootfs, owned by root inside.
+    assert sh(daemon, "web", "ls -lnd /mnt/hot").split()[2:4] == ["0", "0"]
+
+    # A symlink the container plants leads inside it, never to the host.
+    sh(daemon, "web", "mkdir -p /inside && ln -s /inside /mnt/trap")
+    daemon.cli("device", "add", "web", "trap", "disk", f"source={hot}", "path=/mnt/trap/t")
+    assert sh(daemon, "web", "cat /inside/t/f") == "hot\n"
+    assert not Path("/inside").exists()
+
+    daemon.cli("device", "remove", "web", "hot", "trap")
+    assert not mounted_in(pid, "/mnt/hot/x")
+    assert sh(daemon, "web", "ls /mnt/hot/x") == ""
+    assert (hot / "f").exists() and devices(daemon, "web") == []
+    assert info(daemon, "web")["init_pid"] == pid

@@ -11,14 +11,20 @@ start without a missing source).
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
-from lxpy.daemon.devices.base import Dev, DeviceType, Key, boolean, is_true
-from lxpy.errors import InvalidArgument, NotFound
+import trio
+
+from lxpy.daemon.devices.base import Dev, DeviceType, Key, StartPlan, boolean, is_true
+from lxpy.errors import InvalidArgument, LxpyError, NotFound
 from lxpy.kernel.inroot import Rootfs, RootfsError
+from lxpy.runtime import disks
+
+log = logging.getLogger("lxpyd.devices")
 
 if TYPE_CHECKING:
     from lxpy.daemon.service import Daemon
@@ -65,6 +71,7 @@ def _pool(key: str, value: str) -> str:
 
 class Disk(DeviceType):
     NAME = "disk"
+    HOTPLUG = True
     DOC = "a host directory or file, or a custom volume, mounted inside"
     KEYS: ClassVar[Mapping[str, Key]] = {
         "source": Key(
@@ -116,6 +123,54 @@ class Disk(DeviceType):
     def host_source(self, d: Daemon, options: Mapping[str, str]) -> str:
         """The host path the device mounts."""
         return options["source"]
+
+    async def mount(self, d: Daemon, dev: Dev) -> dict[str, object] | None:
+        """What the launch path (or a hot-plug) mounts for `dev`; None for
+        a missing source that is not required.
+
+        Raises:
+            NotFound, InvalidArgument: the source is missing or not a
+                directory or file.
+        """
+        opts = dev.options
+        source = self.host_source(d, opts)
+        is_dir = await d.files(_source_kind, source, dev, is_true(opts, "required", True))
+        if is_dir is None:
+            log.warning("%s: source %s is missing; started without it", dev.label, source)
+            return None
+        return {
+            "source": source,
+            "path": opts["path"],
+            "readonly": is_true(opts, "readonly", False),
+            "shift": is_true(opts, "shift", True),
+            "dir": is_dir,
+        }
+
+    async def start(self, d: Daemon, dev: Dev, plan: StartPlan) -> None:
+        m = await self.mount(d, dev)
+        if m is not None:
+            plan.mounts.append(m)
+            plan.active.add(dev.name)
+
+    async def plug(self, d: Daemon, dev: Dev, pid: int) -> None:
+        m = await self.mount(d, dev)
+        if m is None:
+            return
+        try:
+            await trio.to_thread.run_sync(disks.plug, pid, m, f"container {dev.container!r}")
+        except (OSError, RootfsError) as e:
+            raise _mount_error(dev, e, "mounted in") from None
+
+    async def unplug(self, d: Daemon, dev: Dev, pid: int) -> None:
+        try:
+            await trio.to_thread.run_sync(disks.unplug, pid, dev.options["path"])
+        except OSError as e:
+            raise _mount_error(dev, e, "unmounted from") from None
+
+
+def _mount_error(dev: Dev, e: OSError | RootfsError, verb: str) -> LxpyError:
+    why = e.message if isinstance(e, RootfsError) else (e.strerror or str(e))
+    return LxpyError(f"{dev.label}: could not be {verb} the running container: {why}")
 
 
 def _source_kind(source: str, dev: Dev, required: bool) -> bool | None:
