@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 # crossed (a disk inside another one), magic links are not.
 _RESOLVE = sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS
 UMOUNT_NOFOLLOW = 8
+CLONE_FS = 0x00000200
 
 
 def tree(m: Mapping[str, object], userns_fd: int = -1, unprivileged: bool = False) -> int:
@@ -176,6 +177,48 @@ def in_mount_ns(pid: int, work: Callable[[], object]) -> None:
         raise OSError(int(num) if num.isdigit() else errno.EIO, msg or f"helper status {status}")
 
 
+def in_mount_ns_thread(pid: int, work: Callable[[], object]) -> None:
+    """Run `work` in a new thread of this process that enters the mount
+    namespace (and root) of process `pid`, as host root.
+
+    Why a thread will do here: a thread that unshares its filesystem
+    context (CLONE_FS: root and cwd) may enter another mount namespace on
+    its own, and host root may mount in any container's. It costs far
+    less than forking a large process (in_mount_ns). The thread ends
+    with the work, and its namespace with it.
+
+    Raises:
+        what `work` raised; OSError for the entering.
+    """
+    # Imported here: the launch path (and so every monitor) does without it.
+    import threading
+
+    mntns = _ns(pid, "mnt")
+    failed: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            sc.unshare(CLONE_FS)
+            sc.setns(mntns, sc.CLONE_NEWNS)
+            os.chdir("/")
+            work()
+        except BaseException as e:  # noqa: B036 - handed to the caller
+            failed.append(e)
+
+    try:
+        t = threading.Thread(target=body, name="lxpy-mountns")
+        t.start()
+        t.join()
+    finally:
+        os.close(mntns)
+    if failed:
+        raise failed[0]
+
+
+class _MountPointMissing(Exception):
+    pass
+
+
 def plug(pid: int, m: Mapping[str, object], label: str) -> None:
     """Mount disk `m` into the running container whose init is `pid`.
 
@@ -189,10 +232,28 @@ def plug(pid: int, m: Mapping[str, object], label: str) -> None:
     finally:
         if userns >= 0:
             os.close(userns)
+    path, is_dir = str(m["path"]), bool(m.get("dir", True))
+
+    def fast() -> None:
+        # Host root makes no file in an unprivileged container's idmapped
+        # rootfs (its ID is not mapped there): a missing mount point is
+        # made by the helper, as the container's root.
+        if unprivileged and not _exists(path):
+            raise _MountPointMissing
+        attach(t, "/", path, is_dir, label)
+
     try:
-        in_mount_ns(pid, lambda: attach(t, "/", str(m["path"]), bool(m.get("dir", True)), label))
+        try:
+            in_mount_ns_thread(pid, fast)
+        except _MountPointMissing:
+            in_mount_ns(pid, lambda: attach(t, "/", path, is_dir, label))
     finally:
         os.close(t)
+
+
+def _exists(path: str) -> bool:
+    with inroot.Rootfs("/", "", cross_mounts=True) as r:
+        return r.stat(path) is not None
 
 
 def unplug(pid: int, path: str) -> None:
@@ -201,4 +262,4 @@ def unplug(pid: int, path: str) -> None:
     Raises:
         OSError: the kernel's refusal.
     """
-    in_mount_ns(pid, lambda: detach(path))
+    in_mount_ns_thread(pid, lambda: detach(path))

@@ -238,5 +238,10 @@ def test_a_disk_is_hot_plugged_and_unplugged_on_a_running_container(
     daemon.cli("device", "remove", "web", "hot", "trap")
     assert not mounted_in(pid, "/mnt/hot/x")
     assert sh(daemon, "web", "ls /mnt/hot/x") == ""
+    # Again, on the mount point that is there now.
+    daemon.cli("device", "add", "web", "hot", "disk", f"source={hot}", "path=/mnt/hot/x")
+    assert sh(daemon, "web", "cat /mnt/hot/x/f") == "hot\n"
+    daemon.cli("device", "remove", "web", "hot")
+    assert not mounted_in(pid, "/mnt/hot/x")
     assert (hot / "f").exists() and devices(daemon, "web") == []
     assert info(daemon, "web")["init_pid"] == pid

@@ -17,8 +17,6 @@ import stat
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
-import trio
-
 from lxpy.daemon.devices.base import Dev, DeviceType, Key, StartPlan, boolean, is_true
 from lxpy.errors import InvalidArgument, LxpyError, NotFound
 from lxpy.kernel.inroot import Rootfs, RootfsError
@@ -114,11 +112,8 @@ class Disk(DeviceType):
                     hint="each disk needs a path of its own",
                 )
         source = self.host_source(d, opts)
-        is_dir = await d.files(_source_kind, source, dev, is_true(opts, "required", True))
-        if is_dir is None:
-            return
         rootfs = d.backend.container_path(dev.container)
-        await d.files(_check_target, rootfs, dev, is_dir)
+        await d.files(_check_target, rootfs, source, dev)
 
     def host_source(self, d: Daemon, options: Mapping[str, str]) -> str:
         """The host path the device mounts."""
@@ -134,17 +129,10 @@ class Disk(DeviceType):
         """
         opts = dev.options
         source = self.host_source(d, opts)
-        is_dir = await d.files(_source_kind, source, dev, is_true(opts, "required", True))
-        if is_dir is None:
+        m = await d.files(_mount_of, source, dev)
+        if m is None:
             log.warning("%s: source %s is missing; started without it", dev.label, source)
-            return None
-        return {
-            "source": source,
-            "path": opts["path"],
-            "readonly": is_true(opts, "readonly", False),
-            "shift": is_true(opts, "shift", True),
-            "dir": is_dir,
-        }
+        return m
 
     async def start(self, d: Daemon, dev: Dev, plan: StartPlan) -> None:
         m = await self.mount(d, dev)
@@ -153,17 +141,15 @@ class Disk(DeviceType):
             plan.active.add(dev.name)
 
     async def plug(self, d: Daemon, dev: Dev, pid: int) -> None:
-        m = await self.mount(d, dev)
-        if m is None:
-            return
+        source = self.host_source(d, dev.options)
         try:
-            await trio.to_thread.run_sync(disks.plug, pid, m, f"container {dev.container!r}")
+            await d.files(_plug, pid, source, dev)
         except (OSError, RootfsError) as e:
             raise _mount_error(dev, e, "mounted in") from None
 
     async def unplug(self, d: Daemon, dev: Dev, pid: int) -> None:
         try:
-            await trio.to_thread.run_sync(disks.unplug, pid, dev.options["path"])
+            await d.files(disks.unplug, pid, dev.options["path"])
         except OSError as e:
             raise _mount_error(dev, e, "unmounted from") from None
 
@@ -171,6 +157,28 @@ class Disk(DeviceType):
 def _mount_error(dev: Dev, e: OSError | RootfsError, verb: str) -> LxpyError:
     why = e.message if isinstance(e, RootfsError) else (e.strerror or str(e))
     return LxpyError(f"{dev.label}: could not be {verb} the running container: {why}")
+
+
+def _mount_of(source: str, dev: Dev) -> dict[str, object] | None:
+    # What the launch or a hot-plug mounts (None: a missing source that
+    # is not required).
+    opts = dev.options
+    is_dir = _source_kind(source, dev, is_true(opts, "required", True))
+    if is_dir is None:
+        return None
+    return {
+        "source": source,
+        "path": opts["path"],
+        "readonly": is_true(opts, "readonly", False),
+        "shift": is_true(opts, "shift", True),
+        "dir": is_dir,
+    }
+
+
+def _plug(pid: int, source: str, dev: Dev) -> None:
+    m = _mount_of(source, dev)
+    if m is not None:
+        disks.plug(pid, m, f"container {dev.container!r}")
 
 
 def _source_kind(source: str, dev: Dev, required: bool) -> bool | None:
@@ -197,9 +205,13 @@ def _source_kind(source: str, dev: Dev, required: bool) -> bool | None:
     )
 
 
-def _check_target(rootfs: os.PathLike[str], dev: Dev, is_dir: bool) -> None:
-    # What is at the mount point inside the rootfs now (symlinks followed
-    # inside it only): nothing, or the kind the source needs.
+def _check_target(rootfs: os.PathLike[str], source: str, dev: Dev) -> None:
+    # The source, and what is at the mount point inside the rootfs now
+    # (symlinks followed inside it only): nothing, or the kind the source
+    # needs. One trip to a worker thread.
+    is_dir = _source_kind(source, dev, is_true(dev.options, "required", True))
+    if is_dir is None:
+        return
     path = dev.options["path"]
     try:
         with Rootfs(rootfs, f"container {dev.container!r}") as root:
