@@ -611,7 +611,10 @@ class Lxpy:
         zygote = self.zygote()
         stop_daemon(self.daemon)
         if zygote is not None:
-            os.kill(zygote, signal.SIGTERM)
+            try:
+                os.kill(zygote, signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # it ended with lxpyd
             try:
                 wait_gone(zygote, 5)
             except TimeoutError:
