@@ -20,6 +20,7 @@ from lxpy.api.client import (
     _dev,
     _op,
     _snap,
+    _vol,
     body_length,
     decode_json,
     encode_request,
@@ -408,6 +409,18 @@ class AsyncClient:
 
     async def remove_device(self, name: str, device: str) -> None:
         await self.request("DELETE", _dev(name, device))
+
+    async def volumes(self) -> list[dict[str, Any]]:
+        return await self.request("GET", "/1.0/volumes")  # type: ignore[no-any-return]
+
+    async def volume(self, name: str) -> dict[str, Any]:
+        return await self.request("GET", _vol(name))  # type: ignore[no-any-return]
+
+    async def create_volume(self, name: str) -> dict[str, Any]:
+        return await self.request("POST", "/1.0/volumes", {"name": name})  # type: ignore[no-any-return]
+
+    async def delete_volume(self, name: str) -> None:
+        await self.request("DELETE", _vol(name))
 
     async def operation(self, op_id: str) -> dict[str, Any]:
         return await self.request("GET", _op(op_id))  # type: ignore[no-any-return]

@@ -605,6 +605,18 @@ class Client:
     def remove_device(self, name: str, device: str) -> None:
         self.request("DELETE", _dev(name, device))
 
+    def volumes(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/1.0/volumes")  # type: ignore[no-any-return]
+
+    def volume(self, name: str) -> dict[str, Any]:
+        return self.request("GET", _vol(name))  # type: ignore[no-any-return]
+
+    def create_volume(self, name: str) -> dict[str, Any]:
+        return self.request("POST", "/1.0/volumes", {"name": name})  # type: ignore[no-any-return]
+
+    def delete_volume(self, name: str) -> None:
+        self.request("DELETE", _vol(name))
+
     def operations(self) -> list[dict[str, Any]]:
         return self.request("GET", "/1.0/operations")  # type: ignore[no-any-return]
 
@@ -664,6 +676,10 @@ def _snap(name: str, snapshot: str) -> str:
 
 def _dev(name: str, device: str) -> str:
     return f"{_ct(name)}/devices/{quote(device, 'device name')}"
+
+
+def _vol(name: str) -> str:
+    return "/1.0/volumes/" + quote(name, "volume name")
 
 
 def _op(op_id: str) -> str:

@@ -51,6 +51,7 @@ _NEW = {
     ("network create", "name"),
     ("snapshot create", "snapshot"),
     ("device add", "device"),
+    ("volume create", "volume"),
 }
 
 Candidates = list[tuple[str, str]]
@@ -80,6 +81,9 @@ class Names:
 
     def snapshots(self, container: str) -> Candidates:
         return self._ask(lambda: self.client.snapshots(container), "name", "created_at")
+
+    def volumes(self) -> Candidates:
+        return self._ask(self.client.volumes, "name", "path")
 
     def devices(self, container: str) -> Candidates:
         return self._ask(lambda: self.client.devices(container), "name", "type")
@@ -181,6 +185,8 @@ def _kind(path: Sequence[str], action: argparse.Action) -> str:
         return "networks"
     if action.metavar == "SNAP":
         return "snapshots"
+    if action.metavar == "VOLUME":
+        return "volumes"
     if action.metavar == "DEV":
         return "devices"
     if where == "device add" and action.dest in ("type", "config"):
@@ -262,6 +268,8 @@ def _positional_values(line: _Line, names: Callable[[str | None], Names]) -> Can
         return src.snapshots(first)
     if kind == "devices":
         return src.devices(first)
+    if kind == "volumes":
+        return src.volumes()
     if kind == "device-type":
         return [(t, "") for t in sorted(DEVICE_KEYS)]
     if kind == "device-config":

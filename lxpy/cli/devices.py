@@ -1,4 +1,5 @@
-"""`lxpy device add`, `remove`, `list` and `show`."""
+"""`lxpy device add`, `remove`, `list` and `show`; `lxpy volume create`,
+`list` and `delete`."""
 
 from __future__ import annotations
 
@@ -97,3 +98,42 @@ def cmd_device_show(client: Client, args: argparse.Namespace) -> None:
     print(f"active: {'yes' if dev.get('active') else 'no'}")
     for k, v in sorted((dev.get("config") or {}).items()):
         print(f"{k}: {v}")
+
+
+VOLUMES = arg("volumes", nargs="+", metavar="VOLUME", help="volume name(s)")
+
+
+@command(
+    "volume create",
+    "create an empty custom volume (mount it with: device add NAME DEV disk pool=default "
+    "source=VOLUME path=...)",
+    arg("volume", metavar="VOLUME", help="volume name"),
+    formats=True,
+)
+def cmd_volume_create(client: Client, args: argparse.Namespace) -> None:
+    vol = client.create_volume(args.volume)
+    if args.format == "json":
+        print_json(vol)
+    else:
+        print(f"created volume {args.volume}")
+
+
+@command("volume list", "list custom volumes and the containers using them", formats=True)
+def cmd_volume_list(client: Client, args: argparse.Namespace) -> None:
+    vols = client.volumes()
+    if args.format == "json":
+        print_json(vols)
+        return
+    print_table(
+        ("NAME", "USED BY"),
+        ((v.get("name", ""), ", ".join(v.get("used_by") or ()) or "-") for v in vols),
+    )
+
+
+@command("volume delete", "delete custom volumes with their files (not while in use)", VOLUMES)
+def cmd_volume_delete(client: Client, args: argparse.Namespace) -> None:
+    def delete(vol: str) -> None:
+        client.delete_volume(vol)
+        print(f"deleted volume {vol}")
+
+    each(args.volumes, delete)

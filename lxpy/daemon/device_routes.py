@@ -1,4 +1,4 @@
-"""The API routes of devices (docs/api.md, "Devices")."""
+"""The API routes of devices and custom volumes (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -41,5 +41,46 @@ def add_device_routes(r: Router, d: Daemon) -> None:
         C + "/{dev}",
         remove_device,
         "Remove a device (from a running container at once)",
+        response=openapi.EMPTY,
+    )
+
+
+def add_volume_routes(r: Router, d: Daemon) -> None:
+    """GET/POST /1.0/volumes, GET/DELETE /1.0/volumes/NAME."""
+
+    async def list_volumes(req: Request) -> object:
+        return await d.volumes.list_all()
+
+    async def create_volume(req: Request) -> object:
+        return await d.volumes.create(req.json())
+
+    async def get_volume(req: Request) -> object:
+        return await d.volumes.get(req.params["name"])
+
+    async def delete_volume(req: Request) -> object:
+        return await d.volumes.delete(req.params["name"])
+
+    r.add(
+        "GET",
+        "/1.0/volumes",
+        list_volumes,
+        "List custom volumes",
+        response=openapi.array(S("Volume")),
+    )
+    r.add(
+        "POST",
+        "/1.0/volumes",
+        create_volume,
+        "Create an empty custom volume (a disk device with pool=default source=NAME mounts it)",
+        status=201,
+        body=openapi.NAME_BODY,
+        response=S("Volume"),
+    )
+    r.add("GET", "/1.0/volumes/{name}", get_volume, "Show a custom volume", response=S("Volume"))
+    r.add(
+        "DELETE",
+        "/1.0/volumes/{name}",
+        delete_volume,
+        "Delete a custom volume with its files (busy while a container's disk uses it)",
         response=openapi.EMPTY,
     )

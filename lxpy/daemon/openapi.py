@@ -244,6 +244,15 @@ SCHEMAS: dict[str, Schema] = {
         ("cpu_seconds", "memory_bytes", "processes", "network"),
     ),
     "Snapshot": _obj({"name": STR, "created_at": STR}, ("name", "created_at")),
+    "Volume": _obj(
+        {
+            "name": STR,
+            "pool": STR,
+            "path": STR,
+            "used_by": {**array(STR), "description": "containers with a disk on it"},
+        },
+        ("name", "pool", "path", "used_by"),
+    ),
     "Device": _obj(
         {
             "name": STR,

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from lxpy.daemon.lifecycle import Lifecycle
     from lxpy.daemon.resources import Resources
     from lxpy.daemon.security import Security
+    from lxpy.daemon.volumes import Volumes
 
 log = logging.getLogger("lxpyd")
 
@@ -123,6 +124,7 @@ class Daemon:
     # ID ranges and user namespaces of unprivileged containers; set by open().
     security: Security
     devices: Devices
+    volumes: Volumes
 
     def __init__(
         self, settings: Settings, backend: Backend, registry: Registry, nursery: trio.Nursery
@@ -211,6 +213,7 @@ class Daemon:
         from lxpy.daemon.lifecycle import Lifecycle
         from lxpy.daemon.resources import Resources
         from lxpy.daemon.security import Security
+        from lxpy.daemon.volumes import Volumes
 
         d.security = Security(d)
         # Its containers' ID blocks, known to every lxpyd on the host.
@@ -219,6 +222,7 @@ class Daemon:
         await d.resources.setup()
         d.boot = BootManager(d, nursery)
         d.devices = Devices(d)
+        d.volumes = Volumes(d)
         d.lifecycle = Lifecycle(d, nursery)
         # Containers whose monitors outlived a previous lxpyd run on.
         await d.lifecycle.adopt_all()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 from lxpy.daemon.devices.base import Dev, DeviceType, Key, StartPlan, boolean, is_true
 from lxpy.errors import InvalidArgument, LxpyError, NotFound
 from lxpy.kernel.inroot import Rootfs, RootfsError
+from lxpy.model.names import validate_name
 from lxpy.runtime import disks
 
 log = logging.getLogger("lxpyd.devices")
@@ -90,7 +91,12 @@ class Disk(DeviceType):
     }
 
     def check_options(self, dev: str, options: Mapping[str, str]) -> None:
-        if "pool" not in options:
+        if "pool" in options:
+            try:
+                validate_name(options["source"], "volume")
+            except InvalidArgument as e:
+                raise InvalidArgument(f"device {dev!r}: source: {e.message}", e.hint) from None
+        else:
             src = options["source"]
             if not src.startswith("/") or ".." in src.split("/"):
                 raise InvalidArgument(
@@ -111,12 +117,17 @@ class Disk(DeviceType):
                     f"device {other!r} already",
                     hint="each disk needs a path of its own",
                 )
+        if opts.get("pool"):
+            await d.volumes.require(opts["source"])
         source = self.host_source(d, opts)
         rootfs = d.backend.container_path(dev.container)
         await d.files(_check_target, rootfs, source, dev)
 
     def host_source(self, d: Daemon, options: Mapping[str, str]) -> str:
-        """The host path the device mounts."""
+        """The host path the device mounts: its source, or the custom
+        volume's path in the pool."""
+        if options.get("pool"):
+            return str(d.backend.volume_path(options["source"]))
         return options["source"]
 
     async def mount(self, d: Daemon, dev: Dev) -> dict[str, object] | None:
