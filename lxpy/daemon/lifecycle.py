@@ -518,6 +518,9 @@ class Lifecycle:
                 started_at=_iso(status.get("started_at")) or info.started_at,
                 socket=info.socket,
             )
+            # Its monitor re-made the disks it was started with: the ones
+            # changed live since are made right again.
+            self.nursery.start_soon(d.devices.rebooted, name, pid)
         if d.states[name] == State.STOPPING and new != State.STOPPING:
             return  # a stop is under way: only its end counts
         d.set_state(name, new)

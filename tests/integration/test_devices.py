@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Daemon, info, start_again, stop_daemon
+from tests.conftest import Daemon, info, start_again, stop_daemon, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -245,3 +246,32 @@ def test_a_disk_is_hot_plugged_and_unplugged_on_a_running_container(
     assert not mounted_in(pid, "/mnt/hot/x")
     assert (hot / "f").exists() and devices(daemon, "web") == []
     assert info(daemon, "web")["init_pid"] == pid
+
+
+def test_a_reboot_inside_keeps_the_disks_as_they_were_changed_live(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    busybox(daemon, "web")
+    old, new = tmp_path / "old", tmp_path / "new"
+    for p in (old, new):
+        p.mkdir()
+        (p / "f").write_text(p.name + "\n")
+    daemon.cli("device", "add", "web", "old", "disk", f"source={old}", "path=/old")
+    daemon.cli("start", "web")
+    daemon.cli("device", "remove", "web", "old")
+    daemon.cli("device", "add", "web", "new", "disk", f"source={new}", "path=/new")
+    pid = info(daemon, "web")["init_pid"]
+    subprocess.run(["nsenter", "-a", "-t", str(pid), "reboot"], check=True, timeout=30)
+    ct = wait_for(
+        lambda: (
+            (c := info(daemon, "web"))["init_pid"] not in (None, pid)
+            and c["state"] == "RUNNING"
+            and c
+        ),
+        30,
+        "the reboot",
+    )
+    again = ct["init_pid"]
+    wait_for(lambda: mounted_in(again, "/new"), 15, "the live disk in the new boot")
+    wait_for(lambda: not mounted_in(again, "/old"), 15, "the removed disk gone")
+    assert sh(daemon, "web", "cat /new/f") == "new\n"

@@ -33,6 +33,9 @@ class Devices:
         self.d = d
         # The devices in effect in each running container.
         self.active: dict[str, set[str]] = {}
+        # The devices each running container was started with, as they
+        # were: its monitor sets them up again at a reboot inside.
+        self.launched: dict[str, dict[str, Mapping[str, str]]] = {}
 
     # -- reading ------------------------------------------------------------
     def describe(self, name: str, dev: str, options: Mapping[str, str]) -> dict[str, object]:
@@ -190,6 +193,7 @@ class Devices:
             await self.undo_start(plan)
             raise
         self.active[record.name] = set(plan.active)
+        self.launched[record.name] = {dev: record.devices[dev] for dev in plan.active}
         return plan
 
     async def undo_start(self, plan: StartPlan) -> None:
@@ -214,6 +218,7 @@ class Devices:
         """Container `name` has stopped: release what its devices took."""
         record = self.d.records.get(name)
         active = self.active.pop(name, set())
+        self.launched.pop(name, None)
         if record is None:
             return
         for dev in sorted(active):
@@ -227,6 +232,27 @@ class Devices:
         record = self.d.records.get(name)
         if record is not None:
             self.active[name] = set(record.devices)
+            self.launched[name] = dict(record.devices)
+
+    async def rebooted(self, name: str, pid: int) -> None:
+        """Container `name` rebooted inside (new init: host pid `pid`). Its
+        monitor set up again what it was started with: devices removed
+        since are taken out again, those added since plugged in again."""
+        d = self.d
+        async with d.lock(name):
+            record = d.records.get(name)
+            if record is None or self._init_pid(name) != pid:
+                return
+            launched = self.launched.get(name, {})
+            for dev, options in launched.items():
+                if record.devices.get(dev) != options:
+                    t = device_type(options.get("type", ""))
+                    await _quietly(t.unplug(d, Dev(name, dev, options), pid), f"unplug {dev}")
+            for dev in sorted(self.active.get(name, set())):
+                now = record.devices.get(dev)
+                if now is not None and launched.get(dev) != now:
+                    t = device_type(now["type"])
+                    await _quietly(t.plug(d, Dev(name, dev, now), pid), f"plug {dev}")
 
     async def forget_all(self, record: Container) -> None:
         """Container `record` is deleted: its devices are forgotten."""
