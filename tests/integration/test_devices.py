@@ -275,3 +275,39 @@ def test_a_reboot_inside_keeps_the_disks_as_they_were_changed_live(
     wait_for(lambda: mounted_in(again, "/new"), 15, "the live disk in the new boot")
     wait_for(lambda: not mounted_in(again, "/old"), 15, "the removed disk gone")
     assert sh(daemon, "web", "cat /new/f") == "new\n"
+
+
+def test_a_debian_container_boots_with_disks_and_gets_one_live(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    daemon.cli("template", "build", "debian-bookworm", timeout=1800)
+    daemon.cli("create", "deb", "-t", "debian-bookworm")
+    share, docs = tmp_path / "share", tmp_path / "docs"
+    for p in (share, docs):
+        p.mkdir()
+        p.chmod(0o777)
+    (share / "from-host").write_text("host\n")
+    os.chown(share / "from-host", 1000, 1000)
+    (docs / "readme").write_text("docs\n")
+    daemon.cli("device", "add", "deb", "share", "disk", f"source={share}", "path=/srv/share")
+    daemon.cli("start", "deb", "--wait", timeout=180)
+    # systemd boots to running with the disk mounted before it.
+    state = daemon.cli("exec", "deb", "--", "systemctl", "is-system-running", check=False)
+    assert state.stdout.strip() == "running", state
+    assert sh(daemon, "deb", "stat -c '%u %g' /srv/share/from-host") == "1000 1000\n"
+    # A Debian user's file (www-data: 33) is 33's on the host too.
+    daemon.cli("exec", "deb", "--user", "www-data", "--", "touch", "/srv/share/by-www-data")
+    assert owner(share / "by-www-data") == (33, 33)
+    sh(daemon, "deb", "echo root > /srv/share/by-root")
+    assert owner(share / "by-root") == (0, 0)
+    # Live, read-only, seen by systemd's own view of the mounts.
+    daemon.cli(
+        *("device", "add", "deb", "docs", "disk", f"source={docs}", "path=/usr/share/site"),
+        "readonly=true",
+    )
+    assert sh(daemon, "deb", "cat /usr/share/site/readme") == "docs\n"
+    found = sh(daemon, "deb", "findmnt -n -o OPTIONS /usr/share/site")
+    assert "ro" in found.split(",")
+    daemon.cli("device", "remove", "deb", "docs")
+    assert sh(daemon, "deb", "findmnt -n /usr/share/site || echo none") == "none\n"
+    daemon.cli("stop", "deb")
