@@ -311,3 +311,29 @@ def test_a_debian_container_boots_with_disks_and_gets_one_live(
     daemon.cli("device", "remove", "deb", "docs")
     assert sh(daemon, "deb", "findmnt -n /usr/share/site || echo none") == "none\n"
     daemon.cli("stop", "deb")
+
+
+def test_required_false_starts_without_a_missing_source(daemon: Daemon, tmp_path: Path) -> None:
+    busybox(daemon, "web")
+    later = tmp_path / "later"
+    args = ("device", "add", "web", "opt", "disk", f"source={later}", "path=/opt/later")
+    assert "does not exist" in refused(daemon, *args)
+    daemon.cli(*args, "required=false")
+    daemon.cli("start", "web")
+    pid = info(daemon, "web")["init_pid"]
+    assert not mounted_in(pid, "/opt/later")
+    assert devices(daemon, "web")[0]["active"] is False
+    # There at the next start once it exists.
+    later.mkdir()
+    (later / "f").write_text("now\n")
+    daemon.cli("restart", "web")
+    assert sh(daemon, "web", "cat /opt/later/f") == "now\n"
+    assert devices(daemon, "web")[0]["active"] is True
+    # Required (the default), a source gone since fails the start, naming it.
+    daemon.cli("stop", "web")
+    (later / "sub").mkdir()
+    daemon.cli("device", "add", "web", "must", "disk", f"source={later}/sub", "path=/m")
+    (later / "sub").rmdir()
+    err = refused(daemon, "start", "web")
+    assert "device 'must'" in err and f"{later}/sub does not exist" in err, err
+    assert info(daemon, "web")["state"] == "STOPPED"
