@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from lxpy.cli.output import print_json, print_table, yes_no
-from lxpy.cli.parse import NAME, arg, command, each, key_value
+from lxpy.cli.parse import NAME, UsageError, arg, command, each
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,17 +35,26 @@ def device_line(dev: dict[str, Any]) -> str:
     NAME,
     DEV,
     arg("type", metavar="TYPE", help="device type: " + ", ".join(DEVICE_KEYS)),
+    # No argparse type: a line of plain words takes the fast path
+    # (lxpy.cli.parse._fast_args); the words are split here.
     arg(
         "config",
         nargs="*",
-        type=key_value,
         metavar="KEY=VALUE",
         help="the device's keys, e.g. source=/srv/www path=/var/www readonly=true",
     ),
     formats=True,
 )
 def cmd_device_add(client: Client, args: argparse.Namespace) -> None:
-    dev = client.add_device(args.name, args.device, args.type, dict(args.config))
+    config = {}
+    for word in args.config:
+        key, eq, value = word.partition("=")
+        if not eq or not key:
+            raise UsageError(
+                f"expected KEY=VALUE, got {word!r}", "", "lxpy device add", "e.g. path=/srv/www"
+            )
+        config[key] = value
+    dev = client.add_device(args.name, args.device, args.type, config)
     if args.format == "json":
         print_json(dev)
         return
