@@ -115,7 +115,13 @@ class Devices:
             pid = self._init_pid(name)
             new = record.with_device(dev, options)
             async with d.journal.begin(
-                "device-add", durable=pid is not None, name=name, device=dev, options=options
+                "device-add",
+                durable=pid is not None,
+                # Live state a host crash ends: it need only outlive lxpyd.
+                sync=False,
+                name=name,
+                device=dev,
+                options=options,
             ) as op:
                 if pid is not None:
                     await t.plug(d, device, pid)
@@ -150,6 +156,7 @@ class Devices:
             async with d.journal.begin(
                 "device-remove",
                 durable=pid is not None,
+                sync=False,
                 name=name,
                 device=dev,
                 options=dict(options),
