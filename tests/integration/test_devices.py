@@ -329,6 +329,14 @@ def test_required_false_starts_without_a_missing_source(daemon: Daemon, tmp_path
     daemon.cli("restart", "web")
     assert sh(daemon, "web", "cat /opt/later/f") == "now\n"
     assert devices(daemon, "web")[0]["active"] is True
+    # Added live without its source: recorded, not in effect.
+    out = daemon.cli(
+        *("device", "add", "web", "gone", "disk", f"source={tmp_path}/gone", "path=/gone"),
+        "required=false",
+    )
+    assert out.stdout == "added disk device gone to web\n"
+    assert [d["active"] for d in devices(daemon, "web")] == [False, True]
+    daemon.cli("device", "remove", "web", "gone")
     # Required (the default), a source gone since fails the start, naming it.
     daemon.cli("stop", "web")
     (later / "sub").mkdir()

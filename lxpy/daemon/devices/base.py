@@ -170,8 +170,10 @@ class DeviceType:
     async def started(self, d: Daemon, dev: Dev, pid: int) -> None:
         """The container's init runs as host pid `pid`."""
 
-    async def plug(self, d: Daemon, dev: Dev, pid: int) -> None:
-        """Add the device to the running container whose init is host pid `pid`.
+    async def plug(self, d: Daemon, dev: Dev, pid: int) -> bool | None:
+        """Add the device to the running container whose init is host pid
+        `pid`; False when it is not in effect after all (a disk whose
+        source is missing and not required), else None or True.
 
         Raises:
             Unsupported: the type cannot be hot-plugged.

@@ -151,10 +151,10 @@ class Disk(DeviceType):
             plan.mounts.append(m)
             plan.active.add(dev.name)
 
-    async def plug(self, d: Daemon, dev: Dev, pid: int) -> None:
+    async def plug(self, d: Daemon, dev: Dev, pid: int) -> bool:
         source = self.host_source(d, dev.options)
         try:
-            await d.files(_plug, pid, source, dev)
+            return await d.files(_plug, pid, source, dev)
         except (OSError, RootfsError) as e:
             raise _mount_error(dev, e, "mounted in") from None
 
@@ -186,10 +186,12 @@ def _mount_of(source: str, dev: Dev) -> dict[str, object] | None:
     }
 
 
-def _plug(pid: int, source: str, dev: Dev) -> None:
+def _plug(pid: int, source: str, dev: Dev) -> bool:
     m = _mount_of(source, dev)
-    if m is not None:
-        disks.plug(pid, m, f"container {dev.container!r}")
+    if m is None:
+        return False
+    disks.plug(pid, m, f"container {dev.container!r}")
+    return True
 
 
 def _source_kind(source: str, dev: Dev, required: bool) -> bool | None:

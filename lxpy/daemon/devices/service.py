@@ -123,18 +123,17 @@ class Devices:
                 device=dev,
                 options=options,
             ) as op:
+                in_effect = False
                 if pid is not None:
-                    await t.plug(d, device, pid)
+                    in_effect = await t.plug(d, device, pid) is not False
                     op.undo(lambda: t.unplug(d, device, pid), f"unplug {device.label}")
                     op.step("plugged")
                 await d.files(d.registry.save, new)
                 op.step("recorded")
             d.records[name] = new
-            if pid is not None:
+            if in_effect:
                 self.active.setdefault(name, set()).add(dev)
-        d.bus.lifecycle(
-            "device-added", f"containers/{name}", {"device": dev, "live": pid is not None}
-        )
+        d.bus.lifecycle("device-added", f"containers/{name}", {"device": dev, "live": in_effect})
         return self.describe(name, dev, options)
 
     async def remove(self, name: str, dev: str) -> dict[str, object]:
@@ -195,7 +194,10 @@ class Devices:
                 try:
                     await t.start(self.d, device, plan)
                 except LxpyError as e:
-                    raise type(e)(f"{device.label}: {e.message}", e.hint) from e
+                    # Named once: the type's own messages name the device.
+                    if f"device {dev!r}" not in e.message:
+                        e.message = f"{device.label}: {e.message}"
+                    raise
         except BaseException:
             await self.undo_start(plan)
             raise
