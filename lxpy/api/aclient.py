@@ -17,8 +17,10 @@ from typing import Any
 
 from lxpy.api.client import (
     _ct,
+    _dev,
     _op,
     _snap,
+    _vol,
     body_length,
     decode_json,
     encode_request,
@@ -479,6 +481,34 @@ class AsyncClient:
 
     async def delete_snapshot(self, name: str, snapshot: str) -> None:
         await self.request("DELETE", _snap(name, snapshot))
+
+    async def devices(self, name: str) -> list[dict[str, Any]]:
+        return await self.request("GET", _ct(name) + "/devices")
+
+    async def device(self, name: str, device: str) -> dict[str, Any]:
+        return await self.request("GET", _dev(name, device))
+
+    async def add_device(
+        self, name: str, device: str, type_: str, config: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Add a device; a running container gets it at once."""
+        body = {"name": device, "type": type_, "config": dict(config or {})}
+        return await self.request("POST", _ct(name) + "/devices", body)
+
+    async def remove_device(self, name: str, device: str) -> None:
+        await self.request("DELETE", _dev(name, device))
+
+    async def volumes(self) -> list[dict[str, Any]]:
+        return await self.request("GET", "/1.0/volumes")
+
+    async def volume(self, name: str) -> dict[str, Any]:
+        return await self.request("GET", _vol(name))
+
+    async def create_volume(self, name: str) -> dict[str, Any]:
+        return await self.request("POST", "/1.0/volumes", {"name": name})
+
+    async def delete_volume(self, name: str) -> None:
+        await self.request("DELETE", _vol(name))
 
     async def operation(self, op_id: str) -> dict[str, Any]:
         return await self.request("GET", _op(op_id))

@@ -616,6 +616,34 @@ class Client:
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         self.request("DELETE", _snap(name, snapshot))
 
+    def devices(self, name: str) -> list[dict[str, Any]]:
+        return self.request("GET", _ct(name) + "/devices")
+
+    def device(self, name: str, device: str) -> dict[str, Any]:
+        return self.request("GET", _dev(name, device))
+
+    def add_device(
+        self, name: str, device: str, type_: str, config: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Add a device; a running container gets it at once."""
+        body = {"name": device, "type": type_, "config": dict(config or {})}
+        return self.request("POST", _ct(name) + "/devices", body)
+
+    def remove_device(self, name: str, device: str) -> None:
+        self.request("DELETE", _dev(name, device))
+
+    def volumes(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/1.0/volumes")
+
+    def volume(self, name: str) -> dict[str, Any]:
+        return self.request("GET", _vol(name))
+
+    def create_volume(self, name: str) -> dict[str, Any]:
+        return self.request("POST", "/1.0/volumes", {"name": name})
+
+    def delete_volume(self, name: str) -> None:
+        self.request("DELETE", _vol(name))
+
     def operations(self) -> list[dict[str, Any]]:
         return self.request("GET", "/1.0/operations")
 
@@ -671,6 +699,14 @@ def _ct(name: str) -> str:
 
 def _snap(name: str, snapshot: str) -> str:
     return f"{_ct(name)}/snapshots/{quote(snapshot, 'snapshot name')}"
+
+
+def _dev(name: str, device: str) -> str:
+    return f"{_ct(name)}/devices/{quote(device, 'device name')}"
+
+
+def _vol(name: str) -> str:
+    return "/1.0/volumes/" + quote(name, "volume name")
 
 
 def _op(op_id: str) -> str:

@@ -152,6 +152,8 @@ BOOLEAN_OPTIONAL = "boolean-optional"
 GROUPS = {
     "config": "show and change a container's configuration",
     "snapshot": "create, list, restore and delete snapshots of a container",
+    "device": "add, remove, list and show a container's devices (host directories, ...)",
+    "volume": "create, list and delete custom volumes (data that outlives a container)",
     "template": "list, build and delete templates",
     "network": "create, list, show and delete managed networks (bridges)",
 }

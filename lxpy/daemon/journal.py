@@ -88,11 +88,11 @@ class Journal:
         self.directory = root / "intents"
         self._run: Blocking = run or trio.to_thread.run_sync
 
-    def _write(self, op: str, fields: dict[str, object]) -> Path:
+    def _write(self, op: str, fields: dict[str, object], sync: bool = True) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         # Names sort in the order the operations began.
         path = self.directory / f"{time.time_ns():020d}-{secrets.token_hex(2)}-{op}.json"
-        write_atomic(path, json.dumps({"op": op, **fields}).encode(), 0o600)
+        write_atomic(path, json.dumps({"op": op, **fields}).encode(), 0o600, sync)
         return path
 
     def pending(self) -> list[tuple[Path, dict[str, object]]]:
@@ -104,7 +104,15 @@ class Journal:
             if f.name.startswith("."):
                 continue
             try:
-                data = json.loads(f.read_bytes())
+                raw = f.read_bytes()
+                if not raw:
+                    # Only an intent written without sync can be empty: a
+                    # host crash cut it short, and what it was about (a
+                    # running container) ended with the host.
+                    log.warning("intent %s is empty (a host crash): removed", f)
+                    f.unlink(missing_ok=True)
+                    continue
+                data = json.loads(raw)
                 if not isinstance(data, dict) or not isinstance(data.get("op"), str):
                     raise ValueError("no operation named")
             except (OSError, ValueError) as e:
@@ -123,16 +131,21 @@ class Journal:
         path.unlink(missing_ok=True)
 
     @asynccontextmanager
-    async def begin(self, op: str, durable: bool = True, **fields: object) -> AsyncIterator[Intent]:
+    async def begin(
+        self, op: str, durable: bool = True, sync: bool = True, **fields: object
+    ) -> AsyncIterator[Intent]:
         """Run the body as operation `op` (a name in crashpoint.STEPS) with
-        the intent `fields`, written before the body starts when `durable`.
+        the intent `fields`, written before the body starts when `durable`;
+        without `sync` it is not flushed to disk: for an operation on what
+        a host crash ends anyway (a running container), where it need
+        only outlive lxpyd.
 
         On an error or a cancel the body's undos run; the intent goes once
         they all worked (one that failed leaves it, for the next start).
         """
         what = f"{op} {fields.get('name', '')}".strip()
         try:
-            path = await self._run(self._write, op, fields) if durable else None
+            path = await self._run(self._write, op, fields, sync) if durable else None
         except OSError as e:
             if is_full(e):
                 raise pool_full(what) from e

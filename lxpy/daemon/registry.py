@@ -24,20 +24,27 @@ from lxpy.storage.base import Step
 log = logging.getLogger("lxpyd.registry")
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so that readers and crashes see the old or the new file."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o644, sync: bool = True) -> None:
+    """Replace `path` with `data` so that readers and crashes see the old or the new file.
+
+    Without `sync`, a crash of the process still leaves one or the other,
+    but a crash of the host may leave neither: for what a host crash
+    makes moot anyway.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if sync:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(path: Path) -> None:

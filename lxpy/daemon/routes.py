@@ -15,6 +15,7 @@ import trio
 from lxpy.daemon import openapi
 from lxpy.daemon.backups import add_backup_routes
 from lxpy.daemon.containers import Containers
+from lxpy.daemon.device_routes import add_device_routes, add_volume_routes
 from lxpy.daemon.events import EVENT_TYPES
 from lxpy.daemon.http import Request, Router, Send, Stream
 from lxpy.daemon.httpread import Limits
@@ -332,6 +333,8 @@ def build_router(d: Daemon) -> Router:
     )
     add_network_routes(r, d, policy)
     add_lifecycle_routes(r, d, containers)
+    add_device_routes(r, d)
+    add_volume_routes(r, d)
     add_stream_routes(r, d)
     add_backup_routes(r, d, containers)
     return r

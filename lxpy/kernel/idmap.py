@@ -65,6 +65,8 @@ AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 AT_SYMLINK_NOFOLLOW = 0x100
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_IDMAP = 0x00100000
@@ -493,12 +495,14 @@ def become_root() -> None:
 # -- idmapped mounts -------------------------------------------------------
 
 
-def clone_tree(source: str, recursive: bool = True, userns_fd: int = -1, clear: int = 0) -> int:
+def clone_tree(
+    source: str, recursive: bool = True, userns_fd: int = -1, clear: int = 0, add: int = 0
+) -> int:
     """A detached, private copy of the mount tree at `source` (open_tree(2)
     with OPEN_TREE_CLONE), as an O_CLOEXEC descriptor; attach_tree() mounts
     it. With `userns_fd`, the copy is idmapped through that user namespace
     too (see idmapped_tree). `clear`: MOUNT_ATTR_* flags the copy drops
-    (ROOTFS_ATTRS for a rootfs).
+    (ROOTFS_ATTRS for a rootfs), `add` those it gets (MOUNT_ATTR_RDONLY).
 
     Why detached: made by host root before the launch path enters the
     container's user namespace, it can be attached inside the namespace's
@@ -526,10 +530,10 @@ def clone_tree(source: str, recursive: bool = True, userns_fd: int = -1, clear: 
         f"open_tree({source!r})",
     )
     if userns_fd >= 0:
-        attr = _MountAttr(MOUNT_ATTR_IDMAP, clear, sc.MS_PRIVATE, userns_fd)
+        attr = _MountAttr(MOUNT_ATTR_IDMAP | add, clear, sc.MS_PRIVATE, userns_fd)
         what = f"mount_setattr({source!r}, MOUNT_ATTR_IDMAP)"
     else:
-        attr = _MountAttr(0, clear, sc.MS_PRIVATE, 0)
+        attr = _MountAttr(add, clear, sc.MS_PRIVATE, 0)
         what = f"mount_setattr({source!r}, MS_PRIVATE)"
     try:
         _setattr(fd, attr, recursive, what)
@@ -606,16 +610,32 @@ def attach_tree(tree_fd: int, target: str) -> None:
     Raises:
         OSError: with the kernel's errno.
     """
+    _move_mount(tree_fd, AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH, target)
+
+
+def attach_tree_at(tree_fd: int, target_fd: int, what: str = "") -> None:
+    """move_mount(2) a detached tree onto the entry open at `target_fd`
+    (an O_PATH descriptor): no path is resolved again, so nothing can be
+    swapped for a symlink between the check and the mount.
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
+    flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
+    _move_mount(tree_fd, target_fd, "", flags, what or str(target_fd))
+
+
+def _move_mount(tree_fd: int, to_fd: int, to_path: str, flags: int, what: str) -> None:
     _check(
         _libc.syscall(
             ctypes.c_long(_NR_MOVE_MOUNT),
             ctypes.c_int(tree_fd),
             b"",
-            ctypes.c_int(AT_FDCWD),
-            os.fsencode(target),
-            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+            ctypes.c_int(to_fd),
+            os.fsencode(to_path),
+            ctypes.c_uint(flags),
         ),
-        f"move_mount(-> {target!r})",
+        f"move_mount(-> {what!r})",
     )
 
 

@@ -29,14 +29,14 @@ import signal
 import socket
 import stat
 import termios
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from lxpy.kernel import apparmor, caps, hostlimits, idmap, inroot, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.lxcfs import bind_mounts
 from lxpy.kernel.netif import link_up
 from lxpy.model.limits import KernelLimits
-from lxpy.runtime import readiness
+from lxpy.runtime import disks, readiness
 from lxpy.runtime.spec import LaunchSpec
 
 # For annotations only: typing costs the zygote, and so every monitor it
@@ -244,6 +244,7 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
         clone_lxcfs(spec.lxcfs)
     if spec.nesting:
         clone_nesting_nodes()
+    clone_disks(spec, userns)
     # Why chdir now: the path to the rootfs may cross directories that the
     # container's root may not search (0700, owned by host root); every
     # later path is relative to it.
@@ -385,6 +386,50 @@ def _mount_all(root: str, spec: LaunchSpec, console_path: str, tty_paths: Sequen
     _fresh_boot_id(root)
     _step("mounting /run")
     _mount_run(root, spec.notify_fd)
+    if spec.mounts:
+        _mount_disks(root, spec)
+
+
+# Disk devices' trees, made by host root before an unprivileged launch
+# enters the container's user namespace (its root may not reach the
+# source): (the disk, its tree), in mount order.
+_DISK_TREES: list[tuple[Mapping[str, object], int]] = []
+
+
+def clone_disks(spec: LaunchSpec, userns_fd: int = -1) -> None:
+    """Detached trees of spec's disks, made by host root (see _DISK_TREES);
+    shifted ones idmapped through `userns_fd` (or by shift_disks later)."""
+    for m in spec.mounts:
+        _step(f"opening disk {m.get('source')}")
+        _DISK_TREES.append((m, disks.tree(m, userns_fd, not spec.privileged)))
+
+
+def shift_disks(userns_fd: int) -> None:
+    """Idmap the shifted disks' trees (cloned without a user namespace)."""
+    for m, t in _DISK_TREES:
+        if m.get("shift"):
+            idmap.set_idmap(t, userns_fd, what=str(m.get("source")))
+
+
+def close_disks() -> None:
+    """Close the trees clone_disks made (in a process that hands them on)."""
+    for _m, t in _DISK_TREES:
+        os.close(t)
+    _DISK_TREES.clear()
+
+
+def _mount_disks(root: str, spec: LaunchSpec) -> None:
+    # Privileged: host root clones them here, in the container's new mount
+    # namespace (a copy of the host's, where the sources are).
+    if not _DISK_TREES:
+        clone_disks(spec)
+    label = f"container {spec.name!r}"
+    try:
+        for m, t in _DISK_TREES:
+            _step(f"mounting disk {m.get('source')} on {m.get('path')}")
+            disks.attach(t, root, str(m["path"]), bool(m.get("dir", True)), label)
+    finally:
+        close_disks()
 
 
 def _pivot(root: str) -> None:

@@ -454,6 +454,7 @@ class Monitor:
                 launch.clone_lxcfs(spec.lxcfs)
             if spec.nesting:
                 launch.clone_nesting_nodes()
+            launch.clone_disks(spec)
             r, w = os.pipe2(os.O_CLOEXEC)
             fds.append(r)
             fds.append(w)
@@ -496,6 +497,7 @@ class Monitor:
             for fd in fds:
                 os.close(fd)
             launch.close_lxcfs()
+            launch.close_disks()
         err = self._read_launch_error(r, pid)
         if err:
             self._failed(pid, err)
@@ -509,12 +511,13 @@ class Monitor:
         spec = self.spec
         m = IdMap(spec.uid_base, spec.gid_base, spec.idmap_size)
         idmap.write_maps(pid, m.uid_map(), m.gid_map())
-        if spec.idmap_method == "idmapped":
-            userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-            try:
+        userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if spec.idmap_method == "idmapped":
                 idmap.set_idmap(tree, userns, what=root)
-            finally:
-                os.close(userns)
+            launch.shift_disks(userns)
+        finally:
+            os.close(userns)
 
     def _failed(self, pid: int, err: str) -> NoReturn:
         # Init-to-be `pid` (0: none) ended before exec, for reason `err`.

@@ -130,6 +130,34 @@ class Backend(ABC):
     @abstractmethod
     def delete_snapshot(self, name: str, snap: str) -> None: ...
 
+    # -- custom volumes ----------------------------------------------------
+    @abstractmethod
+    def volume_path(self, name: str) -> Path:
+        """Where custom volume `name` lives (a disk device's source)."""
+
+    @abstractmethod
+    def volume_exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def create_volume(self, name: str) -> None:
+        """An empty writable custom volume `name`.
+
+        Raises:
+            AlreadyExists: it exists.
+        """
+
+    @abstractmethod
+    def delete_volume(self, name: str) -> None:
+        """Delete custom volume `name` with everything in it.
+
+        Raises:
+            NotFound: there is none.
+        """
+
+    @abstractmethod
+    def list_volumes(self) -> list[str]:
+        """The names of the custom volumes, sorted."""
+
     @abstractmethod
     def restore_snapshot(self, name: str, snap: str, step: Step = None) -> None:
         """Make the container's rootfs a writable copy of `snap`. If this

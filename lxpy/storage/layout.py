@@ -37,7 +37,7 @@ from lxpy.storage.mounts import mounts_under
 
 log = logging.getLogger("lxpy.storage")
 
-TREES = ("templates", "containers", "snapshots")
+TREES = ("templates", "containers", "snapshots", "volumes")
 
 # Mode of the pool, its trees and the per-container snapshot directories:
 # host root's alone. The top directory of a rootfs is the container's `/`
@@ -186,6 +186,9 @@ class TreeBackend(Backend):
     def snapshot_path(self, name: str, snap: str) -> Path:
         """Where snapshot `snap` of container `name` lives."""
         return self.snapshot_dir(name) / guard_name(snap, "snapshot")
+
+    def volume_path(self, name: str) -> Path:
+        return self.path / "volumes" / guard_name(name, "volume")
 
     def _staging(self, name: str) -> Path:
         return self.path / "templates" / f".build-{guard_name(name, 'template')}"
@@ -503,6 +506,27 @@ class TreeBackend(Backend):
             log.error("%s: could not remove the partial rootfs %s: %s", what, root, e.message)
             return
         self._rename_back(aside, root, what)
+
+    # -- custom volumes ------------------------------------------------------
+    def volume_exists(self, name: str) -> bool:
+        return self._is_volume(self.volume_path(name))
+
+    def create_volume(self, name: str) -> None:
+        path = self.volume_path(name)
+        self._need_free(path, f"volume {name!r}")
+        with translate(f"volume {name!r}"):
+            self._new_volume(path)
+            # Its top is the mount point's root inside: 0755, as /srv is.
+            os.chmod(path, 0o755)
+
+    def delete_volume(self, name: str) -> None:
+        if not self.volume_exists(name):
+            raise NotFound(f"volume {name!r} not found", hint="`lxpy volume list` lists them")
+        self._remove(self.volume_path(name), f"volume {name!r}")
+
+    def list_volumes(self) -> list[str]:
+        d = self.path / "volumes"
+        return sorted(e for e in os.listdir(d) if not e.startswith(".") and self._is_volume(d / e))
 
     # -- crash recovery ------------------------------------------------------
     def recover(self) -> None:

@@ -278,6 +278,44 @@ def _settle_network(s: Site) -> None:
     s.d.cli("network", "delete", n2)
 
 
+def _share(s: Site) -> Path:
+    share = s.tmp / "share"
+    share.mkdir(exist_ok=True)
+    (share / "f").write_text("shared")
+    return share
+
+
+def _device_args(s: Site) -> list[str]:
+    return ["c1", "www", "disk", f"source={_share(s)}", "path=/srv/www"]
+
+
+def _prep_device_add(s: Site) -> None:
+    s.d.cli("create", "c1", "-t", "busybox")
+    s.d.cli("start", "c1")
+
+
+def _prep_device_remove(s: Site) -> None:
+    _prep_device_add(s)
+    s.d.cli("device", "add", *_device_args(s))
+
+
+def _settle_device(s: Site) -> None:
+    # In the record and mounted in the running container, or neither.
+    ct = info(s.d, "c1")
+    assert ct["state"] == "RUNNING"
+    mounts = Path(f"/proc/{ct['init_pid']}/mountinfo").read_text()
+    there = "www" in ct["devices"]
+    assert (" /srv/www " in mounts) == there, mounts
+    listed = json.loads(s.d.cli("device", "list", "c1", "--format", "json").stdout)
+    assert [(d["name"], d["active"]) for d in listed] == ([("www", True)] if there else [])
+    # The name is usable either way.
+    if there:
+        s.d.cli("device", "remove", "c1", "www")
+    s.d.cli("device", "add", *_device_args(s))
+    assert s.d.cli("exec", "c1", "--", "cat", "/srv/www/f").stdout == "shared"
+    _destroy(s, "c1")
+
+
 OPS: dict[str, tuple[Callable[[Site], None] | None, list[str], Callable[[Site], None]]] = {
     "create": (None, ["create", "c1", "-t", "busybox"], _settle_created),
     "copy": (_prep_src, ["copy", "src", "c1"], _settle_created),
@@ -290,6 +328,8 @@ OPS: dict[str, tuple[Callable[[Site], None] | None, list[str], Callable[[Site], 
     "template-build": (None, ["template", "build", "busybox", "--force"], _settle_template),
     "network-create": (None, [], _settle_network),
     "network-delete": (_prep_network, [], _settle_network),
+    "device-add": (_prep_device_add, [], _settle_device),
+    "device-remove": (_prep_device_remove, ["device", "remove", "c1", "www"], _settle_device),
 }
 
 
@@ -301,6 +341,8 @@ def _act(s: Site, op: str) -> subprocess.CompletedProcess[str]:
         return s.d.cli("network", "delete", n2, check=False)
     if op == "import":
         return s.d.cli("import", "-q", str(s.tmp / "src.tar.zst"), "c1", check=False)
+    if op == "device-add":
+        return s.d.cli("device", "add", *_device_args(s), check=False)
     return s.d.cli(*OPS[op][1], check=False)
 
 

@@ -155,6 +155,14 @@ ROUTES = {
     ("post", "/1.0/containers/stop-all"),
     ("get", "/1.0/containers/{name}/console"),
     ("post", "/1.0/containers/{name}/exec"),
+    ("get", "/1.0/containers/{name}/devices"),
+    ("post", "/1.0/containers/{name}/devices"),
+    ("get", "/1.0/containers/{name}/devices/{dev}"),
+    ("delete", "/1.0/containers/{name}/devices/{dev}"),
+    ("get", "/1.0/volumes"),
+    ("post", "/1.0/volumes"),
+    ("get", "/1.0/volumes/{name}"),
+    ("delete", "/1.0/volumes/{name}"),
 }
 
 

@@ -36,6 +36,12 @@ class Names:
     def config(self, container: str) -> Candidates:
         return [("user.team", "ops")]
 
+    def devices(self, container: str) -> Candidates:
+        return [(f"{container}-www", "disk")]
+
+    def volumes(self) -> Candidates:
+        return [("pgdata", "")]
+
 
 def values(*words: str) -> list[str]:
     return [v for v, _ in candidates(words, Names)]  # type: ignore[arg-type]
@@ -152,3 +158,17 @@ def test_scripts_name_the_fallback_program_quoted(shell: str) -> None:
 def test_the_bash_script_parses() -> None:
     res = subprocess.run(["bash", "-n"], input=script("bash"), capture_output=True, text=True)
     assert res.returncode == 0 and res.stderr == ""
+
+
+def test_devices_and_volumes_complete() -> None:
+    assert values("device", "show", "web", "") == ["web-www"]
+    assert values("device", "remove", "db", "d") == ["db-www"]
+    assert values("device", "add", "web", "www", "") == ["disk"]
+    assert values("device", "add", "web", "www", "disk", "pa") == ["path="]
+    assert values("device", "add", "web", "www", "disk", "path=/x", "re") == [
+        "readonly=",
+        "required=",
+    ]
+    assert values("device", "add", "web", "") == []
+    assert values("volume", "delete", "") == ["pgdata"]
+    assert values("volume", "create", "") == []
