@@ -338,7 +338,7 @@ def add_nics(path: Path, nics: list[Nic]) -> None:
                 os.close(fd)
 
     try:
-        _in_own_thread("lxpy-netns-nics", work)
+        in_own_thread("lxpy-netns-nics", work)
     except NetlinkError as e:
         raise _setup_error(path, e) from e
 
@@ -382,7 +382,7 @@ def create_netns(path: Path, nics: list[Nic], netns_fd: int = -1) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _in_own_thread("lxpy-netns", lambda: _setup_in_new_netns(path, nics, netns_fd))
+        in_own_thread("lxpy-netns", lambda: _setup_in_new_netns(path, nics, netns_fd))
     except BaseException as e:
         remove_netns(path)
         if isinstance(e, NetlinkError):
@@ -407,7 +407,7 @@ def netns_ipv4(path: Path) -> dict[str, list[str]]:
                     )
         return result
 
-    return _in_own_thread("lxpy-netns-read", work)
+    return in_own_thread("lxpy-netns-read", work)
 
 
 # rtnetlink's multicast group of IPv4 address changes (linux/rtnetlink.h).
@@ -436,13 +436,13 @@ def address_events(path: Path) -> socket.socket:
         sock.setblocking(False)
         return sock
 
-    return _in_own_thread("lxpy-netns-watch", work)
+    return in_own_thread("lxpy-netns-watch", work)
 
 
 _T = TypeVar("_T")
 
 
-def _in_own_thread(name: str, fn: Callable[[], _T]) -> _T:
+def in_own_thread(name: str, fn: Callable[[], _T]) -> _T:
     """Run `fn` in a new thread and return its result (or raise its error).
 
     Why: setns(CLONE_NEWNET) moves only the calling thread. A thread that
