@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import trio
@@ -26,8 +25,8 @@ from lxpy.daemon.proxyd import Forwarder
 from lxpy.errors import Busy, InvalidArgument
 from lxpy.model.network import root_id
 from lxpy.network import links, proxy
-from tests.conftest import Daemon, wait_for
-from tests.integration.test_network_e2e import IP, NFT, NSENTER, Lab, lab_on
+from tests.conftest import wait_for
+from tests.integration.test_network_e2e import IP, NFT, NSENTER, Lab, lab  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -109,12 +108,6 @@ class Outside:
 
 
 @pytest.fixture
-def lab(daemon: Daemon, tmp_path: Path) -> Iterator[Lab]:
-    with lab_on(daemon, tmp_path) as it:
-        yield it
-
-
-@pytest.fixture
 def outside() -> Iterator[Outside]:
     o = Outside(f"{os.getpid() % 100000}")
     o.remove()
@@ -164,21 +157,21 @@ def forwarding(listen: str, connect: str, pid: int) -> Iterator[Forwarder]:
         assert not t.is_alive()
 
 
-def _web(lab: Lab, name: str) -> tuple[str, int]:
+def _web(it: Lab, name: str) -> tuple[str, int]:
     """A started busybox container `name` serving /www on port 80 (with a
     CGI that answers the client's address); its address and init pid."""
-    lab.create(name, "busybox")
-    addr = lab.start(name)
+    it.create(name, "busybox")
+    addr = it.start(name)
     script = (
         "mkdir -p /www/cgi-bin && echo hello-from-container > /www/index.html && "
         f"printf '%s' '{CGI}' > /www/cgi-bin/ip && chmod 755 /www/cgi-bin/ip && "
         "httpd -p 80 -h /www"
     )
-    assert lab.run_in(name, "sh", "-c", script).returncode == 0
-    return addr, int(lab.info(name)["init_pid"])
+    assert it.run_in(name, "sh", "-c", script).returncode == 0
+    return addr, int(it.info(name)["init_pid"])
 
 
-def test_tcp_proxy_loopback_dnat_and_release(lab: Lab, outside: Outside) -> None:
+def test_tcp_proxy_loopback_dnat_and_release(lab: Lab, outside: Outside) -> None:  # noqa: F811
     lab.make_network(nat=False)
     lab.d.cli("template", "build", "busybox")
     (name,) = lab.names("web")
@@ -217,7 +210,7 @@ def test_tcp_proxy_loopback_dnat_and_release(lab: Lab, outside: Outside) -> None
         proxy.apply(table, [])
 
 
-def test_proxy_to_container_loopback(lab: Lab) -> None:
+def test_proxy_to_container_loopback(lab: Lab) -> None:  # noqa: F811
     # connect=127.0.0.1: only the userspace path can reach it.
     lab.make_network(nat=False)
     lab.d.cli("template", "build", "busybox")
@@ -235,7 +228,7 @@ def test_proxy_to_container_loopback(lab: Lab) -> None:
     assert port_free(port)
 
 
-def test_udp_proxy(lab: Lab, outside: Outside) -> None:
+def test_udp_proxy(lab: Lab, outside: Outside) -> None:  # noqa: F811
     lab.make_network(nat=False)
     lab.d.cli("template", "build", "busybox")
     (name,) = lab.names("udp")
