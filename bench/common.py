@@ -611,7 +611,11 @@ class Lxpy:
         zygote = self.zygote()
         stop_daemon(self.daemon)
         if zygote is not None:
-            os.kill(zygote, signal.SIGTERM)
+            try:
+                os.kill(zygote, signal.SIGTERM)
+            except ProcessLookupError:
+                zygote = None  # it ended with lxpyd
+        if zygote is not None:
             try:
                 wait_gone(zygote, 5)
             except TimeoutError:

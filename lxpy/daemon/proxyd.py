@@ -23,11 +23,13 @@ import socket
 
 import trio
 
-from lxpy.network.proxy import Endpoint, socket_in_netns
+from lxpy.network.proxy import Endpoint, sockets_in_netns
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 256 * 1024
+# Unconnected sockets made ahead in the container's network namespace.
+_STOCK = 16
 # A UDP "session" (one client address) is forgotten after this long
 # without a datagram either way, as conntrack forgets an unreplied flow.
 UDP_IDLE = 60.0
@@ -44,6 +46,7 @@ class Forwarder:
         self.netns = netns
         self._listener = trio.socket.from_stdlib_socket(listener)
         self._scope = trio.CancelScope()
+        self._stock: dict[int, list[socket.socket]] = {}
         self.clients = 0
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -57,6 +60,10 @@ class Forwarder:
                         await self._serve_udp(nursery)
         finally:
             self._listener.close()
+            for stock in self._stock.values():
+                for s in stock:
+                    s.close()
+            self._stock.clear()
 
     def close(self) -> None:
         """Stop accepting, end every connection and free the port."""
@@ -65,8 +72,13 @@ class Forwarder:
         self._listener.close()
 
     async def _inner(self, sock_type: int) -> trio.socket.SocketType:
-        raw = await trio.to_thread.run_sync(socket_in_netns, self.netns, sock_type)
-        return trio.socket.from_stdlib_socket(raw)
+        # Sockets are made in the container's namespace ahead, a batch at a
+        # time: entering it costs a thread (about a millisecond), which
+        # every new connection would otherwise wait for.
+        stock = self._stock.setdefault(sock_type, [])
+        if not stock:
+            stock += await trio.to_thread.run_sync(sockets_in_netns, self.netns, sock_type, _STOCK)
+        return trio.socket.from_stdlib_socket(stock.pop())
 
     # -- TCP --------------------------------------------------------------------
     async def _serve_tcp(self, nursery: trio.Nursery) -> None:

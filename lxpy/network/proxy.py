@@ -150,9 +150,11 @@ def bind(listen: Endpoint) -> socket.socket:
     return s
 
 
-def socket_in_netns(netns: str | os.PathLike[str], sock_type: int) -> socket.socket:
-    """A new IPv4 socket that lives in the network namespace at `netns`
-    (a bound namespace or /proc/PID/ns/net), non-blocking.
+def sockets_in_netns(
+    netns: str | os.PathLike[str], sock_type: int, count: int = 1
+) -> list[socket.socket]:
+    """`count` new IPv4 sockets that live in the network namespace at
+    `netns` (a bound namespace or /proc/PID/ns/net), non-blocking.
 
     Why a thread: setns(CLONE_NEWNET) moves only the calling thread, and a
     socket stays in the namespace it was made in; the thread ends there.
@@ -161,11 +163,14 @@ def socket_in_netns(netns: str | os.PathLike[str], sock_type: int) -> socket.soc
         OSError: the namespace cannot be entered.
     """
 
-    def work() -> socket.socket:
+    def work() -> list[socket.socket]:
         sc.setns_path(netns, sc.CLONE_NEWNET)
-        s = socket.socket(socket.AF_INET, sock_type | socket.SOCK_CLOEXEC)
-        s.setblocking(False)
-        return s
+        out = []
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, sock_type | socket.SOCK_CLOEXEC)
+            s.setblocking(False)
+            out.append(s)
+        return out
 
     return in_own_thread("lxpy-proxy-sock", work)
 
