@@ -38,7 +38,20 @@ UDP_ECHO = (
     "s.bind((sys.argv[1], int(sys.argv[2])))\n"
     "while True:\n"
     "    data, peer = s.recvfrom(65535)\n"
-    "    s.sendto(data, peer)\n"
+    "    s.sendto(data.strip() + b' from ' + peer[0].encode(), peer)\n"
+)
+# Asks host:port (argv) once a second until an answer comes (or 10 s).
+UDP_ASK = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "s.settimeout(1)\n"
+    "for _ in range(10):\n"
+    "    s.sendto(b'ping-udp', (sys.argv[1], int(sys.argv[2])))\n"
+    "    try:\n"
+    "        print(s.recv(100).decode())\n"
+    "        break\n"
+    "    except TimeoutError:\n"
+    "        pass\n"
 )
 CGI = '#!/bin/sh\necho "Content-Type: text/plain"\necho\necho "from=$REMOTE_ADDR"\n'
 
@@ -253,7 +266,22 @@ def test_udp_proxy(lab: Lab, outside: Outside) -> None:  # noqa: F811
                 except TimeoutError:
                     return b""
 
-        assert wait_for(echo, 15, "a UDP echo through the proxy") == b"ping-udp\n"
+        # From the host's loopback: the userspace path, from the container's
+        # own address.
+        want = f"ping-udp from {addr}".encode()
+        assert wait_for(echo, 15, "a UDP echo through the proxy") == want
+        # From outside, through DNAT: the server sees the client's address.
+        table = proxy.table_name(root_id(str(lab.d.root)))
+        listen = proxy.parse_endpoint("listen", f"udp:0.0.0.0:{port}")
+        try:
+            proxy.apply(table, [proxy.Dnat(name, "dns", listen, addr, 5353)])
+            argv = [sys.executable, "-c", UDP_ASK, outside.host, str(port)]
+            answer = subprocess.run(
+                [IP, "netns", "exec", outside.ns, *argv], capture_output=True, text=True, timeout=30
+            )
+            assert answer.stdout.strip() == f"ping-udp from {outside.client}", answer.stderr
+        finally:
+            proxy.apply(table, [])
     assert port_free(port, "udp")
     echo_server.kill()
     echo_server.wait()
