@@ -17,6 +17,7 @@ from typing import Any
 
 from lxpy.api.client import (
     _ct,
+    _dev,
     _op,
     _snap,
     body_length,
@@ -391,6 +392,22 @@ class AsyncClient:
 
     async def delete_snapshot(self, name: str, snapshot: str) -> None:
         await self.request("DELETE", _snap(name, snapshot))
+
+    async def devices(self, name: str) -> list[dict[str, Any]]:
+        return await self.request("GET", _ct(name) + "/devices")  # type: ignore[no-any-return]
+
+    async def device(self, name: str, device: str) -> dict[str, Any]:
+        return await self.request("GET", _dev(name, device))  # type: ignore[no-any-return]
+
+    async def add_device(
+        self, name: str, device: str, type_: str, config: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Add a device; a running container gets it at once."""
+        body = {"name": device, "type": type_, "config": dict(config or {})}
+        return await self.request("POST", _ct(name) + "/devices", body)  # type: ignore[no-any-return]
+
+    async def remove_device(self, name: str, device: str) -> None:
+        await self.request("DELETE", _dev(name, device))
 
     async def operation(self, op_id: str) -> dict[str, Any]:
         return await self.request("GET", _op(op_id))  # type: ignore[no-any-return]

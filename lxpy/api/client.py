@@ -589,6 +589,22 @@ class Client:
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         self.request("DELETE", _snap(name, snapshot))
 
+    def devices(self, name: str) -> list[dict[str, Any]]:
+        return self.request("GET", _ct(name) + "/devices")  # type: ignore[no-any-return]
+
+    def device(self, name: str, device: str) -> dict[str, Any]:
+        return self.request("GET", _dev(name, device))  # type: ignore[no-any-return]
+
+    def add_device(
+        self, name: str, device: str, type_: str, config: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Add a device; a running container gets it at once."""
+        body = {"name": device, "type": type_, "config": dict(config or {})}
+        return self.request("POST", _ct(name) + "/devices", body)  # type: ignore[no-any-return]
+
+    def remove_device(self, name: str, device: str) -> None:
+        self.request("DELETE", _dev(name, device))
+
     def operations(self) -> list[dict[str, Any]]:
         return self.request("GET", "/1.0/operations")  # type: ignore[no-any-return]
 
@@ -644,6 +660,10 @@ def _ct(name: str) -> str:
 
 def _snap(name: str, snapshot: str) -> str:
     return f"{_ct(name)}/snapshots/{quote(snapshot, 'snapshot name')}"
+
+
+def _dev(name: str, device: str) -> str:
+    return f"{_ct(name)}/devices/{quote(device, 'device name')}"
 
 
 def _op(op_id: str) -> str:

@@ -25,7 +25,7 @@ from lxpy.api.client import Client
 # adds its commands to the table.
 # isort: off
 from lxpy.cli import containers, lifecycle, attach, config  # noqa: F401
-from lxpy.cli import snapshots, templates, networks, views  # noqa: F401
+from lxpy.cli import snapshots, devices, templates, networks, views  # noqa: F401
 from lxpy.cli import completion
 
 # isort: on

@@ -21,6 +21,7 @@ import sys
 
 from lxpy.api.client import Client
 from lxpy.api.text import format_value
+from lxpy.cli.devices import DEVICE_KEYS
 from lxpy.cli.parse import REMAINDER, arg, build_parser, command
 from lxpy.errors import LxpyError
 
@@ -49,6 +50,7 @@ _NEW = {
     ("rename", "new"),
     ("network create", "name"),
     ("snapshot create", "snapshot"),
+    ("device add", "device"),
 }
 
 Candidates = list[tuple[str, str]]
@@ -78,6 +80,9 @@ class Names:
 
     def snapshots(self, container: str) -> Candidates:
         return self._ask(lambda: self.client.snapshots(container), "name", "created_at")
+
+    def devices(self, container: str) -> Candidates:
+        return self._ask(lambda: self.client.devices(container), "name", "type")
 
     def config(self, container: str) -> Candidates:
         """The keys set on `container`, with their values."""
@@ -176,6 +181,10 @@ def _kind(path: Sequence[str], action: argparse.Action) -> str:
         return "networks"
     if action.metavar == "SNAP":
         return "snapshots"
+    if action.metavar == "DEV":
+        return "devices"
+    if where == "device add" and action.dest in ("type", "config"):
+        return "device-" + action.dest
     if group == "config" and action.dest == "key":
         return "keys" if where == "config set" else "set-keys"
     if where == "config set" and action.dest == "value":
@@ -251,6 +260,13 @@ def _positional_values(line: _Line, names: Callable[[str | None], Names]) -> Can
         return src.networks()
     if kind == "snapshots":
         return src.snapshots(first)
+    if kind == "devices":
+        return src.devices(first)
+    if kind == "device-type":
+        return [(t, "") for t in sorted(DEVICE_KEYS)]
+    if kind == "device-config":
+        kind_of = line.positionals[2] if len(line.positionals) > 2 else ""
+        return [(k + "=", "") for k in DEVICE_KEYS.get(kind_of, ())]
     if kind == "set-keys":
         return src.config(first)
     if kind == "keys":

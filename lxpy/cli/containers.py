@@ -85,7 +85,9 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
     rest = [
         k
         for k in ct
-        if k not in _INFO_FIELDS and k not in ("config", "stats") and ct[k] not in (None, "")
+        if k not in _INFO_FIELDS
+        and k not in ("config", "stats", "devices")
+        and ct[k] not in (None, "")
     ]
     fields = [k for k in _INFO_FIELDS if k in ct] + rest
     width = max(len(k) for k in fields) + 1 if fields else 0
@@ -110,6 +112,12 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
     print("config:" + ("" if config else " -"))
     for key in sorted(config):
         print(f"  {key} = {format_value(config[key])}")
+    devices = ct.get("devices") or {}
+    print("devices:" + ("" if devices else " -"))
+    for dev in sorted(devices):
+        opts = dict(devices[dev])
+        kind = opts.pop("type", "?")
+        print(f"  {dev}: {kind} " + " ".join(f"{k}={v}" for k, v in sorted(opts.items())))
 
 
 @command(

@@ -152,6 +152,7 @@ BOOLEAN_OPTIONAL = "boolean-optional"
 GROUPS = {
     "config": "show and change a container's configuration",
     "snapshot": "create, list, restore and delete snapshots of a container",
+    "device": "add, remove, list and show a container's devices (host directories, ...)",
     "template": "list, build and delete templates",
     "network": "create, list, show and delete managed networks (bridges)",
 }

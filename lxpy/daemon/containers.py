@@ -14,6 +14,7 @@ import logging
 import os
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -221,6 +222,7 @@ class Containers:
         config: Mapping[str, object],
         current: IdmapRecord | None,
         owner: Owner,
+        devices: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         """Save the record of container `name`, whose rootfs was just made
         (in operation `op`), and make it known.
@@ -251,6 +253,7 @@ class Containers:
             config=config,
             idmap=idmap,
             owner=owner,
+            devices=devices or {},
         )
         await d.files(d.registry.save, record)
         op.step("recorded")
@@ -276,12 +279,15 @@ class Containers:
             # Storage first: if it fails half way the record stays, and a
             # retry (deletes are idempotent) finishes the job. The rootfs
             # leaving its name is the point of no return for recovery.
-            config = d.records[name].config if name in d.records else {}
+            gone = d.records.get(name)
+            config = gone.config if gone is not None else {}
             async with d.journal.begin("delete", name=name) as op:
                 await d.storage(d.backend.delete_container, name, op.step)
                 await d.files(d.registry.delete, name)
                 op.step("record-deleted")
                 await d.networks.release(name, config)
+                if gone is not None:
+                    await d.devices.forget_all(gone)
                 await d.lifecycle.forget(name)
                 d.forget(name)
             # Its ID block is free again, for every lxpyd on the host.
@@ -406,7 +412,11 @@ class Containers:
                     # A shifted source keeps its files' host IDs: the copy
                     # then starts from the source's range.
                     shifted = src.idmap if src.idmap and src.idmap.method == "shift" else None
-                    await self._record_new(op, dst, src.template, src.config, shifted, owner)
+                    # Its devices too (Incus copies them): the same host
+                    # paths, checked again at its start.
+                    await self._record_new(
+                        op, dst, src.template, src.config, shifted, owner, src.devices
+                    )
             finally:
                 d.reserved.discard(dst)
                 await d.security.release(dst)
@@ -437,7 +447,15 @@ class Containers:
             # place): no intent to write.
             async with d.journal.begin("snapshot", durable=False) as op:
                 await d.storage(d.backend.create_snapshot, name, snap)
+                op.undo(
+                    lambda: d.storage(d.backend.delete_snapshot, name, snap),
+                    f"delete snapshot {name}/{snap}",
+                )
                 op.step("snapshot-made")
+                # Its devices, restored with it (one atomic write).
+                record = d.require(name).with_snapshot(snap, keep=True)
+                await d.files(d.registry.save, record)
+                d.records[name] = record
             infos = await d.storage(d.backend.list_snapshots, name)
         d.bus.lifecycle("snapshot-created", f"containers/{name}", {"snapshot": snap})
         info = next((s for s in infos if s.name == snap), None)
@@ -488,6 +506,13 @@ class Containers:
                 if running:
                     op.undo(lambda: d.lifecycle.start_locked(name), f"start {name} again")
                 await d.storage(d.backend.restore_snapshot, name, snap, op.step)
+                # The devices it was taken with, if it recorded them.
+                record = d.require(name)
+                kept = record.snapshot_devices.get(snap)
+                if kept is not None and kept != record.devices:
+                    record = replace(record, devices=kept)
+                    await d.files(d.registry.save, record)
+                    d.records[name] = record
             d.bus.lifecycle("snapshot-restored", f"containers/{name}", {"snapshot": snap})
             if running:
                 try:
@@ -512,6 +537,11 @@ class Containers:
             async with d.journal.begin("snapshot-delete", durable=False) as op:
                 await d.storage(d.backend.delete_snapshot, name, snap)
                 op.step("snapshot-deleted")
+            record = d.require(name)
+            if snap in record.snapshot_devices:
+                record = record.with_snapshot(snap, keep=False)
+                await d.files(d.registry.save, record)
+                d.records[name] = record
         d.bus.lifecycle("snapshot-deleted", f"containers/{name}", {"snapshot": snap})
         return {}
 

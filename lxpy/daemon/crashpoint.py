@@ -32,6 +32,9 @@ STEPS: dict[str, tuple[str, ...]] = {
     "restore": ("begun", "moved-aside", "copied"),
     "template-build": ("begun", "staged", "built", "old-moved-aside", "sealed", "committed"),
     "network-create": ("begun", "bridge-up", "recorded"),
+    # On a running container; the device's type plugs or unplugs it.
+    "device-add": ("begun", "plugged", "recorded"),
+    "device-remove": ("begun", "unplugged", "recorded"),
     "network-delete": ("begun", "torn-down", "record-removed"),
 }
 

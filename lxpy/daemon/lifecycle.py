@@ -401,13 +401,21 @@ class Lifecycle:
             async def make_ns(netns: Path) -> None:
                 await self._make_namespaces(userns, ids, str(netns))
 
-            handle = await d.networks.attach(name, record.config, userns, make_ns=make_ns)
+            # Devices: what the launch mounts, and host state they take.
+            plan = await d.devices.plan_start(record)
+            spec = replace(spec, mounts=tuple(plan.mounts))
             try:
-                spec = replace(spec, netns=handle.path)
-                reply = await self._spawn(spec)
+                handle = await d.networks.attach(name, record.config, userns, make_ns=make_ns)
+                try:
+                    spec = replace(spec, netns=handle.path)
+                    reply = await self._spawn(spec)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await d.networks.detach(name)
+                    raise
             except BaseException:
-                with trio.CancelScope(shield=True):
-                    await d.networks.detach(name)
+                d.devices.active.pop(name, None)
+                await d.devices.undo_start(plan)
                 raise
         except BaseException as e:
             with trio.CancelScope(shield=True):
@@ -431,6 +439,9 @@ class Lifecycle:
         run = _Run(sock)
         self.runs[name] = run
         await self.nursery.start(self._watch, name, run)
+        info = d.running.get(name)
+        if info is not None:
+            await d.devices.started(name, info.init_pid)
         await d.resources.rebalance()
 
     async def _read_ahead(self, rootfs: str, init: str) -> None:
@@ -533,6 +544,7 @@ class Lifecycle:
             # outside (nsenter) and the cgroup directories go too.
             await trio.to_thread.run_sync(_remove_cgroups, self.d.cgroup(name))
         await d.networks.detach(name)
+        await d.devices.stopped(name)
         await d.files(d.security.unpin_userns, name)
         if not lost:
             await d.files(_remove_run_dir, d.container_run_dir(name))
@@ -719,6 +731,7 @@ class Lifecycle:
                 self.last_exit[name] = _exit_info(status.get("last_exit"))
             run = _Run(sock, ready=status.get("ready") is True)
             self.runs[name] = run
+            d.devices.adopted(name)
             await self.nursery.start(self._watch, name, run)
             log.info("container %s: adopted (init %s)", name, d.running[name].init_pid)
             await self._into_scope(name, d.running[name].monitor_pid)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from lxpy import __version__
+from lxpy.daemon.devices import TYPES
 from lxpy.daemon.http import JSON_TYPE, NDJSON_TYPE, Router
 from lxpy.daemon.policy import USER_ROUTES
 from lxpy.errors import (
@@ -63,6 +64,20 @@ BUILD_BODY = _obj({"force": {"type": "boolean", "default": False}})
 CREATE_BODY = _obj({"name": NAME, "template": NAME, "config": CONFIG}, ("name", "template"))
 CONFIG_BODY = _obj({"set": CONFIG, "unset": array(CONFIG_KEY)})
 NAME_BODY = _obj({"name": NAME}, ("name",))
+DEVICE_NAME: Schema = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"}
+DEVICE_CONFIG: Schema = {
+    "type": "object",
+    "propertyNames": {"pattern": "^[a-z][a-z0-9_.-]{0,62}$"},
+    "additionalProperties": {"type": ["string", "boolean", "integer"]},
+}
+DEVICE_BODY = _obj(
+    {
+        "name": DEVICE_NAME,
+        "type": {"type": "string", "enum": sorted(TYPES)},
+        "config": DEVICE_CONFIG,
+    },
+    ("name", "type"),
+)
 SNAPSHOT_BODY = _obj(
     {"name": {"anyOf": [NAME, {"type": "null"}], "description": "absent or null: the next snapN"}}
 )
@@ -168,6 +183,11 @@ SCHEMAS: dict[str, Schema] = {
             "config": {"type": "object", "additionalProperties": True},
             "snapshots": array(STR),
             "path": STR,
+            "devices": {
+                "type": "object",
+                "additionalProperties": {"type": "object", "additionalProperties": STR},
+                "description": "its devices: name -> {type, key: value}",
+            },
             "owner": {
                 "type": ["object", "null"],
                 "properties": {"uid": {"type": "integer"}, "restricted": {"type": "boolean"}},
@@ -224,6 +244,19 @@ SCHEMAS: dict[str, Schema] = {
         ("cpu_seconds", "memory_bytes", "processes", "network"),
     ),
     "Snapshot": _obj({"name": STR, "created_at": STR}, ("name", "created_at")),
+    "Device": _obj(
+        {
+            "name": STR,
+            "type": STR,
+            "config": {"type": "object", "additionalProperties": STR},
+            "active": {
+                "type": "boolean",
+                "description": "in effect in the running container now (false while it is "
+                "stopped, or for a required=false disk whose source was missing at start)",
+            },
+        },
+        ("name", "type", "config", "active"),
+    ),
     "Operation": _obj(
         {
             "id": STR,

@@ -13,6 +13,11 @@ until it is named here. On the routes they get:
   `security.*`, `raw.*` or anything that reaches host paths; a key family
   added later (devices) falls outside it until named here. Checked on
   create (`--set`), on set and unset, and on copy (the source's keys);
+* devices: they may list and show their containers' devices, and remove
+  them; they may add only a device whose type says it reaches nothing of
+  the host's (DeviceType.restricted_reason), which no type of lxpy's says
+  yet (a disk mounts host paths or shared volumes). A copy of a container
+  with such a device is refused to them too;
 * templates, networks and the server are read-only: no build, delete,
   network create or delete, stop-all, and no operations (the builds).
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
 
+from lxpy.daemon.devices import TYPES
 from lxpy.daemon.http import Request, Route
 from lxpy.daemon.peers import Caller
 from lxpy.errors import Forbidden, InvalidArgument, NotFound
@@ -67,6 +73,8 @@ class Rule(Enum):
     CONFIG = "config"
     # Copy the caller's container {name}: its keys, as for a create.
     COPY = "copy"
+    # Add a device to the caller's container {name}: its type and keys.
+    DEVICE = "device"
 
 
 _C = "/1.0/containers/{name}"
@@ -98,6 +106,10 @@ USER_ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", _C + "/console/log"): Rule.OWN,
     ("GET", _C + "/console"): Rule.OWN,
     ("POST", _C + "/exec"): Rule.OWN,
+    ("GET", _C + "/devices"): Rule.OWN,
+    ("POST", _C + "/devices"): Rule.DEVICE,
+    ("GET", _C + "/devices/{dev}"): Rule.OWN,
+    ("DELETE", _C + "/devices/{dev}"): Rule.OWN,
 }
 
 
@@ -171,7 +183,14 @@ class Policy:
                 check_values(caller, set_)
             if isinstance(unset, list):
                 self.check_keys(caller, [k for k in unset if isinstance(k, str)], "unset")
+        elif rule is Rule.DEVICE:
+            body = req.json()
+            kind, config = body.get("type"), body.get("config") or {}
+            if isinstance(kind, str) and isinstance(config, dict):
+                check_device(caller, str(body.get("name")), {**config, "type": kind})
         elif rule is Rule.COPY:
+            for dev, options in self._records()[name].devices.items():
+                check_device(caller, dev, options, f"copy container {name!r} with ")
             source = self._records()[name].config
             check_values(caller, source)
             bad = sorted(k for k in source if not key_allowed(k))
@@ -263,6 +282,22 @@ def check_values(caller: Caller, config: Mapping[str, object]) -> None:
             f"{_restricted(caller)} may not set limits.processes above {cap}, "
             f"the default ({DEFAULT_PROCESSES_SHARE:.0%} of the host's PIDs)",
             hint=f"a lower value is fine; above it, ask a member of group {caller.groups.admin!r}",
+        )
+
+
+def check_device(
+    caller: Caller, dev: str, options: Mapping[str, object], verb: str = "add "
+) -> None:
+    """Raise Forbidden when a restricted `caller` may not add device `dev`
+    (its type's judgement; an unknown type is left to the device's check)."""
+    t = TYPES.get(str(options.get("type")))
+    if t is None:
+        return
+    reason = t.restricted_reason({k: str(v) for k, v in options.items()})
+    if reason:
+        raise Forbidden(
+            f"{_restricted(caller)} may not {verb}{t.NAME} device {dev!r}: {reason}",
+            hint=f"ask a member of group {caller.groups.admin!r} to add it",
         )
 
 

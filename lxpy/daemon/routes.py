@@ -14,6 +14,7 @@ import trio
 
 from lxpy.daemon import openapi
 from lxpy.daemon.containers import Containers
+from lxpy.daemon.device_routes import add_device_routes
 from lxpy.daemon.events import EVENT_TYPES
 from lxpy.daemon.http import Request, Router, Send, Stream
 from lxpy.daemon.httpread import Limits
@@ -325,6 +326,7 @@ def build_router(d: Daemon) -> Router:
     )
     add_network_routes(r, d, policy)
     add_lifecycle_routes(r, d, containers)
+    add_device_routes(r, d)
     add_stream_routes(r, d)
     return r
 

@@ -47,6 +47,7 @@ from lxpy.storage.space import space_of
 
 if TYPE_CHECKING:
     from lxpy.daemon.autostart import BootManager
+    from lxpy.daemon.devices.service import Devices
     from lxpy.daemon.lifecycle import Lifecycle
     from lxpy.daemon.resources import Resources
     from lxpy.daemon.security import Security
@@ -121,6 +122,7 @@ class Daemon:
     boot: BootManager
     # ID ranges and user namespaces of unprivileged containers; set by open().
     security: Security
+    devices: Devices
 
     def __init__(
         self, settings: Settings, backend: Backend, registry: Registry, nursery: trio.Nursery
@@ -205,6 +207,7 @@ class Daemon:
             d.states[name] = State.ERROR
         # Imported here: these build on this module.
         from lxpy.daemon.autostart import BootManager
+        from lxpy.daemon.devices.service import Devices
         from lxpy.daemon.lifecycle import Lifecycle
         from lxpy.daemon.resources import Resources
         from lxpy.daemon.security import Security
@@ -215,9 +218,12 @@ class Daemon:
         d.resources = Resources(d)
         await d.resources.setup()
         d.boot = BootManager(d, nursery)
+        d.devices = Devices(d)
         d.lifecycle = Lifecycle(d, nursery)
         # Containers whose monitors outlived a previous lxpyd run on.
         await d.lifecycle.adopt_all()
+        # Device changes a crash cut short, now that the running are known.
+        await d.devices.settle()
         if d.ksmd is not None and d.running:
             # Their pages may not all be merged yet (a burst cut short by
             # the previous lxpyd's end), or written apart since.

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from lxpy.errors import InvalidArgument
+from lxpy.model import devices as dm
 from lxpy.model import limits as lm
 from lxpy.model import security as sm
 from lxpy.model import tomlw
@@ -345,9 +346,39 @@ class Container:
     # Who made it (kept by rename; a copy belongs to whoever copied). None in
     # records older than owners: such containers are the admins' only.
     owner: Owner | None = None
+    # Its devices (lxpy.model.devices): name -> {"type": ..., key: value}.
+    devices: dm.Devices = field(default_factory=dict)
+    # The devices each snapshot was taken with (restored with it); a
+    # snapshot taken before devices were recorded has no entry.
+    snapshot_devices: Mapping[str, dm.Devices] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "config", MappingProxyType(dict(self.config)))
+        object.__setattr__(self, "devices", dm.frozen(self.devices))
+        object.__setattr__(
+            self,
+            "snapshot_devices",
+            MappingProxyType({s: dm.frozen(v) for s, v in self.snapshot_devices.items()}),
+        )
+
+    def with_snapshot(self, snap: str, keep: bool) -> Container:
+        """A copy that records (keep) or forgets snapshot `snap`'s devices."""
+        snaps = {s: dm.plain(v) for s, v in self.snapshot_devices.items()}
+        if keep:
+            snaps[snap] = dm.plain(self.devices)
+        else:
+            snaps.pop(snap, None)
+        return replace(self, snapshot_devices=snaps)
+
+    def with_device(self, name: str, device: Mapping[str, str] | None) -> Container:
+        """A copy with device `name` set to `device` (already validated by
+        its type), or removed (None)."""
+        new = dm.plain(self.devices)
+        if device is None:
+            new.pop(name, None)
+        else:
+            new[name] = dict(device)
+        return replace(self, devices=new)
 
     def with_config(self, set_: Mapping[str, object], unset: list[str]) -> Container:
         """A copy with keys set (validated) and unset.
@@ -374,6 +405,7 @@ class Container:
             "config": dict(self.config),
             "idmap": self.idmap.to_json() if self.idmap else None,
             "owner": self.owner.to_json() if self.owner else None,
+            "devices": dm.plain(self.devices),
         }
 
     def to_toml(self) -> str:
@@ -387,6 +419,12 @@ class Container:
             data["idmap"] = self.idmap.to_json()
         if self.owner is not None:
             data["owner"] = self.owner.to_json()
+        if self.devices:
+            data["devices"] = dm.plain(self.devices)
+        if self.snapshot_devices:
+            data["snapshots"] = {
+                s: {"devices": dm.plain(v)} for s, v in self.snapshot_devices.items()
+            }
         return tomlw.dumps(data)
 
     @classmethod
@@ -420,6 +458,16 @@ class Container:
             if not isinstance(data["owner"], Mapping):
                 raise InvalidArgument(f"{source}: [owner] must be a table")
             owner = Owner.from_json(data["owner"], f"{source}: owner")
+        devices = dm.parse_devices(data.get("devices"), f"{source}: devices")
+        snaps = data.get("snapshots", {})
+        if not isinstance(snaps, Mapping) or not all(
+            isinstance(v, Mapping) for v in snaps.values()
+        ):
+            raise InvalidArgument(f"{source}: [snapshots] must be a table of tables")
+        snapshot_devices = {
+            s: dm.parse_devices(v.get("devices"), f"{source}: snapshots.{s}.devices")
+            for s, v in snaps.items()
+        }
         return cls(
             name=name,
             template=template,
@@ -427,4 +475,6 @@ class Container:
             config=config,
             idmap=idmap,
             owner=owner,
+            devices=devices,
+            snapshot_devices=snapshot_devices,
         )

@@ -127,6 +127,11 @@ class LaunchSpec:
     # Root of an lxcfs mount whose files are bound over /proc/meminfo & co.;
     # empty: no lxcfs.
     lxcfs: str = ""
+    # Disk devices the launch mounts before init runs, each
+    # {"source": host path, "path": path inside, "readonly": bool,
+    # "shift": bool, "dir": bool (else a file)} (lxpy.daemon.devices.disk),
+    # in mount order.
+    mounts: tuple[Mapping[str, object], ...] = ()
     # Set by the monitor for each launch: its unbound notify socket, which
     # the init-to-be inherits and binds in the container
     # (lxpy.runtime.readiness); -1: none.
@@ -156,6 +161,7 @@ class LaunchSpec:
         data["syscalls_allow"] = list(self.syscalls_allow)
         data["limits"] = dict(self.limits)
         data["cpus"] = list(self.cpus)
+        data["mounts"] = [dict(m) for m in self.mounts]
         return data
 
     @classmethod
@@ -195,6 +201,8 @@ class LaunchSpec:
             ):
                 raise InvalidArgument("launch spec: cpus must be a list of CPU numbers")
             kw["cpus"] = tuple(cpus)
+        if "mounts" in kw:
+            kw["mounts"] = tuple(_mounts(kw["mounts"]))
         spec = cls(**kw)  # type: ignore[arg-type]
         spec.validate()
         return spec
@@ -232,6 +240,24 @@ class LaunchSpec:
             raise InvalidArgument(f"launch spec: ttys must be 0..64, got {self.ttys}")
         self.halt_signum()
         self.reboot_signum()
+
+
+def _mounts(value: object) -> list[dict[str, object]]:
+    out = []
+    if not isinstance(value, list | tuple):
+        raise InvalidArgument("launch spec: mounts must be a list")
+    for m in value:
+        if (
+            not isinstance(m, Mapping)
+            or not isinstance(m.get("source"), str)
+            or not isinstance(m.get("path"), str)
+            or not str(m["source"]).startswith("/")
+            or not str(m["path"]).startswith("/")
+            or not all(isinstance(m.get(k, False), bool) for k in ("readonly", "shift", "dir"))
+        ):
+            raise InvalidArgument(f"launch spec: bad mount {m!r}")
+        out.append(dict(m))
+    return out
 
 
 def _strs(value: object, key: str) -> list[str]:

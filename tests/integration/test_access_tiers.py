@@ -515,3 +515,27 @@ def _gid(group: str) -> int:
     import grp
 
     return grp.getgrnam(group).gr_gid
+
+
+def test_restricted_users_add_no_device_that_reaches_the_host(lab: Lab) -> None:
+    g = lab.user_group
+    lab.ok(lab.alice, "create", "a-dev", "-t", "busybox")
+    share = lab.d.root.parent / "a-share"
+    share.mkdir(exist_ok=True)
+    err = lab.refused(
+        lab.alice, "device", "add", "a-dev", "www", "disk", f"source={share}", "path=/srv"
+    )
+    assert f"restricted users (group {g}) may not add disk device 'www'" in err, err
+    assert "host paths" in err
+    assert lab.ok(lab.alice, "device", "list", "a-dev", "--format", "json").strip() == "[]"
+    # An admin may; she sees it and may take it out, but not copy it with it.
+    lab.ok(lab.admin, "device", "add", "a-dev", "www", "disk", f"source={share}", "path=/srv")
+    assert "source=" in lab.ok(lab.alice, "device", "list", "a-dev")
+    err = lab.refused(lab.alice, "copy", "a-dev", "a-dev2")
+    assert "may not copy container 'a-dev' with disk device 'www'" in err, err
+    lab.ok(lab.alice, "device", "remove", "a-dev", "www")
+    lab.ok(lab.alice, "copy", "a-dev", "a-dev2")
+    # Another user's container has no devices to her.
+    err = lab.refused(lab.bob, "device", "list", "a-dev")
+    assert "not found" in err
+    lab.ok(lab.alice, "destroy", "a-dev", "a-dev2")

@@ -1,10 +1,11 @@
 """The detail screen of one container: summary, config (set and unset keys),
-snapshots (create, restore, delete), the console log and the container's
+snapshots (create, restore, delete), devices (add, remove), the console log and the container's
 recent events, with the same start/stop/console/shell keys as the dashboard.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from textual import on, work
@@ -15,11 +16,14 @@ from textual.widgets import DataTable, Footer, Header, Log, Static, TabbedConten
 from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
 
 from lxpy.api.text import format_value, owner_text
+from lxpy.cli.devices import device_line
+from lxpy.cli.output import yes_no
 from lxpy.errors import LxpyError, NotFound
 from tui.inventory import RUNNING_STATES, addresses, uptime
 from tui.messages import Connected, Disconnected, Lifecycle
 from tui.screens.actions import LIFECYCLE_BINDINGS, TERMINAL_BINDINGS, ContainerScreen
 from tui.screens.config import ConfigEditScreen
+from tui.screens.devices import DeviceAddScreen
 from tui.screens.modals import ConfirmScreen
 from tui.widgets import ConsoleView
 
@@ -33,6 +37,8 @@ TAB_ACTIONS = {
     "unset": "tab-config",
     "restore": "tab-snapshots",
     "delete_snapshot": "tab-snapshots",
+    "add_device": "tab-devices",
+    "remove_device": "tab-devices",
 }
 
 
@@ -53,7 +59,7 @@ def _cursor_key(table: DataTable[Any]) -> str | None:
         return None
 
 
-def _refill(table: DataTable[Any], rows: list[tuple[str, str]]) -> None:
+def _refill(table: DataTable[Any], rows: Sequence[tuple[str, ...]]) -> None:
     """Show `rows` (keyed by their first cell), the cursor kept on its row."""
     keep = _cursor_key(table)
     table.clear()
@@ -79,6 +85,8 @@ class DetailScreen(ContainerScreen):
         Binding("u", "unset", "unset"),
         Binding("o", "restore", "restore"),
         Binding("delete", "delete_snapshot", "delete"),
+        Binding("a", "add_device", "add device"),
+        Binding("delete", "remove_device", "remove"),
         Binding("g", "reload", "reload", show=False),
     ]
 
@@ -96,6 +104,13 @@ class DetailScreen(ContainerScreen):
             with TabPane("Snapshots", id="tab-snapshots"):
                 yield Static("no snapshots yet: p takes one", id="no-snapshots", classes="empty")
                 yield DataTable(id="snapshots", cursor_type="row")
+            with TabPane("Devices", id="tab-devices"):
+                yield Static(
+                    "no devices: a adds one (a host directory, ...)",
+                    id="no-devices",
+                    classes="empty",
+                )
+                yield DataTable(id="devices", cursor_type="row")
             with TabPane("Console", id="tab-console"):
                 yield ConsoleView(LOG_TAIL, id="console")
             with TabPane("Events", id="tab-events"):
@@ -117,6 +132,10 @@ class DetailScreen(ContainerScreen):
         snaps.add_column("SNAPSHOT", key="name")
         snaps.add_column("CREATED", key="created")
         snaps.display = False
+        devs = self.query_one("#devices", DataTable)
+        for col in ("NAME", "TYPE", "ACTIVE", "CONFIG"):
+            devs.add_column(col, key=col.lower())
+        devs.display = False
         for event in self.lxpy.events_for(self.container_name):
             self._event(event)
         self._show_events()
@@ -138,6 +157,9 @@ class DetailScreen(ContainerScreen):
     def selected_snapshot(self) -> str | None:
         return _cursor_key(self.query_one("#snapshots", DataTable))
 
+    def selected_device(self) -> str | None:
+        return _cursor_key(self.query_one("#devices", DataTable))
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # Row actions show only on their tab, and only with a row to act on.
         tab = TAB_ACTIONS.get(action)
@@ -149,6 +171,8 @@ class DetailScreen(ContainerScreen):
             return self.selected_key() is not None
         if action in ("restore", "delete_snapshot"):
             return self.selected_snapshot() is not None
+        if action == "remove_device":
+            return self.selected_device() is not None
         return True
 
     @on(TabbedContent.TabActivated)
@@ -198,6 +222,24 @@ class DetailScreen(ContainerScreen):
         config = self.ct.get("config") or {}
         rows = [(key, format_value(config[key])) for key in sorted(config)]
         _refill(self.query_one("#config", DataTable), rows)
+        self.refresh_bindings()
+        if self.ct.get("devices") or self.query_one("#devices", DataTable).row_count:
+            self.load_devices()
+
+    @work(group="devices", exclusive=True)
+    async def load_devices(self) -> None:
+        try:
+            devs = await self.lxpy.client.devices(self.container_name)
+        except LxpyError:
+            return
+        rows = [
+            (str(d["name"]), str(d.get("type", "")), yes_no(d.get("active")), device_line(d))
+            for d in devs
+        ]
+        table = self.query_one("#devices", DataTable)
+        _refill(table, rows)
+        table.display = bool(rows)
+        self.query_one("#no-devices").display = not rows
         self.refresh_bindings()
 
     def _summary(self) -> None:
@@ -328,31 +370,39 @@ class DetailScreen(ContainerScreen):
         self.query_one(TabbedContent).active = "tab-snapshots"
         super().action_snapshot()
 
+    def _confirmed(
+        self,
+        question: str,
+        yes: str,
+        doing: str,
+        done: str,
+        call: Callable[[], Awaitable[object]],
+        then: Callable[[], object],
+    ) -> None:
+        """Ask `question`; on yes, run `call` on this container as _act does."""
+        name = self.container_name
+
+        def answer(ok: bool | None) -> None:
+            if ok:
+                self._act(name, doing, done, call, then=then)
+
+        self.app.push_screen(ConfirmScreen(question, yes=yes), answer)
+
     def action_restore(self) -> None:
         snap = self.selected_snapshot()
         if not (snap and self.check_action("restore", ())):
             return
         name = self.container_name
-
-        def answer(yes: bool | None) -> None:
-            if yes:
-                self._act(
-                    name,
-                    f"restoring {snap} of",
-                    f"restored {snap} of",
-                    lambda: self.lxpy.client.restore_snapshot(name, snap),
-                    then=self.action_reload,
-                )
-
         # Snapshots hold files only: a running container is restarted.
         running = self.ct.get("state") in RUNNING_STATES
         again = "\nIt is stopped, restored and started again." if running else ""
-        self.app.push_screen(
-            ConfirmScreen(
-                f"Roll {name} back to snapshot {snap}?\nChanges since then are lost.{again}",
-                yes="Restore",
-            ),
-            answer,
+        self._confirmed(
+            f"Roll {name} back to snapshot {snap}?\nChanges since then are lost.{again}",
+            "Restore",
+            f"restoring {snap} of",
+            f"restored {snap} of",
+            lambda: self.lxpy.client.restore_snapshot(name, snap),
+            self.action_reload,
         )
 
     def action_delete_snapshot(self) -> None:
@@ -360,17 +410,40 @@ class DetailScreen(ContainerScreen):
         if not (snap and self.check_action("delete_snapshot", ())):
             return
         name = self.container_name
+        self._confirmed(
+            f"Delete snapshot {snap} of {name}?",
+            "Delete",
+            f"deleting snapshot {snap} of",
+            f"deleted snapshot {snap} of",
+            lambda: self.lxpy.client.delete_snapshot(name, snap),
+            self.load_snapshots,
+        )
 
-        def answer(yes: bool | None) -> None:
-            if yes:
-                self._act(
-                    name,
-                    f"deleting snapshot {snap} of",
-                    f"deleted snapshot {snap} of",
-                    lambda: self.lxpy.client.delete_snapshot(name, snap),
-                    then=self.load_snapshots,
-                )
+    # -- devices -------------------------------------------------------------------
 
-        self.app.push_screen(
-            ConfirmScreen(f"Delete snapshot {snap} of {name}?", yes="Delete"), answer
+    def action_add_device(self) -> None:
+        if not self.check_action("add_device", ()):
+            return
+
+        def added(ok: bool | None) -> None:
+            if ok:
+                self.load_container()
+                self.load_devices()
+
+        self.app.push_screen(DeviceAddScreen(self.container_name), added)
+
+    def action_remove_device(self) -> None:
+        dev = self.selected_device()
+        if not (dev and self.check_action("remove_device", ())):
+            return
+        name = self.container_name
+        running = self.ct.get("state") in RUNNING_STATES
+        now = "\nThe running container loses it at once." if running else ""
+        self._confirmed(
+            f"Remove device {dev} from {name}?{now}",
+            "Remove",
+            f"removing device {dev} from",
+            f"removed device {dev} from",
+            lambda: self.lxpy.client.remove_device(name, dev),
+            self.load_container,
         )
