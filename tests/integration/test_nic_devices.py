@@ -10,6 +10,7 @@ so nothing they send leaves the host.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import subprocess
@@ -43,20 +44,38 @@ def addr_on(it: Lab, name: str, ifname: str) -> str | None:
     return out[out.index("inet") + 1].split("/")[0] if "inet" in out else None
 
 
-def test_second_nic_gets_dhcp_from_second_network(lab: Lab) -> None:  # noqa: F811
-    lab.make_network(nat=False)
-    lab.d.cli("template", "build", "busybox")
-    second = f"{lab.net}b"
+@contextlib.contextmanager
+def second_network(it: Lab) -> Iterator[tuple[str, ipaddress.IPv4Network]]:
+    """Another managed network (no NAT) beside the lab's, with its name and
+    subnet; at the end the lab's containers and it go."""
+    second = f"{it.net}b"
     subnet2 = next(
         s
         for s in (free_subnet(), *ipaddress.IPv4Network("10.218.0.0/16").subnets(8))
-        if s != lab.subnet and not any(s.overlaps(u) for u in links.used_subnets())
+        if s != it.subnet and not any(s.overlaps(u) for u in links.used_subnets())
     )
-    lab.cli("network", "create", second, "--subnet", str(subnet2), "--no-nat")
+    it.cli("network", "create", second, "--subnet", str(subnet2), "--no-nat")
     try:
-        (name,) = lab.names("two")
-        lab.create(name, "busybox")
-        lab.start(name)
+        yield second, subnet2
+    finally:
+        for c in sorted(it.containers):
+            it.cli("destroy", "--force", c, check=False)
+        it.cli("network", "delete", second, check=False)
+
+
+def started(it: Lab, short: str) -> str:
+    """A running busybox container on the lab's network; its name."""
+    (name,) = it.names(short)
+    it.create(name, "busybox")
+    it.start(name)
+    return name
+
+
+def test_second_nic_gets_dhcp_from_second_network(lab: Lab) -> None:  # noqa: F811
+    lab.make_network(nat=False)
+    lab.d.cli("template", "build", "busybox")
+    with second_network(lab) as (second, subnet2):
+        name = started(lab, "two")
         path = netns(lab, name)
         root = str(lab.d.root)
         nic = Nic(
@@ -82,10 +101,6 @@ def test_second_nic_gets_dhcp_from_second_network(lab: Lab) -> None:  # noqa: F8
         assert "eth1" not in links.links_in(path)
         assert not links.existing_links([nic.host])
         links.remove_link_in(path, "eth1")  # idempotent
-    finally:
-        for c in sorted(lab.containers):
-            lab.cli("destroy", "--force", c, check=False)
-        lab.cli("network", "delete", second, check=False)
 
 
 @pytest.fixture
