@@ -11,10 +11,11 @@ byte per connection. The same client (a separate python process, so it
 never shares a GIL with the forwarder) measures every path:
 
   direct       the container's address on the bridge, no proxy;
-  DNAT         lxpy's nft table (lxpy.network.proxy): the bridge's host
-               address, port P, rewritten in `output` to the container;
-  userspace    lxpy's forwarder (lxpy.daemon.proxyd, run here on its own
-               trio thread as lxpyd would run it): 127.0.0.1:P;
+  DNAT         a `proxy` device (lxpy device add ... listen=tcp:0.0.0.0:P
+               connect=tcp:ADDR:PORT), reached on the bridge's host
+               address: lxpy's nft table rewrites it to the container;
+  userspace    the same device reached on 127.0.0.1:P: lxpyd's forwarder
+               (lxpy.daemon.proxyd);
   socat        `socat TCP-LISTEN:...,fork,reuseaddr TCP:container` when
                socat is installed: a plain userspace forwarder to compare
                with.
@@ -37,18 +38,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import trio  # noqa: E402
 from common import Lxpy, Scratch, print_table, run  # noqa: E402
 
-from lxpy.daemon.proxyd import Forwarder  # noqa: E402
 from lxpy.errors import Busy  # noqa: E402
-from lxpy.model.network import root_id  # noqa: E402
 from lxpy.network import links, proxy  # noqa: E402
 
 SERVER = r"""
@@ -114,35 +111,6 @@ def measure(host: str, bulk: int, one: int, runs: int, conns: int) -> dict[str, 
     return json.loads(res.stdout)  # type: ignore[no-any-return]
 
 
-class Forwarders:
-    """lxpy's userspace forwarders for the two ports, on a trio thread."""
-
-    def __init__(self, pairs: list[tuple[str, str]], netns: str) -> None:
-        self.fwds = []
-        for listen, connect in pairs:
-            lst, con = proxy.parse_pair(listen, connect)
-            self.fwds.append(Forwarder(listen, proxy.bind(lst), con, netns))
-        ready = threading.Event()
-        self.token: list[trio.lowlevel.TrioToken] = []
-
-        async def main() -> None:
-            self.token.append(trio.lowlevel.current_trio_token())
-            async with trio.open_nursery() as n:
-                for f in self.fwds:
-                    await n.start(f.run)
-                ready.set()
-
-        self.thread = threading.Thread(target=trio.run, args=(main,), daemon=True)
-        self.thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the forwarders did not start")
-
-    def close(self) -> None:
-        for f in self.fwds:
-            trio.from_thread.run_sync(f.close, trio_token=self.token[0])
-        self.thread.join(10)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mib", type=int, default=256, help="MiB per throughput run")
@@ -193,31 +161,17 @@ def main() -> None:
         results["direct (container address)"] = measure(addr, 5001, 5002, args.runs, args.conns)
 
         bulk_p, one_p = free_port(), free_port()
-        table = proxy.table_name(root_id(str(lx.daemon.root)))
-        fw = Forwarders(
-            [
-                (f"tcp:0.0.0.0:{bulk_p}", f"tcp:{addr}:5001"),
-                (f"tcp:0.0.0.0:{one_p}", f"tcp:{addr}:5002"),
-            ],
-            netns,
+        # Published through lxpyd, as a user does: each proxy's port held by
+        # lxpyd's forwarder, its DNAT rule in the root's table.
+        for dev, p, t in (("bulk", bulk_p, 5001), ("one", one_p, 5002)):
+            lx.cli("device", "add", name, dev, "proxy", f"listen=tcp:0.0.0.0:{p}",
+                   f"connect=tcp:{addr}:{t}")  # fmt: skip
+        results["lxpy proxy, DNAT path"] = measure(gateway, bulk_p, one_p, args.runs, args.conns)
+        results["lxpy proxy, userspace path (127.0.0.1)"] = measure(
+            "127.0.0.1", bulk_p, one_p, args.runs, args.conns
         )
-        try:
-            rules = [
-                proxy.Dnat(
-                    name, str(p), proxy.parse_endpoint("listen", f"tcp:0.0.0.0:{p}"), addr, t
-                )
-                for p, t in ((bulk_p, 5001), (one_p, 5002))
-            ]
-            proxy.apply(table, rules)
-            results["lxpy proxy, DNAT path"] = measure(
-                gateway, bulk_p, one_p, args.runs, args.conns
-            )
-            results["lxpy proxy, userspace path (127.0.0.1)"] = measure(
-                "127.0.0.1", bulk_p, one_p, args.runs, args.conns
-            )
-        finally:
-            proxy.apply(table, [])
-            fw.close()
+        for dev in ("bulk", "one"):
+            lx.cli("device", "remove", name, dev)
 
         socat = shutil.which("socat")
         if socat:
