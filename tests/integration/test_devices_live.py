@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import signal
 import socket
 import subprocess
 from typing import Any
 
 import pytest
 
+from lxpy.daemon.crashpoint import CRASH_ENV
 from lxpy.daemon.networks import RUN_BASE
 from lxpy.model.network import root_id
 from lxpy.network import links, proxy
-from tests.conftest import wait_for
+from tests.conftest import start_daemon, stop_daemon, wait_for
 from tests.integration.test_network_e2e import Lab, lab  # noqa: F401
 from tests.integration.test_nic_devices import (  # noqa: F401
     DHCP,
@@ -262,3 +264,53 @@ def test_nic_devices_live(lab: Lab, dummy: str) -> None:  # noqa: F811
         lab.cli("stop", name)
         lab.start(name)
         assert "eth1" in links.links_in(netns)
+
+
+def _crashing(it: Lab, at: str) -> None:
+    """Restart the lab's lxpyd with LXPY_CRASH_AT=`at` (it kills itself there)."""
+    stop_daemon(it.d)
+    conf = it.d.root.parent / f"{it.d.root.name}-lxpyd.toml"
+    it.d = start_daemon(
+        it.d.root,
+        it.d.socket,
+        it.tmp / "lxpyd-crash.log",
+        "--config",
+        str(conf),
+        prefix=("env", f"{CRASH_ENV}={at}"),
+    )
+    it._fixture_daemon.proc = it.d.proc
+
+
+def _after_crash(it: Lab) -> None:
+    # It died at the crash point (SIGKILL from itself), not of anything else.
+    assert it.d.proc.wait(timeout=30) == -signal.SIGKILL
+    it.d.socket.unlink()
+    it.restart_daemon()
+
+
+def test_device_add_cut_short_by_a_crash_is_undone(lab: Lab, outside: Outside) -> None:  # noqa: F811
+    lab.make_network(nat=False)
+    lab.d.cli("template", "build", "busybox")
+    name, addr = web(lab, "crash")
+    pid = lab.info(name)["init_pid"]
+    port = free_port()
+    table = proxy.table_name(root_id(str(lab.d.root)))
+    before = record(lab, name)
+    _crashing(lab, "device-add:plugged")
+    # Plugged (the port taken, the rule made), then lxpyd died before the
+    # record was written.
+    assert add_proxy(lab, name, "http", f"tcp:0.0.0.0:{port}", f"tcp:{addr}:80").returncode != 0
+    _after_crash(lab)
+    assert lab.info(name)["init_pid"] == pid
+    assert record(lab, name) == before and devices(lab, name) == {}
+    assert port_free(port)
+    assert outside.curl(f"http://{outside.host}:{port}/").returncode != 0
+    listed = subprocess.run(["nft", "list", "table", "inet", table], capture_output=True)
+    assert listed.returncode != 0
+    # The same for a node: not left inside.
+    _crashing(lab, "device-add:plugged")
+    res = lab.cli("device", "add", name, "fuse", "unix-char", "source=/dev/fuse", check=False)
+    assert res.returncode != 0
+    _after_crash(lab)
+    assert record(lab, name) == before
+    assert lab.run_in(name, "test", "-e", "/dev/fuse").returncode != 0
