@@ -10,7 +10,6 @@ the host.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import signal
 import socket
@@ -232,11 +231,16 @@ def test_nic_devices_live(lab: Lab, dummy: str) -> None:  # noqa: F811
     lab.d.cli("template", "build", "busybox")
     with second_network(lab) as (second, subnet2):
         name = started(lab, "nics")
-        lab.cli("device", "add", name, "lan", "nic", f"network={second}", "name=eth1")
+        # Pinned: the network's dnsmasq hands out exactly that address.
+        pinned = str(subnet2.network_address + 77)
+        lab.cli(
+            "device", "add", name, "lan", "nic",
+            f"network={second}", "name=eth1", f"ipv4.address={pinned}",
+        )  # fmt: skip
         res = lab.run_in(name, "sh", "-c", DHCP.format(ifname="eth1"))
         assert res.returncode == 0, res.stderr
         got = wait_for(lambda: addr_on(lab, name, "eth1"), 15, "a DHCP address on eth1")
-        assert ipaddress.IPv4Address(got) in subnet2
+        assert got == pinned
         lab.cli(
             "device", "add", name, "wire", "nic",
             "nictype=macvlan", f"parent={dummy}", "name=lan0", "hwaddr=02:00:00:78:00:01",
