@@ -112,7 +112,8 @@ def _write_rules(path: str, rules: Iterable[str]) -> None:
 def _widen_parent(d: str, extra: Sequence[str]) -> None:
     # v1 checks a child's list against its parent's: the daemon's parent
     # cgroup must allow a passed-in node before one container may. What the
-    # parent allows beyond ALLOWED is only what some container was given;
+    # parent allows beyond ALLOWED is only what some running container was
+    # given (narrow_parent takes it back when none holds it any more);
     # each container's own list still holds only its own nodes.
     if extra:
         _write_rules(os.path.join(os.path.dirname(d), "devices.allow"), extra)
@@ -141,6 +142,26 @@ def covered(rule: str, rules: Iterable[str]) -> bool:
         ):
             return True
     return False
+
+
+def narrow_parent(cg: ContainerCgroup, rules: Sequence[str], in_use: Sequence[str]) -> None:
+    """Take `rules` back from the v1 parent of `cg`'s devices directory,
+    but those ALLOWED or `in_use` (what other running containers were
+    given) cover: a privileged container that can write its own list can
+    then never widen it to a node only another container was given.
+    Nothing on cgroup v2 (each container's program is its own). The
+    directory of `cg` itself need not exist any more.
+
+    Raises:
+        OSError: the kernel refused a rule.
+    """
+    d = devices_dir(cg)
+    if d is None:
+        return
+    keep = (*ALLOWED, *in_use)
+    gone = [r for r in rules if not covered(r, keep)]
+    if gone:
+        _write_rules(os.path.join(os.path.dirname(d), "devices.deny"), gone)
 
 
 def change_extra(cg: ContainerCgroup, before: Sequence[str], after: Sequence[str]) -> bool:

@@ -11,6 +11,7 @@ the host.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 
 from lxpy.daemon.crashpoint import CRASH_ENV
 from lxpy.daemon.networks import RUN_BASE
+from lxpy.kernel.devices import devices_dir
 from lxpy.model.network import root_id
 from lxpy.network import links, proxy
 from tests.conftest import start_daemon, stop_daemon, wait_for
@@ -39,6 +41,7 @@ from tests.integration.test_proxy import (  # noqa: F401
     outside,
     port_free,
 )
+from tests.integration.test_unix_devices import loopdev  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -180,6 +183,41 @@ def test_proxy_taken_port_refused_when_added_and_at_start(lab: Lab) -> None:  # 
         err = refused(lab, "start", name)
         assert f"port tcp:0.0.0.0:{port} is already in use on the host" in err
         assert lab.info(name)["state"] == "STOPPED"
+
+
+def parent_list(it: Lab, name: str) -> str:
+    """The v1 devices list of the cgroup above container `name`'s."""
+    d = devices_dir(it.d.cgroup(name))
+    assert d is not None, "this host has the v1 devices controller"
+    with open(os.path.join(os.path.dirname(d), "devices.list")) as f:
+        return f.read()
+
+
+def test_block_device_given_and_taken_back(lab: Lab, loopdev: str) -> None:  # noqa: F811
+    lab.d.cli("template", "build", "busybox")
+    (name,) = lab.names("blk")
+    lab.containers.add(name)
+    lab.cli("create", name, "-t", "busybox")
+    lab.cli("start", name)
+    st = os.stat(loopdev)
+    rule = f"b {os.major(st.st_rdev)}:{os.minor(st.st_rdev)} rw"
+    assert rule not in parent_list(lab, name)
+    lab.cli("device", "add", name, "data", "unix-block", f"source={loopdev}", "path=/dev/xvdb")
+    read = ["head", "-c", "17", "/dev/xvdb"]
+    assert lab.run_in(name, *read).stdout == "LXPY-BLOCK-DEVICE"
+    assert rule in parent_list(lab, name)
+    # Stopped: the parent takes it back (no running container holds it).
+    lab.cli("stop", name)
+    assert rule not in parent_list(lab, name)
+    lab.cli("start", name)
+    got = wait_for(
+        lambda: lab.run_in(name, *read).stdout == "LXPY-BLOCK-DEVICE", 15, "the disk after start"
+    )
+    assert got
+    # Removed live: neither the container nor the parent allow it.
+    lab.cli("device", "remove", name, "data")
+    assert lab.run_in(name, "test", "-e", "/dev/xvdb").returncode != 0
+    assert rule not in parent_list(lab, name)
 
 
 def test_unix_devices_live_and_at_start(lab: Lab) -> None:  # noqa: F811

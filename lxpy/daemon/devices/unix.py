@@ -117,17 +117,30 @@ class UnixDevice(DeviceType):
         others = _rules(d, dev, include=False)
         node = await trio.to_thread.run_sync(_node_or_none, dev.options["source"], self.NAME)
 
+        in_use = _in_use(d, dev)
+
         def work() -> None:
             hostdev.unbind(pid, _target(dev.options))
             if node is not None:
                 rule = devices.node_rule(node.kind, node.major, node.minor)
-                devices.change_extra(d.cgroup(dev.container), [*others, rule], others)
+                cg = d.cgroup(dev.container)
+                devices.change_extra(cg, [*others, rule], others)
+                devices.narrow_parent(cg, [rule], in_use)
             _host_node(d, dev).unlink(missing_ok=True)
 
         await trio.to_thread.run_sync(work)
 
     async def stop(self, d: Daemon, dev: Dev) -> None:
-        await trio.to_thread.run_sync(lambda: _host_node(d, dev).unlink(missing_ok=True))
+        node = await trio.to_thread.run_sync(_node_or_none, dev.options["source"], self.NAME)
+        in_use = _in_use(d, dev)
+
+        def work() -> None:
+            _host_node(d, dev).unlink(missing_ok=True)
+            if node is not None:
+                rule = devices.node_rule(node.kind, node.major, node.minor)
+                devices.narrow_parent(d.cgroup(dev.container), [rule], in_use)
+
+        await trio.to_thread.run_sync(work)
 
     async def forget(self, d: Daemon, dev: Dev) -> None:
         await self.stop(d, dev)
@@ -163,17 +176,27 @@ def _node_or_none(source: str, kind: str) -> hostdev.Node | None:
 
 def _rules(d: Daemon, dev: Dev, include: bool) -> list[str]:
     # The cgroup rules of the container's other node devices in effect.
-    record = d.records.get(dev.container)
-    active = d.devices.active.get(dev.container, set())
+    return _container_rules(d, dev.container, None if include else dev.name)
+
+
+def _container_rules(d: Daemon, container: str, skip: str | None = None) -> list[str]:
+    record = d.records.get(container)
+    active = d.devices.active.get(container, set())
     out = []
     for name, o in sorted(record.devices.items() if record else ()):
-        if o.get("type") not in TYPES or name not in active:
-            continue
-        if name == dev.name and not include:
+        if o.get("type") not in TYPES or name not in active or name == skip:
             continue
         node = _node_or_none(o["source"], o["type"])
         if node is not None:
             out.append(devices.node_rule(node.kind, node.major, node.minor))
+    return out
+
+
+def _in_use(d: Daemon, dev: Dev) -> list[str]:
+    # What the running containers' node devices hold, but `dev`.
+    out = []
+    for container in sorted(d.devices.active):
+        out += _container_rules(d, container, dev.name if container == dev.container else None)
     return out
 
 
