@@ -136,6 +136,15 @@ def test_proxy_device_live_at_start_and_after_lxpyd_restart(
             "the proxy's loopback path after the lxpyd restart",
         )
         assert ok
+        # A reboot inside: a new init, the same network namespace; the
+        # forwarder reaches the new httpd.
+        pid = lab.info(name)["init_pid"]
+        assert lab.run_in(name, "reboot").returncode == 0
+        wait_for(lambda: lab.info(name)["init_pid"] not in (pid, None), 30, "a new init")
+        wait_for(lambda: lab.info(name)["state"] == "RUNNING", 30, "RUNNING after the reboot")
+        serve(lab, name)
+        res = curl(f"http://127.0.0.1:{port}/")
+        assert res.stdout.strip() == "hello-from-container", res.stderr
         # Stopped: the port is free and the rule gone.
         lab.cli("stop", name)
         assert port_free(port)

@@ -124,7 +124,11 @@ class Proxy(DeviceType):
         lst, con = proxy.parse_pair(dev.options["listen"], dev.options["connect"])
         if sock is None:
             sock = await trio.to_thread.run_sync(proxy.bind, lst)
-        fwd = Forwarder(f"{dev.container}/{dev.name}", sock, con, str(proxy.netns_of(pid)))
+        # The bound namespace of a container on a network outlives its init
+        # (a reboot inside keeps it): the forwarder keeps reaching it.
+        bound = d.networks.netns_path(dev.container)
+        netns = bound if await trio.to_thread.run_sync(bound.exists) else proxy.netns_of(pid)
+        fwd = Forwarder(f"{dev.container}/{dev.name}", sock, con, str(netns))
         await d.lifecycle.nursery.start(fwd.run)
         self.forwarders[slot] = fwd
         if proxy.dnat_possible(con):
