@@ -25,7 +25,7 @@ from lxpy.kernel.devices import devices_dir
 from lxpy.model.network import root_id
 from lxpy.network import links, proxy
 from tests.conftest import start_daemon, stop_daemon, wait_for
-from tests.integration.test_network_e2e import Lab, lab  # noqa: F401
+from tests.integration.test_network_e2e import Lab, ipv4_of, lab  # noqa: F401
 from tests.integration.test_nic_devices import (  # noqa: F401
     DHCP,
     addr_on,
@@ -142,6 +142,9 @@ def test_proxy_device_live_at_start_and_after_lxpyd_restart(
         assert lab.run_in(name, "reboot").returncode == 0
         wait_for(lambda: lab.info(name)["init_pid"] not in (pid, None), 30, "a new init")
         wait_for(lambda: lab.info(name)["state"] == "RUNNING", 30, "RUNNING after the reboot")
+        # Its DHCP client runs again at boot: the address is back first.
+        new_pid = lab.info(name)["init_pid"]
+        wait_for(lambda: ipv4_of(new_pid) == addr, 15, "the address after the reboot")
         serve(lab, name)
         res = curl(f"http://127.0.0.1:{port}/")
         assert res.stdout.strip() == "hello-from-container", res.stderr
