@@ -74,6 +74,10 @@ RESTRICTED_ROUTES = {
             ("GET", "/console/log"),
             ("GET", "/console"),
             ("POST", "/exec"),
+            ("GET", "/devices"),
+            ("POST", "/devices"),
+            ("GET", "/devices/{dev}"),
+            ("DELETE", "/devices/{dev}"),
         )
     ),
 }
