@@ -20,6 +20,10 @@ DEV = arg("device", metavar="DEV", help="device name")
 # lxpy.daemon.devices).
 DEVICE_KEYS: dict[str, tuple[str, ...]] = {
     "disk": ("source", "path", "readonly", "shift", "required", "pool"),
+    "proxy": ("listen", "connect"),
+    "unix-char": ("source", "path", "uid", "gid", "mode"),
+    "unix-block": ("source", "path", "uid", "gid", "mode"),
+    "nic": ("nictype", "network", "parent", "name", "hwaddr", "ipv4.address"),
 }
 
 

@@ -734,8 +734,8 @@ class Lifecycle:
                 self.last_exit[name] = _exit_info(status.get("last_exit"))
             run = _Run(sock, ready=status.get("ready") is True)
             self.runs[name] = run
-            d.devices.adopted(name)
             await self.nursery.start(self._watch, name, run)
+            await d.devices.adopted(name, d.running[name].init_pid)
             log.info("container %s: adopted (init %s)", name, d.running[name].init_pid)
             await self._into_scope(name, d.running[name].monitor_pid)
             return

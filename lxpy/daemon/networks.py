@@ -541,16 +541,7 @@ class Networks:
                 hint="set `network` too, or unset ipv4.address",
             )
         if pinned is not None:
-            nets[0].check_pinned(str(pinned))
-            for other, nics in self.attached.items():
-                if other != container and any(
-                    n.network == nets[0].name and n.ipv4 == str(pinned) for n in nics
-                ):
-                    raise Busy(
-                        f"ipv4.address {pinned} on network {nets[0].name} is held by "
-                        f"running container {other!r}",
-                        hint="pick another address",
-                    )
+            self.check_pinned(container, nets[0], str(pinned))
         root = str(self.root)
         nics = portfilter.flagged(
             (
@@ -591,6 +582,22 @@ class Networks:
                 await self.detach(container)
             raise
         return NetnsHandle(str(path), nics)
+
+    def check_pinned(self, container: str, net: Network, pinned: str) -> None:
+        """Whether `container` may pin `pinned` on `net`.
+
+        Raises:
+            InvalidArgument: not usable on `net`.
+            Busy: another running container holds it there.
+        """
+        net.check_pinned(pinned)
+        for other, nics in self.attached.items():
+            if other != container and any(n.network == net.name and n.ipv4 == pinned for n in nics):
+                raise Busy(
+                    f"ipv4.address {pinned} on network {net.name} is held by "
+                    f"running container {other!r}",
+                    hint="pick another address",
+                )
 
     def _fill_netns(self, container: str, path: Path, nics: tuple[Nic, ...]) -> None:
         # One worker trip: the ports' rules (before their veths exist, so

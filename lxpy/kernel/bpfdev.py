@@ -235,15 +235,60 @@ def attach(cgroup_dir: str, rules: Iterable[str]) -> None:
         os.close(dfd)
 
 
-def attached(cgroup_dir: str) -> int:
-    """How many device programs are attached to the cgroup2 directory
-    `cgroup_dir` itself (BPF_PROG_QUERY; not those of its parents)."""
+def attached(cgroup_dir: str) -> list[int]:
+    """The ids of the device programs attached to `cgroup_dir` itself (not
+    those of its ancestors).
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
+    ids = (ctypes.c_uint32 * 64)()
     dfd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         # union bpf_attr, BPF_PROG_QUERY: target_fd, attach_type,
-        # query_flags, attach_flags, prog_ids (none asked), prog_cnt.
-        attr = bytearray(struct.pack("=IIIIQI4x", dfd, sc.BPF_CGROUP_DEVICE, 0, 0, 0, 0))
-        sc.bpf(sc.BPF_PROG_QUERY, attr)
+        # query_flags, attach_flags (out), prog_ids, prog_cnt (in and out).
+        buf = ctypes.create_string_buffer(
+            struct.pack("=IIIIQI", dfd, sc.BPF_CGROUP_DEVICE, 0, 0, ctypes.addressof(ids), 64),
+            32,
+        )
+        sc.bpf(sc.BPF_PROG_QUERY, b"", out=buf)
     finally:
         os.close(dfd)
-    return int(struct.unpack_from("=I", attr, 24)[0])
+    count = struct.unpack_from("=I", buf.raw, 24)[0]
+    return [int(ids[i]) for i in range(min(count, 64))]
+
+
+def replace(cgroup_dir: str, rules: Iterable[str]) -> None:
+    """Make the device programs on `cgroup_dir` allow exactly `rules`: a new
+    program is attached, then the ones that were there are detached.
+
+    Why in that order: while both are attached, the kernel asks both and
+    allows only what each allows, so the container never has more than the
+    old list or the new one at any moment (a widened list takes effect
+    when the old program goes, a narrowed one at once).
+
+    Raises:
+        InvalidArgument: for a malformed rule.
+        OSError: with the kernel's errno (the old programs stay on failure
+            to attach the new one).
+    """
+    old = attached(cgroup_dir)
+    attach(cgroup_dir, rules)
+    dfd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for prog_id in old:
+            try:
+                pfd = sc.bpf(sc.BPF_PROG_GET_FD_BY_ID, struct.pack("=III", prog_id, 0, 0))
+            except OSError as e:
+                if e.errno == errno.ENOENT:
+                    continue  # detached meanwhile
+                raise
+            try:
+                sc.bpf(
+                    sc.BPF_PROG_DETACH,
+                    struct.pack("=IIIII", dfd, pfd, sc.BPF_CGROUP_DEVICE, 0, 0),
+                )
+            finally:
+                os.close(pfd)
+    finally:
+        os.close(dfd)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterable, Sequence
 
 from lxpy.kernel import bpfdev
 from lxpy.kernel import syscalls as sc
@@ -52,8 +53,9 @@ def devices_dir(cg: ContainerCgroup) -> str | None:
     return next((d for h, d in cg.dirs if h.version == 1 and "devices" in h.controllers), None)
 
 
-def restrict(cg: ContainerCgroup) -> bool:
-    """Deny every device to `cg` but ALLOWED (its directories must exist):
+def restrict(cg: ContainerCgroup, extra: Sequence[str] = ()) -> bool:
+    """Deny every device to `cg` but ALLOWED and `extra` (the nodes its
+    unix-char/unix-block devices pass in: node_rule) (its directories must exist):
     through the v1 devices controller where the host has one, else through
     a BPF device program on its cgroup2 directory.
 
@@ -70,7 +72,8 @@ def restrict(cg: ContainerCgroup) -> bool:
     d = devices_dir(cg)
     if d is not None:
         try:
-            _restrict_dir(d)
+            _widen_parent(d, extra)
+            _restrict_dir(d, (*ALLOWED, *extra))
         except PermissionError:
             if not in_user_namespace():
                 raise
@@ -82,7 +85,7 @@ def restrict(cg: ContainerCgroup) -> bool:
     if cg.unified is None:
         return False
     try:
-        bpfdev.attach(cg.unified, ALLOWED)
+        bpfdev.attach(cg.unified, (*ALLOWED, *extra))
     except OSError as e:
         # Why these: a kernel without bpf(2) or cgroup device programs
         # (ENOSYS, EINVAL, EOPNOTSUPP), or a daemon without CAP_BPF /
@@ -110,12 +113,100 @@ def in_user_namespace() -> bool:
         return False
 
 
-def _restrict_dir(d: str) -> None:
+def _restrict_dir(d: str, rules: Sequence[str] = ALLOWED) -> None:
     sc.write_file(os.path.join(d, "devices.deny"), "a")
+    _write_rules(os.path.join(d, "devices.allow"), rules)
+
+
+def _write_rules(path: str, rules: Iterable[str]) -> None:
     # One open for every rule: the kernel takes each write(2) as one.
-    fd = os.open(os.path.join(d, "devices.allow"), os.O_WRONLY | os.O_CLOEXEC)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
-        for rule in ALLOWED:
+        for rule in rules:
             os.write(fd, rule.encode())
     finally:
         os.close(fd)
+
+
+def _widen_parent(d: str, extra: Sequence[str]) -> None:
+    # v1 checks a child's list against its parent's: the daemon's parent
+    # cgroup must allow a passed-in node before one container may. What the
+    # parent allows beyond ALLOWED is only what some running container was
+    # given (narrow_parent takes it back when none holds it any more);
+    # each container's own list still holds only its own nodes.
+    if extra:
+        _write_rules(os.path.join(os.path.dirname(d), "devices.allow"), extra)
+
+
+# -- passed-in nodes (unix-char / unix-block devices) -------------------------
+
+
+def node_rule(kind: str, major: int, minor: int) -> str:
+    """The rule that lets a container open (read and write) one node;
+    `kind` is "c" or "b". No mknod: the node is bound in, not made."""
+    return f"{kind} {major}:{minor} rw"
+
+
+def covered(rule: str, rules: Iterable[str]) -> bool:
+    """Whether `rules` allow everything `rule` does (so denying `rule`
+    would take away some of theirs)."""
+    kind, major, minor, access = bpfdev.parse_rule(rule)
+    for other in rules:
+        k, ma, mi, acc = bpfdev.parse_rule(other)
+        if (
+            k in (0, kind)
+            and ma in (None, major)
+            and mi in (None, minor)
+            and access & acc == access
+        ):
+            return True
+    return False
+
+
+def narrow_parent(cg: ContainerCgroup, rules: Sequence[str], in_use: Sequence[str]) -> None:
+    """Take `rules` back from the v1 parent of `cg`'s devices directory,
+    but those ALLOWED or `in_use` (what other running containers were
+    given) cover: a privileged container that can write its own list can
+    then never widen it to a node only another container was given.
+    Nothing on cgroup v2 (each container's program is its own). The
+    directory of `cg` itself need not exist any more.
+
+    Raises:
+        OSError: the kernel refused a rule.
+    """
+    d = devices_dir(cg)
+    if d is None:
+        return
+    keep = (*ALLOWED, *in_use)
+    gone = [r for r in rules if not covered(r, keep)]
+    if gone:
+        _write_rules(os.path.join(os.path.dirname(d), "devices.deny"), gone)
+
+
+def change_extra(cg: ContainerCgroup, before: Sequence[str], after: Sequence[str]) -> bool:
+    """Change the nodes a running container may open from ALLOWED + `before`
+    to ALLOWED + `after`, at once.
+
+    Returns:
+        False when there is neither a v1 devices controller nor a cgroup2
+        directory (nothing was done).
+
+    Raises:
+        InvalidArgument: a malformed rule.
+        OSError: the kernel refused a rule or the program.
+    """
+    d = devices_dir(cg)
+    if d is not None:
+        added = [r for r in after if r not in before]
+        _widen_parent(d, added)
+        if added:
+            _write_rules(os.path.join(d, "devices.allow"), added)
+        keep = (*ALLOWED, *after)
+        gone = [r for r in before if r not in after and not covered(r, keep)]
+        if gone:
+            _write_rules(os.path.join(d, "devices.deny"), gone)
+        return True
+    if cg.unified is None:
+        return False
+    bpfdev.replace(cg.unified, (*ALLOWED, *after))
+    return True

@@ -451,13 +451,23 @@ def pin_ns(ns_fd: int, path: str) -> None:
     sc.mount(f"/proc/self/fd/{ns_fd}", path, None, sc.MS_BIND)
 
 
-def unpin_ns(path: str) -> None:
-    """Undo pin_ns; idempotent."""
+def detach_mount(path: str) -> None:
+    """Lazily unmount what is mounted on `path`; nothing when nothing is
+    (or `path` is gone).
+
+    Raises:
+        OSError: with the kernel's errno for any other refusal.
+    """
     try:
         sc.umount2(path, sc.MNT_DETACH)
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.ENOENT):
             raise
+
+
+def unpin_ns(path: str) -> None:
+    """Undo pin_ns; idempotent."""
+    detach_mount(path)
     try:
         os.unlink(path)
     except FileNotFoundError:

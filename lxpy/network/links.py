@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from lxpy.errors import Busy, LxpyError
+from lxpy.errors import AlreadyExists, Busy, LxpyError, NotFound
 from lxpy.kernel import idmap
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.netif import link_up
@@ -328,7 +328,7 @@ def add_nics(path: Path, nics: list[Nic]) -> None:
                 os.close(fd)
 
     try:
-        _in_own_thread("lxpy-netns-nics", work)
+        in_own_thread("lxpy-netns-nics", work)
     except NetlinkError as e:
         raise _setup_error(path, e) from e
 
@@ -372,7 +372,7 @@ def create_netns(path: Path, nics: list[Nic], netns_fd: int = -1) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        _in_own_thread("lxpy-netns", lambda: _setup_in_new_netns(path, nics, netns_fd))
+        in_own_thread("lxpy-netns", lambda: _setup_in_new_netns(path, nics, netns_fd))
     except BaseException as e:
         remove_netns(path)
         if isinstance(e, NetlinkError):
@@ -397,7 +397,7 @@ def netns_ipv4(path: Path) -> dict[str, list[str]]:
                     )
         return result
 
-    return _in_own_thread("lxpy-netns-read", work)
+    return in_own_thread("lxpy-netns-read", work)
 
 
 # rtnetlink's multicast group of IPv4 address changes (linux/rtnetlink.h).
@@ -426,13 +426,13 @@ def address_events(path: Path) -> socket.socket:
         sock.setblocking(False)
         return sock
 
-    return _in_own_thread("lxpy-netns-watch", work)
+    return in_own_thread("lxpy-netns-watch", work)
 
 
 _T = TypeVar("_T")
 
 
-def _in_own_thread(name: str, fn: Callable[[], _T]) -> _T:
+def in_own_thread(name: str, fn: Callable[[], _T]) -> _T:
     """Run `fn` in a new thread and return its result (or raise its error).
 
     Why: setns(CLONE_NEWNET) moves only the calling thread. A thread that
@@ -458,3 +458,84 @@ def _in_own_thread(name: str, fn: Callable[[], _T]) -> _T:
 
 def _setup_error(path: Path, e: NetlinkError) -> LxpyError:
     return LxpyError(f"cannot set up the network of {path.name}: {e}")
+
+
+# -- NICs added to and removed from a running container -------------------------
+
+
+def links_in(path: Path) -> dict[str, str]:
+    """Interface name -> MAC of every link in the network namespace at `path`."""
+
+    def work() -> dict[str, str]:
+        sc.setns_path(path, sc.CLONE_NEWNET)
+        with IPRoute() as ip:
+            return {
+                str(_attr(link, "IFLA_IFNAME")): str(_attr(link, "IFLA_ADDRESS"))
+                for link in ip.get_links()
+            }
+
+    return in_own_thread("lxpy-netns-links", work)
+
+
+def add_macvlan(path: Path, name: str, parent: str, mac: str, mode: str = "bridge") -> None:
+    """Make a macvlan of host interface `parent` named `name` (with `mac`),
+    up, inside the network namespace at `path`: made there in one request,
+    so it never appears in the host's namespace. Nothing is left on failure.
+
+    Raises:
+        NotFound: `parent` does not exist.
+        AlreadyExists: `name` exists in the namespace.
+        LxpyError: netlink refused it (its message).
+    """
+
+    def work() -> None:
+        with IPRoute() as ip:
+            link = _index(ip, parent)
+            if link is None:
+                raise NotFound(
+                    f"parent interface {parent} does not exist on the host",
+                    hint="give an existing host interface (`ip link`)",
+                )
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                sc.setns(fd, sc.CLONE_NEWNET)
+                with IPRoute() as inner:
+                    if _index(inner, name) is not None:
+                        raise AlreadyExists(
+                            f"interface {name} exists in the container already",
+                            hint="give the NIC another name=",
+                        )
+                ip.link(
+                    "add",
+                    ifname=name,
+                    kind="macvlan",
+                    link=link,
+                    macvlan_mode=mode,
+                    address=mac,
+                    net_ns_fd=fd,
+                )
+            finally:
+                os.close(fd)
+            try:
+                link_up(name)
+            except BaseException:
+                with IPRoute() as inner:
+                    _delete_link(inner, name)
+                raise
+
+    try:
+        in_own_thread("lxpy-netns-macvlan", work)
+    except NetlinkError as e:
+        raise LxpyError(f"cannot make macvlan {name} on {parent}: {e}") from e
+
+
+def remove_link_in(path: Path, name: str) -> None:
+    """Delete interface `name` inside the network namespace at `path` (a
+    veth takes its host end with it); idempotent."""
+
+    def work() -> None:
+        sc.setns_path(path, sc.CLONE_NEWNET)
+        with IPRoute() as ip:
+            _delete_link(ip, name)
+
+    in_own_thread("lxpy-netns-unlink", work)

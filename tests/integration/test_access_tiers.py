@@ -607,6 +607,14 @@ def test_restricted_users_add_no_device_that_reaches_the_host(lab: Lab) -> None:
     )
     assert f"restricted users (group {g}) may not add disk device 'www'" in err, err
     assert "host paths" in err
+    # Nor a published port, a host node or another NIC.
+    for args, what in (
+        (["http", "proxy", "listen=tcp:0.0.0.0:18080", "connect=tcp:127.0.0.1:80"], "ports"),
+        (["fuse", "unix-char", "source=/dev/fuse"], "a host device"),
+        (["lan", "nic", "nictype=macvlan", "parent=lo", "name=eth1"], "host interface"),
+    ):
+        err = lab.refused(lab.alice, "device", "add", "a-dev", *args)
+        assert f"may not add {args[1]} device {args[0]!r}" in err and what in err, err
     assert lab.ok(lab.alice, "device", "list", "a-dev", "--format", "json").strip() == "[]"
     # An admin may; she sees it and may take it out, but not copy it with it.
     lab.ok(lab.admin, "device", "add", "a-dev", "www", "disk", f"source={share}", "path=/srv")

@@ -500,7 +500,7 @@ def test_container_cgroups_nest_under_a_parent_that_bounds_them(
         # Pure cgroup v2: the allow-list is a device program on the
         # container's cgroup2 directory (what it allows: test_devices_v2).
         assert cg.unified is not None
-        assert bpfdev.attached(cg.unified) == 1
+        assert len(bpfdev.attached(cg.unified)) == 1
         return
     listed = Path(os.path.dirname(dev), "devices.list").read_text().split("\n")
     assert sorted(filter(None, listed)) == sorted(ALLOWED)

@@ -7,10 +7,15 @@ from __future__ import annotations
 
 from lxpy.daemon.devices.base import DeviceType
 from lxpy.daemon.devices.disk import Disk
+from lxpy.daemon.devices.nic import NicDevice
+from lxpy.daemon.devices.proxy import Proxy
+from lxpy.daemon.devices.unix import UnixBlock, UnixChar
 from lxpy.errors import InvalidArgument
 from lxpy.model.suggest import did_you_mean
 
-TYPES: dict[str, DeviceType] = {t.NAME: t for t in (Disk(),)}
+TYPES: dict[str, DeviceType] = {
+    t.NAME: t for t in (Disk(), Proxy(), UnixChar(), UnixBlock(), NicDevice())
+}
 
 
 def device_type(name: str) -> DeviceType:

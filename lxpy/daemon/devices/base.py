@@ -13,6 +13,8 @@ A type is a subclass of DeviceType in a module of its own
     started   once init runs (rules that need its pid);
     plug      into a running container at once (hot-plug), when the type
               can (HOTPLUG); unplug takes it out again;
+    adopted   a running container found by a new lxpyd (daemon_ready once
+              all are);
     stop      after the container stopped: release what start took;
     forget    when the device or its container is removed for good.
 
@@ -38,6 +40,19 @@ Parser = Callable[[str, str], str]
 def text(key: str, value: str) -> str:
     """Any single line of text (the model checked that already)."""
     return value
+
+
+def keyed(check: Callable[[str], object]) -> Parser:
+    """A parser from a checker of values whose errors do not name the key
+    (`check(value)` returns the value to store, or raises InvalidArgument)."""
+
+    def parse(key: str, value: str) -> str:
+        try:
+            return str(check(value))
+        except InvalidArgument as e:
+            raise InvalidArgument(f"{key}: {e.message}", e.hint) from None
+
+    return parse
 
 
 def boolean(key: str, value: str) -> str:
@@ -194,6 +209,14 @@ class DeviceType:
             f"{self.NAME} devices cannot be {verb} a running container",
             hint=f"stop container {dev.container!r} first, change it, and start it again",
         )
+
+    async def adopted(self, d: Daemon, dev: Dev, pid: int) -> None:
+        """The running container (init: host pid `pid`) was found by a new
+        lxpyd: make again what died with the last one (a proxy's forwarder)."""
+
+    async def daemon_ready(self, d: Daemon) -> None:
+        """lxpyd has adopted its running containers: settle host state of
+        the type's own that outlives lxpyd (a proxy's DNAT table)."""
 
     async def stop(self, d: Daemon, dev: Dev) -> None:
         """Release what start() took, once the container has stopped."""

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 import trio
 
-from lxpy.daemon.devices import device_type
+from lxpy.daemon.devices import TYPES, device_type
 from lxpy.daemon.devices.base import Dev, StartPlan
 from lxpy.daemon.service import Daemon
 from lxpy.errors import AlreadyExists, InvalidArgument, LxpyError, NotFound
@@ -236,12 +236,18 @@ class Devices:
                 t = device_type(options["type"])
                 await _quietly(t.stop(self.d, Dev(name, dev, options)), f"stop {dev} of {name}")
 
-    def adopted(self, name: str) -> None:
-        """Container `name` was found running (started by an earlier lxpyd)."""
+    async def adopted(self, name: str, pid: int) -> None:
+        """Container `name` was found running (started by an earlier lxpyd),
+        its init as host pid `pid`: each type makes again what ended with
+        that lxpyd."""
         record = self.d.records.get(name)
-        if record is not None:
-            self.active[name] = set(record.devices)
-            self.launched[name] = dict(record.devices)
+        if record is None:
+            return
+        self.active[name] = set(record.devices)
+        self.launched[name] = dict(record.devices)
+        for dev, options in sorted(record.devices.items()):
+            t = device_type(options.get("type", ""))
+            await _quietly(t.adopted(self.d, Dev(name, dev, options), pid), f"adopt {dev}")
 
     async def rebooted(self, name: str, pid: int) -> None:
         """Container `name` rebooted inside (new init: host pid `pid`). Its
@@ -276,6 +282,8 @@ class Devices:
         running containers are known): a device plugged but not recorded
         is unplugged; a removal is finished."""
         d = self.d
+        for t in TYPES.values():
+            await _quietly(t.daemon_ready(d), f"{t.NAME} devices ready")
         for path, fields in await d.files(d.journal.pending):
             op = fields.get("op")
             if op not in ("device-add", "device-remove"):
