@@ -17,6 +17,10 @@ ever listed and no name is left taken:
                      finish (snapshots, record, console log, run dir).
     template-build   a template volume that is not the one from before the
                      build is the new one: its metadata is written.
+    image-pull       the image volume is there: its metadata (kept in the
+                     intent) is written. Else nothing is left (storage
+                     recovery removes the staging volume).
+    image-publish    the image volume is there without metadata: it goes.
     network-create   no record: its dnsmasq, bridge and files go.
     network-delete   finish: dnsmasq, bridge, record and files go.
 
@@ -107,6 +111,24 @@ class Settler:
             )
         return "completed"
 
+    def image_pull(self, f: Fields) -> str:
+        fp = str(f["name"])
+        if not self.backend.template_exists("@" + fp):
+            return "undone"
+        meta = f.get("meta")
+        if self.registry.image_meta(fp) is None and isinstance(meta, dict):
+            self.registry.save_image_meta(fp, meta)
+        return "completed"
+
+    def image_publish(self, f: Fields) -> str:
+        fp = str(f["name"])
+        if self.registry.image_meta(fp) is not None:
+            return "completed"
+        # Published without its metadata: its aliases and source are
+        # unknown, so it is no image anyone asked for.
+        self.backend.delete_template("@" + fp)
+        return "undone"
+
 
 def settle_containers(journal: Journal, s: Settler) -> None:
     """Settle the container and template intents. Blocking; call it before
@@ -117,6 +139,8 @@ def settle_containers(journal: Journal, s: Settler) -> None:
         "rename": s.rename,
         "delete": s.delete,
         "template-build": s.template_build,
+        "image-pull": s.image_pull,
+        "image-publish": s.image_publish,
     }
     _settle(journal, rules)
 
