@@ -153,6 +153,8 @@ GROUPS = {
     "config": "show and change a container's configuration",
     "snapshot": "create, list, restore and delete snapshots of a container",
     "template": "list, build and delete templates",
+    "image": "list, pull, show, alias and delete images (the local cache and image servers)",
+    "remote": "list, add and remove image servers",
     "network": "create, list, show and delete managed networks (bridges)",
 }
 
