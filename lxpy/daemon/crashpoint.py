@@ -31,8 +31,8 @@ STEPS: dict[str, tuple[str, ...]] = {
     "snapshot-delete": ("begun", "snapshot-deleted"),
     "restore": ("begun", "moved-aside", "copied"),
     "template-build": ("begun", "staged", "built", "old-moved-aside", "sealed", "committed"),
-    "image-pull": ("begun", "staged", "unpacked", "old-moved-aside", "sealed", "committed"),
-    "image-publish": ("begun", "staged", "old-moved-aside", "sealed", "committed"),
+    "image-pull": ("begun", "staged", "unpacked", "sealed", "committed"),
+    "image-publish": ("begun", "staged", "sealed", "committed"),
     "network-create": ("begun", "bridge-up", "recorded"),
     "network-delete": ("begun", "torn-down", "record-removed"),
 }

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -27,6 +28,7 @@ from lxpy.build import fetch, imagefile
 from lxpy.build.rootfs import init_problem
 from lxpy.build.setup import Flavour, clear_machine_id, init_flavour
 from lxpy.daemon.events import now_iso
+from lxpy.daemon.journal import Intent
 from lxpy.daemon.operations import Operation, Report
 from lxpy.daemon.service import Daemon
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound, Unsupported
@@ -391,7 +393,8 @@ class Images:
             "published_from": None,
         }
         op.set_progress(0.92, "unpacking")
-        async with d.journal.begin("image-pull", name=fp, meta=meta) as intent:
+        files = [rimg.meta.sha256, rimg.rootfs.sha256]
+        async with d.journal.begin("image-pull", name=fp, meta=meta, files=files) as intent:
             target = await d.storage(d.backend.begin_template, vol)
             intent.undo(lambda: d.storage(d.backend.abort_template, vol), f"remove {vol} staging")
             intent.step("staged")
@@ -399,7 +402,7 @@ class Images:
             meta["defaults"] = await d.files(_prepare_rootfs, Path(target), f"image {ref}")
             intent.step("unpacked")
             with trio.CancelScope(shield=True):
-                await d.storage(d.backend.commit_template, vol, intent.step)
+                await d.storage(d.backend.commit_template, vol, _sealed(intent))
                 await d.files(d.registry.save_image_meta, fp, meta)
                 intent.step("committed")
 
@@ -450,7 +453,7 @@ class Images:
                 intent.step("staged")
                 defaults, notes = await d.files(_reset_identity, Path(target), f"image of {what}")
                 with trio.CancelScope(shield=True):
-                    await d.storage(d.backend.commit_template, vol, intent.step)
+                    await d.storage(d.backend.commit_template, vol, _sealed(intent))
                     info = await d.files(_os_release, d.backend.template_path(vol))
                     meta: dict[str, object] = {
                         "aliases": aliases,
@@ -472,6 +475,16 @@ class Images:
                     intent.step("committed")
         d.bus.lifecycle("image-published", f"images/{fp}", {"container": name, "snapshot": snap})
         return self._describe(fp, meta)
+
+
+def _sealed(intent: Intent) -> Callable[[str], None]:
+    # An image's volume never replaces an older one (a fingerprint names
+    # one content): only the seal is a step of its own.
+    def step(name: str) -> None:
+        if name == "sealed":
+            intent.step(name)
+
+    return step
 
 
 def _aliases(meta: dict[str, object]) -> list[str]:

@@ -39,6 +39,7 @@ from lxpy.daemon.events import now_iso
 from lxpy.daemon.journal import Journal
 from lxpy.daemon.registry import Registry
 from lxpy.errors import LxpyError
+from lxpy.model.images import is_fingerprint
 from lxpy.storage.base import Backend
 
 if TYPE_CHECKING:
@@ -113,6 +114,11 @@ class Settler:
 
     def image_pull(self, f: Fields) -> str:
         fp = str(f["name"])
+        # Its verified downloads are no use once the pull has ended either way.
+        files = f.get("files")
+        for sha in files if isinstance(files, list) else []:
+            if is_fingerprint(str(sha)):
+                (self.registry.downloads / str(sha)).unlink(missing_ok=True)
         if not self.backend.template_exists("@" + fp):
             return "undone"
         meta = f.get("meta")
