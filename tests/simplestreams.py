@@ -17,6 +17,7 @@ import os
 import subprocess
 import tarfile
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -161,6 +162,8 @@ class Server:
         self.ranges: list[tuple[str, str]] = []
         # path -> bytes to send before the connection drops (once).
         self.cut: dict[str, int] = {}
+        # Seconds to pause after each 64 KiB sent (a slow server).
+        self.pause = 0.0
         self._lock = threading.Lock()
         server = self
 
@@ -199,7 +202,16 @@ class Server:
                     # Gone mid-body, as a dropped connection is.
                     self.connection.shutdown(2)
                     return
-                self.wfile.write(body)
+                if not server.pause:
+                    self.wfile.write(body)
+                    return
+                for at in range(0, len(body), 1 << 16):
+                    try:
+                        self.wfile.write(body[at : at + (1 << 16)])
+                        self.wfile.flush()
+                    except OSError:
+                        return  # the client went away
+                    time.sleep(server.pause)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

@@ -116,7 +116,9 @@ class _Transfer:
 
     def chunk(self) -> int:
         try:
-            data = self.resp.read(CHUNK)
+            # What has come, up to CHUNK: progress moves, and a cancel is
+            # seen, at the pace the bytes arrive.
+            data = self.resp.read1(CHUNK)
         except (http.client.HTTPException, OSError) as e:
             raise LxpyError(
                 f"{self.url}: the download broke off after {self.done} of {self.size} bytes "

@@ -14,7 +14,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import stat
+import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +25,8 @@ from typing import Any
 import btrfsutil
 import pytest
 
-from tests.conftest import Daemon, info, wait_for
+from lxpy.api.client import Client
+from tests.conftest import VENV_BIN, Daemon, info, wait_for
 from tests.integration.test_boot import nsenter, system_state
 from tests.integration.test_cli import cli_json, storage_dir
 from tests.simplestreams import Product, Server, build_tree, host_arch, rootfs_tarball
@@ -260,6 +263,52 @@ def test_an_interrupted_download_resumes(daemon: Daemon, mirror: tuple[Server, s
     assert list((d.root / "images" / "downloads").iterdir()) == []
     d.cli("create", "c1", "--image", "local:busybox/1.36")
     assert (Path(info(d, "c1")["path"]) / "bin" / "busybox").exists()
+
+
+def test_ctrl_c_cancels_the_pull_and_the_next_one_resumes(
+    daemon: Daemon, mirror: tuple[Server, str]
+) -> None:
+    d = daemon
+    server, fp = mirror
+    server.pause = 0.2
+    downloads = d.root / "images" / "downloads"
+
+    def some_bytes() -> bool:
+        return any(p.stat().st_size > 0 for p in downloads.glob("*.part"))
+
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "lxpy"), "--socket", str(d.socket), "image", "pull", "local:busybox/1.36"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(some_bytes, 60, "the download to begin")
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted; cancelled the download of local:busybox/1.36" in err
+    # Cancelled in the daemon too (once the chunk being read has come).
+    client = Client(str(d.socket))
+
+    def pulls() -> list[str]:
+        return [o["status"] for o in client.operations() if o["kind"] == "image-pull"]
+
+    wait_for(lambda: pulls() != ["running"], 30, "the pull to end")
+    assert pulls() == ["cancelled"]
+    [part] = downloads.glob("*.part")
+    kept = part.stat().st_size
+    assert kept > 0 and cli_json(d, "image", "list") == []
+    assert not [p for p in (pool(d) / "templates").iterdir() if p.name.startswith((".", "@"))]
+    # Resumed from where it stopped, then whole and verified.
+    server.pause = 0.0
+    d.cli("image", "pull", "local:busybox/1.36")
+    assert any(r.startswith("bytes=") and int(r[6:-1]) >= kept for _, r in server.ranges)
+    assert [i["fingerprint"] for i in cli_json(d, "image", "list")] == [fp]
+    assert list(downloads.iterdir()) == []
 
 
 def test_a_foreign_architecture_is_refused(daemon: Daemon, mirror: tuple[Server, str]) -> None:
