@@ -137,10 +137,14 @@ def main() -> int:
                 lx.cli("destroy", nm)
 
         # LXC: a container whose rootfs is a btrfs subvolume with the same tree.
+        # Its path on the scratch btrfs, where lxc-copy -s can snapshot.
         lxc = Lxc(s)
+        lxc.path = s.pool / "lxc"
+        lxc.path.mkdir()
         src_dir = lxc.path / "src"
         src_dir.mkdir()
-        run(["btrfs", "-q", "subvolume", "snapshot", str(tpl), str(src_dir / "rootfs")])
+        run(["btrfs", "-q", "subvolume", "create", str(src_dir / "rootfs")])
+        run(["cp", "-a", "--reflink=never", f"{tpl}/.", str(src_dir / "rootfs")], timeout=600)
         lxc.define("src", src_dir / "rootfs")
         conf = src_dir / "config"
         conf.write_text(conf.read_text().replace("dir:", "btrfs:"))
