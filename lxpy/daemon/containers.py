@@ -207,9 +207,15 @@ class Containers:
                 where = f"template {template!r}"
             else:
                 # Pulled first when it names a remote's image not cached.
-                fingerprint, _meta = await self.images.ensure(image)
+                fingerprint, meta = await self.images.ensure(image)
                 template = volume_name(fingerprint)
                 where = f"image {image}"
+                # What the image says its init wants (busybox init's signals)
+                # goes into the config, so it holds after the image is deleted.
+                defaults = meta.get("defaults")
+                for key, value in (defaults if isinstance(defaults, dict) else {}).items():
+                    if key in ("halt_signal", "reboot_signal") and key not in config:
+                        config[key] = str(value)
             if "init" in config:
                 # The container's rootfs will be a snapshot of the template's.
                 rootfs = str(d.backend.template_path(template))

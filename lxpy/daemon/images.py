@@ -42,9 +42,13 @@ log = logging.getLogger("lxpyd.images")
 PULL_KIND = "image-pull"
 # How long a remote's products file is trusted before it is fetched again.
 CATALOG_TTL = 300.0
-# Signals of busybox init (see templates/busybox.toml); other inits get the
-# template defaults.
-_BUSYBOX_SIGNALS = {"halt_signal": "SIGUSR2", "reboot_signal": "SIGTERM"}
+# The signals that ask each known init to power off and reboot (as in
+# templates/busybox.toml and debian-bookworm.toml; LXC uses the same for
+# systemd); other inits get the template defaults.
+_SIGNALS = {
+    Flavour.BUSYBOX: {"halt_signal": "SIGUSR2", "reboot_signal": "SIGTERM"},
+    Flavour.SYSTEMD: {"halt_signal": "SIGRTMIN+3", "reboot_signal": "SIGINT"},
+}
 # A first-boot unit for systemd systems with OpenSSH: publish removes the
 # host keys, so each container made from the image makes its own.
 _SSH_KEYGEN_UNIT = """\
@@ -508,9 +512,7 @@ def _prepare_rootfs(path: Path, label: str) -> dict[str, str]:
             )
         (path / "dev").mkdir(mode=0o755, exist_ok=True)
         clear_machine_id(root)
-        if init_flavour(root, "/sbin/init") is Flavour.BUSYBOX:
-            return dict(_BUSYBOX_SIGNALS)
-        return {}
+        return dict(_SIGNALS.get(init_flavour(root, "/sbin/init"), {}))
 
 
 def _reset_identity(path: Path, label: str) -> tuple[dict[str, str], list[str]]:
@@ -539,9 +541,7 @@ def _reset_identity(path: Path, label: str) -> tuple[dict[str, str], list[str]]:
                     f"/{unit}",
                 )
                 notes.append(f"{_SSH_KEYGEN_NAME} makes new host keys at first boot")
-        defaults = (
-            dict(_BUSYBOX_SIGNALS) if init_flavour(root, "/sbin/init") is Flavour.BUSYBOX else {}
-        )
+        defaults = dict(_SIGNALS.get(init_flavour(root, "/sbin/init"), {}))
     return defaults, notes
 
 

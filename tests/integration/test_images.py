@@ -26,7 +26,17 @@ import btrfsutil
 import pytest
 
 from lxpy.api.client import Client
-from tests.conftest import VENV_BIN, Daemon, info, wait_for
+from tests.conftest import (
+    VENV_BIN,
+    Daemon,
+    forget_host_ids,
+    info,
+    start_daemon,
+    stop_containers,
+    stop_daemon,
+    unmount_all_under,
+    wait_for,
+)
 from tests.integration.test_boot import nsenter, system_state
 from tests.integration.test_cli import cli_json, storage_dir
 from tests.simplestreams import Product, Server, build_tree, host_arch, rootfs_tarball
@@ -195,7 +205,9 @@ def test_list_create_and_the_cache_reused(daemon: Daemon, mirror: tuple[Server, 
     assert res.stdout == "image local:busybox/1.36 is cached already\n"
     assert server.file_requests() == 2
 
-    # It boots: busybox init, with the signals busybox init takes.
+    # It boots: busybox init, with the signals busybox init takes (kept
+    # in its config: they hold after the image is gone).
+    assert info(d, "c2")["config"]["halt_signal"] == "SIGUSR2"
     d.cli("start", "c2")
     pid = info(d, "c2")["init_pid"]
     assert nsenter(pid, "cat", "/etc/hostname").stdout.strip() == "c2"
@@ -207,6 +219,9 @@ def test_list_create_and_the_cache_reused(daemon: Daemon, mirror: tuple[Server, 
     assert cli_json(d, "image", "list") == [] and not vol.exists()
     assert (Path(info(d, "c1")["path"]) / "bin" / "busybox").exists()
     assert "not found" in fails(d, "image", "delete", fp[:12])
+    d.cli("start", "c2")
+    d.cli("stop", "c2", "--timeout", "20")
+    assert info(d, "c2")["last_exit"]["detail"] == "stopped by lxpy"
     assert "not found" in fails(d, "create", "c4", "--image", "no-such-alias")
     err = fails(d, "create", "c4", "--image", "local:busybox/9.99")
     assert "image local:busybox/9.99 not found" in err
@@ -451,6 +466,44 @@ def test_publish_then_create(daemon: Daemon) -> None:
     d.cli("stop", "web", "--timeout", "20")
 
 
+def test_images_on_a_dir_pool(tmp_path: Path, test_cache: Path) -> None:
+    # Without btrfs an image is a plain directory and a create copies it:
+    # the same commands work.
+    root = tmp_path / "plain" / "root"
+    root.mkdir(parents=True)
+    d = start_daemon(
+        root,
+        tmp_path / "dir.sock",
+        tmp_path / "lxpyd-dir.log",
+        settings=f'storage = "dir"\nbuild_cache = "{test_cache}"\n',
+    )
+    try:
+        assert Client(str(d.socket)).server_info()["storage"]["backend"] == "dir"
+        d.cli("create", "c1", "-t", "busybox", timeout=300)
+        (Path(info(d, "c1")["path"]) / "marker").write_text("one")
+        d.cli("publish", "c1", "--alias", "base")
+        tar = tmp_path / "root.tar.xz"
+        rootfs_tarball(pool(d) / "templates" / "busybox", tar)
+        server, fps = serve(tmp_path, "dir", [bb(tar)])
+        with server:
+            d.cli("remote", "add", "local", server.url)
+            d.cli("create", "c2", "--image", "local:busybox/1.36")
+        d.cli("create", "c3", "--image", "base")
+        assert (Path(info(d, "c3")["path"]) / "marker").read_text() == "one"
+        assert (Path(info(d, "c2")["path"]) / "bin" / "busybox").exists()
+        fps_now = sorted(i["fingerprint"] for i in cli_json(d, "image", "list"))
+        assert fps[f"busybox:1.36:{ARCH}:default"] in fps_now and len(fps_now) == 2
+        for fp in fps_now:
+            d.cli("image", "delete", fp)
+        assert not list((pool(d) / "templates").glob("@*"))
+        assert (Path(info(d, "c3")["path"]) / "marker").read_text() == "one"
+    finally:
+        stop_daemon(d)
+        stop_containers(root)
+        forget_host_ids(root)
+        unmount_all_under(tmp_path)
+
+
 @pytest.mark.slow
 def test_published_debian_gets_a_new_machine_id(daemon: Daemon) -> None:
     d = daemon
@@ -472,3 +525,39 @@ def test_published_debian_gets_a_new_machine_id(daemon: Daemon) -> None:
     )
     assert len(second) == 32 and second != first
     d.cli("stop", "deb2")
+
+
+@pytest.mark.slow
+def test_debian_from_a_simplestreams_server_boots(daemon: Daemon, tmp_path: Path) -> None:
+    # The Debian template's rootfs (restored from the suite's build cache)
+    # served as a simplestreams image: a systemd system pulled, unpacked
+    # and booted to `running` with a machine-id of its own.
+    d = daemon
+    d.cli("template", "build", "debian-bookworm", timeout=1800)
+    tar = tmp_path / "debian-root.tar.xz"
+    subprocess.run(
+        ["tar", "-C", str(pool(d) / "templates" / "debian-bookworm"), "--numeric-owner"]
+        + ["--xattrs", "--xattrs-include=*", "-cJf", str(tar), "."],
+        check=True,
+        env={**os.environ, "XZ_OPT": "-0 -T0"},
+        timeout=900,
+    )
+    product = Product("debian", "12", ARCH, "default", "20261201_05:24", tar)
+    server, fps = serve(tmp_path, "debian", [product])
+    with server:
+        d.cli("remote", "add", "deb", server.url)
+        d.cli("create", "deb", "--image", "deb:debian/12", timeout=900)
+    assert server.file_requests() == 2
+    [img] = cli_json(d, "image", "list")
+    assert img["fingerprint"] == fps[f"debian:12:{ARCH}:default"]
+    root = Path(info(d, "deb")["path"])
+    assert (root / "etc" / "debian_version").read_text().startswith("12")
+    # Owners and file capabilities came through the tarball.
+    assert (root / "usr" / "bin" / "passwd").stat().st_mode & stat.S_ISUID
+    d.cli("start", "deb")
+    pid = info(d, "deb")["init_pid"]
+    assert system_state(pid) == "running"
+    mid = nsenter(pid, "cat", "/etc/machine-id").stdout.strip()
+    assert len(mid) == 32
+    d.cli("stop", "deb")
+    assert info(d, "deb")["last_exit"]["detail"] == "stopped by lxpy"
