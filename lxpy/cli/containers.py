@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lxpy.api.text import format_value, owner_text
+from lxpy.api.text import format_value, owner_text, template_text
 from lxpy.cli.images import pull
 from lxpy.cli.output import print_json, print_table
 from lxpy.cli.parse import NAME, NAMES, UsageError, arg, command, each, key_value
@@ -70,7 +70,7 @@ def cmd_list(client: Client, args: argparse.Namespace) -> None:
                 c.get("name", ""),
                 c.get("state", ""),
                 ",".join(c.get("addresses") or ()) or "-",
-                c.get("template", ""),
+                template_text(c.get("template")),
                 str(len(c.get("snapshots") or ())),
                 c.get("created_at", ""),
             )
@@ -115,6 +115,9 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
             text = f"{value.get('reason')}: {value.get('detail')}"
         elif key == "owner" and isinstance(value, dict):
             text = owner_text(value)
+        elif key == "template" and str(value).startswith("@"):
+            # Made from an image: the fingerprint, as `lxpy image list` shows it.
+            text = f"image {str(value)[1:]}"
         elif isinstance(value, list):
             text = ", ".join(str(v) for v in value) or "-"
         elif value is None:

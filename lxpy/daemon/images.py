@@ -35,6 +35,7 @@ from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFoun
 from lxpy.kernel.inroot import Rootfs
 from lxpy.model import images as im
 from lxpy.model.names import validate_name
+from lxpy.model.state import State
 from lxpy.model.suggest import not_found_hint
 
 log = logging.getLogger("lxpyd.images")
@@ -439,7 +440,8 @@ class Images:
             if snap is None:
                 src = d.backend.container_path(name)
                 state = d.states.get(name)
-                if name in d.lifecycle.runs:
+                # A running rootfs is changing under the copy: stopped only.
+                if name in d.lifecycle.runs or state not in (State.STOPPED, State.ERROR):
                     raise Busy(
                         f"cannot publish container {name!r} while it is {state}",
                         hint=f"stop it first (`lxpy stop {name}`), or publish a snapshot",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -192,6 +193,9 @@ def test_list_create_and_the_cache_reused(daemon: Daemon, mirror: tuple[Server, 
     ct = Path(info(d, "c1")["path"])
     assert btrfsutil.subvolume_info(ct).parent_uuid == btrfsutil.subvolume_info(vol).uuid
     assert (ct / "etc" / "machine-id").read_text() == ""
+    row = next(r for r in d.cli("list").stdout.splitlines() if r.startswith("c1 "))
+    assert row.split()[3:5] == ["image", fp[:12]]
+    assert re.search(rf"^template:\s+image {fp}$", d.cli("info", "c1").stdout, re.M)
     assert not any((ct / "dev").iterdir())
 
     # A second create: no download, the same image (also by its arch alias).
