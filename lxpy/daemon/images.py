@@ -255,7 +255,8 @@ class Images:
             if taken and fp != mine:
                 raise AlreadyExists(
                     f"image alias {taken[0]!r} is taken by image {fp[:12]}",
-                    hint=f"remove it there first (`lxpy image alias remove {taken[0]}`)",
+                    hint=f"remove it there first "
+                    f"(`lxpy image alias {fp[:12]} {taken[0]} --remove`)",
                 )
 
     # -- pull -----------------------------------------------------------------

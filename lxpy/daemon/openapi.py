@@ -69,6 +69,7 @@ CREATE_BODY = _obj(
     {"name": NAME, "template": NAME, "image": IMAGE_REF, "config": CONFIG},
     ("name",),
     description="exactly one of template and image",
+    oneOf=[{"required": ["template"]}, {"required": ["image"]}],
 )
 REMOTE_BODY = _obj(
     {
