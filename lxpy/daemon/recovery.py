@@ -21,6 +21,8 @@ ever listed and no name is left taken:
                      intent) is written. Else nothing is left (storage
                      recovery removes the staging volume).
     image-publish    the image volume is there without metadata: it goes.
+    (downloads)      a verified download no pull uses any more goes; an
+                     interrupted one (.part) stays to be resumed.
     network-create   no record: its dnsmasq, bridge and files go.
     network-delete   finish: dnsmasq, bridge, record and files go.
 
@@ -126,6 +128,16 @@ class Settler:
             self.registry.save_image_meta(fp, meta)
         return "completed"
 
+    def clean_downloads(self) -> None:
+        """Remove the verified downloads a crash left between a download
+        and its pull's intent: no pull runs at start, and a later pull
+        downloads again. A `.part` stays, to be resumed."""
+        d = self.registry.downloads
+        for p in d.iterdir() if d.is_dir() else []:
+            if not p.name.endswith(".part"):
+                log.info("recovery: removing the download %s", p)
+                p.unlink(missing_ok=True)
+
     def image_publish(self, f: Fields) -> str:
         fp = str(f["name"])
         if self.registry.image_meta(fp) is not None:
@@ -149,6 +161,7 @@ def settle_containers(journal: Journal, s: Settler) -> None:
         "image-publish": s.image_publish,
     }
     _settle(journal, rules)
+    s.clean_downloads()
 
 
 def settle_networks(journal: Journal, nets: Networks) -> None:

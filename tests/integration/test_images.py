@@ -32,6 +32,7 @@ from tests.conftest import (
     Daemon,
     forget_host_ids,
     info,
+    start_again,
     start_daemon,
     stop_containers,
     stop_daemon,
@@ -328,6 +329,23 @@ def test_ctrl_c_cancels_the_pull_and_the_next_one_resumes(
     assert any(r.startswith("bytes=") and int(r[6:-1]) >= kept for _, r in server.ranges)
     assert [i["fingerprint"] for i in cli_json(d, "image", "list")] == [fp]
     assert list(downloads.iterdir()) == []
+
+
+def test_a_restart_keeps_partial_downloads_only(daemon: Daemon, tmp_path: Path) -> None:
+    # What a crash between a download and its pull's intent leaves: a
+    # verified file no pull will use (removed at start) and a part that
+    # the next pull resumes (kept).
+    d = daemon
+    downloads = d.root / "images" / "downloads"
+    stop_daemon(d)
+    (downloads / ("1" * 64)).write_bytes(b"verified")
+    (downloads / ("2" * 64 + ".part")).write_bytes(b"half")
+    d2 = start_again(d, tmp_path / "lxpyd2.log")
+    try:
+        assert d2.cli("image", "list", "--format", "json").stdout.strip() == "[]"
+        assert sorted(p.name for p in downloads.iterdir()) == ["2" * 64 + ".part"]
+    finally:
+        stop_daemon(d2)
 
 
 def test_a_foreign_architecture_is_refused(daemon: Daemon, mirror: tuple[Server, str]) -> None:
