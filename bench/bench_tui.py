@@ -96,13 +96,13 @@ async def state_changes(
                 sent = time.perf_counter()
                 await asyncio.to_thread(client.request, "POST", path, body)
                 daemon_ms.append((time.perf_counter() - sent) * 1000)
-                await _until(lambda w=want: _cell(app, "c0000", 1) == w)  # type: ignore[misc]
+                await _until(lambda w=want: _cell(app, "c0000", 1) == w)
             else:
                 old, new = ("c0000", "c0000x") if i % 2 == 0 else ("c0000x", "c0000")
                 sent = time.perf_counter()
                 await asyncio.to_thread(client.rename_container, old, new)
                 daemon_ms.append((time.perf_counter() - sent) * 1000)
-                await _until(lambda n=new: _cell(app, n, 0) == n)  # type: ignore[misc]
+                await _until(lambda n=new: _cell(app, n, 0) == n)
             out.append((time.perf_counter() - sent) * 1000)
         if kind == "start/stop" and _cell(app, "c0000", 1) != "STOPPED":
             await asyncio.to_thread(
@@ -122,7 +122,7 @@ async def new_rows(socket: str, client: Client, changes: int) -> list[float]:
             name = f"new{i:04d}"
             sent = time.perf_counter()
             await asyncio.to_thread(client.copy_container, "c0000", name)
-            await _until(lambda n=name: _cell(app, n, 0) == n)  # type: ignore[misc]
+            await _until(lambda n=name: _cell(app, n, 0) == n)
             out.append((time.perf_counter() - sent) * 1000)
             await asyncio.to_thread(client.delete_container, name)
     return out

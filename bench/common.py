@@ -555,11 +555,11 @@ class Lxpy:
         self.client.create_container(name, template, config)
 
     def start_api(self, name: str) -> dict[str, Any]:
-        return self.client.request("POST", f"/1.0/containers/{name}/start", {})  # type: ignore[no-any-return]
+        return self.client.request("POST", f"/1.0/containers/{name}/start", {})
 
     def stop_api(self, name: str, force: bool = False, timeout: int = 30) -> dict[str, Any]:
         body = {"timeout": timeout, "force": force}
-        return self.client.request("POST", f"/1.0/containers/{name}/stop", body)  # type: ignore[no-any-return]
+        return self.client.request("POST", f"/1.0/containers/{name}/stop", body)
 
     def init_pid(self, name: str) -> int:
         # From the list: one container's full view also walks its disk use,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from lxpy.daemon.peers import Groups
     from lxpy.kernel.cgroups import ContainerCgroup
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +51,70 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "integration" in item.keywords:
             item.add_marker(marker)
+
+
+def own_groups() -> Groups:
+    """Access groups (lxpy.daemon.peers.Groups) under which the user that runs
+    the tests is an admin, for an in-test server: root is one anyway, any
+    other user through their primary group."""
+    import grp
+
+    from lxpy.daemon import peers
+
+    return peers.Groups(admin=grp.getgrgid(os.getgid()).gr_name, user="")
+
+
+@contextlib.contextmanager
+def named_cgroup_hierarchy(mnt: Path) -> Iterator[tuple[Path, str]]:
+    """A cgroup v1 hierarchy without controllers mounted on `mnt` while the
+    block runs, as an admin or a tool might mount one: (`mnt`, its name).
+    The name is new each time: mounting one that the kernel still holds
+    would take up that one, without a new hierarchy ID."""
+    mnt.mkdir()
+    name = f"lxpytest{os.getpid()}-{secrets.token_hex(3)}"
+    mount = ["mount", "-t", "cgroup", "-o", f"none,name={name}", "cgroup", str(mnt)]
+    subprocess.run(mount, check=True)
+    try:
+        yield mnt, name
+    finally:
+        unmount_named_cgroup_hierarchy(mnt, name)
+
+
+def unmount_named_cgroup_hierarchy(mnt: Path, name: str) -> None:
+    """Unmount the hierarchy `name=NAME` on `mnt`, if it still is there,
+    and make the kernel drop it.
+
+    A hierarchy unmounted with cgroups left lives on, unseen, in the
+    kernel, in every process's /proc/PID/cgroup; so does one whose last
+    cgroup, removed a moment ago, was still dying at the unmount: mounted
+    again and unmounted, it goes. Any lxpyd on the host that started a
+    container meanwhile (a real one, another test run) made its cgroups
+    there too: those processes go back to the root, where every process
+    is in a hierarchy without controllers, and the directories go with
+    ours, or the hierarchy would outlive the test.
+    """
+    if not os.path.ismount(mnt):
+        return
+    try:
+        dirs = [p for p in mnt.rglob("*") if p.is_dir()]
+        for d in sorted(dirs, key=lambda p: -len(p.parts)):
+            for pid in (d / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    (mnt / "cgroup.procs").write_text(pid)
+            d.rmdir()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    mount = ["mount", "-t", "cgroup", "-o", f"none,name={name}", "cgroup", str(mnt)]
+    # A busy host can take a minute to free a dying cgroup; the names are
+    # never used twice, so one that lingers empty meanwhile is in nobody's
+    # way.
+    deadline = time.monotonic() + 10
+    while f"name={name}:" in Path("/proc/self/cgroup").read_text():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+        subprocess.run(mount, check=True)
+        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def make_btrfs(image: Path, mountpoint: Path, size: str = "3G") -> None:
@@ -226,7 +292,7 @@ def info(d: Daemon, name: str) -> dict[str, Any]:
     """`lxpy info NAME --format json`, parsed."""
     import json
 
-    return json.loads(d.cli("info", name, "--format", "json").stdout)  # type: ignore[no-any-return]
+    return json.loads(d.cli("info", name, "--format", "json").stdout)
 
 
 def stop_daemon(d: Daemon) -> None:
@@ -429,21 +495,45 @@ def stop_containers(root: Path) -> list[str]:
     return left
 
 
-# -- a run that must exercise the integration tests fails when they skip ----
-_skipped_integration: list[str] = []
+# -- a run that must exercise the integration tests fails when one did not run --
+# What was collected is counted against what ran, so that every way a test
+# can drop out counts: a skip in the test or its fixtures, a module skipped
+# as it was imported (`pytest.skip(allow_module_level=True)`, importorskip),
+# and a deselection (`-m`, `-k`, `--deselect` passed to scripts/test).
+_integration_collected: set[str] = set()
+_integration_ran: set[str] = set()
+_dropped: list[str] = []
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    if report.skipped:
+        _dropped.append(f"{report.nodeid} (skipped as it was collected)")
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _dropped.extend(f"{i.nodeid} (deselected)" for i in items if "integration" in i.keywords)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _integration_collected.update(i.nodeid for i in session.items if "integration" in i.keywords)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if report.skipped and "integration" in report.keywords:
-        _skipped_integration.append(report.nodeid)
+    if report.when == "call" and not report.skipped:
+        _integration_ran.add(report.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if os.environ.get("LXPY_REQUIRE_INTEGRATION") != "1" or not _skipped_integration:
+    if os.environ.get("LXPY_REQUIRE_INTEGRATION") != "1" or session.config.option.collectonly:
+        return
+    missing = _dropped + sorted(
+        f"{n} (did not run)" for n in _integration_collected - _integration_ran
+    )
+    if not missing:
         return
     print(
-        f"\nerror: {len(_skipped_integration)} integration test(s) were skipped "
-        f"(first: {_skipped_integration[0]}); this run requires them"
+        f"\nerror: {len(missing)} integration test(s) or module(s) did not run "
+        f"(first: {missing[0]}); this run requires them all"
     )
     session.exitstatus = pytest.ExitCode.TESTS_FAILED
 

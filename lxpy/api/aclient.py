@@ -296,20 +296,20 @@ class AsyncClient:
     # -- endpoints (docs/api.md) ---------------------------------------------
 
     async def server_info(self) -> dict[str, Any]:
-        return await self.request("GET", "/1.0")  # type: ignore[no-any-return]
+        return await self.request("GET", "/1.0")
 
     async def templates(self) -> list[dict[str, Any]]:
-        return await self.request("GET", "/1.0/templates")  # type: ignore[no-any-return]
+        return await self.request("GET", "/1.0/templates")
 
     # -- images and remotes -------------------------------------------------
     async def remotes(self) -> list[dict[str, Any]]:
-        return await self.request("GET", "/1.0/remotes")  # type: ignore[no-any-return]
+        return await self.request("GET", "/1.0/remotes")
 
     async def add_remote(
         self, name: str, url: str, protocol: str = "simplestreams"
     ) -> dict[str, Any]:
         body = {"name": name, "url": url, "protocol": protocol}
-        return await self.request("POST", "/1.0/remotes", body)  # type: ignore[no-any-return]
+        return await self.request("POST", "/1.0/remotes", body)
 
     async def remove_remote(self, name: str) -> None:
         await self.request("DELETE", f"/1.0/remotes/{quote(name, 'remote name')}")
@@ -319,13 +319,13 @@ class AsyncClient:
     ) -> list[dict[str, Any]]:
         path = f"/1.0/remotes/{quote(remote, 'remote name')}/images"
         query = {"filter": filter, "refresh": refresh}
-        return await self.request("GET", path, query=query)  # type: ignore[no-any-return]
+        return await self.request("GET", path, query=query)
 
     async def images(self) -> list[dict[str, Any]]:
-        return await self.request("GET", "/1.0/images")  # type: ignore[no-any-return]
+        return await self.request("GET", "/1.0/images")
 
     async def image(self, ref: str) -> dict[str, Any]:
-        return await self.request("GET", image_path(ref))  # type: ignore[no-any-return]
+        return await self.request("GET", image_path(ref))
 
     async def delete_image(self, ref: str) -> None:
         await self.request("DELETE", image_path(ref))
@@ -334,11 +334,11 @@ class AsyncClient:
         self, ref: str, add: list[str] | None = None, remove: list[str] | None = None
     ) -> dict[str, Any]:
         body = {"add_aliases": list(add or ()), "remove_aliases": list(remove or ())}
-        return await self.request("PATCH", image_path(ref), body)  # type: ignore[no-any-return]
+        return await self.request("PATCH", image_path(ref), body)
 
     async def pull_image(self, image: str) -> dict[str, Any]:
         """Start downloading REMOTE:ALIAS: the operation (`success` when cached)."""
-        return await self.request("POST", "/1.0/images/pull", {"image": image})  # type: ignore[no-any-return]
+        return await self.request("POST", "/1.0/images/pull", {"image": image})
 
     async def publish(
         self,
@@ -353,26 +353,26 @@ class AsyncClient:
             "aliases": list(aliases or ()),
             "description": description,
         }
-        return await self.request("POST", "/1.0/images", body)  # type: ignore[no-any-return]
+        return await self.request("POST", "/1.0/images", body)
 
     async def build_template(self, name: str, force: bool = False) -> dict[str, Any]:
         """Start a template build: the operation (already `success` when cached)."""
         path = f"/1.0/templates/{quote(name, 'template name')}/build"
-        return await self.request("POST", path, {"force": force})  # type: ignore[no-any-return]
+        return await self.request("POST", path, {"force": force})
 
     async def networks(self) -> list[Any] | None:
         """The daemon's networks, or None when this lxpyd manages none (404)."""
         try:
-            return await self.request("GET", "/1.0/networks")  # type: ignore[no-any-return]
+            return await self.request("GET", "/1.0/networks")
         except NotFound:
             return None
 
     async def containers(self, stats: bool = False) -> list[dict[str, Any]]:
         """Every container; with `stats`, the running ones' resource use."""
-        return await self.request("GET", "/1.0/containers", query={"stats": stats})  # type: ignore[no-any-return]
+        return await self.request("GET", "/1.0/containers", query={"stats": stats})
 
     async def container(self, name: str) -> dict[str, Any]:
-        return await self.request("GET", _ct(name))  # type: ignore[no-any-return]
+        return await self.request("GET", _ct(name))
 
     async def create_container(
         self,
@@ -385,7 +385,7 @@ class AsyncClient:
         a fingerprint) when `template` is None."""
         body: dict[str, object] = {"name": name, "config": dict(config or {})}
         body.update({"template": template} if image is None else {"image": image})
-        return await self.request("POST", "/1.0/containers", body)  # type: ignore[no-any-return]
+        return await self.request("POST", "/1.0/containers", body)
 
     async def update_config(
         self,
@@ -396,52 +396,52 @@ class AsyncClient:
         """Set and unset config keys of `name`; lxpyd checks them (nothing
         changes when one is refused). The container as it is now."""
         body = {"set": dict(set_ or {}), "unset": list(unset or [])}
-        return await self.request("PATCH", _ct(name) + "/config", body)  # type: ignore[no-any-return]
+        return await self.request("PATCH", _ct(name) + "/config", body)
 
     async def delete_container(self, name: str, force: bool = False) -> None:
         await self.request("DELETE", _ct(name), query={"force": force})
 
     async def rename_container(self, name: str, new: str) -> dict[str, Any]:
-        return await self.request("POST", _ct(name) + "/rename", {"name": new})  # type: ignore[no-any-return]
+        return await self.request("POST", _ct(name) + "/rename", {"name": new})
 
     async def copy_container(self, source: str, dest: str) -> dict[str, Any]:
-        return await self.request("POST", _ct(source) + "/copy", {"name": dest})  # type: ignore[no-any-return]
+        return await self.request("POST", _ct(source) + "/copy", {"name": dest})
 
     async def start(
         self, name: str, wait: bool = False, wait_timeout: float | None = None
     ) -> dict[str, Any]:
         """Start `name`; with `wait`, answer once it is ready, else once init runs."""
         body = wait_fields(wait, wait_timeout)
-        return await self.request("POST", _ct(name) + "/start", body)  # type: ignore[no-any-return]
+        return await self.request("POST", _ct(name) + "/start", body)
 
     async def stop(self, name: str, grace: float = 30, force: bool = False) -> dict[str, Any]:
         """Stop `name`: init gets `grace` seconds to halt (none with force)."""
         body = {"timeout": grace, "force": force}
-        return await self.request("POST", _ct(name) + "/stop", body)  # type: ignore[no-any-return]
+        return await self.request("POST", _ct(name) + "/stop", body)
 
     async def restart(
         self, name: str, grace: float = 30, wait: bool = False, wait_timeout: float | None = None
     ) -> dict[str, Any]:
         """Stop `name` (as stop() does) and start it again; `wait` as for start()."""
         body = {"timeout": grace, **wait_fields(wait, wait_timeout)}
-        return await self.request("POST", _ct(name) + "/restart", body)  # type: ignore[no-any-return]
+        return await self.request("POST", _ct(name) + "/restart", body)
 
     async def freeze(self, name: str) -> dict[str, Any]:
-        return await self.request("POST", _ct(name) + "/freeze", {})  # type: ignore[no-any-return]
+        return await self.request("POST", _ct(name) + "/freeze", {})
 
     async def unfreeze(self, name: str) -> dict[str, Any]:
-        return await self.request("POST", _ct(name) + "/unfreeze", {})  # type: ignore[no-any-return]
+        return await self.request("POST", _ct(name) + "/unfreeze", {})
 
     async def console_log(self, name: str) -> str:
         """The console output kept since boot."""
-        return await self.request("GET", _ct(name) + "/console/log", text=True)  # type: ignore[no-any-return]
+        return await self.request("GET", _ct(name) + "/console/log", text=True)
 
     async def snapshots(self, name: str) -> list[dict[str, Any]]:
-        return await self.request("GET", _ct(name) + "/snapshots")  # type: ignore[no-any-return]
+        return await self.request("GET", _ct(name) + "/snapshots")
 
     async def create_snapshot(self, name: str, snapshot: str | None = None) -> dict[str, Any]:
         body = {} if snapshot is None else {"name": snapshot}
-        return await self.request("POST", _ct(name) + "/snapshots", body)  # type: ignore[no-any-return]
+        return await self.request("POST", _ct(name) + "/snapshots", body)
 
     async def restore_snapshot(
         self, name: str, snapshot: str, grace: float | None = None
@@ -449,18 +449,18 @@ class AsyncClient:
         """Restore a container to a snapshot; a running one is stopped (killed
         after `grace` s), restored and started again."""
         body = None if grace is None else {"timeout": grace}
-        return await self.request("POST", _snap(name, snapshot) + "/restore", body)  # type: ignore[no-any-return]
+        return await self.request("POST", _snap(name, snapshot) + "/restore", body)
 
     async def delete_snapshot(self, name: str, snapshot: str) -> None:
         await self.request("DELETE", _snap(name, snapshot))
 
     async def operation(self, op_id: str) -> dict[str, Any]:
-        return await self.request("GET", _op(op_id))  # type: ignore[no-any-return]
+        return await self.request("GET", _op(op_id))
 
     async def wait_operation(self, op_id: str, wait: float | None = None) -> dict[str, Any]:
         """The operation once it has ended, or after `wait` seconds."""
         query = None if wait is None else {"timeout": wait}
-        return await self.request("GET", _op(op_id) + "/wait", query=query)  # type: ignore[no-any-return]
+        return await self.request("GET", _op(op_id) + "/wait", query=query)
 
     async def operation_stream(self, op_id: str) -> EventStream:
         """`{"log": ...}`, `{"progress": ..., "stage": ...}`, then `{"operation": ...}`."""

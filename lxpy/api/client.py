@@ -252,7 +252,7 @@ class _Reader:
     def read1(self, n: int) -> bytes:
         """At most `n` bytes, with at most one read from the socket (b"" at EOF)."""
         if not self._buf:
-            return self._sock.recv(n)  # type: ignore[no-any-return]
+            return self._sock.recv(n)
         return self._take(n)
 
     def read(self, n: int) -> bytes:
@@ -468,21 +468,21 @@ class Client:
     # -- endpoints (docs/api.md) ---------------------------------------------
 
     def server_info(self) -> dict[str, Any]:
-        return self.request("GET", "/1.0")  # type: ignore[no-any-return]
+        return self.request("GET", "/1.0")
 
     def templates(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/1.0/templates")  # type: ignore[no-any-return]
+        return self.request("GET", "/1.0/templates")
 
     def template(self, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/1.0/templates/{quote(name, 'template name')}")  # type: ignore[no-any-return]
+        return self.request("GET", f"/1.0/templates/{quote(name, 'template name')}")
 
     # -- images and remotes -------------------------------------------------
     def remotes(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/1.0/remotes")  # type: ignore[no-any-return]
+        return self.request("GET", "/1.0/remotes")
 
     def add_remote(self, name: str, url: str, protocol: str = "simplestreams") -> dict[str, Any]:
         body = {"name": name, "url": url, "protocol": protocol}
-        return self.request("POST", "/1.0/remotes", body)  # type: ignore[no-any-return]
+        return self.request("POST", "/1.0/remotes", body)
 
     def remove_remote(self, name: str) -> None:
         self.request("DELETE", f"/1.0/remotes/{quote(name, 'remote name')}")
@@ -492,13 +492,13 @@ class Client:
     ) -> list[dict[str, Any]]:
         path = f"/1.0/remotes/{quote(remote, 'remote name')}/images"
         query = {"filter": filter, "refresh": refresh}
-        return self.request("GET", path, query=query)  # type: ignore[no-any-return]
+        return self.request("GET", path, query=query)
 
     def images(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/1.0/images")  # type: ignore[no-any-return]
+        return self.request("GET", "/1.0/images")
 
     def image(self, ref: str) -> dict[str, Any]:
-        return self.request("GET", image_path(ref))  # type: ignore[no-any-return]
+        return self.request("GET", image_path(ref))
 
     def delete_image(self, ref: str) -> None:
         self.request("DELETE", image_path(ref))
@@ -507,11 +507,11 @@ class Client:
         self, ref: str, add: list[str] | None = None, remove: list[str] | None = None
     ) -> dict[str, Any]:
         body = {"add_aliases": list(add or ()), "remove_aliases": list(remove or ())}
-        return self.request("PATCH", image_path(ref), body)  # type: ignore[no-any-return]
+        return self.request("PATCH", image_path(ref), body)
 
     def pull_image(self, image: str) -> dict[str, Any]:
         """Start downloading REMOTE:ALIAS: the operation (`success` when cached)."""
-        return self.request("POST", "/1.0/images/pull", {"image": image})  # type: ignore[no-any-return]
+        return self.request("POST", "/1.0/images/pull", {"image": image})
 
     def publish(
         self,
@@ -526,22 +526,22 @@ class Client:
             "aliases": list(aliases or ()),
             "description": description,
         }
-        return self.request("POST", "/1.0/images", body)  # type: ignore[no-any-return]
+        return self.request("POST", "/1.0/images", body)
 
     def build_template(self, name: str, force: bool = False) -> dict[str, Any]:
         """Start a template build: the operation (already `success` when cached)."""
         path = f"/1.0/templates/{quote(name, 'template name')}/build"
-        return self.request("POST", path, {"force": force})  # type: ignore[no-any-return]
+        return self.request("POST", path, {"force": force})
 
     def delete_template(self, name: str) -> None:
         self.request("DELETE", f"/1.0/templates/{quote(name, 'template name')}")
 
     def containers(self, stats: bool = False) -> list[dict[str, Any]]:
         """Every container; with `stats`, the running ones' resource use."""
-        return self.request("GET", "/1.0/containers", query={"stats": stats})  # type: ignore[no-any-return]
+        return self.request("GET", "/1.0/containers", query={"stats": stats})
 
     def container(self, name: str) -> dict[str, Any]:
-        return self.request("GET", _ct(name))  # type: ignore[no-any-return]
+        return self.request("GET", _ct(name))
 
     def create_container(
         self,
@@ -554,7 +554,7 @@ class Client:
         a fingerprint) when `template` is None."""
         body: dict[str, object] = {"name": name, "config": dict(config or {})}
         body.update({"template": template} if image is None else {"image": image})
-        return self.request("POST", "/1.0/containers", body)  # type: ignore[no-any-return]
+        return self.request("POST", "/1.0/containers", body)
 
     def delete_container(self, name: str, force: bool = False) -> None:
         self.request("DELETE", _ct(name), query={"force": force})
@@ -565,7 +565,7 @@ class Client:
         """Start `name`; with `wait`, return once it is ready (README, "Waiting
         for a container"), else once its init runs."""
         body = wait_fields(wait, wait_timeout)
-        return self.request("POST", _ct(name) + "/start", body)  # type: ignore[no-any-return]
+        return self.request("POST", _ct(name) + "/start", body)
 
     def stop_container(
         self, name: str, timeout: float | None = None, force: bool = False
@@ -573,7 +573,7 @@ class Client:
         body: dict[str, object] = {"force": force}
         if timeout is not None:
             body["timeout"] = timeout
-        return self.request("POST", _ct(name) + "/stop", body)  # type: ignore[no-any-return]
+        return self.request("POST", _ct(name) + "/stop", body)
 
     def restart_container(
         self,
@@ -587,23 +587,23 @@ class Client:
         body = wait_fields(wait, wait_timeout)
         if timeout is not None:
             body["timeout"] = timeout
-        return self.request("POST", _ct(name) + "/restart", body)  # type: ignore[no-any-return]
+        return self.request("POST", _ct(name) + "/restart", body)
 
     def container_stats(self, name: str) -> dict[str, Any] | None:
         """Resource use of a running container (None when it is not running)."""
-        return self.request("GET", _ct(name) + "/stats")  # type: ignore[no-any-return]
+        return self.request("GET", _ct(name) + "/stats")
 
     def stop_all(self, timeout: float | None = None) -> dict[str, Any]:
         """Stop every running container in boot.stop_priority order:
         `{"stopped": [...], "errors": {name: message}}`."""
         body = {} if timeout is None else {"timeout": timeout}
-        return self.request("POST", "/1.0/containers/stop-all", body)  # type: ignore[no-any-return]
+        return self.request("POST", "/1.0/containers/stop-all", body)
 
     def freeze_container(self, name: str) -> dict[str, Any]:
-        return self.request("POST", _ct(name) + "/freeze")  # type: ignore[no-any-return]
+        return self.request("POST", _ct(name) + "/freeze")
 
     def unfreeze_container(self, name: str) -> dict[str, Any]:
-        return self.request("POST", _ct(name) + "/unfreeze")  # type: ignore[no-any-return]
+        return self.request("POST", _ct(name) + "/unfreeze")
 
     def console_log(self, name: str) -> str:
         """The console output kept since boot (text)."""
@@ -622,20 +622,20 @@ class Client:
         unset: list[str] | None = None,
     ) -> dict[str, Any]:
         body = {"set": dict(set_ or {}), "unset": list(unset or [])}
-        return self.request("PATCH", _ct(name) + "/config", body)  # type: ignore[no-any-return]
+        return self.request("PATCH", _ct(name) + "/config", body)
 
     def rename_container(self, name: str, new: str) -> dict[str, Any]:
-        return self.request("POST", _ct(name) + "/rename", {"name": new})  # type: ignore[no-any-return]
+        return self.request("POST", _ct(name) + "/rename", {"name": new})
 
     def copy_container(self, source: str, dest: str) -> dict[str, Any]:
-        return self.request("POST", _ct(source) + "/copy", {"name": dest})  # type: ignore[no-any-return]
+        return self.request("POST", _ct(source) + "/copy", {"name": dest})
 
     def snapshots(self, name: str) -> list[dict[str, Any]]:
-        return self.request("GET", _ct(name) + "/snapshots")  # type: ignore[no-any-return]
+        return self.request("GET", _ct(name) + "/snapshots")
 
     def create_snapshot(self, name: str, snapshot: str | None = None) -> dict[str, Any]:
         body = {} if snapshot is None else {"name": snapshot}
-        return self.request("POST", _ct(name) + "/snapshots", body)  # type: ignore[no-any-return]
+        return self.request("POST", _ct(name) + "/snapshots", body)
 
     def restore_snapshot(
         self, name: str, snapshot: str, timeout: float | None = None
@@ -643,20 +643,20 @@ class Client:
         """Restore a container to a snapshot; a running one is stopped (killed
         after `timeout` s), restored and started again."""
         body = None if timeout is None else {"timeout": timeout}
-        return self.request("POST", _snap(name, snapshot) + "/restore", body)  # type: ignore[no-any-return]
+        return self.request("POST", _snap(name, snapshot) + "/restore", body)
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         self.request("DELETE", _snap(name, snapshot))
 
     def operations(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/1.0/operations")  # type: ignore[no-any-return]
+        return self.request("GET", "/1.0/operations")
 
     def operation(self, op_id: str) -> dict[str, Any]:
-        return self.request("GET", _op(op_id))  # type: ignore[no-any-return]
+        return self.request("GET", _op(op_id))
 
     def wait_operation(self, op_id: str, timeout: float | None = None) -> dict[str, Any]:
         query = None if timeout is None else {"timeout": timeout}
-        return self.request("GET", _op(op_id) + "/wait", query=query)  # type: ignore[no-any-return]
+        return self.request("GET", _op(op_id) + "/wait", query=query)
 
     def operation_stream(self, op_id: str) -> Iterator[dict[str, Any]]:
         """`{"log": ...}`, `{"progress": ..., "stage": ...}`, then `{"operation": ...}`."""
@@ -670,10 +670,10 @@ class Client:
         return self.stream("/1.0/events", query)
 
     def networks(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/1.0/networks")  # type: ignore[no-any-return]
+        return self.request("GET", "/1.0/networks")
 
     def network(self, name: str) -> dict[str, Any]:
-        return self.request("GET", _net(name))  # type: ignore[no-any-return]
+        return self.request("GET", _net(name))
 
     def create_network(
         self, name: str, subnet: str | None = None, nat: bool = True
@@ -682,7 +682,7 @@ class Client:
         body: dict[str, object] = {"name": name, "nat": nat}
         if subnet is not None:
             body["subnet"] = subnet
-        return self.request("POST", "/1.0/networks", body)  # type: ignore[no-any-return]
+        return self.request("POST", "/1.0/networks", body)
 
     def delete_network(self, name: str) -> None:
         self.request("DELETE", _net(name))

@@ -72,7 +72,7 @@ def new_parser(**kwargs: Any) -> argparse.ArgumentParser:
 
             # argparse prints and exits on its own; route its errors through
             # fail() so every error of the CLI looks the same.
-            def error(self, message: str) -> Any:  # type: ignore[override]
+            def error(self, message: str) -> Any:
                 raise UsageError(message, self.format_usage(), self.prog)
 
             # argparse says "invalid choice: 'strat' (choose from ...)" and
@@ -88,7 +88,7 @@ def new_parser(**kwargs: Any) -> argparse.ArgumentParser:
                 return super().format_help()
 
         _PARSER_CLASS = _Parser
-    return _PARSER_CLASS(**kwargs)  # type: ignore[no-any-return]
+    return _PARSER_CLASS(**kwargs)
 
 
 def bad_choice(parser: argparse.ArgumentParser, action: argparse.Action, value: str) -> UsageError:

@@ -40,6 +40,8 @@ NDJSON_TYPE = "application/x-ndjson"
 TEXT_TYPE = "text/plain; charset=utf-8"
 # Requests that change something: logged with who asked.
 _CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Connections one uid that is not an admin may hold open at once.
+MAX_CONNECTIONS_PER_USER = 64
 
 
 class MethodNotAllowed(InvalidArgument):
@@ -203,6 +205,8 @@ class Router:
         self.groups = groups
         self.limits = limits or Limits()
         self.authorize: Callable[[Route, Request], None] | None = None
+        # Open connections by uid, of callers that are not admins.
+        self.connections: dict[int, int] = {}
 
     def add(self, method: str, pattern: str, handler: Handler, summary: str, **kw: object) -> None:
         self.routes.append(Route(method, pattern, handler, summary, **kw))  # type: ignore[arg-type]
@@ -415,11 +419,24 @@ async def serve_connection(stream: trio.abc.Stream, router: Router) -> None:
     limits = router.limits
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     reader = Reader(conn, stream, limits)
+    counted: int | None = None
     try:
         # Who connected, as the kernel recorded it at connect(): its tier is
         # decided once per connection, and logged with every change it asks for.
         peer = peers.peer_of(stream.socket) if isinstance(stream, trio.SocketStream) else None
         caller = peers.admit(peer, router.groups)
+        if peer is not None and (caller is None or caller.restricted):
+            # Why: every connection holds a file descriptor and a task in
+            # lxpyd; one that is not an admin's may not hold them without
+            # bound (a flood of idle connections would exhaust lxpyd's
+            # descriptors for everyone). Closed at once: h11 cannot answer
+            # before a request, and the cap is far above any client's use.
+            held = router.connections.get(peer.uid, 0)
+            if held >= MAX_CONNECTIONS_PER_USER:
+                log.warning("refused %s: %d connections of its uid are open already", peer, held)
+                return
+            counted = peer.uid
+            router.connections[counted] = held + 1
         while True:
             try:
                 got = await reader.request()
@@ -462,6 +479,10 @@ async def serve_connection(stream: trio.abc.Stream, router: Router) -> None:
         if not isinstance(leaf_error(exc), trio.BrokenResourceError | trio.ClosedResourceError):
             log.exception("connection failed")
     finally:
+        if counted is not None:
+            router.connections[counted] -= 1
+            if not router.connections[counted]:
+                del router.connections[counted]
         with trio.CancelScope(shield=True):
             await stream.aclose()
 

@@ -28,6 +28,7 @@ from lxpy.daemon.registry import Registry
 from lxpy.errors import (
     AlreadyExists,
     InvalidArgument,
+    LxpyError,
     NotFound,
     PoolFull,
     Unsupported,
@@ -39,7 +40,7 @@ from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy, favor_dynmods
 from lxpy.model.config import Container
 from lxpy.model.network import root_id
 from lxpy.model.settings import Settings
-from lxpy.model.state import State
+from lxpy.model.state import State, can_move
 from lxpy.model.suggest import not_found_hint
 from lxpy.storage.base import Backend
 from lxpy.storage.pool import open_pool, pool_info
@@ -371,7 +372,16 @@ class Daemon:
         self.reserved.add(name)
 
     def set_state(self, name: str, new: State) -> None:
+        """Move container `name` to state `new` and tell the event bus.
+
+        Raises:
+            LxpyError: the lifecycle does not allow that move
+                (model/state.TRANSITIONS): a bug, logged; nothing changes.
+        """
         old = self.states.get(name)
+        if old is not None and old != new and not can_move(old, new):
+            log.error("container %s: %s -> %s is not a move of its lifecycle", name, old, new)
+            raise LxpyError(f"internal error: container {name!r} cannot go from {old} to {new}")
         self.states[name] = new
         if old is not None and old != new:
             self.bus.lifecycle(

@@ -233,3 +233,17 @@ def attach(cgroup_dir: str, rules: Iterable[str]) -> None:
             os.close(pfd)
     finally:
         os.close(dfd)
+
+
+def attached(cgroup_dir: str) -> int:
+    """How many device programs are attached to the cgroup2 directory
+    `cgroup_dir` itself (BPF_PROG_QUERY; not those of its parents)."""
+    dfd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        # union bpf_attr, BPF_PROG_QUERY: target_fd, attach_type,
+        # query_flags, attach_flags, prog_ids (none asked), prog_cnt.
+        attr = bytearray(struct.pack("=IIIIQI4x", dfd, sc.BPF_CGROUP_DEVICE, 0, 0, 0, 0))
+        sc.bpf(sc.BPF_PROG_QUERY, attr)
+    finally:
+        os.close(dfd)
+    return int(struct.unpack_from("=I", attr, 24)[0])

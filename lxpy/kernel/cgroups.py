@@ -131,6 +131,15 @@ _MOUNT_FLAGS = {
 }
 
 
+def mount_flags(options: str) -> int:
+    """The MS_* flags of a mount's options as mountinfo lists them
+    ("rw,nosuid,nodev,relatime"), for a remount that keeps them."""
+    flags = 0
+    for opt in options.split(","):
+        flags |= _MOUNT_FLAGS.get(opt, 0)
+    return flags
+
+
 def favor_dynmods() -> str | None:
     """Remount the cgroup2 hierarchy with `favordynmods`; returns its mountpoint
     when the option is (now) set, None when there is no cgroup2 mount or the
@@ -158,11 +167,14 @@ def favor_dynmods() -> str | None:
         # A remount replaces both the superblock's options and the mount's
         # flags: carry over what is set (nsdelegate, memory_recursiveprot,
         # nosuid, ...) so only favordynmods changes.
-        flags = sc.MS_REMOUNT
-        for opt in fields[5].split(","):
-            flags |= _MOUNT_FLAGS.get(opt, 0)
         try:
-            sc.mount(None, mountpoint, None, flags, ",".join([*superopts, "favordynmods"]))
+            sc.mount(
+                None,
+                mountpoint,
+                None,
+                sc.MS_REMOUNT | mount_flags(fields[5]),
+                ",".join([*superopts, "favordynmods"]),
+            )
         except OSError:
             return None
         return mountpoint

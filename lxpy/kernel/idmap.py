@@ -36,7 +36,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from lxpy.errors import Busy, InvalidArgument, Unsupported
+from lxpy.errors import Busy, InvalidArgument
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.hostlimits import act_as_owner, map_root
 from lxpy.kernel.netif import link_up
@@ -778,12 +778,3 @@ def delegate_cgroups(dirs: Iterable[str], idmap: IdMap) -> None:
                 os.chown(os.path.join(d, name), uid, gid)
             except FileNotFoundError:
                 pass
-
-
-def require_idmap_support() -> None:
-    """Raise Unsupported when this kernel has no user namespaces at all."""
-    if not os.path.exists("/proc/self/ns/user"):
-        raise Unsupported(
-            "this kernel has no user namespaces",
-            hint="set security.privileged=true to run containers without them",
-        )

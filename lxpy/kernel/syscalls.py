@@ -342,6 +342,7 @@ def clone3(flags: int, exit_signal: int) -> tuple[int, int]:
 BPF_PROG_LOAD = 5
 BPF_PROG_ATTACH = 8
 BPF_PROG_DETACH = 9
+BPF_PROG_QUERY = 16
 BPF_PROG_TYPE_CGROUP_DEVICE = 15
 BPF_CGROUP_DEVICE = 6  # attach type
 BPF_F_ALLOW_MULTI = 2
@@ -361,10 +362,11 @@ _BPF_NR = {
 }
 
 
-def bpf(cmd: int, attr: bytes) -> int:
+def bpf(cmd: int, attr: bytes | bytearray) -> int:
     """bpf(2): run command `cmd` on `attr` (a packed `union bpf_attr`, only
     as long as the fields the command reads); returns the kernel's answer
-    (a new fd for BPF_PROG_LOAD, 0 for BPF_PROG_ATTACH).
+    (a new fd for BPF_PROG_LOAD, 0 for BPF_PROG_ATTACH). A bytearray
+    `attr` gets what the kernel wrote back (BPF_PROG_QUERY's count).
 
     Raises:
         OSError: with the kernel's errno (EPERM without CAP_BPF/CAP_SYS_ADMIN,
@@ -376,7 +378,9 @@ def bpf(cmd: int, attr: bytes) -> int:
     if nr is None:
         raise OSError(38, f"bpf: unknown syscall number on {os.uname().machine}")
     # A copy the kernel may write to (newer kernels report the log's size in it).
-    buf = ctypes.create_string_buffer(attr, len(attr))
+    buf = ctypes.create_string_buffer(bytes(attr), len(attr))
     ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr)))
     _check(ret, f"bpf({cmd}, {len(attr)} bytes)")
+    if isinstance(attr, bytearray):
+        attr[:] = buf.raw[: len(attr)]
     return int(ret)

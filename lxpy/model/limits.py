@@ -462,7 +462,7 @@ class KernelLimits:
         ):
             if config.get(key) is not None:
                 kw[attr] = parse(key, config[key])
-        return cls(**kw)  # type: ignore[arg-type]
+        return cls(**kw)
 
 
 def _is_number(text: str) -> bool:

@@ -91,16 +91,6 @@ def bridge_mark(root_id: str, network: str) -> str:
     return f"lxpy:{root_id}:{network}"
 
 
-def link_alias(name: str) -> str | None:
-    """The alias of link `name`; None when it does not exist."""
-    with IPRoute() as ip:
-        idx = _index(ip, name)
-        if idx is None:
-            return None
-        link = ip.get_links(idx)[0]
-        return str(_attr(link, "IFLA_IFALIAS") or "")
-
-
 def ensure_bridge(name: str, mark: str, gateway: ipaddress.IPv4Interface, mac: str) -> bool:
     """Make bridge `name` with address `gateway`, up; reuse it when it is ours.
 

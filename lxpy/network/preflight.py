@@ -18,7 +18,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from lxpy.errors import Busy, InvalidArgument, Unsupported
+from lxpy.errors import Busy, Unsupported
 
 BINARIES = {
     "dnsmasq": "install dnsmasq-base (`apt install dnsmasq-base`)",
@@ -139,9 +139,3 @@ def check_ports(address: ipaddress.IPv4Address, bridge: str) -> None:
             ) from None
         finally:
             s.close()
-
-
-def parse_nat(value: object) -> bool:
-    if isinstance(value, bool):
-        return value
-    raise InvalidArgument(f"'nat' must be true or false, got {value!r}")

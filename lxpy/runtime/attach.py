@@ -398,9 +398,18 @@ def _read_text(path: str) -> str:
 
 
 def _join_cgroups(procs_files: Sequence[str], init_pid: int) -> None:
+    gone: OSError | None = None
+    joined = 0
     for path in procs_files:
         try:
             sc.write_file(path, "0")
+            joined += 1
+        except FileNotFoundError as e:
+            # A hierarchy unmounted since the container started (a named
+            # one an admin or a tool mounted for a while): a cgroup with
+            # processes in it cannot be removed, so a missing one means its
+            # hierarchy is gone from view, and holds nothing to join.
+            gone = e
         except OSError as e:
             # cgroup v2's "no internal processes": when systemd in the
             # container enabled controllers below its root, the root takes no
@@ -408,6 +417,9 @@ def _join_cgroups(procs_files: Sequence[str], init_pid: int) -> None:
             if e.errno != errno.EBUSY:
                 raise
             sc.write_file(_init_cgroup(path, init_pid), "0")
+            joined += 1
+    if gone is not None and not joined:
+        raise gone  # none left at all: the container's cgroups are gone
 
 
 def _init_cgroup(procs_file: str, init_pid: int) -> str:

@@ -567,3 +567,50 @@ def _gid(group: str) -> int:
     import grp
 
     return grp.getgrnam(group).gr_gid
+
+
+HOLD_CONNECTIONS = """
+import json, socket, time
+from lxpy.daemon.http import MAX_CONNECTIONS_PER_USER
+
+def connect():
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(SOCKET)
+    return s
+
+def status(s):
+    # The status of an answer to a request on `s`, or "closed".
+    try:
+        s.sendall(b"GET /1.0 HTTP/1.1\\r\\nHost: lxpyd\\r\\n\\r\\n")
+        line = s.recv(64)
+    except OSError:
+        return "closed"
+    return line.split(b" ")[1].decode() if line else "closed"
+
+# Held open, no request sent yet: each counts while it is open.
+held = [connect() for _ in range(MAX_CONNECTIONS_PER_USER)]
+time.sleep(0.5)
+out = {"over": status(connect()), "held": status(held[0])}
+held[0].close()
+for _ in range(100):
+    out["after"] = status(connect())
+    if out["after"] != "closed":
+        break
+    time.sleep(0.05)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("who", ["alice", "root"])
+def test_one_uid_holds_a_bounded_number_of_connections(lab: Lab, who: str) -> None:
+    user = "root" if who == "root" else lab.alice
+    proc = lab.python(user, HOLD_CONNECTIONS.replace("SOCKET", repr(str(lab.d.socket))))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    # A restricted user's connection over the cap is closed before any
+    # answer, and a new one is served once one of those held closes. Root
+    # (an admin) has no cap. (Users in neither group cannot connect at
+    # all: the socket's mode keeps them out.)
+    over = "200" if who == "root" else "closed"
+    assert json.loads(out) == {"over": over, "held": "200", "after": "200"}

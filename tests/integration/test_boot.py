@@ -94,9 +94,12 @@ def _started(d: Daemon, name: str, *config: str) -> dict[str, Any]:
     return ct
 
 
-def test_a_start_reads_init_ahead(tmp_path: Path, test_cache: Path) -> None:
+def test_a_start_asks_to_read_its_init_ahead(tmp_path: Path, test_cache: Path) -> None:
     # The read-ahead (lxpy.storage.prefetch) is a hint with nothing to see
-    # in the container: lxpyd's debug log is where it shows.
+    # in the container once init has run (exec reads a static busybox whole
+    # anyway): lxpyd's debug log shows that the start asked for it, with
+    # the files found in the container's own tree; that the hint fills the
+    # page cache is test_prefetch's.
     settings = (
         f'pool_size = "3GiB"\nbuild_cache = "{test_cache}"\ndefault_network = ""\n'
         'log_level = "debug"\n'

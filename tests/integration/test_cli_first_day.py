@@ -48,7 +48,7 @@ def refused(d: Daemon, *args: str, status: int = 1) -> tuple[str, str]:
 
 
 def config(d: Daemon, name: str) -> dict[str, Any]:
-    return json.loads(d.cli("config", "show", name, "--format", "json").stdout)  # type: ignore[no-any-return]
+    return json.loads(d.cli("config", "show", name, "--format", "json").stdout)
 
 
 def rootfs(d: Daemon, name: str) -> Path:

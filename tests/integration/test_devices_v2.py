@@ -119,7 +119,9 @@ EXPECTED = {
 
 def test_program_from_allowed_enforces_the_list(scratch: str, tmp_path: Path) -> None:
     kmsg = _kmsg_node(tmp_path)
+    assert bpfdev.attached(scratch) == 0
     bpfdev.attach(scratch, devices.ALLOWED)
+    assert bpfdev.attached(scratch) == 1
     assert _probe(scratch, tmp_path) == EXPECTED
     assert not (tmp_path / "loop0").exists()
     # The same open outside the cgroup works: the refusal is the program's.

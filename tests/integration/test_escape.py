@@ -120,7 +120,7 @@ def boot(d: Daemon, name: str, *sets: str) -> int:
             timeout=60,
         )
     assert res.returncode == 0, res.stderr
-    return int(info(d, name)["init_pid"])  # type: ignore[call-overload]
+    return int(info(d, name)["init_pid"])
 
 
 def host_root_device() -> tuple[str, int, int]:
@@ -317,7 +317,7 @@ def test_security_keys_are_checked_and_shown(daemon: Daemon) -> None:
     d = daemon
     d.cli("create", "bb", "-t", "busybox")
     ct = info(d, "bb")
-    assert ct["idmap"]["isolated"] is True  # type: ignore[index]
+    assert ct["idmap"]["isolated"] is True
     bad = d.cli("config", "set", "bb", "security.syscalls.deny", "no_such_call", check=False)
     assert bad.returncode != 0 and "no_such_call" in bad.stderr
     bad = d.cli("config", "set", "bb", "security.idmap.size", "10", check=False)
@@ -325,7 +325,7 @@ def test_security_keys_are_checked_and_shown(daemon: Daemon) -> None:
     # A second isolated container gets a range of its own.
     d.cli("create", "bb2", "-t", "busybox")
     a, b = info(d, "bb")["idmap"], info(d, "bb2")["idmap"]
-    assert a["uid_base"] != b["uid_base"]  # type: ignore[index]
+    assert a["uid_base"] != b["uid_base"]
     # Shared: both non-isolated containers use one range.
     d.cli("create", "s1", "-t", "busybox", "--set", "security.idmap.isolated=false")
     d.cli("create", "s2", "-t", "busybox", "--set", "security.idmap.isolated=false")

@@ -25,7 +25,13 @@ import pytest
 from lxpy.api.client import Client
 from lxpy.api.streams import EXIT, STDIN, STDOUT, FrameDecoder, frame, open_stream, parse_json
 from lxpy.errors import Busy, InvalidArgument, NotFound
-from tests.conftest import VENV_BIN, Daemon, wait_for
+from tests.conftest import (
+    VENV_BIN,
+    Daemon,
+    named_cgroup_hierarchy,
+    unmount_named_cgroup_hierarchy,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -412,3 +418,41 @@ def test_console_and_exec_end_when_the_container_stops(bb: Daemon) -> None:
         sock.close()
         proc.kill()
         proc.wait(timeout=10)
+
+
+def test_exec_after_a_cgroup_hierarchy_it_started_in_is_unmounted(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    # A named hierarchy mounted for a while (by an admin, or a tool) holds
+    # the containers started meanwhile; once it is gone, exec joins the
+    # cgroups that are left instead of failing on the missing one.
+    with named_cgroup_hierarchy(tmp_path / "named") as (mnt, name):
+        daemon.cli("create", "nh", "-t", "busybox")
+        daemon.cli("start", "nh")
+        pid = init_pid(daemon, "nh")
+        held = [p for p in mnt.rglob("cgroup.procs") if str(pid) in p.read_text().split()]
+        assert held, "the container's init is not in the named hierarchy"
+        unmount_named_cgroup_hierarchy(mnt, name)
+        res = subprocess.run(
+            [
+                *lxpy(daemon),
+                "exec",
+                "nh",
+                "--",
+                "sh",
+                "-c",
+                "cat /proc/1/cgroup; cat /proc/self/cgroup",
+            ],
+            input=b"",
+            capture_output=True,
+            timeout=30,
+        )
+        assert res.returncode == 0, res.stderr
+        # In init's cgroups, on every hierarchy that is left (the test's
+        # named ones, gone or going, aside).
+        lines = [ln for ln in res.stdout.decode().splitlines() if "name=lxpytest" not in ln]
+        init, command = lines[: len(lines) // 2], lines[len(lines) // 2 :]
+        assert command == init and any(ln.startswith("0::") for ln in init), lines
+        # And it stops as ever.
+        daemon.cli("stop", "nh")
+        assert json.loads(daemon.cli("info", "nh", "--format", "json").stdout)["state"] == "STOPPED"

@@ -413,4 +413,4 @@ def test_a_full_pool_says_so_loses_nothing_and_recovers(small: Daemon) -> None:
 def d_list(d: Daemon) -> list[dict[str, object]]:
     import json
 
-    return json.loads(d.cli("list", "--format", "json").stdout)  # type: ignore[no-any-return]
+    return json.loads(d.cli("list", "--format", "json").stdout)

@@ -393,7 +393,7 @@ def _hostile(path: Path, members: list[tuple[str, Any]]) -> None:
 def test_hostile_and_initless_images_are_refused(daemon: Daemon, tmp_path: Path) -> None:
     d = daemon
     target = tmp_path / "escaped"
-    cases = {
+    cases: dict[str, tuple[list[tuple[str, Any]], str]] = {
         "dotdot": ([("sbin", "dir"), ("sbin/init", "#!/bin/sh\n"), ("../escaped", "x")], "'..'"),
         "absolute": ([("sbin/init", "x"), (str(target), "x")], "absolute path"),
         "through-symlink": (

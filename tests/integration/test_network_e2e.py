@@ -131,7 +131,7 @@ class Lab:
 
     def network(self) -> dict[str, Any]:
         res = self.cli("network", "info", self.net, "--format", "json")
-        return json.loads(res.stdout)  # type: ignore[no-any-return]
+        return json.loads(res.stdout)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.d.cli(*args, check=check)
@@ -142,7 +142,7 @@ class Lab:
         return tuple(f"{s}-{os.getpid() % 100000}" for s in short)
 
     def info(self, name: str) -> dict[str, Any]:
-        return json.loads(self.cli("info", name, "--format", "json").stdout)  # type: ignore[no-any-return]
+        return json.loads(self.cli("info", name, "--format", "json").stdout)
 
     def create(self, name: str, template: str, *config: str) -> None:
         sets = [a for kv in (f"network={self.net}", *config) for a in ("--set", kv)]

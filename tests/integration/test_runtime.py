@@ -7,7 +7,6 @@ and its finaliser kills whatever it started and removes its cgroups.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import select
@@ -26,14 +25,14 @@ from pathlib import Path
 import pytest
 
 from lxpy.errors import LxpyError
-from lxpy.kernel import pages
+from lxpy.kernel import bpfdev, pages
 from lxpy.kernel.cgroups import PREFIX, ContainerCgroup, hierarchies, remove_parent
 from lxpy.kernel.devices import ALLOWED, devices_dir, init_parent
 from lxpy.kernel.limits import controller_dir
 from lxpy.runtime.control import MonitorClient
 from lxpy.runtime.spec import LaunchSpec
 from lxpy.runtime.zygote import spawn_monitor, spawn_request, start_zygote
-from tests.conftest import alive, wait_for
+from tests.conftest import alive, named_cgroup_hierarchy, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -223,40 +222,8 @@ def test_boots_busybox_with_init_as_pid1(boot: Callable[..., Booted]) -> None:
 def named_hierarchy(tmp_path: Path, zygote: Path) -> Iterator[Path]:
     """A cgroup v1 hierarchy without controllers, mounted once the zygote runs."""
     spawn_request(zygote, {"cmd": "ping"})
-    mnt = tmp_path / "named-cgroup"
-    mnt.mkdir()
-    name = f"lxpytest{os.getpid()}"
-    mount = ["mount", "-t", "cgroup", "-o", f"none,name={name}", "cgroup", str(mnt)]
-    subprocess.run(mount, check=True)
-    try:
+    with named_cgroup_hierarchy(tmp_path / "named-cgroup") as (mnt, _name):
         yield mnt
-    finally:
-        # It is unmounted whatever happened, or every lxpyd started
-        # later would take it up. A hierarchy unmounted with cgroups left
-        # lives on, unseen, in the kernel, in every process's
-        # /proc/PID/cgroup; so does one whose last cgroup, removed a moment
-        # ago, was still dying at the unmount: mounted again and unmounted,
-        # it goes. Any lxpyd on the host that started a container meanwhile
-        # (a real one, another test run) made its cgroups here too: those
-        # processes go back to the root, where every process is in a
-        # hierarchy without controllers, and the directories go with ours,
-        # or the hierarchy would outlive the test.
-        try:
-            dirs = [p for p in mnt.rglob("*") if p.is_dir()]
-            for d in sorted(dirs, key=lambda p: -len(p.parts)):
-                for pid in (d / "cgroup.procs").read_text().split():
-                    with contextlib.suppress(ProcessLookupError):
-                        (mnt / "cgroup.procs").write_text(pid)
-                d.rmdir()
-        finally:
-            subprocess.run(["umount", str(mnt)], check=True)
-        for _ in range(20):
-            time.sleep(0.25)
-            if f"name={name}:" not in Path("/proc/self/cgroup").read_text():
-                break
-            subprocess.run(mount, check=True)
-            subprocess.run(["umount", str(mnt)], check=True)
-        assert f"name={name}:" not in Path("/proc/self/cgroup").read_text()
 
 
 def test_a_cgroup_hierarchy_mounted_later_holds_the_next_container(
@@ -300,10 +267,10 @@ def test_reboot_inside_relaunches(boot: Callable[..., Booted]) -> None:
     )
     assert isinstance(st, dict)
     assert st["monitor_pid"] == b.monitor_pid
-    assert st["init_pid"] != b.init_pid and alive(int(st["init_pid"]))  # type: ignore[call-overload]
-    assert st["last_exit"]["reason"] == "reboot"  # type: ignore[index]
+    assert st["init_pid"] != b.init_pid and alive(int(st["init_pid"]))
+    assert st["last_exit"]["reason"] == "reboot"
     assert not alive(b.init_pid)
-    b.init_pid = int(st["init_pid"])  # type: ignore[call-overload]
+    b.init_pid = int(st["init_pid"])
     assert nsenter(b.init_pid, "hostname").strip() == b.spec.name
 
 
@@ -312,7 +279,7 @@ def test_reboot_command_uses_the_reboot_signal(boot: Callable[..., Booted]) -> N
     b.client.request("reboot")
     # busybox init reboots gracefully on SIGTERM (about 2 s of shutdown).
     st = wait_for(lambda: (s := b.status())["boots"] == 2 and s, 10, "reboot")
-    assert st["last_exit"]["reason"] == "reboot"  # type: ignore[index]
+    assert st["last_exit"]["reason"] == "reboot"
 
 
 def test_reboot_signal_reaches_an_init_that_handles_it_late(
@@ -530,7 +497,11 @@ def test_container_cgroups_nest_under_a_parent_that_bounds_them(
         assert line.endswith(f"/{PARENT}/{PREFIX}{b.spec.name}"), line
     dev = devices_dir(cg)
     if dev is None:
-        return  # pure cgroup v2: no v1 devices list to check
+        # Pure cgroup v2: the allow-list is a device program on the
+        # container's cgroup2 directory (what it allows: test_devices_v2).
+        assert cg.unified is not None
+        assert bpfdev.attached(cg.unified) == 1
+        return
     listed = Path(os.path.dirname(dev), "devices.list").read_text().split("\n")
     assert sorted(filter(None, listed)) == sorted(ALLOWED)
     # Even host root cannot widen the container's list past its parent's.
@@ -635,7 +606,7 @@ def test_boots_debian_systemd_to_running(tmp_path: Path, zygote: Path, test_cach
         st = wait_for(
             lambda: (s := b.status())["boots"] == 2 and s["state"] == "RUNNING" and s, 15, "reboot"
         )
-        b.init_pid = int(st["init_pid"])  # type: ignore[call-overload,index]
+        b.init_pid = int(st["init_pid"])
         assert _system_running(b.init_pid) == "running"
         reply = b.client.request("stop", wait=40)
         assert reply["last_exit"]["reason"] == "poweroff"  # type: ignore[index]

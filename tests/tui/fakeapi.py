@@ -147,16 +147,18 @@ class _Handler(BaseHTTPRequestHandler):
         return [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
 
     def _events(self) -> None:
+        # Subscribed before the answer begins, as lxpyd is: an event sent
+        # once a client holds the stream reaches it.
+        events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        fake = self.server.fake
+        with fake.lock:
+            fake.subscribers.append(events)
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.flush()
-        events: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        fake = self.server.fake
-        with fake.lock:
-            fake.subscribers.append(events)
         while (event := events.get()) is not None:
             line = json.dumps(event).encode() + b"\n"
             self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))

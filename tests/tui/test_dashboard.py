@@ -156,7 +156,7 @@ def test_detail_screen_snapshots(daemon: Daemon) -> None:
             await wait_until(
                 pilot,
                 lambda: "snapshot-created" in "\n".join(events.lines),
-                what="event",  # type: ignore[attr-defined]
+                what="event",
             )
             # Restore the first (confirmed), then delete it (confirmed).
             snaps.move_cursor(row=0)  # type: ignore[attr-defined]
@@ -167,7 +167,7 @@ def test_detail_screen_snapshots(daemon: Daemon) -> None:
             await wait_until(
                 pilot,
                 lambda: "snapshot-restored" in "\n".join(events.lines),
-                what="restore",  # type: ignore[attr-defined]
+                what="restore",
             )
             snaps.move_cursor(row=0)  # type: ignore[attr-defined]
             await pilot.press("delete")

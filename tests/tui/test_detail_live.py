@@ -28,7 +28,7 @@ async def _detail(pilot: Any, name: str) -> DetailScreen:
     await wait_until(pilot, lambda: isinstance(pilot.app.screen, DetailScreen))
     screen = pilot.app.screen
     await wait_until(pilot, lambda: bool(screen.ct), what="the container")
-    return screen  # type: ignore[no-any-return]
+    return screen
 
 
 def test_lifecycle_keys_on_the_detail_screen(daemon: Daemon) -> None:

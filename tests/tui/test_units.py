@@ -95,7 +95,13 @@ def test_async_client_against_the_fake(fake_lxpyd: FakeLxpyd) -> None:
             await client.container("nope")
         assert [n["name"] for n in await client.networks() or []] == ["lxpybr0"]
         async with await client.events() as stream:
-            assert stream is not None
+            event = {"type": "container-updated", "container": "web"}
+            fake_lxpyd.emit(event)
+            async for got in stream:
+                assert got == event
+                break
+            else:
+                pytest.fail("the event stream ended without the event")
 
     run(body(), timeout=20)
 

@@ -25,6 +25,7 @@ from lxpy.api.streams import (
 from lxpy.daemon.http import Request, Router, Upgrade, serve_connection
 from lxpy.errors import InvalidArgument, NotFound
 from lxpy.runtime.attach import ExecSpec, environment, exit_code, lookup_user
+from tests.conftest import own_groups
 
 
 def test_frame_layout() -> None:
@@ -142,7 +143,7 @@ def test_exit_code_as_shells_report_it() -> None:
 
 
 def _echo_router() -> Router:
-    r = Router()
+    r = Router(own_groups())
 
     async def echo(req: Request) -> object:
         body = req.json()

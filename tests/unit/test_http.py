@@ -10,10 +10,11 @@ import trio
 from lxpy.daemon.events import EventBus
 from lxpy.daemon.http import MethodNotAllowed, Request, Router, Send, Stream, serve_connection
 from lxpy.errors import Busy, NotFound
+from tests.conftest import own_groups
 
 
 def _router() -> Router:
-    r = Router()
+    r = Router(own_groups())
 
     async def hello(req: Request) -> object:
         return {"name": req.params["name"], "q": req.query}

@@ -1,4 +1,5 @@
-"""ruff and mypy run as part of the tests."""
+"""ruff (lint and format) and mypy run over the whole tree as part of the
+tests."""
 
 from __future__ import annotations
 
@@ -10,12 +11,19 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+TREE = ["lxpy", "tui", "tests", "bench"]
+
+
 def test_ruff_check() -> None:
     res = subprocess.run(
-        [str(BIN / "ruff"), "check", "lxpy", "tests", "bench"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+        [str(BIN / "ruff"), "check", *TREE], cwd=REPO, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_ruff_format() -> None:
+    res = subprocess.run(
+        [str(BIN / "ruff"), "format", "--check", *TREE], cwd=REPO, capture_output=True, text=True
     )
     assert res.returncode == 0, res.stdout + res.stderr
 

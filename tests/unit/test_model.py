@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from lxpy.errors import InvalidArgument
+from lxpy.errors import InvalidArgument, LxpyError
 from lxpy.model import tomlw
 from lxpy.model.config import Container, parse_value
 from lxpy.model.names import validate_name
 from lxpy.model.settings import load_settings, settings_from_mapping
-from lxpy.model.state import State, can_move
+from lxpy.model.state import TRANSITIONS, State, can_move
 from lxpy.model.units import parse_signal, parse_size, signal_name
 
 
@@ -141,9 +141,26 @@ def test_settings_validation(tmp_path: Path) -> None:
 
 
 def test_state_machine() -> None:
+    assert set(TRANSITIONS) == set(State)
     assert can_move(State.STOPPED, State.STARTING)
     assert not can_move(State.STOPPED, State.RUNNING)
     assert can_move(State.RUNNING, State.FROZEN)
+    # A reboot inside: init starts again under the same monitor.
+    assert can_move(State.RUNNING, State.STARTING)
+
+
+def test_the_daemon_refuses_a_move_the_lifecycle_forbids() -> None:
+    from lxpy.daemon.events import EventBus
+    from lxpy.daemon.service import Daemon
+
+    # Only what set_state uses: the states and the event bus.
+    d = Daemon.__new__(Daemon)
+    d.states, d.bus = {"web": State.STOPPED}, EventBus()
+    with pytest.raises(LxpyError, match="cannot go from STOPPED to RUNNING"):
+        d.set_state("web", State.RUNNING)
+    assert d.states["web"] == State.STOPPED
+    d.set_state("web", State.STARTING)
+    assert d.states["web"] == State.STARTING
 
 
 def test_toml_writer_quotes_and_nests() -> None:

@@ -164,3 +164,43 @@ def test_the_files_end_up_in_the_page_cache(tmp_path: Path) -> None:
     while _cached_bytes(init) < init.stat().st_size and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _cached_bytes(init) >= init.stat().st_size
+
+
+def _resident_pages(path: Path) -> int:
+    out = subprocess.run(
+        ["fincore", "--raw", "--noheadings", "--bytes", "--output", "PAGES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return int(out)
+
+
+def _evicted(path: Path) -> Path:
+    """`path` with none of its pages in the page cache (written back first)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert _resident_pages(path) == 0
+    return path
+
+
+def test_the_files_are_in_the_page_cache_afterwards(tmp_path: Path) -> None:
+    root = _with_libs(_tree(tmp_path))
+    files = [root / "sbin" / "init", root / "lib" / "libc.so.6"]
+    control = tmp_path / "control"  # the same bytes, which nothing reads
+    shutil.copy(files[1], control)
+    for f in [*files, control]:
+        _evicted(f)
+    prefetch.warm(str(root), "/sbin/init")
+    # The hint starts the reads; they finish on their own.
+    for f in files:
+        pages = -(-f.stat().st_size // os.sysconf("SC_PAGE_SIZE"))
+        deadline = time.monotonic() + 10
+        while _resident_pages(f) < pages:
+            assert time.monotonic() < deadline, f"{f} not read ahead"
+            time.sleep(0.01)
+    assert _resident_pages(control) == 0

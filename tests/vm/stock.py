@@ -45,7 +45,7 @@ def lxpy(g: Guest, args: str, timeout: float = 300) -> str:
 
 
 def info(g: Guest, name: str) -> dict[str, Any]:
-    return json.loads(lxpy(g, f"info {name} --format json"))  # type: ignore[no-any-return]
+    return json.loads(lxpy(g, f"info {name} --format json"))
 
 
 def wait(g: Guest, cond: str, timeout: float, what: str) -> None:
