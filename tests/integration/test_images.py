@@ -107,6 +107,13 @@ def fails(d: Daemon, *args: str) -> str:
     return res.stderr[at:]
 
 
+def booted(d: Daemon, name: str) -> None:
+    """Wait until busybox init in `name` has run its getty (and so handles
+    the halt signal: a pid namespace's init ignores signals it has no
+    handler for yet)."""
+    wait_for(lambda: "login" in d.cli("console", name, "--log").stdout, 60, f"{name} to boot")
+
+
 def pool(d: Daemon) -> Path:
     return storage_dir(d)
 
@@ -216,6 +223,7 @@ def test_list_create_and_the_cache_reused(daemon: Daemon, mirror: tuple[Server, 
     d.cli("start", "c2")
     pid = info(d, "c2")["init_pid"]
     assert nsenter(pid, "cat", "/etc/hostname").stdout.strip() == "c2"
+    booted(d, "c2")
     d.cli("stop", "c2", "--timeout", "20")
     assert info(d, "c2")["last_exit"]["detail"] == "stopped by lxpy"
 
@@ -225,6 +233,7 @@ def test_list_create_and_the_cache_reused(daemon: Daemon, mirror: tuple[Server, 
     assert (Path(info(d, "c1")["path"]) / "bin" / "busybox").exists()
     assert "not found" in fails(d, "image", "delete", fp[:12])
     d.cli("start", "c2")
+    booted(d, "c2")
     d.cli("stop", "c2", "--timeout", "20")
     assert info(d, "c2")["last_exit"]["detail"] == "stopped by lxpy"
     assert "not found" in fails(d, "create", "c4", "--image", "no-such-alias")
@@ -438,6 +447,7 @@ def test_publish_then_create(daemon: Daemon) -> None:
     d.cli("start", "web")
     err = fails(d, "publish", "web", "--alias", "web-base")
     assert "stop it first" in err and cli_json(d, "image", "list") == []
+    booted(d, "web")
     d.cli("stop", "web", "--timeout", "20")
 
     res = d.cli("publish", "web", "--alias", "web-base", "--description", "my base")
@@ -463,6 +473,7 @@ def test_publish_then_create(daemon: Daemon) -> None:
     pid = info(d, "web2")["init_pid"]
     assert nsenter(pid, "cat", "/srv-marker").stdout == "configured"
     # The template's init defaults come with it: a clean stop.
+    booted(d, "web2")
     d.cli("stop", "web2", "--timeout", "20")
     assert info(d, "web2")["last_exit"]["detail"] == "stopped by lxpy"
 
@@ -485,6 +496,7 @@ def test_publish_then_create(daemon: Daemon) -> None:
     d.cli("image", "delete", "web-base", "web-s1")
     assert cli_json(d, "image", "list") == []
     assert (root2 / "srv-marker").read_text() == "configured"
+    booted(d, "web")
     d.cli("stop", "web", "--timeout", "20")
 
 
