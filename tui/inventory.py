@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from lxpy.api.text import template_text
+
 COLUMNS = ("NAME", "STATE", "TEMPLATE", "ADDRESSES", "CPU", "MEMORY", "UPTIME")
 RUNNING_STATES = frozenset({"RUNNING", "FROZEN", "STOPPING"})
 
@@ -184,7 +186,7 @@ class Inventory:
         return (
             name,
             str(ct.get("state") or "-"),
-            str(ct.get("template") or "-"),
+            template_text(ct.get("template")),
             ", ".join(addresses(ct)) or "-",
             self.cpu(name, ct),
             format_bytes(mem) if running and isinstance(mem, int | float) else "-",

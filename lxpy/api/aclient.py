@@ -24,6 +24,7 @@ from lxpy.api.client import (
     body_length,
     decode_json,
     encode_request,
+    image_path,
     lost,
     parse_chunk_size,
     parse_header_line,
@@ -319,6 +320,60 @@ class AsyncClient:
     async def templates(self) -> list[dict[str, Any]]:
         return await self.request("GET", "/1.0/templates")
 
+    # -- images and remotes -------------------------------------------------
+    async def remotes(self) -> list[dict[str, Any]]:
+        return await self.request("GET", "/1.0/remotes")
+
+    async def add_remote(
+        self, name: str, url: str, protocol: str = "simplestreams"
+    ) -> dict[str, Any]:
+        body = {"name": name, "url": url, "protocol": protocol}
+        return await self.request("POST", "/1.0/remotes", body)
+
+    async def remove_remote(self, name: str) -> None:
+        await self.request("DELETE", f"/1.0/remotes/{quote(name, 'remote name')}")
+
+    async def remote_images(
+        self, remote: str, filter: str = "", refresh: bool = False
+    ) -> list[dict[str, Any]]:
+        path = f"/1.0/remotes/{quote(remote, 'remote name')}/images"
+        query = {"filter": filter, "refresh": refresh}
+        return await self.request("GET", path, query=query)
+
+    async def images(self) -> list[dict[str, Any]]:
+        return await self.request("GET", "/1.0/images")
+
+    async def image(self, ref: str) -> dict[str, Any]:
+        return await self.request("GET", image_path(ref))
+
+    async def delete_image(self, ref: str) -> None:
+        await self.request("DELETE", image_path(ref))
+
+    async def update_image_aliases(
+        self, ref: str, add: list[str] | None = None, remove: list[str] | None = None
+    ) -> dict[str, Any]:
+        body = {"add_aliases": list(add or ()), "remove_aliases": list(remove or ())}
+        return await self.request("PATCH", image_path(ref), body)
+
+    async def pull_image(self, image: str) -> dict[str, Any]:
+        """Start downloading REMOTE:ALIAS: the operation (`success` when cached)."""
+        return await self.request("POST", "/1.0/images/pull", {"image": image})
+
+    async def publish(
+        self,
+        container: str,
+        snapshot: str | None = None,
+        aliases: list[str] | None = None,
+        description: str = "",
+    ) -> dict[str, Any]:
+        body = {
+            "container": container,
+            "snapshot": snapshot,
+            "aliases": list(aliases or ()),
+            "description": description,
+        }
+        return await self.request("POST", "/1.0/images", body)
+
     async def build_template(self, name: str, refresh: bool = False) -> dict[str, Any]:
         """Start a template build: the operation (already `success` when cached).
         `refresh` builds afresh from the mirror (current packages), even when
@@ -341,9 +396,16 @@ class AsyncClient:
         return await self.request("GET", _ct(name))
 
     async def create_container(
-        self, name: str, template: str, config: Mapping[str, object] | None = None
+        self,
+        name: str,
+        template: str | None,
+        config: Mapping[str, object] | None = None,
+        image: str | None = None,
     ) -> dict[str, Any]:
-        body = {"name": name, "template": template, "config": dict(config or {})}
+        """Create from `template`, or from `image` (REMOTE:ALIAS, an alias,
+        a fingerprint) when `template` is None."""
+        body: dict[str, object] = {"name": name, "config": dict(config or {})}
+        body.update({"template": template} if image is None else {"image": image})
         return await self.request("POST", "/1.0/containers", body)
 
     async def update_config(

@@ -476,6 +476,58 @@ class Client:
     def template(self, name: str) -> dict[str, Any]:
         return self.request("GET", f"/1.0/templates/{quote(name, 'template name')}")
 
+    # -- images and remotes -------------------------------------------------
+    def remotes(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/1.0/remotes")
+
+    def add_remote(self, name: str, url: str, protocol: str = "simplestreams") -> dict[str, Any]:
+        body = {"name": name, "url": url, "protocol": protocol}
+        return self.request("POST", "/1.0/remotes", body)
+
+    def remove_remote(self, name: str) -> None:
+        self.request("DELETE", f"/1.0/remotes/{quote(name, 'remote name')}")
+
+    def remote_images(
+        self, remote: str, filter: str = "", refresh: bool = False
+    ) -> list[dict[str, Any]]:
+        path = f"/1.0/remotes/{quote(remote, 'remote name')}/images"
+        query = {"filter": filter, "refresh": refresh}
+        return self.request("GET", path, query=query)
+
+    def images(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/1.0/images")
+
+    def image(self, ref: str) -> dict[str, Any]:
+        return self.request("GET", image_path(ref))
+
+    def delete_image(self, ref: str) -> None:
+        self.request("DELETE", image_path(ref))
+
+    def update_image_aliases(
+        self, ref: str, add: list[str] | None = None, remove: list[str] | None = None
+    ) -> dict[str, Any]:
+        body = {"add_aliases": list(add or ()), "remove_aliases": list(remove or ())}
+        return self.request("PATCH", image_path(ref), body)
+
+    def pull_image(self, image: str) -> dict[str, Any]:
+        """Start downloading REMOTE:ALIAS: the operation (`success` when cached)."""
+        return self.request("POST", "/1.0/images/pull", {"image": image})
+
+    def publish(
+        self,
+        container: str,
+        snapshot: str | None = None,
+        aliases: list[str] | None = None,
+        description: str = "",
+    ) -> dict[str, Any]:
+        body = {
+            "container": container,
+            "snapshot": snapshot,
+            "aliases": list(aliases or ()),
+            "description": description,
+        }
+        return self.request("POST", "/1.0/images", body)
+
     def build_template(self, name: str, refresh: bool = False) -> dict[str, Any]:
         """Start a template build: the operation (already `success` when cached).
         `refresh` builds afresh from the mirror (current packages), even when
@@ -494,9 +546,16 @@ class Client:
         return self.request("GET", _ct(name))
 
     def create_container(
-        self, name: str, template: str, config: Mapping[str, object] | None = None
+        self,
+        name: str,
+        template: str | None,
+        config: Mapping[str, object] | None = None,
+        image: str | None = None,
     ) -> dict[str, Any]:
-        body = {"name": name, "template": template, "config": dict(config or {})}
+        """Create from `template`, or from `image` (REMOTE:ALIAS, an alias,
+        a fingerprint) when `template` is None."""
+        body: dict[str, object] = {"name": name, "config": dict(config or {})}
+        body.update({"template": template} if image is None else {"image": image})
         return self.request("POST", "/1.0/containers", body)
 
     def delete_container(self, name: str, force: bool = False) -> None:
@@ -715,3 +774,8 @@ def _op(op_id: str) -> str:
 
 def _net(name: str) -> str:
     return "/1.0/networks/" + quote(name, "network name")
+
+
+def image_path(ref: str) -> str:
+    """The API path of image `ref` (an alias may hold '/')."""
+    return f"/1.0/images/{quote(ref, 'image')}"

@@ -38,3 +38,10 @@ def owner_text(owner: Mapping[str, object]) -> str:
         name = "?"
     tier = "restricted user" if owner.get("restricted") else "admin"
     return f"{name} (uid {uid}, {tier})"
+
+
+def template_text(template: object) -> str:
+    """A container's `template` as shown: its name, or `image 1a2b3c4d5e6f`
+    for one made from an image (whose volume is `@FINGERPRINT`)."""
+    text = str(template or "")
+    return f"image {text[1:13]}" if text.startswith("@") else text or "-"

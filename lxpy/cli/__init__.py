@@ -3,7 +3,7 @@
 A thin client: every decision is the daemon's (docs/api.md). The table of
 commands and the parsing are in lxpy.cli.parse; each group of commands
 is a module of its own (containers, lifecycle, attach, config, snapshots, backup,
-templates, networks, views, completion), imported here so that its
+devices, templates, images, networks, views, completion), imported here so that its
 @command rows are in the table; `lxpy __complete`, which the completion
 scripts run at each TAB, goes to lxpy.cli.completion. Every failure
 leaves through fail(): `error: ...` and `hint: ...` on stderr, status 1
@@ -25,7 +25,7 @@ from lxpy.api.client import Client
 # adds its commands to the table.
 # isort: off
 from lxpy.cli import containers, lifecycle, attach, config  # noqa: F401
-from lxpy.cli import snapshots, backup, devices, templates, networks, views  # noqa: F401
+from lxpy.cli import snapshots, backup, devices, templates, images, networks, views  # noqa: F401
 from lxpy.cli import completion
 
 # isort: on

@@ -49,6 +49,9 @@ _NEW = {
     ("copy", "dest"),
     ("rename", "new"),
     ("network create", "name"),
+    ("remote add", "name"),
+    ("remote add", "url"),
+    ("image alias", "alias"),
     ("snapshot create", "snapshot"),
     ("import", "name"),
     ("device add", "device"),
@@ -76,6 +79,20 @@ class Names:
 
     def templates(self) -> Candidates:
         return self._ask(self.client.templates, "name", "description")
+
+    def images(self) -> Candidates:
+        try:
+            items = self.client.images()
+        except (LxpyError, OSError, ValueError):
+            return []
+        return sorted(
+            (str(ref), str(i.get("description") or ""))
+            for i in items
+            for ref in [*(i.get("aliases") or ()), str(i.get("fingerprint", ""))[:12]]
+        )
+
+    def remotes(self) -> Candidates:
+        return self._ask(self.client.remotes, "name", "url")
 
     def networks(self) -> Candidates:
         return self._ask(self.client.networks, "name", "subnet")
@@ -186,6 +203,10 @@ def _kind(path: Sequence[str], action: argparse.Action) -> str:
         return "templates"
     if group == "network":
         return "networks"
+    if action.metavar == "IMAGE":
+        return "images"
+    if action.metavar == "REMOTE":
+        return "remotes"
     if action.metavar == "SNAP":
         return "snapshots"
     if action.metavar == "VOLUME":
@@ -219,6 +240,8 @@ def _option_value(action: argparse.Action, names: Names) -> Candidates:
         return [(str(c), "") for c in action.choices]
     if action.metavar == "TEMPLATE":
         return names.templates()
+    if action.metavar == "IMAGE":
+        return names.images()
     if action.metavar == "KEY=VALUE" and action.dest == "config":
         return [(k if k.endswith(".") else k + "=", d) for k, d in all_keys()]
     return []
@@ -269,6 +292,10 @@ def _positional_values(line: _Line, names: Callable[[str | None], Names]) -> Can
         return src.templates()
     if kind == "networks":
         return src.networks()
+    if kind == "images":
+        return src.images()
+    if kind == "remotes":
+        return src.remotes()
     if kind == "snapshots":
         return src.snapshots(first)
     if kind == "devices":

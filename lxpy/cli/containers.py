@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from lxpy.api.text import format_value, owner_text
+from lxpy.api.text import format_value, owner_text, template_text
+from lxpy.cli.images import pull
 from lxpy.cli.output import print_json, print_table
-from lxpy.cli.parse import NAME, NAMES, arg, command, each, key_value
+from lxpy.cli.parse import NAME, NAMES, UsageError, arg, command, each, key_value
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -15,9 +16,16 @@ if TYPE_CHECKING:
 
 @command(
     "create",
-    "create a container from a template (built first if needed)",
+    "create a container from a template (built first if needed) or an image",
     NAME,
-    arg("-t", "--template", required=True, metavar="TEMPLATE", help="template name"),
+    arg("-t", "--template", metavar="TEMPLATE", help="template name"),
+    arg(
+        "-i",
+        "--image",
+        metavar="IMAGE",
+        help="REMOTE:ALIAS (e.g. images:alpine/3.20, downloaded first if not cached), "
+        "or a cached image's alias or fingerprint",
+    ),
     arg(
         "--set",
         dest="config",
@@ -30,11 +38,23 @@ if TYPE_CHECKING:
     formats=True,
 )
 def cmd_create(client: Client, args: argparse.Namespace) -> None:
-    ct = client.create_container(args.name, args.template, dict(args.config))
+    if (args.template is None) == (args.image is None):
+        raise UsageError(
+            "give one of --template and --image",
+            "usage: lxpy create NAME (-t TEMPLATE | -i IMAGE) [--set KEY=VALUE]...\n",
+            "lxpy create",
+            hint="e.g. `lxpy create web -t debian-bookworm` or "
+            "`lxpy create web --image images:alpine/3.20`",
+        )
+    if args.image is not None and ":" in args.image:
+        # Downloaded here, with a progress bar, rather than inside the create.
+        pull(client, args.image)
+    ct = client.create_container(args.name, args.template, dict(args.config), image=args.image)
+    what = f"template {args.template}" if args.image is None else f"image {args.image}"
     if args.format == "json":
         print_json(ct)
     else:
-        print(f"created {ct.get('name', args.name)} from template {args.template}")
+        print(f"created {ct.get('name', args.name)} from {what}")
 
 
 @command("list", "list containers", formats=True)
@@ -50,7 +70,7 @@ def cmd_list(client: Client, args: argparse.Namespace) -> None:
                 c.get("name", ""),
                 c.get("state", ""),
                 ",".join(c.get("addresses") or ()) or "-",
-                c.get("template", ""),
+                template_text(c.get("template")),
                 str(len(c.get("snapshots") or ())),
                 c.get("created_at", ""),
             )
@@ -97,6 +117,9 @@ def cmd_info(client: Client, args: argparse.Namespace) -> None:
             text = f"{value.get('reason')}: {value.get('detail')}"
         elif key == "owner" and isinstance(value, dict):
             text = owner_text(value)
+        elif key == "template" and str(value).startswith("@"):
+            # Made from an image: the fingerprint, as `lxpy image list` shows it.
+            text = f"image {str(value)[1:]}"
         elif isinstance(value, list):
             text = ", ".join(str(v) for v in value) or "-"
         elif value is None:

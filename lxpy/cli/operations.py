@@ -23,9 +23,11 @@ class Progress:
 
     TAIL = 20
 
-    def __init__(self, show_log: bool = True) -> None:
+    def __init__(self, show_log: bool = True, bar: bool = False) -> None:
         from collections import deque
 
+        # A bar before the stage (downloads: the stage says size and rate).
+        self.bar = bar
         self.tty = sys.stderr.isatty()
         self.line = ""
         self.stage: object = None
@@ -54,11 +56,15 @@ class Progress:
         except (TypeError, ValueError):
             pct = "  ?%"
         text = f"[{pct}] {stage or ''}".rstrip()
+        if self.bar:
+            text = f"{bar_text(progress)} {pct} {stage or ''}".rstrip()
         if self.tty:
             self._clear()
             self.line = text
             sys.stderr.write(text)
-        elif stage != self.stage:
+        elif _kind(stage) != _kind(self.stage):
+            # In a pipe, once per stage ("downloading rootfs", not each
+            # figure of it).
             sys.stderr.write(text + "\n")
         self.stage = stage
         sys.stderr.flush()
@@ -67,6 +73,20 @@ class Progress:
         self._clear()
         self.line = ""
         sys.stderr.flush()
+
+
+def _kind(stage: object) -> str:
+    return str(stage).partition(":")[0]
+
+
+def bar_text(progress: object, width: int = 24) -> str:
+    """`[#######.........]` for a fraction from 0 to 1."""
+    try:
+        frac = min(max(float(progress), 0.0), 1.0)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        frac = 0.0
+    done = round(frac * width)
+    return "[" + "#" * done + "." * (width - done) + "]"
 
 
 def follow_operation(

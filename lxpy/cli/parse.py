@@ -155,6 +155,8 @@ GROUPS = {
     "device": "add, remove, list and show a container's devices (host directories, ...)",
     "volume": "create, list and delete custom volumes (data that outlives a container)",
     "template": "list, build and delete templates",
+    "image": "list, pull, show, alias and delete images (the local cache and image servers)",
+    "remote": "list, add and remove image servers",
     "network": "create, list, show and delete managed networks (bridges)",
 }
 

@@ -25,6 +25,7 @@ import trio
 from lxpy.build.rootfs import set_hostname_files
 from lxpy.daemon import configcheck
 from lxpy.daemon.events import now_iso
+from lxpy.daemon.images import Images, volume_name
 from lxpy.daemon.journal import Intent
 from lxpy.daemon.security import check_config as check_security
 from lxpy.daemon.security import check_update
@@ -34,6 +35,7 @@ from lxpy.daemon.templates import Templates
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel.inroot import Rootfs
 from lxpy.model.config import Container, Owner, check_key_length, validate_config
+from lxpy.model.images import parse_image_ref
 from lxpy.model.names import validate_name
 from lxpy.model.security import LIVE_KEYS, IdmapRecord
 from lxpy.model.state import State
@@ -71,9 +73,10 @@ def _str_field(body: dict[str, object], key: str, required: bool = True) -> str 
 
 
 class Containers:
-    def __init__(self, d: Daemon, templates: Templates) -> None:
+    def __init__(self, d: Daemon, templates: Templates, images: Images) -> None:
         self.d = d
         self.templates = templates
+        self.images = images
 
     # -- reading ------------------------------------------------------------
     def _snapshot_names(self, name: str) -> list[str]:
@@ -185,7 +188,13 @@ class Containers:
         """
         d = self.d
         name = validate_name(body.get("name"))
-        template = validate_name(body.get("template"), "template")
+        image = body.get("image")
+        if image is not None and body.get("template") is not None:
+            raise InvalidArgument("give either 'template' or 'image', not both")
+        if image is None:
+            template = validate_name(body.get("template"), "template")
+        else:
+            template = str(parse_image_ref(image))
         raw = body.get("config", {})
         if not isinstance(raw, dict):
             raise InvalidArgument(f"'config' must be an object of key: value, got {raw!r}")
@@ -197,14 +206,27 @@ class Containers:
             config["network"] = [d.settings.default_network]
         configcheck.check_networks(d, config)
         configcheck.check_address(d, name, config, strict=True, sees=sees)
-        await self.templates.find(template)
+        if image is None:
+            await self.templates.find(template)
         d.reserve(name)
         try:
-            await self.templates.ensure_built(template)
+            if image is None:
+                await self.templates.ensure_built(template)
+                where = f"template {template!r}"
+            else:
+                # Pulled first when it names a remote's image not cached.
+                fingerprint, meta = await self.images.ensure(image)
+                template = volume_name(fingerprint)
+                where = f"image {image}"
+                # What the image says its init wants (busybox init's signals)
+                # goes into the config, so it holds after the image is deleted.
+                defaults = meta.get("defaults")
+                for key, value in (defaults if isinstance(defaults, dict) else {}).items():
+                    if key in ("halt_signal", "reboot_signal") and key not in config:
+                        config[key] = str(value)
             if "init" in config:
                 # The container's rootfs will be a snapshot of the template's.
                 rootfs = str(d.backend.template_path(template))
-                where = f"template {template!r}"
                 await configcheck.check_init(d, name, rootfs, str(config["init"]), where)
             async with d.journal.begin("create", name=name, template=template) as op:
                 await d.storage(d.backend.create_container, name, template)
@@ -213,7 +235,8 @@ class Containers:
         finally:
             d.reserved.discard(name)
             await d.security.release(name)
-        d.bus.lifecycle("container-created", f"containers/{name}", {"template": template})
+        data: dict[str, object] = {"template": template} if image is None else {"image": str(image)}
+        d.bus.lifecycle("container-created", f"containers/{name}", data)
         return await self.describe(name)
 
     def _undo_volume(self, op: Intent, name: str) -> None:

@@ -47,6 +47,8 @@ STEPS: dict[str, tuple[str, ...]] = {
     "snapshot-delete": ("begun", "snapshot-deleted"),
     "restore": ("begun", "moved-aside", "copied"),
     "template-build": ("begun", "staged", "built", "old-moved-aside", "sealed", "committed"),
+    "image-pull": ("begun", "staged", "unpacked", "sealed", "committed"),
+    "image-publish": ("begun", "staged", "sealed", "committed"),
     "network-create": ("begun", "bridge-up", "recorded"),
     # On a running container; the device's type plugs or unplugs it.
     "device-add": ("begun", "plugged", "recorded"),

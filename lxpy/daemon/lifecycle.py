@@ -42,7 +42,7 @@ from lxpy.kernel.inroot import Rootfs
 from lxpy.model.config import Container
 from lxpy.model.limits import KernelLimits
 from lxpy.model.state import State
-from lxpy.model.template import TemplateDef, find_template
+from lxpy.model.template import Source, TemplateDef, find_template
 from lxpy.runtime.control import check_reply
 from lxpy.runtime.spec import LaunchSpec
 from lxpy.runtime.zygote import SPAWN_TIMEOUT, encode_request, spawn_request, start_zygote
@@ -268,6 +268,8 @@ class Lifecycle:
         return self._template_defs[name]
 
     def _template(self, record: Container) -> TemplateDef | None:
+        if record.template.startswith("@"):
+            return self._image_defaults(record)
         try:
             return self._find_template(record.template)
         except (NotFound, InvalidArgument) as e:
@@ -275,6 +277,29 @@ class Lifecycle:
             # own apply, and the config can name them.
             log.warning("container %s: template defaults unavailable: %s", record.name, e.message)
             return None
+
+    def _image_defaults(self, record: Container) -> TemplateDef | None:
+        # A container made from an image (lxpy.daemon.images): the defaults
+        # its image found for its init, or those of the template it was
+        # published from.
+        meta = self.d.registry.image_meta(record.template[1:]) or {}
+        defaults = meta.get("defaults")
+        source = meta.get("template")
+        if not defaults and isinstance(source, str) and not source.startswith("@"):
+            try:
+                return self._find_template(source)
+            except (NotFound, InvalidArgument):
+                return None
+        got = defaults if isinstance(defaults, dict) else {}
+        base = TemplateDef(record.template, "image", Source("image"))
+        return TemplateDef(
+            record.template,
+            "image",
+            Source("image"),
+            init=str(got.get("init", base.init)),
+            halt_signal=str(got.get("halt_signal", base.halt_signal)),
+            reboot_signal=str(got.get("reboot_signal", base.reboot_signal)),
+        )
 
     def _spec(self, record: Container, defn: TemplateDef | None) -> LaunchSpec:
         c = record.config

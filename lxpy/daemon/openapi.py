@@ -67,7 +67,37 @@ BUILD_BODY = _obj(
         "force": {"type": "boolean", "default": False},
     }
 )
-CREATE_BODY = _obj({"name": NAME, "template": NAME, "config": CONFIG}, ("name", "template"))
+IMAGE_REF: Schema = {
+    "type": "string",
+    "description": "REMOTE:ALIAS (pulled first if not cached), or a cached image's alias "
+    "or fingerprint",
+}
+CREATE_BODY = _obj(
+    {"name": NAME, "template": NAME, "image": IMAGE_REF, "config": CONFIG},
+    ("name",),
+    description="exactly one of template and image",
+    oneOf=[{"required": ["template"]}, {"required": ["image"]}],
+)
+REMOTE_BODY = _obj(
+    {
+        "name": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,30}$"},
+        "url": {"type": "string", "description": "http:// or https://, the tree's top"},
+        "protocol": {"type": "string", "enum": ["simplestreams"], "default": "simplestreams"},
+    },
+    ("name", "url"),
+)
+ALIAS: Schema = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._/+-]{0,127}$"}
+PULL_BODY = _obj({"image": IMAGE_REF}, ("image",))
+PUBLISH_BODY = _obj(
+    {
+        "container": NAME,
+        "snapshot": {"anyOf": [NAME, {"type": "null"}]},
+        "aliases": array(ALIAS),
+        "description": STR,
+    },
+    ("container",),
+)
+ALIASES_BODY = _obj({"add_aliases": array(ALIAS), "remove_aliases": array(STR)})
 CONFIG_BODY = _obj({"set": CONFIG, "unset": array(CONFIG_KEY)})
 NAME_BODY = _obj({"name": NAME}, ("name",))
 COPY_BODY = _obj(
@@ -150,6 +180,17 @@ ERROR_CODES = [
     )
 ]
 
+# What a remote's image and a cached one both say of themselves.
+_IMAGE_FIELDS: dict[str, Schema] = {
+    "fingerprint": STR,
+    "aliases": array(STR),
+    "distribution": STR,
+    "release": STR,
+    "architecture": STR,
+    "variant": STR,
+    "version": STR,
+}
+
 SCHEMAS: dict[str, Schema] = {
     "ErrorDetail": _obj(
         {"code": {"type": "string", "enum": ERROR_CODES}, "message": STR, "hint": NULL_STR},
@@ -187,6 +228,33 @@ SCHEMAS: dict[str, Schema] = {
             },
         },
         ("name", "kind", "built", "stale", "digest"),
+    ),
+    "Remote": _obj(
+        {"name": STR, "url": STR, "protocol": {"type": "string", "enum": ["simplestreams"]}},
+        ("name", "url", "protocol"),
+    ),
+    "RemoteImage": _obj(
+        {
+            **_IMAGE_FIELDS,
+            "size": {"type": "integer"},
+            "rootfs_type": STR,
+            "product": STR,
+        },
+        ("fingerprint", "aliases", "architecture", "version", "size"),
+    ),
+    "Image": _obj(
+        {
+            **_IMAGE_FIELDS,
+            "description": STR,
+            "size": _NULL_INT,
+            "created_at": STR,
+            "source": {"type": ["object", "null"], "description": "the remote it came from"},
+            "published_from": {
+                "type": ["object", "null"],
+                "description": "the container (and snapshot) it was published from",
+            },
+        },
+        ("fingerprint", "aliases", "architecture", "created_at"),
     ),
     "Container": _obj(
         {
@@ -391,7 +459,9 @@ def document(router: Router) -> dict[str, object]:
         if route.method != "GET":
             # Changes may need the host's features, and space in the pool.
             errors += [501, 507]
-        if route.pattern.startswith("/1.0/operations") or route.pattern.endswith("/build"):
+        if route.pattern.startswith("/1.0/operations") or route.pattern.endswith(
+            ("/build", "/pull")
+        ):
             errors.append(499)
         if route.body is not None and "wait" in route.body.get("properties", {}):  # type: ignore[operator]
             # A start or restart that waits for the container to be ready.

@@ -19,7 +19,10 @@ until it is named here. On the routes they get:
   yet (a disk mounts host paths or shared volumes). A copy of a container
   with such a device is refused to them too;
 * templates, networks and the server are read-only: no build, delete,
-  network create or delete, stop-all, and no operations (the builds).
+  network create or delete, stop-all, and no operations (the builds);
+* images and remotes are read-only: they may list them and create from
+  a cached image, but not pull (a download fills the host's pool with
+  what a server sends), publish, delete, or add or remove remotes.
 
 Every refusal is a 403 that names what and why.
 """
@@ -83,6 +86,10 @@ USER_ROUTES: dict[tuple[str, str], Rule] = {
     ("GET", "/1.0/openapi.json"): Rule.ANY,
     ("GET", "/1.0/templates"): Rule.ANY,
     ("GET", "/1.0/templates/{name}"): Rule.ANY,
+    ("GET", "/1.0/images"): Rule.ANY,
+    ("GET", "/1.0/images/{ref}"): Rule.ANY,
+    ("GET", "/1.0/remotes"): Rule.ANY,
+    ("GET", "/1.0/remotes/{name}/images"): Rule.ANY,
     ("GET", "/1.0/networks"): Rule.ANY,
     ("GET", "/1.0/networks/{name}"): Rule.ANY,
     ("GET", "/1.0/events"): Rule.ANY,
@@ -165,6 +172,14 @@ class Policy:
         if rule is Rule.ANY:
             return
         if rule is Rule.CREATE:
+            image = req.json().get("image")
+            if isinstance(image, str) and ":" in image:
+                # A download fills the host's pool with what the server sends.
+                raise Forbidden(
+                    f"{_restricted(caller)} may not download images ({image})",
+                    hint=f"create from a cached image (`lxpy image list`); a member of "
+                    f"group {caller.groups.admin!r} may pull it first (`lxpy image pull {image}`)",
+                )
             config = req.json().get("config") or {}
             if not isinstance(config, dict):
                 raise InvalidArgument(f"'config' must be an object of key: value, got {config!r}")

@@ -17,6 +17,12 @@ ever listed and no name is left taken:
                      finish (snapshots, record, console log, run dir).
     template-build   a template volume that is not the one from before the
                      build is the new one: its metadata is written.
+    image-pull       the image volume is there: its metadata (kept in the
+                     intent) is written. Else nothing is left (storage
+                     recovery removes the staging volume).
+    image-publish    the image volume is there without metadata: it goes.
+    (downloads)      a verified download no pull uses any more goes; an
+                     interrupted one (.part) stays to be resumed.
     network-create   no record: its dnsmasq, bridge and files go.
     network-delete   finish: dnsmasq, bridge, record and files go.
 
@@ -35,6 +41,7 @@ from lxpy.daemon.events import now_iso
 from lxpy.daemon.journal import Journal
 from lxpy.daemon.registry import Registry
 from lxpy.errors import LxpyError
+from lxpy.model.images import is_fingerprint
 from lxpy.storage.base import Backend
 
 if TYPE_CHECKING:
@@ -107,6 +114,39 @@ class Settler:
             )
         return "completed"
 
+    def image_pull(self, f: Fields) -> str:
+        fp = str(f["name"])
+        # Its verified downloads are no use once the pull has ended either way.
+        files = f.get("files")
+        for sha in files if isinstance(files, list) else []:
+            if is_fingerprint(str(sha)):
+                (self.registry.downloads / str(sha)).unlink(missing_ok=True)
+        if not self.backend.template_exists("@" + fp):
+            return "undone"
+        meta = f.get("meta")
+        if self.registry.image_meta(fp) is None and isinstance(meta, dict):
+            self.registry.save_image_meta(fp, meta)
+        return "completed"
+
+    def clean_downloads(self) -> None:
+        """Remove the verified downloads a crash left between a download
+        and its pull's intent: no pull runs at start, and a later pull
+        downloads again. A `.part` stays, to be resumed."""
+        d = self.registry.downloads
+        for p in d.iterdir() if d.is_dir() else []:
+            if not p.name.endswith(".part"):
+                log.info("recovery: removing the download %s", p)
+                p.unlink(missing_ok=True)
+
+    def image_publish(self, f: Fields) -> str:
+        fp = str(f["name"])
+        if self.registry.image_meta(fp) is not None:
+            return "completed"
+        # Published without its metadata: its aliases and source are
+        # unknown, so it is no image anyone asked for.
+        self.backend.delete_template("@" + fp)
+        return "undone"
+
 
 def settle_containers(journal: Journal, s: Settler) -> None:
     """Settle the container and template intents. Blocking; call it before
@@ -118,8 +158,11 @@ def settle_containers(journal: Journal, s: Settler) -> None:
         "rename": s.rename,
         "delete": s.delete,
         "template-build": s.template_build,
+        "image-pull": s.image_pull,
+        "image-publish": s.image_publish,
     }
     _settle(journal, rules)
+    s.clean_downloads()
 
 
 def settle_networks(journal: Journal, nets: Networks) -> None:

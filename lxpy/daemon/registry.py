@@ -62,10 +62,14 @@ class Registry:
     def __init__(self, root: Path) -> None:
         self.containers = root / "containers"
         self.templates = root / "templates"
+        # Image metadata (FINGERPRINT.json), downloads under way, remotes.
+        self.images = root / "images"
+        self.downloads = self.images / "downloads"
+        self.remotes_file = root / "remotes.json"
 
     def prepare(self) -> None:
         """Create the record directories."""
-        for d in (self.containers, self.templates):
+        for d in (self.containers, self.templates, self.images, self.downloads):
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # -- containers ---------------------------------------------------------
@@ -126,14 +130,7 @@ class Registry:
     # -- templates ----------------------------------------------------------
     def template_meta(self, name: str) -> dict[str, object] | None:
         """The build metadata of template `name`, None when never built (or unreadable)."""
-        try:
-            data = json.loads((self.templates / f"{name}.json").read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            log.warning("ignoring unreadable metadata of template %s: %s", name, e)
-            return None
-        return data if isinstance(data, dict) else None
+        return _read_json(self.templates / f"{name}.json", f"template {name}")
 
     def save_template_meta(self, name: str, meta: dict[str, object]) -> None:
         write_atomic(self.templates / f"{name}.json", json.dumps(meta, indent=1).encode())
@@ -144,3 +141,41 @@ class Registry:
 
     def template_log(self, name: str) -> Path:
         return self.templates / f"{name}.log"
+
+    # -- images -------------------------------------------------------------
+    def image_meta(self, fingerprint: str) -> dict[str, object] | None:
+        """The metadata of image `fingerprint`, None when there is none."""
+        return _read_json(self.images / f"{fingerprint}.json", f"image {fingerprint[:12]}")
+
+    def save_image_meta(self, fingerprint: str, meta: dict[str, object]) -> None:
+        write_atomic(self.images / f"{fingerprint}.json", json.dumps(meta, indent=1).encode())
+
+    def delete_image_meta(self, fingerprint: str) -> None:
+        (self.images / f"{fingerprint}.json").unlink(missing_ok=True)
+
+    def all_image_meta(self) -> dict[str, dict[str, object]]:
+        """Every image's metadata by fingerprint."""
+        out = {}
+        for f in sorted(self.images.glob("*.json")):
+            meta = _read_json(f, f"image {f.stem[:12]}")
+            if meta is not None:
+                out[f.stem] = meta
+        return out
+
+    def remotes(self) -> dict[str, object] | None:
+        """The image servers as saved (None: never changed, the defaults)."""
+        return _read_json(self.remotes_file, "the remotes")
+
+    def save_remotes(self, remotes: dict[str, object]) -> None:
+        write_atomic(self.remotes_file, json.dumps(remotes, indent=1).encode())
+
+
+def _read_json(path: Path, what: str) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable metadata of %s: %s", what, e)
+        return None
+    return data if isinstance(data, dict) else None

@@ -19,6 +19,8 @@ from lxpy.daemon.device_routes import add_device_routes, add_volume_routes
 from lxpy.daemon.events import EVENT_TYPES
 from lxpy.daemon.http import Request, Router, Send, Stream
 from lxpy.daemon.httpread import Limits
+from lxpy.daemon.image_routes import add_image_routes
+from lxpy.daemon.images import Images
 from lxpy.daemon.lifecycle_routes import STOP_BODY, add_lifecycle_routes, stop_args
 from lxpy.daemon.peers import Groups
 from lxpy.daemon.policy import Policy, owner_of
@@ -55,7 +57,8 @@ def build_router(d: Daemon) -> Router:
     policy = Policy(lambda: d.records)
     r.authorize = policy.authorize
     templates = Templates(d)
-    containers = Containers(d, templates)
+    images = Images(d)
+    containers = Containers(d, templates, images)
     ops = d.ops
 
     # -- server -------------------------------------------------------------
@@ -117,6 +120,8 @@ def build_router(d: Daemon) -> Router:
         response=openapi.EMPTY,
     )
 
+    add_image_routes(r, images)
+
     # -- containers ---------------------------------------------------------
     async def list_containers(req: Request) -> object:
         only = partial(policy.visible, req.caller) if req.caller.restricted else None
@@ -157,7 +162,8 @@ def build_router(d: Daemon) -> Router:
         "POST",
         "/1.0/containers",
         create_container,
-        "Create a container (building its template first if needed)",
+        "Create a container from a template (built first if needed) or an image (pulled "
+        "first if needed)",
         status=201,
         body=openapi.CREATE_BODY,
         response=S("Container"),

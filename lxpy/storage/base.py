@@ -59,6 +59,11 @@ class Backend(ABC):
         `name` (replacing a stale one left by a crash) and return its path."""
 
     @abstractmethod
+    def begin_template_from(self, name: str, src: Path) -> Path:
+        """Like begin_template, but the staging volume is a writable copy
+        of the volume at `src` (a container's rootfs or a snapshot)."""
+
+    @abstractmethod
     def template_identity(self, name: str) -> str | None:
         """What tells this volume of template `name` from any other that had
         the name before or after (None: not built)."""

@@ -10,6 +10,8 @@ is never visible under a real name.
 Hidden names (a leading '.', which validated names never have) in a tree:
 
     .build-NAME        staging volume of template NAME (templates/)
+    @FINGERPRINT       an image (downloaded or published), kept as a
+                       template whose name no definition can have
     .old-NAME          the previous template NAME while a new one is committed
     .restore-NAME      a container's rootfs while a snapshot is restored over it
     .trash-NAME-XXXX   a volume being destroyed
@@ -250,6 +252,17 @@ class TreeBackend(Backend):
         self._remove(staging, what)
         with translate(what):
             self._new_volume(staging)
+        return staging
+
+    def begin_template_from(self, name: str, src: Path) -> Path:
+        staging = self._staging(name)
+        what = f"staging volume of template {name!r}"
+        self._remove(staging, what)
+        if not self._is_volume(src):
+            raise NotFound(f"{what}: its source {src} is not a volume")
+        self._need_free(staging, what)
+        with translate(what):
+            self._copy(src, staging, read_only=False)
         return staging
 
     def template_identity(self, name: str) -> str | None:

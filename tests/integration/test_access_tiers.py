@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from lxpy.api.client import Client
 from tests.conftest import (
     VENV_BIN,
     Daemon,
@@ -34,6 +35,7 @@ from tests.conftest import (
     unmount_all_under,
     wait_for,
 )
+from tests.simplestreams import Product, Server, build_tree, host_arch, rootfs_tarball
 
 pytestmark = pytest.mark.integration
 
@@ -50,6 +52,10 @@ RESTRICTED_ROUTES = {
     ("GET", "/1.0/templates/{name}"),
     ("GET", "/1.0/networks"),
     ("GET", "/1.0/networks/{name}"),
+    ("GET", "/1.0/images"),
+    ("GET", "/1.0/images/{ref}"),
+    ("GET", "/1.0/remotes"),
+    ("GET", "/1.0/remotes/{name}/images"),
     ("GET", "/1.0/events"),
     ("GET", "/1.0/containers"),
     ("POST", "/1.0/containers"),
@@ -381,6 +387,52 @@ def test_restricted_users_only_read_templates_networks_and_the_server(lab: Lab) 
         assert f"only root and members of group {lab.admin_group!r} may" in err
     assert "lxtnet0" not in lab.ok(lab.admin, "network", "list")
     assert f"refused uid {lab.uid(lab.alice)}" in lab.d.log.read_text()
+
+
+def test_restricted_users_create_from_cached_images_only(lab: Lab, tmp_path: Path) -> None:
+    g = lab.user_group
+    lab.ok(lab.admin, "template", "build", "busybox")
+    pool = Path(Client(str(lab.d.socket)).server_info()["storage"]["path"])
+    tar = tmp_path / "root.tar.xz"
+    rootfs_tarball(pool / "templates" / "busybox", tar)
+    build_tree(tmp_path / "tree", [Product("bb", "1", host_arch(), "default", "2026", tar)])
+    with Server(tmp_path / "tree") as server:
+        lab.ok(lab.admin, "remote", "add", "lab", server.url)
+        assert "lab" in lab.ok(lab.alice, "remote", "list")
+        assert "bb/1" in lab.ok(lab.alice, "image", "list", "lab:")
+        for args, what in (
+            (("image", "pull", "lab:bb/1"), "POST /1.0/images/pull"),
+            (("remote", "add", "x", server.url), "POST /1.0/remotes"),
+            (("remote", "remove", "lab"), "DELETE /1.0/remotes/{name}"),
+        ):
+            err = lab.refused(lab.alice, *args)
+            assert f"restricted users (group {g}) may not use {what}" in err, err
+        # The command pulls first (refused); the API's create is refused too.
+        err = lab.refused(lab.alice, "create", "a-img", "--image", "lab:bb/1")
+        assert "may not use POST /1.0/images/pull" in err, err
+        code = (
+            "from lxpy.api.client import Client; from lxpy.errors import LxpyError\n"
+            f"c = Client({str(lab.d.socket)!r})\n"
+            "try:\n    c.create_container('a-img', None, image='lab:bb/1')\n"
+            "except LxpyError as e:\n    print(e.message)\n"
+        )
+        out, _ = lab.python(lab.alice, code).communicate(timeout=60)
+        assert f"restricted users (group {g}) may not download images (lab:bb/1)" in out, out
+        assert server.file_requests() == 0
+        lab.ok(lab.admin, "image", "pull", "lab:bb/1")
+    fp = json.loads(lab.ok(lab.alice, "image", "list", "--format", "json"))[0]["fingerprint"]
+    lab.ok(lab.admin, "image", "alias", fp, "bb")
+    lab.ok(lab.alice, "create", "a-img", "--image", "bb")
+    try:
+        assert info(lab.d, "a-img")["owner"] == {"uid": lab.uid(lab.alice), "restricted": True}
+        err = lab.refused(lab.alice, "publish", "a-img", "--alias", "mine")
+        assert "may not use POST /1.0/images" in err, err
+        err = lab.refused(lab.alice, "image", "delete", "bb")
+        assert "may not use DELETE /1.0/images/{ref}" in err, err
+    finally:
+        lab.ok(lab.alice, "destroy", "a-img", "--force")
+        lab.ok(lab.admin, "image", "delete", "bb")
+        lab.ok(lab.admin, "remote", "remove", "lab")
 
 
 # Asks each (method, path) read from stdin as JSON; prints [status, code] each.

@@ -4,11 +4,11 @@ For each (operation, step) of lxpy.daemon.crashpoint.STEPS, lxpyd is started
 with LXPY_CRASH_AT=OP:STEP, the operation is run with the real `lxpy`
 command, lxpyd SIGKILLs itself right after that step, and a new lxpyd is
 started on the same root. Then: it answers; what the operation was about
-(container, snapshot, template, network) is fully there or fully gone; its
-name is usable again; no intent, hidden volume, mount, loop device,
-cgroup, veth, netns, nft rule, dnsmasq or lxpyd helper process is left;
-and the container that ran through all of it was adopted with the same
-init pid.
+(container, snapshot, template, image, network) is fully there or fully
+gone; its name is usable again; no intent, hidden volume, mount, loop
+device, cgroup, veth, netns, nft rule, dnsmasq, lxpyd helper process or
+image download is left; and the container that ran through all of it was
+adopted with the same init pid.
 
 One root, pool, network and running container serve every case (module
 fixture); each case leaves them as it found them.
@@ -33,6 +33,7 @@ from lxpy.network import links, nftables
 from tests import conftest
 from tests.conftest import Daemon, info, start_daemon, stop_daemon, wait_for
 from tests.integration.test_network import IP, NFT, bridge_exists, free_subnet, net_name, scrub
+from tests.simplestreams import Product, Server, build_tree, host_arch, rootfs_tarball
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +53,8 @@ class Site:
     net: str
     keep_pid: int
     d: Daemon
+    # The URL of a local image server (image-pull cases).
+    mirror: str = ""
     # What a quiet root holds: mounts and loop devices under tmp, cgroups.
     mounts: set[str] = field(default_factory=set)
     loops: set[str] = field(default_factory=set)
@@ -313,6 +316,44 @@ def _settle_device(s: Site) -> None:
         s.d.cli("device", "remove", "c1", "www")
     s.d.cli("device", "add", *_device_args(s))
     assert s.d.cli("exec", "c1", "--", "cat", "/srv/www/f").stdout == "shared"
+
+
+def _images(s: Site) -> list[dict[str, object]]:
+    return list(json.loads(s.d.cli("image", "list", "--format", "json").stdout))
+
+
+def _image_whole_or_gone(s: Site, alias: str | None) -> None:
+    """The image is listed with its read-only volume, or neither is there;
+    no verified download is left either way. Then it is deleted."""
+    images = _images(s)
+    vols = sorted(p.name[1:] for p in (s.pool / "templates").glob("@*"))
+    assert sorted(str(i["fingerprint"]) for i in images) == vols, (images, vols)
+    assert [p for p in (s.root / "images" / "downloads").iterdir()] == []
+    for img in images:
+        if alias is not None:
+            assert img["aliases"] == [alias]
+        s.d.cli("create", "img1", "--image", str(img["fingerprint"]))
+        _destroy(s, "img1")
+        s.d.cli("image", "delete", str(img["fingerprint"]))
+
+
+def _prep_pull(s: Site) -> None:
+    remotes = json.loads(s.d.cli("remote", "list", "--format", "json").stdout)
+    if "crash" not in [r["name"] for r in remotes]:
+        s.d.cli("remote", "add", "crash", s.mirror)
+
+
+def _settle_pull(s: Site) -> None:
+    _image_whole_or_gone(s, None)
+    # Pulled again (or the first time): it works.
+    s.d.cli("image", "pull", "crash:busybox/1.36")
+    _image_whole_or_gone(s, None)
+
+
+def _settle_publish(s: Site) -> None:
+    _image_whole_or_gone(s, "pub")
+    s.d.cli("publish", "c1", "--alias", "pub")
+    _image_whole_or_gone(s, "pub")
     _destroy(s, "c1")
 
 
@@ -326,6 +367,8 @@ OPS: dict[str, tuple[Callable[[Site], None] | None, list[str], Callable[[Site], 
     "snapshot-delete": (_prep_snapped, ["snapshot", "delete", "c1", "s1"], _settle_snapshot),
     "restore": (_prep_restore, ["snapshot", "restore", "c1", "s1"], _settle_restore),
     "template-build": (None, ["template", "build", "busybox", "--force"], _settle_template),
+    "image-pull": (_prep_pull, ["image", "pull", "crash:busybox/1.36"], _settle_pull),
+    "image-publish": (_prep_one, ["publish", "c1", "--alias", "pub"], _settle_publish),
     "network-create": (None, [], _settle_network),
     "network-delete": (_prep_network, [], _settle_network),
     "device-add": (_prep_device_add, [], _settle_device),
@@ -385,10 +428,24 @@ def _cmdline(p: Path) -> bytes:
         return b""
 
 
+@pytest.fixture(scope="module")
+def mirror(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A simplestreams tree with the busybox template's rootfs, served on loopback."""
+    tmp = tmp_path_factory.mktemp("mirror")
+    tar = tmp / "root.tar.xz"
+    rootfs_tarball(site.pool / "templates" / "busybox", tar)
+    product = Product("busybox", "1.36", host_arch(), "default", "20261201_00:00", tar)
+    build_tree(tmp / "tree", [product])
+    with Server(tmp / "tree") as server:
+        yield server.url
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_crash_at(site: Site, case: str) -> None:
+def test_crash_at(site: Site, case: str, request: pytest.FixtureRequest) -> None:
     s = site
     op, _, step = case.partition(":")
+    if op == "image-pull":
+        s.mirror = request.getfixturevalue("mirror")
     prepare, _, settle = OPS[op]
     stop_daemon(s.d)
     d = s.start(crash_at=case)

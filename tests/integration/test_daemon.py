@@ -141,6 +141,16 @@ ROUTES = {
     ("get", "/1.0/operations/{id}/stream"),
     ("delete", "/1.0/operations/{id}"),
     ("get", "/1.0/events"),
+    ("get", "/1.0/remotes"),
+    ("post", "/1.0/remotes"),
+    ("delete", "/1.0/remotes/{name}"),
+    ("get", "/1.0/remotes/{name}/images"),
+    ("get", "/1.0/images"),
+    ("post", "/1.0/images"),
+    ("post", "/1.0/images/pull"),
+    ("get", "/1.0/images/{ref}"),
+    ("patch", "/1.0/images/{ref}"),
+    ("delete", "/1.0/images/{ref}"),
     ("get", "/1.0/networks"),
     ("post", "/1.0/networks"),
     ("get", "/1.0/networks/{name}"),
@@ -192,7 +202,8 @@ def test_info_and_openapi(daemon: Daemon) -> None:
                 assert ref.split("/")[-1] in schemas, ref
     create = doc["paths"]["/1.0/containers"]["post"]
     body = create["requestBody"]["content"]["application/json"]["schema"]
-    assert body["required"] == ["name", "template"]
+    assert body["required"] == ["name"]
+    assert body["oneOf"] == [{"required": ["template"]}, {"required": ["image"]}]
     assert "201" in create["responses"]
     stream = doc["paths"]["/1.0/events"]["get"]["responses"]["200"]["content"]
     assert "application/x-ndjson" in stream
