@@ -154,7 +154,7 @@ def furnish(root: Path, stage: str) -> None:
 
 
 def make_source(d: Daemon, name: str) -> None:
-    """Container `name` with config and two snapshots, s1 and s2."""
+    """Container `name` with config, a device and two snapshots, s1 and s2."""
     d.cli(
         "create", name, "-t", "busybox",
         "--set", "description=a backup test",
@@ -162,6 +162,9 @@ def make_source(d: Daemon, name: str) -> None:
         "--set", "limits.memory=256MiB",
         timeout=300,
     )  # fmt: skip
+    share = d.root.parent / f"{name}-share"
+    share.mkdir(exist_ok=True)
+    d.cli("device", "add", name, "www", "disk", f"source={share}", "path=/srv/www")
     for stage, snap in (("one", "s1"), ("two", "s2"), ("three", None)):
         furnish(rootfs(d, name), stage)
         if snap:
@@ -172,6 +175,7 @@ def assert_same_container(d: Daemon, src: str, dst: str, d2: Daemon | None = Non
     d2 = d2 or d
     a, b = info(d, src), info(d2, dst)
     assert b["config"] == a["config"]
+    assert b["devices"] == a["devices"] and "www" in a["devices"], (a, b)
     assert b["snapshots"] == a["snapshots"] == ["s1", "s2"]
     assert b["template"] == a["template"]
     assert_same_tree(snapshot(d, src, "s1"), snapshot(d2, dst, "s1"))
@@ -520,6 +524,9 @@ def test_copy_is_a_new_machine(daemon: Daemon) -> None:
         )  # fmt: skip
         machine_id = "0123456789abcdef0123456789abcdef\n"
         (rootfs(d, "src") / "etc" / "machine-id").write_text(machine_id)
+        share = d.root.parent / "src-share"
+        share.mkdir()
+        d.cli("device", "add", "src", "www", "disk", f"source={share}", "path=/srv/www")
         d.cli("snapshot", "create", "src", "s1")
         (rootfs(d, "src") / "etc" / "later").write_text("after s1")
 
@@ -531,6 +538,7 @@ def test_copy_is_a_new_machine(daemon: Daemon) -> None:
         dup = info(d, "dup")
         assert "ipv4.address" not in dup["config"]
         assert dup["config"]["user.k"] == "v" and dup["config"]["network"] == [net]
+        assert dup["devices"] == info(d, "src")["devices"] and "www" in dup["devices"]
         assert info(d, "src")["config"]["ipv4.address"] == pinned
         # Snapshots come along, as they were.
         assert dup["snapshots"] == ["s1"]

@@ -316,6 +316,7 @@ def _settle_device(s: Site) -> None:
         s.d.cli("device", "remove", "c1", "www")
     s.d.cli("device", "add", *_device_args(s))
     assert s.d.cli("exec", "c1", "--", "cat", "/srv/www/f").stdout == "shared"
+    _destroy(s, "c1")
 
 
 def _images(s: Site) -> list[dict[str, object]]:

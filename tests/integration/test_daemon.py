@@ -131,6 +131,8 @@ ROUTES = {
     ("patch", "/1.0/containers/{name}/config"),
     ("post", "/1.0/containers/{name}/rename"),
     ("post", "/1.0/containers/{name}/copy"),
+    ("get", "/1.0/containers/{name}/export"),
+    ("post", "/1.0/containers/import"),
     ("get", "/1.0/containers/{name}/snapshots"),
     ("post", "/1.0/containers/{name}/snapshots"),
     ("post", "/1.0/containers/{name}/snapshots/{snap}/restore"),
