@@ -257,6 +257,17 @@ def test_unix_devices_live_and_at_start(lab: Lab) -> None:  # noqa: F811
         "/dev/fuse after a restart",
     )
     assert res
+    # And after a reboot inside (a new init, in a new mount namespace).
+    pid = lab.info(name)["init_pid"]
+    assert lab.run_in(name, "reboot").returncode == 0
+    wait_for(lambda: lab.info(name)["init_pid"] not in (pid, None), 30, "a new init")
+    for node in ("/dev/fuse", "/dev/net/tun"):
+        res = wait_for(
+            lambda: lab.run_in(name, "sh", "-c", opened.format(node)).returncode == 0,  # noqa: B023
+            15,
+            f"{node} after a reboot inside",
+        )
+        assert res
     # Bad ones: refused, the record as it was.
     before = record(lab, name)
     for args, what in (

@@ -163,7 +163,13 @@ def test_the_bash_script_parses() -> None:
 def test_devices_and_volumes_complete() -> None:
     assert values("device", "show", "web", "") == ["web-www"]
     assert values("device", "remove", "db", "d") == ["db-www"]
-    assert values("device", "add", "web", "www", "") == ["disk", "nic", "proxy", "unix-block", "unix-char"]
+    assert values("device", "add", "web", "www", "") == [
+        "disk",
+        "nic",
+        "proxy",
+        "unix-block",
+        "unix-char",
+    ]
     assert values("device", "add", "web", "www", "disk", "pa") == ["path="]
     assert values("device", "add", "web", "www", "disk", "path=/x", "re") == [
         "readonly=",

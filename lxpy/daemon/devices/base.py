@@ -210,6 +210,11 @@ class DeviceType:
             hint=f"stop container {dev.container!r} first, change it, and start it again",
         )
 
+    async def rebooted(self, d: Daemon, dev: Dev, pid: int) -> None:
+        """The container rebooted inside: a new init (host pid `pid`) under
+        the same monitor, in a new mount namespace. Set up again what lived
+        only there (the monitor mounts again what the start planned)."""
+
     async def adopted(self, d: Daemon, dev: Dev, pid: int) -> None:
         """The running container (init: host pid `pid`) was found by a new
         lxpyd: make again what died with the last one (a proxy's forwarder)."""

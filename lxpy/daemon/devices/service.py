@@ -252,7 +252,9 @@ class Devices:
     async def rebooted(self, name: str, pid: int) -> None:
         """Container `name` rebooted inside (new init: host pid `pid`). Its
         monitor set up again what it was started with: devices removed
-        since are taken out again, those added since plugged in again."""
+        since are taken out again, those added since plugged in again, and
+        the others set up again where they lived in the old init's mount
+        namespace (a unix device's node)."""
         d = self.d
         async with d.lock(name):
             record = d.records.get(name)
@@ -265,9 +267,13 @@ class Devices:
                     await _quietly(t.unplug(d, Dev(name, dev, options), pid), f"unplug {dev}")
             for dev in sorted(self.active.get(name, set())):
                 now = record.devices.get(dev)
-                if now is not None and launched.get(dev) != now:
-                    t = device_type(now["type"])
+                if now is None:
+                    continue
+                t = device_type(now["type"])
+                if launched.get(dev) != now:
                     await _quietly(t.plug(d, Dev(name, dev, now), pid), f"plug {dev}")
+                else:
+                    await _quietly(t.rebooted(d, Dev(name, dev, now), pid), f"set up {dev}")
 
     async def forget_all(self, record: Container) -> None:
         """Container `record` is deleted: its devices are forgotten."""

@@ -85,6 +85,10 @@ class UnixDevice(DeviceType):
     async def plug(self, d: Daemon, dev: Dev, pid: int) -> None:
         await self._plug(d, dev, pid, others=_rules(d, dev, include=False))
 
+    async def rebooted(self, d: Daemon, dev: Dev, pid: int) -> None:
+        # The node was bound into the old init's mount namespace.
+        await self._plug(d, dev, pid, others=_rules(d, dev, include=False))
+
     async def _plug(self, d: Daemon, dev: Dev, pid: int, others: list[str]) -> None:
         opts = dev.options
         node = await trio.to_thread.run_sync(hostdev.inspect, opts["source"], self.NAME)
