@@ -121,7 +121,14 @@ def _hierarchies() -> list[Hierarchy]:
     start CPU, and leaves garbage that differs from one monitor to the
     next: private memory that ksmd cannot fold.
     """
-    if HIERARCHIES is not None and HIERARCHIES[0] == hierarchy_ids():
+    if (
+        HIERARCHIES is not None
+        and HIERARCHIES[0] == hierarchy_ids()
+        # A hierarchy unmounted since keeps its ID while the kernel frees
+        # it, which can take a while: its mountpoint then holds no
+        # cgroup.procs.
+        and all(os.path.exists(os.path.join(h.mountpoint, "cgroup.procs")) for h in HIERARCHIES[1])
+    ):
         return HIERARCHIES[1]
     return hierarchies()
 

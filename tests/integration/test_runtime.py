@@ -26,9 +26,17 @@ import pytest
 
 from lxpy.errors import LxpyError
 from lxpy.kernel import bpfdev, pages
-from lxpy.kernel.cgroups import PREFIX, ContainerCgroup, hierarchies, remove_parent
+from lxpy.kernel.cgroups import (
+    PREFIX,
+    ContainerCgroup,
+    Hierarchy,
+    hierarchies,
+    hierarchy_ids,
+    remove_parent,
+)
 from lxpy.kernel.devices import ALLOWED, devices_dir, init_parent
 from lxpy.kernel.limits import controller_dir
+from lxpy.runtime import monitor
 from lxpy.runtime.control import MonitorClient
 from lxpy.runtime.spec import LaunchSpec
 from lxpy.runtime.zygote import spawn_monitor, spawn_request, start_zygote
@@ -234,6 +242,21 @@ def test_a_cgroup_hierarchy_mounted_later_holds_the_next_container(
     b = boot()
     procs = named_hierarchy / PARENT / (PREFIX + b.spec.name) / "cgroup.procs"
     assert str(b.init_pid) in procs.read_text().split()
+
+
+def test_a_kept_hierarchy_unmounted_since_is_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the zygote read at its start (monitor._hierarchies): kept while
+    # the kernel has the same hierarchies. One unmounted since keeps its ID
+    # while the kernel frees it (seconds, on a busy host): its mountpoint,
+    # no longer a cgroup tree, sends the monitor back to the mount table.
+    now = hierarchies()
+    gone = Hierarchy(str(tmp_path), 1, ())
+    monkeypatch.setattr(monitor, "HIERARCHIES", (hierarchy_ids(), [*now, gone]))
+    assert monitor._hierarchies() == now
+    monkeypatch.setattr(monitor, "HIERARCHIES", (hierarchy_ids(), now))
+    assert monitor._hierarchies() is now
 
 
 def test_stop_with_halt_signal_removes_everything(boot: Callable[..., Booted]) -> None:
