@@ -18,6 +18,11 @@ alternate the tools; one warm-up round is not counted.
       `lxc-stop`, SIGTERM to systemd-nspawn (which forwards SIGRTMIN+3 to
       init and waits for it), `lxpy stop`.
 
+lxpy runs with lxpyd's defaults (lxcfs on where it is installed, and
+LXC then binds the same files from the same lxcfs; the init read-ahead
+on), and once more through the API with `read_ahead = false`, a daemon of
+its own: the read-ahead's share of the figure.
+
 The lxpy rows appear once this checkout has `lxpy start`. Everything made
 is removed at the end, also on failure or Ctrl-C.
 """
@@ -48,6 +53,7 @@ from common import (  # noqa: E402
     ms_since,
     print_table,
     snapshot,
+    summary,
     userspace_ms,
     verdict,
     wait_running,
@@ -58,6 +64,7 @@ LXC = "LXC 5 (lxc-start -d, lxc-stop)"
 NSPAWN = "systemd-nspawn (--boot, SIGTERM)"
 LXPY_CLI = "lxpy CLI (lxpy start, lxpy stop)"
 LXPY_API = "lxpy API (POST start, POST stop)"
+LXPY_NO_AHEAD = "lxpy API, read_ahead = false"
 # LXC runs these containers privileged (its default as root); lxpy's
 # default is unprivileged (a user namespace and an idmapped rootfs to set
 # up on each start). This row is the like-for-like comparison.
@@ -205,6 +212,9 @@ def main() -> int:
             tools[LXPY_CLI] = LxpyTool(lxpy, cli=True)
             tools[LXPY_API] = LxpyTool(lxpy, cli=False)
             tools[LXPY_PRIV] = LxpyTool(lxpy, cli=False, privileged=True)
+            plain = Lxpy(scratch, read_ahead=False)
+            plain.build(TEMPLATE)
+            tools[LXPY_NO_AHEAD] = LxpyTool(plain, cli=False)
         results = {label: Results() for label in tools}
         for r in range(args.runs + 1):
             for i, (label, tool) in enumerate(tools.items()):
@@ -237,7 +247,9 @@ def main() -> int:
         ns_stop = med[NSPAWN][1]
         print()
         if have_lxpy:
-            for k in (LXPY_CLI, LXPY_API, LXPY_PRIV):
+            for k in (LXPY_CLI, LXPY_API, LXPY_PRIV, LXPY_NO_AHEAD):
+                summary("boot", f"Debian start to running: {k}", med[k][0], lxc_boot, LXC)
+                summary("boot", f"Debian clean stop: {k}", med[k][1], ns_stop, NSPAWN)
                 over = statistics.median(results[k].overhead) if results[k].overhead else None
                 verdict(
                     f"{k}: start median {med[k][0]:.1f} ms <= LXC's {lxc_boot:.1f} ms",
