@@ -49,20 +49,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import btrfsutil  # noqa: E402
-from common import (  # noqa: E402
-    Lxc,
-    Lxpy,
-    Scratch,
-    build_template_tree,
-    delete_tree,
-    install_compared,
-    lxpy_can_run,
-    print_table,
-    run,
-    snapshot,
-    summary,
-    verdict,
-)
+import common  # noqa: E402
+from common import Lxc, Lxpy, Scratch  # noqa: E402
 
 from lxpy.storage.btrfs import BtrfsBackend  # noqa: E402
 from lxpy.storage.dir import DirBackend  # noqa: E402
@@ -166,10 +154,10 @@ def whole_commands(runs: int) -> dict[str, list[float]]:
         lxc = Lxc(scratch, path=scratch.pool / "lxc")
         base = lxc.path / "base" / "rootfs"
         base.parent.mkdir()
-        build_template_tree(TEMPLATE, scratch.pool / "tree")
-        snapshot(scratch.pool / "tree", base)
+        common.build_template_tree(TEMPLATE, scratch.pool / "tree")
+        common.snapshot(scratch.pool / "tree", base)
         lxc.define("base", base, backing="btrfs")
-        scratch.defer(delete_tree, base)
+        scratch.defer(common.delete_tree, base)
         # Round 0 warms the page cache and the daemon; it is not counted.
         for i in range(runs + 1):
             name = f"c{i}"
@@ -177,8 +165,8 @@ def whole_commands(runs: int) -> dict[str, list[float]]:
             lxpy.client.delete_container(name)
             api = timed(partial(lxpy.create, name, TEMPLATE))
             lxpy.client.delete_container(name)
-            copy = timed(partial(run, lxc.argv("lxc-copy", "base", "-N", name, "-s")))
-            run(lxc.argv("lxc-destroy", name))
+            copy = timed(partial(common.run, lxc.argv("lxc-copy", "base", "-N", name, "-s")))
+            common.run(lxc.argv("lxc-destroy", name))
             if i > 0:
                 out[CREATE_CLI].append(cli)
                 out[CREATE_API].append(api)
@@ -200,14 +188,14 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_create.py needs root (loop devices, mount, btrfs ioctls)", file=sys.stderr)
         return 2
-    install_compared("lxc-start")
-    if lxpy_can_run():
+    common.install_compared("lxc-start")
+    if common.lxpy_can_run():
         whole = whole_commands(args.runs)
-        print_table("whole commands, busybox template, no network", list(whole.items()))
+        common.print_table("whole commands, busybox template, no network", list(whole.items()))
         cli, api, copy = (statistics.median(whole[k]) for k in (CREATE_CLI, CREATE_API, LXC_COPY))
-        verdict(f"lxpy create median {cli:.1f} ms <= lxc-copy -s {copy:.1f} ms", cli <= copy)
-        summary("create", "lxpy create (whole command)", cli, copy, "LXC 5 lxc-copy -s")
-        summary("create", "POST /1.0/containers", api, copy, "LXC 5 lxc-copy -s")
+        common.verdict(f"lxpy create median {cli:.1f} ms <= lxc-copy -s {copy:.1f} ms", cli <= copy)
+        common.summary("create", "lxpy create (whole command)", cli, copy, "LXC 5 lxc-copy -s")
+        common.summary("create", "POST /1.0/containers", api, copy, "LXC 5 lxc-copy -s")
         print()
 
     work = Path(tempfile.mkdtemp(prefix="lxpy-bench-", dir="/var/tmp"))
@@ -292,7 +280,7 @@ def main() -> int:
                 f" {min(xs):9.2f} {max(xs):9.2f}"
             )
         med = statistics.median(results[0][1])
-        summary("create", "(a) BtrfsBackend.create_container", med, None, "")
+        common.summary("create", "(a) BtrfsBackend.create_container", med, None, "")
         print(f"\ntarget (a) median < 5 ms: {'met' if med < 5 else 'NOT met'} ({med:.2f} ms)")
         return 0
     finally:

@@ -8,12 +8,12 @@ rules) on a temporary root, then times, per simulated container start:
   (a) Networks.attach: the daemon's call (netns + veth + bridge attach,
       static lease, dnsmasq reload), through its worker thread
   (b) links.create_netns: netns + veth + bridge attach alone
-  (c) the same set-up the way LXC does it (liblxc's veth set-up, by
+  (c) the same set-up the way LXC 5 does it (liblxc's veth set-up, by
       netlink from one process, the anchor of (b)): a new network
-      namespace (LXC's comes with its init's clone), the veth pair made in
-      the host, its host end put on the bridge and up, the peer moved into
-      the namespace, then inside it renamed eth0, given its MAC and set
-      up, and lo up
+      namespace (LXC's comes with its init's clone), the veth pair made
+      with its peer in that namespace, the host end given a private MAC,
+      put on the bridge and up, then inside the peer renamed eth0, given
+      its MAC and set up, and lo up
   (d) the same by `ip` commands (8 processes), as a script would do it:
       shown for information, LXC does not work this way
   (e) attach until a DHCP lease is held in the namespace (busybox udhcpc
@@ -33,9 +33,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,40 +79,34 @@ def ip_way(bridge: str, ns: str, host: str) -> None:
 
 
 def in_thread(fn: Callable[[], int]) -> int:
-    # unshare(CLONE_NEWNET) moves only the calling thread: a thread of its
-    # own that ends in the new namespace leaves the caller in the host's.
-    out: list[int] = []
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            out.append(fn())
-        except BaseException as e:
-            errors.append(e)
-
-    t = threading.Thread(target=work)
-    t.start()
-    t.join()
-    if errors:
-        raise errors[0]
-    return out[0]
+    # unshare(CLONE_NEWNET) moves only the calling thread: a new thread
+    # that ends in the new namespace leaves the caller in the host's.
+    with ThreadPoolExecutor(max_workers=1) as one:
+        return one.submit(fn).result()
 
 
 def lxc_way(bridge: str, host: str, mac: str) -> int:
-    """LXC's veth set-up by netlink from one process; returns an fd of the
-    namespace (closing it removes the namespace and the pair)."""
+    """LXC 5's veth set-up (liblxc's instantiate_veth, then the device set
+    up inside the container), by netlink from one process; returns an fd
+    of the namespace (closing it, with the pair deleted, removes it)."""
 
     def work() -> int:
         with IPRoute() as ip:  # opened first: it stays in the host namespace
             # The container's namespace (LXC: its init's clone(CLONE_NEWNET)).
             sc.unshare(sc.CLONE_NEWNET)
             fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            # The pair, its peer made in the container's namespace under a
+            # transient name.
             peer = host + "p"
-            ip.link("add", ifname=host, kind="veth", peer=peer)
-            (hidx,), (pidx,) = ip.link_lookup(ifname=host), ip.link_lookup(ifname=peer)
+            ip.link("add", ifname=host, kind="veth", peer={"ifname": peer, "net_ns_fd": fd})
+            (hidx,) = ip.link_lookup(ifname=host)
+            # The host end's MAC with a high first byte, so the bridge
+            # keeps its own; then on the bridge, and up.
+            (link,) = ip.get_links(hidx)
+            own = str(link.get_attr("IFLA_ADDRESS"))
+            ip.link("set", index=hidx, address="fe" + own[2:])
             ip.link("set", index=hidx, master=ip.link_lookup(ifname=bridge)[0])
             ip.link("set", index=hidx, state="up")
-            ip.link("set", index=pidx, net_ns_fd=fd)
         with IPRoute() as inside:  # opened in the new namespace
             (idx,) = inside.link_lookup(ifname=peer)
             inside.link("set", index=idx, ifname="eth0")
