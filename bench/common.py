@@ -381,6 +381,12 @@ class Scratch:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            # The daemons' logs go with the directory: their last lines say
+            # what lxpyd saw of the failure.
+            for log in sorted(self.dir.glob("lxpy-root*.log")):
+                tail = log.read_text(errors="replace").splitlines()[-30:]
+                print(f"--- last lines of {log.name}:", *tail, sep="\n", file=sys.stderr)
         self.close()
 
 
