@@ -26,7 +26,8 @@ In each round:
   lxpy CLI: `lxpy start NAME` of every container as parallel processes,
       then one list.
 
-Stops, snapshots and deletes are not timed. The anchor is LXC's "all
+Stops, snapshots and deletes are not timed; each round begins with another
+tool, so none always follows the same one. The anchor is LXC's "all
 returned" of the same kind of round; target: lxpy no slower than it.
 Everything made is removed at the end.
 
@@ -46,7 +47,9 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -173,6 +176,7 @@ def lxpy_delete(lxpy: Lxpy, names: list[str], pool: ThreadPoolExecutor) -> None:
 
 
 Timed = list[tuple[float, float]]  # (wall ms, busy CPU ms) of each counted round
+Round = Callable[[Lxpy, list[str], ThreadPoolExecutor], tuple[float, float]]
 
 
 def main() -> int:
@@ -210,33 +214,47 @@ def main() -> int:
         with ThreadPoolExecutor(max_workers=n) as pool:
             # Round 0 warms the daemons (and, for restart, makes the
             # containers restarted after); it is not counted.
+            lxc_names = [f"l{i}" for i in range(n)]
+            kept = {label: [f"k{i}" for i in range(n)] for label in daemons}
             for kind in kinds:
-                lxc_names = [f"l{i}" for i in range(n)]
-                kept = {label: [f"k{i}" for i in range(n)] for label in daemons}
                 if kind == "restart":
                     lxc_define(scratch, lxc, base, lxc_names)
                     for label, d in daemons.items():
                         lxpy_create(d, kept[label], pool)
                 for r in range(args.runs + 1):
-                    if kind == "fresh":
-                        lxc_define(scratch, lxc, base, lxc_names)
-                    s, c = lxc_round(lxc, lxc_names)
-                    if kind == "fresh":
-                        lxc_remove(scratch, lxc, lxc_names)
-                    if r > 0:
-                        lxc_started[kind].append(s)
-                        lxc_confirmed[kind].append(c)
-                    for label, d in daemons.items():
-                        for way, fn in (("API", lxpy_round_api), ("CLI", lxpy_round_cli)):
-                            names = kept[label]
-                            if kind == "fresh":
-                                names = [f"{way[0].lower()}{r}-{i}" for i in range(n)]
-                                lxpy_create(d, names, pool)
-                            took = fn(d, names, pool)
-                            if kind == "fresh":
-                                lxpy_delete(d, names, pool)
-                            if r > 0:
-                                lxpy_rounds.setdefault((label, way, kind), []).append(took)
+
+                    def lxc_step(r: int = r, kind: str = kind) -> None:
+                        if kind == "fresh":
+                            lxc_define(scratch, lxc, base, lxc_names)
+                        s, c = lxc_round(lxc, lxc_names)
+                        if kind == "fresh":
+                            lxc_remove(scratch, lxc, lxc_names)
+                        if r > 0:
+                            lxc_started[kind].append(s)
+                            lxc_confirmed[kind].append(c)
+
+                    def lxpy_step(
+                        label: str, way: str, fn: Round, r: int = r, kind: str = kind
+                    ) -> None:
+                        d, names = daemons[label], kept[label]
+                        if kind == "fresh":
+                            names = [f"{way[0].lower()}{r}-{i}" for i in range(n)]
+                            lxpy_create(d, names, pool)
+                        took = fn(d, names, pool)
+                        if kind == "fresh":
+                            lxpy_delete(d, names, pool)
+                        if r > 0:
+                            lxpy_rounds.setdefault((label, way, kind), []).append(took)
+
+                    steps = [lxc_step] + [
+                        partial(lxpy_step, label, way, fn)
+                        for label in daemons
+                        for way, fn in (("API", lxpy_round_api), ("CLI", lxpy_round_cli))
+                    ]
+                    # Each round begins with another tool: none always runs
+                    # right after the previous one's containers went.
+                    for step in steps[r % len(steps) :] + steps[: r % len(steps)]:
+                        step()
                 if kind == "restart":
                     lxc_remove(scratch, lxc, lxc_names)
                     for label, d in daemons.items():
