@@ -20,6 +20,11 @@ alternate the tools; one warm-up round is not counted.
       `lxc-stop`, SIGTERM to systemd-nspawn (which forwards SIGRTMIN+3 to
       init and waits for it), `lxpy stop`.
 
+lxpy runs with lxpyd's defaults (lxcfs on where it is installed, and
+LXC then binds the same files from the same lxcfs; the init read-ahead
+on), and once more through the API with `read_ahead = false`, a daemon of
+its own: the read-ahead's share of the figure.
+
 The lxpy rows appear once this checkout has `lxpy start`. Everything made
 is removed at the end, also on failure or Ctrl-C.
 """
@@ -50,6 +55,7 @@ from common import (  # noqa: E402
     ms_since,
     print_table,
     snapshot,
+    summary,
     userspace_ms,
     verdict,
     wait_running,
@@ -60,6 +66,7 @@ LXC = "LXC 5 (lxc-start -d, lxc-stop)"
 NSPAWN = "systemd-nspawn (--boot, SIGTERM)"
 LXPY_CLI = "lxpy CLI (lxpy start, lxpy stop)"
 LXPY_API = "lxpy API (POST start, POST stop)"
+LXPY_NO_AHEAD = "lxpy API, read_ahead = false"
 # LXC runs these containers privileged (its default as root); lxpy's
 # default is unprivileged (a user namespace and an idmapped rootfs to set
 # up on each start). This row is the like-for-like comparison.
@@ -205,6 +212,7 @@ def main() -> int:
         lxc, ns = Lxc(scratch), Nspawn(scratch)
         have_lxpy = not args.no_lxpy and lxpy_can_run()
         lxpy = Lxpy(scratch) if have_lxpy else None
+        plain = Lxpy(scratch, read_ahead=False) if have_lxpy else None
         for t, template in enumerate(dict.fromkeys(args.template or ["debian-bookworm"])):
             if t:
                 print()
@@ -212,7 +220,7 @@ def main() -> int:
                 LXC: LxcTool(lxc, scratch, scratch.pool / template),
                 NSPAWN: NspawnTool(ns, scratch, scratch.pool / template),
             }
-            bench_template(scratch, tools, lxpy, template, args.runs, f"t{t}")
+            bench_template(scratch, tools, lxpy, plain, template, args.runs, f"t{t}")
     return 0
 
 
@@ -220,19 +228,24 @@ def bench_template(
     scratch: Scratch,
     tools: dict[str, Tool],
     lxpy: Lxpy | None,
+    plain: Lxpy | None,
     template: str,
     runs: int,
     prefix: str,
 ) -> None:
     """Boot `template` `runs` times with `tools` (LXC and nspawn, which
-    boot snapshots of its tree) and lxpy, alternating; print the tables
-    and verdicts."""
+    boot snapshots of its tree) and lxpy (`plain`: a daemon with the
+    read-ahead off), alternating; print the tables, verdicts and run-all
+    rows."""
     build_template_tree(template, scratch.pool / template)
     if lxpy is not None:
         lxpy.build(template)
         tools[LXPY_CLI] = LxpyTool(lxpy, template, cli=True)
         tools[LXPY_API] = LxpyTool(lxpy, template, cli=False)
         tools[LXPY_PRIV] = LxpyTool(lxpy, template, cli=False, privileged=True)
+    if plain is not None:
+        plain.build(template)
+        tools[LXPY_NO_AHEAD] = LxpyTool(plain, template, cli=False)
     results = {label: Results() for label in tools}
     for r in range(runs + 1):
         for i, (label, tool) in enumerate(tools.items()):
@@ -265,7 +278,11 @@ def bench_template(
     if lxpy is None:
         verdict("lxpy start no slower than LXC (no `lxpy start` in this checkout)", None)
         return
-    for k in (LXPY_CLI, LXPY_API, LXPY_PRIV):
+    for k in (LXPY_CLI, LXPY_API, LXPY_PRIV, LXPY_NO_AHEAD):
+        if k not in med:
+            continue
+        summary("boot", f"{TEMPLATES[template]} start to running: {k}", med[k][0], lxc_boot, LXC)
+        summary("boot", f"{TEMPLATES[template]} clean stop: {k}", med[k][1], ns_stop, NSPAWN)
         over = statistics.median(results[k].overhead) if results[k].overhead else None
         verdict(
             f"{k}: start median {med[k][0]:.1f} ms <= LXC's {lxc_boot:.1f} ms",

@@ -1,10 +1,23 @@
-"""How long creating a container's rootfs takes, per storage method.
+"""How long creating a container takes: the whole `lxpy create` command
+and the API call beside `lxc-copy -s`, and the storage methods underneath.
 
 Run as root:  .venv/bin/python bench/bench_create.py [--runs 30] [--size-mb 250]
 
-Makes its own loop-file btrfs pool, builds a template rootfs of about
---size-mb (a busybox tree plus host files from /usr/lib and /usr/share, or a
-copy of LXPY_BENCH_ROOTFS when set, e.g. a Debian rootfs), then times:
+Whole commands (a scratch lxpyd and a scratch LXC path, both on one
+loop-file btrfs pool, both from lxpy's busybox template tree, no network):
+
+  lxpy create NAME -t busybox: the command, Python start-up included
+  POST /1.0/containers: the API call the command makes
+  lxc-copy -s -n base -N NAME (anchor): LXC's btrfs snapshot clone of a
+      container whose rootfs is a subvolume holding the same tree
+
+Each run is followed, outside the timed part, by the same clean-up on
+both sides (`lxpy delete` through the API, `lxc-destroy`); the tools take
+turns run by run.
+
+Storage methods (their own pool, a template rootfs of about --size-mb: a
+busybox tree plus host files from /usr/lib and /usr/share, or a copy of
+LXPY_BENCH_ROOTFS when set, e.g. a Debian rootfs):
 
   (a) BtrfsBackend.create_container, the call the daemon makes
   (b) `btrfs subvolume snapshot` run as a command
@@ -13,8 +26,10 @@ copy of LXPY_BENCH_ROOTFS when set, e.g. a Debian rootfs), then times:
   (e) DirBackend.create_container on the host filesystem (a plain copy
       unless that filesystem can reflink)
 
-Everything it makes (mounts, loop device, files) is removed at the end,
-also on failure or Ctrl-C. Target: (a) median under 5 ms.
+Each method makes its runs as a burst and deletes them after, none timed
+in between. Everything it makes (mounts, loop device, files) is removed
+at the end, also on failure or Ctrl-C. Targets: (a) median under 5 ms,
+`lxpy create` no slower than `lxc-copy -s`.
 """
 
 from __future__ import annotations
@@ -31,10 +46,11 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import btrfsutil  # noqa: E402
+import common  # noqa: E402
+from common import Lxc, Lxpy, Scratch  # noqa: E402
 
 from lxpy.storage.btrfs import BtrfsBackend  # noqa: E402
 from lxpy.storage.dir import DirBackend  # noqa: E402
@@ -114,12 +130,53 @@ def bench_backend(be: TreeBackend, runs: int) -> list[float]:
 def bench_cmd(
     make: Callable[[int], list[str]], cleanup: Callable[[int], None], runs: int
 ) -> list[float]:
+    # A burst too, as bench_backend: the deletes come after the last run.
     out = []
     for i in range(runs):
         args = make(i)
         out.append(timed(partial(subprocess.run, args, check=True, stdout=subprocess.DEVNULL)))
+    for i in range(runs):
         cleanup(i)
     return out
+
+
+TEMPLATE = "busybox"
+
+
+def whole_commands(runs: int) -> dict[str, list[float]]:
+    """`lxpy create`, POST /1.0/containers and `lxc-copy -s`, run by run."""
+    out: dict[str, list[float]] = {CREATE_CLI: [], CREATE_API: [], LXC_COPY: []}
+    with Scratch("lxpy-bench-create-", size="4G") as scratch:
+        lxpy = Lxpy(scratch, pool_size="2GiB")
+        lxpy.build(TEMPLATE)
+        # LXC's path on the btrfs pool, its base container's rootfs a
+        # subvolume of the same tree: what `lxc-copy -s` snapshots.
+        lxc = Lxc(scratch, path=scratch.pool / "lxc")
+        base = lxc.path / "base" / "rootfs"
+        base.parent.mkdir()
+        common.build_template_tree(TEMPLATE, scratch.pool / "tree")
+        common.snapshot(scratch.pool / "tree", base)
+        lxc.define("base", base, backing="btrfs")
+        scratch.defer(common.delete_tree, base)
+        # Round 0 warms the page cache and the daemon; it is not counted.
+        for i in range(runs + 1):
+            name = f"c{i}"
+            cli = timed(partial(lxpy.cli, "create", name, "-t", TEMPLATE))
+            lxpy.client.delete_container(name)
+            api = timed(partial(lxpy.create, name, TEMPLATE))
+            lxpy.client.delete_container(name)
+            copy = timed(partial(common.run, lxc.argv("lxc-copy", "base", "-N", name, "-s")))
+            common.run(lxc.argv("lxc-destroy", name))
+            if i > 0:
+                out[CREATE_CLI].append(cli)
+                out[CREATE_API].append(api)
+                out[LXC_COPY].append(copy)
+    return out
+
+
+CREATE_CLI = "lxpy create NAME -t busybox"
+CREATE_API = "POST /1.0/containers"
+LXC_COPY = "lxc-copy -s (LXC 5, btrfs snapshot clone)"
 
 
 def main() -> int:
@@ -131,6 +188,15 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_create.py needs root (loop devices, mount, btrfs ioctls)", file=sys.stderr)
         return 2
+    common.install_compared("lxc-start")
+    if common.lxpy_can_run():
+        whole = whole_commands(args.runs)
+        common.print_table("whole commands, busybox template, no network", list(whole.items()))
+        cli, api, copy = (statistics.median(whole[k]) for k in (CREATE_CLI, CREATE_API, LXC_COPY))
+        common.verdict(f"lxpy create median {cli:.1f} ms <= lxc-copy -s {copy:.1f} ms", cli <= copy)
+        common.summary("create", "lxpy create (whole command)", cli, copy, "LXC 5 lxc-copy -s")
+        common.summary("create", "POST /1.0/containers", api, copy, "LXC 5 lxc-copy -s")
+        print()
 
     work = Path(tempfile.mkdtemp(prefix="lxpy-bench-", dir="/var/tmp"))
     image, mnt = work / "pool.img", work / "btrfs"
@@ -174,8 +240,15 @@ def main() -> int:
             (
                 "(b) btrfs subvolume snapshot (command)",
                 bench_cmd(
-                    lambda i: ["btrfs", "-q", "subvolume", "snapshot", str(tpl), str(snapdst)],
-                    lambda i: btrfsutil.delete_subvolume(snapdst),
+                    lambda i: [
+                        "btrfs",
+                        "-q",
+                        "subvolume",
+                        "snapshot",
+                        str(tpl),
+                        str(snapdst) + str(i),
+                    ],
+                    lambda i: btrfsutil.delete_subvolume(str(snapdst) + str(i)),
                     args.runs,
                 ),
             )
@@ -185,8 +258,8 @@ def main() -> int:
             (
                 "(c) cp -a --reflink=never (host fs)",
                 bench_cmd(
-                    lambda i: ["cp", "-a", "--reflink=never", str(tpl), str(copydst)],
-                    lambda i: shutil.rmtree(copydst),
+                    lambda i: ["cp", "-a", "--reflink=never", str(tpl), str(copydst) + str(i)],
+                    lambda i: shutil.rmtree(str(copydst) + str(i)),
                     args.copy_runs,
                 ),
             )
@@ -207,6 +280,7 @@ def main() -> int:
                 f" {min(xs):9.2f} {max(xs):9.2f}"
             )
         med = statistics.median(results[0][1])
+        common.summary("create", "(a) BtrfsBackend.create_container", med, None, "")
         print(f"\ntarget (a) median < 5 ms: {'met' if med < 5 else 'NOT met'} ({med:.2f} ms)")
         return 0
     finally:

@@ -30,9 +30,11 @@ sys.path.insert(0, str(REPO / "bench"))
 import common  # noqa: E402
 
 from lxpy.api.client import Client  # noqa: E402
+from lxpy.kernel import lxcfs  # noqa: E402
 from tests.conftest import daemon_in  # noqa: E402
 
 BIN = Path(sys.executable).parent
+med = statistics.median
 
 
 def timed(cmd: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:
@@ -92,7 +94,13 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="lxpy-bench-list-"))
     # A network of the bench's own (the containers run on it with
     # --running), removed at the end.
-    settings = 'pool_size = "2GiB"\ndefault_network = "lxpybench0"\nlxcfs = "off"\n'
+    # lxpyd's defaults otherwise: lxcfs on (an lxcfs of the bench's own,
+    # stopped at the end), for the containers run with --running.
+    lxcfs_mount = tmp / "lxcfs"
+    settings = (
+        'pool_size = "2GiB"\ndefault_network = "lxpybench0"\n'
+        f'lxcfs = "auto"\nlxcfs_mount = "{lxcfs_mount}"\n'
+    )
     try:
         with daemon_in(tmp, settings) as d:
             try:
@@ -142,6 +150,12 @@ def main() -> int:
                 if lxc is not None:
                     print(row("lxc-ls -f (LXC 5, same count, stopped)", lxc))
                 print(row("python3 -I -S -c pass (start-up floor)", startup))
+                if lxc is not None:
+                    anchor = f"LXC 5 lxc-ls -f ({args.count} stopped)"
+                    lxc_med = statistics.median(lxc)
+                    summary = common.summary
+                    summary("list", f"lxpy list, {args.count} stopped", med(lxpy), lxc_med, anchor)
+                    summary("list", "lxpy list --format json", med(lxpy_json), lxc_med, anchor)
                 print(
                     f"target: lxpy list median < 150 ms: "
                     f"{'met' if statistics.median(lxpy) < 150 else 'NOT met'}"
@@ -154,6 +168,7 @@ def main() -> int:
                 if any(n["name"] == "lxpybench0" for n in c.networks()):
                     c.delete_network("lxpybench0")
     finally:
+        lxcfs.stop(str(lxcfs_mount))
         shutil.rmtree(tmp, ignore_errors=True)
 
 

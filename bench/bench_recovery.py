@@ -32,6 +32,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -233,6 +234,13 @@ def main() -> int:
             "sockets: the next lxpyd would refuse to start), killed here before the restart"
         )
         print(NOTE)
+        med = statistics.median
+        lxc_ls = "LXC 5 lxc-ls -f"
+        common.summary("recovery", "lxpyd killed idle: exec to first answer", med(up), None, "")
+        common.summary(
+            "recovery", "lxpyd killed in a create loop: to answer", med(cut_up), None, ""
+        )
+        common.summary("recovery", "lxpy list after it", med(listed), med(lxc["ls"]), lxc_ls)
         common.verdict(
             "lxpyd answers within 2 s of a restart after a crash", max(up + cut_up) < 2000
         )

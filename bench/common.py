@@ -10,6 +10,7 @@ removed by `Scratch.close()`, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import compileall
+import json
 import os
 import re
 import shutil
@@ -40,6 +41,8 @@ import trio  # noqa: E402
 
 from lxpy.api.client import Client  # noqa: E402
 from lxpy.build.builder import build_rootfs  # noqa: E402
+from lxpy.errors import Unsupported  # noqa: E402
+from lxpy.kernel import lxcfs as lxcfs_mod  # noqa: E402
 from lxpy.kernel import syscalls as sc  # noqa: E402
 from lxpy.model.network import root_id  # noqa: E402
 from lxpy.model.settings import builtin_template_dir  # noqa: E402
@@ -95,20 +98,59 @@ def print_table(
     title: str, rows: Iterable[tuple[str, list[float]]], unit: str = "ms", digits: int = 1
 ) -> None:
     """One result table: label, runs, median, p90, min (rows without values say so)."""
+    rows = list(rows)
+    w = max([46, *(len(label) + 2 for label, _ in rows)])
     print(f"\n{title}")
-    print(f"{'tool':<46}{'runs':>5}{'median ' + unit:>12}{'p90':>9}{'min':>9}")
+    print(f"{'tool':<{w}}{'runs':>5}{'median ' + unit:>12}{'p90':>9}{'min':>9}")
     for label, xs in rows:
         if not xs:
-            print(f"{label:<46}{0:>5}{'-':>12}{'-':>9}{'-':>9}")
+            print(f"{label:<{w}}{0:>5}{'-':>12}{'-':>9}{'-':>9}")
             continue
         med, hi, lo = statistics.median(xs), p90(xs), min(xs)
-        print(f"{label:<46}{len(xs):>5}{med:>12.{digits}f}{hi:>9.{digits}f}{lo:>9.{digits}f}")
+        print(f"{label:<{w}}{len(xs):>5}{med:>12.{digits}f}{hi:>9.{digits}f}{lo:>9.{digits}f}")
 
 
 def verdict(text: str, ok: bool | None) -> None:
     """Print a target line; None means it could not be measured."""
     mark = "not measured" if ok is None else ("met" if ok else "NOT met")
     print(f"target: {text}: {mark}")
+
+
+# bench/run-all names a file here; each bench appends its rows to it (one
+# JSON object a line) and run-all prints them all as one table.
+SUMMARY_ENV = "LXPY_BENCH_SUMMARY"
+
+
+def summary(
+    bench: str,
+    figure: str,
+    lxpy: float | None,
+    anchor: float | None,
+    anchor_label: str,
+    unit: str = "ms",
+) -> None:
+    """One row of bench/run-all's table: lxpy's median `figure` beside the
+    anchor's (the like-for-like comparator: LXC or systemd-nspawn, doing the
+    same work from the same state; "" when there is none). Lower is better
+    for every figure. Nothing happens unless run-all asked for the rows."""
+    path = os.environ.get(SUMMARY_ENV)
+    if not path:
+        return
+    row = {
+        "bench": bench,
+        "figure": figure,
+        "unit": unit,
+        "lxpy": lxpy,
+        "anchor": anchor,
+        "anchor_label": anchor_label,
+    }
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def median_or_none(xs: Iterable[float]) -> float | None:
+    xs = list(xs)
+    return statistics.median(xs) if xs else None
 
 
 # -- processes --------------------------------------------------------------
@@ -304,6 +346,23 @@ class Scratch:
         self._stack = ExitStack()
         self.pool = self.dir / "pool"
         make_btrfs(self.dir / "pool.img", self.pool, size)
+        self._lxcfs: str | None | bool = False  # False: not tried yet
+        self.daemons = 0  # lxpyd roots made so far (each gets its own)
+
+    def lxcfs(self) -> str | None:
+        """An lxcfs mounted in the scratch directory, started on first use
+        and shared by every tool of this run (lxpyd finds it at its
+        `lxcfs_mount`, LXC binds its files); None when lxcfs or FUSE is
+        missing. Started with lxpy's options (lxpy.kernel.lxcfs)."""
+        if self._lxcfs is False:
+            mount = str(self.dir / "lxcfs")
+            try:
+                self._lxcfs = lxcfs_mod.start(mount)
+                self.defer(lxcfs_mod.stop, mount)
+            except Unsupported as e:
+                print(f"no lxcfs for either tool: {e.message}", file=sys.stderr)
+                self._lxcfs = None
+        return self._lxcfs if isinstance(self._lxcfs, str) else None
 
     def defer(self, fn: Callable[..., object], *args: object) -> None:
         self._stack.callback(fn, *args)
@@ -322,6 +381,12 @@ class Scratch:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if exc[0] is not None:
+            # The daemons' logs go with the directory: their last lines say
+            # what lxpyd saw of the failure.
+            for log in sorted(self.dir.glob("lxpy-root*.log")):
+                tail = log.read_text(errors="replace").splitlines()[-30:]
+                print(f"--- last lines of {log.name}:", *tail, sep="\n", file=sys.stderr)
         self.close()
 
 
@@ -377,23 +442,34 @@ def delete_tree(path: Path) -> None:
 class Lxc:
     """Containers in a scratch LXC path (`-P`), never the host's."""
 
-    def __init__(self, scratch: Scratch) -> None:
-        self.path = scratch.dir / "lxc"
+    def __init__(self, scratch: Scratch, path: Path | None = None, lxcfs: bool = True) -> None:
+        self.path = path or scratch.dir / "lxc"
         self.path.mkdir()
+        # Containers bind lxcfs's files over their /proc and /sys, as
+        # LXC's lxcfs package sets up (the same files lxpy binds, from the
+        # same lxcfs), when lxcfs can be had.
+        self.lxcfs = scratch.lxcfs() if lxcfs else None
         # LXC parks its monitor in a `lxc.pivot` cgroup of each hierarchy,
         # made on first use and never removed: remove it when we made it.
         self._own_pivot = not _lxc_pivots()
         scratch.defer(self.cleanup)
 
-    def define(self, name: str, rootfs: Path, net: str = "lxc.net.0.type = empty\n") -> None:
+    def define(
+        self, name: str, rootfs: Path, net: str = "lxc.net.0.type = empty\n", backing: str = "dir"
+    ) -> None:
         """Keys LXC's common.conf sets that matter for booting systemd, and
         `net`: by default no network device (as for nspawn
-        --private-network and lxpy network=)."""
+        --private-network and lxpy network=). `backing`: LXC's storage type
+        of `rootfs` (btrfs for a subvolume lxc-copy -s may snapshot)."""
         d = self.path / name
         d.mkdir(exist_ok=True)
+        binds = "".join(
+            f"lxc.mount.entry = {src} {dst.lstrip('/')} none bind,ro,optional 0 0\n"
+            for src, dst in (lxcfs_mod.bind_mounts(self.lxcfs) if self.lxcfs else [])
+        )
         (d / "config").write_text(
             f"lxc.uts.name = {name}\n"
-            f"lxc.rootfs.path = dir:{rootfs}\n"
+            f"lxc.rootfs.path = {backing}:{rootfs}\n"
             "lxc.init.cmd = /sbin/init\n"
             f"{net}"
             "lxc.mount.auto = proc:mixed sys:ro cgroup:mixed\n"
@@ -403,6 +479,7 @@ class Lxc:
             "lxc.apparmor.profile = unconfined\n"
             f"lxc.log.file = {d / 'log'}\n"
             "lxc.log.level = WARN\n"
+            f"{binds}"
         )
 
     def argv(self, tool: str, name: str, *args: str) -> list[str]:
@@ -516,9 +593,28 @@ class Lxpy:
     """A scratch lxpyd on the scratch directory: own pool, no default
     network, the suite's build cache."""
 
-    def __init__(self, scratch: Scratch, pool_size: str = "6GiB", settings: str = "") -> None:
-        root = scratch.dir / "lxpy-root"
+    def __init__(
+        self,
+        scratch: Scratch,
+        pool_size: str = "6GiB",
+        *,
+        ksm: bool = True,
+        read_ahead: bool = True,
+        lxcfs: bool = True,
+        settings: str = "",
+    ) -> None:
+        scratch.daemons += 1
+        root = scratch.dir / (
+            "lxpy-root" if scratch.daemons == 1 else f"lxpy-root{scratch.daemons}"
+        )
         root.mkdir()
+        # lxpyd's defaults (ksm, read-ahead and lxcfs on) unless asked
+        # otherwise; lxcfs is the scratch area's, the one LXC binds from.
+        mount = scratch.lxcfs() if lxcfs else None
+        self.lxcfs = mount is not None
+        self.ksm, self.read_ahead = ksm, read_ahead
+        settings += f"ksm = {str(ksm).lower()}\nread_ahead = {str(read_ahead).lower()}\n"
+        settings += f'lxcfs = "auto"\nlxcfs_mount = "{mount}"\n' if mount else 'lxcfs = "off"\n'
         self.run_dir = LXPY_RUN_BASE / root_id(str(root))
         scratch.marks.append(str(self.run_dir))
         # lxpyd starts ksmd when it is off; it is off again afterwards.
@@ -526,8 +622,8 @@ class Lxpy:
         self._closed = False
         self.daemon: Daemon = start_daemon(
             root,
-            scratch.dir / "lxpy.sock",
-            scratch.dir / "lxpyd.log",
+            scratch.dir / f"{root.name}.sock",
+            scratch.dir / f"{root.name}.log",
             settings=(
                 f'pool_size = "{pool_size}"\nbuild_cache = "{TEST_CACHE}"\ndefault_network = ""\n'
                 + settings

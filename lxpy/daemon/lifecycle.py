@@ -403,7 +403,8 @@ class Lifecycle:
         try:
             spec = await d.files(self._prepare, record)
             # The read-ahead first: it runs beside everything below.
-            self.nursery.start_soon(self._read_ahead, spec.rootfs, spec.init)
+            if d.settings.read_ahead:
+                self.nursery.start_soon(self._read_ahead, spec.rootfs, spec.init)
             # Unprivileged: its ID range (picked now if it has none yet).
             record = await d.security.for_start(record)
             res = d.resources.launch_fields(name, record.config)

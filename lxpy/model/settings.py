@@ -79,6 +79,10 @@ class Settings:
     # Start the kernel's same-page merging daemon (ksmd) when it is off, so
     # the pages monitors mark mergeable are shared (see lxpy.kernel.ksm).
     ksm: bool = True
+    # Read a container's init and the libraries it loads ahead as a start
+    # begins (posix_fadvise WILLNEED, lxpy.storage.prefetch), so init finds
+    # them in the page cache on a fresh snapshot. Off: init reads them itself.
+    read_ahead: bool = True
     # Members of admin_group may do everything root may through the API,
     # which makes them root-equivalent on the host (they may create
     # privileged containers); members of user_group are restricted users
@@ -145,7 +149,7 @@ def settings_from_mapping(data: Mapping[str, object], source: str = "settings") 
                 values[key] = _path(key, value)
             elif key == "storage":
                 values[key] = _choice(key, value, STORAGE_CHOICES)
-            elif key in ("cgroup_favordynmods", "ksm"):
+            elif key in ("cgroup_favordynmods", "ksm", "read_ahead"):
                 if not isinstance(value, bool):
                     raise InvalidArgument(f"{key}: expected true or false, got {value!r}")
                 values[key] = value

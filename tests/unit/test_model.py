@@ -132,6 +132,10 @@ def test_settings_validation(tmp_path: Path) -> None:
     assert settings_from_mapping({"ksm": False}).ksm is False
     with pytest.raises(InvalidArgument, match="ksm: expected true or false, got 'yes'"):
         settings_from_mapping({"ksm": "yes"})
+    assert settings_from_mapping({}).read_ahead is True
+    assert settings_from_mapping({"read_ahead": False}).read_ahead is False
+    with pytest.raises(InvalidArgument, match="read_ahead: expected true or false, got 1"):
+        settings_from_mapping({"read_ahead": 1})
     f = tmp_path / "lxpyd.toml"
     f.write_text("pool_size = 'huge'\n")
     with pytest.raises(InvalidArgument, match=f"{f}: pool_size: invalid size"):
