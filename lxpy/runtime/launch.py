@@ -804,7 +804,7 @@ def _fresh_boot_id(root: str) -> None:
     target = os.path.join(root, BOOT_ID)
     if not os.path.isfile(target) or os.path.islink(target):
         return  # a kernel without it: nothing to hide
-    src = os.path.join(root, "dev", ".lxpy-boot-id")
+    src = os.path.join(root, "dev", ".boot_id")
     fd = os.open(src, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
     try:
         os.write(fd, (new_boot_id() + "\n").encode())

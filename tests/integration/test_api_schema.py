@@ -52,7 +52,7 @@ pytestmark = pytest.mark.integration
 
 # Per operation and generation mode: enough to reach each handler's
 # branches, bounded so the whole run takes a few minutes on a busy host.
-EXAMPLES = 60
+EXAMPLES = 30
 BASE = "http://lxpyd"
 TIMEOUT = 120
 

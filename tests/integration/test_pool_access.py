@@ -178,7 +178,7 @@ def test_no_host_user_reaches_a_setuid_file_of_any_container(
         d.cli("snapshot", "restore", "unpriv", "before")
         d.cli("copy", "unpriv", "copied")
         d.cli("rename", "copied", "renamed")
-        d.cli("snapshot", "create", "renamed", "before")
+        d.cli("snapshot", "create", "renamed", "again")  # "before" came with the copy
         d.cli("start", "unpriv")
         assert_setuid_works_inside(d, "unpriv")
         for name in ("unpriv", "renamed"):

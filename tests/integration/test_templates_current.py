@@ -83,7 +83,7 @@ def test_boot_id_is_fresh_per_start(daemon: Daemon) -> None:
         second = boot_id(d, name)
         assert UUID_RE.fullmatch(second) and second not in (first, host)
         # The file it came from is not left in the container's /dev.
-        assert ".lxpy-boot-id" not in sh(d, name, "ls -a /dev")
+        assert ".boot_id" not in sh(d, name, "ls -a /dev")
         d.cli("stop", name)
     assert HOST_BOOT_ID.read_text().strip() == host
 

@@ -1,7 +1,8 @@
 """lxpy installed from its .deb on a stock Debian 12 host, used as an admin would.
 
 The guest (tests/vm/guest.py) boots Debian 12 with systemd as PID 1 and
-pure cgroup v2: what this machine is not. The package is installed with
+pure cgroup v2: what this machine is not (the first two tests check the
+guest itself, and that files go in and out). The package is installed with
 apt, lxpy.service runs lxpyd on the default root and network, and the
 tests below run in file order on that one guest, each building on what
 the one before left: containers in their systemd scopes, live cgroup v2
@@ -15,6 +16,7 @@ the tarball of the suite's build cache.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -90,10 +92,32 @@ def host(guest: Guest, deb: Path, debian_tarball: Path) -> Iterator[Guest]:
     yield guest
 
 
+# The guest first: what this machine is not, and what the tests below need
+# of it (the package is installed after these).
+def test_the_guest_is_a_stock_host(guest: Guest) -> None:
+    assert guest.run("ps -p 1 -o comm=").stdout.strip() == "systemd"
+    assert guest.run("stat -fc %T /sys/fs/cgroup").stdout.strip() == "cgroup2fs"
+    assert guest.run("findmnt -no PROPAGATION /").stdout.strip() == "shared"
+    state = guest.run("systemctl is-system-running --wait", check=False, timeout=300)
+    failed = guest.run("systemctl --failed --no-legend --plain", check=False).stdout
+    assert state.stdout.strip() in ("running", "degraded"), (state.stdout, failed)
+    guest.run("modprobe -a btrfs loop")
+    assert "btrfs" in guest.run("cat /proc/filesystems").stdout.split()
+    guest.run("test -c /dev/loop-control")
+
+
+def test_files_go_in_and_out(guest: Guest, tmp_path: Path) -> None:
+    sent = tmp_path / "sent"
+    sent.write_bytes(os.urandom(1 << 20) + b"\0\n\r\xff")
+    guest.put(sent, "/root/blob")
+    back = tmp_path / "back"
+    guest.get("/root/blob", back)
+    assert back.read_bytes() == sent.read_bytes()
+    guest.run("rm /root/blob")
+
+
 def test_the_service_runs_on_a_stock_host(host: Guest) -> None:
     g = host
-    assert g.run("ps -p 1 -o comm=").stdout.strip() == "systemd"
-    assert g.run("stat -fc %T /sys/fs/cgroup").stdout.strip() == "cgroup2fs"
     assert g.run("systemctl is-active lxpy").stdout.strip() == "active"
     assert g.run("systemctl is-enabled lxpy-containers").stdout.strip() == "enabled"
     lxpy(g, "list")
