@@ -4,14 +4,13 @@ The bounding set limits what any later execve can ever regain, so
 dropping a capability there (before exec'ing init) takes it from the whole
 container for good. The inheritable and ambient sets are cleared as well,
 so nothing the launch path happened to hold is passed on through exec by
-another route. Only ctypes, os and the capability table are imported.
+another route. Only the capability table and lxpy.kernel.syscalls
+(capget, capset, prctl) are imported.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import os
 from collections.abc import Iterable
 
 from lxpy.errors import InvalidArgument
@@ -22,28 +21,6 @@ PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
-_LINUX_CAPABILITY_VERSION_3 = 0x20080522
-
-# capget/capset; prctl goes through lxpy.kernel.syscalls.
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-
-class _CapData(ctypes.Structure):
-    _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
-    ]
-
-
-def _check(ret: int, what: str) -> None:
-    if ret != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def cap_numbers(names: Iterable[str]) -> list[int]:
@@ -94,12 +71,7 @@ def clear_inheritable_and_ambient() -> None:
     except OSError as e:
         if e.errno != errno.EINVAL:
             raise
-    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_CapData * 2)()
-    _check(_libc.capget(ctypes.byref(hdr), data), "capget")
-    for d in data:
-        d.inheritable = 0
-    _check(_libc.capset(ctypes.byref(hdr), data), "capset")
+    sc.capset([(effective, permitted, 0) for effective, permitted, _ in sc.capget()])
 
 
 def read_sets(pid: int | str = "self") -> dict[str, set[str]]:

@@ -20,7 +20,6 @@ without touching the host's own /dev node.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
@@ -30,8 +29,6 @@ from dataclasses import dataclass
 from lxpy.errors import InvalidArgument, LxpyError, NotFound
 from lxpy.kernel import idmap
 from lxpy.kernel import syscalls as sc
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 KINDS = {"unix-char": "c", "unix-block": "b"}
 
@@ -249,8 +246,8 @@ def _in_container(init_pid: int, work: Callable[[], None], what: str) -> None:
                 # Files made inside are the container root's: host root is
                 # not mapped in an unprivileged container's filesystems
                 # (creating there as it fails with EOVERFLOW).
-                _libc.setfsgid(gid)
-                _libc.setfsuid(uid)
+                sc.setfsgid(gid)
+                sc.setfsuid(uid)
                 work()
             except OSError as e:
                 msg = f"{e.errno}:{e.strerror or e}".encode()

@@ -19,13 +19,12 @@ Pieces, in the order a start uses them:
 * `idmapped_tree` + `attach_tree`: the idmapped view of the rootfs.
 * `enter_userns`: what the launch path does to become the container's root.
 
-Only ctypes, os, stat, struct and the lxpy errors and kernel modules are
+Only os, stat, struct and the lxpy errors and kernel modules are
 imported: the launch path loads this module.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import os
@@ -51,55 +50,13 @@ DEFAULT_SIZE = 65536
 DEFAULT_RANGE_START = 1_000_000
 DEFAULT_RANGE_COUNT = 1_000_000_000
 
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNET = 0x40000000
-
 # linux/nsfs.h: _IO(0xb7, 0x1), the user namespace owning a namespace.
 NS_GET_USERNS = 0xB701
-
-# linux/mount.h and fcntl.h
-OPEN_TREE_CLONE = 1
-OPEN_TREE_CLOEXEC = os.O_CLOEXEC
-AT_FDCWD = -100
-AT_EMPTY_PATH = 0x1000
-AT_RECURSIVE = 0x8000
-AT_SYMLINK_NOFOLLOW = 0x100
-MOVE_MOUNT_F_EMPTY_PATH = 0x4
-MOVE_MOUNT_T_EMPTY_PATH = 0x40
-MOUNT_ATTR_RDONLY = 0x1
-MOUNT_ATTR_NOSUID = 0x2
-MOUNT_ATTR_NODEV = 0x4
-MOUNT_ATTR_IDMAP = 0x00100000
 
 # Set on the host's mount of a pool lxpy made, cleared on every container's
 # rootfs clone: setuid files and device nodes work inside the container, as
 # on any system, and never through the host's view of the pool.
-ROOTFS_ATTRS = MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
-
-# The new mount API has one number on every architecture (since Linux 5.2).
-_NR_OPEN_TREE = 428
-_NR_MOVE_MOUNT = 429
-_NR_MOUNT_SETATTR = 442
-
-# The new mount API through syscall(2); the rest through lxpy.kernel.syscalls.
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    ]
-
-
-def _check(ret: int, what: str) -> int:
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return ret
+ROOTFS_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 
 
 # -- ID ranges -------------------------------------------------------------
@@ -302,7 +259,7 @@ def create_userns(idmap: IdMap) -> int:
 
     def work() -> None:
         act_as_owner(idmap.host_uid(0), idmap.host_gid(0))
-        sc.unshare(CLONE_NEWUSER)
+        sc.unshare(sc.CLONE_NEWUSER)
 
     pid, r = _helper(work)
     try:
@@ -329,8 +286,8 @@ def create_netns_in(userns_fd: int) -> int:
     """
 
     def work() -> None:
-        sc.setns(userns_fd, CLONE_NEWUSER)
-        sc.unshare(CLONE_NEWNET)
+        sc.setns(userns_fd, sc.CLONE_NEWUSER)
+        sc.unshare(sc.CLONE_NEWNET)
 
     pid, r = _helper(work)
     try:
@@ -384,7 +341,7 @@ def pin_new_namespaces(userns_path: str, uid_map: str, gid_map: str, netns_path:
             if userns_path:
                 try:
                     act_as_owner(map_root(uid_map), map_root(gid_map))
-                    sc.unshare(CLONE_NEWUSER)
+                    sc.unshare(sc.CLONE_NEWUSER)
                 except OSError as e:
                     os.write(w, bytes([min(e.errno or errno.EIO, 255)]))
                     os._exit(1)
@@ -395,7 +352,7 @@ def pin_new_namespaces(userns_path: str, uid_map: str, gid_map: str, netns_path:
                     os._exit(1)
             try:
                 if netns_path:
-                    sc.unshare(CLONE_NEWNET)
+                    sc.unshare(sc.CLONE_NEWNET)
                     link_up("lo")
             except OSError as e:
                 code = e.errno or errno.EIO
@@ -484,7 +441,7 @@ def enter_userns(userns_fd: int) -> None:
     Raises:
         OSError: with the kernel's errno (EINVAL from a multithreaded process).
     """
-    sc.setns(userns_fd, CLONE_NEWUSER)
+    sc.setns(userns_fd, sc.CLONE_NEWUSER)
     become_root()
 
 
@@ -529,24 +486,18 @@ def clone_tree(
         OSError: with the kernel's errno (ENOSYS before Linux 5.2; with
             `userns_fd`, as for idmapped_tree).
     """
-    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
-    fd = _check(
-        _libc.syscall(
-            ctypes.c_long(_NR_OPEN_TREE),
-            ctypes.c_int(AT_FDCWD),
-            os.fsencode(source),
-            ctypes.c_uint(flags),
-        ),
-        f"open_tree({source!r})",
-    )
+    recurse = sc.AT_RECURSIVE if recursive else 0
+    fd = sc.open_tree(sc.AT_FDCWD, source, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | recurse)
     if userns_fd >= 0:
-        attr = _MountAttr(MOUNT_ATTR_IDMAP | add, clear, sc.MS_PRIVATE, userns_fd)
+        add |= sc.MOUNT_ATTR_IDMAP
         what = f"mount_setattr({source!r}, MOUNT_ATTR_IDMAP)"
     else:
-        attr = _MountAttr(add, clear, sc.MS_PRIVATE, 0)
+        userns_fd = 0
         what = f"mount_setattr({source!r}, MS_PRIVATE)"
     try:
-        _setattr(fd, attr, recursive, what)
+        sc.mount_setattr(
+            fd, "", sc.AT_EMPTY_PATH | recurse, add, clear, sc.MS_PRIVATE, userns_fd, what
+        )
     except BaseException:
         os.close(fd)
         raise
@@ -579,8 +530,8 @@ def set_mount_attrs(path: str, add: int = 0, clear: int = 0, recursive: bool = T
         OSError: with the kernel's errno (EPERM for a flag locked by a
             less privileged mount namespace).
     """
-    attr = _MountAttr(add, clear, 0, 0)
-    _mount_setattr(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, attr, recursive, f"mount_setattr({path!r})")
+    flags = sc.AT_SYMLINK_NOFOLLOW | (sc.AT_RECURSIVE if recursive else 0)
+    sc.mount_setattr(sc.AT_FDCWD, path, flags, add, clear, what=f"mount_setattr({path!r})")
 
 
 def set_idmap(tree_fd: int, userns_fd: int, recursive: bool = True, what: str = "") -> None:
@@ -590,27 +541,13 @@ def set_idmap(tree_fd: int, userns_fd: int, recursive: bool = True, what: str = 
     Raises:
         OSError: as for idmapped_tree.
     """
-    attr = _MountAttr(MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
-    _setattr(tree_fd, attr, recursive, f"mount_setattr({what or tree_fd!r}, MOUNT_ATTR_IDMAP)")
-
-
-def _setattr(tree_fd: int, attr: _MountAttr, recursive: bool, what: str) -> None:
-    _mount_setattr(tree_fd, "", AT_EMPTY_PATH, attr, recursive, what)
-
-
-def _mount_setattr(
-    dirfd: int, path: str, flags: int, attr: _MountAttr, recursive: bool, what: str
-) -> None:
-    _check(
-        _libc.syscall(
-            ctypes.c_long(_NR_MOUNT_SETATTR),
-            ctypes.c_int(dirfd),
-            os.fsencode(path),
-            ctypes.c_uint(flags | (AT_RECURSIVE if recursive else 0)),
-            ctypes.byref(attr),
-            ctypes.c_size_t(ctypes.sizeof(attr)),
-        ),
-        what,
+    sc.mount_setattr(
+        tree_fd,
+        "",
+        sc.AT_EMPTY_PATH | (sc.AT_RECURSIVE if recursive else 0),
+        sc.MOUNT_ATTR_IDMAP,
+        userns_fd=userns_fd,
+        what=f"mount_setattr({what or tree_fd!r}, MOUNT_ATTR_IDMAP)",
     )
 
 
@@ -620,7 +557,7 @@ def attach_tree(tree_fd: int, target: str) -> None:
     Raises:
         OSError: with the kernel's errno.
     """
-    _move_mount(tree_fd, AT_FDCWD, target, MOVE_MOUNT_F_EMPTY_PATH, target)
+    sc.move_mount(tree_fd, "", sc.AT_FDCWD, target, sc.MOVE_MOUNT_F_EMPTY_PATH)
 
 
 def attach_tree_at(tree_fd: int, target_fd: int, what: str = "") -> None:
@@ -631,22 +568,8 @@ def attach_tree_at(tree_fd: int, target_fd: int, what: str = "") -> None:
     Raises:
         OSError: with the kernel's errno.
     """
-    flags = MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
-    _move_mount(tree_fd, target_fd, "", flags, what or str(target_fd))
-
-
-def _move_mount(tree_fd: int, to_fd: int, to_path: str, flags: int, what: str) -> None:
-    _check(
-        _libc.syscall(
-            ctypes.c_long(_NR_MOVE_MOUNT),
-            ctypes.c_int(tree_fd),
-            b"",
-            ctypes.c_int(to_fd),
-            os.fsencode(to_path),
-            ctypes.c_uint(flags),
-        ),
-        f"move_mount(-> {what!r})",
-    )
+    flags = sc.MOVE_MOUNT_F_EMPTY_PATH | sc.MOVE_MOUNT_T_EMPTY_PATH
+    sc.move_mount(tree_fd, "", target_fd, "", flags, what or str(target_fd))
 
 
 def mount_idmapped(source: str, target: str, userns_fd: int) -> None:

@@ -13,13 +13,13 @@ and an ABI the table does not know is killed rather than let through
 unfiltered. x32 calls (numbers with bit 30 set on x86_64) fail with ENOSYS,
 as on kernels built without x32.
 
-Only ctypes, os, struct, the lxpy errors and lxpy.kernel.syscalls are
-imported: the launch path loads this module.
+Only os, struct, the lxpy errors and lxpy.kernel.syscalls (which holds
+the prctl binding that loads the filter) are imported: the launch path
+loads this module.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import struct
@@ -167,9 +167,7 @@ SECCOMP_RET_ERRNO = 0x00050000
 SECCOMP_RET_ALLOW = 0x7FFF0000
 
 PR_SET_NO_NEW_PRIVS = 38
-PR_SET_SECCOMP = 22
 PR_GET_SECCOMP = 21
-SECCOMP_MODE_FILTER = 2
 
 _LD_W_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
 _JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
@@ -322,10 +320,6 @@ def _build(policy: Policy, machine: str) -> bytes:
     return prog
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
 def install(prog: bytes, no_new_privs: bool = False) -> None:
     """Load `prog` as a seccomp filter on the calling thread, for good.
 
@@ -344,9 +338,7 @@ def install(prog: bytes, no_new_privs: bool = False) -> None:
     """
     if no_new_privs:
         sc.prctl(PR_SET_NO_NEW_PRIVS, 1)
-    buf = ctypes.create_string_buffer(prog, len(prog))
-    fprog = _SockFprog(len(prog) // 8, ctypes.addressof(buf))
-    sc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+    sc.set_seccomp_filter(prog)
 
 
 def apply(policy: Policy, no_new_privs: bool = False) -> None:

@@ -1,5 +1,9 @@
 """ctypes bindings for the few syscalls Python 3.11's os module lacks.
 
+lxpy's one home for libc prototypes and the structs syscalls take: the
+rest of lxpy calls these wrappers and never ctypes.CDLL(None) itself (a
+binding to another library, such as libnftables, stays with its user).
+
 One wrapper per syscall. Each raises OSError carrying the errno and naming
 the call and its arguments, so a failure deep in a container launch reads
 as "mount('proc', '/x/proc', 'proc'): Permission denied" rather than a bare
@@ -44,11 +48,28 @@ MS_STRICTATIME = 1 << 24
 MNT_FORCE = 1
 MNT_DETACH = 2
 
+# -- the new mount API (linux/mount.h, fcntl.h) -----------------------------
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
+
 # -- prctl options (linux/prctl.h) ----------------------------------------
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
+PR_SET_SECCOMP = 22
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
+
+SECCOMP_MODE_FILTER = 2  # linux/seccomp.h
 
 SIGKILL = 9  # not imported from signal: this module stays lean
 
@@ -402,3 +423,166 @@ def bpf(cmd: int, attr: bytes, out: ctypes.Array[ctypes.c_char] | None = None) -
     ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), buf, ctypes.c_uint(len(buf)))
     _check(ret, f"bpf({cmd}, {len(buf)} bytes)")
     return int(ret)
+
+
+# -- the new mount API: open_tree, mount_setattr, move_mount -----------------
+# The same numbers on every architecture (Linux 5.2; mount_setattr 5.12).
+_OPEN_TREE_NR = 428
+_MOVE_MOUNT_NR = 429
+_MOUNT_SETATTR_NR = 442
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    """open_tree(2): the mount at `path` (relative to `dirfd`), or with
+    OPEN_TREE_CLONE a detached copy of it, as a new descriptor.
+
+    Raises:
+        OSError: with the kernel's errno (ENOSYS before Linux 5.2).
+    """
+    ret = _libc.syscall(
+        ctypes.c_long(_OPEN_TREE_NR), ctypes.c_int(dirfd), _b(path), ctypes.c_uint(flags)
+    )
+    _check(ret, f"open_tree({path!r})")
+    return int(ret)
+
+
+def mount_setattr(
+    dirfd: int,
+    path: str,
+    flags: int,
+    attr_set: int = 0,
+    attr_clr: int = 0,
+    propagation: int = 0,
+    userns_fd: int = 0,
+    what: str = "",
+) -> None:
+    """mount_setattr(2): set `attr_set` and clear `attr_clr` (MOUNT_ATTR_*),
+    change the propagation (MS_PRIVATE, ...; 0 leaves it) and, with
+    MOUNT_ATTR_IDMAP, idmap through `userns_fd`, on the mount at `path`
+    relative to `dirfd` (AT_EMPTY_PATH: the tree `dirfd` is; AT_RECURSIVE:
+    and every mount below). `what` names the call in errors.
+
+    Raises:
+        OSError: with the kernel's errno (ENOSYS before Linux 5.12, EINVAL
+            for a filesystem that cannot be idmapped, EPERM for a flag locked
+            by a less privileged mount namespace).
+    """
+    attr = _MountAttr(attr_set, attr_clr, propagation, userns_fd)
+    ret = _libc.syscall(
+        ctypes.c_long(_MOUNT_SETATTR_NR),
+        ctypes.c_int(dirfd),
+        _b(path),
+        ctypes.c_uint(flags),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    _check(ret, what or f"mount_setattr({dirfd}, {path!r}, {flags:#x})")
+
+
+def move_mount(
+    from_fd: int, from_path: str, to_fd: int, to_path: str, flags: int, what: str = ""
+) -> None:
+    """move_mount(2): move (attach, for a detached tree) the mount at
+    `from_path` relative to `from_fd` onto `to_path` relative to `to_fd`
+    (MOVE_MOUNT_F_EMPTY_PATH / _T_EMPTY_PATH: the descriptors themselves).
+    `what` names the target in errors.
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
+    ret = _libc.syscall(
+        ctypes.c_long(_MOVE_MOUNT_NR),
+        ctypes.c_int(from_fd),
+        _b(from_path),
+        ctypes.c_int(to_fd),
+        _b(to_path),
+        ctypes.c_uint(flags),
+    )
+    _check(ret, f"move_mount(-> {what or to_path!r})")
+
+
+# -- capabilities (linux/capability.h) ----------------------------------------
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def capget() -> list[tuple[int, int, int]]:
+    """capget(2) of the calling thread: its (effective, permitted,
+    inheritable) masks, one tuple for capabilities 0-31 and one for 32-63.
+
+    Raises:
+        OSError: with the kernel's errno.
+    """
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _libc.capget(ctypes.byref(hdr), data) != 0:
+        _check(-1, "capget")
+    return [(d.effective, d.permitted, d.inheritable) for d in data]
+
+
+def capset(sets: list[tuple[int, int, int]]) -> None:
+    """capset(2) of the calling thread: `sets` as capget() returns them.
+
+    Raises:
+        OSError: with the kernel's errno (EPERM for a set the thread may not take).
+    """
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)(*(_CapData(*s) for s in sets))
+    if _libc.capset(ctypes.byref(hdr), data) != 0:
+        _check(-1, "capset")
+
+
+# -- file system IDs -------------------------------------------------------
+
+
+def setfsuid(uid: int) -> int:
+    """setfsuid(2): the UID the calling thread's file accesses and new
+    files use from now on; returns the previous one. The kernel reports no
+    error: a change it refuses leaves the previous one.
+    """
+    return int(_libc.setfsuid(uid))
+
+
+def setfsgid(gid: int) -> int:
+    """setfsgid(2): as setfsuid, for the GID."""
+    return int(_libc.setfsgid(gid))
+
+
+# -- seccomp (linux/filter.h) ----------------------------------------------
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def set_seccomp_filter(prog: bytes) -> None:
+    """prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER): load `prog` (packed
+    struct sock_filter instructions, 8 bytes each) on the calling thread.
+
+    Raises:
+        OSError: with the kernel's errno (EACCES without CAP_SYS_ADMIN and
+            without no_new_privs, EINVAL for a malformed program).
+    """
+    buf = ctypes.create_string_buffer(prog, len(prog))
+    fprog = _SockFprog(len(prog) // 8, ctypes.addressof(buf))
+    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog))

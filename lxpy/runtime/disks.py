@@ -42,9 +42,9 @@ def tree(m: Mapping[str, object], userns_fd: int = -1, unprivileged: bool = Fals
             idmapped).
     """
     source = str(m["source"])
-    add = idmap.MOUNT_ATTR_RDONLY if m.get("readonly") else 0
+    add = sc.MOUNT_ATTR_RDONLY if m.get("readonly") else 0
     if unprivileged:
-        add |= idmap.MOUNT_ATTR_NODEV
+        add |= sc.MOUNT_ATTR_NODEV
     shift = userns_fd if (userns_fd >= 0 and m.get("shift")) else -1
     try:
         return idmap.clone_tree(source, recursive=True, userns_fd=shift, add=add)
