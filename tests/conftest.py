@@ -258,9 +258,9 @@ def alive(pid: int) -> bool:
 
 def owns(userns_fd: int, ns_fd: int) -> bool:
     """Whether the user namespace open at `userns_fd` owns namespace `ns_fd`."""
-    from lxpy.kernel import idmap
+    from lxpy.kernel import namespaces
 
-    owner = idmap.owning_userns(ns_fd)
+    owner = namespaces.owning_userns(ns_fd)
     try:
         return os.fstat(owner).st_ino == os.fstat(userns_fd).st_ino
     finally:
@@ -448,7 +448,7 @@ def stop_containers(root: Path) -> list[str]:
     from lxpy.daemon.networks import RUN_BASE
     from lxpy.errors import LxpyError
     from lxpy.kernel.cgroups import PREFIX, ContainerCgroup, hierarchies, remove_parent
-    from lxpy.kernel.idmap import unpin_ns
+    from lxpy.kernel.namespaces import unpin_ns
     from lxpy.model.network import root_id
     from lxpy.model.settings import Settings
     from lxpy.network import links

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from lxpy.kernel import idmap
+from lxpy.kernel import mounts
 from lxpy.kernel import syscalls as sc
 
 _BOOT = (
@@ -50,7 +50,7 @@ def main(args: Sequence[str]) -> NoReturn:
         # must not propagate back to the host's (shared) mount namespace.
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
         sc.mount(target, target, None, sc.MS_BIND | sc.MS_REC)
-        idmap.set_mount_attrs(target, clear=idmap.ROOTFS_ATTRS)
+        mounts.set_mount_attrs(target, clear=mounts.ROOTFS_ATTRS)
         os.execvp(argv[0], argv)
     except OSError as e:
         print(f"lxpy: cannot run {argv[0] if argv else '?'} for {target}: {e}", file=sys.stderr)

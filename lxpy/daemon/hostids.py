@@ -34,7 +34,7 @@ from pathlib import Path
 
 from lxpy.daemon.registry import write_atomic
 from lxpy.errors import LxpyError
-from lxpy.kernel.idmap import IdRange
+from lxpy.kernel.idranges import IdRange
 from lxpy.model.network import root_id
 
 log = logging.getLogger("lxpyd.hostids")

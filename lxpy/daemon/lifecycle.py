@@ -37,7 +37,7 @@ from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, Not
 from lxpy.kernel import systemd
 from lxpy.kernel.cgroups import ContainerCgroup
 from lxpy.kernel.hostlimits import raise_host_inotify
-from lxpy.kernel.idmap import IdMap
+from lxpy.kernel.idranges import IdMap
 from lxpy.kernel.inroot import Rootfs
 from lxpy.model.config import Container
 from lxpy.model.limits import KernelLimits

@@ -30,7 +30,7 @@ import trio
 
 from lxpy.daemon.hostids import Block, HostIds
 from lxpy.errors import Busy, InvalidArgument, Unsupported
-from lxpy.kernel import idmap, seccomp
+from lxpy.kernel import idranges, namespaces, seccomp, shift
 from lxpy.model.config import Container
 from lxpy.model.security import IdmapRecord, SecurityConfig
 
@@ -90,10 +90,10 @@ def userns_problem() -> str | None:
             # With root's own first ranges, which containers will use: in a
             # nesting container (lxpy inside lxpy) the default range lies
             # outside the container's map, where no ID can own a namespace.
-            uids, _ = idmap.allowed_ranges(SUBUID)
-            gids, _ = idmap.allowed_ranges(SUBGID)
-            probe = idmap.IdMap(uids[0].start, gids[0].start, 1)
-            os.close(idmap.create_userns(probe))
+            uids, _ = idranges.allowed_ranges(SUBUID)
+            gids, _ = idranges.allowed_ranges(SUBGID)
+            probe = idranges.IdMap(uids[0].start, gids[0].start, 1)
+            os.close(namespaces.create_userns(probe))
             _USERNS.append(None)
         except OSError as e:
             why = e.strerror or str(e)
@@ -103,7 +103,7 @@ def userns_problem() -> str | None:
     return _USERNS[0]
 
 
-def _wanted_matches(rec: IdmapRecord, sec: SecurityConfig, shared: idmap.IdMap) -> bool:
+def _wanted_matches(rec: IdmapRecord, sec: SecurityConfig, shared: idranges.IdMap) -> bool:
     if rec.size != sec.idmap_size or rec.isolated != sec.idmap_isolated:
         return False
     if not sec.idmap_isolated:
@@ -117,8 +117,8 @@ def _pick(
     sec: SecurityConfig,
     method: str,
     taken: list[Block],
-    uid_allowed: list[idmap.IdRange],
-    gid_allowed: list[idmap.IdRange],
+    uid_allowed: list[idranges.IdRange],
+    gid_allowed: list[idranges.IdRange],
 ) -> IdmapRecord:
     """The range container `name` of the daemon at root `mine` gets, given
     every isolated block `taken` on the host.
@@ -126,7 +126,7 @@ def _pick(
     Raises:
         Busy: no free range, or a fixed base that overlaps another block.
     """
-    shared = idmap.shared_map(uid_allowed, gid_allowed)
+    shared = idranges.shared_map(uid_allowed, gid_allowed)
     if not sec.idmap_isolated:
         return IdmapRecord(shared.uid_base, shared.gid_base, shared.size, method, False)
     size = sec.idmap_size
@@ -144,8 +144,8 @@ def _pick(
                     hint="pick another base, or unset it to have one allocated",
                 )
         return IdmapRecord(sec.idmap_base, sec.idmap_base, size, method, True)
-    uid = idmap.allocate(uid_allowed, [b.uids() for b in [common, *taken]], size)
-    gid = idmap.allocate(gid_allowed, [b.gids() for b in [common, *taken]], size)
+    uid = idranges.allocate(uid_allowed, [b.uids() for b in [common, *taken]], size)
+    gid = idranges.allocate(gid_allowed, [b.gids() for b in [common, *taken]], size)
     return IdmapRecord(uid.start, gid.start, size, method, True)
 
 
@@ -232,8 +232,8 @@ class Security:
         # In a worker thread, holding the host-wide lock: every block any
         # lxpyd gave out is in `others`, and the pick is published before
         # the lock goes. Returns it and what this daemon's entry now holds.
-        uid_allowed, _ = idmap.allowed_ranges(SUBUID)
-        gid_allowed, _ = idmap.allowed_ranges(SUBGID)
+        uid_allowed, _ = idranges.allowed_ranges(SUBUID)
+        gid_allowed, _ = idranges.allowed_ranges(SUBGID)
         with self.host.locked() as others:
             rec = _pick(self.root, name, sec, method, own + others, uid_allowed, gid_allowed)
             if rec.isolated:
@@ -280,11 +280,11 @@ class Security:
         method = (
             current.method
             if current is not None
-            else await self.d.storage(idmap.idmap_method, str(self.d.backend.container_path(name)))
+            else await self.d.storage(shift.idmap_method, str(self.d.backend.container_path(name)))
         )
-        uid_allowed, _ = idmap.allowed_ranges(SUBUID)
-        gid_allowed, _ = idmap.allowed_ranges(SUBGID)
-        shared = idmap.shared_map(uid_allowed, gid_allowed)
+        uid_allowed, _ = idranges.allowed_ranges(SUBUID)
+        gid_allowed, _ = idranges.allowed_ranges(SUBGID)
+        shared = idranges.shared_map(uid_allowed, gid_allowed)
         keep = name not in self.stale or (current is not None and current.method == "shift")
         if current is not None and keep and _wanted_matches(current, sec, shared):
             return current
@@ -309,7 +309,7 @@ class Security:
                 hint="keep its security.idmap.* settings",
             )
         rootfs = str(self.d.backend.container_path(name))
-        n = idmap.shift_tree(rootfs, idmap.IdMap(rec.uid_base, rec.gid_base, rec.size))
+        n = shift.shift_tree(rootfs, idranges.IdMap(rec.uid_base, rec.gid_base, rec.size))
         log.info("container %s: shifted %d inodes to host IDs %d..", name, n, rec.uid_base)
 
     async def release(self, name: str) -> None:
@@ -349,21 +349,21 @@ class Security:
     def prepare_userns(self, name: str) -> str:
         """The path container `name`'s user namespace is bound on, its
         directory made and a stale binding removed (for a caller that makes
-        the namespace elsewhere: idmap.pin_new_namespaces). Blocking.
+        the namespace elsewhere: namespaces.pin_new_namespaces). Blocking.
 
         Raises:
             OSError: the directory cannot be made or the stale one unbound.
         """
         path = self.userns_path(name)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        idmap.unpin_ns(str(path))
+        namespaces.unpin_ns(str(path))
         return str(path)
 
     def unpin_userns(self, name: str) -> None:
         """Unbind container `name`'s user namespace (idempotent); the
         namespace ends with its last process."""
         path = self.userns_path(name)
-        idmap.unpin_ns(str(path))
+        namespaces.unpin_ns(str(path))
         with contextlib.suppress(OSError):
             path.parent.rmdir()
 
@@ -379,9 +379,11 @@ def check_update(record: Container, config: Mapping[str, object]) -> None:
     rec = record.idmap
     if rec is None or rec.method != "shift":
         return
-    uid_allowed, _ = idmap.allowed_ranges(SUBUID)
-    gid_allowed, _ = idmap.allowed_ranges(SUBGID)
-    if sec.privileged or not _wanted_matches(rec, sec, idmap.shared_map(uid_allowed, gid_allowed)):
+    uid_allowed, _ = idranges.allowed_ranges(SUBUID)
+    gid_allowed, _ = idranges.allowed_ranges(SUBGID)
+    if sec.privileged or not _wanted_matches(
+        rec, sec, idranges.shared_map(uid_allowed, gid_allowed)
+    ):
         raise InvalidArgument(
             f"container {record.name!r} had its files shifted to host IDs "
             f"{rec.uid_base}..; it cannot become privileged or change its ID map",

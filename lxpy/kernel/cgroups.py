@@ -20,11 +20,17 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from lxpy.errors import Busy, LxpyError, NotFound, Unsupported
 from lxpy.kernel import syscalls as sc
+
+# For annotations only: the zygote, which imports this module, needs no
+# ID map arithmetic of its own here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from lxpy.kernel.idranges import IdMap
 
 PREFIX = "lxpy.payload."
 # In a container's systemd scope (lxpy.kernel.systemd), the leaf cgroup its
@@ -559,3 +565,26 @@ class ContainerCgroup:
                                 hint="processes are still in it; kill them first",
                             ) from None
                         time.sleep(0.005)
+
+
+# -- cgroups handed to the container's root ---------------------------------
+
+# The files systemd's delegation contract names, plus v1's `tasks`.
+_DELEGATED = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control", "tasks")
+
+
+def delegate_cgroups(dirs: Iterable[str], idmap: IdMap) -> None:
+    """Give the container's root its cgroup directories (as LXC does), so
+    systemd inside may create and manage its subtree there.
+
+    Raises:
+        OSError: when a directory cannot be changed.
+    """
+    uid, gid = idmap.host_uid(0), idmap.host_gid(0)
+    for d in dirs:
+        os.chown(d, uid, gid)
+        for name in _DELEGATED:
+            try:
+                os.chown(os.path.join(d, name), uid, gid)
+            except FileNotFoundError:
+                pass

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from lxpy.errors import InvalidArgument, LxpyError, NotFound
-from lxpy.kernel import idmap
+from lxpy.kernel import mounts
 from lxpy.kernel import syscalls as sc
 
 KINDS = {"unix-char": "c", "unix-block": "b"}
@@ -158,7 +158,7 @@ def bind_in(init_pid: int, host_path: str, path: str) -> None:
         LxpyError: the mount point cannot be made (a directory or a
             symlink is there) or the kernel refused the mount.
     """
-    tree = idmap.clone_tree(host_path, recursive=False)
+    tree = mounts.clone_tree(host_path, recursive=False)
     try:
         _in_container(init_pid, lambda: _attach(tree, path), f"bind a node onto {path}")
     finally:
@@ -199,7 +199,7 @@ def _attach(tree: int, path: str) -> None:
             mode = os.lstat(path).st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
                 raise OSError(errno.EEXIST, f"{path} exists and is not a file or node") from None
-        idmap.attach_tree(tree, path)
+        mounts.attach_tree(tree, path)
     except BaseException:
         if created:
             os.unlink(path)
@@ -209,7 +209,7 @@ def _attach(tree: int, path: str) -> None:
 
 
 def _detach(path: str) -> None:
-    idmap.detach_mount(path)
+    mounts.detach_mount(path)
     try:
         st = os.lstat(path)
     except FileNotFoundError:

@@ -7,9 +7,9 @@ namespace's `user.max_inotify_*`, and, at the host's level, to the user
 that owns the container's namespace, against the host's
 `fs.inotify.max_user_instances` / `max_user_watches`. lxpy makes each
 container's user namespace owned by the container's own root ID
-(lxpy.kernel.idmap.act_as_owner), so that host-level charge is the
-container's own: one container opening instances until EMFILE leaves host
-root and every other container their own.
+(act_as_owner, called by lxpy.kernel.namespaces), so that host-level
+charge is the container's own: one container opening instances until
+EMFILE leaves host root and every other container their own.
 
 Here: making the namespaces a process creates owned by another host ID,
 raising the host's per-user ceiling when a container asks for more

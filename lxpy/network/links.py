@@ -21,7 +21,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from lxpy.errors import AlreadyExists, Busy, LxpyError, NotFound
-from lxpy.kernel import idmap
+from lxpy.kernel import namespaces
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.netif import link_up
 
@@ -304,7 +304,7 @@ def _add_nics(ip: IPRoute, fd: int, nics: list[Nic]) -> None:
 def add_nics(path: Path, nics: list[Nic]) -> None:
     """Put `nics` (veth peers, up, with their MACs) into the bound network
     namespace at `path` (made elsewhere, lo up: see
-    lxpy.kernel.idmap.pin_new_namespaces), their host ends on their bridges
+    lxpy.kernel.namespaces.pin_new_namespaces), their host ends on their bridges
     and up. On failure no veth is left; the namespace stays.
 
     Raises:
@@ -347,7 +347,7 @@ def create_netns_in_userns(path: Path, nics: list[Nic], userns: str) -> None:
         return
     ufd = os.open(userns, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        nfd = idmap.create_netns_in(ufd)
+        nfd = namespaces.create_netns_in(ufd)
     finally:
         os.close(ufd)
     try:
@@ -362,7 +362,7 @@ def create_netns(path: Path, nics: list[Nic], netns_fd: int = -1) -> None:
 
     `netns_fd`: an empty namespace made elsewhere to use instead of a new
     one (an unprivileged container's, owned by its user namespace:
-    lxpy.kernel.idmap.create_netns_in).
+    lxpy.kernel.namespaces.create_netns_in).
 
     On failure nothing is left: no veth, no bound namespace.
 

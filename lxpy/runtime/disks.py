@@ -17,7 +17,7 @@ import errno
 import os
 import stat
 
-from lxpy.kernel import idmap, inroot
+from lxpy.kernel import inroot, mounts, namespaces
 from lxpy.kernel import syscalls as sc
 
 TYPE_CHECKING = False
@@ -47,7 +47,7 @@ def tree(m: Mapping[str, object], userns_fd: int = -1, unprivileged: bool = Fals
         add |= sc.MOUNT_ATTR_NODEV
     shift = userns_fd if (userns_fd >= 0 and m.get("shift")) else -1
     try:
-        return idmap.clone_tree(source, recursive=True, userns_fd=shift, add=add)
+        return mounts.clone_tree(source, recursive=True, userns_fd=shift, add=add)
     except OSError as e:
         if e.errno == errno.EINVAL and shift >= 0:
             raise OSError(
@@ -93,7 +93,7 @@ def attach(tree_fd: int, root: str, path: str, is_dir: bool, label: str = "") ->
     """
     target = mount_point(root, path, is_dir, label or root)
     try:
-        idmap.attach_tree_at(tree_fd, target, path)
+        mounts.attach_tree_at(tree_fd, target, path)
     finally:
         os.close(target)
 
@@ -153,7 +153,7 @@ def in_mount_ns(pid: int, work: Callable[[], object]) -> None:
                 os.close(r)
                 if userns >= 0:
                     sc.setns(userns, sc.CLONE_NEWUSER)
-                    idmap.become_root()
+                    namespaces.become_root()
                 sc.setns(mntns, sc.CLONE_NEWNS)
                 os.chdir("/")
                 work()

@@ -31,7 +31,7 @@ import stat
 import termios
 from collections.abc import Mapping, Sequence
 
-from lxpy.kernel import apparmor, caps, hostlimits, idmap, inroot, seccomp
+from lxpy.kernel import apparmor, caps, hostlimits, inroot, mounts, namespaces, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.lxcfs import bind_mounts
 from lxpy.kernel.netif import link_up
@@ -184,13 +184,13 @@ def cloned_init_main(
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
         link_up("lo")
         policy = _wait_go(go_r, spec)
-        idmap.become_root()
+        namespaces.become_root()
         # Again: a change of credentials clears the parent-death signal.
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         _check_monitor(errfd)
         _own_limits(spec)
         _step("mounting the rootfs")
-        idmap.attach_tree(tree, ".")
+        mounts.attach_tree(tree, ".")
         os.fchdir(tree)
         os.close(tree)
         _setup_init_userns(spec, console_fd, console_path, tty_paths)
@@ -237,9 +237,9 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
     # files and device nodes work in it again (the host's pool mount is
     # nosuid and nodev).
     if spec.idmap_method == "idmapped":
-        tree = idmap.idmapped_tree(root, userns, clear=idmap.ROOTFS_ATTRS)
+        tree = mounts.idmapped_tree(root, userns, clear=mounts.ROOTFS_ATTRS)
     else:
-        tree = idmap.clone_tree(root, clear=idmap.ROOTFS_ATTRS)
+        tree = mounts.clone_tree(root, clear=mounts.ROOTFS_ATTRS)
     if spec.lxcfs:
         clone_lxcfs(spec.lxcfs)
     if spec.nesting:
@@ -255,12 +255,12 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
         os.close(netns)
     else:
         # An unpinned start (tests): a netns of the user namespace's own.
-        idmap.enter_userns(userns)
+        namespaces.enter_userns(userns)
         sc.unshare(sc.CLONE_NEWNET)
         link_up("lo")
     _step("entering the user namespace")
     if netns >= 0:
-        idmap.enter_userns(userns)
+        namespaces.enter_userns(userns)
     os.close(userns)
     _own_limits(spec)
     _step("namespaces")
@@ -271,7 +271,7 @@ def _setup_userns(spec: LaunchSpec, cgroup_procs: Sequence[str], go_r: int) -> i
     # the host's (shared) mount namespace.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     _step("mounting the rootfs")
-    idmap.attach_tree(tree, ".")
+    mounts.attach_tree(tree, ".")
     os.fchdir(tree)
     os.close(tree)
     # The next child is PID 1 of the new pid namespace.
@@ -360,7 +360,7 @@ def _setup(
     sc.mount(root, root, None, sc.MS_BIND | sc.MS_REC)
     # The bind inherits the pool's nosuid and nodev, which are the host's
     # view only: inside, setuid files and device nodes work.
-    idmap.set_mount_attrs(root, clear=idmap.ROOTFS_ATTRS)
+    mounts.set_mount_attrs(root, clear=mounts.ROOTFS_ATTRS)
 
     _mount_all(root, spec, console_path, tty_paths)
     _pivot(root)
@@ -408,7 +408,7 @@ def shift_disks(userns_fd: int) -> None:
     """Idmap the shifted disks' trees (cloned without a user namespace)."""
     for m, t in _DISK_TREES:
         if m.get("shift"):
-            idmap.set_idmap(t, userns_fd, what=str(m.get("source")))
+            mounts.set_idmap(t, userns_fd, what=str(m.get("source")))
 
 
 def close_disks() -> None:
@@ -638,7 +638,7 @@ def clone_nesting_nodes() -> None:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
                 os.chmod(path, 0o666)
-                fds.append(idmap.clone_tree(path, recursive=False))
+                fds.append(mounts.clone_tree(path, recursive=False))
             socket.send_fds(theirs, [b"n"], fds)
             code = 0
         except BaseException as e:  # noqa: B036 - reported to the parent
@@ -686,7 +686,7 @@ def _mount_nesting(root: str, spec: LaunchSpec) -> None:
         if "/" in target:
             _target(dev, os.path.dirname(target))
         path = _target(dev, target, is_dir=False)
-        idmap.attach_tree(tree, path)
+        mounts.attach_tree(tree, path)
         os.close(tree)
     _NODE_TREES.clear()
 
@@ -702,7 +702,7 @@ def _mount_lxcfs(root: str, lxcfs_root: str) -> None:
         for dst, tree in _LXCFS_TREES.items():
             path = os.path.join(root, dst.lstrip("/"))
             if os.path.exists(path) and not os.path.islink(path):
-                idmap.attach_tree(tree, path)
+                mounts.attach_tree(tree, path)
                 sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | ro)
             os.close(tree)
         _LXCFS_TREES.clear()
@@ -724,7 +724,7 @@ def clone_lxcfs(lxcfs_root: str) -> None:
     that enters a user namespace (see _LXCFS_TREES)."""
     for src, dst in bind_mounts(lxcfs_root):
         try:
-            _LXCFS_TREES[dst] = idmap.clone_tree(src, recursive=False)
+            _LXCFS_TREES[dst] = mounts.clone_tree(src, recursive=False)
         except OSError:
             pass  # a file this lxcfs cannot serve keeps the kernel's
 

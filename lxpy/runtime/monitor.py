@@ -36,16 +36,17 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from lxpy.errors import Busy, InvalidArgument, LxpyError
-from lxpy.kernel import devices, hostlimits, idmap, ksm, pages, seccomp, systemd
+from lxpy.kernel import devices, hostlimits, ksm, mounts, namespaces, pages, seccomp, systemd
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import (
     MONITOR_LEAF,
     ContainerCgroup,
     Hierarchy,
+    delegate_cgroups,
     hierarchies,
     hierarchy_ids,
 )
-from lxpy.kernel.idmap import IdMap, delegate_cgroups
+from lxpy.kernel.idranges import IdMap
 from lxpy.kernel.limits import apply_limits, apply_process_limit
 from lxpy.model.limits import Limits
 from lxpy.runtime import attach, launch, readiness
@@ -454,7 +455,7 @@ class Monitor:
         spec = self.spec
         root = os.path.realpath(spec.rootfs)
         # Without the pool's nosuid and nodev (the host's view only).
-        tree = idmap.clone_tree(root, clear=idmap.ROOTFS_ATTRS)
+        tree = mounts.clone_tree(root, clear=mounts.ROOTFS_ATTRS)
         fds = [tree]
         try:
             if spec.lxcfs:
@@ -517,11 +518,11 @@ class Monitor:
             sc.write_file(procs, str(pid))
         spec = self.spec
         m = IdMap(spec.uid_base, spec.gid_base, spec.idmap_size)
-        idmap.write_maps(pid, m.uid_map(), m.gid_map())
+        namespaces.write_maps(pid, m.uid_map(), m.gid_map())
         userns = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         try:
             if spec.idmap_method == "idmapped":
-                idmap.set_idmap(tree, userns, what=root)
+                mounts.set_idmap(tree, userns, what=root)
             launch.shift_disks(userns)
         finally:
             os.close(userns)

@@ -105,7 +105,7 @@ class LaunchSpec:
     uuid: str = ""
     drop_caps: tuple[str, ...] = DEFAULT_DROP_CAPS
     # Unprivileged (an ID map below): a pinned user namespace
-    # (lxpy.kernel.idmap.pin_ns) with that map to run in, or empty for one
+    # (lxpy.kernel.namespaces.pin_ns) with that map to run in, or empty for one
     # the launch makes. The map also serves the host side (cgroup
     # delegation, pty ownership). No map: privileged, no user namespace.
     userns: str = ""

@@ -40,7 +40,7 @@ import socket
 import sys
 
 from lxpy.errors import InvalidArgument, LxpyError
-from lxpy.kernel import idmap, ksm, pages, seccomp
+from lxpy.kernel import ksm, namespaces, pages, seccomp
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.cgroups import hierarchies, hierarchy_ids
 from lxpy.model.units import parse_signal
@@ -248,7 +248,7 @@ def _hand_to_spare(spare: _socket.socket, conn: _socket.socket) -> bool:
 
 def _namespaces(req: dict[str, Any]) -> dict[str, object]:
     """Make and bind a container's user and network namespaces (see
-    idmap.pin_new_namespaces); the answer says whether it worked.
+    namespaces.pin_new_namespaces); the answer says whether it worked.
 
     Why here: the helper process forks from this small single-threaded
     process in a fraction of what a fork from lxpyd costs.
@@ -262,7 +262,7 @@ def _namespaces(req: dict[str, Any]) -> dict[str, object]:
     # Our SIGCHLD handler must not reap the helper before it is waited for.
     old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGCHLD])
     try:
-        idmap.pin_new_namespaces(*args)
+        namespaces.pin_new_namespaces(*args)
     except OSError as e:
         return {
             "ok": False,

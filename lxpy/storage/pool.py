@@ -27,7 +27,7 @@ import subprocess
 from pathlib import Path
 
 from lxpy.errors import Unsupported
-from lxpy.kernel import idmap
+from lxpy.kernel import mounts
 from lxpy.model.settings import Settings
 from lxpy.storage.base import Backend
 from lxpy.storage.btrfs import BtrfsBackend
@@ -134,7 +134,7 @@ def _close_image(image: Path, pool: Path) -> None:
     read; and no setuid file or device node a container's root made may
     take effect through the host's view of the pool. Containers do not
     lose them: each one's rootfs is a clone of this mount with both
-    attributes cleared (see lxpy.kernel.idmap.ROOTFS_ATTRS).
+    attributes cleared (see lxpy.kernel.mounts.ROOTFS_ATTRS).
     """
     if stat.S_IMODE(image.stat().st_mode) != IMAGE_MODE:
         os.chmod(image, IMAGE_MODE)
@@ -146,7 +146,7 @@ def _close_image(image: Path, pool: Path) -> None:
     flags = os.statvfs(pool).f_flag
     if flags & os.ST_NOSUID and flags & os.ST_NODEV:
         return
-    idmap.set_mount_attrs(str(pool), add=idmap.ROOTFS_ATTRS)
+    mounts.set_mount_attrs(str(pool), add=mounts.ROOTFS_ATTRS)
     log.warning("storage pool: %s remounted nosuid,nodev", pool)
 
 

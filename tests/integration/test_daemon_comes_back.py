@@ -1,6 +1,6 @@
 """lxpyd always comes back: nothing a killed lxpyd leaves keeps the next one out.
 
-A helper lxpyd forks (lxpy.kernel.idmap: a process parked until lxpyd kills
+A helper lxpyd forks (lxpy.kernel.namespaces: a process parked until lxpyd kills
 it) dies with lxpyd and never holds the root's lock; and a lock, or an API
 socket, held by leftovers of a killed lxpyd (helpers of an earlier version
 did hold both) is taken over. A live lxpyd of the same root still keeps a
@@ -43,18 +43,18 @@ pytestmark = pytest.mark.integration
 SETTINGS = 'pool_size = "3GiB"\ndefault_network = ""\nlxcfs = "off"\n'
 
 # lxpyd's own lock, and a helper forked from a worker thread (as
-# trio.to_thread runs lxpy.kernel.idmap's calls) and parked, its pid printed.
+# trio.to_thread runs lxpy.kernel.namespaces' calls) and parked, its pid printed.
 PARKED_HELPER = """
 import sys, threading
 from pathlib import Path
 from lxpy.daemon import rootlock
-from lxpy.kernel import idmap
+from lxpy.kernel import namespaces
 
 rootlock.take(Path(sys.argv[1]))
 
 def call():
-    pid, r = idmap._helper(lambda: None)
-    idmap._await_byte(r, pid, "helper")
+    pid, r = namespaces._helper(lambda: None)
+    namespaces._await_byte(r, pid, "helper")
     print(pid, flush=True)
     threading.Event().wait()  # mid-call when the kill comes
 

@@ -188,21 +188,21 @@ def owner_uid(ns: str | int) -> int:
 
 
 def test_every_container_user_namespace_is_owned_by_its_root(pair: Daemon, tmp_path: Path) -> None:
-    from lxpy.kernel import idmap
+    from lxpy.kernel import idranges, namespaces
 
     # Cloned with init (a container on no network), as `a` was.
     rec = info(pair, "a")["idmap"]
     assert owner_uid(f"/proc/{info(pair, 'a')['init_pid']}/ns/user") == rec["uid_base"]
     # Made and bound by the zygote's helper (a container on a network).
-    ids = idmap.IdMap(3_100_000, 3_200_000, 65536)
+    ids = idranges.IdMap(3_100_000, 3_200_000, 65536)
     pinned = str(tmp_path / "userns")
-    idmap.pin_new_namespaces(pinned, ids.uid_map(), ids.gid_map(), "")
+    namespaces.pin_new_namespaces(pinned, ids.uid_map(), ids.gid_map(), "")
     try:
         assert owner_uid(pinned) == 3_100_000
     finally:
-        idmap.unpin_ns(pinned)
+        namespaces.unpin_ns(pinned)
     # create_userns (lxpyd's probe).
-    assert owner_uid(idmap.create_userns(ids)) == 3_100_000
+    assert owner_uid(namespaces.create_userns(ids)) == 3_100_000
 
 
 def test_inotify_keys_set_the_container_limits(pair: Daemon) -> None:

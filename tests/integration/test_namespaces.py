@@ -12,21 +12,21 @@ from pathlib import Path
 import pytest
 
 from lxpy.errors import LxpyError
-from lxpy.kernel import idmap
+from lxpy.kernel import idranges, namespaces
 from lxpy.runtime.zygote import spawn_request, start_zygote
 from tests.conftest import owns
 
 pytestmark = pytest.mark.integration
 
-MAP = idmap.IdMap(3_100_000, 3_200_000, 65536)
+MAP = idranges.IdMap(3_100_000, 3_200_000, 65536)
 
 
 @pytest.fixture
 def paths(tmp_path: Path) -> Iterator[tuple[str, str]]:
     user, net = str(tmp_path / "user"), str(tmp_path / "net")
     yield user, net
-    idmap.unpin_ns(user)
-    idmap.unpin_ns(net)
+    namespaces.unpin_ns(user)
+    namespaces.unpin_ns(net)
 
 
 def _bound(path: str) -> bool:
@@ -81,20 +81,20 @@ def _check_pinned(user: str, net: str) -> None:
 
 def test_user_and_network_namespaces_in_one_helper(paths: tuple[str, str]) -> None:
     user, net = paths
-    idmap.pin_new_namespaces(user, MAP.uid_map(), MAP.gid_map(), net)
+    namespaces.pin_new_namespaces(user, MAP.uid_map(), MAP.gid_map(), net)
     _check_pinned(user, net)
 
 
 def test_network_namespace_alone(paths: tuple[str, str]) -> None:
     _, net = paths
-    idmap.pin_new_namespaces("", "", "", net)
+    namespaces.pin_new_namespaces("", "", "", net)
     assert _bound(net)
     assert "<LOOPBACK,UP" in _lo_flags(net)
 
 
 def test_user_namespace_alone(paths: tuple[str, str]) -> None:
     user, net = paths
-    idmap.pin_new_namespaces(user, MAP.uid_map(), MAP.gid_map(), "")
+    namespaces.pin_new_namespaces(user, MAP.uid_map(), MAP.gid_map(), "")
     assert _bound(user) and not os.path.exists(net)
     res = subprocess.run(
         ["nsenter", f"--user={user}", "cat", "/proc/self/uid_map"],
@@ -110,7 +110,7 @@ def test_a_refused_map_leaves_nothing_bound(paths: tuple[str, str]) -> None:
     user, net = paths
     with pytest.raises(OSError, match="uid_map"):
         # Two lines mapping the same inside ID: the kernel refuses it.
-        idmap.pin_new_namespaces(user, "0 3100000 10\n0 3300000 10\n", MAP.gid_map(), net)
+        namespaces.pin_new_namespaces(user, "0 3100000 10\n0 3300000 10\n", MAP.gid_map(), net)
     assert not _bound(user) and not _bound(net)
 
 
@@ -128,8 +128,8 @@ def test_the_zygote_makes_them(paths: tuple[str, str], tmp_path: Path) -> None:
         }
         assert spawn_request(sock, req, timeout=10) == {"ok": True}
         _check_pinned(user, net)
-        idmap.unpin_ns(user)
-        idmap.unpin_ns(net)
+        namespaces.unpin_ns(user)
+        namespaces.unpin_ns(net)
         with pytest.raises(LxpyError, match="uid_map"):
             spawn_request(sock, {**req, "uid_map": "0 3100000 10\n0 3300000 10\n"}, timeout=10)
         assert not _bound(user) and not _bound(net)

@@ -18,21 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from lxpy.kernel import caps, idmap, seccomp
+from lxpy.kernel import caps, idranges, mounts, namespaces, seccomp, shift
 from lxpy.kernel import syscalls as sc
-from lxpy.kernel.cgroups import hierarchies
+from lxpy.kernel.cgroups import delegate_cgroups, hierarchies
 from tests.conftest import owns
 from tests.forking import in_child
 
 pytestmark = pytest.mark.integration
 
 BASE = 3_000_000  # a range no host user owns
-MAP = idmap.IdMap(BASE, BASE + 100_000, 65536)
+MAP = idranges.IdMap(BASE, BASE + 100_000, 65536)
 
 
 @pytest.fixture
 def userns() -> Iterator[int]:
-    fd = idmap.create_userns(MAP)
+    fd = namespaces.create_userns(MAP)
     try:
         yield fd
     finally:
@@ -41,7 +41,7 @@ def userns() -> Iterator[int]:
 
 def test_userns_has_the_map_and_makes_root_unprivileged(userns: int) -> None:
     def child() -> dict[str, object]:
-        idmap.enter_userns(userns)
+        namespaces.enter_userns(userns)
         out: dict[str, object] = {
             "uid_map": Path("/proc/self/uid_map").read_text().split(),
             "gid_map": Path("/proc/self/gid_map").read_text().split(),
@@ -77,10 +77,10 @@ def test_idmapped_mount_on_btrfs(btrfs_dir: Path, userns: int) -> None:
     (src / "etc/owned-by-root").write_text("x")
     (src / "etc/owned-by-33").write_text("x")
     os.chown(src / "etc/owned-by-33", 33, 33)
-    assert idmap.idmap_method(str(src)) == "idmapped"
+    assert shift.idmap_method(str(src)) == "idmapped"
     view = btrfs_dir / "view"
     view.mkdir()
-    idmap.mount_idmapped(str(src), str(view), userns)
+    mounts.mount_idmapped(str(src), str(view), userns)
 
     # The host's view through the mount: on-disk k appears as base + k.
     st = os.stat(view / "etc/owned-by-root")
@@ -93,7 +93,7 @@ def test_idmapped_mount_on_btrfs(btrfs_dir: Path, userns: int) -> None:
         # above it (here pytest's 0700 tmp dir).
         raw_etc = os.open(src / "etc", os.O_PATH | os.O_DIRECTORY)
         os.chdir(view)
-        idmap.enter_userns(userns)
+        namespaces.enter_userns(userns)
         seen = os.stat("etc/owned-by-root")
         Path("etc/made-inside").write_text("y")
         os.mkdir("etc/dir-inside")
@@ -122,7 +122,7 @@ def test_idmapped_mount_on_btrfs(btrfs_dir: Path, userns: int) -> None:
 
 def test_idmap_method_falls_back_where_idmapping_is_impossible() -> None:
     # procfs cannot be idmapped on any kernel.
-    assert idmap.idmap_method("/proc/self") == "shift"
+    assert shift.idmap_method("/proc/self") == "shift"
 
 
 def _acl(entries: list[tuple[int, int, int]]) -> bytes:
@@ -160,7 +160,7 @@ def test_shift_tree_keeps_suid_acls_caps_and_hardlinks(btrfs_dir: Path) -> None:
     os.symlink("/etc/nowhere", root / "dangling")
     os.chown(root / "shared", 100, 34)
 
-    changed = idmap.shift_tree(str(root), MAP)
+    changed = shift.shift_tree(str(root), MAP)
     assert changed == 7  # rootfs, usr, usr/bin, su (once), ping, shared, dangling
 
     assert os.lstat(root).st_uid == BASE
@@ -176,13 +176,13 @@ def test_shift_tree_keeps_suid_acls_caps_and_hardlinks(btrfs_dir: Path) -> None:
     assert magic == 0x03000001 and permitted == 1 << 13
     assert struct.unpack_from("<I", caps_v3, 20)[0] == BASE
     # Once only: a second pass changes nothing.
-    assert idmap.shift_tree(str(root), MAP) == 0
+    assert shift.shift_tree(str(root), MAP) == 0
 
 
 def test_netns_owned_by_the_userns_lets_container_root_mount_sysfs(
     userns: int, tmp_path: Path
 ) -> None:
-    netns = idmap.create_netns_in(userns)
+    netns = namespaces.create_netns_in(userns)
     target = tmp_path / "sys"
     target.mkdir()
     try:
@@ -193,7 +193,7 @@ def test_netns_owned_by_the_userns_lets_container_root_mount_sysfs(
                 sc.setns(netns, sc.CLONE_NEWNET)
             else:
                 sc.unshare(sc.CLONE_NEWNET)  # owned by the host's user namespace
-            idmap.enter_userns(userns)
+            namespaces.enter_userns(userns)
             sc.unshare(sc.CLONE_NEWNS)
             sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
             try:
@@ -209,10 +209,10 @@ def test_netns_owned_by_the_userns_lets_container_root_mount_sysfs(
 
 
 def test_pin_ns_keeps_the_namespace(tmp_path: Path) -> None:
-    fd = idmap.create_userns(MAP)
+    fd = namespaces.create_userns(MAP)
     path = tmp_path / "userns"
     try:
-        idmap.pin_ns(fd, str(path))
+        namespaces.pin_ns(fd, str(path))
         ino = os.fstat(fd).st_ino
     finally:
         os.close(fd)
@@ -223,9 +223,9 @@ def test_pin_ns_keeps_the_namespace(tmp_path: Path) -> None:
         finally:
             os.close(again)
     finally:
-        idmap.unpin_ns(str(path))
+        namespaces.unpin_ns(str(path))
     assert not path.exists()
-    idmap.unpin_ns(str(path))  # idempotent
+    namespaces.unpin_ns(str(path))  # idempotent
 
 
 def test_delegate_cgroups() -> None:
@@ -235,7 +235,7 @@ def test_delegate_cgroups() -> None:
     d = Path(v2[0].mountpoint) / f"lxpy-test-{uuid.uuid4().hex[:8]}"
     d.mkdir()
     try:
-        idmap.delegate_cgroups([str(d)], MAP)
+        delegate_cgroups([str(d)], MAP)
         for p in (d, d / "cgroup.procs", d / "cgroup.subtree_control"):
             assert (os.stat(p).st_uid, os.stat(p).st_gid) == (BASE, BASE + 100_000)
         assert os.stat(d / "cgroup.max.depth").st_uid == 0  # limits stay the host's
@@ -257,7 +257,7 @@ def test_capability_drop_and_clear() -> None:
 
 def test_seccomp_in_userns_without_no_new_privs(userns: int) -> None:
     def child() -> dict[str, object]:
-        idmap.enter_userns(userns)
+        namespaces.enter_userns(userns)
         # Root of the user namespace holds CAP_SYS_ADMIN there: no
         # no_new_privs needed, so setuid programs keep working.
         seccomp.apply(seccomp.default_policy())
@@ -291,11 +291,11 @@ def _pivot_into(tree_maker: Callable[[], int] | None, root: Path, userns: int) -
         sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
         sc.mount(str(root), str(root), None, sc.MS_BIND)
         os.chdir(root)
-    idmap.enter_userns(userns)
+    namespaces.enter_userns(userns)
     sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWUTS)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     if tree >= 0:
-        idmap.attach_tree(tree, ".")
+        mounts.attach_tree(tree, ".")
         os.fchdir(tree)
         os.close(tree)
     try:
@@ -314,12 +314,12 @@ def test_launch_order_pivots_into_an_attached_tree(btrfs_dir: Path, userns: int)
     (root / "etc").mkdir(parents=True)
     (root / "etc/owned-by-root").write_text("x")
     idmapped = in_child(
-        lambda: _pivot_into(lambda: idmap.idmapped_tree(str(root), userns), root, userns)
+        lambda: _pivot_into(lambda: mounts.idmapped_tree(str(root), userns), root, userns)
     )
     assert idmapped == "pivoted 0 ['etc']"
     # Without an idmap (the shifted fallback) the same order works.
     assert in_child(
-        lambda: _pivot_into(lambda: idmap.clone_tree(str(root)), root, userns)
+        lambda: _pivot_into(lambda: mounts.clone_tree(str(root)), root, userns)
     ).startswith("pivoted")
     # A mount made in the host's mount namespace is locked in the
     # container's copy of it, and pivot_root refuses a locked new root.

@@ -11,7 +11,7 @@ import pytest
 from lxpy.daemon.hostids import Block, HostIds
 from lxpy.daemon.security import _pick
 from lxpy.errors import Busy, LxpyError
-from lxpy.kernel.idmap import IdRange
+from lxpy.kernel.idranges import IdRange
 from lxpy.model.security import SecurityConfig
 
 ALLOWED = [IdRange(1_000_000, 1_000_000_000)]

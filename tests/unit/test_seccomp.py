@@ -236,62 +236,64 @@ def test_install_needs_privilege_or_no_new_privs() -> None:
 
 
 def test_parse_subid_and_allocate() -> None:
-    from lxpy.kernel import idmap
+    from lxpy.kernel import idranges
 
     text = "# comment\nalice:100000:65536\nroot:1000000:262144\n0:5000000:65536\nbad line\n"
-    assert idmap.parse_subid(text) == [
-        idmap.IdRange(1000000, 262144),
-        idmap.IdRange(5000000, 65536),
+    assert idranges.parse_subid(text) == [
+        idranges.IdRange(1000000, 262144),
+        idranges.IdRange(5000000, 65536),
     ]
-    allowed = idmap.parse_subid(text)
-    shared = idmap.IdRange(1000000, 65536)
-    a = idmap.allocate(allowed, [shared])
-    assert a == idmap.IdRange(1065536, 65536)
-    b = idmap.allocate(allowed, [shared, a, idmap.IdRange(1131536, 10)])
-    assert b == idmap.IdRange(1131546, 65536)
-    c = idmap.allocate(allowed, [shared, a, b])
-    assert c == idmap.IdRange(5000000, 65536)  # the first range is full
+    allowed = idranges.parse_subid(text)
+    shared = idranges.IdRange(1000000, 65536)
+    a = idranges.allocate(allowed, [shared])
+    assert a == idranges.IdRange(1065536, 65536)
+    b = idranges.allocate(allowed, [shared, a, idranges.IdRange(1131536, 10)])
+    assert b == idranges.IdRange(1131546, 65536)
+    c = idranges.allocate(allowed, [shared, a, b])
+    assert c == idranges.IdRange(5000000, 65536)  # the first range is full
     from lxpy.errors import Busy
 
     with pytest.raises(Busy, match="no free range"):
-        idmap.allocate(allowed, [shared, a, b, c, idmap.IdRange(1197082, 60000)])
+        idranges.allocate(allowed, [shared, a, b, c, idranges.IdRange(1197082, 60000)])
 
 
 def test_allocate_finds_the_lowest_free_block() -> None:
     import random
 
     from lxpy.errors import Busy
-    from lxpy.kernel import idmap
+    from lxpy.kernel import idranges
 
-    def lowest(allowed: list[idmap.IdRange], used: list[idmap.IdRange], size: int) -> int | None:
+    def lowest(
+        allowed: list[idranges.IdRange], used: list[idranges.IdRange], size: int
+    ) -> int | None:
         # Every start in turn: slow, and plainly right.
         for rng in sorted(allowed):
             for start in range(rng.start, rng.end - size + 1):
-                if not any(u.overlaps(idmap.IdRange(start, size)) for u in used):
+                if not any(u.overlaps(idranges.IdRange(start, size)) for u in used):
                     return start
         return None
 
     rnd = random.Random(7)
     for _ in range(300):
-        allowed = [idmap.IdRange(rnd.randrange(0, 200), rnd.randrange(1, 60)) for _ in range(2)]
-        used = [idmap.IdRange(rnd.randrange(0, 260), rnd.randrange(1, 30)) for _ in range(6)]
+        allowed = [idranges.IdRange(rnd.randrange(0, 200), rnd.randrange(1, 60)) for _ in range(2)]
+        used = [idranges.IdRange(rnd.randrange(0, 260), rnd.randrange(1, 30)) for _ in range(6)]
         size = rnd.randrange(1, 20)
         want = lowest(allowed, used, size)
         if want is None:
             with pytest.raises(Busy):
-                idmap.allocate(allowed, used, size)
+                idranges.allocate(allowed, used, size)
         else:
-            assert idmap.allocate(allowed, used, size) == idmap.IdRange(want, size)
+            assert idranges.allocate(allowed, used, size) == idranges.IdRange(want, size)
 
 
 def test_default_range_without_subid_entries(tmp_path: Path) -> None:
-    from lxpy.kernel import idmap
+    from lxpy.kernel import idranges
 
     empty = tmp_path / "subuid"
     empty.write_text("")
-    ranges, from_file = idmap.allowed_ranges(str(empty))
-    assert not from_file and ranges == [idmap.IdRange(1_000_000, 1_000_000_000)]
-    m = idmap.shared_map(ranges, ranges)
+    ranges, from_file = idranges.allowed_ranges(str(empty))
+    assert not from_file and ranges == [idranges.IdRange(1_000_000, 1_000_000_000)]
+    m = idranges.shared_map(ranges, ranges)
     assert m.uid_map() == "0 1000000 65536\n" and m.host_gid(5) == 1_000_005
 
 
