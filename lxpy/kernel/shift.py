@@ -13,6 +13,7 @@ import errno
 import os
 import stat
 import struct
+from collections.abc import Iterator
 
 from lxpy.kernel.idranges import DEFAULT_RANGE_START, IdMap
 from lxpy.kernel.mounts import idmapped_tree
@@ -96,7 +97,8 @@ def shift_tree(root: str, idmap: IdMap) -> int:
     Container ID k (0 <= k < size) becomes host ID base + k; IDs already
     in the host range (a resumed shift) and IDs outside the map are left
     alone. setuid/setgid bits, POSIX ACLs and file capabilities are
-    restored after the chown clears them. Symlinks are not followed.
+    restored after the chown clears them. Symlinks are not followed; the
+    walk keeps its own stack, so no depth of tree is too deep for it.
 
     Returns:
         the number of inodes changed.
@@ -135,7 +137,30 @@ def shift_tree(root: str, idmap: IdMap) -> int:
         changed += 1
 
     one(root)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in dirnames + filenames:
-            one(os.path.join(dirpath, name))
+    for path in _walk(root):
+        one(path)
     return changed
+
+
+def _walk(root: str) -> Iterator[str]:
+    # Every entry below `root`, without following symlinks. Why a stack of
+    # our own rather than os.walk: Python 3.11's os.walk nests one generator
+    # per level, so a tree deeper than the recursion limit (a rootfs is a
+    # tree anyone may have built) would fail the shift halfway. As os.walk
+    # does, a directory that cannot be listed is passed over.
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        for entry in entries:
+            yield entry.path
+            try:
+                below = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                below = False
+            if below:
+                stack.append(entry.path)

@@ -12,6 +12,7 @@ import errno
 import os
 import stat
 import struct
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -177,6 +178,35 @@ def test_shift_tree_keeps_suid_acls_caps_and_hardlinks(btrfs_dir: Path) -> None:
     assert struct.unpack_from("<I", caps_v3, 20)[0] == BASE
     # Once only: a second pass changes nothing.
     assert shift.shift_tree(str(root), MAP) == 0
+
+
+def test_shift_tree_walks_deeper_than_the_recursion_limit(tmp_path: Path) -> None:
+    # A tree deeper than Python's recursion limit (shutil and os.makedirs
+    # recurse too: it is made and removed one level at a time).
+    depth = sys.getrecursionlimit() + 100
+    root = tmp_path / "rootfs"
+    levels = [str(root)]
+    for _ in range(depth):
+        levels.append(os.path.join(levels[-1], "d"))
+    try:
+        for path in levels:
+            os.mkdir(path)
+        deepest = os.path.join(levels[-1], "file")
+        Path(deepest).write_text("x")
+        os.chown(deepest, 100, 34)
+
+        assert shift.shift_tree(str(root), MAP) == depth + 2
+
+        st = os.lstat(levels[-1])
+        assert (st.st_uid, st.st_gid) == (BASE, BASE + 100_000)
+        st = os.lstat(deepest)
+        assert (st.st_uid, st.st_gid) == (BASE + 100, BASE + 100_034)
+    finally:
+        if os.path.lexists(os.path.join(levels[-1], "file")):
+            os.unlink(os.path.join(levels[-1], "file"))
+        for path in reversed(levels):
+            if os.path.lexists(path):
+                os.rmdir(path)
 
 
 def test_netns_owned_by_the_userns_lets_container_root_mount_sysfs(
