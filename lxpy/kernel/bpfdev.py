@@ -20,13 +20,13 @@ The program is attached with BPF_F_ALLOW_MULTI: programs a container (or
 anyone) attaches below it run as well and can only refuse more, never
 allow what this one refuses.
 
-Only ctypes, errno, os, struct, the lxpy errors and lxpy.kernel.syscalls
-are imported (no typing at run time): the monitor loads this module.
+Only errno, os, struct, the lxpy errors and lxpy.kernel.syscalls (which
+holds the bpf(2) bindings) are imported (no typing at run time): the
+monitor loads this module.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import struct
@@ -171,40 +171,16 @@ def load(prog: bytes) -> int:
         OSError: with the kernel's errno; when the verifier refuses the
             program, the message carries the verifier's log.
     """
-    insns = ctypes.create_string_buffer(prog, len(prog))
-    license_ = ctypes.create_string_buffer(b"GPL")
-
-    def attr(log: ctypes.Array[ctypes.c_char] | None) -> bytes:
-        # union bpf_attr, BPF_PROG_LOAD: prog_type, insn_cnt, insns,
-        # license, log_level, log_size, log_buf, kern_version, prog_flags.
-        return struct.pack(
-            "=IIQQIIQII",
-            sc.BPF_PROG_TYPE_CGROUP_DEVICE,
-            len(prog) // 8,
-            ctypes.addressof(insns),
-            ctypes.addressof(license_),
-            1 if log is not None else 0,
-            len(log) if log is not None else 0,
-            ctypes.addressof(log) if log is not None else 0,
-            0,
-            0,
-        )
-
     try:
-        return sc.bpf(sc.BPF_PROG_LOAD, attr(None))
+        return sc.bpf_prog_load(sc.BPF_PROG_TYPE_CGROUP_DEVICE, prog)
     except OSError as e:
         if e.errno not in (errno.EACCES, errno.EINVAL):
             raise
-        # Why: the first try runs without a log (cheaper, and a log too
-        # small would itself fail with ENOSPC); on a refusal, load again
-        # with one so the error says what the verifier disliked.
-        log = ctypes.create_string_buffer(_LOG_SIZE)
-        try:
-            fd = sc.bpf(sc.BPF_PROG_LOAD, attr(log))
-        except OSError as e2:
-            text = log.value.decode(errors="replace").strip()
-            raise OSError(e2.errno, f"{e2.strerror}; verifier log:\n{text}") from None
-        return fd  # refused once, accepted with a log: take it
+    # Why: the first try runs without a log (cheaper, and a log too small
+    # would itself fail with ENOSPC); on a refusal, load again with one so
+    # the error says what the verifier disliked. Refused once, accepted
+    # with a log: take it.
+    return sc.bpf_prog_load(sc.BPF_PROG_TYPE_CGROUP_DEVICE, prog, _LOG_SIZE)
 
 
 def attach(cgroup_dir: str, rules: Iterable[str]) -> None:
@@ -242,20 +218,11 @@ def attached(cgroup_dir: str) -> list[int]:
     Raises:
         OSError: with the kernel's errno.
     """
-    ids = (ctypes.c_uint32 * 64)()
     dfd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        # union bpf_attr, BPF_PROG_QUERY: target_fd, attach_type,
-        # query_flags, attach_flags (out), prog_ids, prog_cnt (in and out).
-        buf = ctypes.create_string_buffer(
-            struct.pack("=IIIIQI", dfd, sc.BPF_CGROUP_DEVICE, 0, 0, ctypes.addressof(ids), 64),
-            32,
-        )
-        sc.bpf(sc.BPF_PROG_QUERY, b"", out=buf)
+        return sc.bpf_prog_query(dfd, sc.BPF_CGROUP_DEVICE)
     finally:
         os.close(dfd)
-    count = struct.unpack_from("=I", buf.raw, 24)[0]
-    return [int(ids[i]) for i in range(min(count, 64))]
 
 
 def replace(cgroup_dir: str, rules: Iterable[str]) -> None:

@@ -401,28 +401,103 @@ _BPF_NR = {
 }
 
 
-def bpf(cmd: int, attr: bytes, out: ctypes.Array[ctypes.c_char] | None = None) -> int:
-    """bpf(2): run command `cmd` on `attr` (a packed `union bpf_attr`, only
-    as long as the fields the command reads); returns the kernel's answer
-    (a new fd for BPF_PROG_LOAD, 0 for BPF_PROG_ATTACH).
+def bpf(cmd: int, attr: bytes | ctypes.Structure) -> int:
+    """bpf(2): run command `cmd` on `attr` (a `union bpf_attr`, only as long
+    as the fields the command reads); returns the kernel's answer (a new fd
+    for BPF_PROG_LOAD, 0 for BPF_PROG_ATTACH). Given as bytes, a copy is
+    passed; given as a ctypes structure, the structure itself, so that a
+    command's answer written into the union (BPF_PROG_QUERY) is read there.
 
     Raises:
         OSError: with the kernel's errno (EPERM without CAP_BPF/CAP_SYS_ADMIN,
             EINVAL for a program or attach type the kernel lacks, EACCES when
             the verifier refuses a program); ENOSYS on an architecture this
             module does not know.
-
-    `out`: a buffer to pass instead of a copy of `attr`, for commands
-    whose answer the kernel writes into the union (BPF_PROG_QUERY).
     """
     nr = _BPF_NR.get(os.uname().machine)
     if nr is None:
         raise OSError(38, f"bpf: unknown syscall number on {os.uname().machine}")
     # A copy the kernel may write to (newer kernels report the log's size in it).
-    buf = ctypes.create_string_buffer(attr, len(attr)) if out is None else out
-    ret = _libc.syscall(ctypes.c_long(nr), ctypes.c_int(cmd), buf, ctypes.c_uint(len(buf)))
-    _check(ret, f"bpf({cmd}, {len(buf)} bytes)")
+    buf = ctypes.create_string_buffer(attr, len(attr)) if isinstance(attr, bytes) else attr
+    size = ctypes.sizeof(buf)
+    ret = _libc.syscall(
+        ctypes.c_long(nr), ctypes.c_int(cmd), ctypes.byref(buf), ctypes.c_uint(size)
+    )
+    _check(ret, f"bpf({cmd}, {size} bytes)")
     return int(ret)
+
+
+class _BpfProgLoad(ctypes.Structure):
+    # union bpf_attr, as BPF_PROG_LOAD reads it.
+    _fields_ = [
+        ("prog_type", ctypes.c_uint32),
+        ("insn_cnt", ctypes.c_uint32),
+        ("insns", ctypes.c_uint64),
+        ("license", ctypes.c_uint64),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_uint64),
+        ("kern_version", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+    ]
+
+
+def bpf_prog_load(prog_type: int, prog: bytes, log_size: int = 0) -> int:
+    """bpf(BPF_PROG_LOAD): load `prog` (packed struct bpf_insn, 8 bytes
+    each) as a GPL program of `prog_type`; returns its fd. With `log_size`,
+    the verifier writes its log to a buffer of that size, and the message
+    of a refusal carries it.
+
+    Raises:
+        OSError: as bpf() does (EACCES or EINVAL when the verifier refuses
+            the program).
+    """
+    insns = ctypes.create_string_buffer(prog, len(prog))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    log = ctypes.create_string_buffer(log_size) if log_size else None
+    attr = _BpfProgLoad(
+        prog_type=prog_type,
+        insn_cnt=len(prog) // 8,
+        insns=ctypes.addressof(insns),
+        license=ctypes.addressof(license_),
+        log_level=1 if log is not None else 0,
+        log_size=log_size,
+        log_buf=ctypes.addressof(log) if log is not None else 0,
+    )
+    try:
+        return bpf(BPF_PROG_LOAD, attr)
+    except OSError as e:
+        if log is None:
+            raise
+        text = log.value.decode(errors="replace").strip()
+        raise OSError(e.errno, f"{e.strerror}; verifier log:\n{text}") from None
+
+
+class _BpfProgQuery(ctypes.Structure):
+    # union bpf_attr, as BPF_PROG_QUERY reads and answers it.
+    _fields_ = [
+        ("target_fd", ctypes.c_uint32),
+        ("attach_type", ctypes.c_uint32),
+        ("query_flags", ctypes.c_uint32),
+        ("attach_flags", ctypes.c_uint32),
+        ("prog_ids", ctypes.c_uint64),
+        ("prog_cnt", ctypes.c_uint32),
+    ]
+
+
+def bpf_prog_query(target_fd: int, attach_type: int, most: int = 64) -> list[int]:
+    """bpf(BPF_PROG_QUERY): the ids of the programs attached to `target_fd`
+    (a cgroup directory) for `attach_type`, the first `most` of them.
+
+    Raises:
+        OSError: as bpf() does.
+    """
+    ids = (ctypes.c_uint32 * most)()
+    attr = _BpfProgQuery(
+        target_fd=target_fd, attach_type=attach_type, prog_ids=ctypes.addressof(ids), prog_cnt=most
+    )
+    bpf(BPF_PROG_QUERY, attr)
+    return [int(ids[i]) for i in range(min(attr.prog_cnt, most))]
 
 
 # -- the new mount API: open_tree, mount_setattr, move_mount -----------------

@@ -5,6 +5,9 @@ all its networks. The table is always replaced whole, in one nft
 transaction (declare, delete, re-add), so a reader never sees half of it and
 no other table, chain or the host's policy is ever touched. Scripts run in
 lxpyd's process through libnftables when it can be loaded (`run_script`).
+
+The ctypes binding of libnftables lives here, beside its one user, and not
+in lxpy.kernel.syscalls: that module binds libc's syscalls only.
 """
 
 from __future__ import annotations
