@@ -110,7 +110,7 @@ class BuildProgress(Vertical):
                     elif "operation" in msg:
                         op = msg["operation"]
         if op.get("status") == "running":
-            op = await client.wait_operation(self.op_id, wait=20)
+            op = await client.wait_operation(self.op_id, timeout=20)
         if op.get("status") != "success":
             err = op.get("error") or {}
             self.stage("")

@@ -3,51 +3,43 @@
 The same wire as lxpy.api.client (one connection per request, `Connection:
 close`, bodies framed by Content-Length, chunked coding or the end of the
 connection) on asyncio streams, so the Textual app never blocks its loop.
-URL building, socket resolution and the hints come from the sync client,
-so both clients name paths and failures the same way.
+Its API methods come from lxpy.api.calls, as the sync client's do (the same
+names and parameters; here each answers a coroutine); the request encoding,
+answer parsing, socket resolution and hints come from the sync client, so
+both clients name paths and failures the same way. This module is the
+transport only.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from lxpy.api.calls import Call, Calls, export_request, import_request
 from lxpy.api.client import (
-    _ct,
-    _dev,
-    _op,
-    _snap,
-    _vol,
+    LineDecoder,
     body_length,
     decode_json,
     encode_request,
-    image_path,
     lost,
     parse_chunk_size,
     parse_header_line,
     parse_status_line,
-    quote,
     resolve_socket,
     response_error,
     timed_out,
     unreachable,
-    wait_fields,
 )
-from lxpy.api.streams import (
-    ERROR,
-    EXIT,
-    PROTOCOL,
-    STDIN,
-    STDOUT,
-    FrameDecoder,
-    frame,
-    parse_json,
-)
-from lxpy.api.transfer import EXPORT_PATH, IMPORT_PATH, query
-from lxpy.errors import LxpyError, NotFound, from_json
+from lxpy.api.streams import PROTOCOL, STDIN, frame
+from lxpy.api.transfer import Receiver, upgrade_target
+from lxpy.errors import LxpyError
+
+if TYPE_CHECKING:
+    from lxpy.api.calls import Object
+
+T = TypeVar("T")
 
 # Bounds on a status line or header line, and on their number, so a
 # confused peer cannot make the client buffer without end.
@@ -158,16 +150,13 @@ class EventStream:
         self._resp = resp
         self._where = where
 
-    async def __aiter__(self) -> AsyncIterator[Any]:
-        pending = b""
+    async def __aiter__(self) -> AsyncIterator[Object]:
+        lines = LineDecoder(self._where)
         async for chunk in self._resp.chunks():
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                if line.strip():
-                    yield _decode_line(line, self._where)
-        if pending.strip():
-            yield _decode_line(pending, self._where)
+            for obj in lines.feed(chunk):
+                yield obj
+        for obj in lines.end():
+            yield obj
 
     async def aclose(self) -> None:
         await self._resp.aclose()
@@ -179,17 +168,9 @@ class EventStream:
         await self.aclose()
 
 
-def _decode_line(line: bytes, where: str) -> Any:
-    try:
-        return json.loads(line)
-    except ValueError:
-        raise LxpyError(
-            f"lxpyd at {where} sent a stream line that is not JSON: {line[:80]!r}"
-        ) from None
-
-
-class AsyncClient:
-    """A connection-per-request asyncio client of lxpyd.
+class AsyncClient(Calls):
+    """A connection-per-request asyncio client of lxpyd. Its API methods
+    come from lxpy.api.calls.Calls; here each answers a coroutine.
 
     Args:
         socket_path: the daemon's socket; None for $LXPY_SOCKET or the default.
@@ -243,40 +224,22 @@ class AsyncClient:
             await resp.aclose()
             raise
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        body: object = None,
-        query: Mapping[str, object] | None = None,
-        text: bool = False,
-    ) -> Any:
-        resp = await self.open(method, path, body, query)
+    async def _run(self, call: Call[T]) -> T:
+        resp = await self.open(call.method, call.path, call.body, call.query)
         try:
             if resp.status >= 400:
                 raise await resp.error()
-            if text:
-                return (await resp.read()).decode("utf-8", "replace")
-            return await resp.json()
+            # The call's T says what its answer is: text or JSON.
+            if call.text:
+                answer: Any = (await resp.read()).decode("utf-8", "replace")
+            else:
+                answer = await resp.json()
+            return answer
         finally:
             await resp.aclose()
 
-    async def request(
-        self,
-        method: str,
-        path: str,
-        body: object = None,
-        query: Mapping[str, object] | None = None,
-        text: bool = False,
-    ) -> Any:
-        """One API call: the parsed JSON answer (the text with text=True).
-
-        Args:
-            method: HTTP method.
-            path: absolute path under /1.0 (segments already quoted).
-            body: JSON-able request body, or None.
-            query: query parameters; True is sent as 1, None/False are left out.
-            text: return the body as text instead of parsing JSON.
+    async def run(self, call: Call[T]) -> T:
+        """Send `call` and read its answer (JSON, or text for a text call).
 
         Raises:
             LxpyError: the subclass the daemon's error code names.
@@ -284,17 +247,38 @@ class AsyncClient:
                 answer within the client's timeout.
         """
         if self.timeout is None:
-            return await self._call(method, path, body, query, text)
+            return await self._run(call)
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._call(method, path, body, query, text)
+                return await self._run(call)
         except TimeoutError:
             raise timed_out(self.socket_path, self.timeout) from None
 
-    async def open_stream(
-        self, path: str, query: Mapping[str, object] | None = None
-    ) -> EventStream:
-        """Open an NDJSON stream; it is subscribed when this returns.
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        query: Mapping[str, object] | None = None,
+    ) -> Any:
+        """One call the API methods do not name: the parsed JSON answer.
+
+        Args:
+            method: HTTP method.
+            path: absolute path under /1.0 (segments already quoted).
+            body: JSON-able request body, or None.
+            query: query parameters; True is sent as 1, None/False are left out.
+
+        Raises:
+            LxpyError: the subclass the daemon's error code names.
+            DaemonUnavailable: when the daemon cannot be reached or does not
+                answer within the client's timeout.
+        """
+        return await self.run(Call(method, path, body, query))
+
+    async def stream(self, call: Call[Object]) -> EventStream:
+        """Open the NDJSON stream `call` names; it is subscribed when this
+        returns. The client's timeout bounds only the wait for its head.
 
         Raises:
             LxpyError: for an error answer.
@@ -302,7 +286,7 @@ class AsyncClient:
         """
         try:
             async with asyncio.timeout(self.timeout):
-                resp = await self.open("GET", path, None, query)
+                resp = await self.open(call.method, call.path, call.body, call.query)
         except TimeoutError:
             raise timed_out(self.socket_path, self.timeout) from None
         if resp.status >= 400:
@@ -312,279 +296,71 @@ class AsyncClient:
                 await resp.aclose()
         return EventStream(resp, self.socket_path)
 
-    # -- endpoints (docs/api.md) ---------------------------------------------
+    # -- the backup stream (docs/backup.md) ---------------------------------
 
-    async def server_info(self) -> dict[str, Any]:
-        return await self.request("GET", "/1.0")
-
-    async def templates(self) -> list[dict[str, Any]]:
-        return await self.request("GET", "/1.0/templates")
-
-    # -- images and remotes -------------------------------------------------
-    async def remotes(self) -> list[dict[str, Any]]:
-        return await self.request("GET", "/1.0/remotes")
-
-    async def add_remote(
-        self, name: str, url: str, protocol: str = "simplestreams"
-    ) -> dict[str, Any]:
-        body = {"name": name, "url": url, "protocol": protocol}
-        return await self.request("POST", "/1.0/remotes", body)
-
-    async def remove_remote(self, name: str) -> None:
-        await self.request("DELETE", f"/1.0/remotes/{quote(name, 'remote name')}")
-
-    async def remote_images(
-        self, remote: str, filter: str = "", refresh: bool = False
-    ) -> list[dict[str, Any]]:
-        path = f"/1.0/remotes/{quote(remote, 'remote name')}/images"
-        query = {"filter": filter, "refresh": refresh}
-        return await self.request("GET", path, query=query)
-
-    async def images(self) -> list[dict[str, Any]]:
-        return await self.request("GET", "/1.0/images")
-
-    async def image(self, ref: str) -> dict[str, Any]:
-        return await self.request("GET", image_path(ref))
-
-    async def delete_image(self, ref: str) -> None:
-        await self.request("DELETE", image_path(ref))
-
-    async def update_image_aliases(
-        self, ref: str, add: list[str] | None = None, remove: list[str] | None = None
-    ) -> dict[str, Any]:
-        body = {"add_aliases": list(add or ()), "remove_aliases": list(remove or ())}
-        return await self.request("PATCH", image_path(ref), body)
-
-    async def pull_image(self, image: str) -> dict[str, Any]:
-        """Start downloading REMOTE:ALIAS: the operation (`success` when cached)."""
-        return await self.request("POST", "/1.0/images/pull", {"image": image})
-
-    async def publish(
-        self,
-        container: str,
-        snapshot: str | None = None,
-        aliases: list[str] | None = None,
-        description: str = "",
-    ) -> dict[str, Any]:
-        body = {
-            "container": container,
-            "snapshot": snapshot,
-            "aliases": list(aliases or ()),
-            "description": description,
-        }
-        return await self.request("POST", "/1.0/images", body)
-
-    async def build_template(self, name: str, refresh: bool = False) -> dict[str, Any]:
-        """Start a template build: the operation (already `success` when cached).
-        `refresh` builds afresh from the mirror (current packages), even when
-        the template is up to date and its build is cached."""
-        path = f"/1.0/templates/{quote(name, 'template name')}/build"
-        return await self.request("POST", path, {"refresh": refresh})
-
-    async def networks(self) -> list[Any] | None:
-        """The daemon's networks, or None when this lxpyd manages none (404)."""
-        try:
-            return await self.request("GET", "/1.0/networks")
-        except NotFound:
-            return None
-
-    async def containers(self, stats: bool = False) -> list[dict[str, Any]]:
-        """Every container; with `stats`, the running ones' resource use."""
-        return await self.request("GET", "/1.0/containers", query={"stats": stats})
-
-    async def container(self, name: str) -> dict[str, Any]:
-        return await self.request("GET", _ct(name))
-
-    async def create_container(
-        self,
-        name: str,
-        template: str | None,
-        config: Mapping[str, object] | None = None,
-        image: str | None = None,
-    ) -> dict[str, Any]:
-        """Create from `template`, or from `image` (REMOTE:ALIAS, an alias,
-        a fingerprint) when `template` is None."""
-        body: dict[str, object] = {"name": name, "config": dict(config or {})}
-        body.update({"template": template} if image is None else {"image": image})
-        return await self.request("POST", "/1.0/containers", body)
-
-    async def update_config(
-        self,
-        name: str,
-        set_: Mapping[str, object] | None = None,
-        unset: list[str] | None = None,
-    ) -> dict[str, Any]:
-        """Set and unset config keys of `name`; lxpyd checks them (nothing
-        changes when one is refused). The container as it is now."""
-        body = {"set": dict(set_ or {}), "unset": list(unset or [])}
-        return await self.request("PATCH", _ct(name) + "/config", body)
-
-    async def delete_container(self, name: str, force: bool = False) -> None:
-        await self.request("DELETE", _ct(name), query={"force": force})
-
-    async def rename_container(self, name: str, new: str) -> dict[str, Any]:
-        return await self.request("POST", _ct(name) + "/rename", {"name": new})
-
-    async def _upgrade(self, method: str, path: str) -> AsyncResponse:
-        """Ask for the framed stream (lxpy.api.streams) on `method path`.
+    async def _upgrade(self, call: Call[Object]) -> AsyncResponse:
+        """Ask for the framed stream (lxpy.api.streams) on `call`.
 
         Raises:
             LxpyError: the error lxpyd answered instead of 101.
         """
-        return await self._send(encode_request(method, path, upgrade=PROTOCOL), upgrade=True)
+        data = encode_request(call.method, upgrade_target(call), upgrade=PROTOCOL)
+        return await self._send(data, upgrade=True)
 
-    async def _frames_until_end(
-        self, resp: AsyncResponse, on_data: Callable[[bytes], None] | None = None
-    ) -> dict[str, Any]:
-        # Stdout frames to `on_data`; the exit frame's object is the answer,
-        # an error frame's error is raised.
-        decoder = FrameDecoder()
+    async def _answer(self, resp: AsyncResponse, receiver: Receiver, ended: str) -> Object:
+        # Read frames until the exit frame's answer (an error frame's
+        # error is raised); `ended` says what an early end means, with
+        # the bytes received as {moved}.
         while True:
             try:
                 data = await resp._reader.read(1 << 20)
             except OSError as e:
                 raise lost(self.socket_path, e.strerror or str(e)) from None
             if not data:
-                raise lost(self.socket_path, "the transfer ended before its answer")
-            for kind, payload in decoder.feed(data):
-                if kind == STDOUT and on_data is not None:
-                    on_data(payload)
-                elif kind == ERROR:
-                    raise from_json(parse_json(payload, "error"))
-                elif kind == EXIT:
-                    return parse_json(payload, "exit")
+                raise lost(self.socket_path, ended.format(moved=receiver.moved))
+            if (answer := receiver.feed(data)) is not None:
+                return answer
 
     async def export_container(
         self,
         name: str,
-        on_data: Callable[[bytes], None],
+        write: Callable[[bytes], object],
         instance_only: bool = False,
         optimized: bool = False,
-    ) -> dict[str, Any]:
-        """The backup file of container `name`, a chunk at a time to
-        `on_data` (docs/backup.md); lxpyd's summary."""
-        path = EXPORT_PATH.format(name=quote(name))
-        resp = await self._upgrade(
-            "GET", path + query(instance_only=instance_only, optimized=optimized)
-        )
+        progress: Callable[[int], None] | None = None,
+    ) -> Object:
+        """As Client.export_container: the backup file of container `name` to
+        `write`, lxpyd's summary."""
+        resp = await self._upgrade(export_request(name, instance_only, optimized))
+        receiver = Receiver(write, progress)
         try:
-            return await self._frames_until_end(resp, on_data)
+            return await self._answer(resp, receiver, "the export ended after {moved} bytes")
         finally:
             await resp.aclose()
 
     async def import_container(
-        self, chunks: AsyncIterator[bytes], name: str | None = None
-    ) -> dict[str, Any]:
-        """Make a container of the backup file given as `chunks`; the container."""
-        resp = await self._upgrade("POST", IMPORT_PATH + query(name=name))
+        self,
+        chunks: AsyncIterable[bytes],
+        name: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Object:
+        """As Client.import_container, with `chunks` an async iterable: the
+        container lxpyd made of them."""
+        resp = await self._upgrade(import_request(name))
+        moved = 0
         try:
             try:
                 async for chunk in chunks:
                     if chunk:
                         resp._writer.write(frame(STDIN, chunk))
                         await resp._writer.drain()
+                        moved += len(chunk)
+                        if progress is not None:
+                            progress(moved)
                 resp._writer.write(frame(STDIN, b""))
                 await resp._writer.drain()
             except OSError:
                 pass  # lxpyd stopped reading: its answer says why
-            return await self._frames_until_end(resp)
+            return await self._answer(resp, Receiver(), "no answer to the import")
         finally:
             await resp.aclose()
-
-    async def copy_container(
-        self, source: str, dest: str, instance_only: bool = False
-    ) -> dict[str, Any]:
-        body = {"name": dest, "instance_only": instance_only}
-        return await self.request("POST", _ct(source) + "/copy", body)
-
-    async def start(
-        self, name: str, wait: bool = False, wait_timeout: float | None = None
-    ) -> dict[str, Any]:
-        """Start `name`; with `wait`, answer once it is ready, else once init runs."""
-        body = wait_fields(wait, wait_timeout)
-        return await self.request("POST", _ct(name) + "/start", body)
-
-    async def stop(self, name: str, grace: float = 30, force: bool = False) -> dict[str, Any]:
-        """Stop `name`: init gets `grace` seconds to halt (none with force)."""
-        body = {"timeout": grace, "force": force}
-        return await self.request("POST", _ct(name) + "/stop", body)
-
-    async def restart(
-        self, name: str, grace: float = 30, wait: bool = False, wait_timeout: float | None = None
-    ) -> dict[str, Any]:
-        """Stop `name` (as stop() does) and start it again; `wait` as for start()."""
-        body = {"timeout": grace, **wait_fields(wait, wait_timeout)}
-        return await self.request("POST", _ct(name) + "/restart", body)
-
-    async def freeze(self, name: str) -> dict[str, Any]:
-        return await self.request("POST", _ct(name) + "/freeze", {})
-
-    async def unfreeze(self, name: str) -> dict[str, Any]:
-        return await self.request("POST", _ct(name) + "/unfreeze", {})
-
-    async def console_log(self, name: str) -> str:
-        """The console output kept since boot."""
-        return await self.request("GET", _ct(name) + "/console/log", text=True)
-
-    async def snapshots(self, name: str) -> list[dict[str, Any]]:
-        return await self.request("GET", _ct(name) + "/snapshots")
-
-    async def create_snapshot(self, name: str, snapshot: str | None = None) -> dict[str, Any]:
-        body = {} if snapshot is None else {"name": snapshot}
-        return await self.request("POST", _ct(name) + "/snapshots", body)
-
-    async def restore_snapshot(
-        self, name: str, snapshot: str, grace: float | None = None
-    ) -> dict[str, Any]:
-        """Restore a container to a snapshot; a running one is stopped (killed
-        after `grace` s), restored and started again."""
-        body = None if grace is None else {"timeout": grace}
-        return await self.request("POST", _snap(name, snapshot) + "/restore", body)
-
-    async def delete_snapshot(self, name: str, snapshot: str) -> None:
-        await self.request("DELETE", _snap(name, snapshot))
-
-    async def devices(self, name: str) -> list[dict[str, Any]]:
-        return await self.request("GET", _ct(name) + "/devices")
-
-    async def device(self, name: str, device: str) -> dict[str, Any]:
-        return await self.request("GET", _dev(name, device))
-
-    async def add_device(
-        self, name: str, device: str, type_: str, config: Mapping[str, str] | None = None
-    ) -> dict[str, Any]:
-        """Add a device; a running container gets it at once."""
-        body = {"name": device, "type": type_, "config": dict(config or {})}
-        return await self.request("POST", _ct(name) + "/devices", body)
-
-    async def remove_device(self, name: str, device: str) -> None:
-        await self.request("DELETE", _dev(name, device))
-
-    async def volumes(self) -> list[dict[str, Any]]:
-        return await self.request("GET", "/1.0/volumes")
-
-    async def volume(self, name: str) -> dict[str, Any]:
-        return await self.request("GET", _vol(name))
-
-    async def create_volume(self, name: str) -> dict[str, Any]:
-        return await self.request("POST", "/1.0/volumes", {"name": name})
-
-    async def delete_volume(self, name: str) -> None:
-        await self.request("DELETE", _vol(name))
-
-    async def operation(self, op_id: str) -> dict[str, Any]:
-        return await self.request("GET", _op(op_id))
-
-    async def wait_operation(self, op_id: str, wait: float | None = None) -> dict[str, Any]:
-        """The operation once it has ended, or after `wait` seconds."""
-        query = None if wait is None else {"timeout": wait}
-        return await self.request("GET", _op(op_id) + "/wait", query=query)
-
-    async def operation_stream(self, op_id: str) -> EventStream:
-        """`{"log": ...}`, `{"progress": ..., "stage": ...}`, then `{"operation": ...}`."""
-        return await self.open_stream(_op(op_id) + "/stream")
-
-    async def events(self, types: list[str] | None = None) -> EventStream:
-        """The event stream, subscribed when this returns."""
-        query = {"type": ",".join(types)} if types else None
-        return await self.open_stream("/1.0/events", query)

@@ -1,5 +1,9 @@
 """Synchronous client of lxpyd's HTTP/JSON API (docs/api.md) for the CLI.
 
+Its API methods (`start_container`, `images`, ...) come from
+lxpy.api.calls, which the asyncio client shares; this module is the
+transport, and the HTTP/1.1 encoding and answer parsing both clients use.
+
 It speaks just enough HTTP/1.1 over a unix socket: one connection per
 request (`Connection: close`), bodies framed by Content-Length, chunked
 transfer coding or the end of the connection. http.client is not used
@@ -15,14 +19,19 @@ import os
 import sys
 
 from lxpy.api import wire
-from lxpy.errors import DaemonUnavailable, InvalidArgument, LxpyError, from_json
+from lxpy.api.calls import Call, Calls, query_string
+from lxpy.errors import DaemonUnavailable, LxpyError, from_json
 
 # typing costs import time the CLI does not need at run time: the
 # annotations are strings (see the __future__ import) that only mypy reads.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
-    from typing import IO, Any
+    from collections.abc import Callable, Iterable, Iterator, Mapping
+    from typing import Any, TypeVar
+
+    from lxpy.api.calls import Object
+
+    T = TypeVar("T")
 
 # Same default as lxpy.model.settings.DEFAULT_SOCKET, spelled out here so the
 # CLI does not import the daemon-side settings parser (and tomllib) to start.
@@ -45,9 +54,6 @@ LOST_HINT = (
 # confused peer cannot make the client buffer without end.
 _MAX_LINE = 65536
 _MAX_HEADERS = 100
-# RFC 3986 unreserved characters minus '.', so that a name such as '..'
-# reaches the daemon as a name to reject, never as a path step.
-_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_~")
 
 
 def resolve_socket(path: str | os.PathLike[str] | None = None) -> str:
@@ -55,31 +61,6 @@ def resolve_socket(path: str | os.PathLike[str] | None = None) -> str:
     if path:
         return os.fspath(path)
     return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
-
-
-def quote(segment: str, what: str = "name") -> str:
-    """Percent-encode one path segment.
-
-    Raises:
-        InvalidArgument: for an empty segment, which would change the path's meaning.
-    """
-    if not segment:
-        raise InvalidArgument(f"{what} must not be empty")
-    return "".join(
-        chr(b) if b in _SAFE else f"%{b:02X}" for b in segment.encode("utf-8", "surrogateescape")
-    )
-
-
-def _query_string(query: Mapping[str, object] | None) -> str:
-    if not query:
-        return ""
-    parts = []
-    for key, value in query.items():
-        if value is None or value is False:
-            continue
-        text = "1" if value is True else str(value)
-        parts.append(f"{quote(key)}={quote(text) if text else ''}")
-    return "?" + "&".join(parts) if parts else ""
 
 
 def encode_request(
@@ -93,7 +74,7 @@ def encode_request(
     with `upgrade`, one asking to switch to that protocol (lxpy.api.streams)."""
     payload = b"" if body is None else wire.dumps(body).encode()
     head = [
-        f"{method} {path}{_query_string(query)} HTTP/1.1",
+        f"{method} {path}{query_string(query)} HTTP/1.1",
         "Host: lxpyd",
         *(("Connection: Upgrade", f"Upgrade: {upgrade}") if upgrade else ("Connection: close",)),
         "Accept: application/json",
@@ -225,6 +206,36 @@ def response_error(status: int, reason: str, body: bytes, where: str) -> LxpyErr
     return LxpyError(f"lxpyd answered {status} {reason}".rstrip())
 
 
+class LineDecoder:
+    """The JSON objects of an NDJSON stream, whatever its split into chunks."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> list[Any]:
+        """Add `chunk`; the objects of every line now complete.
+
+        Raises:
+            LxpyError: for a line that is not JSON.
+        """
+        *lines, self._pending = (self._pending + chunk).split(b"\n")
+        return [self._decode(line) for line in lines if line.strip()]
+
+    def end(self) -> list[Any]:
+        """The object of a last line the stream did not end with a newline."""
+        line, self._pending = self._pending, b""
+        return [self._decode(line)] if line.strip() else []
+
+    def _decode(self, line: bytes) -> Any:
+        try:
+            return wire.loads(line)
+        except ValueError:
+            raise LxpyError(
+                f"lxpyd at {self._where} sent a stream line that is not JSON: {line[:80]!r}"
+            ) from None
+
+
 class _Reader:
     """Buffered reads from a socket: what Response reads of a file."""
 
@@ -347,8 +358,9 @@ class Response:
         self._sock.close()
 
 
-class Client:
-    """A connection-per-request client of lxpyd.
+class Client(Calls):
+    """A connection-per-request client of lxpyd. Its API methods come from
+    lxpy.api.calls.Calls.
 
     Args:
         socket_path: the daemon's socket; None for $LXPY_SOCKET or the default.
@@ -405,6 +417,23 @@ class Client:
             sock.close()
             raise
 
+    def run(self, call: Call[T]) -> T:
+        """Send `call` and read its answer (JSON, or text for a text call).
+
+        Raises:
+            LxpyError: the subclass the daemon's error code names.
+            DaemonUnavailable: when the daemon cannot be reached.
+        """
+        resp = self.open(call.method, call.path, call.body, call.query)
+        try:
+            if resp.status >= 400:
+                raise resp.error()
+            # The call's T says what its answer is: text or JSON.
+            answer: Any = resp.read().decode("utf-8", "replace") if call.text else resp.json()
+            return answer
+        finally:
+            resp.close()
+
     def request(
         self,
         method: str,
@@ -412,7 +441,7 @@ class Client:
         body: object = None,
         query: Mapping[str, object] | None = None,
     ) -> Any:
-        """One API call: the parsed JSON answer.
+        """One call the API methods do not name: the parsed JSON answer.
 
         Args:
             method: HTTP method.
@@ -424,358 +453,65 @@ class Client:
             LxpyError: the subclass the daemon's error code names.
             DaemonUnavailable: when the daemon cannot be reached.
         """
-        resp = self.open(method, path, body, query)
-        try:
-            if resp.status >= 400:
-                raise resp.error()
-            return resp.json()
-        finally:
-            resp.close()
+        return self.run(Call(method, path, body, query))
 
-    def stream(self, path: str, query: Mapping[str, object] | None = None) -> Iterator[Any]:
-        """The JSON objects of an NDJSON stream, each as soon as its line arrives.
-
-        The connection closes when the iterator is exhausted or closed.
+    def stream(self, call: Call[Object]) -> Iterator[Object]:
+        """The JSON objects of the NDJSON stream `call` opens, each as soon as
+        its line arrives. The connection closes when the iterator is
+        exhausted or closed.
 
         Raises:
             LxpyError: for an error answer or a line that is not JSON.
             DaemonUnavailable: when the daemon cannot be reached.
         """
-        resp = self.open("GET", path, None, query)
+        resp = self.open(call.method, call.path, call.body, call.query)
         try:
             if resp.status >= 400:
                 raise resp.error()
-            pending = b""
+            lines = LineDecoder(self.socket_path)
             for chunk in resp.chunks():
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        yield self._decode_line(line)
-            if pending.strip():
-                yield self._decode_line(pending)
+                yield from lines.feed(chunk)
+            yield from lines.end()
         finally:
             resp.close()
 
-    def _decode_line(self, line: bytes) -> Any:
-        try:
-            return wire.loads(line)
-        except ValueError:
-            raise LxpyError(
-                f"lxpyd at {self.socket_path} sent a stream line that is not JSON: {line[:80]!r}"
-            ) from None
-
-    # -- endpoints (docs/api.md) ---------------------------------------------
-
-    def server_info(self) -> dict[str, Any]:
-        return self.request("GET", "/1.0")
-
-    def templates(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/1.0/templates")
-
-    def template(self, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/1.0/templates/{quote(name, 'template name')}")
-
-    # -- images and remotes -------------------------------------------------
-    def remotes(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/1.0/remotes")
-
-    def add_remote(self, name: str, url: str, protocol: str = "simplestreams") -> dict[str, Any]:
-        body = {"name": name, "url": url, "protocol": protocol}
-        return self.request("POST", "/1.0/remotes", body)
-
-    def remove_remote(self, name: str) -> None:
-        self.request("DELETE", f"/1.0/remotes/{quote(name, 'remote name')}")
-
-    def remote_images(
-        self, remote: str, filter: str = "", refresh: bool = False
-    ) -> list[dict[str, Any]]:
-        path = f"/1.0/remotes/{quote(remote, 'remote name')}/images"
-        query = {"filter": filter, "refresh": refresh}
-        return self.request("GET", path, query=query)
-
-    def images(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/1.0/images")
-
-    def image(self, ref: str) -> dict[str, Any]:
-        return self.request("GET", image_path(ref))
-
-    def delete_image(self, ref: str) -> None:
-        self.request("DELETE", image_path(ref))
-
-    def update_image_aliases(
-        self, ref: str, add: list[str] | None = None, remove: list[str] | None = None
-    ) -> dict[str, Any]:
-        body = {"add_aliases": list(add or ()), "remove_aliases": list(remove or ())}
-        return self.request("PATCH", image_path(ref), body)
-
-    def pull_image(self, image: str) -> dict[str, Any]:
-        """Start downloading REMOTE:ALIAS: the operation (`success` when cached)."""
-        return self.request("POST", "/1.0/images/pull", {"image": image})
-
-    def publish(
-        self,
-        container: str,
-        snapshot: str | None = None,
-        aliases: list[str] | None = None,
-        description: str = "",
-    ) -> dict[str, Any]:
-        body = {
-            "container": container,
-            "snapshot": snapshot,
-            "aliases": list(aliases or ()),
-            "description": description,
-        }
-        return self.request("POST", "/1.0/images", body)
-
-    def build_template(self, name: str, refresh: bool = False) -> dict[str, Any]:
-        """Start a template build: the operation (already `success` when cached).
-        `refresh` builds afresh from the mirror (current packages), even when
-        the template is up to date and its build is cached."""
-        path = f"/1.0/templates/{quote(name, 'template name')}/build"
-        return self.request("POST", path, {"refresh": refresh})
-
-    def delete_template(self, name: str) -> None:
-        self.request("DELETE", f"/1.0/templates/{quote(name, 'template name')}")
-
-    def containers(self, stats: bool = False) -> list[dict[str, Any]]:
-        """Every container; with `stats`, the running ones' resource use."""
-        return self.request("GET", "/1.0/containers", query={"stats": stats})
-
-    def container(self, name: str) -> dict[str, Any]:
-        return self.request("GET", _ct(name))
-
-    def create_container(
-        self,
-        name: str,
-        template: str | None,
-        config: Mapping[str, object] | None = None,
-        image: str | None = None,
-    ) -> dict[str, Any]:
-        """Create from `template`, or from `image` (REMOTE:ALIAS, an alias,
-        a fingerprint) when `template` is None."""
-        body: dict[str, object] = {"name": name, "config": dict(config or {})}
-        body.update({"template": template} if image is None else {"image": image})
-        return self.request("POST", "/1.0/containers", body)
-
-    def delete_container(self, name: str, force: bool = False) -> None:
-        self.request("DELETE", _ct(name), query={"force": force})
-
-    def start_container(
-        self, name: str, wait: bool = False, wait_timeout: float | None = None
-    ) -> dict[str, Any]:
-        """Start `name`; with `wait`, return once it is ready (README, "Waiting
-        for a container"), else once its init runs."""
-        body = wait_fields(wait, wait_timeout)
-        return self.request("POST", _ct(name) + "/start", body)
-
-    def stop_container(
-        self, name: str, timeout: float | None = None, force: bool = False
-    ) -> dict[str, Any]:
-        body: dict[str, object] = {"force": force}
-        if timeout is not None:
-            body["timeout"] = timeout
-        return self.request("POST", _ct(name) + "/stop", body)
-
-    def restart_container(
-        self,
-        name: str,
-        timeout: float | None = None,
-        wait: bool = False,
-        wait_timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """Stop `name` (`timeout`: as for stop_container) and start it again;
-        `wait`: as for start_container."""
-        body = wait_fields(wait, wait_timeout)
-        if timeout is not None:
-            body["timeout"] = timeout
-        return self.request("POST", _ct(name) + "/restart", body)
-
-    def container_stats(self, name: str) -> dict[str, Any] | None:
-        """Resource use of a running container (None when it is not running)."""
-        return self.request("GET", _ct(name) + "/stats")
-
-    def stop_all(self, timeout: float | None = None) -> dict[str, Any]:
-        """Stop every running container in boot.stop_priority order:
-        `{"stopped": [...], "errors": {name: message}}`."""
-        body = {} if timeout is None else {"timeout": timeout}
-        return self.request("POST", "/1.0/containers/stop-all", body)
-
-    def freeze_container(self, name: str) -> dict[str, Any]:
-        return self.request("POST", _ct(name) + "/freeze")
-
-    def unfreeze_container(self, name: str) -> dict[str, Any]:
-        return self.request("POST", _ct(name) + "/unfreeze")
-
-    def console_log(self, name: str) -> str:
-        """The console output kept since boot (text)."""
-        resp = self.open("GET", _ct(name) + "/console/log")
-        try:
-            if resp.status >= 400:
-                raise resp.error()
-            return resp.read().decode("utf-8", "replace")
-        finally:
-            resp.close()
-
-    def update_config(
-        self,
-        name: str,
-        set_: Mapping[str, object] | None = None,
-        unset: list[str] | None = None,
-    ) -> dict[str, Any]:
-        body = {"set": dict(set_ or {}), "unset": list(unset or [])}
-        return self.request("PATCH", _ct(name) + "/config", body)
-
-    def rename_container(self, name: str, new: str) -> dict[str, Any]:
-        return self.request("POST", _ct(name) + "/rename", {"name": new})
-
-    def copy_container(self, source: str, dest: str, instance_only: bool = False) -> dict[str, Any]:
-        body = {"name": dest, "instance_only": instance_only}
-        return self.request("POST", _ct(source) + "/copy", body)
+    # -- the backup stream (docs/backup.md) ---------------------------------
 
     def export_container(
         self,
         name: str,
-        out: IO[bytes],
+        write: Callable[[bytes], object],
         instance_only: bool = False,
         optimized: bool = False,
         progress: Callable[[int], None] | None = None,
-    ) -> dict[str, Any]:
-        """Write the backup file of container `name` to `out` (docs/backup.md)."""
+    ) -> Object:
+        """The backup file of container `name`, a piece at a time to `write`;
+        lxpyd's summary (size, snapshots). `progress` is told the bytes
+        moved so far.
+
+        Raises:
+            LxpyError: what lxpyd refused or what failed, in its words.
+            DaemonUnavailable: lost the connection before the end.
+        """
         from lxpy.api import transfer
 
-        return transfer.export(self, name, out, instance_only, optimized, progress)
+        return transfer.export(self, name, write, instance_only, optimized, progress)
 
     def import_container(
         self,
-        src: IO[bytes],
+        chunks: Iterable[bytes],
         name: str | None = None,
         progress: Callable[[int], None] | None = None,
-    ) -> dict[str, Any]:
-        """Make a container of the backup file `src` (named `name`, else as in it)."""
+    ) -> Object:
+        """Make a container of the backup file given as `chunks` (named
+        `name`, else as in it); the container. `progress` is told the bytes
+        moved so far.
+
+        Raises:
+            LxpyError: what lxpyd refused (a name in use, a damaged file), in
+                its words; nothing was made.
+            DaemonUnavailable: lost the connection before the answer.
+        """
         from lxpy.api import transfer
 
-        return transfer.import_(self, src, name, progress)
-
-    def snapshots(self, name: str) -> list[dict[str, Any]]:
-        return self.request("GET", _ct(name) + "/snapshots")
-
-    def create_snapshot(self, name: str, snapshot: str | None = None) -> dict[str, Any]:
-        body = {} if snapshot is None else {"name": snapshot}
-        return self.request("POST", _ct(name) + "/snapshots", body)
-
-    def restore_snapshot(
-        self, name: str, snapshot: str, timeout: float | None = None
-    ) -> dict[str, Any]:
-        """Restore a container to a snapshot; a running one is stopped (killed
-        after `timeout` s), restored and started again."""
-        body = None if timeout is None else {"timeout": timeout}
-        return self.request("POST", _snap(name, snapshot) + "/restore", body)
-
-    def delete_snapshot(self, name: str, snapshot: str) -> None:
-        self.request("DELETE", _snap(name, snapshot))
-
-    def devices(self, name: str) -> list[dict[str, Any]]:
-        return self.request("GET", _ct(name) + "/devices")
-
-    def device(self, name: str, device: str) -> dict[str, Any]:
-        return self.request("GET", _dev(name, device))
-
-    def add_device(
-        self, name: str, device: str, type_: str, config: Mapping[str, str] | None = None
-    ) -> dict[str, Any]:
-        """Add a device; a running container gets it at once."""
-        body = {"name": device, "type": type_, "config": dict(config or {})}
-        return self.request("POST", _ct(name) + "/devices", body)
-
-    def remove_device(self, name: str, device: str) -> None:
-        self.request("DELETE", _dev(name, device))
-
-    def volumes(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/1.0/volumes")
-
-    def volume(self, name: str) -> dict[str, Any]:
-        return self.request("GET", _vol(name))
-
-    def create_volume(self, name: str) -> dict[str, Any]:
-        return self.request("POST", "/1.0/volumes", {"name": name})
-
-    def delete_volume(self, name: str) -> None:
-        self.request("DELETE", _vol(name))
-
-    def operations(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/1.0/operations")
-
-    def operation(self, op_id: str) -> dict[str, Any]:
-        return self.request("GET", _op(op_id))
-
-    def wait_operation(self, op_id: str, timeout: float | None = None) -> dict[str, Any]:
-        query = None if timeout is None else {"timeout": timeout}
-        return self.request("GET", _op(op_id) + "/wait", query=query)
-
-    def operation_stream(self, op_id: str) -> Iterator[dict[str, Any]]:
-        """`{"log": ...}`, `{"progress": ..., "stage": ...}`, then `{"operation": ...}`."""
-        return self.stream(_op(op_id) + "/stream")
-
-    def cancel_operation(self, op_id: str) -> None:
-        self.request("DELETE", _op(op_id))
-
-    def events(self, types: list[str] | None = None) -> Iterator[dict[str, Any]]:
-        query = {"type": ",".join(types)} if types else None
-        return self.stream("/1.0/events", query)
-
-    def networks(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/1.0/networks")
-
-    def network(self, name: str) -> dict[str, Any]:
-        return self.request("GET", _net(name))
-
-    def create_network(
-        self, name: str, subnet: str | None = None, nat: bool = True
-    ) -> dict[str, Any]:
-        """Create a managed network; `subnet` None picks a free /24."""
-        body: dict[str, object] = {"name": name, "nat": nat}
-        if subnet is not None:
-            body["subnet"] = subnet
-        return self.request("POST", "/1.0/networks", body)
-
-    def delete_network(self, name: str) -> None:
-        self.request("DELETE", _net(name))
-
-
-def wait_fields(wait: bool, wait_timeout: float | None) -> dict[str, object]:
-    """The body fields of a start or restart that waits until the container
-    is ready (`wait_timeout` None: the daemon's default)."""
-    body: dict[str, object] = {"wait": True} if wait else {}
-    if wait_timeout is not None:
-        body["wait_timeout"] = wait_timeout
-    return body
-
-
-def _ct(name: str) -> str:
-    return "/1.0/containers/" + quote(name, "container name")
-
-
-def _snap(name: str, snapshot: str) -> str:
-    return f"{_ct(name)}/snapshots/{quote(snapshot, 'snapshot name')}"
-
-
-def _dev(name: str, device: str) -> str:
-    return f"{_ct(name)}/devices/{quote(device, 'device name')}"
-
-
-def _vol(name: str) -> str:
-    return "/1.0/volumes/" + quote(name, "volume name")
-
-
-def _op(op_id: str) -> str:
-    return "/1.0/operations/" + quote(op_id, "operation id")
-
-
-def _net(name: str) -> str:
-    return "/1.0/networks/" + quote(name, "network name")
-
-
-def image_path(ref: str) -> str:
-    """The API path of image `ref` (an alias may hold '/')."""
-    return f"/1.0/images/{quote(ref, 'image')}"
+        return transfer.import_(self, chunks, name, progress)

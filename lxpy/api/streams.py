@@ -24,7 +24,8 @@ import struct
 import sys
 
 from lxpy.api import wire
-from lxpy.api.client import encode_request, lost, parse_status_line, quote
+from lxpy.api.calls import container_path
+from lxpy.api.client import encode_request, lost, parse_status_line
 from lxpy.errors import DaemonUnavailable, InvalidArgument, LxpyError, from_json
 
 TYPE_CHECKING = False
@@ -425,10 +426,6 @@ class Session:
 # -- the CLI commands ---------------------------------------------------------------
 
 
-def _path(name: str) -> str:
-    return "/1.0/containers/" + quote(name, "container name")
-
-
 def interactive_console(client: Client, args: argparse.Namespace) -> int:
     """`lxpy console NAME`: attach the local terminal to the container's console.
 
@@ -438,7 +435,7 @@ def interactive_console(client: Client, args: argparse.Namespace) -> int:
     Raises:
         LxpyError: when the console cannot be attached (not running, busy).
     """
-    sock, early = open_stream(client, "GET", _path(args.name) + "/console")
+    sock, early = open_stream(client, "GET", container_path(args.name) + "/console")
     interactive = os.isatty(0)
     print(f"Connected to the console of {args.name}; {DETACH_HINT}", file=sys.stderr)
     session = Session(sock, early, 0, Escape(), resize_fd=0 if interactive else None)
@@ -496,7 +493,7 @@ def run_exec(client: Client, args: argparse.Namespace) -> int:
     """
     tty = args.tty if args.tty is not None else os.isatty(0)
     body = exec_request(args, tty)
-    sock, early = open_stream(client, "POST", _path(args.name) + "/exec", body)
+    sock, early = open_stream(client, "POST", container_path(args.name) + "/exec", body)
     interactive = tty and os.isatty(0)
     session = Session(sock, early, 0, resize_fd=0 if interactive else None)
     with RawTerminal(0) if interactive else contextlib.nullcontext():

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from lxpy.api.client import Client
 
 
+# What one read of the backup file sends as one frame.
+CHUNK = 1 << 20
+
+
 class Meter:
     """Bytes moved, with the rate, on stderr: redrawn in place on a
     terminal, a line every few seconds elsewhere (and one at the end)."""
@@ -72,7 +76,7 @@ def cmd_export(client: Client, args: argparse.Namespace) -> None:
         if sys.stdout.isatty():
             raise InvalidArgument("will not write a backup to a terminal", hint="redirect stdout")
         out = sys.stdout.buffer
-        client.export_container(args.name, out, args.instance_only, args.optimized, meter)
+        client.export_container(args.name, out.write, args.instance_only, args.optimized, meter)
         out.flush()
     else:
         # Written beside, and renamed when whole: a failed export leaves
@@ -80,7 +84,9 @@ def cmd_export(client: Client, args: argparse.Namespace) -> None:
         part = f"{args.file}.part"
         try:
             with open(part, "xb") as f:
-                client.export_container(args.name, f, args.instance_only, args.optimized, meter)
+                client.export_container(
+                    args.name, f.write, args.instance_only, args.optimized, meter
+                )
             os.replace(part, args.file)
         except FileExistsError:
             raise InvalidArgument(
@@ -115,7 +121,7 @@ def cmd_import(client: Client, args: argparse.Namespace) -> None:
         total = os.fstat(src.fileno()).st_size
     meter = None if args.quiet else Meter(f"importing {args.file}", total)
     try:
-        ct = client.import_container(src, args.name, meter)
+        ct = client.import_container(iter(lambda: src.read(CHUNK), b""), args.name, meter)
     finally:
         if src is not sys.stdin.buffer:
             src.close()

@@ -93,7 +93,7 @@ def test_async_client_against_the_fake(fake_lxpyd: FakeLxpyd) -> None:
         assert (await client.console_log("web")).endswith("web login: ")
         with pytest.raises(NotFound, match="no such thing"):
             await client.container("nope")
-        assert [n["name"] for n in await client.networks() or []] == ["lxpybr0"]
+        assert [n["name"] for n in await client.networks()] == ["lxpybr0"]
         async with await client.events() as stream:
             event = {"type": "container-updated", "container": "web"}
             fake_lxpyd.emit(event)

@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from lxpy import cli
-from lxpy.api.client import Client, quote, resolve_socket
+from lxpy.api.calls import quote
+from lxpy.api.client import Client, resolve_socket
 from lxpy.errors import DaemonUnavailable, InvalidArgument, LxpyError, NotFound
 
 VENV_BIN = Path(sys.executable).parent

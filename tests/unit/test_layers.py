@@ -36,6 +36,12 @@ def test_clients_never_import_daemon_side_code(module: str) -> None:
     assert bad == []
 
 
+def test_the_cli_starts_without_typing() -> None:
+    # The API calls (lxpy.api.calls) are generic for mypy only: typing and
+    # what it brings would add milliseconds to every `lxpy` command.
+    assert "typing" not in _modules_after_import("lxpy.cli")
+
+
 @pytest.mark.parametrize(
     "module",
     ["lxpy.model.config", "lxpy.model.settings", "lxpy.model.template", "lxpy.model.state"],

@@ -138,7 +138,7 @@ class ContainerScreen(Screen[None]):
 
     def action_start(self) -> None:
         if name := self._target("start"):
-            self._act(name, "starting", "started", lambda: self.lxpy.client.start(name))
+            self._act(name, "starting", "started", lambda: self.lxpy.client.start_container(name))
 
     def action_stop(self) -> None:
         if not (name := self._target("stop")):
@@ -146,21 +146,27 @@ class ContainerScreen(Screen[None]):
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self._act(name, "stopping", "stopped", lambda: self.lxpy.client.stop(name))
+                self._act(
+                    name, "stopping", "stopped", lambda: self.lxpy.client.stop_container(name)
+                )
 
         self.app.push_screen(ConfirmScreen(f"Stop container {name}?", yes="Stop"), answer)
 
     def action_restart(self) -> None:
         if name := self._target("restart"):
-            self._act(name, "restarting", "restarted", lambda: self.lxpy.client.restart(name))
+            self._act(
+                name, "restarting", "restarted", lambda: self.lxpy.client.restart_container(name)
+            )
 
     def action_freeze(self) -> None:
         if name := self._target("freeze"):
-            self._act(name, "freezing", "froze", lambda: self.lxpy.client.freeze(name))
+            self._act(name, "freezing", "froze", lambda: self.lxpy.client.freeze_container(name))
 
     def action_unfreeze(self) -> None:
         if name := self._target("unfreeze"):
-            self._act(name, "unfreezing", "unfroze", lambda: self.lxpy.client.unfreeze(name))
+            self._act(
+                name, "unfreezing", "unfroze", lambda: self.lxpy.client.unfreeze_container(name)
+            )
 
     def action_snapshot(self) -> None:
         if not (name := self._target("snapshot")):

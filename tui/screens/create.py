@@ -17,7 +17,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Button, Footer, Header, Input, Label, Select
 
-from lxpy.errors import LxpyError
+from lxpy.errors import LxpyError, NotFound
 from lxpy.model.names import validate_name
 from tui.build import BuildProgress, offer_templates
 from tui.messages import Connected, OperationUpdate
@@ -89,9 +89,13 @@ class CreateScreen(Screen[str | None]):
     async def load(self) -> None:
         """Fill the template and network choices from the daemon."""
         client = self.lxpy.client
+        networks: list[Any] | None
         try:
             templates = await client.templates()
-            networks = await client.networks()
+            try:
+                networks = await client.networks()
+            except NotFound:
+                networks = None  # this lxpyd manages no networks
         except LxpyError as e:
             self._problem(e)
             return
