@@ -270,7 +270,7 @@ def _setup_in_new_netns(path: Path, nics: list[Nic], netns_fd: int = -1) -> None
 def _add_nics(ip: IPRoute, fd: int, nics: list[Nic]) -> None:
     # `ip`: a netlink socket in the host namespace; the calling thread is in
     # the namespace `fd`. On failure no veth of `nics` is left.
-    with Revert("veths") as rv:
+    with Revert("veths " + ", ".join(n.host for n in nics)) as rv:
         for nic in nics:
             bridge = _index(ip, nic.bridge)
             if bridge is None:
