@@ -18,6 +18,7 @@ from pathlib import Path
 import trio
 
 from lxpy.errors import LxpyError
+from lxpy.revert import AsyncRevert
 
 # Lines can end in \n, \r\n or a bare \r (progress bars rewrite one line).
 _EOL = re.compile(rb"[\r\n]")
@@ -136,16 +137,14 @@ async def run_logged(
         emit(buf)
 
     try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_lines)
-            rc = await proc.wait()
-            # A background child the tool left in its session may hold the
-            # pipe open: kill it, or the reader would never see EOF.
-            await _kill_group(proc.pid)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await _stop_group(proc, grace)
-        raise
+        async with AsyncRevert(f"run {name}") as rv:
+            rv.undo(lambda: _stop_group(proc, grace), f"stop {name} and its session")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_lines)
+                rc = await proc.wait()
+                # A background child the tool left in its session may hold
+                # the pipe open: kill it, or the reader would never see EOF.
+                await _kill_group(proc.pid)
     finally:
         with trio.CancelScope(shield=True):
             await stdout.aclose()

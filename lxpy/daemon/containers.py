@@ -15,12 +15,10 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Literal
-
-import trio
 
 from lxpy.build.rootfs import set_hostname_files
 from lxpy.daemon import configcheck
@@ -40,6 +38,7 @@ from lxpy.model.names import validate_name
 from lxpy.model.security import LIVE_KEYS, IdmapRecord
 from lxpy.model.state import State
 from lxpy.model.suggest import not_found_hint
+from lxpy.revert import AsyncRevert
 
 log = logging.getLogger("lxpyd.containers")
 
@@ -51,16 +50,6 @@ COPY_DROPS = frozenset({"ipv4.address"})
 # A container object's stats: known (None: not running), or read now
 # without / with the disk use, or left out (the plain list).
 StatsArg = dict[str, object] | None | Literal["read", "read-disk", "omit"]
-
-
-async def _undo(step: Callable[[], Awaitable[object]], what: str) -> None:
-    # Undo runs even while the request is being cancelled; its own failure
-    # is logged, and the original error is what the caller sees.
-    with trio.CancelScope(shield=True):
-        try:
-            await step()
-        except Exception:
-            log.exception("undo failed: %s", what)
 
 
 def _str_field(body: dict[str, object], key: str, required: bool = True) -> str | None:
@@ -351,23 +340,20 @@ class Containers:
             # Limits and port filters of a running container change at once,
             # before the record: a value the kernel refuses is not saved
             # either. Other keys take effect at its next start.
-            live = await d.resources.apply_live(name, old.config, new.config)
-            filters: list[str] = []
-            try:
-                filters = await self._refilter(name, old.config, new.config)
-                await d.files(d.registry.save, new)
-            except BaseException:
+            async with AsyncRevert(f"config of {name}") as rv:
+                live = await d.resources.apply_live(name, old.config, new.config)
                 if live:
-                    await _undo(
+                    rv.undo(
                         lambda: d.resources.apply_live(name, new.config, old.config),
                         f"restore the limits of {name}",
                     )
+                filters = await self._refilter(name, old.config, new.config)
                 if filters:
-                    await _undo(
+                    rv.undo(
                         lambda: d.networks.refilter(name, old.config),
                         f"restore the port filters of {name}",
                     )
-                raise
+                await d.files(d.registry.save, new)
             d.records[name] = new
             if live:
                 await d.resources.rebalance()

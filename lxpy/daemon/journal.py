@@ -6,12 +6,12 @@ an ID block, a record) first writes down what it is about to do:
     ROOT/intents/SEQ-OP.json    {"op": "create", "name": "web", ...}
 
 atomically and fsynced before its first step, and removes it after its
-last. Each step registers its undo beside it (`Intent.undo`), as Incus's
-revert does: an error or a cancel runs the undos in reverse, shielded, and
-removes the intent. A crash runs nothing, and the next lxpyd finds the
-intent and settles it before it lists anything (lxpy.daemon.recovery):
-it completes the operation once its point of no return is passed, and
-undoes it otherwise.
+last. Each step registers its undo beside it (`Intent.undo`; an Intent
+is an lxpy.revert.AsyncRevert), as Incus's revert does: an error or a
+cancel runs the undos in reverse, shielded, and removes the intent. A
+crash runs nothing, and the next lxpyd finds the intent and settles it
+before it lists anything (lxpy.daemon.recovery): it completes the
+operation once its point of no return is passed, and undoes it otherwise.
 
 Operations that storage alone keeps whole by its hidden names (snapshot,
 snapshot delete, restore: see lxpy.storage.layout) use the same helper
@@ -34,43 +34,23 @@ import trio
 from lxpy.daemon import crashpoint
 from lxpy.daemon.registry import write_atomic
 from lxpy.errors import PoolFull, is_full, pool_full
+from lxpy.revert import AsyncRevert
 
 log = logging.getLogger("lxpyd.journal")
 
-Undo = Callable[[], Awaitable[object]]
 
-
-class Intent:
-    """One operation under way: its step names and its registered undos."""
+class Intent(AsyncRevert):
+    """One operation under way: its step names and its registered undos
+    (lxpy.revert.AsyncRevert, run by Journal.begin on an error or a cancel)."""
 
     def __init__(self, op: str, path: Path | None) -> None:
-        self.op = op
+        super().__init__(op)
         self.path = path
-        self._undos: list[tuple[Undo, str]] = []
 
     def step(self, name: str) -> None:
         """Step `name` of this operation is done (see lxpy.daemon.crashpoint).
         Safe to call from a worker thread."""
         crashpoint.reached(self.op, name)
-
-    def undo(self, fn: Undo, what: str) -> None:
-        """Register how to reverse the step just done (`what`, for the log)."""
-        self._undos.append((fn, what))
-
-    async def revert(self) -> bool:
-        """Run the undos, last first, even while cancelled; returns whether
-        every one succeeded (a failure is logged, and the error the caller
-        sees stays the operation's own)."""
-        ok = True
-        with trio.CancelScope(shield=True):
-            for fn, what in reversed(self._undos):
-                try:
-                    await fn()
-                except Exception:
-                    log.exception("%s: undo failed: %s", self.op, what)
-                    ok = False
-        self._undos.clear()
-        return ok
 
 
 Blocking = Callable[..., Awaitable[Any]]

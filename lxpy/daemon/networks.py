@@ -53,6 +53,7 @@ from lxpy.model.network import (
 from lxpy.model.suggest import not_found_hint
 from lxpy.network import dnsmasq, l2filter, links, nftables, preflight
 from lxpy.network.links import Nic
+from lxpy.revert import AsyncRevert
 
 log = logging.getLogger("lxpyd.networks")
 
@@ -178,7 +179,7 @@ class Networks:
                 log.error("port filters: %s%s", e.message, f" ({e.hint})" if e.hint else "")
         for net in sorted(self.nets.values(), key=lambda n: n.name):
             try:
-                await self._bring_up(net, created_bridge=[])
+                await self._bring_up(net)
             except LxpyError as e:
                 log.error("network %s: %s%s", net.name, e.message, f" ({e.hint})" if e.hint else "")
                 self.dnsmasq[net.name] = DnsmasqState(net, error=e.message)
@@ -229,22 +230,25 @@ class Networks:
             with contextlib.suppress(OSError):
                 d.rmdir()
 
-    async def _bring_up(self, net: Network, created_bridge: list[bool]) -> None:
-        # Idempotent: every step checks what is there first.
+    async def _bring_up(self, net: Network, made: AsyncRevert | None = None) -> None:
+        # Idempotent: every step checks what is there first. `made` (a
+        # network being created) gets the undo of what this makes; at start
+        # a network that cannot come up keeps its bridge, shown in error.
         bins = self._binaries()
         spec = self._spec(net)
         paths = spec.paths
 
-        def host_side() -> tuple[int, int] | None:
+        def bridge() -> bool:
             with preflight.host_lock():
                 others = [n.subnet for n in self.nets.values() if n.name != net.name]
                 used = links.used_subnets(exclude=[net.name]) + others
                 preflight.check_subnet_free(net.subnet, used, f"network {net.name}")
                 gw = ipaddress.IPv4Interface(f"{net.gateway}/{net.subnet.prefixlen}")
-                created = links.ensure_bridge(
+                return links.ensure_bridge(
                     net.name, self._mark(net.name), gw, self._bridge_mac(net.name)
                 )
-                created_bridge.append(created)
+
+        def host_side() -> tuple[int, int] | None:
             links.enslave(n for nics in self.attached.values() for n in nics)
             for p in paths.as_tuple():
                 p.parent.mkdir(parents=True, exist_ok=True)
@@ -259,20 +263,30 @@ class Networks:
                 preflight.check_ports(net.gateway, net.name)
             return found
 
+        created = await self._run(bridge)
+        if made is not None:
+            if created:
+                made.undo(
+                    lambda: self._run(links.delete_bridge, net.name, self._mark(net.name)),
+                    f"delete bridge {net.name}",
+                )
+            made.undo(lambda: self._stop_services(net), f"stop the services of network {net.name}")
         found = await self._run(host_side)
         state = DnsmasqState(net, *(found or (None, -1)))
         self.dnsmasq[net.name] = state
-        try:
+
+        async def let_go() -> None:
+            self.dnsmasq.pop(net.name, None)
+            dnsmasqd.forget(state)
+
+        async with AsyncRevert(f"network {net.name}") as rv:
+            rv.undo(let_go, f"let go of the dnsmasq of network {net.name}")
             nets = {**self.nets, net.name: net}
             await self._run(nftables.apply, self.table, list(nets.values()), bins["nft"])
             if net.nat:
                 await self._run(nftables.enable_ip_forward)
             await self._run(dnsmasqd.resolved_link_dns, net)
             await self.nursery.start(dnsmasqd.supervise, state, spec)
-        except BaseException:
-            self.dnsmasq.pop(net.name, None)
-            dnsmasqd.forget(state)
-            raise
 
     async def _stop_dnsmasq(self, name: str) -> None:
         st = self.dnsmasq.pop(name, None)
@@ -328,17 +342,15 @@ class Networks:
         if chosen is None:
             chosen = await self._run(self._pick_subnet, name)
         net = Network(name=name, subnet=chosen, nat=nat)
-        created: list[bool] = []
 
-        async def undo() -> None:
+        async def unlist() -> None:
             self.nets.pop(name, None)
-            await self._teardown(net, delete_bridge=bool(created and created[0]))
 
         async with self.journal.begin("network-create", name=name) as op:
-            op.undo(undo, f"remove network {name}")
-            await self._bring_up(net, created)
+            await self._bring_up(net, op)
             op.step("bridge-up")
             self.nets[name] = net
+            op.undo(unlist, f"take network {name} out of the list")
             await self._run(self._save, net)
             op.step("recorded")
         log.info("network %s created: %s, nat %s", name, net.subnet, "on" if nat else "off")
@@ -359,20 +371,21 @@ class Networks:
         (self.state_dir / net.name).mkdir(parents=True, exist_ok=True)
         write_atomic(self.record_path(net.name), net.to_toml().encode())
 
-    async def _teardown(self, net: Network, delete_bridge: bool = True) -> None:
+    async def _teardown(self, net: Network) -> None:
         # Removes what _bring_up made; each step is idempotent.
+        await self._stop_services(net)
+        await self._run(links.delete_bridge, net.name, self._mark(net.name))
+
+    async def _stop_services(self, net: Network) -> None:
+        # What _bring_up made beside the bridge: its dnsmasq and its rules
+        # (`nets` no longer holds `net`). Idempotent.
         await self._stop_dnsmasq(net.name)
         # Also one that serves it unsupervised (it failed to come up).
         await self._run(dnsmasq.kill_stale, self._paths(net.name))
-        errors: list[str] = []
         try:
             await self._run(self.apply_table)
         except LxpyError as e:
-            errors.append(e.message)
-        if delete_bridge:
-            await self._run(links.delete_bridge, net.name, self._mark(net.name))
-        if errors:
-            log.error("network %s teardown: %s", net.name, "; ".join(errors))
+            log.error("network %s teardown: %s", net.name, e.message)
 
     async def delete(self, name: str) -> None:
         """Delete network `name`: dnsmasq, its rules, the bridge, its files.
@@ -567,7 +580,10 @@ class Networks:
         nics = self._fix_addresses(container, nics, leases)
         self.attached[container] = nics
         path = self.netns_path(container)
-        try:
+        async with AsyncRevert(f"network of {container}") as rv:
+            # Idempotent: it removes whatever of the claim, the namespace
+            # and the veths is there.
+            rv.undo(lambda: self.detach(container), f"detach {container}")
             if make_ns is None:
                 await self._run(self._make_netns, container, path, nics, userns)
             else:
@@ -577,10 +593,6 @@ class Networks:
                 await make_ns(path)
                 await self._run(self._fill_netns, container, path, nics)
             await self._update_hosts({n.network for n in nics})
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await self.detach(container)
-            raise
         return NetnsHandle(str(path), nics)
 
     def check_pinned(self, container: str, net: Network, pinned: str) -> None:
@@ -719,12 +731,14 @@ class Networks:
             self._filter(new, keep_table=keep_table)
             self._save_nics(container, new)
 
-        try:
-            await self._run(work)
-        except BaseException:
+        async def put_back() -> None:
+            # Unless a stop or another change came meanwhile.
             if self.attached.get(container) is new:
                 self.attached[container] = old
-            raise
+
+        async with AsyncRevert(f"port filters of {container}") as rv:
+            rv.undo(put_back, f"give {container} its old ports back")
+            await self._run(work)
         if [n.ipv4 for n in new] != [n.ipv4 for n in old]:
             await self._update_hosts({n.network for n in new})
         return True

@@ -35,6 +35,7 @@ from lxpy.errors import AlreadyExists, InvalidArgument, NotFound
 from lxpy.model.network import mac_address, veth_name
 from lxpy.network import links
 from lxpy.network.links import Nic
+from lxpy.revert import AsyncRevert
 
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -132,13 +133,12 @@ async def plug(
         links.add_nics(netns, [nic])
         nets._save_nics(container, nets.attached[container])
 
-    try:
+    async with AsyncRevert(f"NIC {name} of {container}") as rv:
+        # Idempotent: it removes whatever of the claim, the rules, the veth
+        # and the hosts entry is there.
+        rv.undo(lambda: _forget(nets, container, nic), f"remove NIC {name} of {container}")
         await nets._run(work)
         await nets._update_hosts({nic.network})
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await _forget(nets, container, nic)
-        raise
     return nic
 
 

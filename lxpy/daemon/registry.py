@@ -19,6 +19,7 @@ from pathlib import Path
 from lxpy.errors import InvalidArgument, LxpyError
 from lxpy.model.config import Container
 from lxpy.model.names import validate_name
+from lxpy.revert import Revert
 from lxpy.storage.base import Step
 
 log = logging.getLogger("lxpyd.registry")
@@ -32,17 +33,15 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644, sync: bool = True) 
     makes moot anyway.
     """
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
+    with Revert(f"write {path}") as rv:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        rv.undo(lambda: tmp.unlink(missing_ok=True), f"remove {tmp}")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             if sync:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     if sync:
         _fsync_dir(path.parent)
 
@@ -116,14 +115,13 @@ class Registry:
         """Record `c` (the renamed container) and drop `old`'s record; on
         failure the old record is left as it was. `step` is told "recorded"
         and "old-record-removed"."""
-        self.save(c)
-        try:
+        with Revert(f"rename of {old} to {c.name}") as rv:
+            self.save(c)
+            new = self.record_path(c.name)
+            rv.undo(lambda: new.unlink(missing_ok=True), f"remove {new}")
             if step is not None:
                 step("recorded")
             self.delete(old)
-        except BaseException:
-            self.record_path(c.name).unlink(missing_ok=True)
-            raise
         if step is not None:
             step("old-record-removed")
 

@@ -21,6 +21,7 @@ without touching the host's own /dev node.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import stat
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from lxpy.errors import InvalidArgument, LxpyError, NotFound
 from lxpy.kernel import mounts
 from lxpy.kernel import syscalls as sc
+from lxpy.revert import Revert
 
 KINDS = {"unix-char": "c", "unix-block": "b"}
 
@@ -120,14 +122,12 @@ def make_node(host_path: str, node: Node, uid: int, gid: int, mode: int) -> None
         os.unlink(host_path)
     except FileNotFoundError:
         pass
-    os.mknod(host_path, node.fmt | 0o600, os.makedev(node.major, node.minor))
-    try:
+    with Revert(f"node {host_path}") as rv:
+        os.mknod(host_path, node.fmt | 0o600, os.makedev(node.major, node.minor))
+        rv.undo(lambda: os.unlink(host_path), f"remove {host_path}")
         os.chown(host_path, uid, gid)
         # After mknod: its mode passed through the umask.
         os.chmod(host_path, mode)
-    except BaseException:
-        os.unlink(host_path)
-        raise
 
 
 def host_id(init_pid: int, kind: str, container_id: int) -> int:
@@ -176,36 +176,29 @@ def unbind(init_pid: int, path: str) -> None:
 
 
 def _attach(tree: int, path: str) -> None:
-    made: list[str] = []
     parent = os.path.dirname(path)
-    # Why step by step: each directory made is remembered so a failure
-    # removes what this call made and nothing else.
-    cur = ""
-    for part in parent.strip("/").split("/") if parent != "/" else []:
-        cur += "/" + part
-        try:
-            os.mkdir(cur, 0o755)
-            made.append(cur)
-        except FileExistsError:
-            if not stat.S_ISDIR(os.lstat(cur).st_mode):
-                raise OSError(errno.ENOTDIR, f"{cur} is not a directory") from None
-    created = False
-    try:
+    with Revert(f"mount point {path}") as rv:
+        # Why step by step: each directory made registers its removal, so a
+        # failure removes what this call made and nothing else.
+        cur = ""
+        for part in parent.strip("/").split("/") if parent != "/" else []:
+            cur += "/" + part
+            try:
+                os.mkdir(cur, 0o755)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(cur).st_mode):
+                    raise OSError(errno.ENOTDIR, f"{cur} is not a directory") from None
+            else:
+                rv.undo(functools.partial(os.rmdir, cur), f"remove {cur}")
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
             os.close(fd)
-            created = True
+            rv.undo(lambda: os.unlink(path), f"remove {path}")
         except FileExistsError:
             mode = os.lstat(path).st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
                 raise OSError(errno.EEXIST, f"{path} exists and is not a file or node") from None
         mounts.attach_tree(tree, path)
-    except BaseException:
-        if created:
-            os.unlink(path)
-        for d in reversed(made):
-            os.rmdir(d)
-        raise
 
 
 def _detach(path: str) -> None:

@@ -8,6 +8,7 @@ opened it). Errors come out as lxpy errors naming the interface.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -24,6 +25,7 @@ from lxpy.errors import AlreadyExists, Busy, LxpyError, NotFound
 from lxpy.kernel import namespaces
 from lxpy.kernel import syscalls as sc
 from lxpy.kernel.netif import link_up
+from lxpy.revert import Revert
 
 _RT_TABLE_MAIN = 254
 
@@ -99,7 +101,7 @@ def ensure_bridge(name: str, mark: str, gateway: ipaddress.IPv4Interface, mac: s
     Raises:
         Busy: a link of that name exists and is not this network's bridge.
     """
-    with IPRoute() as ip:
+    with IPRoute() as ip, Revert(f"bridge {name}") as rv:
         idx = _index(ip, name)
         created = False
         if idx is not None:
@@ -119,25 +121,21 @@ def ensure_bridge(name: str, mark: str, gateway: ipaddress.IPv4Interface, mac: s
             # ports, which changes as containers come and go and breaks the
             # containers' ARP caches for the gateway.
             ip.link("add", ifname=name, kind="bridge", address=mac, br_stp_state=0)
+            rv.undo(lambda: _delete_link(ip, name), f"delete bridge {name}")
             created = True
             idx = _index(ip, name)
             assert idx is not None
-        try:
-            ip.link("set", index=idx, ifalias=mark)
-            ip.link("set", index=idx, br_forward_delay=0)
-            have = {
-                (str(_attr(a, "IFA_ADDRESS")), int(a["prefixlen"]))
-                for a in ip.get_addr(index=idx, family=socket.AF_INET)
-            }
-            want = (str(gateway.ip), gateway.network.prefixlen)
-            if want not in have:
-                ip.addr("add", index=idx, address=want[0], prefixlen=want[1])
-            _refuse_router_adverts(name)
-            ip.link("set", index=idx, state="up")
-        except BaseException:
-            if created:
-                _delete_link(ip, name)
-            raise
+        ip.link("set", index=idx, ifalias=mark)
+        ip.link("set", index=idx, br_forward_delay=0)
+        have = {
+            (str(_attr(a, "IFA_ADDRESS")), int(a["prefixlen"]))
+            for a in ip.get_addr(index=idx, family=socket.AF_INET)
+        }
+        want = (str(gateway.ip), gateway.network.prefixlen)
+        if want not in have:
+            ip.addr("add", index=idx, address=want[0], prefixlen=want[1])
+        _refuse_router_adverts(name)
+        ip.link("set", index=idx, state="up")
         return created
 
 
@@ -272,7 +270,7 @@ def _setup_in_new_netns(path: Path, nics: list[Nic], netns_fd: int = -1) -> None
 def _add_nics(ip: IPRoute, fd: int, nics: list[Nic]) -> None:
     # `ip`: a netlink socket in the host namespace; the calling thread is in
     # the namespace `fd`. On failure no veth of `nics` is left.
-    try:
+    with Revert("veths " + ", ".join(n.host for n in nics)) as rv:
         for nic in nics:
             bridge = _index(ip, nic.bridge)
             if bridge is None:
@@ -293,12 +291,10 @@ def _add_nics(ip: IPRoute, fd: int, nics: list[Nic]) -> None:
                 state="up",
                 peer={"ifname": nic.peer, "address": nic.mac, "net_ns_fd": fd},
             )
+            # Deleting the host end takes the peer with it.
+            rv.undo(functools.partial(_delete_link, ip, nic.host), f"delete veth {nic.host}")
         for nic in nics:
             link_up(nic.peer)
-    except BaseException:
-        for nic in nics:
-            _delete_link(ip, nic.host)
-        raise
 
 
 def add_nics(path: Path, nics: list[Nic]) -> None:
@@ -371,13 +367,14 @@ def create_netns(path: Path, nics: list[Nic], netns_fd: int = -1) -> None:
         OSError: from unshare/mount.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        in_own_thread("lxpy-netns", lambda: _setup_in_new_netns(path, nics, netns_fd))
-    except BaseException as e:
-        remove_netns(path)
-        if isinstance(e, NetlinkError):
+    with Revert(f"network namespace {path}") as rv:
+        # Idempotent: it removes the bind and the file, whichever the
+        # thread got to make.
+        rv.undo(lambda: remove_netns(path), f"remove the network namespace {path}")
+        try:
+            in_own_thread("lxpy-netns", lambda: _setup_in_new_netns(path, nics, netns_fd))
+        except NetlinkError as e:
             raise _setup_error(path, e) from e
-        raise
 
 
 def netns_ipv4(path: Path) -> dict[str, list[str]]:
@@ -516,12 +513,9 @@ def add_macvlan(path: Path, name: str, parent: str, mac: str, mode: str = "bridg
                 )
             finally:
                 os.close(fd)
-            try:
+            with Revert(f"macvlan {name}") as rv:
+                rv.undo(lambda: _delete_here(name), f"delete macvlan {name}")
                 link_up(name)
-            except BaseException:
-                with IPRoute() as inner:
-                    _delete_link(inner, name)
-                raise
 
     try:
         in_own_thread("lxpy-netns-macvlan", work)
@@ -535,7 +529,12 @@ def remove_link_in(path: Path, name: str) -> None:
 
     def work() -> None:
         sc.setns_path(path, sc.CLONE_NEWNET)
-        with IPRoute() as ip:
-            _delete_link(ip, name)
+        _delete_here(name)
 
     in_own_thread("lxpy-netns-unlink", work)
+
+
+def _delete_here(name: str) -> None:
+    # In the network namespace the calling thread is in.
+    with IPRoute() as ip:
+        _delete_link(ip, name)

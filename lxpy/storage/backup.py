@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lxpy.errors import InvalidArgument, LxpyError, Unsupported, pool_full
+from lxpy.revert import Revert
 from lxpy.storage.layout import CLOSED_MODE, TreeBackend, guard_name
 
 FORMAT = "lxpy-backup"
@@ -151,7 +152,8 @@ def freeze_sources(backend: TreeBackend, name: str, snaps: list[str], optimized:
             )
         return Sources(backend.path, rootfs, [(s, backend.snapshot_path(name, s)) for s in snaps])
     holder = backend.scratch_volume(name, "export")
-    try:
+    with Revert(f"export of container {name!r}") as rv:
+        rv.undo(lambda: backend.destroy_scratch(holder), f"remove {holder}")
         out = Sources(backend.path, holder / ROOTFS, [], holder)
         os.mkdir(holder / SNAPSHOTS, 0o700)
         for s in snaps:
@@ -159,9 +161,6 @@ def freeze_sources(backend: TreeBackend, name: str, snaps: list[str], optimized:
             backend.read_only_copy(backend.snapshot_path(name, s), dst)
             out.snapshots.append((s, dst))
         backend.read_only_copy(rootfs, out.rootfs)
-    except BaseException:
-        backend.destroy_scratch(holder)
-        raise
     return out
 
 

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lxpy.errors import LxpyError
+from lxpy.revert import Revert
 from lxpy.storage.base import Capabilities
 from lxpy.storage.layout import TreeBackend
 
@@ -39,7 +40,9 @@ class DirBackend(TreeBackend):
 
     def _copy(self, src: Path, dst: Path, *, read_only: bool) -> None:
         tmp = self._scratch(dst, "tmp")
-        try:
+        with Revert(f"copy of {src} to {dst}") as rv:
+            # cp makes it: whatever part of it is there goes.
+            rv.undo(lambda: shutil.rmtree(tmp, ignore_errors=True), f"remove {tmp}")
             res = subprocess.run(
                 ["cp", "-a", "--reflink=auto", "--", str(src), str(tmp)],
                 capture_output=True,
@@ -56,13 +59,10 @@ class DirBackend(TreeBackend):
                 # before it becomes visible. A side file, because cp -a
                 # carries the source's mtime over to the copy, and writing
                 # into the copy would change the rootfs a restore gives back.
-                self._stamp(dst).write_text(f"{time.time()}\n")
+                stamp = self._stamp(dst)
+                rv.undo(lambda: stamp.unlink(missing_ok=True), f"remove {stamp}")
+                stamp.write_text(f"{time.time()}\n")
             os.rename(tmp, dst)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if read_only:
-                self._stamp(dst).unlink(missing_ok=True)
-            raise
 
     def _seal(self, staging: Path, dst: Path) -> None:
         # Nothing to freeze in a plain directory: the staging tree becomes

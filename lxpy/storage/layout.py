@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound, pool_full
+from lxpy.revert import Revert
 from lxpy.storage.base import Backend, SnapshotInfo, Step
 from lxpy.storage.mounts import mounts_under
 
@@ -285,16 +286,13 @@ class TreeBackend(Backend):
         self._remove(old, what)
         had_old = os.path.lexists(dst)
         with translate(what):
-            if had_old:
-                # The old template stays whole until the new one is in place.
-                os.rename(dst, old)
-                _tell(step, "old-moved-aside")
-            try:
-                self._seal(staging, dst)
-            except BaseException:
+            with Revert(what) as rv:
                 if had_old:
-                    self._rename_back(old, dst, what)
-                raise
+                    # The old template stays whole until the new one is in place.
+                    os.rename(dst, old)
+                    rv.undo(lambda: self._rename_back(old, dst, what), f"put {old} back")
+                    _tell(step, "old-moved-aside")
+                self._seal(staging, dst)
             _tell(step, "sealed")
         if had_old:
             self._cleanup(old, what)
@@ -370,15 +368,12 @@ class TreeBackend(Backend):
         self._need_free(dst, f"container {new!r}")
         self._need_free(sdst, f"snapshots of container {new!r}")
         what = f"container {old!r}"
-        with translate(what):
+        with translate(what), Revert(what) as rv:
             os.rename(src, dst)
+            rv.undo(lambda: self._rename_back(dst, src, what), f"move {dst} back")
             _tell(step, "volume-moved")
-            try:
-                if ssrc.exists():
-                    os.rename(ssrc, sdst)
-            except BaseException:
-                self._rename_back(dst, src, what)
-                raise
+            if ssrc.exists():
+                os.rename(ssrc, sdst)
         _tell(step, "snapshots-moved")
 
     def settle_rename(self, old: str, new: str, forward: bool) -> None:
@@ -440,15 +435,13 @@ class TreeBackend(Backend):
         self._need_free(dst, what)
         sdir = self.snapshot_dir(name)
         self._need_free(sdir, f"snapshots of {what}")
-        try:
-            with translate(what):
-                for snap, tree, created in snapshots:
-                    _closed_dir(sdir)
-                    self._adopt(tree, self.snapshot_path(name, snap), created)
-                self._adopt(rootfs, dst, None)
-        except BaseException:
-            self.delete_container(name)
-            raise
+        with Revert(what) as rv, translate(what):
+            # Idempotent: it removes whichever of the trees are in place.
+            rv.undo(lambda: self.delete_container(name), f"delete the trees of {what}")
+            for snap, tree, created in snapshots:
+                _closed_dir(sdir)
+                self._adopt(tree, self.snapshot_path(name, snap), created)
+            self._adopt(rootfs, dst, None)
         _tell(step, "volume-made")
 
     def _adopt(self, src: Path, dst: Path, created: str | None) -> None:
@@ -500,15 +493,13 @@ class TreeBackend(Backend):
         # A leftover from a crash while root exists: root is the truth.
         self._remove(aside, what)
         with translate(what):
-            # Rename, not copy: O(1), no space, and it keeps whatever nested
-            # volumes the rootfs has, should we have to put it back.
-            os.rename(root, aside)
-            _tell(step, "moved-aside")
-            try:
+            with Revert(what) as rv:
+                # Rename, not copy: O(1), no space, and it keeps whatever
+                # nested volumes the rootfs has, should we have to put it back.
+                os.rename(root, aside)
+                rv.undo(lambda: self._undo_restore(root, aside, what), f"put {aside} back")
+                _tell(step, "moved-aside")
                 self._copy(src, root, read_only=False)
-            except BaseException:
-                self._undo_restore(root, aside, what)
-                raise
             _tell(step, "copied")
         self._cleanup(aside, what)
 

@@ -24,12 +24,13 @@ event loop (blocking work goes through d.files / trio.to_thread).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from lxpy.errors import InvalidArgument, Unsupported
 from lxpy.model.suggest import did_you_mean
+from lxpy.revert import AsyncRevert
 
 if TYPE_CHECKING:
     from lxpy.daemon.service import Daemon
@@ -93,9 +94,6 @@ class Dev:
         return f"device {self.name!r} of container {self.container!r}"
 
 
-Undo = Callable[[], Awaitable[object]]
-
-
 @dataclass
 class StartPlan:
     """What the devices add to a start (filled by each type's start())."""
@@ -103,8 +101,9 @@ class StartPlan:
     # Mounts made by the launch path before init runs
     # (lxpy.runtime.spec.LaunchSpec.mounts).
     mounts: list[dict[str, object]] = field(default_factory=list)
-    # How to reverse each host change made for the start, in order.
-    undos: list[tuple[Undo, str]] = field(default_factory=list)
+    # How to reverse each host change made for the start (run on a failure
+    # while the devices are set up, or later by DeviceService.undo_start).
+    undos: AsyncRevert = field(default_factory=lambda: AsyncRevert("devices' start"))
     # Devices actually set up (a `required=false` disk without its source
     # is not).
     active: set[str] = field(default_factory=set)

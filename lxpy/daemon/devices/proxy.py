@@ -31,6 +31,7 @@ from lxpy.daemon.proxyd import Forwarder
 from lxpy.errors import Busy, InvalidArgument, Unsupported
 from lxpy.model.network import root_id
 from lxpy.network import proxy
+from lxpy.revert import AsyncRevert
 
 if TYPE_CHECKING:
     from lxpy.daemon.service import Daemon
@@ -106,7 +107,7 @@ class Proxy(DeviceType):
             if s is not None:
                 s.close()
 
-        plan.undos.append((release, f"free port {lst}"))
+        plan.undos.undo(release, f"free port {lst}")
         plan.active.add(dev.name)
 
     async def started(self, d: Daemon, dev: Dev, pid: int) -> None:
@@ -129,17 +130,22 @@ class Proxy(DeviceType):
         bound = d.networks.netns_path(dev.container)
         netns = bound if await trio.to_thread.run_sync(bound.exists) else proxy.netns_of(pid)
         fwd = Forwarder(f"{dev.container}/{dev.name}", sock, con, str(netns))
-        await d.lifecycle.nursery.start(fwd.run)
-        self.forwarders[slot] = fwd
-        if proxy.dnat_possible(con):
-            self.rules[slot] = proxy.Dnat(dev.container, dev.name, lst, con.addr, con.port)
-            try:
+
+        async def stop_forwarder() -> None:
+            fwd.close()
+            self.forwarders.pop(slot, None)
+
+        async def drop_rule() -> None:
+            self.rules.pop(slot, None)
+
+        async with AsyncRevert(dev.label) as rv:
+            await d.lifecycle.nursery.start(fwd.run)
+            self.forwarders[slot] = fwd
+            rv.undo(stop_forwarder, f"stop the forwarder of {dev.label}")
+            if proxy.dnat_possible(con):
+                self.rules[slot] = proxy.Dnat(dev.container, dev.name, lst, con.addr, con.port)
+                rv.undo(drop_rule, f"drop the DNAT rule of {dev.label}")
                 await self._apply(d)
-            except BaseException:
-                self.rules.pop(slot, None)
-                fwd.close()
-                self.forwarders.pop(slot, None)
-                raise
 
     async def unplug(self, d: Daemon, dev: Dev, pid: int) -> None:
         await self.stop(d, dev)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-import trio
-
 from lxpy.daemon.devices import TYPES, device_type
 from lxpy.daemon.devices.base import Dev, StartPlan
 from lxpy.daemon.service import Daemon
@@ -24,6 +22,7 @@ from lxpy.model.config import Container
 from lxpy.model.devices import MAX_DEVICES, parse_device, validate_device_name
 from lxpy.model.state import State
 from lxpy.model.suggest import not_found_hint
+from lxpy.revert import AsyncRevert
 
 log = logging.getLogger("lxpyd.devices")
 
@@ -186,8 +185,8 @@ class Devices:
         Raises:
             LxpyError: naming the device that cannot be set up.
         """
-        plan = StartPlan()
-        try:
+        plan = StartPlan(undos=AsyncRevert(f"devices of container {record.name!r}"))
+        async with plan.undos:
             for dev, options in sorted(record.devices.items(), key=_mount_order):
                 t = device_type(options.get("type", ""))
                 device = Dev(record.name, dev, options)
@@ -198,19 +197,13 @@ class Devices:
                     if f"device {dev!r}" not in e.message:
                         e.message = f"{device.label}: {e.message}"
                     raise
-        except BaseException:
-            await self.undo_start(plan)
-            raise
         self.active[record.name] = set(plan.active)
         self.launched[record.name] = {dev: record.devices[dev] for dev in plan.active}
         return plan
 
     async def undo_start(self, plan: StartPlan) -> None:
         """Reverse what plan_start() did, for a start that failed."""
-        with trio.CancelScope(shield=True):
-            for fn, what in reversed(plan.undos):
-                await _quietly(fn(), what)
-        plan.undos.clear()
+        await plan.undos.revert()
 
     async def started(self, name: str, pid: int) -> None:
         """Container `name` runs, its init as host pid `pid`."""

@@ -26,6 +26,7 @@ import trio
 from lxpy.daemon.devices.base import Dev, DeviceType, Key, keyed
 from lxpy.errors import InvalidArgument, LxpyError
 from lxpy.kernel import devices, hostdev
+from lxpy.revert import Revert
 
 if TYPE_CHECKING:
     from lxpy.daemon.service import Daemon
@@ -98,22 +99,20 @@ class UnixDevice(DeviceType):
         def work() -> None:
             uid = hostdev.host_id(pid, "uid", int(opts.get("uid", "0")))
             gid = hostdev.host_id(pid, "gid", int(opts.get("gid", "0")))
-            hostdev.make_node(str(host), node, uid, gid, int(opts.get("mode", "0660"), 8))
-            cg = d.cgroup(dev.container)
-            try:
+            with Revert(dev.label) as rv:
+                hostdev.make_node(str(host), node, uid, gid, int(opts.get("mode", "0660"), 8))
+                rv.undo(lambda: host.unlink(missing_ok=True), f"remove {host}")
+                cg = d.cgroup(dev.container)
                 if not devices.change_extra(cg, others, [*others, rule]):
                     raise LxpyError(
                         f"{dev.label}: the host has no devices cgroup to allow {opts['source']} in",
                         hint="lxpy needs the v1 devices controller or cgroup2 with BPF",
                     )
-                try:
-                    hostdev.bind_in(pid, str(host), _target(opts))
-                except BaseException:
-                    devices.change_extra(cg, [*others, rule], others)
-                    raise
-            except BaseException:
-                host.unlink(missing_ok=True)
-                raise
+                rv.undo(
+                    lambda: devices.change_extra(cg, [*others, rule], others),
+                    f"take {opts['source']} out of the devices cgroup",
+                )
+                hostdev.bind_in(pid, str(host), _target(opts))
 
         await trio.to_thread.run_sync(work)
 
