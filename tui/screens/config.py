@@ -9,21 +9,15 @@ config model, as `lxpy config set --help` would say.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Grid, Horizontal
-from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Input, Label
 
 from lxpy.errors import LxpyError
 from lxpy.model.config import KEYS, PREFIXES, lookup_key
-
-if TYPE_CHECKING:
-    from tui.app import LxpyApp
+from tui.screens.modals import SendScreen
 
 
 def key_help(key: str, running: bool) -> str:
@@ -39,7 +33,7 @@ def key_help(key: str, running: bool) -> str:
     return f"{decl.doc}\nOn this running container a change {when}."
 
 
-class ConfigEditScreen(ModalScreen[bool]):
+class ConfigEditScreen(SendScreen):
     """Set one config key of container `name`; dismisses with True once
     lxpyd took the value, False when cancelled.
 
@@ -50,19 +44,11 @@ class ConfigEditScreen(ModalScreen[bool]):
         running: whether the container runs (the help says when it applies).
     """
 
-    BINDINGS = [Binding("escape", "cancel", "cancel")]
-
     def __init__(self, name: str, key: str | None, value: str = "", running: bool = False) -> None:
-        super().__init__(classes="modal")
-        self.container = name
+        super().__init__(name)
         self.key = key
         self.value = value
         self.running = running
-        self.saving = False
-
-    @property
-    def lxpy(self) -> LxpyApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         with Grid(classes="dialog"):
@@ -113,24 +99,10 @@ class ConfigEditScreen(ModalScreen[bool]):
             return
         self.save(key, self.query_one("#value", Input).value)
 
-    @on(Button.Pressed, "#cancel")
-    def action_cancel(self) -> None:
-        if not self.saving:
-            self.dismiss(False)
-
     @work(group="save", exclusive=True)
     async def save(self, key: str, value: str) -> None:
-        """Send the value to lxpyd; on success close, else say why in place."""
-        if self.saving:
-            return
-        self.saving = True
-        problem = self.query_one("#problem", Label)
-        problem.update("saving ...")
-        try:
-            await self.lxpy.client.update_config(self.container, set_={key: value})
-        except LxpyError as e:
-            problem.update(e.message + (f"\nhint: {e.hint}" if e.hint else ""))
-            return
-        finally:
-            self.saving = False
-        self.dismiss(True)
+        """Send the value to lxpyd."""
+        await self.send(
+            "saving ...",
+            lambda: self.lxpy.client.update_config(self.container, set_={key: value}),
+        )

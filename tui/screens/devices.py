@@ -10,21 +10,14 @@ the device at once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Grid, Horizontal
-from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import Button, Input, Label
 
 from lxpy.cli.devices import DEVICE_KEYS
-from lxpy.errors import LxpyError
-
-if TYPE_CHECKING:
-    from tui.app import LxpyApp
+from tui.screens.modals import SendScreen
 
 
 def parse_words(text: str) -> dict[str, str]:
@@ -42,20 +35,9 @@ def parse_words(text: str) -> dict[str, str]:
     return out
 
 
-class DeviceAddScreen(ModalScreen[bool]):
+class DeviceAddScreen(SendScreen):
     """Add a device to container `name`; dismisses with True once lxpyd
     took it, False when cancelled."""
-
-    BINDINGS = [Binding("escape", "cancel", "cancel")]
-
-    def __init__(self, name: str) -> None:
-        super().__init__(classes="modal")
-        self.container = name
-        self.saving = False
-
-    @property
-    def lxpy(self) -> LxpyApp:
-        return self.app  # type: ignore[return-value]
 
     def compose(self) -> ComposeResult:
         with Grid(classes="dialog"):
@@ -107,24 +89,9 @@ class DeviceAddScreen(ModalScreen[bool]):
             return
         self.save(dev, kind, keys)
 
-    @on(Button.Pressed, "#cancel")
-    def action_cancel(self) -> None:
-        if not self.saving:
-            self.dismiss(False)
-
     @work(group="save", exclusive=True)
     async def save(self, dev: str, kind: str, keys: dict[str, str]) -> None:
-        """Send the device to lxpyd; on success close, else say why in place."""
-        if self.saving:
-            return
-        self.saving = True
-        problem = self.query_one("#problem", Label)
-        problem.update("adding ...")
-        try:
-            await self.lxpy.client.add_device(self.container, dev, kind, keys)
-        except LxpyError as e:
-            problem.update(e.message + (f"\nhint: {e.hint}" if e.hint else ""))
-            return
-        finally:
-            self.saving = False
-        self.dismiss(True)
+        """Send the device to lxpyd."""
+        await self.send(
+            "adding ...", lambda: self.lxpy.client.add_device(self.container, dev, kind, keys)
+        )

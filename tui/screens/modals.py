@@ -1,8 +1,10 @@
-"""Small modal screens: a yes/no confirmation and a one-field prompt."""
+"""Small modal screens: a yes/no confirmation, a one-field prompt, and the
+base of dialogs that send a change to lxpyd."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from textual import on
 from textual.app import ComposeResult
@@ -13,6 +15,9 @@ from textual.validation import ValidationResult, Validator
 from textual.widgets import Button, Input, Label
 
 from lxpy.errors import LxpyError
+
+if TYPE_CHECKING:
+    from tui.app import LxpyApp
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -114,3 +119,44 @@ class PromptScreen(ModalScreen[str | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class SendScreen(ModalScreen[bool]):
+    """A dialog that sends one change of container `name` to lxpyd: it
+    dismisses with True once lxpyd took it, False when cancelled, and shows
+    a refusal (the daemon's message and hint) in its `#problem` label while
+    it stays open to fix it. Subclasses compose the fields, a `#problem`
+    label and a `#cancel` button, and call `send` from a worker."""
+
+    BINDINGS = [Binding("escape", "cancel", "cancel")]
+
+    def __init__(self, name: str) -> None:
+        super().__init__(classes="modal")
+        self.container = name
+        self.saving = False
+
+    @property
+    def lxpy(self) -> LxpyApp:
+        return self.app  # type: ignore[return-value]
+
+    async def send(self, busy: str, change: Callable[[], Awaitable[object]]) -> None:
+        """Run `change` (one call to lxpyd), saying `busy` meanwhile; close
+        on success, else say why in place."""
+        if self.saving:
+            return
+        self.saving = True
+        problem = self.query_one("#problem", Label)
+        problem.update(busy)
+        try:
+            await change()
+        except LxpyError as e:
+            problem.update(e.message + (f"\nhint: {e.hint}" if e.hint else ""))
+            return
+        finally:
+            self.saving = False
+        self.dismiss(True)
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        if not self.saving:
+            self.dismiss(False)
