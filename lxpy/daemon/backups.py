@@ -43,7 +43,7 @@ from lxpy.model.config import Container, Owner, validate_config
 from lxpy.model.names import validate_name
 from lxpy.model.state import State
 from lxpy.storage import backup as bk
-from lxpy.storage.layout import TreeBackend
+from lxpy.storage.tree import TreeBackend
 
 log = logging.getLogger("lxpyd.backups")
 

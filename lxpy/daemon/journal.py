@@ -14,7 +14,7 @@ it completes the operation once its point of no return is passed, and
 undoes it otherwise.
 
 Operations that storage alone keeps whole by its hidden names (snapshot,
-snapshot delete, restore: see lxpy.storage.layout) use the same helper
+snapshot delete, restore: see lxpy.storage.tree) use the same helper
 without a file (`durable=False`), for their undo and their step names.
 """
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from lxpy.errors import LxpyError
 from lxpy.storage.base import Capabilities
-from lxpy.storage.layout import TreeBackend
+from lxpy.storage.tree import TreeBackend
 
 
 class DirBackend(TreeBackend):

@@ -30,9 +30,9 @@ from lxpy.errors import (
 from lxpy.model.settings import Settings
 from lxpy.storage.btrfs import BtrfsBackend
 from lxpy.storage.dir import DirBackend
-from lxpy.storage.layout import TREES, TreeBackend, iso_utc
 from lxpy.storage.mounts import is_mount_point, mount_of, mounts_under
 from lxpy.storage.pool import POOL_MAX, POOL_MIN, default_pool_size, open_pool, pool_info
+from lxpy.storage.tree import TREES, TreeBackend, iso_utc
 from tests.conftest import unmount_all_under
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ import pytest
 
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
 from lxpy.storage.dir import DirBackend
-from lxpy.storage.layout import CLOSED_MODE, TREES, guard_name, iso_utc, os_error
 from lxpy.storage.mounts import is_mount_point, mount_of, mounts_under
+from lxpy.storage.tree import CLOSED_MODE, TREES, guard_name, iso_utc, os_error
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "..", ".hidden", "x\0y"])
