@@ -26,7 +26,7 @@ import trio
 
 from lxpy.kernel import ksm
 
-log = logging.getLogger("lxpy.merging")
+log = logging.getLogger("lxpy.ksm")
 
 POLL = 1.0  # seconds between looks at ksmd's counters
 QUIET_SCANS = 2  # full scans without a new merge that end a burst

@@ -20,7 +20,7 @@ import trio
 from lxpy import __version__
 from lxpy.daemon.events import EventBus
 from lxpy.daemon.journal import Journal
-from lxpy.daemon.merging import Ksmd
+from lxpy.daemon.ksm import Ksmd
 from lxpy.daemon.networks import RUN_BASE, Networks
 from lxpy.daemon.operations import Operations
 from lxpy.daemon.recovery import Settler, settle_containers
