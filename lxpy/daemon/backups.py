@@ -56,7 +56,7 @@ class Backups:
     def __init__(self, d: Daemon, containers: Containers) -> None:
         self.d = d
         self.containers = containers
-        self.spool = d.settings.root / "spool"
+        self.spool = d.settings.paths.spool
         # Exports and imports read and write the whole rootfs: limited
         # apart from the storage calls every request makes.
         self.limiter = trio.CapacityLimiter(2)

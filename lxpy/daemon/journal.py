@@ -34,6 +34,7 @@ import trio
 from lxpy.daemon import crashpoint
 from lxpy.daemon.registry import write_atomic
 from lxpy.errors import PoolFull, is_full, pool_full
+from lxpy.model.paths import RootPaths
 
 log = logging.getLogger("lxpyd.journal")
 
@@ -85,7 +86,7 @@ class Journal:
     """
 
     def __init__(self, root: Path, run: Blocking | None = None) -> None:
-        self.directory = root / "intents"
+        self.directory = RootPaths(root).intents
         self._run: Blocking = run or trio.to_thread.run_sync
 
     def _write(self, op: str, fields: dict[str, object], sync: bool = True) -> Path:

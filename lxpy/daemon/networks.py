@@ -50,6 +50,7 @@ from lxpy.model.network import (
     validate_network_name,
     veth_name,
 )
+from lxpy.model.paths import RootPaths
 from lxpy.model.suggest import not_found_hint
 from lxpy.network import dnsmasq, l2filter, links, nftables, preflight
 from lxpy.network.links import Nic
@@ -57,7 +58,6 @@ from lxpy.network.links import Nic
 log = logging.getLogger("lxpyd.networks")
 
 T = TypeVar("T")
-RUN_BASE = Path("/run/lxpy")
 
 # Container name -> its config (the `network` and `ipv4.address` keys matter).
 Users = Callable[[], Mapping[str, Mapping[str, object]]]
@@ -78,7 +78,6 @@ class Networks:
         self,
         root: Path,
         nursery: trio.Nursery,
-        run_dir: Path | None = None,
         default_network: str = DEFAULT_NETWORK,
         default_subnet: str = "auto",
         users: Users | None = None,
@@ -88,8 +87,8 @@ class Networks:
         self.root = root
         self.journal = journal or Journal(root)
         self.id = root_id(str(root))
-        self.run_dir = run_dir or RUN_BASE / self.id
-        self.state_dir = root / "networks"
+        self.paths = RootPaths(root)
+        self.run = self.paths.run
         self.nursery = nursery
         self.default_network = default_network
         self.default_subnet = default_subnet
@@ -108,18 +107,18 @@ class Networks:
 
     # -- paths -----------------------------------------------------------------
     def record_path(self, name: str) -> Path:
-        return self.state_dir / f"{name}.toml"
+        return self.paths.network_record(name)
 
     def netns_path(self, container: str) -> Path:
         """Where container `container`'s network namespace is bound."""
-        return self.run_dir / "netns" / container
+        return self.run.netns(container)
 
     def _nics_path(self, container: str) -> Path:
-        return self.run_dir / "nics" / f"{container}.json"
+        return self.run.nics(container)
 
     def _paths(self, name: str) -> dnsmasq.Paths:
-        run = self.run_dir / "networks" / name
-        state = self.state_dir / name
+        run = self.run.network(name)
+        state = self.paths.network(name)
         return dnsmasq.Paths(
             leases=state / "leases",
             hosts=run / "hosts",
@@ -155,7 +154,6 @@ class Networks:
         cls,
         root: Path,
         nursery: trio.Nursery,
-        run_dir: Path | None = None,
         default_network: str = DEFAULT_NETWORK,
         default_subnet: str = "auto",
         users: Users | None = None,
@@ -168,7 +166,7 @@ class Networks:
         and the dnsmasq still serving each network. A network that cannot
         be brought up is logged and shown in error; it does not stop the
         daemon."""
-        self = cls(root, nursery, run_dir, default_network, default_subnet, users, journal, scopes)
+        self = cls(root, nursery, default_network, default_subnet, users, journal, scopes)
         self.nets, self.attached = await self._run(self._load)
         await self._run(settle_networks, self.journal, self)
         if self.nets or self.attached:
@@ -191,7 +189,7 @@ class Networks:
         # Nothing is made here: a daemon without networks leaves no trace in
         # the run dir.
         nets: dict[str, Network] = {}
-        for f in sorted(self.state_dir.glob("*.toml")):
+        for f in sorted(self.paths.networks.glob("*.toml")):
             try:
                 net = Network.from_toml(f.read_text(), str(f))
             except LxpyError as e:
@@ -199,7 +197,7 @@ class Networks:
                 continue
             nets[net.name] = net
         attached: dict[str, tuple[Nic, ...]] = {}
-        for f in sorted((self.run_dir / "nics").glob("*.json")):
+        for f in sorted(self.run.nics_dir.glob("*.json")):
             container = f.stem
             try:
                 nics = tuple(Nic.from_json(n) for n in json.loads(f.read_text()))
@@ -211,8 +209,8 @@ class Networks:
             # The container ended while lxpyd was away: drop what it left.
             links.delete_links(n.host for n in nics)
             f.unlink(missing_ok=True)
-        if (self.run_dir / "netns").is_dir():
-            for p in (self.run_dir / "netns").iterdir():
+        if self.run.netns_dir.is_dir():
+            for p in self.run.netns_dir.iterdir():
                 if p.name not in attached:
                     links.remove_netns(p)
         self._prune_run_dir()
@@ -221,10 +219,10 @@ class Networks:
     def _prune_run_dir(self) -> None:
         # Empty directories only: whatever is still in use stays.
         for d in (
-            self.run_dir / "netns",
-            self.run_dir / "nics",
-            self.run_dir / "networks",
-            self.run_dir,
+            self.run.netns_dir,
+            self.run.nics_dir,
+            self.run.networks,
+            self.run.dir,
         ):
             with contextlib.suppress(OSError):
                 d.rmdir()
@@ -249,7 +247,7 @@ class Networks:
             for p in paths.as_tuple():
                 p.parent.mkdir(parents=True, exist_ok=True)
             # dnsmasq re-reads the hosts file after dropping root.
-            for d in (self.run_dir, self.run_dir / "networks", paths.hosts.parent):
+            for d in (self.run.dir, self.run.networks, paths.hosts.parent):
                 os.chmod(d, 0o755)
             self._write_hosts_sync(net.name)
             # The dnsmasq that outlived the last lxpyd serves on; without
@@ -356,7 +354,7 @@ class Networks:
         return found
 
     def _save(self, net: Network) -> None:
-        (self.state_dir / net.name).mkdir(parents=True, exist_ok=True)
+        self.paths.network(net.name).mkdir(parents=True, exist_ok=True)
         write_atomic(self.record_path(net.name), net.to_toml().encode())
 
     async def _teardown(self, net: Network, delete_bridge: bool = True) -> None:
@@ -434,8 +432,8 @@ class Networks:
 
     def _remove_files(self, name: str) -> None:
         self.record_path(name).unlink(missing_ok=True)
-        shutil.rmtree(self.state_dir / name, ignore_errors=True)
-        shutil.rmtree(self.run_dir / "networks" / name, ignore_errors=True)
+        shutil.rmtree(self.paths.network(name), ignore_errors=True)
+        shutil.rmtree(self.run.network(name), ignore_errors=True)
         self._prune_run_dir()
 
     def _require(self, name: str) -> Network:

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lxpy.errors import LxpyError
+from lxpy.model.paths import TMP
 from lxpy.storage.base import Capabilities
 from lxpy.storage.tree import TreeBackend
 
@@ -38,7 +39,7 @@ class DirBackend(TreeBackend):
         os.mkdir(path, 0o755)
 
     def _copy(self, src: Path, dst: Path, *, read_only: bool) -> None:
-        tmp = self._scratch(dst, "tmp")
+        tmp = self._scratch(dst, TMP)
         try:
             res = subprocess.run(
                 ["cp", "-a", "--reflink=auto", "--", str(src), str(tmp)],

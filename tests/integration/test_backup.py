@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from lxpy.model.paths import PoolPaths
 from tests.conftest import (
     VENV_BIN,
     Daemon,
@@ -53,16 +54,16 @@ def dir_daemon(tmp_path: Path, test_cache: Path, tag: str) -> Daemon:
     )
 
 
-def pool(d: Daemon) -> Path:
-    return d.root / "pool"
+def pool(d: Daemon) -> PoolPaths:
+    return d.paths.pool
 
 
 def rootfs(d: Daemon, name: str) -> Path:
-    return pool(d) / "containers" / name
+    return pool(d).container(name)
 
 
 def snapshot(d: Daemon, name: str, snap: str) -> Path:
-    return pool(d) / "snapshots" / name / snap
+    return pool(d).snapshot(name, snap)
 
 
 # -- comparing trees -----------------------------------------------------------------
@@ -196,13 +197,13 @@ def assert_same_container(d: Daemon, src: str, dst: str, d2: Daemon | None = Non
 def assert_nothing_left(d: Daemon, name: str, before: list[str]) -> None:
     """No trace of an import of `name` that was refused."""
     assert [c["name"] for c in cli_json(d, "list")] == before
-    assert not (d.root / "containers" / f"{name}.toml").exists()
+    assert not d.paths.record(name).exists()
     assert not rootfs(d, name).exists()
-    assert not (pool(d) / "snapshots" / name).exists()
-    hidden = [p.name for p in (pool(d) / "containers").iterdir() if p.name.startswith(".")]
+    assert not pool(d).snapshot_dir(name).exists()
+    hidden = [p.name for p in pool(d).containers.iterdir() if p.name.startswith(".")]
     assert hidden == []
-    assert list((d.root / "spool").glob("*")) == []
-    assert list((d.root / "intents").glob("*")) == []
+    assert list(d.paths.spool.glob("*")) == []
+    assert list(d.paths.intents.glob("*")) == []
 
 
 # -- round trips ---------------------------------------------------------------------
@@ -322,7 +323,7 @@ def test_import_refuses_a_name_in_use(daemon: Daemon, tmp_path: Path) -> None:
     assert "container 'web' already exists" in err
     assert describe_tree(rootfs(d, "other")) == before
     assert sorted(c["name"] for c in cli_json(d, "list")) == ["other", "web"]
-    assert list((d.root / "spool").glob("*")) == []
+    assert list(d.paths.spool.glob("*")) == []
 
 
 def _damaged(good: bytes, how: str) -> bytes:
@@ -465,7 +466,7 @@ def test_hostile_archive_refused(daemon: Daemon, tmp_path: Path, case: str) -> N
     assert message in err, err
     assert_nothing_left(d, "evil", [])
     assert not Path("/tmp/escaped").exists()
-    assert not (d.root / "escaped").exists() and not (pool(d) / "escaped").exists()
+    assert not (d.root / "escaped").exists() and not (pool(d).path / "escaped").exists()
 
 
 def test_optimized_stream_of_another_subvolume_refused(daemon: Daemon, tmp_path: Path) -> None:
@@ -605,8 +606,8 @@ def test_export_of_a_running_container(daemon: Daemon, tmp_path: Path) -> None:
     backup = tmp_path / "web.tar.zst"
     d.cli("export", "-q", "web", str(backup))
     assert info(d, "web")["state"] == "RUNNING" and info(d, "web")["init_pid"] == pid
-    hidden = [p.name for p in (pool(d) / "containers").iterdir() if p.name.startswith(".")]
-    assert hidden == [] and list((d.root / "spool").glob("*")) == []
+    hidden = [p.name for p in pool(d).containers.iterdir() if p.name.startswith(".")]
+    assert hidden == [] and list(d.paths.spool.glob("*")) == []
     d.cli("import", "-q", str(backup), "web2")
     assert (rootfs(d, "web2") / "data" / "marker").read_text() == "three"
     d.cli("stop", "web", "--force")
@@ -636,13 +637,13 @@ def test_hang_ups_leave_nothing(daemon: Daemon, tmp_path: Path) -> None:
     sock.close()
 
     def settled() -> bool:
-        hidden = [p for p in (pool(d) / "containers").iterdir() if p.name.startswith(".")]
+        hidden = [p for p in pool(d).containers.iterdir() if p.name.startswith(".")]
         tools = [
             p
             for p in Path("/proc").iterdir()
-            if p.name.isdigit() and str(pool(d)).encode() in _cmdline(p)
+            if p.name.isdigit() and str(pool(d).path).encode() in _cmdline(p)
         ]
-        return not hidden and not tools and not list((d.root / "spool").glob("*"))
+        return not hidden and not tools and not list(d.paths.spool.glob("*"))
 
     wait_for(settled, 60, "the export and the upload to be cleaned up")
     assert [c["name"] for c in cli_json(d, "list")] == ["web"]

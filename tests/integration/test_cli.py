@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from lxpy.api.client import Client
+from lxpy.model.paths import PoolPaths
 from tests.conftest import VENV_BIN, Daemon, start_daemon, stop_daemon, unmount_all_under
 
 pytestmark = pytest.mark.integration
@@ -34,19 +35,19 @@ def fails(d: Daemon, *args: str) -> str:
     return res.stderr
 
 
-def storage_dir(d: Daemon) -> Path:
+def storage_dir(d: Daemon) -> PoolPaths:
+    """The pool, where the daemon says it is."""
     info = Client(d.socket, timeout=30).server_info()
     path = Path(info["storage"]["path"])
     assert path.is_dir(), info
-    return path
+    return PoolPaths(path)
 
 
 def on_disk(d: Daemon) -> dict[str, list[str]]:
     """The volumes under the pool's containers/ and snapshots/ directories."""
     base = storage_dir(d)
     out: dict[str, list[str]] = {}
-    for sub in ("containers", "snapshots"):
-        top = base / sub
+    for sub, top in (("containers", base.containers), ("snapshots", base.snapshots)):
         if not top.is_dir():
             out[sub] = []
             continue
@@ -141,7 +142,7 @@ def test_container_lifecycle(daemon: Daemon) -> None:
     assert cli_json(daemon, "config", "show", "web") == config
 
     # rename: the console log goes along.
-    logs = daemon.root / "logs"
+    logs = daemon.paths.logs
     (logs / "web.console.log").write_text("booted as web\n")
     assert daemon.cli("rename", "web", "www").stdout == "renamed web to www\n"
     assert (logs / "www.console.log").read_text() == "booted as web\n"
