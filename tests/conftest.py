@@ -418,6 +418,24 @@ def daemon_in(
         unmount_all_under(tmp_path)
 
 
+@contextlib.contextmanager
+def dir_daemon_in(tmp_path: Path, test_cache: Path, tag: str = "plain") -> Iterator[Daemon]:
+    """A real lxpyd on a plain-directory pool (storage = "dir", as on a
+    host without btrfs) in tmp_path/`tag`, with the suite's build cache;
+    removed as daemon_in removes its daemon."""
+    where = tmp_path / tag
+    where.mkdir(parents=True)
+    with daemon_in(where, f'storage = "dir"\nbuild_cache = "{test_cache}"\n') as d:
+        yield d
+
+
+@pytest.fixture
+def dir_daemon(tmp_path: Path, test_cache: Path) -> Iterator[Daemon]:
+    """A real lxpyd on a dir pool of its own (see dir_daemon_in)."""
+    with dir_daemon_in(tmp_path, test_cache) as d:
+        yield d
+
+
 def forget_host_ids(root: Path) -> None:
     """Drop the entry of the daemon at `root` from the host-wide record of
     ID blocks (lxpy.daemon.hostids), which every lxpyd on the host shares

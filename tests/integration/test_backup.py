@@ -28,30 +28,14 @@ from lxpy.model.paths import PoolPaths
 from tests.conftest import (
     VENV_BIN,
     Daemon,
-    forget_host_ids,
+    dir_daemon_in,
     info,
-    start_daemon,
-    stop_containers,
-    stop_daemon,
-    unmount_all_under,
     wait_for,
 )
 from tests.integration.test_cli import cli_json, fails
 from tests.integration.test_network import free_subnet, net_name, scrub
 
 pytestmark = pytest.mark.integration
-
-
-def dir_daemon(tmp_path: Path, test_cache: Path, tag: str) -> Daemon:
-    """A second lxpyd, on a dir pool (another host, another pool kind)."""
-    root = tmp_path / tag / "root"
-    root.mkdir(parents=True)
-    return start_daemon(
-        root,
-        tmp_path / f"{tag}.sock",
-        tmp_path / f"{tag}.log",
-        settings=f'storage = "dir"\nbuild_cache = "{test_cache}"\n',
-    )
 
 
 def pool(d: Daemon) -> PoolPaths:
@@ -265,26 +249,21 @@ def test_instance_only_through_a_pipe(daemon: Daemon, tmp_path: Path) -> None:
     assert list(tmp_path.glob("*.part")) == []
 
 
-def test_round_trip_dir_pool(tmp_path: Path, test_cache: Path) -> None:
-    d = dir_daemon(tmp_path, test_cache, "plain")
-    try:
-        make_source(d, "web")
-        backup = tmp_path / "web.tar.zst"
-        err = fails(d, "export", "web", str(tmp_path / "o.tar.zst"), "--optimized")
-        assert "optimized export needs a btrfs pool" in err
-        assert not (tmp_path / "o.tar.zst").exists()
-        assert not (tmp_path / "o.tar.zst.part").exists()
-        d.cli("export", "web", str(backup))
-        d.cli("import", str(backup), "web2")
-        assert_same_container(d, "web", "web2")
-        # Snapshots keep when they were taken.
-        assert [s["created_at"] for s in cli_json(d, "snapshot", "list", "web2")] == [
-            s["created_at"] for s in cli_json(d, "snapshot", "list", "web")
-        ]
-    finally:
-        stop_daemon(d)
-        forget_host_ids(d.root)
-        unmount_all_under(tmp_path)
+def test_round_trip_dir_pool(dir_daemon: Daemon, tmp_path: Path) -> None:
+    d = dir_daemon
+    make_source(d, "web")
+    backup = tmp_path / "web.tar.zst"
+    err = fails(d, "export", "web", str(tmp_path / "o.tar.zst"), "--optimized")
+    assert "optimized export needs a btrfs pool" in err
+    assert not (tmp_path / "o.tar.zst").exists()
+    assert not (tmp_path / "o.tar.zst.part").exists()
+    d.cli("export", "web", str(backup))
+    d.cli("import", str(backup), "web2")
+    assert_same_container(d, "web", "web2")
+    # Snapshots keep when they were taken.
+    assert [s["created_at"] for s in cli_json(d, "snapshot", "list", "web2")] == [
+        s["created_at"] for s in cli_json(d, "snapshot", "list", "web")
+    ]
 
 
 def test_btrfs_backup_into_dir_pool(daemon: Daemon, tmp_path: Path, test_cache: Path) -> None:
@@ -294,16 +273,12 @@ def test_btrfs_backup_into_dir_pool(daemon: Daemon, tmp_path: Path, test_cache: 
     plain, opt = tmp_path / "web.tar.zst", tmp_path / "web-opt.tar.zst"
     daemon.cli("export", "-q", "web", str(plain))
     daemon.cli("export", "-q", "web", str(opt), "--optimized")
-    d2 = dir_daemon(tmp_path, test_cache, "other")
-    try:
+    with dir_daemon_in(tmp_path, test_cache, "other") as d2:
         err = fails(d2, "import", "-q", str(opt))
         assert "optimized" in err and "'dir'" in err
         assert_nothing_left(d2, "web", [])
         d2.cli("import", "-q", str(plain))
         assert_same_container(daemon, "web", "web", d2)
-    finally:
-        stop_daemon(d2)
-        forget_host_ids(d2.root)
 
 
 # -- refusals ------------------------------------------------------------------------
@@ -659,18 +634,12 @@ def _cmdline(p: Path) -> bytes:
         return b""
 
 
-def test_dir_pool_refuses_to_export_a_running_container(tmp_path: Path, test_cache: Path) -> None:
-    d = dir_daemon(tmp_path, test_cache, "plain")
-    try:
-        d.cli("create", "web", "-t", "busybox", timeout=300)
-        d.cli("start", "web")
-        err = fails(d, "export", "-q", "web", str(tmp_path / "w.tar.zst"))
-        assert "while it is RUNNING" in err and "lxpy stop web" in err, err
-        assert not (tmp_path / "w.tar.zst").exists()
-        d.cli("stop", "web", "--force")
-        d.cli("export", "-q", "web", str(tmp_path / "w.tar.zst"))
-    finally:
-        stop_daemon(d)
-        stop_containers(d.root)
-        forget_host_ids(d.root)
-        unmount_all_under(tmp_path)
+def test_dir_pool_refuses_to_export_a_running_container(dir_daemon: Daemon, tmp_path: Path) -> None:
+    d = dir_daemon
+    d.cli("create", "web", "-t", "busybox", timeout=300)
+    d.cli("start", "web")
+    err = fails(d, "export", "-q", "web", str(tmp_path / "w.tar.zst"))
+    assert "while it is RUNNING" in err and "lxpy stop web" in err, err
+    assert not (tmp_path / "w.tar.zst").exists()
+    d.cli("stop", "web", "--force")
+    d.cli("export", "-q", "web", str(tmp_path / "w.tar.zst"))

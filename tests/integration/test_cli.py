@@ -17,7 +17,7 @@ import pytest
 
 from lxpy.api.client import Client
 from lxpy.model.paths import PoolPaths
-from tests.conftest import VENV_BIN, Daemon, start_daemon, stop_daemon, unmount_all_under
+from tests.conftest import VENV_BIN, Daemon
 
 pytestmark = pytest.mark.integration
 
@@ -259,41 +259,31 @@ def test_daemon_survives_clients_hanging_up_on_streams(daemon: Daemon) -> None:
 # -- the dir backend ------------------------------------------------------------------
 
 
-def test_dir_backend(tmp_path: Path, test_cache: Path) -> None:
-    root = tmp_path / "plain" / "root"
-    root.mkdir(parents=True)
-    d = start_daemon(
-        root,
-        tmp_path / "dir.sock",
-        tmp_path / "lxpyd-dir.log",
-        settings=f'storage = "dir"\nbuild_cache = "{test_cache}"\n',
-    )
-    try:
-        info = Client(d.socket, timeout=30).server_info()
-        assert info["storage"]["backend"] == "dir"
-        assert not [
-            line for line in Path("/proc/self/mounts").read_text().splitlines() if str(root) in line
-        ]
-        d.cli("create", "c1", "--template", "busybox", timeout=300)
-        c1 = cli_json(d, "info", "c1")
-        rootfs = Path(c1["path"])
-        assert rootfs.is_dir() and str(rootfs).startswith(str(root))
-        (rootfs / "marker").write_text("one")
-        d.cli("snapshot", "create", "c1", "s1")
-        (rootfs / "marker").write_text("two")
-        d.cli("snapshot", "restore", "c1", "s1")
-        c1 = cli_json(d, "info", "c1")
-        assert (Path(c1["path"]) / "marker").read_text() == "one"
-        c2 = cli_json(d, "copy", "c1", "c2")
-        assert (Path(c2["path"]) / "marker").read_text() == "one"
-        fails(d, "create", "--template", "busybox", "--", "../x")
-        d.cli("destroy", "c1")
-        d.cli("destroy", "c2")
-        assert cli_json(d, "list") == []
-        assert not Path(c1["path"]).exists() and not Path(c2["path"]).exists()
-    finally:
-        stop_daemon(d)
-        unmount_all_under(tmp_path)
+def test_dir_backend(dir_daemon: Daemon) -> None:
+    d = dir_daemon
+    root = d.root
+    info = Client(d.socket, timeout=30).server_info()
+    assert info["storage"]["backend"] == "dir"
+    assert not [
+        line for line in Path("/proc/self/mounts").read_text().splitlines() if str(root) in line
+    ]
+    d.cli("create", "c1", "--template", "busybox", timeout=300)
+    c1 = cli_json(d, "info", "c1")
+    rootfs = Path(c1["path"])
+    assert rootfs.is_dir() and str(rootfs).startswith(str(root))
+    (rootfs / "marker").write_text("one")
+    d.cli("snapshot", "create", "c1", "s1")
+    (rootfs / "marker").write_text("two")
+    d.cli("snapshot", "restore", "c1", "s1")
+    c1 = cli_json(d, "info", "c1")
+    assert (Path(c1["path"]) / "marker").read_text() == "one"
+    c2 = cli_json(d, "copy", "c1", "c2")
+    assert (Path(c2["path"]) / "marker").read_text() == "one"
+    fails(d, "create", "--template", "busybox", "--", "../x")
+    d.cli("destroy", "c1")
+    d.cli("destroy", "c2")
+    assert cli_json(d, "list") == []
+    assert not Path(c1["path"]).exists() and not Path(c2["path"]).exists()
 
 
 # -- no daemon -------------------------------------------------------------------------

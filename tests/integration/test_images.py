@@ -31,13 +31,9 @@ from lxpy.model.paths import PoolPaths
 from tests.conftest import (
     VENV_BIN,
     Daemon,
-    forget_host_ids,
     info,
     start_again,
-    start_daemon,
-    stop_containers,
     stop_daemon,
-    unmount_all_under,
     wait_for,
 )
 from tests.integration.test_boot import nsenter, system_state
@@ -501,42 +497,29 @@ def test_publish_then_create(daemon: Daemon) -> None:
     d.cli("stop", "web", "--timeout", "20")
 
 
-def test_images_on_a_dir_pool(tmp_path: Path, test_cache: Path) -> None:
+def test_images_on_a_dir_pool(dir_daemon: Daemon, tmp_path: Path) -> None:
     # Without btrfs an image is a plain directory and a create copies it:
     # the same commands work.
-    root = tmp_path / "plain" / "root"
-    root.mkdir(parents=True)
-    d = start_daemon(
-        root,
-        tmp_path / "dir.sock",
-        tmp_path / "lxpyd-dir.log",
-        settings=f'storage = "dir"\nbuild_cache = "{test_cache}"\n',
-    )
-    try:
-        assert Client(str(d.socket)).server_info()["storage"]["backend"] == "dir"
-        d.cli("create", "c1", "-t", "busybox", timeout=300)
-        (Path(info(d, "c1")["path"]) / "marker").write_text("one")
-        d.cli("publish", "c1", "--alias", "base")
-        tar = tmp_path / "root.tar.xz"
-        rootfs_tarball(pool(d).template("busybox"), tar)
-        server, fps = serve(tmp_path, "dir", [bb(tar)])
-        with server:
-            d.cli("remote", "add", "local", server.url)
-            d.cli("create", "c2", "--image", "local:busybox/1.36")
-        d.cli("create", "c3", "--image", "base")
-        assert (Path(info(d, "c3")["path"]) / "marker").read_text() == "one"
-        assert (Path(info(d, "c2")["path"]) / "bin" / "busybox").exists()
-        fps_now = sorted(i["fingerprint"] for i in cli_json(d, "image", "list"))
-        assert fps[f"busybox:1.36:{ARCH}:default"] in fps_now and len(fps_now) == 2
-        for fp in fps_now:
-            d.cli("image", "delete", fp)
-        assert not list(pool(d).templates.glob("@*"))
-        assert (Path(info(d, "c3")["path"]) / "marker").read_text() == "one"
-    finally:
-        stop_daemon(d)
-        stop_containers(root)
-        forget_host_ids(root)
-        unmount_all_under(tmp_path)
+    d = dir_daemon
+    assert Client(str(d.socket)).server_info()["storage"]["backend"] == "dir"
+    d.cli("create", "c1", "-t", "busybox", timeout=300)
+    (Path(info(d, "c1")["path"]) / "marker").write_text("one")
+    d.cli("publish", "c1", "--alias", "base")
+    tar = tmp_path / "root.tar.xz"
+    rootfs_tarball(pool(d).template("busybox"), tar)
+    server, fps = serve(tmp_path, "dir", [bb(tar)])
+    with server:
+        d.cli("remote", "add", "local", server.url)
+        d.cli("create", "c2", "--image", "local:busybox/1.36")
+    d.cli("create", "c3", "--image", "base")
+    assert (Path(info(d, "c3")["path"]) / "marker").read_text() == "one"
+    assert (Path(info(d, "c2")["path"]) / "bin" / "busybox").exists()
+    fps_now = sorted(i["fingerprint"] for i in cli_json(d, "image", "list"))
+    assert fps[f"busybox:1.36:{ARCH}:default"] in fps_now and len(fps_now) == 2
+    for fp in fps_now:
+        d.cli("image", "delete", fp)
+    assert not list(pool(d).templates.glob("@*"))
+    assert (Path(info(d, "c3")["path"]) / "marker").read_text() == "one"
 
 
 @pytest.mark.slow
