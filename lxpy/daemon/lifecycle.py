@@ -31,7 +31,7 @@ import trio
 from lxpy.build.rootfs import check_init, set_hostname_files
 from lxpy.daemon import configcheck, security
 from lxpy.daemon.monitors import Lines, monitor_request
-from lxpy.daemon.networks import joins_network
+from lxpy.daemon.nics import joins_network
 from lxpy.daemon.service import Daemon, RunInfo
 from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel import systemd

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from lxpy.daemon.networks import NetnsHandle, Networks
+from lxpy.daemon.networks import Networks
+from lxpy.daemon.nics import NetnsHandle
 from lxpy.errors import Busy, NotFound, Unsupported
 from lxpy.model.network import root_id, veth_name
 from lxpy.model.paths import RunPaths
