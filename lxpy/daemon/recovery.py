@@ -42,7 +42,7 @@ from lxpy.daemon.journal import Journal
 from lxpy.daemon.registry import Registry
 from lxpy.errors import LxpyError
 from lxpy.model.images import is_fingerprint
-from lxpy.model.paths import RootPaths
+from lxpy.model.paths import RootPaths, image_volume, rotated_log
 from lxpy.storage.base import Backend
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class Settler:
 
     def _logs_of(self, name: str) -> list[Path]:
         log_ = self.paths.console_log(name)
-        return [log_, log_.with_name(log_.name + ".1")]
+        return [log_, rotated_log(log_)]
 
     def _has_record(self, name: str) -> bool:
         return self.registry.record_path(name).exists()
@@ -121,7 +121,7 @@ class Settler:
         for sha in files if isinstance(files, list) else []:
             if is_fingerprint(str(sha)):
                 (self.registry.downloads / str(sha)).unlink(missing_ok=True)
-        if not self.backend.template_exists("@" + fp):
+        if not self.backend.template_exists(image_volume(fp)):
             return "undone"
         meta = f.get("meta")
         if self.registry.image_meta(fp) is None and isinstance(meta, dict):
@@ -144,7 +144,7 @@ class Settler:
             return "completed"
         # Published without its metadata: its aliases and source are
         # unknown, so it is no image anyone asked for.
-        self.backend.delete_template("@" + fp)
+        self.backend.delete_template(image_volume(fp))
         return "undone"
 
 

@@ -39,7 +39,7 @@ from lxpy.kernel import apparmor, systemd
 from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy, favor_dynmods
 from lxpy.model.config import Container
 from lxpy.model.network import root_id
-from lxpy.model.paths import KSMD_MARKER
+from lxpy.model.paths import KSMD_MARKER, rotated_log
 from lxpy.model.settings import Settings
 from lxpy.model.state import State, can_move
 from lxpy.model.suggest import not_found_hint
@@ -283,7 +283,7 @@ class Daemon:
     @staticmethod
     def rotated_log(log: Path) -> Path:
         """Where console log `log` goes when a start rotates it."""
-        return log.with_name(log.name + ".1")
+        return rotated_log(log)
 
     def monitor_socket(self, name: str) -> Path:
         """Container `name`'s monitor control socket."""

@@ -22,6 +22,8 @@ Under the daemon root ROOT (RootPaths):
     networks/NAME.toml, NAME/       network records; leases, dnsmasq's log
     intents/                        half-done operations (lxpy.daemon.journal)
     logs/NAME.console.log, zygote.log
+    devices/NAME/unix.DEV           host nodes of a container's unix devices
+    lxpyd.lock                      one lxpyd per root (lxpy.daemon.rootlock)
     spool/                          backup uploads and exports under way
     pool/, pool.img                 the storage pool (PoolPaths), its loop file
 
@@ -82,6 +84,17 @@ def hidden_name(tag: str, name: str) -> str:
 def hidden_prefixes(*tags: str) -> tuple[str, ...]:
     """The prefixes of the hidden names of `tags`, for str.startswith."""
     return tuple(f".{t}-" for t in tags)
+
+
+def image_volume(fingerprint: str) -> str:
+    """The name of image `fingerprint`'s volume in the templates tree: one
+    that no template definition can have."""
+    return "@" + fingerprint
+
+
+def rotated_log(log: Path) -> Path:
+    """Where log `log` goes when it is rotated (a console log, at a start)."""
+    return log.with_name(log.name + ".1")
 
 
 @dataclass(frozen=True)
@@ -194,7 +207,7 @@ class PoolPaths:
 
     def image(self, fingerprint: str) -> Path:
         """A cached image: a template whose name no definition can have."""
-        return self.templates / f"@{fingerprint}"
+        return self.templates / image_volume(fingerprint)
 
     def staging(self, name: str) -> Path:
         """The staging volume of a build of template `name`."""
@@ -292,6 +305,20 @@ class RootPaths:
     @property
     def zygote_log(self) -> Path:
         return self.logs / "zygote.log"
+
+    def devices(self, container: str) -> Path:
+        """Where lxpyd makes the host nodes of container `container`'s unix
+        devices: on the root's filesystem, never nodev (unlike /run)."""
+        return self.root / "devices" / container
+
+    def device_node(self, container: str, device: str) -> Path:
+        """The host node of unix device `device` of container `container`."""
+        return self.devices(container) / f"unix.{device}"
+
+    @property
+    def lock(self) -> Path:
+        """flock(2)ed by the lxpyd serving this root, holding its pid."""
+        return self.root / "lxpyd.lock"
 
     @property
     def spool(self) -> Path:

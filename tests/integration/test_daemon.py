@@ -345,7 +345,7 @@ def test_socket_mode_and_sigterm(daemon: Daemon) -> None:
     else:
         assert stat.S_IMODE(st.st_mode) == 0o660
         assert st.st_gid == gid
-    lock = daemon.root / "lxpyd.lock"
+    lock = daemon.paths.lock
     assert lock.read_text().strip() == str(daemon.proc.pid)
 
     events = NDJSON(daemon.socket, "/1.0/events")
