@@ -72,8 +72,9 @@ def main() -> None:
         lx = Lxpy(scratch, pool_size="12GiB")
         lx.build("busybox")
         lx.cli("create", "web", "-t", "busybox")
-        pool = lx.daemon.root / "pool"
-        rootfs = pool / "containers" / "web"
+        pool = lx.paths.pool_dir
+        rootfs = lx.paths.pool.container("web")
+        s1, s2 = lx.paths.pool.snapshot("web", "s1"), lx.paths.pool.snapshot("web", "s2")
         # Host files under /srv/bulk (the busybox tree is there already).
         (rootfs / "srv" / "bulk").mkdir(parents=True, exist_ok=True)
         fill_rootfs(rootfs / "srv" / "bulk", args.size_mb * MB)
@@ -132,8 +133,7 @@ def main() -> None:
             measure(
                 "shell: btrfs send s1, s2 incr (no rootfs) | zstd",
                 lambda: sh(
-                    f"{{ btrfs -q send {pool}/snapshots/web/s1; "
-                    f"btrfs -q send -p {pool}/snapshots/web/s1 {pool}/snapshots/web/s2; }} "
+                    f"{{ btrfs -q send {s1}; btrfs -q send -p {s1} {s2}; }} "
                     f"| zstd -q -T0 -3 -c > {out / 'shell.btrfs.zst'}"
                 ),
                 out / "shell.btrfs.zst",

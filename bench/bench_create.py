@@ -54,7 +54,7 @@ from common import Lxc, Lxpy, Scratch  # noqa: E402
 
 from lxpy.storage.btrfs import BtrfsBackend  # noqa: E402
 from lxpy.storage.dir import DirBackend  # noqa: E402
-from lxpy.storage.layout import TreeBackend  # noqa: E402
+from lxpy.storage.tree import TreeBackend  # noqa: E402
 
 MB = 1000**2
 

@@ -66,7 +66,7 @@ from common import (  # noqa: E402
     verdict,
 )
 
-from lxpy.model.network import first_free_subnet  # noqa: E402
+from lxpy.model.network import first_free_subnet, root_id  # noqa: E402
 from lxpy.network import links, nftables  # noqa: E402
 
 TEMPLATE = "debian-bookworm"
@@ -233,7 +233,7 @@ def lxpy_network(scratch: Scratch, lxpy: Lxpy, name: str) -> str:
     """A network of the scratch lxpyd (a free subnet picked by lxpy), removed
     again before the daemon stops: containers first, then the network, then
     whatever a failure left of its bridge and nftables table."""
-    table = nftables.table_name(lxpy.run_dir.name)
+    table = nftables.table_name(root_id(str(lxpy.paths.root)))
 
     def sweep() -> None:
         subprocess.run(["ip", "link", "del", name], capture_output=True)

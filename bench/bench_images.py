@@ -95,7 +95,7 @@ def main() -> int:
     with Scratch("lxpy-bench-images-", size="12G") as s:
         lx = Lxpy(s, pool_size="8GiB")
         lx.build(args.template)
-        tpl = s.dir / "lxpy-root" / "pool" / "templates" / args.template
+        tpl = lx.paths.pool.template(args.template)
         tree_mb = int(run(["du", "-sm", str(tpl)]).stdout.split()[0])
         print(f"rootfs: template {args.template}, {tree_mb} MB on disk", flush=True)
 

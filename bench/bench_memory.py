@@ -25,7 +25,7 @@ sides: 2 s after it, and (with lxpyd's `ksm` on) again once ksmd is done
 with the monitors, where LXC is measured again the same number of seconds
 after its last start. lxpy runs twice: with `ksm = false` and with lxpyd's
 default `ksm = true` (ksmd after starts, until a full scan merges nothing
-new, lxpy.daemon.merging). LXC's monitors are not marked mergeable, so a
+new, lxpy.daemon.ksm). LXC's monitors are not marked mergeable, so a
 ksmd changes nothing for LXC; a Debian host does not run ksmd unless
 asked. The anchor is LXC at the same moment; target: lxpy's per-container
 total no more than LXC's median monitor PSS. Everything made is removed at

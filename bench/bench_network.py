@@ -129,10 +129,9 @@ def ip_undo(host: str, ns: str) -> None:
 
 
 def cleanup(bridge: str, runs: int, tmp: Path) -> None:
-    from lxpy.daemon.networks import RUN_BASE
-    from lxpy.model.network import root_id
+    from lxpy.model.paths import RunPaths
 
-    shutil.rmtree(RUN_BASE / root_id(str(tmp / "root")), ignore_errors=True)
+    shutil.rmtree(RunPaths.of(tmp / "root").dir, ignore_errors=True)
     # Only what this benchmark may have left after a failure.
     subprocess.run(["ip", "link", "del", bridge], capture_output=True)
     for i in range(runs):
@@ -161,7 +160,7 @@ async def main(runs: int, dhcp_runs: int) -> None:
                 await nets.detach(f"c{i}")
 
             for i in range(runs):
-                path = nets.run_dir / "bench-netns" / f"b{i}"
+                path = nets.run.dir / "bench-netns" / f"b{i}"
                 nic = Nic(name, name, f"lxpyb-{i}", "eth0", "02:00:00:00:01:01")
                 t = time.perf_counter()
                 await trio.to_thread.run_sync(links.create_netns, path, [nic])

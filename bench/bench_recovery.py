@@ -133,8 +133,8 @@ def create_loop_kills(lx: Lxpy, kills: int) -> tuple[list[float], int, int, int]
     """Kill lxpyd at random moments of a create loop; returns the restart
     times, how many intents the next lxpyd settled, how many cut creates
     it undid, and how many kills left a forked helper behind."""
-    pool = lx.daemon.root / "pool" / "containers"
-    records = lx.daemon.root / "containers"
+    pool = lx.paths.pool.containers
+    records = lx.paths.records
     up: list[float] = []
     settled = undone = helpers = 0
     rng = random.Random(20)

@@ -44,7 +44,7 @@ from lxpy.build.builder import build_rootfs  # noqa: E402
 from lxpy.errors import Unsupported  # noqa: E402
 from lxpy.kernel import lxcfs as lxcfs_mod  # noqa: E402
 from lxpy.kernel import syscalls as sc  # noqa: E402
-from lxpy.model.network import root_id  # noqa: E402
+from lxpy.model.paths import RootPaths  # noqa: E402
 from lxpy.model.settings import builtin_template_dir  # noqa: E402
 from lxpy.model.template import find_template  # noqa: E402
 from tests.conftest import (  # noqa: E402
@@ -59,7 +59,6 @@ from tests.conftest import (  # noqa: E402
 
 BIN = Path(sys.executable).parent
 LXPY = str(BIN / "lxpy")
-LXPY_RUN_BASE = Path("/run/lxpy")  # lxpyd's run dirs: /run/lxpy/<root id>
 TEST_CACHE = Path(os.environ.get("LXPY_TEST_CACHE", "/var/cache/lxpy-tests"))
 # How "running" is probed for all three tools: the same command, entered
 # from the host into the container's namespaces, so no tool's own attach
@@ -615,8 +614,9 @@ class Lxpy:
         self.ksm, self.read_ahead = ksm, read_ahead
         settings += f"ksm = {str(ksm).lower()}\nread_ahead = {str(read_ahead).lower()}\n"
         settings += f'lxcfs = "auto"\nlxcfs_mount = "{mount}"\n' if mount else 'lxcfs = "off"\n'
-        self.run_dir = LXPY_RUN_BASE / root_id(str(root))
-        scratch.marks.append(str(self.run_dir))
+        # Where the daemon keeps its records, pool and run dir.
+        self.paths = RootPaths(root)
+        scratch.marks.append(str(self.paths.run.dir))
         # lxpyd starts ksmd when it is off; it is off again afterwards.
         scratch.defer(restore_ksm, ksm_state())
         self._closed = False
@@ -670,7 +670,7 @@ class Lxpy:
     def zygote(self) -> int | None:
         """lxpy's fork server for this daemon root (it writes its pid in the run dir)."""
         try:
-            pid = int((self.run_dir / "zygote.pid").read_text())
+            pid = int(self.paths.run.zygote_pid.read_text())
         except (OSError, ValueError):
             return None
         return pid if _alive(pid) else None
@@ -717,4 +717,4 @@ class Lxpy:
             except TimeoutError:
                 os.kill(zygote, signal.SIGKILL)
                 wait_gone(zygote, 5)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        shutil.rmtree(self.paths.run.dir, ignore_errors=True)

@@ -24,6 +24,7 @@ import pytest
 if TYPE_CHECKING:
     from lxpy.daemon.peers import Groups
     from lxpy.kernel.cgroups import ContainerCgroup
+    from lxpy.model.paths import RootPaths
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -166,6 +167,13 @@ class Daemon:
     proc: subprocess.Popen[bytes]
     log: Path
 
+    @property
+    def paths(self) -> RootPaths:
+        """Where this daemon keeps its records, pool and run dir."""
+        from lxpy.model.paths import RootPaths
+
+        return RootPaths(self.root)
+
     def cgroup(self, name: str) -> ContainerCgroup:
         """Where this daemon keeps container `name`'s cgroups."""
         from lxpy.kernel.cgroups import ContainerCgroup
@@ -271,8 +279,7 @@ def assert_loopback_only(d: Daemon, name: str, pid: int) -> None:
     """Container `name` (init `pid`), on no network, has a network namespace
     of its own holding only loopback, up; none is bound in the daemon's run
     dir (nothing outside needs to reach it)."""
-    from lxpy.daemon.networks import RUN_BASE
-    from lxpy.model.network import root_id
+    from lxpy.model.paths import RunPaths
 
     assert os.stat(f"/proc/{pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino
     res = subprocess.run(
@@ -285,7 +292,7 @@ def assert_loopback_only(d: Daemon, name: str, pid: int) -> None:
     links = [line.split(":")[1].strip() for line in res.stdout.splitlines()]
     assert links == ["lo"], res.stdout
     assert "<LOOPBACK,UP" in res.stdout
-    assert not (RUN_BASE / root_id(str(d.root)) / "netns" / name).exists()
+    assert not RunPaths.of(d.root).netns(name).exists()
 
 
 def info(d: Daemon, name: str) -> dict[str, Any]:
@@ -338,12 +345,12 @@ def restore_ksm(state: str | None) -> None:
     its mark that lxpy started it. Pages merged by then stay merged until
     written, as after any stop of ksmd.
     """
-    from lxpy.daemon.networks import RUN_BASE
+    from lxpy.model.paths import KSMD_MARKER
 
     if state is not None and ksm_state() != state:
         KSM_RUN.write_text(state)
     if state != "1":
-        (RUN_BASE / "ksmd.started").unlink(missing_ok=True)
+        KSMD_MARKER.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -411,6 +418,24 @@ def daemon_in(
         unmount_all_under(tmp_path)
 
 
+@contextlib.contextmanager
+def dir_daemon_in(tmp_path: Path, test_cache: Path, tag: str = "plain") -> Iterator[Daemon]:
+    """A real lxpyd on a plain-directory pool (storage = "dir", as on a
+    host without btrfs) in tmp_path/`tag`, with the suite's build cache;
+    removed as daemon_in removes its daemon."""
+    where = tmp_path / tag
+    where.mkdir(parents=True)
+    with daemon_in(where, f'storage = "dir"\nbuild_cache = "{test_cache}"\n') as d:
+        yield d
+
+
+@pytest.fixture
+def dir_daemon(tmp_path: Path, test_cache: Path) -> Iterator[Daemon]:
+    """A real lxpyd on a dir pool of its own (see dir_daemon_in)."""
+    with dir_daemon_in(tmp_path, test_cache) as d:
+        yield d
+
+
 def forget_host_ids(root: Path) -> None:
     """Drop the entry of the daemon at `root` from the host-wide record of
     ID blocks (lxpy.daemon.hostids), which every lxpyd on the host shares
@@ -445,19 +470,18 @@ def stop_containers(root: Path) -> list[str]:
     import json
     import signal
 
-    from lxpy.daemon.networks import RUN_BASE
     from lxpy.errors import LxpyError
     from lxpy.kernel.cgroups import PREFIX, ContainerCgroup, hierarchies, remove_parent
     from lxpy.kernel.namespaces import unpin_ns
-    from lxpy.model.network import root_id
+    from lxpy.model.paths import RunPaths
     from lxpy.model.settings import Settings
     from lxpy.network import links
     from lxpy.runtime.control import MonitorClient
 
-    run = RUN_BASE / root_id(str(root.absolute()))
+    run = RunPaths.of(root.absolute())
     parent = Settings(root=root.absolute()).cgroup_parent
     left = []
-    for sock in run.glob("containers/*/monitor.sock"):
+    for sock in run.containers.glob("*/monitor.sock"):
         name = sock.parent.name
         try:
             MonitorClient(str(sock), timeout=20).request("kill", wait=20)
@@ -475,35 +499,34 @@ def stop_containers(root: Path) -> list[str]:
         except LxpyError:
             pass
     remove_parent(parent)
-    pid_file = run / "zygote.pid"
     try:
-        pid = int(pid_file.read_text())
+        pid = int(run.zygote_pid.read_text())
         if Path(f"/proc/{pid}/comm").read_text().strip() == "lxpy-zygote":
             os.kill(pid, signal.SIGKILL)
             left.append(f"zygote {pid}")
     except (OSError, ValueError):
         pass
-    for pid_file in run.glob("networks/*/dnsmasq.pid"):
+    for pid_file in run.networks.glob("*/dnsmasq.pid"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             pid = int(pid_file.read_text().split()[0])
             if f"--pid-file={pid_file}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                 os.kill(pid, signal.SIGKILL)
                 left.append(f"dnsmasq {pid}")
-    for nics in run.glob("nics/*.json"):
+    for nics in run.nics_dir.glob("*.json"):
         try:
             links.delete_links(n["host"] for n in json.loads(nics.read_text()))
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    for ns in run.glob("netns/*"):
+    for ns in run.netns_dir.glob("*"):
         links.remove_netns(ns)
-    for ns in run.glob("userns/*"):
+    for ns in run.userns_dir.glob("*"):
         unpin_ns(str(ns))
-    for d in ("containers", "nics", "netns", "userns"):
-        shutil.rmtree(run / d, ignore_errors=True)
-    for f in ("zygote.sock", "zygote.sock.pages", "zygote.pid"):
-        (run / f).unlink(missing_ok=True)
+    for d in (run.containers, run.nics_dir, run.netns_dir, run.userns_dir):
+        shutil.rmtree(d, ignore_errors=True)
+    for f in (run.zygote_socket, run.zygote_pages, run.zygote_pid):
+        f.unlink(missing_ok=True)
     try:
-        run.rmdir()  # only when nothing else (networks) is left in it
+        run.dir.rmdir()  # only when nothing else (networks) is left in it
     except OSError:
         pass
     return left

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     T = TypeVar("T")
 
-# Same default as lxpy.model.settings.DEFAULT_SOCKET, spelled out here so the
+# Same default as lxpy.model.paths.DEFAULT_SOCKET, spelled out here so the
 # CLI does not import the daemon-side settings parser (and tomllib) to start.
 DEFAULT_SOCKET = "/run/lxpy/lxpy.sock"
 SOCKET_ENV = "LXPY_SOCKET"

@@ -19,7 +19,6 @@ from pathlib import Path
 from lxpy.errors import Busy
 
 DEFAULT_LOG_FILE = Path("/var/log/lxpy/lxpyd.log")
-DEFAULT_PID_FILE = Path("/run/lxpy/lxpyd.pid")
 # How much of the log a failed start shows.
 TAIL_LINES = 20
 READY = b"ready\n"

@@ -43,7 +43,7 @@ from lxpy.model.config import Container, Owner, validate_config
 from lxpy.model.names import validate_name
 from lxpy.model.state import State
 from lxpy.storage import backup as bk
-from lxpy.storage.layout import TreeBackend
+from lxpy.storage.tree import TreeBackend
 
 log = logging.getLogger("lxpyd.backups")
 
@@ -56,7 +56,7 @@ class Backups:
     def __init__(self, d: Daemon, containers: Containers) -> None:
         self.d = d
         self.containers = containers
-        self.spool = d.settings.root / "spool"
+        self.spool = d.settings.paths.spool
         # Exports and imports read and write the whole rootfs: limited
         # apart from the storage calls every request makes.
         self.limiter = trio.CapacityLimiter(2)

@@ -23,7 +23,7 @@ from typing import Literal
 from lxpy.build.rootfs import set_hostname_files
 from lxpy.daemon import configcheck
 from lxpy.daemon.events import now_iso
-from lxpy.daemon.images import Images, volume_name
+from lxpy.daemon.images import Images
 from lxpy.daemon.journal import Intent
 from lxpy.daemon.security import check_config as check_security
 from lxpy.daemon.security import check_update
@@ -35,6 +35,7 @@ from lxpy.kernel.inroot import Rootfs
 from lxpy.model.config import Container, Owner, check_key_length, validate_config
 from lxpy.model.images import parse_image_ref
 from lxpy.model.names import validate_name
+from lxpy.model.paths import image_volume
 from lxpy.model.security import LIVE_KEYS, IdmapRecord
 from lxpy.model.state import State
 from lxpy.model.suggest import not_found_hint
@@ -205,7 +206,7 @@ class Containers:
             else:
                 # Pulled first when it names a remote's image not cached.
                 fingerprint, meta = await self.images.ensure(image)
-                template = volume_name(fingerprint)
+                template = image_volume(fingerprint)
                 where = f"image {image}"
                 # What the image says its init wants (busybox init's signals)
                 # goes into the config, so it holds after the image is deleted.

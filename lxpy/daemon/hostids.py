@@ -35,11 +35,9 @@ from pathlib import Path
 from lxpy.daemon.registry import write_atomic
 from lxpy.errors import LxpyError
 from lxpy.kernel.idranges import IdRange
-from lxpy.model.network import root_id
+from lxpy.model.paths import HOST_IDS_DIR, host_ids_file
 
 log = logging.getLogger("lxpyd.hostids")
-
-HOST_DIR = Path("/var/lib/lxpy-idmap")
 
 
 @dataclass(frozen=True, order=True)
@@ -70,10 +68,10 @@ class Block:
 class HostIds:
     """The daemon at `root`'s view of the host-wide record in `directory`."""
 
-    def __init__(self, root: Path, directory: Path = HOST_DIR) -> None:
+    def __init__(self, root: Path, directory: Path = HOST_IDS_DIR) -> None:
         self.root = str(root)
         self.directory = directory
-        self.path = directory / f"{root_id(self.root)}.json"
+        self.path = host_ids_file(self.root, directory)
 
     @contextmanager
     def locked(self) -> Iterator[list[Block]]:

@@ -35,6 +35,7 @@ from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFoun
 from lxpy.kernel.inroot import Rootfs
 from lxpy.model import images as im
 from lxpy.model.names import validate_name
+from lxpy.model.paths import image_volume
 from lxpy.model.state import State
 from lxpy.model.suggest import not_found_hint
 
@@ -66,11 +67,6 @@ ExecStart=/usr/bin/ssh-keygen -A
 WantedBy=multi-user.target
 """
 _SSH_KEYGEN_NAME = "lxpy-ssh-keygen.service"
-
-
-def volume_name(fingerprint: str) -> str:
-    """The pool volume (in the template tree) of image `fingerprint`."""
-    return "@" + fingerprint
 
 
 def _human(n: float) -> str:
@@ -179,7 +175,7 @@ class Images:
         metas = await d.files(d.registry.all_image_meta)
         # Metadata whose volume is gone (deleted by hand) is no image.
         exists = await d.storage(
-            lambda: {fp for fp in metas if d.backend.template_exists(volume_name(fp))}
+            lambda: {fp for fp in metas if d.backend.template_exists(image_volume(fp))}
         )
         return {fp: m for fp, m in metas.items() if fp in exists}
 
@@ -230,7 +226,7 @@ class Images:
         # The metadata first: an image without it is not listed, and the
         # volume left by a crash here is removed by the next delete.
         await d.files(d.registry.delete_image_meta, fp)
-        await d.storage(d.backend.delete_template, volume_name(fp))
+        await d.storage(d.backend.delete_template, image_volume(fp))
         d.bus.lifecycle("image-deleted", f"images/{fp}")
 
     async def set_aliases(self, ref: str, add: list[str], remove: list[str]) -> dict[str, object]:
@@ -290,7 +286,7 @@ class Images:
     async def _cached(self, fp: str) -> bool:
         d = self.d
         meta = await d.files(d.registry.image_meta, fp)
-        return meta is not None and await d.storage(d.backend.template_exists, volume_name(fp))
+        return meta is not None and await d.storage(d.backend.template_exists, image_volume(fp))
 
     async def ensure(self, image: object) -> tuple[str, dict[str, object]]:
         """The cached image `image` names, pulled first when it names a
@@ -381,7 +377,7 @@ class Images:
         root_file: Path,
     ) -> None:
         d, fp = self.d, rimg.fingerprint
-        vol = volume_name(fp)
+        vol = image_volume(fp)
         op.set_progress(0.9, "checking the rootfs tarball")
         members = await d.files(imagefile.check_rootfs_tarball, root_file)
         op.add_log(f"rootfs tarball: {members} entries, none leaves the rootfs")
@@ -435,7 +431,7 @@ class Images:
             raise InvalidArgument(f"'description' must be a string, got {desc!r}")
         await self._check_free(aliases)
         fp = secrets.token_hex(32)
-        vol = volume_name(fp)
+        vol = image_volume(fp)
         async with d.lock(name):
             record = d.require(name)
             if snap is None:

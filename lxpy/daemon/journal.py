@@ -14,7 +14,7 @@ before it lists anything (lxpy.daemon.recovery): it completes the
 operation once its point of no return is passed, and undoes it otherwise.
 
 Operations that storage alone keeps whole by its hidden names (snapshot,
-snapshot delete, restore: see lxpy.storage.layout) use the same helper
+snapshot delete, restore: see lxpy.storage.tree) use the same helper
 without a file (`durable=False`), for their undo and their step names.
 """
 
@@ -34,6 +34,7 @@ import trio
 from lxpy.daemon import crashpoint
 from lxpy.daemon.registry import write_atomic
 from lxpy.errors import PoolFull, is_full, pool_full
+from lxpy.model.paths import RootPaths
 from lxpy.revert import AsyncRevert
 
 log = logging.getLogger("lxpyd.journal")
@@ -65,7 +66,7 @@ class Journal:
     """
 
     def __init__(self, root: Path, run: Blocking | None = None) -> None:
-        self.directory = root / "intents"
+        self.directory = RootPaths(root).intents
         self._run: Blocking = run or trio.to_thread.run_sync
 
     def _write(self, op: str, fields: dict[str, object], sync: bool = True) -> Path:

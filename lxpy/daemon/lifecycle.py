@@ -31,7 +31,7 @@ import trio
 from lxpy.build.rootfs import check_init, set_hostname_files
 from lxpy.daemon import configcheck, security
 from lxpy.daemon.monitors import Lines, monitor_request
-from lxpy.daemon.networks import joins_network
+from lxpy.daemon.nics import joins_network
 from lxpy.daemon.service import Daemon, RunInfo
 from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel import systemd
@@ -152,10 +152,10 @@ class Lifecycle:
     # -- paths -----------------------------------------------------------------
     @property
     def zygote_socket(self) -> Path:
-        return self.d.networks.run_dir / "zygote.sock"
+        return self.d.settings.paths.run.zygote_socket
 
     def state_file(self, name: str) -> Path:
-        return self.d.container_run_dir(name) / "state.json"
+        return self.d.settings.paths.run.state_file(name)
 
     # -- the container object --------------------------------------------------
     def run_fields(self, name: str) -> dict[str, object]:
@@ -178,15 +178,15 @@ class Lifecycle:
             return False
 
     def _start_zygote(self) -> None:
-        logs = self.d.settings.root / "logs"
-        logs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        paths = self.d.settings.paths
+        paths.logs.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.zygote_socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(logs / "zygote.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fd = os.open(paths.zygote_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             self._zygote = start_zygote(self.zygote_socket, stderr=fd, owner=os.getpid())
         finally:
             os.close(fd)
-        (self.zygote_socket.parent / "zygote.pid").write_text(f"{self._zygote.pid}\n")
+        paths.run.zygote_pid.write_text(f"{self._zygote.pid}\n")
         log.info("zygote started (pid %d) on %s", self._zygote.pid, self.zygote_socket)
 
     async def _zygote_call(self, req: dict[str, object], wait: float) -> dict[str, object]:
@@ -322,7 +322,6 @@ class Lifecycle:
             for k, v in c.items()
             if k.startswith("environment.")
         }
-        run_dir = self.d.container_run_dir(name)
         # systemd's container_uuid (and so /etc/machine-id on first boot)
         # must stay the same across starts: derive it from what identifies
         # this container on this daemon.
@@ -332,7 +331,7 @@ class Lifecycle:
         return LaunchSpec(
             name=name,
             rootfs=str(self.d.backend.container_path(name)),
-            control_socket=str(run_dir / "monitor.sock"),
+            control_socket=str(self.d.monitor_socket(name)),
             args=tuple(args) if isinstance(args, list) else (),
             env=env,
             hostname=str(c.get("hostname") or name),

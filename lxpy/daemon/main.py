@@ -24,14 +24,13 @@ from pathlib import Path
 import trio
 
 from lxpy.daemon import background, http, rootlock
-from lxpy.daemon.networks import RUN_BASE
 from lxpy.daemon.peers import DEFAULT_GROUPS, Groups, group_gid
 from lxpy.daemon.routes import build_router
 from lxpy.daemon.service import Daemon
 from lxpy.errors import Busy, LxpyError
 from lxpy.kernel import acl
 from lxpy.kernel.cgroups import remove_parent
-from lxpy.model.network import root_id
+from lxpy.model.paths import DEFAULT_PID_FILE, RunPaths
 from lxpy.model.settings import LOG_LEVELS, Settings, load_settings
 
 log = logging.getLogger("lxpyd")
@@ -102,7 +101,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--pid-file",
         type=Path,
-        help=f"with --daemon: where its pid goes (default: {background.DEFAULT_PID_FILE})",
+        help=f"with --daemon: where its pid goes (default: {DEFAULT_PID_FILE})",
     )
     args = p.parse_args(argv)
     if not args.daemon and (args.log_file or args.pid_file):
@@ -269,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     pid_file: Path | None = None
     if args.daemon:
         log_file = (args.log_file or background.DEFAULT_LOG_FILE).absolute()
-        pid_file = (args.pid_file or background.DEFAULT_PID_FILE).absolute()
+        pid_file = (args.pid_file or DEFAULT_PID_FILE).absolute()
         try:
             ready = background.detach(log_file)
         except OSError as e:
@@ -316,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         # empty), but only a moment after: under systemd, a process still
         # in lxpy.service when lxpyd has exited is a "left-over" one. So it
         # is ended now, its spare monitor with it.
-        _end_zygote(RUN_BASE / root_id(str(settings.root)) / "zygote.pid")
+        _end_zygote(settings.paths.run)
         if pid_file is not None:
             background.remove_pid_file(pid_file)
         rootlock.release(lock_fd)
@@ -324,9 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _end_zygote(pid_file: Path) -> None:
+def _end_zygote(run: RunPaths) -> None:
     try:
-        pid = int(pid_file.read_text())
+        pid = int(run.zygote_pid.read_text())
         with open(f"/proc/{pid}/comm") as f:
             ours = f.read().strip() == "lxpy-zygote"
     except (OSError, ValueError):
@@ -339,11 +338,10 @@ def _end_zygote(pid_file: Path) -> None:
         except (ProcessLookupError, ChildProcessError):
             pass
     # What the zygote removes itself when it sees lxpyd end.
-    run = pid_file.parent
-    for name in ("zygote.sock", "zygote.sock.pages", pid_file.name):
-        (run / name).unlink(missing_ok=True)
+    for path in (run.zygote_socket, run.zygote_pages, run.zygote_pid):
+        path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
-        run.rmdir()  # only once empty: networks may still hold files here
+        run.dir.rmdir()  # only once empty: networks may still hold files here
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from lxpy.daemon.journal import Journal
 from lxpy.daemon.registry import Registry
 from lxpy.errors import LxpyError
 from lxpy.model.images import is_fingerprint
+from lxpy.model.paths import RootPaths, image_volume, rotated_log
 from lxpy.storage.base import Backend
 
 if TYPE_CHECKING:
@@ -55,16 +56,15 @@ Fields = dict[str, object]
 class Settler:
     """What the container and template rules work on (blocking calls)."""
 
-    def __init__(self, backend: Backend, registry: Registry, logs: Path, run_dir: Path) -> None:
+    def __init__(self, backend: Backend, registry: Registry, paths: RootPaths) -> None:
         self.backend = backend
         self.registry = registry
         # Console logs (NAME.console.log, .1) and per-container run dirs.
-        self.logs = logs
-        self.run_dir = run_dir
+        self.paths = paths
 
     def _logs_of(self, name: str) -> list[Path]:
-        log_ = self.logs / f"{name}.console.log"
-        return [log_, log_.with_name(log_.name + ".1")]
+        log_ = self.paths.console_log(name)
+        return [log_, rotated_log(log_)]
 
     def _has_record(self, name: str) -> bool:
         return self.registry.record_path(name).exists()
@@ -99,7 +99,7 @@ class Settler:
         self.registry.delete(name)
         for p in self._logs_of(name):
             p.unlink(missing_ok=True)
-        shutil.rmtree(self.run_dir / "containers" / name, ignore_errors=True)
+        shutil.rmtree(self.paths.run.container(name), ignore_errors=True)
         return "completed"
 
     def template_build(self, f: Fields) -> str:
@@ -121,7 +121,7 @@ class Settler:
         for sha in files if isinstance(files, list) else []:
             if is_fingerprint(str(sha)):
                 (self.registry.downloads / str(sha)).unlink(missing_ok=True)
-        if not self.backend.template_exists("@" + fp):
+        if not self.backend.template_exists(image_volume(fp)):
             return "undone"
         meta = f.get("meta")
         if self.registry.image_meta(fp) is None and isinstance(meta, dict):
@@ -144,7 +144,7 @@ class Settler:
             return "completed"
         # Published without its metadata: its aliases and source are
         # unknown, so it is no image anyone asked for.
-        self.backend.delete_template("@" + fp)
+        self.backend.delete_template(image_volume(fp))
         return "undone"
 
 

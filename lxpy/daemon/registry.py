@@ -19,6 +19,7 @@ from pathlib import Path
 from lxpy.errors import InvalidArgument, LxpyError
 from lxpy.model.config import Container
 from lxpy.model.names import validate_name
+from lxpy.model.paths import RootPaths
 from lxpy.revert import Revert
 from lxpy.storage.base import Step
 
@@ -59,12 +60,13 @@ class Registry:
     """Container records and template build metadata under `root`."""
 
     def __init__(self, root: Path) -> None:
-        self.containers = root / "containers"
-        self.templates = root / "templates"
+        paths = RootPaths(root)
+        self.containers = paths.records
+        self.templates = paths.template_records
         # Image metadata (FINGERPRINT.json), downloads under way, remotes.
-        self.images = root / "images"
-        self.downloads = self.images / "downloads"
-        self.remotes_file = root / "remotes.json"
+        self.images = paths.images
+        self.downloads = paths.downloads
+        self.remotes_file = paths.remotes
 
     def prepare(self) -> None:
         """Create the record directories."""

@@ -24,10 +24,10 @@ import os
 from pathlib import Path
 
 from lxpy.errors import Busy
+from lxpy.model.paths import RootPaths
 
 log = logging.getLogger("lxpyd")
 
-NAME = "lxpyd.lock"
 
 # The lock's descriptor in this process (-1: none), closed in forked children.
 _held = -1
@@ -58,7 +58,7 @@ def take(root: Path) -> int:
     try:
         # Held by another starting lxpyd for a few milliseconds at most.
         fcntl.flock(turn, fcntl.LOCK_EX)
-        fd = _take(root / NAME)
+        fd = _take(RootPaths(root).lock)
     finally:
         os.close(turn)
     _held = fd

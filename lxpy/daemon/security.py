@@ -344,7 +344,7 @@ class Security:
     # -- user namespaces -------------------------------------------------------
     def userns_path(self, name: str) -> Path:
         """Where container `name`'s user namespace is bound while it runs."""
-        return self.d.networks.run_dir / "userns" / name
+        return self.d.settings.paths.run.userns(name)
 
     def prepare_userns(self, name: str) -> str:
         """The path container `name`'s user namespace is bound on, its

@@ -20,8 +20,8 @@ import trio
 from lxpy import __version__
 from lxpy.daemon.events import EventBus
 from lxpy.daemon.journal import Journal
-from lxpy.daemon.merging import Ksmd
-from lxpy.daemon.networks import RUN_BASE, Networks
+from lxpy.daemon.ksm import Ksmd
+from lxpy.daemon.networks import Networks
 from lxpy.daemon.operations import Operations
 from lxpy.daemon.recovery import Settler, settle_containers
 from lxpy.daemon.registry import Registry
@@ -39,6 +39,7 @@ from lxpy.kernel import apparmor, systemd
 from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy, favor_dynmods
 from lxpy.model.config import Container
 from lxpy.model.network import root_id
+from lxpy.model.paths import KSMD_MARKER, rotated_log
 from lxpy.model.settings import Settings
 from lxpy.model.state import State, can_move
 from lxpy.model.suggest import not_found_hint
@@ -173,7 +174,7 @@ class Daemon:
         # the start before anything is made or mounted.
         scopes = _use_scopes(settings.systemd_scopes)
         profile = await trio.to_thread.run_sync(
-            _load_apparmor, settings.apparmor, RUN_BASE / root_id(str(settings.root))
+            _load_apparmor, settings.apparmor, settings.paths.run.apparmor_dir
         )
         registry = Registry(settings.root)
         await trio.to_thread.run_sync(registry.prepare)
@@ -186,15 +187,13 @@ class Daemon:
         if d.scopes:
             log.info("containers run in systemd scopes under %s", systemd.SLICE)
         if settings.ksm:
-            d.ksmd = Ksmd(RUN_BASE / "ksmd.started")
+            d.ksmd = Ksmd(KSMD_MARKER)
             nursery.start_soon(d.ksmd.run)
         # What a crash cut short is settled before anything is listed.
-        settler = Settler(
-            backend, registry, settings.root / "logs", RUN_BASE / root_id(str(settings.root))
-        )
+        settler = Settler(backend, registry, settings.paths)
         await d.files(settle_containers, d.journal, settler)
         # Uploads and export spools of operations a crash ended.
-        for gone in await d.files(clear_spool, settings.root / "spool"):
+        for gone in await d.files(clear_spool, settings.paths.spool):
             log.warning("recovery: removed the spool file %s of an interrupted backup", gone)
         d.records, d.broken = await d.files(registry.load_all)
         d.networks = await Networks.open(
@@ -252,7 +251,7 @@ class Daemon:
     def container_run_dir(self, name: str) -> Path:
         """Where container `name`'s runtime files live (monitor socket, state
         file): under the daemon's run dir, which is unique per daemon root."""
-        return self.networks.run_dir / "containers" / name
+        return self.settings.paths.run.container(name)
 
     def cgroup(self, name: str, hs: list[Hierarchy] | None = None) -> ContainerCgroup:
         """Where container `name`'s cgroups are (nothing is made); `hs`:
@@ -279,16 +278,16 @@ class Daemon:
 
     def console_log(self, name: str) -> Path:
         """Where container `name`'s console is logged (kept across starts)."""
-        return self.settings.root / "logs" / f"{name}.console.log"
+        return self.settings.paths.console_log(name)
 
     @staticmethod
     def rotated_log(log: Path) -> Path:
         """Where console log `log` goes when a start rotates it."""
-        return log.with_name(log.name + ".1")
+        return rotated_log(log)
 
     def monitor_socket(self, name: str) -> Path:
         """Container `name`'s monitor control socket."""
-        return self.container_run_dir(name) / "monitor.sock"
+        return self.settings.paths.run.monitor_socket(name)
 
     async def storage(self, fn: Callable[..., T], *args: object) -> T:
         """Run a blocking storage call in a worker thread.

@@ -13,7 +13,7 @@ anyone else's.
 
 ksmd merges only what is marked, and only while it runs (`run` = 1); pages
 it merged stay merged when it stops (`run` = 0) until one is written.
-lxpyd runs it in bursts after starts (lxpy.daemon.merging).
+lxpyd runs it in bursts after starts (lxpy.daemon.ksm).
 """
 
 from __future__ import annotations

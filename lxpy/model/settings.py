@@ -10,12 +10,12 @@ from pathlib import Path
 from lxpy.errors import InvalidArgument
 from lxpy.model import tomlw
 from lxpy.model.network import parse_subnet, root_id, validate_network_name
+from lxpy.model.paths import DEFAULT_SOCKET, RootPaths
 from lxpy.model.template import is_url
 from lxpy.model.units import parse_size
 
 DEFAULT_CONFIG = Path("/etc/lxpy/lxpyd.toml")
 DEFAULT_ROOT = Path("/var/lib/lxpy")
-DEFAULT_SOCKET = Path("/run/lxpy/lxpy.sock")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 STORAGE_CHOICES = ("auto", "btrfs", "dir")
@@ -100,6 +100,11 @@ class Settings:
     def cgroup_parent(self) -> str:
         """The cgroup (on every hierarchy) that holds this root's containers."""
         return "lxpy." + root_id(str(self.root))
+
+    @property
+    def paths(self) -> RootPaths:
+        """Where this root's records, logs, pool and run dir are."""
+        return RootPaths(self.root)
 
 
 def _path(key: str, value: object) -> Path:

@@ -19,14 +19,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from lxpy.errors import Busy, Unsupported
+from lxpy.model.paths import NETWORKS_LOCK
 
 BINARIES = {
     "dnsmasq": "install dnsmasq-base (`apt install dnsmasq-base`)",
     "nft": "install nftables (`apt install nftables`)",
 }
-# Host-wide, not per daemon: two daemons choosing a subnet at once must not
-# both take the same free /24.
-HOST_LOCK = Path("/run/lxpy/networks.lock")
 
 
 def find_binaries() -> dict[str, str]:
@@ -64,8 +62,8 @@ def check_subnet_free(
 @contextlib.contextmanager
 def host_lock() -> Iterator[None]:
     """Serialize subnet choice and bridge creation between daemons."""
-    HOST_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(HOST_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    NETWORKS_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(NETWORKS_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -438,8 +438,11 @@ def main(argv: list[str]) -> int:
 # -- the caller's side -------------------------------------------------------
 
 # What the zygote's interpreter runs first: lxpy on sys.path, the deferred
-# imports (lxpy.runtime.lean) in place before anything imports them.
-_PRELUDE = "import sys; sys.path.insert(0, {root!r}); from lxpy.runtime import lean; lean.defer(); "
+# imports (lxpy.runtime.deferred_imports) in place before anything imports them.
+_PRELUDE = (
+    "import sys; sys.path.insert(0, {root!r}); "
+    "from lxpy.runtime import deferred_imports; deferred_imports.defer(); "
+)
 _BOOT = _PRELUDE + "from lxpy.runtime.zygote import main; sys.exit(main(sys.argv[1:]))"
 
 

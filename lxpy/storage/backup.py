@@ -35,7 +35,7 @@ from typing import IO, Any
 
 from lxpy.errors import InvalidArgument, LxpyError, Unsupported, pool_full
 from lxpy.revert import Revert
-from lxpy.storage.layout import CLOSED_MODE, TreeBackend, guard_name
+from lxpy.storage.tree import CLOSED_MODE, TreeBackend, guard_name
 
 FORMAT = "lxpy-backup"
 VERSION = 1

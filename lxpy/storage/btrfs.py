@@ -3,7 +3,7 @@
 Templates and snapshots are read-only subvolumes; containers are writable
 snapshots of a template, so create, clone and snapshot cost one ioctl each
 whatever the rootfs size. Ordering, rollback and error messages are shared
-with the dir backend in lxpy.storage.layout.
+with the dir backend in lxpy.storage.tree.
 
 Nested subvolumes (systemd and docker make them inside a rootfs) are not
 part of a snapshot: btrfs snapshots stop at subvolume boundaries and leave
@@ -20,7 +20,7 @@ from pathlib import Path
 import btrfsutil
 
 from lxpy.storage.base import Capabilities
-from lxpy.storage.layout import TreeBackend
+from lxpy.storage.tree import TreeBackend
 
 
 class BtrfsBackend(TreeBackend):

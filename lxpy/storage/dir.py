@@ -21,9 +21,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lxpy.errors import LxpyError
+from lxpy.model.paths import TMP
 from lxpy.revert import Revert
 from lxpy.storage.base import Capabilities
-from lxpy.storage.layout import TreeBackend
+from lxpy.storage.tree import TreeBackend
 
 
 class DirBackend(TreeBackend):
@@ -39,7 +40,7 @@ class DirBackend(TreeBackend):
         os.mkdir(path, 0o755)
 
     def _copy(self, src: Path, dst: Path, *, read_only: bool) -> None:
-        tmp = self._scratch(dst, "tmp")
+        tmp = self._scratch(dst, TMP)
         with Revert(f"copy of {src} to {dst}") as rv:
             # cp makes it: whatever part of it is there goes.
             rv.undo(lambda: shutil.rmtree(tmp, ignore_errors=True), f"remove {tmp}")

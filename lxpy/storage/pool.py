@@ -13,7 +13,7 @@ A directory pool left by such a fallback stays a directory pool: a loop
 mount over it would hide its containers.
 
 Whatever the kind, its directories are closed to other users
-(layout.CLOSED_MODE); a loop image is root's alone and mounted nosuid and
+(tree.CLOSED_MODE); a loop image is root's alone and mounted nosuid and
 nodev. A pool an older lxpy left open is closed here.
 """
 
@@ -28,12 +28,13 @@ from pathlib import Path
 
 from lxpy.errors import Unsupported
 from lxpy.kernel import mounts
+from lxpy.model.paths import TREES
 from lxpy.model.settings import Settings
 from lxpy.storage.base import Backend
 from lxpy.storage.btrfs import BtrfsBackend
 from lxpy.storage.dir import DirBackend
-from lxpy.storage.layout import TREES, TreeBackend
 from lxpy.storage.mounts import is_mount_point, mount_of
+from lxpy.storage.tree import TreeBackend
 
 log = logging.getLogger("lxpy.storage")
 
@@ -77,11 +78,11 @@ def open_pool(settings: Settings) -> TreeBackend:
         Unsupported: storage = "btrfs" and no btrfs pool can be had here.
     """
     root = settings.root
-    pool = root / "pool"
+    pool = settings.paths.pool_dir
     root.mkdir(parents=True, exist_ok=True)
     backend = DirBackend(pool) if settings.storage == "dir" else _open_btrfs(settings)
     # Containers' files are nobody else's business; a pool made by an
-    # older lxpy had them open (see layout.CLOSED_MODE).
+    # older lxpy had them open (see tree.CLOSED_MODE).
     for what in backend.close_to_others():
         log.warning("storage pool: closed %s to other users", what)
     backend.recover()
@@ -91,8 +92,8 @@ def open_pool(settings: Settings) -> TreeBackend:
 
 def _open_btrfs(settings: Settings) -> TreeBackend:
     root = settings.root
-    pool = root / "pool"
-    image = root / "pool.img"
+    pool = settings.paths.pool_dir
+    image = settings.paths.pool_image
     strict = settings.storage == "btrfs"
     if is_mount_point(pool):
         fstype = mount_of(pool).fstype

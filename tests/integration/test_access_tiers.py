@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from lxpy.api.client import Client
+from lxpy.model.paths import PoolPaths
 from tests.conftest import (
     VENV_BIN,
     Daemon,
@@ -392,9 +393,9 @@ def test_restricted_users_only_read_templates_networks_and_the_server(lab: Lab) 
 def test_restricted_users_create_from_cached_images_only(lab: Lab, tmp_path: Path) -> None:
     g = lab.user_group
     lab.ok(lab.admin, "template", "build", "busybox")
-    pool = Path(Client(str(lab.d.socket)).server_info()["storage"]["path"])
+    pool = PoolPaths(Path(Client(str(lab.d.socket)).server_info()["storage"]["path"]))
     tar = tmp_path / "root.tar.xz"
-    rootfs_tarball(pool / "templates" / "busybox", tar)
+    rootfs_tarball(pool.template("busybox"), tar)
     build_tree(tmp_path / "tree", [Product("bb", "1", host_arch(), "default", "2026", tar)])
     with Server(tmp_path / "tree") as server:
         lab.ok(lab.admin, "remote", "add", "lab", server.url)

@@ -44,8 +44,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from lxpy.daemon.networks import RUN_BASE
-from lxpy.model.network import root_id
+from lxpy.model.paths import RunPaths
 from tests.conftest import Daemon, daemon_in
 
 pytestmark = pytest.mark.integration
@@ -138,7 +137,7 @@ def lxpyd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     tmp = tmp_path_factory.mktemp("schema")
     # The networks fuzzing made went with the namespace; their files in the
     # run directory go after the daemon.
-    run = RUN_BASE / root_id(str((tmp / "root").absolute()))
+    run = RunPaths.of((tmp / "root").absolute()).dir
     with daemon_in(
         tmp,
         settings,

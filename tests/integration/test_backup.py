@@ -24,15 +24,12 @@ from typing import Any
 
 import pytest
 
+from lxpy.model.paths import PoolPaths
 from tests.conftest import (
     VENV_BIN,
     Daemon,
-    forget_host_ids,
+    dir_daemon_in,
     info,
-    start_daemon,
-    stop_containers,
-    stop_daemon,
-    unmount_all_under,
     wait_for,
 )
 from tests.integration.test_cli import cli_json, fails
@@ -41,28 +38,16 @@ from tests.integration.test_network import free_subnet, net_name, scrub
 pytestmark = pytest.mark.integration
 
 
-def dir_daemon(tmp_path: Path, test_cache: Path, tag: str) -> Daemon:
-    """A second lxpyd, on a dir pool (another host, another pool kind)."""
-    root = tmp_path / tag / "root"
-    root.mkdir(parents=True)
-    return start_daemon(
-        root,
-        tmp_path / f"{tag}.sock",
-        tmp_path / f"{tag}.log",
-        settings=f'storage = "dir"\nbuild_cache = "{test_cache}"\n',
-    )
-
-
-def pool(d: Daemon) -> Path:
-    return d.root / "pool"
+def pool(d: Daemon) -> PoolPaths:
+    return d.paths.pool
 
 
 def rootfs(d: Daemon, name: str) -> Path:
-    return pool(d) / "containers" / name
+    return pool(d).container(name)
 
 
 def snapshot(d: Daemon, name: str, snap: str) -> Path:
-    return pool(d) / "snapshots" / name / snap
+    return pool(d).snapshot(name, snap)
 
 
 # -- comparing trees -----------------------------------------------------------------
@@ -196,13 +181,13 @@ def assert_same_container(d: Daemon, src: str, dst: str, d2: Daemon | None = Non
 def assert_nothing_left(d: Daemon, name: str, before: list[str]) -> None:
     """No trace of an import of `name` that was refused."""
     assert [c["name"] for c in cli_json(d, "list")] == before
-    assert not (d.root / "containers" / f"{name}.toml").exists()
+    assert not d.paths.record(name).exists()
     assert not rootfs(d, name).exists()
-    assert not (pool(d) / "snapshots" / name).exists()
-    hidden = [p.name for p in (pool(d) / "containers").iterdir() if p.name.startswith(".")]
+    assert not pool(d).snapshot_dir(name).exists()
+    hidden = [p.name for p in pool(d).containers.iterdir() if p.name.startswith(".")]
     assert hidden == []
-    assert list((d.root / "spool").glob("*")) == []
-    assert list((d.root / "intents").glob("*")) == []
+    assert list(d.paths.spool.glob("*")) == []
+    assert list(d.paths.intents.glob("*")) == []
 
 
 # -- round trips ---------------------------------------------------------------------
@@ -264,26 +249,21 @@ def test_instance_only_through_a_pipe(daemon: Daemon, tmp_path: Path) -> None:
     assert list(tmp_path.glob("*.part")) == []
 
 
-def test_round_trip_dir_pool(tmp_path: Path, test_cache: Path) -> None:
-    d = dir_daemon(tmp_path, test_cache, "plain")
-    try:
-        make_source(d, "web")
-        backup = tmp_path / "web.tar.zst"
-        err = fails(d, "export", "web", str(tmp_path / "o.tar.zst"), "--optimized")
-        assert "optimized export needs a btrfs pool" in err
-        assert not (tmp_path / "o.tar.zst").exists()
-        assert not (tmp_path / "o.tar.zst.part").exists()
-        d.cli("export", "web", str(backup))
-        d.cli("import", str(backup), "web2")
-        assert_same_container(d, "web", "web2")
-        # Snapshots keep when they were taken.
-        assert [s["created_at"] for s in cli_json(d, "snapshot", "list", "web2")] == [
-            s["created_at"] for s in cli_json(d, "snapshot", "list", "web")
-        ]
-    finally:
-        stop_daemon(d)
-        forget_host_ids(d.root)
-        unmount_all_under(tmp_path)
+def test_round_trip_dir_pool(dir_daemon: Daemon, tmp_path: Path) -> None:
+    d = dir_daemon
+    make_source(d, "web")
+    backup = tmp_path / "web.tar.zst"
+    err = fails(d, "export", "web", str(tmp_path / "o.tar.zst"), "--optimized")
+    assert "optimized export needs a btrfs pool" in err
+    assert not (tmp_path / "o.tar.zst").exists()
+    assert not (tmp_path / "o.tar.zst.part").exists()
+    d.cli("export", "web", str(backup))
+    d.cli("import", str(backup), "web2")
+    assert_same_container(d, "web", "web2")
+    # Snapshots keep when they were taken.
+    assert [s["created_at"] for s in cli_json(d, "snapshot", "list", "web2")] == [
+        s["created_at"] for s in cli_json(d, "snapshot", "list", "web")
+    ]
 
 
 def test_btrfs_backup_into_dir_pool(daemon: Daemon, tmp_path: Path, test_cache: Path) -> None:
@@ -293,16 +273,12 @@ def test_btrfs_backup_into_dir_pool(daemon: Daemon, tmp_path: Path, test_cache: 
     plain, opt = tmp_path / "web.tar.zst", tmp_path / "web-opt.tar.zst"
     daemon.cli("export", "-q", "web", str(plain))
     daemon.cli("export", "-q", "web", str(opt), "--optimized")
-    d2 = dir_daemon(tmp_path, test_cache, "other")
-    try:
+    with dir_daemon_in(tmp_path, test_cache, "other") as d2:
         err = fails(d2, "import", "-q", str(opt))
         assert "optimized" in err and "'dir'" in err
         assert_nothing_left(d2, "web", [])
         d2.cli("import", "-q", str(plain))
         assert_same_container(daemon, "web", "web", d2)
-    finally:
-        stop_daemon(d2)
-        forget_host_ids(d2.root)
 
 
 # -- refusals ------------------------------------------------------------------------
@@ -322,7 +298,7 @@ def test_import_refuses_a_name_in_use(daemon: Daemon, tmp_path: Path) -> None:
     assert "container 'web' already exists" in err
     assert describe_tree(rootfs(d, "other")) == before
     assert sorted(c["name"] for c in cli_json(d, "list")) == ["other", "web"]
-    assert list((d.root / "spool").glob("*")) == []
+    assert list(d.paths.spool.glob("*")) == []
 
 
 def _damaged(good: bytes, how: str) -> bytes:
@@ -465,7 +441,7 @@ def test_hostile_archive_refused(daemon: Daemon, tmp_path: Path, case: str) -> N
     assert message in err, err
     assert_nothing_left(d, "evil", [])
     assert not Path("/tmp/escaped").exists()
-    assert not (d.root / "escaped").exists() and not (pool(d) / "escaped").exists()
+    assert not (d.root / "escaped").exists() and not (pool(d).path / "escaped").exists()
 
 
 def test_optimized_stream_of_another_subvolume_refused(daemon: Daemon, tmp_path: Path) -> None:
@@ -605,8 +581,8 @@ def test_export_of_a_running_container(daemon: Daemon, tmp_path: Path) -> None:
     backup = tmp_path / "web.tar.zst"
     d.cli("export", "-q", "web", str(backup))
     assert info(d, "web")["state"] == "RUNNING" and info(d, "web")["init_pid"] == pid
-    hidden = [p.name for p in (pool(d) / "containers").iterdir() if p.name.startswith(".")]
-    assert hidden == [] and list((d.root / "spool").glob("*")) == []
+    hidden = [p.name for p in pool(d).containers.iterdir() if p.name.startswith(".")]
+    assert hidden == [] and list(d.paths.spool.glob("*")) == []
     d.cli("import", "-q", str(backup), "web2")
     assert (rootfs(d, "web2") / "data" / "marker").read_text() == "three"
     d.cli("stop", "web", "--force")
@@ -636,13 +612,13 @@ def test_hang_ups_leave_nothing(daemon: Daemon, tmp_path: Path) -> None:
     sock.close()
 
     def settled() -> bool:
-        hidden = [p for p in (pool(d) / "containers").iterdir() if p.name.startswith(".")]
+        hidden = [p for p in pool(d).containers.iterdir() if p.name.startswith(".")]
         tools = [
             p
             for p in Path("/proc").iterdir()
-            if p.name.isdigit() and str(pool(d)).encode() in _cmdline(p)
+            if p.name.isdigit() and str(pool(d).path).encode() in _cmdline(p)
         ]
-        return not hidden and not tools and not list((d.root / "spool").glob("*"))
+        return not hidden and not tools and not list(d.paths.spool.glob("*"))
 
     wait_for(settled, 60, "the export and the upload to be cleaned up")
     assert [c["name"] for c in cli_json(d, "list")] == ["web"]
@@ -658,18 +634,12 @@ def _cmdline(p: Path) -> bytes:
         return b""
 
 
-def test_dir_pool_refuses_to_export_a_running_container(tmp_path: Path, test_cache: Path) -> None:
-    d = dir_daemon(tmp_path, test_cache, "plain")
-    try:
-        d.cli("create", "web", "-t", "busybox", timeout=300)
-        d.cli("start", "web")
-        err = fails(d, "export", "-q", "web", str(tmp_path / "w.tar.zst"))
-        assert "while it is RUNNING" in err and "lxpy stop web" in err, err
-        assert not (tmp_path / "w.tar.zst").exists()
-        d.cli("stop", "web", "--force")
-        d.cli("export", "-q", "web", str(tmp_path / "w.tar.zst"))
-    finally:
-        stop_daemon(d)
-        stop_containers(d.root)
-        forget_host_ids(d.root)
-        unmount_all_under(tmp_path)
+def test_dir_pool_refuses_to_export_a_running_container(dir_daemon: Daemon, tmp_path: Path) -> None:
+    d = dir_daemon
+    d.cli("create", "web", "-t", "busybox", timeout=300)
+    d.cli("start", "web")
+    err = fails(d, "export", "-q", "web", str(tmp_path / "w.tar.zst"))
+    assert "while it is RUNNING" in err and "lxpy stop web" in err, err
+    assert not (tmp_path / "w.tar.zst").exists()
+    d.cli("stop", "web", "--force")
+    d.cli("export", "-q", "web", str(tmp_path / "w.tar.zst"))

@@ -21,9 +21,8 @@ from typing import Any
 import pytest
 
 from lxpy.api.client import Client
-from lxpy.daemon.networks import RUN_BASE
 from lxpy.kernel.cgroups import hierarchies
-from lxpy.model.network import root_id
+from lxpy.model.paths import KSMD_MARKER, RunPaths
 from lxpy.model.settings import Settings
 from lxpy.network import links
 from tests.conftest import (
@@ -129,11 +128,11 @@ def test_create_writes_the_hostname_files_and_the_log(busybox: Daemon) -> None:
     # At create, not only at start: the first start then finds them written.
     d = busybox
     d.cli("create", "hn1", "-t", "busybox", "--set", "hostname=named-at-create")
-    rootfs = d.root / "pool/containers/hn1"
+    rootfs = d.paths.pool.container("hn1")
     assert (rootfs / "etc/hostname").read_text() == "named-at-create\n"
     assert "127.0.1.1\tnamed-at-create" in (rootfs / "etc/hosts").read_text()
     # Its console log is there too, empty, for the first start to open.
-    log = d.root / "logs/hn1.console.log"
+    log = d.paths.console_log("hn1")
     assert log.read_bytes() == b"" and log.stat().st_mode & 0o777 == 0o640
     d.cli("destroy", "hn1")
     assert not log.exists()
@@ -257,7 +256,7 @@ def test_failed_start_leaves_nothing(busybox: Daemon) -> None:
     # A start that fails in the launch itself, once the cgroups and
     # namespaces are made: /proc is no directory to mount proc on.
     d.cli("create", "broken", "-t", "busybox")
-    proc = d.root / "pool" / "containers" / "broken" / "proc"
+    proc = d.paths.pool.container("broken") / "proc"
     proc.rmdir()
     proc.write_text("")
     res = d.cli("start", "broken", check=False)
@@ -265,8 +264,8 @@ def test_failed_start_leaves_nothing(busybox: Daemon) -> None:
     ct = info(d, "broken")
     assert ct["state"] == "STOPPED" and ct["last_exit"]["reason"] == "error", ct
     assert not payload_cgroups(d, "broken")
-    assert not Path(f"/run/lxpy/{root_id(str(d.root))}/containers/broken").exists()
-    assert not Path(f"/run/lxpy/{root_id(str(d.root))}/netns/broken").exists()
+    assert not RunPaths.of(d.root).container("broken").exists()
+    assert not RunPaths.of(d.root).netns("broken").exists()
     # Fixed, it starts.
     proc.unlink()
     proc.mkdir()
@@ -416,7 +415,7 @@ def test_monitors_memory_is_merged_and_containers_never(busybox: Daemon) -> None
     if before != "1":
         # ... and stops it once a scan finds nothing new; they stay merged.
         wait_for(lambda: ksm_state() == "0", 90, "lxpyd to stop ksmd")
-        assert not (RUN_BASE / "ksmd.started").exists()
+        assert not KSMD_MARKER.exists()
         assert merged()
     for name in names:
         d.cli("stop", name, "--force")
@@ -443,7 +442,7 @@ def test_start_stop_cycles_leak_nothing(busybox: Daemon, tmp_path: Path) -> None
 
     def ours() -> tuple[int, list[str], set[str], set[int], int, set[int]]:
         # Other daemons run beside this one: count only this daemon's share.
-        run_dir = str(RUN_BASE / root_id(str(d.root)))
+        run_dir = str(RunPaths.of(d.root).dir)
         mounts = [
             line
             for line in Path("/proc/self/mountinfo").read_text().splitlines()
@@ -480,7 +479,7 @@ def test_start_stop_cycles_leak_nothing(busybox: Daemon, tmp_path: Path) -> None
     # cgroup parent behind.
     stop_daemon(d)
     wait_for(lambda: not alive(zygote), 5, "the zygote to end")
-    run = RUN_BASE / root_id(str(d.root))
+    run = RunPaths.of(d.root).dir
     wait_for(lambda: not run.exists(), 5, f"{run} to go")
     parent = Settings(root=d.root).cgroup_parent
     assert not [h for h in hierarchies() if Path(h.mountpoint, parent).exists()]

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from lxpy.api.client import Client
-from tests.conftest import VENV_BIN, Daemon, start_daemon, stop_daemon, unmount_all_under
+from lxpy.model.paths import PoolPaths
+from tests.conftest import VENV_BIN, Daemon
 
 pytestmark = pytest.mark.integration
 
@@ -34,19 +35,19 @@ def fails(d: Daemon, *args: str) -> str:
     return res.stderr
 
 
-def storage_dir(d: Daemon) -> Path:
+def storage_dir(d: Daemon) -> PoolPaths:
+    """The pool, where the daemon says it is."""
     info = Client(d.socket, timeout=30).server_info()
     path = Path(info["storage"]["path"])
     assert path.is_dir(), info
-    return path
+    return PoolPaths(path)
 
 
 def on_disk(d: Daemon) -> dict[str, list[str]]:
     """The volumes under the pool's containers/ and snapshots/ directories."""
     base = storage_dir(d)
     out: dict[str, list[str]] = {}
-    for sub in ("containers", "snapshots"):
-        top = base / sub
+    for sub, top in (("containers", base.containers), ("snapshots", base.snapshots)):
         if not top.is_dir():
             out[sub] = []
             continue
@@ -141,7 +142,7 @@ def test_container_lifecycle(daemon: Daemon) -> None:
     assert cli_json(daemon, "config", "show", "web") == config
 
     # rename: the console log goes along.
-    logs = daemon.root / "logs"
+    logs = daemon.paths.logs
     (logs / "web.console.log").write_text("booted as web\n")
     assert daemon.cli("rename", "web", "www").stdout == "renamed web to www\n"
     assert (logs / "www.console.log").read_text() == "booted as web\n"
@@ -258,41 +259,31 @@ def test_daemon_survives_clients_hanging_up_on_streams(daemon: Daemon) -> None:
 # -- the dir backend ------------------------------------------------------------------
 
 
-def test_dir_backend(tmp_path: Path, test_cache: Path) -> None:
-    root = tmp_path / "plain" / "root"
-    root.mkdir(parents=True)
-    d = start_daemon(
-        root,
-        tmp_path / "dir.sock",
-        tmp_path / "lxpyd-dir.log",
-        settings=f'storage = "dir"\nbuild_cache = "{test_cache}"\n',
-    )
-    try:
-        info = Client(d.socket, timeout=30).server_info()
-        assert info["storage"]["backend"] == "dir"
-        assert not [
-            line for line in Path("/proc/self/mounts").read_text().splitlines() if str(root) in line
-        ]
-        d.cli("create", "c1", "--template", "busybox", timeout=300)
-        c1 = cli_json(d, "info", "c1")
-        rootfs = Path(c1["path"])
-        assert rootfs.is_dir() and str(rootfs).startswith(str(root))
-        (rootfs / "marker").write_text("one")
-        d.cli("snapshot", "create", "c1", "s1")
-        (rootfs / "marker").write_text("two")
-        d.cli("snapshot", "restore", "c1", "s1")
-        c1 = cli_json(d, "info", "c1")
-        assert (Path(c1["path"]) / "marker").read_text() == "one"
-        c2 = cli_json(d, "copy", "c1", "c2")
-        assert (Path(c2["path"]) / "marker").read_text() == "one"
-        fails(d, "create", "--template", "busybox", "--", "../x")
-        d.cli("destroy", "c1")
-        d.cli("destroy", "c2")
-        assert cli_json(d, "list") == []
-        assert not Path(c1["path"]).exists() and not Path(c2["path"]).exists()
-    finally:
-        stop_daemon(d)
-        unmount_all_under(tmp_path)
+def test_dir_backend(dir_daemon: Daemon) -> None:
+    d = dir_daemon
+    root = d.root
+    info = Client(d.socket, timeout=30).server_info()
+    assert info["storage"]["backend"] == "dir"
+    assert not [
+        line for line in Path("/proc/self/mounts").read_text().splitlines() if str(root) in line
+    ]
+    d.cli("create", "c1", "--template", "busybox", timeout=300)
+    c1 = cli_json(d, "info", "c1")
+    rootfs = Path(c1["path"])
+    assert rootfs.is_dir() and str(rootfs).startswith(str(root))
+    (rootfs / "marker").write_text("one")
+    d.cli("snapshot", "create", "c1", "s1")
+    (rootfs / "marker").write_text("two")
+    d.cli("snapshot", "restore", "c1", "s1")
+    c1 = cli_json(d, "info", "c1")
+    assert (Path(c1["path"]) / "marker").read_text() == "one"
+    c2 = cli_json(d, "copy", "c1", "c2")
+    assert (Path(c2["path"]) / "marker").read_text() == "one"
+    fails(d, "create", "--template", "busybox", "--", "../x")
+    d.cli("destroy", "c1")
+    d.cli("destroy", "c2")
+    assert cli_json(d, "list") == []
+    assert not Path(c1["path"]).exists() and not Path(c2["path"]).exists()
 
 
 # -- no daemon -------------------------------------------------------------------------

@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 
 from lxpy.daemon.crashpoint import CRASH_ENV, STEPS
-from lxpy.daemon.networks import RUN_BASE
 from lxpy.kernel.cgroups import PREFIX, hierarchies
 from lxpy.model.network import root_id, veth_name
+from lxpy.model.paths import HIDDEN, PoolPaths, RootPaths, RunPaths, hidden_prefixes
 from lxpy.model.settings import Settings
 from lxpy.network import links, nftables
 from tests import conftest
@@ -41,7 +41,6 @@ pytestmark = pytest.mark.integration
 TIME_BOUND = 300
 
 CASES = [f"{op}:{step}" for op, steps in STEPS.items() for step in steps]
-HIDDEN = (".trash-", ".tmp-", ".build-", ".old-", ".restore-")
 
 
 @dataclass
@@ -61,12 +60,16 @@ class Site:
     cgroups: set[str] = field(default_factory=set)
 
     @property
-    def run(self) -> Path:
-        return RUN_BASE / root_id(str(self.root))
+    def paths(self) -> RootPaths:
+        return RootPaths(self.root)
 
     @property
-    def pool(self) -> Path:
-        return self.root / "pool"
+    def run(self) -> RunPaths:
+        return RunPaths.of(self.root)
+
+    @property
+    def pool(self) -> PoolPaths:
+        return self.paths.pool
 
     def start(self, crash_at: str | None = None) -> Daemon:
         conf = self.root.parent / f"{self.root.name}-lxpyd.toml"
@@ -163,11 +166,11 @@ def _whole_or_gone(s: Site, name: str) -> bool:
     the three is there; then the name is usable again. Returns whether it
     is there."""
     there = name in _names(s.d)
-    assert (s.root / "containers" / f"{name}.toml").exists() == there
-    assert (s.pool / "containers" / name).is_dir() == there
+    assert s.paths.record(name).exists() == there
+    assert s.pool.container(name).is_dir() == there
     if not there:
-        assert not (s.pool / "snapshots" / name).exists()
-        assert not (s.root / "logs" / f"{name}.console.log").exists()
+        assert not s.pool.snapshot_dir(name).exists()
+        assert not s.paths.console_log(name).exists()
         s.d.cli("create", name, "-t", "busybox")
     assert info(s.d, name)["state"] == "STOPPED"
     return there
@@ -203,10 +206,10 @@ def _settle_rename(s: Site) -> None:
     assert ("src" in names) != ("c1" in names), names
     now = "src" if "src" in names else "c1"
     assert _snaps(s.d, now) == ["s0"]
-    assert (s.pool / "snapshots" / now / "s0").is_dir()
+    assert s.pool.snapshot(now, "s0").is_dir()
     other = "c1" if now == "src" else "src"
-    assert not (s.pool / "containers" / other).exists()
-    assert not (s.pool / "snapshots" / other).exists()
+    assert not s.pool.container(other).exists()
+    assert not s.pool.snapshot_dir(other).exists()
     _whole_or_gone(s, other)
     _destroy(s, "src", "c1")
 
@@ -231,7 +234,7 @@ def _prep_snapped(s: Site) -> None:
 def _settle_snapshot(s: Site) -> None:
     snaps = _snaps(s.d, "c1")
     assert snaps in ([], ["s1"])
-    assert (s.pool / "snapshots" / "c1" / "s1").is_dir() == bool(snaps)
+    assert s.pool.snapshot("c1", "s1").is_dir() == bool(snaps)
     # The name is usable either way.
     if snaps:
         s.d.cli("snapshot", "delete", "c1", "s1")
@@ -241,16 +244,16 @@ def _settle_snapshot(s: Site) -> None:
 
 def _prep_restore(s: Site) -> None:
     _prep_one(s)
-    (s.pool / "containers" / "c1" / "marker").write_text("before")
+    (s.pool.container("c1") / "marker").write_text("before")
     s.d.cli("snapshot", "create", "c1", "s1")
-    (s.pool / "containers" / "c1" / "marker").write_text("after")
+    (s.pool.container("c1") / "marker").write_text("after")
 
 
 def _settle_restore(s: Site) -> None:
-    assert (s.pool / "containers" / "c1" / "marker").read_text() in ("before", "after")
+    assert (s.pool.container("c1") / "marker").read_text() in ("before", "after")
     assert _snaps(s.d, "c1") == ["s1"]
     s.d.cli("snapshot", "restore", "c1", "s1")
-    assert (s.pool / "containers" / "c1" / "marker").read_text() == "before"
+    assert (s.pool.container("c1") / "marker").read_text() == "before"
     _destroy(s, "c1")
 
 
@@ -271,8 +274,8 @@ def _settle_network(s: Site) -> None:
     listed = {n["name"] for n in json.loads(s.d.cli("network", "list", "--format", "json").stdout)}
     there = n2 in listed
     assert bridge_exists(n2) == there
-    assert (s.root / "networks" / f"{n2}.toml").exists() == there
-    assert (s.run / "networks" / n2 / "dnsmasq.pid").exists() == there
+    assert s.paths.network_record(n2).exists() == there
+    assert (s.run.network(n2) / "dnsmasq.pid").exists() == there
     assert (f'"{n2}"' in _table(s, "inet")) == there
     # Its name is usable either way.
     if there:
@@ -327,9 +330,9 @@ def _image_whole_or_gone(s: Site, alias: str | None) -> None:
     """The image is listed with its read-only volume, or neither is there;
     no verified download is left either way. Then it is deleted."""
     images = _images(s)
-    vols = sorted(p.name[1:] for p in (s.pool / "templates").glob("@*"))
+    vols = sorted(p.name[1:] for p in s.pool.templates.glob("@*"))
     assert sorted(str(i["fingerprint"]) for i in images) == vols, (images, vols)
-    assert [p for p in (s.root / "images" / "downloads").iterdir()] == []
+    assert [p for p in s.paths.downloads.iterdir()] == []
     for img in images:
         if alias is not None:
             assert img["aliases"] == [alias]
@@ -397,14 +400,16 @@ def _table(s: Site, family: str) -> str:
 
 
 def _assert_nothing_left(s: Site) -> None:
-    assert list((s.root / "intents").glob("*")) == []
-    assert list((s.root / "spool").glob("*")) == []
+    assert list(s.paths.intents.glob("*")) == []
+    assert list(s.paths.spool.glob("*")) == []
     for pattern in ("templates/.*", "containers/.*", "snapshots/.*", "snapshots/*/.*"):
-        assert [p for p in s.pool.glob(pattern) if p.name.startswith(HIDDEN)] == []
+        assert [
+            p for p in s.pool.path.glob(pattern) if p.name.startswith(hidden_prefixes(*HIDDEN))
+        ] == []
     assert _mounts(s.tmp) == s.mounts
     assert _loops(s.tmp) == s.loops
     assert _cgroups(s.root) == s.cgroups
-    assert sorted(p.name for p in (s.run / "netns").iterdir()) == ["keep"]
+    assert sorted(p.name for p in s.run.netns_dir.iterdir()) == ["keep"]
     ours = {veth_name(str(s.root), "keep", 0)}
     out = subprocess.run(
         [IP, "-j", "link", "show", "master", s.net], capture_output=True, text=True
@@ -417,7 +422,7 @@ def _assert_nothing_left(s: Site) -> None:
     dnsmasqs = [
         p
         for p in Path("/proc").iterdir()
-        if p.name.isdigit() and str(s.run).encode() in _cmdline(p) and b"dnsmasq" in _cmdline(p)
+        if p.name.isdigit() and str(s.run.dir).encode() in _cmdline(p) and b"dnsmasq" in _cmdline(p)
     ]
     assert len(dnsmasqs) == len(json.loads(s.d.cli("network", "list", "--format", "json").stdout))
 
@@ -434,7 +439,7 @@ def mirror(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     """A simplestreams tree with the busybox template's rootfs, served on loopback."""
     tmp = tmp_path_factory.mktemp("mirror")
     tar = tmp / "root.tar.xz"
-    rootfs_tarball(site.pool / "templates" / "busybox", tar)
+    rootfs_tarball(site.pool.template("busybox"), tar)
     product = Product("busybox", "1.36", host_arch(), "default", "20261201_00:00", tar)
     build_tree(tmp / "tree", [product])
     with Server(tmp / "tree") as server:

@@ -345,7 +345,7 @@ def test_socket_mode_and_sigterm(daemon: Daemon) -> None:
     else:
         assert stat.S_IMODE(st.st_mode) == 0o660
         assert st.st_gid == gid
-    lock = daemon.root / "lxpyd.lock"
+    lock = daemon.paths.lock
     assert lock.read_text().strip() == str(daemon.proc.pid)
 
     events = NDJSON(daemon.socket, "/1.0/events")
@@ -410,7 +410,7 @@ def test_records_atomic_and_reloaded(daemon: Daemon, tmp_path: Path) -> None:
     sock = daemon.socket
     ok(sock, "POST", "/1.0/containers", {"name": "keep", "template": "busybox"}, 201)
     ok(sock, "PATCH", "/1.0/containers/keep/config", {"set": {"environment.TZ": "UTC"}})
-    records = daemon.root / "containers"
+    records = daemon.paths.records
     # Only finished files: no temporary file left beside them.
     assert sorted(p.name for p in records.iterdir()) == ["keep.toml"]
     assert '"environment.TZ" = "UTC"' in (records / "keep.toml").read_text()
@@ -446,8 +446,8 @@ def test_create_validates_before_storage(daemon: Daemon) -> None:
     _is_error(err, "invalid_argument")
     # Nothing was built or made for a rejected request.
     assert ok(sock, "GET", "/1.0/templates/busybox")["built"] is False
-    assert not (daemon.root / "pool" / "containers" / "x1").exists()
-    assert not (daemon.root / "containers" / "x1.toml").exists()
+    assert not daemon.paths.pool.container("x1").exists()
+    assert not daemon.paths.record("x1").exists()
 
 
 # -- templates and operations ---------------------------------------------------
@@ -469,7 +469,7 @@ def test_build_stream_and_cache(daemon: Daemon) -> None:
     logs = [i["log"] for i in items if "log" in i]
     assert logs, items
     assert items[-1]["operation"]["status"] == "success"
-    assert (daemon.root / "templates" / "busybox.log").read_text().splitlines() == logs
+    assert (daemon.paths.template_records / "busybox.log").read_text().splitlines() == logs
 
     tpl = ok(sock, "GET", "/1.0/templates/busybox")
     assert tpl["built"] is True and tpl["stale"] is False
@@ -526,7 +526,7 @@ def slow_build(d: Daemon, tmp_path: Path) -> Iterator[tuple[str, NDJSON]]:
         stream = NDJSON(d.socket, f"/1.0/operations/{op['id']}/stream")
         stream.until(lambda i: i.get("stage") == "extracting")
         # Part of the archive has landed in the staging volume.
-        staging = d.root / "pool" / "templates" / ".build-slow"
+        staging = d.paths.pool.staging("slow")
         deadline = time.monotonic() + TIMEOUT
         while not (staging / "big.bin").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -559,10 +559,10 @@ def test_cancel_build_leaves_nothing(tdaemon: Daemon, tmp_path: Path) -> None:
         assert last["operation"]["error"]["code"] == "cancelled"
 
     _no_tar_left(tdaemon)
-    assert list((tdaemon.root / "pool" / "templates").iterdir()) == []
+    assert list(tdaemon.paths.pool.templates.iterdir()) == []
     tpl = ok(sock, "GET", "/1.0/templates/slow")
     assert tpl["built"] is False and tpl["built_at"] is None
-    assert not (tdaemon.root / "templates" / "slow.json").exists()
+    assert not (tdaemon.paths.template_records / "slow.json").exists()
     # The daemon serves on, and a new template file is seen at once.
     write_busybox(tmp_path / "templates")
     ok(sock, "POST", "/1.0/containers", {"name": "after", "template": "mybox"}, 201)
@@ -576,7 +576,7 @@ def test_sigterm_during_build_leaves_nothing(tdaemon: Daemon, tmp_path: Path) ->
         while stream.next() is not None:
             pass
     _no_tar_left(tdaemon)
-    assert list((tdaemon.root / "pool" / "templates").iterdir()) == []
+    assert list(tdaemon.paths.pool.templates.iterdir()) == []
     assert not tdaemon.socket.exists()
     log = tdaemon.log.read_text()
     assert "template-build templates/slow cancelled" in log

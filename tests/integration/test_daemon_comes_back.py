@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from lxpy.model.paths import RootPaths
 from tests.conftest import (
     REPO,
     VENV_BIN,
@@ -154,7 +155,7 @@ def test_a_helper_dies_with_lxpyd_and_never_holds_the_lock(tmp_path: Path) -> No
         try:
             assert alive(helper)
             # Forked while lxpyd held the lock, it does not hold it.
-            assert not _holds(helper, root / "lxpyd.lock")
+            assert not _holds(helper, RootPaths(root).lock)
             _sigkill(lxpyd)
             assert _ended(helper), f"helper {helper} outlived the killed lxpyd"
         finally:
@@ -173,7 +174,7 @@ def test_leftovers_holding_the_lock_and_socket_are_taken_over(tmp_path: Path) ->
         earlier, leftover = _lxpyd_stand_in(EARLIER_LXPYD, str(root), str(sock))
         try:
             _sigkill(earlier)
-            assert alive(leftover) and _holds(leftover, root / "lxpyd.lock")
+            assert alive(leftover) and _holds(leftover, RootPaths(root).lock)
             # Two lxpyds start at once: one runs, the other is refused.
             logs = [tmp_path / f"lxpyd{i}.log" for i in range(2)]
             procs = []
@@ -207,7 +208,7 @@ def test_leftovers_holding_the_lock_and_socket_are_taken_over(tmp_path: Path) ->
                         p.wait()
             text = d.log.read_text()
             assert f"held by process {leftover}, not by the lxpyd it names" in text, text
-            assert (root / "lxpyd.lock").read_text().strip() == str(d.proc.pid)
+            assert (RootPaths(root).lock).read_text().strip() == str(d.proc.pid)
             # A real second lxpyd of the same root is refused.
             res = subprocess.run(
                 _lxpyd_args(root, tmp_path / "2.sock"), capture_output=True, text=True, timeout=60

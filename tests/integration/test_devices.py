@@ -22,7 +22,7 @@ def devices(d: Daemon, name: str) -> list[dict[str, Any]]:
 
 
 def record(d: Daemon, name: str) -> str:
-    return (d.root / "containers" / f"{name}.toml").read_text()
+    return d.paths.record(name).read_text()
 
 
 def busybox(d: Daemon, name: str) -> None:

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from lxpy.daemon.crashpoint import CRASH_ENV
-from lxpy.daemon.networks import RUN_BASE
 from lxpy.kernel.devices import devices_dir
 from lxpy.model.network import root_id
+from lxpy.model.paths import RootPaths, RunPaths
 from lxpy.network import links, proxy
 from tests.conftest import start_daemon, stop_daemon, wait_for
 from tests.integration.test_network_e2e import Lab, ipv4_of, lab  # noqa: F401
@@ -54,7 +54,7 @@ def devices(it: Lab, name: str) -> dict[str, Any]:
 
 
 def record(it: Lab, name: str) -> str:
-    return (it.d.root / "containers" / f"{name}.toml").read_text()
+    return RootPaths(it.d.root).record(name).read_text()
 
 
 def refused(it: Lab, *args: str) -> str:
@@ -306,7 +306,7 @@ def test_nic_devices_live(lab: Lab, dummy: str) -> None:  # noqa: F811
             "device", "add", name, "wire", "nic",
             "nictype=macvlan", f"parent={dummy}", "name=lan0", "hwaddr=02:00:00:78:00:01",
         )  # fmt: skip
-        netns = RUN_BASE / root_id(str(lab.d.root)) / "netns" / name
+        netns = RunPaths.of(lab.d.root).netns(name)
         assert links.links_in(netns)["lan0"] == "02:00:00:78:00:01"
         # Bad ones: refused, the record as it was.
         before = record(lab, name)

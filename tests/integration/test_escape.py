@@ -207,10 +207,9 @@ def test_unprivileged_container_holds(daemon: Daemon, host_sleeper: int) -> None
     assert os.stat(f"/proc/{pid}").st_uid == base
     assert Path(f"/proc/{pid}/uid_map").read_text().split() == ["0", str(base), "65536"]
     # On no network its launch made that namespace: lxpyd pinned none.
-    from lxpy.daemon.networks import RUN_BASE
-    from lxpy.model.network import root_id
+    from lxpy.model.paths import RunPaths
 
-    assert not (RUN_BASE / root_id(str(d.root)) / "userns" / "unpriv").exists()
+    assert not RunPaths.of(d.root).userns("unpriv").exists()
     assert sh(d, "unpriv", "id -u").stdout.strip() == "0"
     assert sh(d, "unpriv", "systemctl --failed --no-legend").stdout.strip() == ""
 

@@ -364,7 +364,7 @@ def free(where: Path) -> None:
 
 def test_a_full_pool_says_so_loses_nothing_and_recovers(small: Daemon) -> None:
     d = small
-    record = d.root / "containers" / "c1.toml"
+    record = d.paths.record("c1")
     kept = record.read_bytes()
     d.cli("exec", "c1", "--", "sh", "-c", "echo BEFORE-FULL > /dev/console")
     fill(d.root / "hog")
@@ -390,7 +390,7 @@ def test_a_full_pool_says_so_loses_nothing_and_recovers(small: Daemon) -> None:
     # Nothing already written was lost, nothing half made is left.
     assert record.read_bytes() == kept
     assert [c["name"] for c in d_list(d)] == ["c1"]
-    assert sorted(os.listdir(d.root / "pool" / "containers")) == ["c1"]
+    assert sorted(os.listdir(d.paths.pool.containers)) == ["c1"]
     assert "busybox" in d.cli("template", "list").stdout
 
     free(d.root / "hog")

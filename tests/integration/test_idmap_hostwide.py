@@ -22,8 +22,6 @@ from tests.conftest import Daemon, daemon_in, info, start_again, stop_daemon
 
 pytestmark = pytest.mark.integration
 
-HOST_DIR = Path("/var/lib/lxpy-idmap")
-
 
 @contextlib.contextmanager
 def two_daemons(tmp_path: Path, test_cache: Path) -> Iterator[tuple[Daemon, Daemon]]:
@@ -37,9 +35,9 @@ def two_daemons(tmp_path: Path, test_cache: Path) -> Iterator[tuple[Daemon, Daem
 
 
 def entry_path(d: Daemon) -> Path:
-    from lxpy.model.network import root_id
+    from lxpy.model.paths import host_ids_file
 
-    return HOST_DIR / f"{root_id(str(d.root))}.json"
+    return host_ids_file(d.root)
 
 
 def entry(d: Daemon) -> dict[str, tuple[int, int, int]]:
@@ -131,7 +129,7 @@ def test_an_overlap_made_before_the_record_is_undone_at_the_next_start(
         # As two lxpyd from before the shared record would have it: b's
         # container holds a's block, and b published nothing.
         stop_daemon(b)
-        record = b.root / "containers" / "second.toml"
+        record = b.paths.record("second")
         text = record.read_text()
         old = info_base(text)
         record.write_text(

@@ -27,16 +27,13 @@ import btrfsutil
 import pytest
 
 from lxpy.api.client import Client
+from lxpy.model.paths import PoolPaths
 from tests.conftest import (
     VENV_BIN,
     Daemon,
-    forget_host_ids,
     info,
     start_again,
-    start_daemon,
-    stop_containers,
     stop_daemon,
-    unmount_all_under,
     wait_for,
 )
 from tests.integration.test_boot import nsenter, system_state
@@ -54,7 +51,7 @@ def busybox_tar(daemon: Daemon, tmp_path: Path) -> Path:
     """root.tar.xz of the busybox template's rootfs, built by `daemon`."""
     daemon.cli("template", "build", "busybox")
     out = tmp_path / "busybox-root.tar.xz"
-    rootfs_tarball(storage_dir(daemon) / "templates" / "busybox", out)
+    rootfs_tarball(storage_dir(daemon).template("busybox"), out)
     return out
 
 
@@ -114,17 +111,17 @@ def booted(d: Daemon, name: str) -> None:
     wait_for(lambda: "login" in d.cli("console", name, "--log").stdout, 60, f"{name} to boot")
 
 
-def pool(d: Daemon) -> Path:
+def pool(d: Daemon) -> PoolPaths:
     return storage_dir(d)
 
 
 def leftovers(d: Daemon) -> list[str]:
     """Image volumes, staging volumes and downloads: what a failed pull must not leave."""
-    base = pool(d) / "templates"
+    base = pool(d).templates
     found = [p.name for p in base.iterdir() if p.name.startswith(("@", ".build-", ".old-"))]
-    found += [f"downloads/{p.name}" for p in (d.root / "images" / "downloads").iterdir()]
-    found += [f"meta/{p.name}" for p in (d.root / "images").glob("*.json")]
-    found += [f"intent/{p.name}" for p in (d.root / "intents").glob("*")]
+    found += [f"downloads/{p.name}" for p in d.paths.downloads.iterdir()]
+    found += [f"meta/{p.name}" for p in d.paths.images.glob("*.json")]
+    found += [f"intent/{p.name}" for p in d.paths.intents.glob("*")]
     return found
 
 
@@ -154,7 +151,7 @@ def test_remotes_add_list_remove(daemon: Daemon) -> None:
     assert [r["name"] for r in cli_json(d, "remote", "list")] == ["images"]
     assert "not found" in fails(d, "remote", "remove", "mirror")
     # The remotes survive a restart of lxpyd (kept in its root).
-    assert json.loads((d.root / "remotes.json").read_text()).keys() == {"images"}
+    assert json.loads(d.paths.remotes.read_text()).keys() == {"images"}
 
 
 # -- list, create, the cache -----------------------------------------------------------
@@ -191,12 +188,12 @@ def test_list_create_and_the_cache_reused(daemon: Daemon, mirror: tuple[Server, 
     assert res.stdout == "created c1 from image local:busybox/1.36\n"
     # Each file once, verified, and the downloads gone once unpacked.
     assert server.file_requests() == 2
-    assert list((d.root / "images" / "downloads").iterdir()) == []
+    assert list(d.paths.downloads.iterdir()) == []
     [img] = cli_json(d, "image", "list")
     assert img["fingerprint"] == fp and img["architecture"] == ARCH
     assert img["source"] == {"remote": "local", "url": server.url, "alias": "busybox/1.36"}
     # Cached as a read-only subvolume; the container is a snapshot of it.
-    vol = pool(d) / "templates" / f"@{fp}"
+    vol = pool(d).image(fp)
     assert btrfsutil.is_subvolume(vol) and btrfsutil.get_subvolume_read_only(vol)
     ct = Path(info(d, "c1")["path"])
     assert btrfsutil.subvolume_info(ct).parent_uuid == btrfsutil.subvolume_info(vol).uuid
@@ -281,15 +278,15 @@ def test_an_interrupted_download_resumes(daemon: Daemon, mirror: tuple[Server, s
     err = fails(d, "image", "pull", "local:busybox/1.36")
     assert "broke off" in err and "kept" in err
     # The part is kept, no image, no staging volume.
-    parts = list((d.root / "images" / "downloads").glob("*.part"))
+    parts = list(d.paths.downloads.glob("*.part"))
     assert len(parts) == 1 and parts[0].stat().st_size == size // 2
     assert cli_json(d, "image", "list") == []
-    assert not [p for p in (pool(d) / "templates").iterdir() if p.name.startswith((".", "@"))]
+    assert not [p for p in pool(d).templates.iterdir() if p.name.startswith((".", "@"))]
     # The retry asks for the rest only, and the image is whole.
     d.cli("image", "pull", "local:busybox/1.36")
     assert (path, f"bytes={size // 2}-") in server.ranges
     assert [i["fingerprint"] for i in cli_json(d, "image", "list")] == [fp]
-    assert list((d.root / "images" / "downloads").iterdir()) == []
+    assert list(d.paths.downloads.iterdir()) == []
     d.cli("create", "c1", "--image", "local:busybox/1.36")
     assert (Path(info(d, "c1")["path"]) / "bin" / "busybox").exists()
 
@@ -300,7 +297,7 @@ def test_ctrl_c_cancels_the_pull_and_the_next_one_resumes(
     d = daemon
     server, fp = mirror
     server.pause = 0.2
-    downloads = d.root / "images" / "downloads"
+    downloads = d.paths.downloads
 
     def some_bytes() -> bool:
         return any(p.stat().st_size > 0 for p in downloads.glob("*.part"))
@@ -331,7 +328,7 @@ def test_ctrl_c_cancels_the_pull_and_the_next_one_resumes(
     [part] = downloads.glob("*.part")
     kept = part.stat().st_size
     assert kept > 0 and cli_json(d, "image", "list") == []
-    assert not [p for p in (pool(d) / "templates").iterdir() if p.name.startswith((".", "@"))]
+    assert not [p for p in pool(d).templates.iterdir() if p.name.startswith((".", "@"))]
     # Resumed from where it stopped, then whole and verified.
     server.pause = 0.0
     d.cli("image", "pull", "local:busybox/1.36")
@@ -345,7 +342,7 @@ def test_a_restart_keeps_partial_downloads_only(daemon: Daemon, tmp_path: Path) 
     # verified file no pull will use (removed at start) and a part that
     # the next pull resumes (kept).
     d = daemon
-    downloads = d.root / "images" / "downloads"
+    downloads = d.paths.downloads
     stop_daemon(d)
     (downloads / ("1" * 64)).write_bytes(b"verified")
     (downloads / ("2" * 64 + ".part")).write_bytes(b"half")
@@ -455,7 +452,7 @@ def test_publish_then_create(daemon: Daemon) -> None:
     [img] = cli_json(d, "image", "list")
     assert img["aliases"] == ["web-base"] and img["description"] == "my base"
     assert img["published_from"] == {"container": "web", "snapshot": None}
-    vol = pool(d) / "templates" / f"@{img['fingerprint']}"
+    vol = pool(d).image(img["fingerprint"])
     assert btrfsutil.get_subvolume_read_only(vol)
     # The machine identity is reset in the image; the container keeps its own.
     assert (vol / "etc" / "machine-id").read_text() == ""
@@ -500,42 +497,29 @@ def test_publish_then_create(daemon: Daemon) -> None:
     d.cli("stop", "web", "--timeout", "20")
 
 
-def test_images_on_a_dir_pool(tmp_path: Path, test_cache: Path) -> None:
+def test_images_on_a_dir_pool(dir_daemon: Daemon, tmp_path: Path) -> None:
     # Without btrfs an image is a plain directory and a create copies it:
     # the same commands work.
-    root = tmp_path / "plain" / "root"
-    root.mkdir(parents=True)
-    d = start_daemon(
-        root,
-        tmp_path / "dir.sock",
-        tmp_path / "lxpyd-dir.log",
-        settings=f'storage = "dir"\nbuild_cache = "{test_cache}"\n',
-    )
-    try:
-        assert Client(str(d.socket)).server_info()["storage"]["backend"] == "dir"
-        d.cli("create", "c1", "-t", "busybox", timeout=300)
-        (Path(info(d, "c1")["path"]) / "marker").write_text("one")
-        d.cli("publish", "c1", "--alias", "base")
-        tar = tmp_path / "root.tar.xz"
-        rootfs_tarball(pool(d) / "templates" / "busybox", tar)
-        server, fps = serve(tmp_path, "dir", [bb(tar)])
-        with server:
-            d.cli("remote", "add", "local", server.url)
-            d.cli("create", "c2", "--image", "local:busybox/1.36")
-        d.cli("create", "c3", "--image", "base")
-        assert (Path(info(d, "c3")["path"]) / "marker").read_text() == "one"
-        assert (Path(info(d, "c2")["path"]) / "bin" / "busybox").exists()
-        fps_now = sorted(i["fingerprint"] for i in cli_json(d, "image", "list"))
-        assert fps[f"busybox:1.36:{ARCH}:default"] in fps_now and len(fps_now) == 2
-        for fp in fps_now:
-            d.cli("image", "delete", fp)
-        assert not list((pool(d) / "templates").glob("@*"))
-        assert (Path(info(d, "c3")["path"]) / "marker").read_text() == "one"
-    finally:
-        stop_daemon(d)
-        stop_containers(root)
-        forget_host_ids(root)
-        unmount_all_under(tmp_path)
+    d = dir_daemon
+    assert Client(str(d.socket)).server_info()["storage"]["backend"] == "dir"
+    d.cli("create", "c1", "-t", "busybox", timeout=300)
+    (Path(info(d, "c1")["path"]) / "marker").write_text("one")
+    d.cli("publish", "c1", "--alias", "base")
+    tar = tmp_path / "root.tar.xz"
+    rootfs_tarball(pool(d).template("busybox"), tar)
+    server, fps = serve(tmp_path, "dir", [bb(tar)])
+    with server:
+        d.cli("remote", "add", "local", server.url)
+        d.cli("create", "c2", "--image", "local:busybox/1.36")
+    d.cli("create", "c3", "--image", "base")
+    assert (Path(info(d, "c3")["path"]) / "marker").read_text() == "one"
+    assert (Path(info(d, "c2")["path"]) / "bin" / "busybox").exists()
+    fps_now = sorted(i["fingerprint"] for i in cli_json(d, "image", "list"))
+    assert fps[f"busybox:1.36:{ARCH}:default"] in fps_now and len(fps_now) == 2
+    for fp in fps_now:
+        d.cli("image", "delete", fp)
+    assert not list(pool(d).templates.glob("@*"))
+    assert (Path(info(d, "c3")["path"]) / "marker").read_text() == "one"
 
 
 @pytest.mark.slow
@@ -570,7 +554,7 @@ def test_debian_from_a_simplestreams_server_boots(daemon: Daemon, tmp_path: Path
     d.cli("template", "build", "debian-bookworm", timeout=1800)
     tar = tmp_path / "debian-root.tar.xz"
     subprocess.run(
-        ["tar", "-C", str(pool(d) / "templates" / "debian-bookworm"), "--numeric-owner"]
+        ["tar", "-C", str(pool(d).template("debian-bookworm")), "--numeric-owner"]
         + ["--xattrs", "--xattrs-include=*", "-cJf", str(tar), "."],
         check=True,
         env={**os.environ, "XZ_OPT": "-0 -T0"},

@@ -24,9 +24,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from lxpy.daemon.networks import RUN_BASE, NetnsHandle, Networks
+from lxpy.daemon.networks import Networks
+from lxpy.daemon.nics import NetnsHandle
 from lxpy.errors import Busy, NotFound, Unsupported
 from lxpy.model.network import root_id, veth_name
+from lxpy.model.paths import RunPaths
 from lxpy.network import links, nftables
 from tests.conftest import Daemon, alive, start_daemon, stop_daemon
 
@@ -57,16 +59,11 @@ def free_subnet() -> str:
     raise AssertionError("no free 10.213.x.0/24")
 
 
-def _ours(root: Path) -> tuple[str, Path]:
-    rid = root_id(str(root))
-    return rid, RUN_BASE / rid
-
-
 def scrub(root: Path, containers: tuple[str, ...] = ()) -> list[str]:
     """Remove whatever lxpy made for `root`; returns what was found left over."""
-    rid, run = _ours(root)
+    rid, run = root_id(str(root)), RunPaths.of(root)
     left: list[str] = []
-    for pid_file in run.glob("networks/*/dnsmasq.pid"):
+    for pid_file in run.networks.glob("*/dnsmasq.pid"):
         with contextlib.suppress(OSError, ValueError):
             pid = int(pid_file.read_text())
             if f"--pid-file={pid_file}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
@@ -83,7 +80,7 @@ def scrub(root: Path, containers: tuple[str, ...] = ()) -> list[str]:
             if links.existing_links([v]):
                 left.append(f"veth {v}")
                 links.delete_links([v])
-    for ns in run.glob("netns/*"):
+    for ns in run.netns_dir.glob("*"):
         left.append(f"netns {ns}")
         links.remove_netns(ns)
     table = nftables.table_name(rid)
@@ -92,7 +89,7 @@ def scrub(root: Path, containers: tuple[str, ...] = ()) -> list[str]:
         if listed.returncode == 0:
             left.append(f"table {family} {table}")
             subprocess.run([NFT, "delete", "table", family, table], check=False)
-    shutil.rmtree(run, ignore_errors=True)
+    shutil.rmtree(run.dir, ignore_errors=True)
     return left
 
 
@@ -389,7 +386,7 @@ async def test_guests_get_dhcp_dns_and_are_reachable(tmp_path: Path, script: Pat
                 for g in guests:
                     await nets.detach(g)
                     await nets.detach(g)  # idempotent
-                assert not list((nets.run_dir / "netns").glob("*"))
+                assert not list(nets.run.netns_dir.glob("*"))
                 await nets.delete(name)
                 nursery.cancel_scope.cancel()
         assert not bridge_exists(name)

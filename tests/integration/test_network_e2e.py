@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 
-from lxpy.daemon.networks import RUN_BASE
 from lxpy.model.network import root_id, veth_name
+from lxpy.model.paths import RunPaths
 from lxpy.network import links, nftables
 from tests.conftest import VENV_BIN, Daemon, alive, start_again, stop_daemon, wait_for
 from tests.integration.test_network import scrub
@@ -96,7 +96,7 @@ def leftovers(root: Path, network: str, containers: set[str]) -> list[str]:
     tables = subprocess.run([NFT, "list", "tables"], capture_output=True, text=True).stdout
     if nftables.table_name(rid) in tables.split():
         left.append(f"nftables table {nftables.table_name(rid)}")
-    left += [f"netns {p}" for p in (RUN_BASE / rid / "netns").glob("*")]
+    left += [f"netns {p}" for p in RunPaths.of(root).netns_dir.glob("*")]
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue

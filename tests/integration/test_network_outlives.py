@@ -58,7 +58,7 @@ def resolves(pid: int, name: str, gateway: str) -> str:
 
 
 def dns_log(lab: Lab) -> Path:
-    return lab.d.root / "networks" / lab.net / "dnsmasq.log"
+    return lab.d.paths.network(lab.net) / "dnsmasq.log"
 
 
 def acks(lab: Lab, mac: str) -> int:
@@ -71,7 +71,7 @@ def acks(lab: Lab, mac: str) -> int:
 
 
 def lease_macs(lab: Lab) -> set[str]:
-    return {le.mac for le in dnsmasq.read_leases(lab.d.root / "networks" / lab.net / "leases")}
+    return {le.mac for le in dnsmasq.read_leases(lab.d.paths.network(lab.net) / "leases")}
 
 
 @pytest.mark.parametrize("how", ["sigkill", "sigterm"])

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from lxpy.daemon.networks import RUN_BASE
 from lxpy.daemon.nicplug import check_hwaddr, check_name
 from lxpy.errors import AlreadyExists, InvalidArgument, NotFound
-from lxpy.model.network import mac_address, root_id, veth_name
+from lxpy.model.network import mac_address, veth_name
+from lxpy.model.paths import RootPaths, RunPaths
 from lxpy.network import links
 from lxpy.network.dnsmasq import read_leases
 from lxpy.network.links import Nic
@@ -36,7 +36,7 @@ DHCP = "udhcpc -i {ifname} -n -q -t 10 -T 1 -s /usr/share/udhcpc/default.script"
 
 
 def netns(it: Lab, name: str) -> Path:
-    return RUN_BASE / root_id(str(it.d.root)) / "netns" / name
+    return RunPaths.of(it.d.root).netns(name)
 
 
 def addr_on(it: Lab, name: str, ifname: str) -> str | None:
@@ -92,7 +92,7 @@ def test_second_nic_gets_dhcp_from_second_network(lab: Lab) -> None:  # noqa: F8
         got = wait_for(lambda: addr_on(lab, name, "eth1"), 15, "an address on eth1")
         assert ipaddress.IPv4Address(got) in subnet2
         # The second network's dnsmasq handed it out.
-        leases = read_leases(lab.d.root / "networks" / second / "leases")
+        leases = read_leases(RootPaths(lab.d.root).network(second) / "leases")
         assert (nic.mac, got) in {(le.mac, le.ipv4) for le in leases}
         # The first NIC is as it was.
         assert ipaddress.IPv4Address(addr_on(lab, name, "eth0")) in lab.subnet

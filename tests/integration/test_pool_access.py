@@ -40,7 +40,6 @@ SUID = "/usr/local/bin/suidsh"
 DEBIAN_SUID = "/usr/bin/su"
 # The pool, its trees and each container's snapshot directory: root's alone.
 CLOSED_MODE = 0o700
-TREES = ("templates", "containers", "snapshots")
 
 
 @pytest.fixture
@@ -112,11 +111,11 @@ def assert_setuid_works_inside(d: Daemon, name: str) -> None:
 
 def pool_paths(d: Daemon, name: str) -> list[Path]:
     """Every host path to the planted file, and to Debian's own setuid file."""
-    pool = d.root / "pool"
+    pool = d.paths.pool
     return [
-        pool / "containers" / name / SUID.lstrip("/"),
-        pool / "snapshots" / name / "before" / SUID.lstrip("/"),
-        pool / "templates" / DEBIAN / DEBIAN_SUID.lstrip("/"),
+        pool.container(name) / SUID.lstrip("/"),
+        pool.snapshot(name, "before") / SUID.lstrip("/"),
+        pool.template(DEBIAN) / DEBIAN_SUID.lstrip("/"),
     ]
 
 
@@ -127,19 +126,19 @@ def assert_out_of_reach(d: Daemon, name: str, user: pwd.struct_passwd) -> None:
         assert out.stdout.count("Permission denied") == 2, (path, out.stdout)
         assert "rc=0" not in out.stdout, (path, out.stdout)
     # Not the directories on the way either, nor the image holding them all.
-    pool = d.root / "pool"
-    for path in [pool, *(pool / t for t in TREES), pool / "snapshots" / name]:
+    pool = d.paths.pool
+    for path in [pool.path, *pool.trees, pool.snapshot_dir(name)]:
         assert stat.S_IMODE(os.stat(path).st_mode) == CLOSED_MODE, path
         out = as_user(user, f"ls {path}/; cd {path}; echo rc=$?")
         assert "rc=0" not in out.stdout, (path, out.stdout)
-    out = as_user(user, f"head -c1 {d.root / 'pool.img'} >/dev/null; echo rc=$?")
+    out = as_user(user, f"head -c1 {d.paths.pool_image} >/dev/null; echo rc=$?")
     assert "Permission denied" in out.stdout and "rc=1" in out.stdout, out.stdout
 
 
 def assert_nosuid_behind_the_modes(d: Daemon, name: str, user: pwd.struct_passwd) -> None:
     """With the directories opened by hand (a mistaken chmod), the planted
     shell still gives a host user nothing: the pool is mounted nosuid."""
-    opened = [d.root / "pool", d.root / "pool" / "containers"]
+    opened = [d.paths.pool_dir, d.paths.pool.containers]
     try:
         for p in opened:
             p.chmod(0o711)
@@ -200,11 +199,11 @@ def test_a_pool_made_open_is_closed_when_lxpyd_starts(
     # What an lxpyd before the fix left: the pool 0711, its trees and
     # snapshot directories 0755, the image 0644 and its mount without
     # nosuid and nodev. The container runs on meanwhile.
-    pool = d.root / "pool"
+    pool = d.paths.pool_dir
     pool.chmod(0o711)
-    for p in [*(pool / t for t in TREES), pool / "snapshots" / "old"]:
+    for p in [*d.paths.pool.trees, d.paths.pool.snapshot_dir("old")]:
         p.chmod(0o755)
-    (d.root / "pool.img").chmod(0o644)
+    d.paths.pool_image.chmod(0o644)
     subprocess.run(["mount", "-o", "remount,bind,suid,dev", str(pool)], check=True, timeout=30)
     assert not os.statvfs(pool).f_flag & os.ST_NOSUID
     out = as_user(stranger, f"{pool_paths(d, 'old')[0]} -p -c 'id -u'")
@@ -214,7 +213,7 @@ def test_a_pool_made_open_is_closed_when_lxpyd_starts(
     try:
         flags = os.statvfs(pool).f_flag
         assert flags & os.ST_NOSUID and flags & os.ST_NODEV
-        assert stat.S_IMODE((d.root / "pool.img").stat().st_mode) == 0o600
+        assert stat.S_IMODE(d.paths.pool_image.stat().st_mode) == 0o600
         assert_out_of_reach(d, "old", stranger)
         # The running container never noticed; a restart neither.
         assert_setuid_works_inside(d, "old")

@@ -63,8 +63,8 @@ def test_a_full_pool_names_itself_and_the_room_left(tmp_path: Path) -> None:
 
 
 def _full_pool_names_itself(d: Daemon) -> None:
-    pool = d.root / "pool"
-    record = d.root / "containers" / "c1.toml"
+    pool = d.paths.pool_dir
+    record = d.paths.record("c1")
     kept = record.read_bytes()
     fill(d.root / "hog")
     usage = _usage(pool)
@@ -99,8 +99,8 @@ def _full_pool_names_itself(d: Daemon) -> None:
     assert record.read_bytes() == kept
     listed = json.loads(d.cli("list", "--format", "json").stdout)
     assert [c["name"] for c in listed] == ["c1"]
-    assert sorted(os.listdir(pool / "containers")) == ["c1"]
-    assert sorted(p.name for p in (d.root / "containers").iterdir()) == ["c1.toml"]
+    assert sorted(os.listdir(d.paths.pool.containers)) == ["c1"]
+    assert sorted(p.name for p in d.paths.records.iterdir()) == ["c1.toml"]
 
     free(d.root / "hog")
     d.cli("rename", "c1", "c4")
@@ -113,7 +113,7 @@ def test_records_on_another_filesystem_are_named_too(tmp_path: Path) -> None:
     # under a root on another filesystem, which holds the records.
     with daemon_in(tmp_path, 'pool_size = "300MiB"\ndefault_network = ""\n') as d:
         d.cli("template", "build", "busybox")
-        pool = d.root / "pool"
+        pool = d.paths.pool_dir
         fill(pool / "hog")
         res = d.cli("create", "c1", "-t", "busybox", check=False)
         out = res.stdout + res.stderr

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from lxpy.model.paths import PoolPaths
 from tests.conftest import Daemon, daemon_in, info
 from tests.integration.test_network_e2e import Lab, lab_on
 
@@ -50,7 +51,7 @@ def container_mounts(d: Daemon) -> list[str]:
 def test_every_launch_path_starts_on_a_shared_root(shared_lab: Lab) -> None:
     lab = shared_lab
     d = lab.d
-    pool = [f for f in _mountinfo(d) if f[4] == f"{d.root}/pool"]
+    pool = [f for f in _mountinfo(d) if f[4] == str(d.paths.pool_dir)]
     # The premise: the pool is shared, as it is under systemd.
     assert pool and any(opt.startswith("shared:") for opt in pool[0][6:]), pool
     d.cli("template", "build", "busybox")
@@ -88,8 +89,8 @@ def test_a_failed_start_leaves_no_mount_on_the_host(shared_lab: Lab) -> None:
     # It fails in the launch, with its rootfs attached: /proc is no
     # directory to mount proc on. (The pool is mounted in lxpyd's own
     # mount namespace.)
-    pool = Path(f"/proc/{d.proc.pid}/root{d.root}/pool")
-    proc = pool / "containers" / name / "proc"
+    pool = PoolPaths(Path(f"/proc/{d.proc.pid}/root{d.paths.pool_dir}"))
+    proc = pool.container(name) / "proc"
     proc.rmdir()
     proc.write_text("")
     res = d.cli("start", name, check=False)

@@ -27,12 +27,13 @@ from lxpy.errors import (
     NotFound,
     Unsupported,
 )
+from lxpy.model.paths import TREES, RootPaths
 from lxpy.model.settings import Settings
 from lxpy.storage.btrfs import BtrfsBackend
 from lxpy.storage.dir import DirBackend
-from lxpy.storage.layout import TREES, TreeBackend, iso_utc
 from lxpy.storage.mounts import is_mount_point, mount_of, mounts_under
 from lxpy.storage.pool import POOL_MAX, POOL_MIN, default_pool_size, open_pool, pool_info
+from lxpy.storage.tree import TreeBackend, iso_utc
 from tests.conftest import unmount_all_under
 
 pytestmark = pytest.mark.integration
@@ -298,7 +299,7 @@ def test_recover_settles_a_crash(backend: TreeBackend) -> None:
     make_template(backend)
     backend.create_container("c1", "base")
     backend.create_container("c2", "base")
-    containers = backend.path / "containers"
+    containers = backend.paths.containers
     # A crash during restore, after the rootfs was moved aside.
     os.rename(containers / "c1", containers / ".restore-c1")
     # A crash during a delete, after the rename.
@@ -322,7 +323,7 @@ def test_btrfs_template_is_read_only(bbackend: BtrfsBackend) -> None:
         (tpl / "etc" / "hostname").write_text("no")
     assert e.value.errno == errno.EROFS
     # The staging volume is gone once committed.
-    assert not (bbackend.path / "templates" / ".build-base").exists()
+    assert not bbackend.paths.staging("base").exists()
 
 
 def test_btrfs_container_is_a_writable_snapshot(bbackend: BtrfsBackend) -> None:
@@ -404,9 +405,9 @@ def plain_root(tmp_path: Path) -> Iterator[Path]:
 def test_open_pool_dir(plain_root: Path) -> None:
     be = open_pool(Settings(root=plain_root, storage="dir"))
     assert isinstance(be, DirBackend)
-    assert be.path == plain_root / "pool"
-    assert all((be.path / t).is_dir() for t in TREES)
-    assert not (plain_root / "pool.img").exists()
+    assert be.path == RootPaths(plain_root).pool_dir
+    assert all(t.is_dir() for t in be.paths.trees)
+    assert not RootPaths(plain_root).pool_image.exists()
     info = pool_info(be)
     assert info["backend"] == "dir" and info["instant_snapshot"] is False
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from lxpy.model.paths import PoolPaths
 from tests.conftest import Daemon, info
 
 pytestmark = pytest.mark.integration
@@ -29,8 +30,8 @@ def test_a_volume_holds_data_beyond_its_containers(daemon: Daemon) -> None:
     daemon.cli("create", "a", "-t", "busybox")
     assert volumes(daemon) == []
     assert daemon.cli("volume", "create", "data").stdout == "created volume data\n"
-    pool = Path(str(info(daemon, "a")["path"])).parents[1]
-    path = pool / "volumes" / "data"
+    pool = PoolPaths(Path(str(info(daemon, "a")["path"])).parents[1])
+    path = pool.volume("data")
     assert volumes(daemon) == [
         {"name": "data", "pool": "default", "path": str(path), "used_by": []}
     ]

@@ -44,7 +44,13 @@ def test_the_cli_starts_without_typing() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["lxpy.model.config", "lxpy.model.settings", "lxpy.model.template", "lxpy.model.state"],
+    [
+        "lxpy.model.config",
+        "lxpy.model.settings",
+        "lxpy.model.template",
+        "lxpy.model.state",
+        "lxpy.model.paths",
+    ],
 )
 def test_model_is_pure_data(module: str) -> None:
     loaded = _modules_after_import(module)

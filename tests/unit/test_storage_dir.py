@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
+from lxpy.model.paths import TREES
 from lxpy.storage.dir import DirBackend
-from lxpy.storage.layout import CLOSED_MODE, TREES, guard_name, iso_utc, os_error
 from lxpy.storage.mounts import is_mount_point, mount_of, mounts_under
+from lxpy.storage.tree import CLOSED_MODE, guard_name, iso_utc, os_error
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "..", ".hidden", "x\0y"])
@@ -66,7 +67,7 @@ def test_dir_backend_lifecycle(tmp_path: Path) -> None:
     assert os.listdir(be.snapshot_dir("c1")) == []  # the side file went too
     be.delete_container("c1")
     be.delete_container("c1")
-    assert os.listdir(be.path / "containers") == []
+    assert os.listdir(be.paths.containers) == []
 
 
 def _mode(p: Path) -> int:

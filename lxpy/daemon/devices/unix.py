@@ -147,7 +147,7 @@ class UnixDevice(DeviceType):
 
     async def forget(self, d: Daemon, dev: Dev) -> None:
         await self.stop(d, dev)
-        top = Path(d.settings.root) / "devices" / dev.container
+        top = d.settings.paths.devices(dev.container)
         await trio.to_thread.run_sync(lambda: _rmdir_if_empty(top))
 
 
@@ -167,7 +167,7 @@ def _target(options: Mapping[str, str]) -> str:
 
 def _host_node(d: Daemon, dev: Dev) -> Path:
     # lxpyd's own node, on the root's filesystem (never nodev, unlike /run).
-    return Path(d.settings.root) / "devices" / dev.container / f"unix.{dev.name}"
+    return d.settings.paths.device_node(dev.container, dev.name)
 
 
 def _node_or_none(source: str, kind: str) -> hostdev.Node | None:

@@ -34,13 +34,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound, pool_full
+from lxpy.model.paths import (
+    BUILD,
+    OLD,
+    RESTORE,
+    TMP,
+    TRASH,
+    TREES,
+    PoolPaths,
+    hidden_name,
+    hidden_prefixes,
+)
 from lxpy.revert import Revert
 from lxpy.storage.base import Backend, SnapshotInfo, Step
 from lxpy.storage.mounts import mounts_under
 
 log = logging.getLogger("lxpy.storage")
-
-TREES = ("templates", "containers", "snapshots", "volumes")
 
 # Mode of the pool, its trees and the per-container snapshot directories:
 # host root's alone. The top directory of a rootfs is the container's `/`
@@ -118,6 +127,7 @@ class TreeBackend(Backend):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
+        self.paths = PoolPaths(path)
         path.mkdir(parents=True, exist_ok=True, mode=CLOSED_MODE)
         for tree in TREES:
             (path / tree).mkdir(exist_ok=True, mode=CLOSED_MODE)
@@ -132,7 +142,7 @@ class TreeBackend(Backend):
             OSError: one cannot be changed.
         """
         dirs = [self.path, *(self.path / t for t in TREES)]
-        snaps = self.path / "snapshots"
+        snaps = self.paths.snapshots
         dirs += [snaps / e for e in sorted(os.listdir(snaps)) if not e.startswith(".")]
         changed = []
         for d in dirs:
@@ -177,35 +187,35 @@ class TreeBackend(Backend):
 
     # -- paths ---------------------------------------------------------------
     def template_path(self, name: str) -> Path:
-        return self.path / "templates" / guard_name(name, "template")
+        return self.paths.template(guard_name(name, "template"))
 
     def container_path(self, name: str) -> Path:
-        return self.path / "containers" / guard_name(name, "container")
+        return self.paths.container(guard_name(name, "container"))
 
     def snapshot_dir(self, name: str) -> Path:
         """The directory holding the snapshots of container `name`."""
-        return self.path / "snapshots" / guard_name(name, "container")
+        return self.paths.snapshot_dir(guard_name(name, "container"))
 
     def snapshot_path(self, name: str, snap: str) -> Path:
         """Where snapshot `snap` of container `name` lives."""
-        return self.snapshot_dir(name) / guard_name(snap, "snapshot")
+        return self.paths.snapshot(guard_name(name, "container"), guard_name(snap, "snapshot"))
 
     def volume_path(self, name: str) -> Path:
-        return self.path / "volumes" / guard_name(name, "volume")
+        return self.paths.volume(guard_name(name, "volume"))
 
     def _staging(self, name: str) -> Path:
-        return self.path / "templates" / f".build-{guard_name(name, 'template')}"
+        return self.paths.staging(guard_name(name, "template"))
 
     @staticmethod
     def _aside(path: Path, tag: str) -> Path:
-        return path.with_name(f".{tag}-{path.name}")
+        return path.with_name(hidden_name(tag, path.name))
 
     @staticmethod
     def _scratch(path: Path, tag: str) -> Path:
         # Same directory as `path`: renames stay within one parent, which
         # btrfs needs for read-only subvolumes (moving one to another
         # directory would rewrite its '..' and fails with EROFS).
-        return path.with_name(f".{tag}-{path.name}-{secrets.token_hex(4)}")
+        return path.with_name(f"{hidden_name(tag, path.name)}-{secrets.token_hex(4)}")
 
     # -- shared steps --------------------------------------------------------
     def _remove(self, path: Path, what: str) -> None:
@@ -221,7 +231,7 @@ class TreeBackend(Backend):
                 f"{what}: something is mounted inside {path}",
                 hint="stop the container, or unmount " + ", ".join(mounted),
             )
-        trash = self._scratch(path, "trash")
+        trash = self._scratch(path, TRASH)
         with translate(what):
             # A local mountpoint refuses the rename with EBUSY: that is the
             # moment to stop, before anything is gone.
@@ -282,7 +292,7 @@ class TreeBackend(Backend):
                 f"template {name!r} has no staging volume to commit",
                 hint="begin_template() makes one; a crash or abort removes it",
             )
-        old = self._aside(dst, "old")
+        old = self._aside(dst, OLD)
         self._remove(old, what)
         had_old = os.path.lexists(dst)
         with translate(what):
@@ -354,7 +364,7 @@ class TreeBackend(Backend):
         # Only hidden leftovers (side files, trash) remain at this point.
         for entry in os.listdir(sdir):
             p = sdir / entry
-            if entry.startswith(".trash-") or entry.startswith(".tmp-"):
+            if entry.startswith(hidden_prefixes(TRASH, TMP)):
                 self._destroy(p)
             else:
                 p.unlink()
@@ -402,7 +412,7 @@ class TreeBackend(Backend):
         """An empty volume under a hidden name in containers/, for operation
         `tag` on container `name`; recover() destroys one a crash left."""
         guard_name(name, "container")
-        path = self.path / "containers" / f".tmp-{tag}-{name}-{secrets.token_hex(4)}"
+        path = self.paths.containers / f"{hidden_name(TMP, tag)}-{name}-{secrets.token_hex(4)}"
         with translate(f"scratch volume for container {name!r}"):
             self._new_volume(path)
         return path
@@ -488,7 +498,7 @@ class TreeBackend(Backend):
         if not self._is_volume(src):
             raise NotFound(f"container {name!r} has no snapshot {snap!r}")
         root = self._need_container(name)
-        aside = self._aside(root, "restore")
+        aside = self._aside(root, RESTORE)
         what = f"restore of snapshot {snap!r} of container {name!r}"
         # A leftover from a crash while root exists: root is the truth.
         self._remove(aside, what)
@@ -529,7 +539,7 @@ class TreeBackend(Backend):
         self._remove(self.volume_path(name), f"volume {name!r}")
 
     def list_volumes(self) -> list[str]:
-        d = self.path / "volumes"
+        d = self.paths.volumes
         return sorted(e for e in os.listdir(d) if not e.startswith(".") and self._is_volume(d / e))
 
     # -- crash recovery ------------------------------------------------------
@@ -542,7 +552,7 @@ class TreeBackend(Backend):
         """
         for tree in TREES:
             self._recover_dir(self.path / tree)
-        snaps = self.path / "snapshots"
+        snaps = self.paths.snapshots
         for entry in os.listdir(snaps):
             if not entry.startswith(".") and (snaps / entry).is_dir():
                 self._recover_dir(snaps / entry)
@@ -562,10 +572,10 @@ class TreeBackend(Backend):
         if mounts_under(p):
             log.warning("storage recovery: leaving %s alone, something is mounted inside", p)
             return
-        if entry.startswith((".trash-", ".tmp-", ".build-")):
+        if entry.startswith(hidden_prefixes(TRASH, TMP, BUILD)):
             log.info("storage recovery: removing %s", p)
             self._destroy(p)
-        elif entry.startswith((".old-", ".restore-")):
+        elif entry.startswith(hidden_prefixes(OLD, RESTORE)):
             real = d / entry.split("-", 1)[1]
             if os.path.lexists(real):
                 # The replacement is in place: the old one is garbage.

@@ -11,7 +11,7 @@ from one scan to the next), so those do not count as quiet.
 
 A ksmd that runs without lxpy having started it (the admin's, or another
 program's) is left alone: it merges the monitors' pages anyway. The file
-RUN_BASE/ksmd.started says lxpy started it, so whichever lxpyd ends the
+KSMD_MARKER (lxpy.model.paths) says lxpy started it, so whichever lxpyd ends the
 burst (several may run on different roots) may stop it, and an lxpyd that
 finds ksmd stopped in the middle of its own burst starts it again.
 """
@@ -26,7 +26,7 @@ import trio
 
 from lxpy.kernel import ksm
 
-log = logging.getLogger("lxpy.merging")
+log = logging.getLogger("lxpy.ksm")
 
 POLL = 1.0  # seconds between looks at ksmd's counters
 QUIET_SCANS = 2  # full scans without a new merge that end a burst

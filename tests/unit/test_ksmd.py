@@ -1,4 +1,4 @@
-"""lxpyd's ksmd bursts (lxpy.daemon.merging) against a stand-in for
+"""lxpyd's ksmd bursts (lxpy.daemon.ksm) against a stand-in for
 /sys/kernel/mm/ksm: a directory of the same files, and a task playing
 ksmd that counts scans and merges while `run` is 1."""
 
@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from lxpy.daemon.merging import Ksmd
+from lxpy.daemon.ksm import Ksmd
 from lxpy.kernel import ksm
 
 POLL = 0.01
