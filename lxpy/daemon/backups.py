@@ -33,9 +33,11 @@ from lxpy.daemon import configcheck
 from lxpy.daemon.containers import Containers
 from lxpy.daemon.events import now_iso
 from lxpy.daemon.http import Request, Router, Upgrade, leaf_error
+from lxpy.daemon.networks import Networks
 from lxpy.daemon.policy import owner_of
+from lxpy.daemon.security import Security
 from lxpy.daemon.security import check_config as check_security
-from lxpy.daemon.service import Daemon
+from lxpy.daemon.state import Daemon
 from lxpy.daemon.streams import FRAMED, require_upgrade
 from lxpy.errors import Busy, InvalidArgument, LxpyError, Unsupported, is_full, pool_full
 from lxpy.model import tomlw
@@ -53,9 +55,17 @@ _FLUSH = 4 << 20
 
 
 class Backups:
-    def __init__(self, d: Daemon, containers: Containers) -> None:
+    """Export and import of daemon `d`'s containers; an import is recorded
+    through `containers`, its network config checked against `networks`
+    and its ID range claimed from `security`."""
+
+    def __init__(
+        self, d: Daemon, containers: Containers, networks: Networks, security: Security
+    ) -> None:
         self.d = d
         self.containers = containers
+        self.networks = networks
+        self.security = security
         self.spool = d.settings.root / "spool"
         # Exports and imports read and write the whole rootfs: limited
         # apart from the storage calls every request makes.
@@ -213,8 +223,8 @@ class Backups:
         record = _record_of(plan, name)
         config = dict(validate_config(dict(record.config)))
         check_security(config)
-        configcheck.check_networks(d, config)
-        configcheck.check_address(d, name, config, strict=True, sees=sees)
+        configcheck.check_networks(self.networks, config)
+        configcheck.check_address(d, self.networks, name, config, strict=True, sees=sees)
         d.reserve(name)
         try:
             # Every member is checked before anything is made.
@@ -236,7 +246,7 @@ class Backups:
                 )
         finally:
             d.reserved.discard(name)
-            await d.security.release(name)
+            await self.security.release(name)
         d.bus.lifecycle(
             "container-imported",
             f"containers/{name}",
@@ -297,10 +307,10 @@ def _flag(req: Request, name: str) -> bool:
     raise InvalidArgument(f"{name}: expected 1 or 0, got {raw!r}")
 
 
-def add_backup_routes(r: Router, d: Daemon, containers: Containers) -> None:
+def add_backup_routes(r: Router, backups: Backups) -> None:
     """GET /1.0/containers/{name}/export and POST /1.0/containers/import,
     both framed streams (lxpy.api.streams)."""
-    backups = Backups(d, containers)
+    d = backups.d
 
     async def export(req: Request) -> object:
         require_upgrade(req)

@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,9 +31,12 @@ import trio
 
 from lxpy.build.rootfs import check_init, set_hostname_files
 from lxpy.daemon import configcheck, security
+from lxpy.daemon.devices.service import Devices
 from lxpy.daemon.monitors import Lines, monitor_request
-from lxpy.daemon.networks import joins_network
-from lxpy.daemon.service import Daemon, RunInfo
+from lxpy.daemon.networks import Networks, joins_network
+from lxpy.daemon.resources import Resources
+from lxpy.daemon.security import Security
+from lxpy.daemon.state import Daemon, RunInfo
 from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel import systemd
 from lxpy.kernel.cgroups import ContainerCgroup
@@ -131,11 +135,29 @@ class _Run:
 
 
 class Lifecycle:
-    """Starts, stops and follows the containers of daemon `d`."""
+    """Starts, stops and follows the containers of daemon `d`, with the
+    networks, ID ranges, limits and devices of its peers."""
 
-    def __init__(self, d: Daemon, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        d: Daemon,
+        nursery: trio.Nursery,
+        networks: Networks,
+        security: Security,
+        resources: Resources,
+        devices: Devices,
+    ) -> None:
         self.d = d
         self.nursery = nursery
+        self.networks = networks
+        self.security = security
+        self.resources = resources
+        self.devices = devices
+        # Who is told of a start a client asked for (name) and of an end
+        # lxpy did not ask for (name, the monitor's last_exit): the
+        # restart policy (lxpy.daemon.autostart), through on_events().
+        self._client_start: Callable[[str], None] = _ignore_start
+        self._ended_hook: Callable[[str, Mapping[str, object] | None], None] = _ignore_end
         self.runs: dict[str, _Run] = {}
         # Why init last ended, per container (kept after it stopped).
         self.last_exit: dict[str, dict[str, object] | None] = {}
@@ -149,10 +171,21 @@ class Lifecycle:
         # One read-ahead at a time: they wait on the disk, not on the CPU.
         self._prefetch_limiter = trio.CapacityLimiter(1)
 
+    def on_events(
+        self,
+        client_start: Callable[[str], None],
+        ended: Callable[[str, Mapping[str, object] | None], None],
+    ) -> None:
+        """Have `client_start(name)` called when a client starts a
+        container, and `ended(name, last_exit)` when one ended (STOPPED)
+        with the monitor's last_exit."""
+        self._client_start = client_start
+        self._ended_hook = ended
+
     # -- paths -----------------------------------------------------------------
     @property
     def zygote_socket(self) -> Path:
-        return self.d.networks.run_dir / "zygote.sock"
+        return self.networks.run_dir / "zygote.sock"
 
     def state_file(self, name: str) -> Path:
         return self.d.container_run_dir(name) / "state.json"
@@ -382,7 +415,7 @@ class Lifecycle:
                 return False
             if state == State.FROZEN:
                 raise Busy(f"container {name!r} is frozen", hint=f"thaw it: lxpy unfreeze {name}")
-            self.d.boot.forget(name)
+            self._client_start(name)
             await self._start_locked(name)
             return True
 
@@ -406,8 +439,8 @@ class Lifecycle:
             if d.settings.read_ahead:
                 self.nursery.start_soon(self._read_ahead, spec.rootfs, spec.init)
             # Unprivileged: its ID range (picked now if it has none yet).
-            record = await d.security.for_start(record)
-            res = d.resources.launch_fields(name, record.config)
+            record = await self.security.for_start(record)
+            res = self.resources.launch_fields(name, record.config)
             spec = replace(spec, **res, **security.launch_fields(record))  # type: ignore[arg-type]
             ids: IdMap | None = None
             if spec.uid_base and record.idmap is not None:
@@ -418,7 +451,7 @@ class Lifecycle:
             # go into. On no network the launch makes it (one step less).
             userns = ""
             if ids is not None and joins_network(record.config):
-                userns = await d.files(d.security.prepare_userns, name)
+                userns = await d.files(self.security.prepare_userns, name)
             # Privileged: under the AppArmor profile where the host has one.
             spec = replace(spec, userns=userns, apparmor=d.apparmor if ids is None else "")
 
@@ -428,25 +461,25 @@ class Lifecycle:
                 await self._make_namespaces(userns, ids, str(netns))
 
             # Devices: what the launch mounts, and host state they take.
-            plan = await d.devices.plan_start(record)
+            plan = await self.devices.plan_start(record)
             spec = replace(spec, mounts=tuple(plan.mounts))
             try:
-                handle = await d.networks.attach(name, record.config, userns, make_ns=make_ns)
+                handle = await self.networks.attach(name, record.config, userns, make_ns=make_ns)
                 try:
                     spec = replace(spec, netns=handle.path)
                     reply = await self._spawn(spec)
                 except BaseException:
                     with trio.CancelScope(shield=True):
-                        await d.networks.detach(name)
+                        await self.networks.detach(name)
                     raise
             except BaseException:
-                d.devices.active.pop(name, None)
-                await d.devices.undo_start(plan)
+                self.devices.active.pop(name, None)
+                await self.devices.undo_start(plan)
                 raise
         except BaseException as e:
             with trio.CancelScope(shield=True):
                 await d.files(_remove_run_dir, d.container_run_dir(name))
-                await d.files(d.security.unpin_userns, name)
+                await d.files(self.security.unpin_userns, name)
             msg = e.message if isinstance(e, LxpyError) else f"{type(e).__name__}: {e}"
             self.last_exit[name] = {"reason": "error", "detail": msg}
             d.set_state(name, State.STOPPED)
@@ -467,8 +500,8 @@ class Lifecycle:
         await self.nursery.start(self._watch, name, run)
         info = d.running.get(name)
         if info is not None:
-            await d.devices.started(name, info.init_pid)
-        await d.resources.rebalance()
+            await self.devices.started(name, info.init_pid)
+        await self.resources.rebalance()
 
     async def _read_ahead(self, rootfs: str, init: str) -> None:
         """Have the kernel read init and its libraries into the page cache
@@ -546,7 +579,7 @@ class Lifecycle:
             )
             # Its monitor re-made the disks it was started with: the ones
             # changed live since are made right again.
-            self.nursery.start_soon(d.devices.rebooted, name, pid)
+            self.nursery.start_soon(self.devices.rebooted, name, pid)
         if d.states[name] == State.STOPPING and new != State.STOPPING:
             return  # a stop is under way: only its end counts
         d.set_state(name, new)
@@ -572,9 +605,9 @@ class Lifecycle:
             # Init died with its monitor (PDEATHSIG); whatever came in from
             # outside (nsenter) and the cgroup directories go too.
             await trio.to_thread.run_sync(_remove_cgroups, self.d.cgroup(name))
-        await d.networks.detach(name)
-        await d.devices.stopped(name)
-        await d.files(d.security.unpin_userns, name)
+        await self.networks.detach(name)
+        await self.devices.stopped(name)
+        await d.files(self.security.unpin_userns, name)
         if not lost:
             await d.files(_remove_run_dir, d.container_run_dir(name))
         if self.runs.get(name) is run:
@@ -582,11 +615,11 @@ class Lifecycle:
         if name in d.states:
             d.set_state(name, new)
         log.info("container %s ended: %s", name, self.last_exit.get(name))
-        await d.resources.rebalance()
+        await self.resources.rebalance()
         if not lost and name in d.states:
             # boot.restart: started again, or left in ERROR with the reason.
             raw = data.get("last_exit") if data else None
-            d.boot.ended(name, raw if isinstance(raw, dict) else None)
+            self._ended_hook(name, raw if isinstance(raw, dict) else None)
 
     # -- stop ------------------------------------------------------------------
     async def stop(
@@ -657,7 +690,7 @@ class Lifecycle:
         """
         record = self.d.require(name)
         init = await self.d.files(lambda: self._spec(record, self._template(record)).init)
-        await configcheck.check_start(self.d, name, record.config, init, snapshot)
+        await configcheck.check_start(self.d, self.networks, name, record.config, init, snapshot)
 
     def restarted(self, name: str, detail: str) -> None:
         """Record that lxpy stopped and started container `name` again
@@ -761,15 +794,15 @@ class Lifecycle:
             run = _Run(sock, ready=status.get("ready") is True)
             self.runs[name] = run
             await self.nursery.start(self._watch, name, run)
-            await d.devices.adopted(name, d.running[name].init_pid)
+            await self.devices.adopted(name, d.running[name].init_pid)
             log.info("container %s: adopted (init %s)", name, d.running[name].init_pid)
             await self._into_scope(name, d.running[name].monitor_pid)
             return
         data = await d.files(_read_json, self.state_file(name))
         if data is None:
-            if d.networks.nics(name) or name in d.networks.attached:
-                await d.networks.detach(name)
-            await d.files(d.security.unpin_userns, name)
+            if self.networks.nics(name) or name in self.networks.attached:
+                await self.networks.detach(name)
+            await d.files(self.security.unpin_userns, name)
             return
         if data.get("state") == "STOPPED":
             self.last_exit[name] = _exit_info(data.get("last_exit"))
@@ -782,8 +815,16 @@ class Lifecycle:
                 f"the container was {data.get('state', 'running')} when it was last seen",
             }
             await trio.to_thread.run_sync(_remove_cgroups, self.d.cgroup(name))
-        await d.networks.detach(name)
-        await d.files(d.security.unpin_userns, name)
+        await self.networks.detach(name)
+        await d.files(self.security.unpin_userns, name)
+
+
+def _ignore_start(name: str) -> None:
+    pass
+
+
+def _ignore_end(name: str, last_exit: Mapping[str, object] | None) -> None:
+    pass
 
 
 def _read_json(path: Path) -> dict[str, object] | None:

@@ -35,7 +35,7 @@ from lxpy.model.config import Container
 from lxpy.model.security import IdmapRecord, SecurityConfig
 
 if TYPE_CHECKING:
-    from lxpy.daemon.service import Daemon
+    from lxpy.daemon.state import Daemon
 
 log = logging.getLogger("lxpyd.security")
 
@@ -344,7 +344,7 @@ class Security:
     # -- user namespaces -------------------------------------------------------
     def userns_path(self, name: str) -> Path:
         """Where container `name`'s user namespace is bound while it runs."""
-        return self.d.networks.run_dir / "userns" / name
+        return self.d.run_dir / "userns" / name
 
     def prepare_userns(self, name: str) -> str:
         """The path container `name`'s user namespace is bound on, its

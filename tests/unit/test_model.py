@@ -155,7 +155,7 @@ def test_state_machine() -> None:
 
 def test_the_daemon_refuses_a_move_the_lifecycle_forbids() -> None:
     from lxpy.daemon.events import EventBus
-    from lxpy.daemon.service import Daemon
+    from lxpy.daemon.state import Daemon
 
     # Only what set_state uses: the states and the event bus.
     d = Daemon.__new__(Daemon)

@@ -1,6 +1,8 @@
-"""The Daemon object: settings, storage, registry, operations, events and the
-in-memory state of every container, shared by the template and container
-services.
+"""lxpyd's shared state: what every subsystem of the daemon reads or
+changes (settings, storage backend, registry, intent journal, event bus,
+operations, worker-thread limiters, the in-memory state of every
+container). It imports no subsystem: lxpy.daemon.assemble builds the
+subsystems with this state and the peers each one uses.
 
 Nothing here blocks the event loop: storage calls run in worker threads under
 the storage limiter, file reads and writes under the file limiter.
@@ -13,7 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import trio
 
@@ -21,9 +23,7 @@ from lxpy import __version__
 from lxpy.daemon.events import EventBus
 from lxpy.daemon.journal import Journal
 from lxpy.daemon.merging import Ksmd
-from lxpy.daemon.networks import RUN_BASE, Networks
 from lxpy.daemon.operations import Operations
-from lxpy.daemon.recovery import Settler, settle_containers
 from lxpy.daemon.registry import Registry
 from lxpy.errors import (
     AlreadyExists,
@@ -31,29 +31,19 @@ from lxpy.errors import (
     LxpyError,
     NotFound,
     PoolFull,
-    Unsupported,
     is_full,
     pool_full,
 )
-from lxpy.kernel import apparmor, systemd
-from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy, favor_dynmods
+from lxpy.kernel import systemd
+from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy
 from lxpy.model.config import Container
 from lxpy.model.network import root_id
 from lxpy.model.settings import Settings
 from lxpy.model.state import State, can_move
 from lxpy.model.suggest import not_found_hint
-from lxpy.storage.backup import clear_spool
 from lxpy.storage.base import Backend
-from lxpy.storage.pool import open_pool, pool_info
+from lxpy.storage.pool import pool_info
 from lxpy.storage.space import space_of
-
-if TYPE_CHECKING:
-    from lxpy.daemon.autostart import BootManager
-    from lxpy.daemon.devices.service import Devices
-    from lxpy.daemon.lifecycle import Lifecycle
-    from lxpy.daemon.resources import Resources
-    from lxpy.daemon.security import Security
-    from lxpy.daemon.volumes import Volumes
 
 log = logging.getLogger("lxpyd")
 
@@ -71,65 +61,20 @@ class RunInfo:
     socket: Path
 
 
-def _use_scopes(setting: str) -> bool:
-    """Whether containers get systemd scopes, by the `systemd_scopes` setting.
-
-    Raises:
-        Unsupported: "on" on a host where systemd does not run.
-    """
-    if setting == "off":
-        return False
-    if systemd.available():
-        return True
-    if setting == "on":
-        raise Unsupported(
-            "systemd_scopes is on, but systemd does not run here "
-            f"({systemd.PRIVATE_SOCKET} is missing)",
-            hint='set systemd_scopes = "auto" or "off" in lxpyd.toml',
-        )
-    return False
-
-
-def _load_apparmor(setting: str, run_dir: Path) -> str:
-    """The profile for privileged containers, loaded, by the `apparmor`
-    setting; "" without one.
-
-    Raises:
-        Unsupported: "on" on a host without AppArmor.
-        LxpyError: the profile cannot be loaded.
-    """
-    if setting == "off":
-        return ""
-    if not apparmor.enabled():
-        if setting == "on":
-            raise Unsupported(
-                "apparmor is on, but this kernel runs no AppArmor",
-                hint='set apparmor = "auto" or "off" in lxpyd.toml',
-            )
-        return ""
-    run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    apparmor.load(str(run_dir))
-    return apparmor.PROFILE
-
-
 class Daemon:
-    """lxpyd's shared state. Build it with `await Daemon.open(...)`."""
-
-    # Managed networks and container NICs; set by open().
-    networks: Networks
-    # Running containers (start, stop, monitors); set by open().
-    lifecycle: Lifecycle
-    # Limits, CPU pins, lxcfs and stats; set by open().
-    resources: Resources
-    # Autostart, stop-all and the restart policy; set by open().
-    boot: BootManager
-    # ID ranges and user namespaces of unprivileged containers; set by open().
-    security: Security
-    devices: Devices
-    volumes: Volumes
+    """lxpyd's shared state (module docstring); lxpy.daemon.assemble makes it."""
 
     def __init__(
-        self, settings: Settings, backend: Backend, registry: Registry, nursery: trio.Nursery
+        self,
+        settings: Settings,
+        backend: Backend,
+        registry: Registry,
+        nursery: trio.Nursery,
+        *,
+        run_dir: Path,
+        scopes: bool = False,
+        apparmor: str = "",
+        ksmd: Ksmd | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -153,106 +98,29 @@ class Daemon:
         # Names being created, copied or renamed to: not in `records` yet,
         # but taken.
         self.reserved: set[str] = set()
+        # This daemon's run dir (RUN/...): unique per daemon root.
+        self.run_dir = run_dir
         # Runs ksmd after starts (setting `ksm`); None when off.
-        self.ksmd: Ksmd | None = None
+        self.ksmd = ksmd
         # Containers run in systemd scope units of their own (setting
-        # `systemd_scopes`); decided by open().
-        self.scopes = False
-        # The AppArmor profile privileged containers run under, or "";
-        # decided by open().
-        self.apparmor = ""
+        # `systemd_scopes`).
+        self.scopes = scopes
+        # The AppArmor profile privileged containers run under, or "".
+        self.apparmor = apparmor
 
-    @classmethod
-    async def open(cls, settings: Settings, nursery: trio.Nursery) -> Daemon:
-        """Open the storage pool and load the registry.
-
-        Raises:
-            LxpyError: the pool cannot be opened or made.
-        """
-        # Host features first: a setting this host cannot honour fails
-        # the start before anything is made or mounted.
-        scopes = _use_scopes(settings.systemd_scopes)
-        profile = await trio.to_thread.run_sync(
-            _load_apparmor, settings.apparmor, RUN_BASE / root_id(str(settings.root))
-        )
-        registry = Registry(settings.root)
-        await trio.to_thread.run_sync(registry.prepare)
-        if settings.cgroup_favordynmods:
-            where = await trio.to_thread.run_sync(favor_dynmods)
-            log.info("cgroup2 at %s favours dynamic moves (favordynmods)", where or "-")
-        backend = await trio.to_thread.run_sync(open_pool, settings)
-        d = cls(settings, backend, registry, nursery)
-        d.scopes, d.apparmor = scopes, profile
-        if d.scopes:
-            log.info("containers run in systemd scopes under %s", systemd.SLICE)
-        if settings.ksm:
-            d.ksmd = Ksmd(RUN_BASE / "ksmd.started")
-            nursery.start_soon(d.ksmd.run)
-        # What a crash cut short is settled before anything is listed.
-        settler = Settler(
-            backend, registry, settings.root / "logs", RUN_BASE / root_id(str(settings.root))
-        )
-        await d.files(settle_containers, d.journal, settler)
-        # Uploads and export spools of operations a crash ended.
-        for gone in await d.files(clear_spool, settings.root / "spool"):
-            log.warning("recovery: removed the spool file %s of an interrupted backup", gone)
-        d.records, d.broken = await d.files(registry.load_all)
-        d.networks = await Networks.open(
-            settings.root,
-            nursery,
-            default_network=settings.default_network,
-            default_subnet=settings.default_subnet,
-            users=lambda: {n: c.config for n, c in d.records.items()},
-            journal=d.journal,
-            scopes=d.scopes,
-        )
-        if d.apparmor:
-            log.info("privileged containers run under AppArmor profile %s", d.apparmor)
-        for name in d.records:
-            d.states[name] = State.STOPPED
-        for name in d.broken:
-            d.states[name] = State.ERROR
-        # Imported here: these build on this module.
-        from lxpy.daemon.autostart import BootManager
-        from lxpy.daemon.devices.service import Devices
-        from lxpy.daemon.lifecycle import Lifecycle
-        from lxpy.daemon.resources import Resources
-        from lxpy.daemon.security import Security
-        from lxpy.daemon.volumes import Volumes
-
-        d.security = Security(d)
-        # Its containers' ID blocks, known to every lxpyd on the host.
-        await d.security.open()
-        d.resources = Resources(d)
-        await d.resources.setup()
-        d.boot = BootManager(d, nursery)
-        d.devices = Devices(d)
-        d.volumes = Volumes(d)
-        d.lifecycle = Lifecycle(d, nursery)
-        # Containers whose monitors outlived a previous lxpyd run on.
-        await d.lifecycle.adopt_all()
-        # Device changes a crash cut short, now that the running are known.
-        await d.devices.settle()
-        if d.ksmd is not None and d.running:
-            # Their pages may not all be merged yet (a burst cut short by
-            # the previous lxpyd's end), or written apart since.
-            d.ksmd.kick()
-        await d.resources.rebalance()
-        # In the background: the API answers while they start one by one.
-        nursery.start_soon(d.boot.autostart)
-        log.info(
-            "storage: %s pool at %s; %d containers (%d broken records)",
-            backend.name,
-            backend.path,
-            len(d.states),
-            len(d.broken),
-        )
-        return d
+    def load(self, records: dict[str, Container], broken: dict[str, str]) -> None:
+        """Know the containers of the registry: `records` (STOPPED until
+        adopted) and `broken`, name -> why its record cannot be read (ERROR)."""
+        self.records, self.broken = records, broken
+        for name in records:
+            self.states[name] = State.STOPPED
+        for name in broken:
+            self.states[name] = State.ERROR
 
     def container_run_dir(self, name: str) -> Path:
         """Where container `name`'s runtime files live (monitor socket, state
         file): under the daemon's run dir, which is unique per daemon root."""
-        return self.networks.run_dir / "containers" / name
+        return self.run_dir / "containers" / name
 
     def cgroup(self, name: str, hs: list[Hierarchy] | None = None) -> ContainerCgroup:
         """Where container `name`'s cgroups are (nothing is made); `hs`:
