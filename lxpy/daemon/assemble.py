@@ -151,7 +151,7 @@ async def assemble(settings: Settings, nursery: trio.Nursery) -> Services:
     # Uploads and export spools of operations a crash ended.
     for gone in await d.files(clear_spool, settings.root / "spool"):
         log.warning("recovery: removed the spool file %s of an interrupted backup", gone)
-    d.load(*await d.files(registry.load_all))
+    d.table.load(*await d.files(registry.load_all))
     networks = await Networks.open(
         settings.root,
         nursery,

@@ -134,8 +134,8 @@ class BootManager:
         detail = str(last_exit.get("detail") or last_exit.get("reason"))
         if not budget.allow(trio.current_time()):
             reason = f"{budget.reason()}; init last {detail.removeprefix('init ')}"
-            self.lifecycle.last_exit[name] = {"reason": "restart-limit", "detail": reason}
-            self.d.set_state(name, State.ERROR)
+            self.lifecycle.set_last_exit(name, {"reason": "restart-limit", "detail": reason})
+            self.d.table.set_state(name, State.ERROR)
             self.d.bus.lifecycle(
                 "container-restart-limit", f"containers/{name}", {"detail": reason}
             )
@@ -155,7 +155,7 @@ class BootManager:
     async def _restart(self, name: str) -> None:
         d = self.d
         failed: dict[str, object] | None = None
-        async with d.lock(name):
+        async with d.table.lock(name):
             # A client may have started, stopped or deleted it meanwhile.
             if d.states.get(name) != State.STOPPED or name in self.lifecycle.runs:
                 return

@@ -103,11 +103,11 @@ class Backups:
         d = self.d
         backend = self.backend
         procs = bk.Procs()
-        lock = d.lock(name)
+        lock = d.table.lock(name)
         await lock.acquire()
         held = True
         try:
-            record = d.require(name)
+            record = d.table.require(name)
             if backend.name != "btrfs" and d.states.get(name) not in (State.STOPPED, State.ERROR):
                 raise Busy(
                     f"cannot export container {name!r} while it is {d.states.get(name)} "
@@ -225,7 +225,7 @@ class Backups:
         check_security(config)
         configcheck.check_networks(self.networks, config)
         configcheck.check_address(d, self.networks, name, config, strict=True, sees=sees)
-        d.reserve(name)
+        d.table.reserve(name)
         try:
             # Every member is checked before anything is made.
             await self._run(bk.scan, path, plan, procs)
@@ -245,7 +245,7 @@ class Backups:
                     op, name, record.template, config, shifted, owner, base=record
                 )
         finally:
-            d.reserved.discard(name)
+            d.table.unreserve(name)
             await self.security.release(name)
         d.bus.lifecycle(
             "container-imported",
@@ -315,7 +315,7 @@ def add_backup_routes(r: Router, backups: Backups) -> None:
     async def export(req: Request) -> object:
         require_upgrade(req)
         name = req.params["name"]
-        d.require(name)
+        d.table.require(name)
         instance_only = _flag(req, "instance_only")
         optimized = _flag(req, "optimized")
         if optimized and d.backend.name != "btrfs":
@@ -337,8 +337,8 @@ def add_backup_routes(r: Router, backups: Backups) -> None:
         raw = req.query.get("name") or None
         name = validate_name(raw) if raw is not None else None
         if name is not None:
-            d.reserve(name)  # refused now, before the upload, if taken
-            d.reserved.discard(name)
+            d.table.reserve(name)  # refused now, before the upload, if taken
+            d.table.unreserve(name)
         owner = owner_of(req.caller)
 
         async def run(stream: trio.abc.Stream, early: bytes) -> None:

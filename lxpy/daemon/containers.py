@@ -148,7 +148,7 @@ class Containers:
                 "error": d.broken[name],
                 **run,
             }
-        c = d.require(name)
+        c = d.table.require(name)
         return {
             **c.to_json(),
             "security": describe_security(c, d.apparmor),
@@ -179,13 +179,13 @@ class Containers:
         ]
 
     async def get(self, name: str) -> dict[str, object]:
-        if not self.d.known(name):
-            self.d.require(name)
+        if not self.d.table.known(name):
+            self.d.table.require(name)
         return await self.describe(name, stats="read-disk")
 
     async def stats(self, name: str) -> dict[str, object] | None:
         """GET /1.0/containers/NAME/stats: resource use, null unless it runs."""
-        self.d.require(name)
+        self.d.table.require(name)
         return await self.resources.stats(name, disk=True)
 
     def _require_stopped(self, name: str, what: str, force: str = "") -> None:
@@ -230,7 +230,7 @@ class Containers:
         configcheck.check_address(d, self.networks, name, config, strict=True, sees=sees)
         if image is None:
             await self.templates.find(template)
-        d.reserve(name)
+        d.table.reserve(name)
         try:
             if image is None:
                 await self.templates.ensure_built(template)
@@ -255,7 +255,7 @@ class Containers:
                 self._undo_volume(op, name)
                 await self._record_new(op, name, template, config, None, owner)
         finally:
-            d.reserved.discard(name)
+            d.table.unreserve(name)
             await self.security.release(name)
         data: dict[str, object] = {"template": template} if image is None else {"image": str(image)}
         d.bus.lifecycle("container-created", f"containers/{name}", data)
@@ -311,8 +311,7 @@ class Containers:
         record = Container(**fields) if base is None else replace(base, **fields)  # type: ignore[arg-type]
         await d.files(d.registry.save, record)
         op.step("recorded")
-        d.records[name] = record
-        d.states[name] = State.STOPPED
+        d.table.put(record)
 
     async def delete(self, name: str, force: bool) -> dict[str, object]:
         """DELETE /1.0/containers/NAME: the rootfs, its snapshots, its record.
@@ -321,11 +320,11 @@ class Containers:
             NotFound, Busy (running, without force).
         """
         d = self.d
-        if not d.known(name):
-            d.require(name)
-        async with d.lock(name):
-            if not d.known(name):
-                d.require(name)
+        if not d.table.known(name):
+            d.table.require(name)
+        async with d.table.lock(name):
+            if not d.table.known(name):
+                d.table.require(name)
             if not force:
                 self._require_stopped(name, "delete", f"lxpy destroy --force {name}")
             elif name in self.lifecycle.runs:
@@ -343,7 +342,7 @@ class Containers:
                 if gone is not None:
                     await self.devices.forget_all(gone)
                 await self.lifecycle.forget(name)
-                d.forget(name)
+                d.table.forget(name)
             # Its ID block is free again, for every lxpyd on the host.
             await self.security.publish()
         d.bus.lifecycle("container-deleted", f"containers/{name}")
@@ -364,8 +363,8 @@ class Containers:
             raise InvalidArgument(f"'unset' must be a list of keys, got {unset!r}")
         for key in unset:
             check_key_length(key)
-        async with d.lock(name):
-            old = d.require(name)
+        async with d.table.lock(name):
+            old = d.table.require(name)
             new = old.with_config(set_, unset)
             check_update(old, new.config)
             await configcheck.check_change(d, self.networks, name, old.config, new.config, sees)
@@ -390,7 +389,7 @@ class Containers:
                         f"restore the port filters of {name}",
                     )
                 raise
-            d.records[name] = new
+            d.table.put(new)
             if live:
                 await self.resources.rebalance()
         d.bus.lifecycle(
@@ -419,12 +418,12 @@ class Containers:
         """POST /1.0/containers/NAME/rename: storage, then the record (undone on failure)."""
         d = self.d
         new = validate_name(body.get("name"))
-        async with d.lock(name):
-            old_record = d.require(name)
+        async with d.table.lock(name):
+            old_record = d.table.require(name)
             self._require_stopped(name, "rename")
             if new == name:
                 return await self.describe(name)
-            d.reserve(new)
+            d.table.reserve(new)
             try:
                 async with d.journal.begin("rename", name=name, new=new) as op:
                     await d.storage(d.backend.rename_container, name, new, op.step)
@@ -440,14 +439,12 @@ class Containers:
                         await d.files(_move_logs, d.console_log(name), d.console_log(new))
                     except (OSError, LxpyError) as e:
                         log.warning("rename %s to %s: console log not moved: %s", name, new, e)
-                d.records[new] = record
-                d.states[new] = d.states[name]
-                d.forget(name)
+                d.table.rename(name, record)
                 # Its NICs' MACs change with its name.
                 await self.networks.release(name, old_record.config)
                 await self.security.rename(name, new)
             finally:
-                d.reserved.discard(new)
+                d.table.unreserve(new)
         d.bus.lifecycle("container-renamed", f"containers/{new}", {"old": name, "new": new})
         return await self.describe(new)
 
@@ -465,10 +462,10 @@ class Containers:
         instance_only = body.get("instance_only", False)
         if not isinstance(instance_only, bool):
             raise InvalidArgument(f"'instance_only' must be true or false, got {instance_only!r}")
-        async with d.lock(name):
-            src = d.require(name)
+        async with d.table.lock(name):
+            src = d.table.require(name)
             config = {k: v for k, v in src.config.items() if k not in COPY_DROPS}
-            d.reserve(dst)
+            d.table.reserve(dst)
             try:
                 async with d.journal.begin("copy", name=dst, source=name) as op:
                     await d.storage(d.backend.clone_container, name, dst)
@@ -487,7 +484,7 @@ class Containers:
                     base = replace(src, snapshot_devices={}) if instance_only else src
                     await self._record_new(op, dst, src.template, config, shifted, owner, base=base)
             finally:
-                d.reserved.discard(dst)
+                d.table.unreserve(dst)
                 await self.security.release(dst)
         dropped = sorted(k for k in COPY_DROPS if k in src.config)
         d.bus.lifecycle("container-copied", f"containers/{dst}", {"source": name})
@@ -495,7 +492,7 @@ class Containers:
 
     # -- snapshots ----------------------------------------------------------
     async def snapshots(self, name: str) -> list[dict[str, object]]:
-        self.d.require(name)
+        self.d.table.require(name)
         infos = await self.d.storage(self.d.backend.list_snapshots, name)
         return [{"name": s.name, "created_at": s.created_at} for s in infos]
 
@@ -503,8 +500,8 @@ class Containers:
         """POST /1.0/containers/NAME/snapshots: `{"name": "s1"}` or the next `snapN`."""
         d = self.d
         wanted = _str_field(body, "name", required=False)
-        async with d.lock(name):
-            d.require(name)
+        async with d.table.lock(name):
+            d.table.require(name)
             existing = await d.storage(self._snapshot_names, name)
             if wanted is None:
                 nums = [int(m.group(1)) for s in existing if (m := re.fullmatch(r"snap(\d+)", s))]
@@ -523,9 +520,9 @@ class Containers:
                 )
                 op.step("snapshot-made")
                 # Its devices, restored with it (one atomic write).
-                record = d.require(name).with_snapshot(snap, keep=True)
+                record = d.table.require(name).with_snapshot(snap, keep=True)
                 await d.files(d.registry.save, record)
-                d.records[name] = record
+                d.table.put(record)
             infos = await d.storage(d.backend.list_snapshots, name)
         d.bus.lifecycle("snapshot-created", f"containers/{name}", {"snapshot": snap})
         info = next((s for s in infos if s.name == snap), None)
@@ -560,8 +557,8 @@ class Containers:
             after it (the restored rootfs stays; the message says so).
         """
         d = self.d
-        async with d.lock(name):
-            d.require(name)
+        async with d.table.lock(name):
+            d.table.require(name)
             await self._require_snapshot(name, snap)
             running = name in self.lifecycle.runs
             if running:
@@ -577,12 +574,12 @@ class Containers:
                     op.undo(lambda: self.lifecycle.start_locked(name), f"start {name} again")
                 await d.storage(d.backend.restore_snapshot, name, snap, op.step)
                 # The devices it was taken with, if it recorded them.
-                record = d.require(name)
+                record = d.table.require(name)
                 kept = record.snapshot_devices.get(snap)
                 if kept is not None and kept != record.devices:
                     record = replace(record, devices=kept)
                     await d.files(d.registry.save, record)
-                    d.records[name] = record
+                    d.table.put(record)
             d.bus.lifecycle("snapshot-restored", f"containers/{name}", {"snapshot": snap})
             if running:
                 try:
@@ -600,18 +597,18 @@ class Containers:
     async def delete_snapshot(self, name: str, snap: str) -> dict[str, object]:
         """DELETE /1.0/containers/NAME/snapshots/SNAP."""
         d = self.d
-        async with d.lock(name):
-            d.require(name)
+        async with d.table.lock(name):
+            d.table.require(name)
             await self._require_snapshot(name, snap)
             # One rename out of sight, then the delete (its .trash- name).
             async with d.journal.begin("snapshot-delete", durable=False) as op:
                 await d.storage(d.backend.delete_snapshot, name, snap)
                 op.step("snapshot-deleted")
-            record = d.require(name)
+            record = d.table.require(name)
             if snap in record.snapshot_devices:
                 record = record.with_snapshot(snap, keep=False)
                 await d.files(d.registry.save, record)
-                d.records[name] = record
+                d.table.put(record)
         d.bus.lifecycle("snapshot-deleted", f"containers/{name}", {"snapshot": snap})
         return {}
 

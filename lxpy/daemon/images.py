@@ -441,8 +441,8 @@ class Images:
         await self._check_free(aliases)
         fp = secrets.token_hex(32)
         vol = volume_name(fp)
-        async with d.lock(name):
-            record = d.require(name)
+        async with d.table.lock(name):
+            record = d.table.require(name)
             if snap is None:
                 src = d.backend.container_path(name)
                 state = d.states.get(name)

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,7 +36,8 @@ from lxpy.daemon.monitors import Lines, monitor_request
 from lxpy.daemon.networks import Networks, joins_network
 from lxpy.daemon.resources import Resources
 from lxpy.daemon.security import Security
-from lxpy.daemon.state import Daemon, RunInfo
+from lxpy.daemon.state import Daemon
+from lxpy.daemon.table import RunInfo, StopAsked, Watch
 from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel import systemd
 from lxpy.kernel.cgroups import ContainerCgroup
@@ -51,8 +52,6 @@ from lxpy.runtime.control import check_reply
 from lxpy.runtime.spec import LaunchSpec
 from lxpy.runtime.zygote import SPAWN_TIMEOUT, encode_request, spawn_request, start_zygote
 from lxpy.storage import prefetch
-
-__all__ = ["Lifecycle", "RunInfo"]
 
 log = logging.getLogger("lxpyd.lifecycle")
 
@@ -85,15 +84,7 @@ STOPPED_BY_LXPY = "stopped by lxpy"
 RESTARTED_BY_LXPY = "restarted by lxpy"
 
 
-@dataclass(frozen=True)
-class _StopAsked:
-    """How lxpy asked a container to stop: killed at once, or after `grace` s."""
-
-    force: bool
-    grace: float
-
-
-def _exit_info(raw: object, asked: _StopAsked | None = None) -> dict[str, object] | None:
+def _exit_info(raw: object, asked: StopAsked | None = None) -> dict[str, object] | None:
     # The monitor's last_exit carries more (at, stopped, forced); the API
     # shows reason and detail. A stop that lxpy asked for says so: how init
     # ended says nothing then (the halt signal makes init call reboot(2),
@@ -112,26 +103,6 @@ def _exit_info(raw: object, asked: _StopAsked | None = None) -> dict[str, object
         else:
             detail += f" (killed: still running after the {asked.grace:g} s timeout)"
     return {"reason": "stopped", "detail": detail}
-
-
-@dataclass
-class _Run:
-    """What the daemon holds for a container whose monitor it follows."""
-
-    socket: Path
-    # Set by the watcher once the container has ended and is cleaned up.
-    ended: trio.Event = field(default_factory=trio.Event)
-    # Whether its init said this boot is done (lxpy.runtime.readiness), as
-    # the monitor last reported; `changed` fires (and is replaced) when it
-    # changes or the container ends.
-    ready: bool = False
-    changed: trio.Event = field(default_factory=trio.Event)
-
-    def set_ready(self, ready: bool) -> None:
-        if ready != self.ready:
-            self.ready = ready
-            self.changed.set()
-            self.changed = trio.Event()
 
 
 class Lifecycle:
@@ -158,11 +129,10 @@ class Lifecycle:
         # restart policy (lxpy.daemon.autostart), through on_events().
         self._client_start: Callable[[str], None] = _ignore_start
         self._ended_hook: Callable[[str, Mapping[str, object] | None], None] = _ignore_end
-        self.runs: dict[str, _Run] = {}
-        # Why init last ended, per container (kept after it stopped).
-        self.last_exit: dict[str, dict[str, object] | None] = {}
-        # How the stops under way were asked for (for last_exit's detail).
-        self._stops: dict[str, _StopAsked] = {}
+        # What it holds per container is in the container table (entry
+        # fields watch, run, last_exit, stop_asked); these read it.
+        self.runs = d.table.watches
+        self.last_exit = d.table.last_exits
         self._zygote_lock = trio.Lock()
         self._zygote: subprocess.Popen[bytes] | None = None
         # Parsed template definitions, valid while the files stay the same.
@@ -181,6 +151,13 @@ class Lifecycle:
         with the monitor's last_exit."""
         self._client_start = client_start
         self._ended_hook = ended
+
+    def set_last_exit(self, name: str, why: dict[str, object] | None) -> None:
+        """Keep `why` as why container `name`'s init last ended (the API's
+        last_exit); nothing is kept for a container deleted meanwhile."""
+        entry = self.d.table.get(name)
+        if entry is not None:
+            entry.last_exit = why
 
     # -- paths -----------------------------------------------------------------
     @property
@@ -408,10 +385,10 @@ class Lifecycle:
             NotFound; Busy (frozen); LxpyError: why it did not start
             (nothing of the attempt is left behind).
         """
-        async with self.d.lock(name):
+        async with self.d.table.lock(name):
             state = self.d.states.get(name)
             if name in self.runs and state == State.RUNNING:
-                self.d.require(name)
+                self.d.table.require(name)
                 return False
             if state == State.FROZEN:
                 raise Busy(f"container {name!r} is frozen", hint=f"thaw it: lxpy unfreeze {name}")
@@ -425,14 +402,14 @@ class Lifecycle:
 
     async def _start_locked(self, name: str) -> None:
         d = self.d
-        record = d.require(name)
+        record = d.table.require(name)
         state = d.states.get(name)
         if state not in (State.STOPPED, State.ERROR) or name in self.runs:
             raise Busy(
                 f"container {name!r} is already running ({state})",
                 hint=f"`lxpy restart {name}` restarts it",
             )
-        d.set_state(name, State.STARTING)
+        d.table.set_state(name, State.STARTING)
         try:
             spec = await d.files(self._prepare, record)
             # The read-ahead first: it runs beside everything below.
@@ -481,22 +458,24 @@ class Lifecycle:
                 await d.files(_remove_run_dir, d.container_run_dir(name))
                 await d.files(self.security.unpin_userns, name)
             msg = e.message if isinstance(e, LxpyError) else f"{type(e).__name__}: {e}"
-            self.last_exit[name] = {"reason": "error", "detail": msg}
-            d.set_state(name, State.STOPPED)
+            self.set_last_exit(name, {"reason": "error", "detail": msg})
+            d.table.set_state(name, State.STOPPED)
             raise
         sock = Path(spec.control_socket)
-        d.running[name] = RunInfo(
+        entry = d.table.get(name)
+        assert entry is not None  # its lock is held: it cannot be deleted
+        entry.run = RunInfo(
             init_pid=int(reply["init_pid"]),  # type: ignore[call-overload]
             monitor_pid=int(reply["monitor_pid"]),  # type: ignore[call-overload]
             started_at=_iso(datetime.now(UTC).timestamp()),
             socket=sock,
         )
-        self.last_exit[name] = None
-        d.set_state(name, State.RUNNING)
+        entry.last_exit = None
+        d.table.set_state(name, State.RUNNING)
         if d.ksmd is not None:
             d.ksmd.kick()
-        run = _Run(sock)
-        self.runs[name] = run
+        run = Watch(sock)
+        entry.watch = run
         await self.nursery.start(self._watch, name, run)
         info = d.running.get(name)
         if info is not None:
@@ -518,7 +497,11 @@ class Lifecycle:
 
     # -- following a monitor ---------------------------------------------------
     async def _watch(
-        self, name: str, run: _Run, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        name: str,
+        run: Watch,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         started = False
         try:
@@ -562,16 +545,17 @@ class Lifecycle:
         """A status or state event from the monitor."""
         d = self.d
         new = _STATES.get(str(status.get("state")))
-        if new is None or name not in d.states:
+        entry = d.table.get(name)
+        if new is None or entry is None or entry.state is None:
             return
         if status.get("last_exit") is not None:
             # After a reboot inside: why the previous init ended.
-            self.last_exit[name] = _exit_info(status.get("last_exit"))
-        info = d.running.get(name)
+            entry.last_exit = _exit_info(status.get("last_exit"))
+        info = entry.run
         pid = status.get("init_pid")
         if info is not None and isinstance(pid, int) and pid > 0 and pid != info.init_pid:
             # A reboot: a new init (and a new pid namespace) under the same monitor.
-            d.running[name] = RunInfo(
+            entry.run = RunInfo(
                 init_pid=pid,
                 monitor_pid=info.monitor_pid,
                 started_at=_iso(status.get("started_at")) or info.started_at,
@@ -580,27 +564,33 @@ class Lifecycle:
             # Its monitor re-made the disks it was started with: the ones
             # changed live since are made right again.
             self.nursery.start_soon(self.devices.rebooted, name, pid)
-        if d.states[name] == State.STOPPING and new != State.STOPPING:
+        if entry.state == State.STOPPING and new != State.STOPPING:
             return  # a stop is under way: only its end counts
-        d.set_state(name, new)
+        d.table.set_state(name, new)
 
-    async def _ended(self, name: str, run: _Run) -> None:
+    async def _ended(self, name: str, run: Watch) -> None:
         d = self.d
         data = await d.files(_read_json, self.state_file(name))
-        info = d.running.pop(name, None)
-        asked = self._stops.pop(name, None)
+        info, asked = None, None
+        entry = d.table.get(name)
+        if entry is not None:
+            info, asked = entry.run, entry.stop_asked
+            entry.run, entry.stop_asked = None, None
         if data is not None and data.get("state") == "STOPPED":
             new = State.STOPPED
-            self.last_exit[name] = _exit_info(data.get("last_exit"), asked)
+            self.set_last_exit(name, _exit_info(data.get("last_exit"), asked))
             lost = False
         else:
             new = State.ERROR
             pid = info.monitor_pid if info else "?"
-            self.last_exit[name] = {
-                "reason": "monitor-lost",
-                "detail": f"its monitor (pid {pid}) ended without saying why init ended; "
-                "the container was killed with it",
-            }
+            self.set_last_exit(
+                name,
+                {
+                    "reason": "monitor-lost",
+                    "detail": f"its monitor (pid {pid}) ended without saying why init ended; "
+                    "the container was killed with it",
+                },
+            )
             lost = True
             # Init died with its monitor (PDEATHSIG); whatever came in from
             # outside (nsenter) and the cgroup directories go too.
@@ -610,10 +600,11 @@ class Lifecycle:
         await d.files(self.security.unpin_userns, name)
         if not lost:
             await d.files(_remove_run_dir, d.container_run_dir(name))
-        if self.runs.get(name) is run:
-            del self.runs[name]
+        entry = d.table.get(name)
+        if entry is not None and entry.watch is run:
+            entry.watch = None
         if name in d.states:
-            d.set_state(name, new)
+            d.table.set_state(name, new)
         log.info("container %s ended: %s", name, self.last_exit.get(name))
         await self.resources.rebalance()
         if not lost and name in d.states:
@@ -632,21 +623,23 @@ class Lifecycle:
             NotFound; InvalidArgument: it is not running; LxpyError: the
             monitor did not answer in time.
         """
-        async with self.d.lock(name):
+        async with self.d.table.lock(name):
             await self.stop_locked(name, grace, force)
 
     async def stop_locked(self, name: str, grace: float, force: bool) -> None:
         """stop() for a caller that holds the container's lock."""
         d = self.d
-        d.require(name)
+        d.table.require(name)
         run = self.runs.get(name)
         if run is None:
             raise InvalidArgument(
                 f"container {name!r} is not running",
                 hint=f"its state is {d.states.get(name)}; start it with: lxpy start {name}",
             )
-        d.set_state(name, State.STOPPING)
-        self._stops[name] = _StopAsked(force, grace)
+        d.table.set_state(name, State.STOPPING)
+        entry = d.table.get(name)
+        assert entry is not None  # its lock is held: it cannot be deleted
+        entry.stop_asked = StopAsked(force, grace)
         wait = (0 if force else grace) + STOP_MARGIN
         try:
             if force:
@@ -671,7 +664,7 @@ class Lifecycle:
             as stop() and start(); InvalidArgument, Busy: a config the start
             would refuse (the container is left running).
         """
-        async with self.d.lock(name):
+        async with self.d.table.lock(name):
             running = name in self.runs
             if running:
                 await self.check_start(name)
@@ -688,14 +681,14 @@ class Lifecycle:
         Raises:
             NotFound; InvalidArgument, Busy: naming the key and what is wrong.
         """
-        record = self.d.require(name)
+        record = self.d.table.require(name)
         init = await self.d.files(lambda: self._spec(record, self._template(record)).init)
         await configcheck.check_start(self.d, self.networks, name, record.config, init, snapshot)
 
     def restarted(self, name: str, detail: str) -> None:
         """Record that lxpy stopped and started container `name` again
         (its last_exit while it runs, as a reboot inside records one)."""
-        self.last_exit[name] = {"reason": "restarted", "detail": detail}
+        self.set_last_exit(name, {"reason": "restarted", "detail": detail})
 
     # -- freeze ----------------------------------------------------------------
     async def freeze(self, name: str, on: bool) -> None:
@@ -704,9 +697,9 @@ class Lifecycle:
         Raises:
             NotFound; InvalidArgument: not running; Busy: the monitor refused.
         """
-        async with self.d.lock(name):
+        async with self.d.table.lock(name):
             d = self.d
-            d.require(name)
+            d.table.require(name)
             run = self.runs.get(name)
             if run is None or d.states.get(name) not in (State.RUNNING, State.FROZEN):
                 raise InvalidArgument(
@@ -714,13 +707,13 @@ class Lifecycle:
                     hint=f"its state is {d.states.get(name)}",
                 )
             await monitor_request(run.socket, "freeze" if on else "thaw")
-            d.set_state(name, State.FROZEN if on else State.RUNNING)
+            d.table.set_state(name, State.FROZEN if on else State.RUNNING)
 
     # -- console log -----------------------------------------------------------
     async def console_log(self, name: str) -> str:
         """The console output kept since boot (the monitor's ring buffer), or
         the tail of the console log file when it is not running."""
-        self.d.require(name)
+        self.d.table.require(name)
         run = self.runs.get(name)
         if run is not None:
             try:
@@ -733,8 +726,6 @@ class Lifecycle:
     # -- deleting and renaming -------------------------------------------------
     async def forget(self, name: str) -> None:
         """Remove what a deleted container left here (run dir, console logs)."""
-        self.last_exit.pop(name, None)
-        self._stops.pop(name, None)
 
         def work() -> None:
             _remove_run_dir(self.d.container_run_dir(name))
@@ -781,22 +772,25 @@ class Lifecycle:
                 status = await monitor_request(sock, "status", wait=5)
             except LxpyError as e:
                 log.warning("container %s: its monitor socket does not answer: %s", name, e.message)
+        entry = d.table.get(name)
+        assert entry is not None  # adopt_all() goes through the records
         if status is not None and status.get("state") in _STATES:
-            d.running[name] = RunInfo(
+            info = RunInfo(
                 init_pid=int(status.get("init_pid") or 0),  # type: ignore[call-overload]
                 monitor_pid=int(status.get("monitor_pid") or 0),  # type: ignore[call-overload]
                 started_at=_iso(status.get("started_at")),
                 socket=sock,
             )
-            d.states[name] = _STATES[str(status["state"])]
+            entry.run = info
+            d.table.found(name, _STATES[str(status["state"])])
             if int(status.get("boots") or 0) > 1:  # type: ignore[call-overload]
-                self.last_exit[name] = _exit_info(status.get("last_exit"))
-            run = _Run(sock, ready=status.get("ready") is True)
-            self.runs[name] = run
+                entry.last_exit = _exit_info(status.get("last_exit"))
+            run = Watch(sock, ready=status.get("ready") is True)
+            entry.watch = run
             await self.nursery.start(self._watch, name, run)
-            await self.devices.adopted(name, d.running[name].init_pid)
-            log.info("container %s: adopted (init %s)", name, d.running[name].init_pid)
-            await self._into_scope(name, d.running[name].monitor_pid)
+            await self.devices.adopted(name, info.init_pid)
+            log.info("container %s: adopted (init %s)", name, info.init_pid)
+            await self._into_scope(name, info.monitor_pid)
             return
         data = await d.files(_read_json, self.state_file(name))
         if data is None:
@@ -805,11 +799,11 @@ class Lifecycle:
             await d.files(self.security.unpin_userns, name)
             return
         if data.get("state") == "STOPPED":
-            self.last_exit[name] = _exit_info(data.get("last_exit"))
+            entry.last_exit = _exit_info(data.get("last_exit"))
             await d.files(_remove_run_dir, d.container_run_dir(name))
         else:
-            d.states[name] = State.ERROR
-            self.last_exit[name] = {
+            d.table.found(name, State.ERROR)
+            entry.last_exit = {
                 "reason": "monitor-lost",
                 "detail": f"its monitor (pid {data.get('monitor_pid', '?')}) is gone; "
                 f"the container was {data.get('state', 'running')} when it was last seen",

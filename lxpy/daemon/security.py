@@ -334,7 +334,7 @@ class Security:
         new = replace(record, idmap=rec)
         try:
             await self.d.files(self.d.registry.save, new)
-            self.d.records[record.name] = new
+            self.d.table.put(new)
             self.stale.discard(record.name)
         finally:
             await self.release(record.name)

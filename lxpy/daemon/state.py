@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,22 +24,16 @@ from lxpy.daemon.journal import Journal
 from lxpy.daemon.merging import Ksmd
 from lxpy.daemon.operations import Operations
 from lxpy.daemon.registry import Registry
+from lxpy.daemon.table import ContainerTable
 from lxpy.errors import (
-    AlreadyExists,
-    InvalidArgument,
-    LxpyError,
-    NotFound,
     PoolFull,
     is_full,
     pool_full,
 )
 from lxpy.kernel import systemd
 from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy
-from lxpy.model.config import Container
 from lxpy.model.network import root_id
 from lxpy.model.settings import Settings
-from lxpy.model.state import State, can_move
-from lxpy.model.suggest import not_found_hint
 from lxpy.storage.base import Backend
 from lxpy.storage.pool import pool_info
 from lxpy.storage.space import space_of
@@ -48,17 +41,6 @@ from lxpy.storage.space import space_of
 log = logging.getLogger("lxpyd")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """A running container as lxpyd knows it: its processes and monitor socket."""
-
-    init_pid: int
-    monitor_pid: int
-    # ISO 8601, UTC: when init (last) started.
-    started_at: str
-    socket: Path
 
 
 class Daemon:
@@ -87,17 +69,14 @@ class Daemon:
         # Two lets a long copy not stall every other storage call.
         self.storage_limiter = trio.CapacityLimiter(2)
         self.file_limiter = trio.CapacityLimiter(4)
-        self.records: dict[str, Container] = {}
+        # One entry per container; the views below read it.
+        self.table = ContainerTable(self.bus, registry.record_path)
+        self.records = self.table.records
         # Containers whose record file could not be read: name -> reason.
-        self.broken: dict[str, str] = {}
-        self.states: dict[str, State] = {}
-        # Containers whose monitor runs (RUNNING, FROZEN, STOPPING, or
-        # STARTING during a reboot): name -> its processes and socket.
-        self.running: dict[str, RunInfo] = {}
-        self._locks: dict[str, trio.Lock] = {}
-        # Names being created, copied or renamed to: not in `records` yet,
-        # but taken.
-        self.reserved: set[str] = set()
+        self.broken = self.table.broken
+        self.states = self.table.states
+        # Containers whose monitor runs: name -> its processes and socket.
+        self.running = self.table.running
         # This daemon's run dir (RUN/...): unique per daemon root.
         self.run_dir = run_dir
         # Runs ksmd after starts (setting `ksm`); None when off.
@@ -107,15 +86,6 @@ class Daemon:
         self.scopes = scopes
         # The AppArmor profile privileged containers run under, or "".
         self.apparmor = apparmor
-
-    def load(self, records: dict[str, Container], broken: dict[str, str]) -> None:
-        """Know the containers of the registry: `records` (STOPPED until
-        adopted) and `broken`, name -> why its record cannot be read (ERROR)."""
-        self.records, self.broken = records, broken
-        for name in records:
-            self.states[name] = State.STOPPED
-        for name in broken:
-            self.states[name] = State.ERROR
 
     def container_run_dir(self, name: str) -> Path:
         """Where container `name`'s runtime files live (monitor socket, state
@@ -204,71 +174,6 @@ class Daemon:
         if root.fsid != pool.fsid:
             where += f"; lxpyd's records are on another filesystem: {root.describe()}"
         return pool_full(what, where)
-
-    def lock(self, name: str) -> trio.Lock:
-        """The lock that serializes requests on container `name`."""
-        return self._locks.setdefault(name, trio.Lock())
-
-    def forget(self, name: str) -> None:
-        """Drop everything held in memory about container `name`."""
-        self.records.pop(name, None)
-        self.broken.pop(name, None)
-        self.states.pop(name, None)
-        self.running.pop(name, None)
-        self._locks.pop(name, None)
-
-    def known(self, name: str) -> bool:
-        return name in self.records or name in self.broken
-
-    def require(self, name: str) -> Container:
-        """The record of container `name`.
-
-        Raises:
-            NotFound: no such container.
-            LxpyError: its record file is broken (with the reason).
-        """
-        if name in self.broken:
-            raise InvalidArgument(
-                f"container {name!r} has a broken record: {self.broken[name]}",
-                hint=f"fix {self.registry.record_path(name)} and restart lxpyd, "
-                "or delete the container",
-            )
-        try:
-            return self.records[name]
-        except KeyError:
-            raise NotFound(
-                f"container {name!r} not found",
-                hint=not_found_hint(name, self.states, "known containers", "`lxpy list`"),
-            ) from None
-
-    def reserve(self, name: str) -> None:
-        """Claim `name` for a container being made.
-
-        Raises:
-            AlreadyExists: a container has it, or is being made with it.
-        """
-        if self.known(name) or name in self.reserved:
-            raise AlreadyExists(
-                f"container {name!r} already exists", hint="pick another name or delete it first"
-            )
-        self.reserved.add(name)
-
-    def set_state(self, name: str, new: State) -> None:
-        """Move container `name` to state `new` and tell the event bus.
-
-        Raises:
-            LxpyError: the lifecycle does not allow that move
-                (model/state.TRANSITIONS): a bug, logged; nothing changes.
-        """
-        old = self.states.get(name)
-        if old is not None and old != new and not can_move(old, new):
-            log.error("container %s: %s -> %s is not a move of its lifecycle", name, old, new)
-            raise LxpyError(f"internal error: container {name!r} cannot go from {old} to {new}")
-        self.states[name] = new
-        if old is not None and old != new:
-            self.bus.lifecycle(
-                "container-state", f"containers/{name}", {"old": str(old), "new": str(new)}
-            )
 
     async def info(self) -> dict[str, object]:
         """GET /1.0."""

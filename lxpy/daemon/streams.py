@@ -69,7 +69,7 @@ def require_upgrade(req: Request) -> None:
 
 
 def _monitor_socket(d: Daemon, name: str) -> Path:
-    d.require(name)
+    d.table.require(name)
     run = d.running.get(name)
     if run is None:
         raise InvalidArgument(

@@ -106,7 +106,7 @@ class Disk(DeviceType):
 
     async def check(self, h: DeviceHost, dev: Dev) -> None:
         opts = dev.options
-        record = h.d.require(dev.container)
+        record = h.d.table.require(dev.container)
         for other, o in record.devices.items():
             if other != dev.name and o.get("type") == self.NAME and o.get("path") == opts["path"]:
                 raise InvalidArgument(

@@ -105,7 +105,7 @@ class NicDevice(DeviceType):
 
     async def check(self, h: DeviceHost, dev: Dev) -> None:
         o = dev.options
-        record = h.d.require(dev.container)
+        record = h.d.table.require(dev.container)
         taken = {f"eth{i}" for i in range(len(network_list(record.config.get("network"))))}
         for other, oo in record.devices.items():
             if other != dev.name and oo.get("type") == self.NAME:

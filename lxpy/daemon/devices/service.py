@@ -58,12 +58,12 @@ class Devices:
 
     def list(self, name: str) -> list[dict[str, object]]:
         """GET /1.0/containers/NAME/devices."""
-        record = self.d.require(name)
+        record = self.d.table.require(name)
         return [self.describe(name, n, o) for n, o in sorted(record.devices.items())]
 
     def get(self, name: str, dev: str) -> dict[str, object]:
         """GET /1.0/containers/NAME/devices/DEV."""
-        record = self.d.require(name)
+        record = self.d.table.require(name)
         return self.describe(name, dev, self._require(record, dev))
 
     def _require(self, record: Container, dev: str) -> Mapping[str, str]:
@@ -109,8 +109,8 @@ class Devices:
             raise InvalidArgument(f"'type' must be a device type, got {kind!r}")
         if not isinstance(config, dict):
             raise InvalidArgument(f"'config' must be an object of key: value, got {config!r}")
-        async with d.lock(name):
-            record = d.require(name)
+        async with d.table.lock(name):
+            record = d.table.require(name)
             if dev in record.devices:
                 raise AlreadyExists(
                     f"container {name!r} has a device {dev!r} already",
@@ -139,7 +139,7 @@ class Devices:
                     op.step("plugged")
                 await d.files(d.registry.save, new)
                 op.step("recorded")
-            d.records[name] = new
+            d.table.put(new)
             if in_effect:
                 self.active.setdefault(name, set()).add(dev)
         d.bus.lifecycle("device-added", f"containers/{name}", {"device": dev, "live": in_effect})
@@ -153,8 +153,8 @@ class Devices:
             NotFound; Unsupported: its type cannot leave a running container.
         """
         d = self.d
-        async with d.lock(name):
-            record = d.require(name)
+        async with d.table.lock(name):
+            record = d.table.require(name)
             options = self._require(record, dev)
             device = Dev(name, dev, options)
             t = device_type(options["type"])
@@ -175,7 +175,7 @@ class Devices:
                     op.step("unplugged")
                 await d.files(d.registry.save, new)
                 op.step("recorded")
-            d.records[name] = new
+            d.table.put(new)
             self.active.get(name, set()).discard(dev)
             await _quietly(t.forget(self.host, device), f"forget {device.label}")
         d.bus.lifecycle("device-removed", f"containers/{name}", {"device": dev, "live": live})
@@ -265,7 +265,7 @@ class Devices:
         the others set up again where they lived in the old init's mount
         namespace (a unix device's node)."""
         d = self.d
-        async with d.lock(name):
+        async with d.table.lock(name):
             record = d.records.get(name)
             if record is None or self._init_pid(name) != pid:
                 return
@@ -339,7 +339,7 @@ class Devices:
                 await t.unplug(self.host, device, pid)
             new = record.with_device(dev, None)
             await d.files(d.registry.save, new)
-            d.records[name] = new
+            d.table.put(new)
         self.active.get(name, set()).discard(dev)
         await _quietly(t.forget(self.host, device), f"forget {device.label}")
         return "completed"

@@ -68,7 +68,7 @@ class UnixDevice(DeviceType):
 
     async def check(self, h: DeviceHost, dev: Dev) -> None:
         await trio.to_thread.run_sync(hostdev.inspect, dev.options["source"], self.NAME)
-        record = h.d.require(dev.container)
+        record = h.d.table.require(dev.container)
         for other, o in record.devices.items():
             if other != dev.name and o.get("type") in TYPES and _target(o) == _target(dev.options):
                 raise InvalidArgument(
