@@ -30,7 +30,7 @@ from pathlib import Path
 import trio
 
 from lxpy.build.rootfs import check_init, set_hostname_files
-from lxpy.daemon import configcheck, security
+from lxpy.daemon import configcheck
 from lxpy.daemon.devices.service import Devices
 from lxpy.daemon.monitors import Lines, monitor_request
 from lxpy.daemon.networks import Networks, joins_network
@@ -415,14 +415,12 @@ class Lifecycle:
             # The read-ahead first: it runs beside everything below.
             if d.settings.read_ahead:
                 self.nursery.start_soon(self._read_ahead, spec.rootfs, spec.init)
-            # Unprivileged: its ID range (picked now if it has none yet).
-            record = await self.security.for_start(record)
+            # Its security settings checked once; unprivileged: its ID
+            # range (picked now if it has none yet).
+            sec = await self.security.for_start(record)
+            record, ids = sec.record, sec.ids
             res = self.resources.launch_fields(name, record.config)
-            spec = replace(spec, **res, **security.launch_fields(record))  # type: ignore[arg-type]
-            ids: IdMap | None = None
-            if spec.uid_base and record.idmap is not None:
-                rec = record.idmap
-                ids = IdMap(rec.uid_base, rec.gid_base, rec.size)
+            spec = replace(spec, **res, **sec.fields)  # type: ignore[arg-type]
             # An unprivileged container on a network has its user namespace
             # made and pinned first, to own the network namespace the veths
             # go into. On no network the launch makes it (one step less).
