@@ -32,6 +32,7 @@ import trio
 from lxpy.build.rootfs import check_init, set_hostname_files
 from lxpy.daemon import configcheck
 from lxpy.daemon.devices.service import Devices
+from lxpy.daemon.journal import Intent
 from lxpy.daemon.monitors import Lines, monitor_request
 from lxpy.daemon.networks import Networks, joins_network
 from lxpy.daemon.resources import Resources
@@ -410,7 +411,14 @@ class Lifecycle:
                 hint=f"`lxpy restart {name}` restarts it",
             )
         d.table.set_state(name, State.STARTING)
+        # Each step that leaves something on the host registers its undo
+        # beside it; a failure or a cancel runs them, last first, shielded.
+        undo = Intent("start", None)
         try:
+            # _prepare makes the run dir first: gone again whatever fails.
+            undo.undo(
+                lambda: d.files(_remove_run_dir, d.container_run_dir(name)), "remove its run dir"
+            )
             spec = await d.files(self._prepare, record)
             # The read-ahead first: it runs beside everything below.
             if d.settings.read_ahead:
@@ -424,6 +432,9 @@ class Lifecycle:
             # An unprivileged container on a network has its user namespace
             # made and pinned first, to own the network namespace the veths
             # go into. On no network the launch makes it (one step less).
+            # Unpinned again on failure (idempotent: pinned here, or by the
+            # zygote in make_ns).
+            undo.undo(lambda: d.files(self.security.unpin_userns, name), "unpin its userns")
             userns = ""
             if ids is not None and joins_network(record.config):
                 userns = await d.files(self.security.prepare_userns, name)
@@ -437,24 +448,19 @@ class Lifecycle:
 
             # Devices: what the launch mounts, and host state they take.
             plan = await self.devices.plan_start(record)
-            spec = replace(spec, mounts=tuple(plan.mounts))
-            try:
-                handle = await self.networks.attach(name, record.config, userns, make_ns=make_ns)
-                try:
-                    spec = replace(spec, netns=handle.path)
-                    reply = await self._spawn(spec)
-                except BaseException:
-                    with trio.CancelScope(shield=True):
-                        await self.networks.detach(name)
-                    raise
-            except BaseException:
+
+            async def release_devices() -> None:
                 self.devices.active.pop(name, None)
                 await self.devices.undo_start(plan)
-                raise
+
+            undo.undo(release_devices, "release its devices")
+            spec = replace(spec, mounts=tuple(plan.mounts))
+            handle = await self.networks.attach(name, record.config, userns, make_ns=make_ns)
+            undo.undo(lambda: self.networks.detach(name), "detach its network")
+            spec = replace(spec, netns=handle.path)
+            reply = await self._spawn(spec)
         except BaseException as e:
-            with trio.CancelScope(shield=True):
-                await d.files(_remove_run_dir, d.container_run_dir(name))
-                await d.files(self.security.unpin_userns, name)
+            await undo.revert()
             msg = e.message if isinstance(e, LxpyError) else f"{type(e).__name__}: {e}"
             self.set_last_exit(name, {"reason": "error", "detail": msg})
             d.table.set_state(name, State.STOPPED)
