@@ -139,7 +139,6 @@ async def assemble(settings: Settings, nursery: trio.Nursery) -> Services:
         run_dir=run_dir,
         scopes=scopes,
         apparmor=profile,
-        ksmd=ksmd,
     )
     if d.scopes:
         log.info("containers run in systemd scopes under %s", systemd.SLICE)
@@ -170,7 +169,7 @@ async def assemble(settings: Settings, nursery: trio.Nursery) -> Services:
     await resources.setup()
     volumes = Volumes(d)
     devices = Devices(d, networks, volumes, nursery)
-    lifecycle = Lifecycle(d, nursery, networks, security, resources, devices)
+    lifecycle = Lifecycle(d, nursery, networks, security, resources, devices, ksmd)
     boot = BootManager(d, nursery, lifecycle)
     templates = Templates(d)
     images = Images(d, lifecycle)

@@ -33,6 +33,7 @@ from lxpy.build.rootfs import check_init, set_hostname_files
 from lxpy.daemon import configcheck
 from lxpy.daemon.devices.service import Devices
 from lxpy.daemon.journal import Intent
+from lxpy.daemon.merging import Ksmd
 from lxpy.daemon.monitors import Lines, monitor_request
 from lxpy.daemon.networks import Networks, joins_network
 from lxpy.daemon.resources import Resources
@@ -118,6 +119,7 @@ class Lifecycle:
         security: Security,
         resources: Resources,
         devices: Devices,
+        ksmd: Ksmd | None = None,
     ) -> None:
         self.d = d
         self.nursery = nursery
@@ -125,6 +127,8 @@ class Lifecycle:
         self.security = security
         self.resources = resources
         self.devices = devices
+        # Runs ksmd after starts (setting `ksm`); None when off.
+        self.ksmd = ksmd
         # Who is told of a start a client asked for (name) and of an end
         # lxpy did not ask for (name, the monitor's last_exit): the
         # restart policy (lxpy.daemon.autostart), through on_events().
@@ -476,8 +480,8 @@ class Lifecycle:
         )
         entry.last_exit = None
         d.table.set_state(name, State.RUNNING)
-        if d.ksmd is not None:
-            d.ksmd.kick()
+        if self.ksmd is not None:
+            self.ksmd.kick()
         run = Watch(sock)
         entry.watch = run
         await self.nursery.start(self._watch, name, run)

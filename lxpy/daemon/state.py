@@ -21,7 +21,6 @@ import trio
 from lxpy import __version__
 from lxpy.daemon.events import EventBus
 from lxpy.daemon.journal import Journal
-from lxpy.daemon.merging import Ksmd
 from lxpy.daemon.operations import Operations
 from lxpy.daemon.registry import Registry
 from lxpy.daemon.table import ContainerTable
@@ -56,7 +55,6 @@ class Daemon:
         run_dir: Path,
         scopes: bool = False,
         apparmor: str = "",
-        ksmd: Ksmd | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -79,8 +77,6 @@ class Daemon:
         self.running = self.table.running
         # This daemon's run dir (RUN/...): unique per daemon root.
         self.run_dir = run_dir
-        # Runs ksmd after starts (setting `ksm`); None when off.
-        self.ksmd = ksmd
         # Containers run in systemd scope units of their own (setting
         # `systemd_scopes`).
         self.scopes = scopes
