@@ -132,13 +132,7 @@ async def assemble(settings: Settings, nursery: trio.Nursery) -> Services:
     backend = await trio.to_thread.run_sync(open_pool, settings)
     ksmd = Ksmd(RUN_BASE / "ksmd.started") if settings.ksm else None
     d = Daemon(
-        settings,
-        backend,
-        registry,
-        nursery,
-        run_dir=run_dir,
-        scopes=scopes,
-        apparmor=profile,
+        settings, backend, registry, nursery, run_dir=run_dir, scopes=scopes, apparmor=profile
     )
     if d.scopes:
         log.info("containers run in systemd scopes under %s", systemd.SLICE)

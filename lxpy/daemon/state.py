@@ -24,11 +24,7 @@ from lxpy.daemon.journal import Journal
 from lxpy.daemon.operations import Operations
 from lxpy.daemon.registry import Registry
 from lxpy.daemon.table import ContainerTable
-from lxpy.errors import (
-    PoolFull,
-    is_full,
-    pool_full,
-)
+from lxpy.errors import PoolFull, is_full, pool_full
 from lxpy.kernel import systemd
 from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy
 from lxpy.model.network import root_id
