@@ -459,7 +459,9 @@ class Lifecycle:
 
             undo.undo(release_devices, "release its devices")
             spec = replace(spec, mounts=tuple(plan.mounts))
-            handle = await self.networks.attach(name, record.config, userns, make_ns=make_ns)
+            handle = await self.networks.attach(
+                name, record.config, userns, make_ns=make_ns, security=sec.settings
+            )
             undo.undo(lambda: self.networks.detach(name), "detach its network")
             spec = replace(spec, netns=handle.path)
             reply = await self._spawn(spec)

@@ -50,6 +50,7 @@ from lxpy.model.network import (
     validate_network_name,
     veth_name,
 )
+from lxpy.model.security import SecurityConfig
 from lxpy.model.suggest import not_found_hint
 from lxpy.network import dnsmasq, l2filter, links, nftables, preflight
 from lxpy.network.links import Nic
@@ -505,6 +506,7 @@ class Networks:
         config: Mapping[str, object],
         userns: str = "",
         make_ns: Callable[[Path], Awaitable[None]] | None = None,
+        security: SecurityConfig | None = None,
     ) -> NetnsHandle:
         """Make container `container`'s network namespace with one NIC per
         network its config names (eth0, eth1, ...), each host end on its
@@ -524,7 +526,9 @@ class Networks:
         Each port gets the filter rules its config asks for (security.
         mac_filtering, security.ipv4_filtering) before its veth exists; an
         IPv4-filtered NIC without a pinned address is given one, as a static
-        lease (lxpy.daemon.portfilter).
+        lease (lxpy.daemon.portfilter). `security`: the container's security
+        settings, when the caller parsed them already (a start has);
+        read from `config` otherwise.
 
         Raises:
             NotFound: a named network does not exist (the default one is made).
@@ -555,7 +559,7 @@ class Networks:
                 )
                 for i, net in enumerate(nets)
             ),
-            config,
+            security if security is not None else SecurityConfig.from_config(config),
         )
         if container in self.attached or self.netns_path(container).exists():
             await self.detach(container)
@@ -705,11 +709,12 @@ class Networks:
             LxpyError: nft refused the rules (the old ones stay).
             Busy: no address is free for it.
         """
-        leases = await self._leases_for(portfilter.flagged(self.nics(container), config))
+        sec = SecurityConfig.from_config(config)
+        leases = await self._leases_for(portfilter.flagged(self.nics(container), sec))
         old = self.nics(container)
         if not old:
             return False
-        new = self._fix_addresses(container, portfilter.flagged(old, config), leases)
+        new = self._fix_addresses(container, portfilter.flagged(old, sec), leases)
         if new == old:
             return True
         self.attached[container] = new
