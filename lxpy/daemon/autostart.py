@@ -30,17 +30,21 @@ from lxpy.model.limits import Boot, RestartBudget, start_order, stop_order, want
 from lxpy.model.state import State
 
 if TYPE_CHECKING:
-    from lxpy.daemon.service import Daemon
+    from lxpy.daemon.lifecycle import Lifecycle
+    from lxpy.daemon.state import Daemon
 
 log = logging.getLogger("lxpyd.boot")
 
 
 class BootManager:
-    """Autostart, stop-all and the restart policy of daemon `d`'s containers."""
+    """Autostart, stop-all and the restart policy of daemon `d`'s containers,
+    started and stopped by `lifecycle`, which tells it of starts and ends."""
 
-    def __init__(self, d: Daemon, nursery: trio.Nursery) -> None:
+    def __init__(self, d: Daemon, nursery: trio.Nursery, lifecycle: Lifecycle) -> None:
         self.d = d
         self.nursery = nursery
+        self.lifecycle = lifecycle
+        lifecycle.on_events(client_start=self.forget, ended=self.ended)
         # Restarts done per container, for boot.restart_max.
         self.budgets: dict[str, RestartBudget] = {}
 
@@ -68,7 +72,7 @@ class BootManager:
         for i, name in enumerate(order):
             boot = boots[name]
             try:
-                if not await self.d.lifecycle.start(name):
+                if not await self.lifecycle.start(name):
                     continue  # started by a client meanwhile
             except LxpyError as e:
                 # Deleted or broken meanwhile: the others still start.
@@ -92,13 +96,13 @@ class BootManager:
         Returns:
             {"stopped": [names, in order], "errors": {name: message}}.
         """
-        boots = {n: self._boot(n) or Boot() for n in self.d.lifecycle.runs}
+        boots = {n: self._boot(n) or Boot() for n in self.lifecycle.runs}
         stopped: list[str] = []
         errors: dict[str, str] = {}
 
         async def one(name: str) -> None:
             try:
-                await self.d.lifecycle.stop(name, grace)
+                await self.lifecycle.stop(name, grace)
                 stopped.append(name)
             except InvalidArgument:
                 pass  # it ended on its own meanwhile
@@ -130,8 +134,8 @@ class BootManager:
         detail = str(last_exit.get("detail") or last_exit.get("reason"))
         if not budget.allow(trio.current_time()):
             reason = f"{budget.reason()}; init last {detail.removeprefix('init ')}"
-            self.d.lifecycle.last_exit[name] = {"reason": "restart-limit", "detail": reason}
-            self.d.set_state(name, State.ERROR)
+            self.lifecycle.set_last_exit(name, {"reason": "restart-limit", "detail": reason})
+            self.d.table.set_state(name, State.ERROR)
             self.d.bus.lifecycle(
                 "container-restart-limit", f"containers/{name}", {"detail": reason}
             )
@@ -151,14 +155,14 @@ class BootManager:
     async def _restart(self, name: str) -> None:
         d = self.d
         failed: dict[str, object] | None = None
-        async with d.lock(name):
+        async with d.table.lock(name):
             # A client may have started, stopped or deleted it meanwhile.
-            if d.states.get(name) != State.STOPPED or name in d.lifecycle.runs:
+            if d.states.get(name) != State.STOPPED or name in self.lifecycle.runs:
                 return
             if name not in d.records:
                 return
             try:
-                await d.lifecycle.start_locked(name)
+                await self.lifecycle.start_locked(name)
             except LxpyError as e:
                 log.warning("restart of %s failed: %s", name, e.message)
                 failed = {"reason": "error", "detail": e.message}

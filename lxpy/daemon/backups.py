@@ -33,9 +33,11 @@ from lxpy.daemon import configcheck
 from lxpy.daemon.containers import Containers
 from lxpy.daemon.events import now_iso
 from lxpy.daemon.http import Request, Router, Upgrade, leaf_error
+from lxpy.daemon.networks import Networks
 from lxpy.daemon.policy import owner_of
+from lxpy.daemon.security import Security
 from lxpy.daemon.security import check_config as check_security
-from lxpy.daemon.service import Daemon
+from lxpy.daemon.state import Daemon
 from lxpy.daemon.streams import FRAMED, require_upgrade
 from lxpy.errors import Busy, InvalidArgument, LxpyError, Unsupported, is_full, pool_full
 from lxpy.model import tomlw
@@ -53,9 +55,17 @@ _FLUSH = 4 << 20
 
 
 class Backups:
-    def __init__(self, d: Daemon, containers: Containers) -> None:
+    """Export and import of daemon `d`'s containers; an import is recorded
+    through `containers`, its network config checked against `networks`
+    and its ID range claimed from `security`."""
+
+    def __init__(
+        self, d: Daemon, containers: Containers, networks: Networks, security: Security
+    ) -> None:
         self.d = d
         self.containers = containers
+        self.networks = networks
+        self.security = security
         self.spool = d.settings.paths.spool
         # Exports and imports read and write the whole rootfs: limited
         # apart from the storage calls every request makes.
@@ -93,11 +103,11 @@ class Backups:
         d = self.d
         backend = self.backend
         procs = bk.Procs()
-        lock = d.lock(name)
+        lock = d.table.lock(name)
         await lock.acquire()
         held = True
         try:
-            record = d.require(name)
+            record = d.table.require(name)
             if backend.name != "btrfs" and d.states.get(name) not in (State.STOPPED, State.ERROR):
                 raise Busy(
                     f"cannot export container {name!r} while it is {d.states.get(name)} "
@@ -213,9 +223,9 @@ class Backups:
         record = _record_of(plan, name)
         config = dict(validate_config(dict(record.config)))
         check_security(config)
-        configcheck.check_networks(d, config)
-        configcheck.check_address(d, name, config, strict=True, sees=sees)
-        d.reserve(name)
+        configcheck.check_networks(self.networks, config)
+        configcheck.check_address(d, self.networks, name, config, strict=True, sees=sees)
+        d.table.reserve(name)
         try:
             # Every member is checked before anything is made.
             await self._run(bk.scan, path, plan, procs)
@@ -235,8 +245,8 @@ class Backups:
                     op, name, record.template, config, shifted, owner, base=record
                 )
         finally:
-            d.reserved.discard(name)
-            await d.security.release(name)
+            d.table.unreserve(name)
+            await self.security.release(name)
         d.bus.lifecycle(
             "container-imported",
             f"containers/{name}",
@@ -297,15 +307,15 @@ def _flag(req: Request, name: str) -> bool:
     raise InvalidArgument(f"{name}: expected 1 or 0, got {raw!r}")
 
 
-def add_backup_routes(r: Router, d: Daemon, containers: Containers) -> None:
+def add_backup_routes(r: Router, backups: Backups) -> None:
     """GET /1.0/containers/{name}/export and POST /1.0/containers/import,
     both framed streams (lxpy.api.streams)."""
-    backups = Backups(d, containers)
+    d = backups.d
 
     async def export(req: Request) -> object:
         require_upgrade(req)
         name = req.params["name"]
-        d.require(name)
+        d.table.require(name)
         instance_only = _flag(req, "instance_only")
         optimized = _flag(req, "optimized")
         if optimized and d.backend.name != "btrfs":
@@ -327,8 +337,8 @@ def add_backup_routes(r: Router, d: Daemon, containers: Containers) -> None:
         raw = req.query.get("name") or None
         name = validate_name(raw) if raw is not None else None
         if name is not None:
-            d.reserve(name)  # refused now, before the upload, if taken
-            d.reserved.discard(name)
+            d.table.reserve(name)  # refused now, before the upload, if taken
+            d.table.unreserve(name)
         owner = owner_of(req.caller)
 
         async def run(stream: trio.abc.Stream, early: bytes) -> None:

@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from lxpy.build.rootfs import init_problem as rootfs_init_problem
-from lxpy.daemon.service import Daemon
+from lxpy.daemon.networks import Networks
+from lxpy.daemon.state import Daemon
 from lxpy.errors import Busy, InvalidArgument, LxpyError
 from lxpy.kernel.inroot import Rootfs
 from lxpy.model.config import lookup_key
@@ -41,13 +42,13 @@ def deferred(old: Mapping[str, object], new: Mapping[str, object]) -> list[str]:
     return sorted(k for k in changed_keys(old, new) if not lookup_key(k).live)
 
 
-def check_networks(d: Daemon, config: Mapping[str, object]) -> None:
+def check_networks(networks: Networks, config: Mapping[str, object]) -> None:
     """Every network `config` names exists (the default one is made on first use).
 
     Raises:
         InvalidArgument: naming the missing network, with the nearest known one.
     """
-    nets = d.networks
+    nets = networks
     for net in network_list(config.get("network")):
         if net not in nets.nets and net != nets.default_network:
             known = [*nets.nets, *([nets.default_network] if nets.default_network else [])]
@@ -60,6 +61,7 @@ def check_networks(d: Daemon, config: Mapping[str, object]) -> None:
 
 def check_address(
     d: Daemon,
+    networks: Networks,
     name: str,
     config: Mapping[str, object],
     strict: bool,
@@ -88,7 +90,7 @@ def check_address(
             f"ipv4.address: container {name!r} pins {address} but joins no network",
             hint="set `network` too, or unset ipv4.address",
         )
-    net = d.networks.nets.get(nets[0])
+    net = networks.nets.get(nets[0])
     if net is None:
         return
     net.check_pinned(address)
@@ -96,7 +98,7 @@ def check_address(
     def who(other: str) -> str:
         return f"container {other!r}" if sees is None or sees(other) else "another container"
 
-    for other, nics in d.networks.attached.items():
+    for other, nics in networks.attached.items():
         if other != name and any(n.network == net.name and n.ipv4 == address for n in nics):
             raise Busy(
                 f"ipv4.address {address} on network {net.name} is held by {who(other)}, running",
@@ -151,6 +153,7 @@ def init_error(name: str, path: str, problem: str, where: str) -> InvalidArgumen
 
 async def check_change(
     d: Daemon,
+    networks: Networks,
     name: str,
     old: Mapping[str, object],
     new: Mapping[str, object],
@@ -165,15 +168,20 @@ async def check_change(
     """
     changed = changed_keys(old, new)
     if changed & NETWORK_KEYS:
-        check_networks(d, new)
-        check_address(d, name, new, strict="ipv4.address" in changed, sees=sees)
+        check_networks(networks, new)
+        check_address(d, networks, name, new, strict="ipv4.address" in changed, sees=sees)
     if "init" in changed and "init" in new:
         rootfs = str(d.backend.container_path(name))
         await check_init(d, name, rootfs, str(new["init"]), f"the rootfs of container {name!r}")
 
 
 async def check_start(
-    d: Daemon, name: str, config: Mapping[str, object], init: str, snapshot: str | None = None
+    d: Daemon,
+    networks: Networks,
+    name: str,
+    config: Mapping[str, object],
+    init: str,
+    snapshot: str | None = None,
 ) -> None:
     """What the start of container `name` would refuse in its config
     (`init`: the program it would run), checked without touching it;
@@ -183,8 +191,8 @@ async def check_start(
     Raises:
         InvalidArgument, Busy: naming the key and what is wrong.
     """
-    check_networks(d, config)
-    check_address(d, name, config, strict=False)
+    check_networks(networks, config)
+    check_address(d, networks, name, config, strict=False)
     if "limits.cpu" in config:
         # Parsed again: the host may have fewer CPUs than when it was set.
         lookup_key("limits.cpu").parse("limits.cpu", config["limits.cpu"])

@@ -22,13 +22,17 @@ from typing import Literal
 
 from lxpy.build.rootfs import set_hostname_files
 from lxpy.daemon import configcheck
+from lxpy.daemon.devices.service import Devices
 from lxpy.daemon.events import now_iso
 from lxpy.daemon.images import Images
 from lxpy.daemon.journal import Intent
+from lxpy.daemon.lifecycle import Lifecycle
+from lxpy.daemon.networks import Networks
+from lxpy.daemon.resources import Resources
+from lxpy.daemon.security import Security, check_update
 from lxpy.daemon.security import check_config as check_security
-from lxpy.daemon.security import check_update
 from lxpy.daemon.security import describe as describe_security
-from lxpy.daemon.service import Daemon
+from lxpy.daemon.state import Daemon
 from lxpy.daemon.templates import Templates
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel.inroot import Rootfs
@@ -63,10 +67,28 @@ def _str_field(body: dict[str, object], key: str, required: bool = True) -> str 
 
 
 class Containers:
-    def __init__(self, d: Daemon, templates: Templates, images: Images) -> None:
+    """Records of daemon `d`'s containers: create, copy, rename, destroy,
+    config and snapshots, with the peers each of those reaches."""
+
+    def __init__(
+        self,
+        d: Daemon,
+        templates: Templates,
+        images: Images,
+        networks: Networks,
+        security: Security,
+        resources: Resources,
+        devices: Devices,
+        lifecycle: Lifecycle,
+    ) -> None:
         self.d = d
         self.templates = templates
         self.images = images
+        self.networks = networks
+        self.security = security
+        self.resources = resources
+        self.devices = devices
+        self.lifecycle = lifecycle
 
     # -- reading ------------------------------------------------------------
     def _snapshot_names(self, name: str) -> list[str]:
@@ -98,10 +120,10 @@ class Containers:
         # Running containers: init's pid, start time, why init last ended,
         # the addresses read in its network namespace, and resource use.
         if addresses is None:
-            addresses = await d.networks.addresses(name)
-        run = {**d.lifecycle.run_fields(name), "addresses": addresses}
+            addresses = await self.networks.addresses(name)
+        run = {**self.lifecycle.run_fields(name), "addresses": addresses}
         if stats in ("read", "read-disk"):
-            run["stats"] = await d.resources.stats(name, disk=stats == "read-disk")
+            run["stats"] = await self.resources.stats(name, disk=stats == "read-disk")
         elif stats != "omit":
             run["stats"] = stats
         if name in d.broken:
@@ -116,11 +138,11 @@ class Containers:
                 "error": d.broken[name],
                 **run,
             }
-        c = d.require(name)
+        c = d.table.require(name)
         return {
             **c.to_json(),
             "security": describe_security(c, d.apparmor),
-            "filtering": d.networks.filtering(name, c.config),
+            "filtering": self.networks.filtering(name, c.config),
             "state": str(d.states[name]),
             "snapshots": snaps,
             "path": path,
@@ -139,22 +161,22 @@ class Containers:
         # each: with 100 containers the hops cost more than the listing.
         snaps = await self.d.storage(lambda: [self._snapshot_names(n) for n in names])
         # Addresses from the leases, once per network (see addresses_of).
-        addrs = await self.d.networks.addresses_of(names)
-        use = await self.d.resources.stats_many(names) if stats else {}
+        addrs = await self.networks.addresses_of(names)
+        use = await self.resources.stats_many(names) if stats else {}
         return [
             await self.describe(n, s, use.get(n) if stats else "omit", addrs.get(n, []))
             for n, s in zip(names, snaps, strict=True)
         ]
 
     async def get(self, name: str) -> dict[str, object]:
-        if not self.d.known(name):
-            self.d.require(name)
+        if not self.d.table.known(name):
+            self.d.table.require(name)
         return await self.describe(name, stats="read-disk")
 
     async def stats(self, name: str) -> dict[str, object] | None:
         """GET /1.0/containers/NAME/stats: resource use, null unless it runs."""
-        self.d.require(name)
-        return await self.d.resources.stats(name, disk=True)
+        self.d.table.require(name)
+        return await self.resources.stats(name, disk=True)
 
     def _require_stopped(self, name: str, what: str, force: str = "") -> None:
         # `force`: the command that does it anyway, for the hint.
@@ -194,11 +216,11 @@ class Containers:
             # New containers join the default network unless told otherwise
             # (`network = []` for none); it is made when one first starts.
             config["network"] = [d.settings.default_network]
-        configcheck.check_networks(d, config)
-        configcheck.check_address(d, name, config, strict=True, sees=sees)
+        configcheck.check_networks(self.networks, config)
+        configcheck.check_address(d, self.networks, name, config, strict=True, sees=sees)
         if image is None:
             await self.templates.find(template)
-        d.reserve(name)
+        d.table.reserve(name)
         try:
             if image is None:
                 await self.templates.ensure_built(template)
@@ -223,8 +245,8 @@ class Containers:
                 self._undo_volume(op, name)
                 await self._record_new(op, name, template, config, None, owner)
         finally:
-            d.reserved.discard(name)
-            await d.security.release(name)
+            d.table.unreserve(name)
+            await self.security.release(name)
         data: dict[str, object] = {"template": template} if image is None else {"image": str(image)}
         d.bus.lifecycle("container-created", f"containers/{name}", data)
         return await self.describe(name)
@@ -265,7 +287,7 @@ class Containers:
         op.step("files-written")
         # Its block is claimed until the caller's release(): published
         # before this returns, dropped again if the record never comes.
-        idmap = await d.security.assign(name, config, current, fresh=True)
+        idmap = await self.security.assign(name, config, current, fresh=True)
         op.step("ids-assigned")
         fields = {
             "name": name,
@@ -279,8 +301,7 @@ class Containers:
         record = Container(**fields) if base is None else replace(base, **fields)  # type: ignore[arg-type]
         await d.files(d.registry.save, record)
         op.step("recorded")
-        d.records[name] = record
-        d.states[name] = State.STOPPED
+        d.table.put(record)
 
     async def delete(self, name: str, force: bool) -> dict[str, object]:
         """DELETE /1.0/containers/NAME: the rootfs, its snapshots, its record.
@@ -289,15 +310,15 @@ class Containers:
             NotFound, Busy (running, without force).
         """
         d = self.d
-        if not d.known(name):
-            d.require(name)
-        async with d.lock(name):
-            if not d.known(name):
-                d.require(name)
+        if not d.table.known(name):
+            d.table.require(name)
+        async with d.table.lock(name):
+            if not d.table.known(name):
+                d.table.require(name)
             if not force:
                 self._require_stopped(name, "delete", f"lxpy destroy --force {name}")
-            elif name in d.lifecycle.runs:
-                await d.lifecycle.stop_locked(name, 0, force=True)
+            elif name in self.lifecycle.runs:
+                await self.lifecycle.stop_locked(name, 0, force=True)
             # Storage first: if it fails half way the record stays, and a
             # retry (deletes are idempotent) finishes the job. The rootfs
             # leaving its name is the point of no return for recovery.
@@ -307,13 +328,13 @@ class Containers:
                 await d.storage(d.backend.delete_container, name, op.step)
                 await d.files(d.registry.delete, name)
                 op.step("record-deleted")
-                await d.networks.release(name, config)
+                await self.networks.release(name, config)
                 if gone is not None:
-                    await d.devices.forget_all(gone)
-                await d.lifecycle.forget(name)
-                d.forget(name)
+                    await self.devices.forget_all(gone)
+                await self.lifecycle.forget(name)
+                d.table.forget(name)
             # Its ID block is free again, for every lxpyd on the host.
-            await d.security.publish()
+            await self.security.publish()
         d.bus.lifecycle("container-deleted", f"containers/{name}")
         return {}
 
@@ -332,32 +353,32 @@ class Containers:
             raise InvalidArgument(f"'unset' must be a list of keys, got {unset!r}")
         for key in unset:
             check_key_length(key)
-        async with d.lock(name):
-            old = d.require(name)
+        async with d.table.lock(name):
+            old = d.table.require(name)
             new = old.with_config(set_, unset)
             check_update(old, new.config)
-            await configcheck.check_change(d, name, old.config, new.config, sees)
-            running = name in d.lifecycle.runs
+            await configcheck.check_change(d, self.networks, name, old.config, new.config, sees)
+            running = name in self.lifecycle.runs
             # Limits and port filters of a running container change at once,
             # before the record: a value the kernel refuses is not saved
             # either. Other keys take effect at its next start.
             async with AsyncRevert(f"config of {name}") as rv:
-                live = await d.resources.apply_live(name, old.config, new.config)
+                live = await self.resources.apply_live(name, old.config, new.config)
                 if live:
                     rv.undo(
-                        lambda: d.resources.apply_live(name, new.config, old.config),
+                        lambda: self.resources.apply_live(name, new.config, old.config),
                         f"restore the limits of {name}",
                     )
                 filters = await self._refilter(name, old.config, new.config)
                 if filters:
                     rv.undo(
-                        lambda: d.networks.refilter(name, old.config),
+                        lambda: self.networks.refilter(name, old.config),
                         f"restore the port filters of {name}",
                     )
                 await d.files(d.registry.save, new)
-            d.records[name] = new
+            d.table.put(new)
             if live:
-                await d.resources.rebalance()
+                await self.resources.rebalance()
         d.bus.lifecycle(
             "container-updated",
             f"containers/{name}",
@@ -375,7 +396,7 @@ class Containers:
         returns the keys that changed on a running container (none: nothing
         done, they apply at its next start)."""
         changed = sorted(k for k in LIVE_KEYS if old.get(k) != new.get(k))
-        if changed and await self.d.networks.refilter(name, new):
+        if changed and await self.networks.refilter(name, new):
             return changed
         return []
 
@@ -384,12 +405,12 @@ class Containers:
         """POST /1.0/containers/NAME/rename: storage, then the record (undone on failure)."""
         d = self.d
         new = validate_name(body.get("name"))
-        async with d.lock(name):
-            old_record = d.require(name)
+        async with d.table.lock(name):
+            old_record = d.table.require(name)
             self._require_stopped(name, "rename")
             if new == name:
                 return await self.describe(name)
-            d.reserve(new)
+            d.table.reserve(new)
             try:
                 async with d.journal.begin("rename", name=name, new=new) as op:
                     await d.storage(d.backend.rename_container, name, new, op.step)
@@ -405,14 +426,12 @@ class Containers:
                         await d.files(_move_logs, d.console_log(name), d.console_log(new))
                     except (OSError, LxpyError) as e:
                         log.warning("rename %s to %s: console log not moved: %s", name, new, e)
-                d.records[new] = record
-                d.states[new] = d.states[name]
-                d.forget(name)
+                d.table.rename(name, record)
                 # Its NICs' MACs change with its name.
-                await d.networks.release(name, old_record.config)
-                await d.security.rename(name, new)
+                await self.networks.release(name, old_record.config)
+                await self.security.rename(name, new)
             finally:
-                d.reserved.discard(new)
+                d.table.unreserve(new)
         d.bus.lifecycle("container-renamed", f"containers/{new}", {"old": name, "new": new})
         return await self.describe(new)
 
@@ -430,10 +449,10 @@ class Containers:
         instance_only = body.get("instance_only", False)
         if not isinstance(instance_only, bool):
             raise InvalidArgument(f"'instance_only' must be true or false, got {instance_only!r}")
-        async with d.lock(name):
-            src = d.require(name)
+        async with d.table.lock(name):
+            src = d.table.require(name)
             config = {k: v for k, v in src.config.items() if k not in COPY_DROPS}
-            d.reserve(dst)
+            d.table.reserve(dst)
             try:
                 async with d.journal.begin("copy", name=dst, source=name) as op:
                     await d.storage(d.backend.clone_container, name, dst)
@@ -452,15 +471,15 @@ class Containers:
                     base = replace(src, snapshot_devices={}) if instance_only else src
                     await self._record_new(op, dst, src.template, config, shifted, owner, base=base)
             finally:
-                d.reserved.discard(dst)
-                await d.security.release(dst)
+                d.table.unreserve(dst)
+                await self.security.release(dst)
         dropped = sorted(k for k in COPY_DROPS if k in src.config)
         d.bus.lifecycle("container-copied", f"containers/{dst}", {"source": name})
         return {**await self.describe(dst), "dropped": dropped}
 
     # -- snapshots ----------------------------------------------------------
     async def snapshots(self, name: str) -> list[dict[str, object]]:
-        self.d.require(name)
+        self.d.table.require(name)
         infos = await self.d.storage(self.d.backend.list_snapshots, name)
         return [{"name": s.name, "created_at": s.created_at} for s in infos]
 
@@ -468,8 +487,8 @@ class Containers:
         """POST /1.0/containers/NAME/snapshots: `{"name": "s1"}` or the next `snapN`."""
         d = self.d
         wanted = _str_field(body, "name", required=False)
-        async with d.lock(name):
-            d.require(name)
+        async with d.table.lock(name):
+            d.table.require(name)
             existing = await d.storage(self._snapshot_names, name)
             if wanted is None:
                 nums = [int(m.group(1)) for s in existing if (m := re.fullmatch(r"snap(\d+)", s))]
@@ -488,9 +507,9 @@ class Containers:
                 )
                 op.step("snapshot-made")
                 # Its devices, restored with it (one atomic write).
-                record = d.require(name).with_snapshot(snap, keep=True)
+                record = d.table.require(name).with_snapshot(snap, keep=True)
                 await d.files(d.registry.save, record)
-                d.records[name] = record
+                d.table.put(record)
             infos = await d.storage(d.backend.list_snapshots, name)
         d.bus.lifecycle("snapshot-created", f"containers/{name}", {"snapshot": snap})
         info = next((s for s in infos if s.name == snap), None)
@@ -525,33 +544,33 @@ class Containers:
             after it (the restored rootfs stays; the message says so).
         """
         d = self.d
-        async with d.lock(name):
-            d.require(name)
+        async with d.table.lock(name):
+            d.table.require(name)
             await self._require_snapshot(name, snap)
-            running = name in d.lifecycle.runs
+            running = name in self.lifecycle.runs
             if running:
                 # What its start would refuse (in its config, or an init
                 # missing from the snapshot) is found before it stops.
-                await d.lifecycle.check_start(name, snapshot=snap)
-                await d.lifecycle.stop_locked(name, grace, force)
+                await self.lifecycle.check_start(name, snapshot=snap)
+                await self.lifecycle.stop_locked(name, grace, force)
             else:
                 self._require_stopped(name, "restore")
             # Storage alone settles a crash here (its .restore- name).
             async with d.journal.begin("restore", durable=False) as op:
                 if running:
-                    op.undo(lambda: d.lifecycle.start_locked(name), f"start {name} again")
+                    op.undo(lambda: self.lifecycle.start_locked(name), f"start {name} again")
                 await d.storage(d.backend.restore_snapshot, name, snap, op.step)
                 # The devices it was taken with, if it recorded them.
-                record = d.require(name)
+                record = d.table.require(name)
                 kept = record.snapshot_devices.get(snap)
                 if kept is not None and kept != record.devices:
                     record = replace(record, devices=kept)
                     await d.files(d.registry.save, record)
-                    d.records[name] = record
+                    d.table.put(record)
             d.bus.lifecycle("snapshot-restored", f"containers/{name}", {"snapshot": snap})
             if running:
                 try:
-                    await d.lifecycle.start_locked(name)
+                    await self.lifecycle.start_locked(name)
                 except LxpyError as e:
                     raise type(e)(
                         f"restored container {name!r} to snapshot {snap!r}, "
@@ -559,24 +578,24 @@ class Containers:
                         hint=f"the restored files stay and it is stopped; `lxpy start {name}` "
                         "once the cause is fixed" + (f" ({e.hint})" if e.hint else ""),
                     ) from e
-                d.lifecycle.restarted(name, f"restarted by lxpy to restore snapshot {snap}")
+                self.lifecycle.restarted(name, f"restarted by lxpy to restore snapshot {snap}")
         return await self.describe(name)
 
     async def delete_snapshot(self, name: str, snap: str) -> dict[str, object]:
         """DELETE /1.0/containers/NAME/snapshots/SNAP."""
         d = self.d
-        async with d.lock(name):
-            d.require(name)
+        async with d.table.lock(name):
+            d.table.require(name)
             await self._require_snapshot(name, snap)
             # One rename out of sight, then the delete (its .trash- name).
             async with d.journal.begin("snapshot-delete", durable=False) as op:
                 await d.storage(d.backend.delete_snapshot, name, snap)
                 op.step("snapshot-deleted")
-            record = d.require(name)
+            record = d.table.require(name)
             if snap in record.snapshot_devices:
                 record = record.with_snapshot(snap, keep=False)
                 await d.files(d.registry.save, record)
-                d.records[name] = record
+                d.table.put(record)
         d.bus.lifecycle("snapshot-deleted", f"containers/{name}", {"snapshot": snap})
         return {}
 

@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 from lxpy.daemon import openapi
+from lxpy.daemon.devices.service import Devices
 from lxpy.daemon.http import Request, Router
-from lxpy.daemon.service import Daemon
+from lxpy.daemon.volumes import Volumes
 
 S = openapi.ref
 
 
-def add_device_routes(r: Router, d: Daemon) -> None:
+def add_device_routes(r: Router, devices: Devices) -> None:
     """GET/POST /1.0/containers/NAME/devices, GET/DELETE .../devices/DEV."""
 
     async def list_devices(req: Request) -> object:
-        return d.devices.list(req.params["name"])
+        return devices.list(req.params["name"])
 
     async def add_device(req: Request) -> object:
-        return await d.devices.add(req.params["name"], req.json())
+        return await devices.add(req.params["name"], req.json())
 
     async def get_device(req: Request) -> object:
-        return d.devices.get(req.params["name"], req.params["dev"])
+        return devices.get(req.params["name"], req.params["dev"])
 
     async def remove_device(req: Request) -> object:
-        return await d.devices.remove(req.params["name"], req.params["dev"])
+        return await devices.remove(req.params["name"], req.params["dev"])
 
     C = "/1.0/containers/{name}/devices"
     r.add("GET", C, list_devices, "List a container's devices", response=openapi.array(S("Device")))
@@ -45,20 +46,20 @@ def add_device_routes(r: Router, d: Daemon) -> None:
     )
 
 
-def add_volume_routes(r: Router, d: Daemon) -> None:
+def add_volume_routes(r: Router, volumes: Volumes) -> None:
     """GET/POST /1.0/volumes, GET/DELETE /1.0/volumes/NAME."""
 
     async def list_volumes(req: Request) -> object:
-        return await d.volumes.list_all()
+        return await volumes.list_all()
 
     async def create_volume(req: Request) -> object:
-        return await d.volumes.create(req.json())
+        return await volumes.create(req.json())
 
     async def get_volume(req: Request) -> object:
-        return await d.volumes.get(req.params["name"])
+        return await volumes.get(req.params["name"])
 
     async def delete_volume(req: Request) -> object:
-        return await d.volumes.delete(req.params["name"])
+        return await volumes.delete(req.params["name"])
 
     r.add(
         "GET",

@@ -29,8 +29,9 @@ from lxpy.build.rootfs import init_problem
 from lxpy.build.setup import Flavour, clear_machine_id, init_flavour
 from lxpy.daemon.events import now_iso
 from lxpy.daemon.journal import Intent
+from lxpy.daemon.lifecycle import Lifecycle
 from lxpy.daemon.operations import Operation, Report
-from lxpy.daemon.service import Daemon
+from lxpy.daemon.state import Daemon
 from lxpy.errors import AlreadyExists, Busy, InvalidArgument, LxpyError, NotFound, Unsupported
 from lxpy.kernel.inroot import Rootfs
 from lxpy.model import images as im
@@ -78,8 +79,12 @@ def _human(n: float) -> str:
 
 
 class Images:
-    def __init__(self, d: Daemon) -> None:
+    """Remotes, the image cache, pulls and publish of daemon `d`; a publish
+    asks `lifecycle` whether the container runs."""
+
+    def __init__(self, d: Daemon, lifecycle: Lifecycle) -> None:
         self.d = d
+        self.lifecycle = lifecycle
         # Pulls under way by fingerprint: one at a time per image.
         self.pulling: dict[str, Operation] = {}
         self._catalogs: dict[str, tuple[float, list[im.RemoteImage]]] = {}
@@ -432,13 +437,13 @@ class Images:
         await self._check_free(aliases)
         fp = secrets.token_hex(32)
         vol = image_volume(fp)
-        async with d.lock(name):
-            record = d.require(name)
+        async with d.table.lock(name):
+            record = d.table.require(name)
             if snap is None:
                 src = d.backend.container_path(name)
                 state = d.states.get(name)
                 # A running rootfs is changing under the copy: stopped only.
-                if name in d.lifecycle.runs or state not in (State.STOPPED, State.ERROR):
+                if name in self.lifecycle.runs or state not in (State.STOPPED, State.ERROR):
                     raise Busy(
                         f"cannot publish container {name!r} while it is {state}",
                         hint=f"stop it first (`lxpy stop {name}`), or publish a snapshot",

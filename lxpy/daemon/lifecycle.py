@@ -22,17 +22,25 @@ import os
 import shutil
 import subprocess
 import uuid
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import trio
 
 from lxpy.build.rootfs import check_init, set_hostname_files
-from lxpy.daemon import configcheck, security
+from lxpy.daemon import configcheck
+from lxpy.daemon.devices.service import Devices
+from lxpy.daemon.journal import Intent
+from lxpy.daemon.ksm import Ksmd
 from lxpy.daemon.monitors import Lines, monitor_request
+from lxpy.daemon.networks import Networks
 from lxpy.daemon.nics import joins_network
-from lxpy.daemon.service import Daemon, RunInfo
+from lxpy.daemon.resources import Resources
+from lxpy.daemon.security import Security
+from lxpy.daemon.state import Daemon
+from lxpy.daemon.table import RunInfo, StopAsked, Watch
 from lxpy.errors import Busy, DaemonUnavailable, InvalidArgument, LxpyError, NotFound
 from lxpy.kernel import systemd
 from lxpy.kernel.cgroups import ContainerCgroup
@@ -47,8 +55,6 @@ from lxpy.runtime.control import check_reply
 from lxpy.runtime.spec import LaunchSpec
 from lxpy.runtime.zygote import SPAWN_TIMEOUT, encode_request, spawn_request, start_zygote
 from lxpy.storage import prefetch
-
-__all__ = ["Lifecycle", "RunInfo"]
 
 log = logging.getLogger("lxpyd.lifecycle")
 
@@ -81,15 +87,7 @@ STOPPED_BY_LXPY = "stopped by lxpy"
 RESTARTED_BY_LXPY = "restarted by lxpy"
 
 
-@dataclass(frozen=True)
-class _StopAsked:
-    """How lxpy asked a container to stop: killed at once, or after `grace` s."""
-
-    force: bool
-    grace: float
-
-
-def _exit_info(raw: object, asked: _StopAsked | None = None) -> dict[str, object] | None:
+def _exit_info(raw: object, asked: StopAsked | None = None) -> dict[str, object] | None:
     # The monitor's last_exit carries more (at, stopped, forced); the API
     # shows reason and detail. A stop that lxpy asked for says so: how init
     # ended says nothing then (the halt signal makes init call reboot(2),
@@ -110,37 +108,37 @@ def _exit_info(raw: object, asked: _StopAsked | None = None) -> dict[str, object
     return {"reason": "stopped", "detail": detail}
 
 
-@dataclass
-class _Run:
-    """What the daemon holds for a container whose monitor it follows."""
-
-    socket: Path
-    # Set by the watcher once the container has ended and is cleaned up.
-    ended: trio.Event = field(default_factory=trio.Event)
-    # Whether its init said this boot is done (lxpy.runtime.readiness), as
-    # the monitor last reported; `changed` fires (and is replaced) when it
-    # changes or the container ends.
-    ready: bool = False
-    changed: trio.Event = field(default_factory=trio.Event)
-
-    def set_ready(self, ready: bool) -> None:
-        if ready != self.ready:
-            self.ready = ready
-            self.changed.set()
-            self.changed = trio.Event()
-
-
 class Lifecycle:
-    """Starts, stops and follows the containers of daemon `d`."""
+    """Starts, stops and follows the containers of daemon `d`, with the
+    networks, ID ranges, limits and devices of its peers."""
 
-    def __init__(self, d: Daemon, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        d: Daemon,
+        nursery: trio.Nursery,
+        networks: Networks,
+        security: Security,
+        resources: Resources,
+        devices: Devices,
+        ksmd: Ksmd | None = None,
+    ) -> None:
         self.d = d
         self.nursery = nursery
-        self.runs: dict[str, _Run] = {}
-        # Why init last ended, per container (kept after it stopped).
-        self.last_exit: dict[str, dict[str, object] | None] = {}
-        # How the stops under way were asked for (for last_exit's detail).
-        self._stops: dict[str, _StopAsked] = {}
+        self.networks = networks
+        self.security = security
+        self.resources = resources
+        self.devices = devices
+        # Runs ksmd after starts (setting `ksm`); None when off.
+        self.ksmd = ksmd
+        # Who is told of a start a client asked for (name) and of an end
+        # lxpy did not ask for (name, the monitor's last_exit): the
+        # restart policy (lxpy.daemon.autostart), through on_events().
+        self._client_start: Callable[[str], None] = _ignore_start
+        self._ended_hook: Callable[[str, Mapping[str, object] | None], None] = _ignore_end
+        # What it holds per container is in the container table (entry
+        # fields watch, run, last_exit, stop_asked); these read it.
+        self.runs = d.table.watches
+        self.last_exit = d.table.last_exits
         self._zygote_lock = trio.Lock()
         self._zygote: subprocess.Popen[bytes] | None = None
         # Parsed template definitions, valid while the files stay the same.
@@ -148,6 +146,24 @@ class Lifecycle:
         self._template_defs: dict[str, TemplateDef] = {}
         # One read-ahead at a time: they wait on the disk, not on the CPU.
         self._prefetch_limiter = trio.CapacityLimiter(1)
+
+    def on_events(
+        self,
+        client_start: Callable[[str], None],
+        ended: Callable[[str, Mapping[str, object] | None], None],
+    ) -> None:
+        """Have `client_start(name)` called when a client starts a
+        container, and `ended(name, last_exit)` when one ended (STOPPED)
+        with the monitor's last_exit."""
+        self._client_start = client_start
+        self._ended_hook = ended
+
+    def set_last_exit(self, name: str, why: dict[str, object] | None) -> None:
+        """Keep `why` as why container `name`'s init last ended (the API's
+        last_exit); nothing is kept for a container deleted meanwhile."""
+        entry = self.d.table.get(name)
+        if entry is not None:
+            entry.last_exit = why
 
     # -- paths -----------------------------------------------------------------
     @property
@@ -374,14 +390,14 @@ class Lifecycle:
             NotFound; Busy (frozen); LxpyError: why it did not start
             (nothing of the attempt is left behind).
         """
-        async with self.d.lock(name):
+        async with self.d.table.lock(name):
             state = self.d.states.get(name)
             if name in self.runs and state == State.RUNNING:
-                self.d.require(name)
+                self.d.table.require(name)
                 return False
             if state == State.FROZEN:
                 raise Busy(f"container {name!r} is frozen", hint=f"thaw it: lxpy unfreeze {name}")
-            self.d.boot.forget(name)
+            self._client_start(name)
             await self._start_locked(name)
             return True
 
@@ -391,33 +407,41 @@ class Lifecycle:
 
     async def _start_locked(self, name: str) -> None:
         d = self.d
-        record = d.require(name)
+        record = d.table.require(name)
         state = d.states.get(name)
         if state not in (State.STOPPED, State.ERROR) or name in self.runs:
             raise Busy(
                 f"container {name!r} is already running ({state})",
                 hint=f"`lxpy restart {name}` restarts it",
             )
-        d.set_state(name, State.STARTING)
+        d.table.set_state(name, State.STARTING)
+        # Each step that leaves something on the host registers its undo
+        # beside it; a failure or a cancel runs them, last first, shielded.
+        undo = Intent("start", None)
         try:
+            # _prepare makes the run dir first: gone again whatever fails.
+            undo.undo(
+                lambda: d.files(_remove_run_dir, d.container_run_dir(name)), "remove its run dir"
+            )
             spec = await d.files(self._prepare, record)
             # The read-ahead first: it runs beside everything below.
             if d.settings.read_ahead:
                 self.nursery.start_soon(self._read_ahead, spec.rootfs, spec.init)
-            # Unprivileged: its ID range (picked now if it has none yet).
-            record = await d.security.for_start(record)
-            res = d.resources.launch_fields(name, record.config)
-            spec = replace(spec, **res, **security.launch_fields(record))  # type: ignore[arg-type]
-            ids: IdMap | None = None
-            if spec.uid_base and record.idmap is not None:
-                rec = record.idmap
-                ids = IdMap(rec.uid_base, rec.gid_base, rec.size)
+            # Its security settings checked once; unprivileged: its ID
+            # range (picked now if it has none yet).
+            sec = await self.security.for_start(record)
+            record, ids = sec.record, sec.ids
+            res = self.resources.launch_fields(name, record.config)
+            spec = replace(spec, **res, **sec.fields)  # type: ignore[arg-type]
             # An unprivileged container on a network has its user namespace
             # made and pinned first, to own the network namespace the veths
             # go into. On no network the launch makes it (one step less).
+            # Unpinned again on failure (idempotent: pinned here, or by the
+            # zygote in make_ns).
+            undo.undo(lambda: d.files(self.security.unpin_userns, name), "unpin its userns")
             userns = ""
             if ids is not None and joins_network(record.config):
-                userns = await d.files(d.security.prepare_userns, name)
+                userns = await d.files(self.security.prepare_userns, name)
             # Privileged: under the AppArmor profile where the host has one.
             spec = replace(spec, userns=userns, apparmor=d.apparmor if ids is None else "")
 
@@ -427,47 +451,46 @@ class Lifecycle:
                 await self._make_namespaces(userns, ids, str(netns))
 
             # Devices: what the launch mounts, and host state they take.
-            plan = await d.devices.plan_start(record)
+            plan = await self.devices.plan_start(record)
+
+            async def release_devices() -> None:
+                self.devices.active.pop(name, None)
+                await self.devices.undo_start(plan)
+
+            undo.undo(release_devices, "release its devices")
             spec = replace(spec, mounts=tuple(plan.mounts))
-            try:
-                handle = await d.networks.attach(name, record.config, userns, make_ns=make_ns)
-                try:
-                    spec = replace(spec, netns=handle.path)
-                    reply = await self._spawn(spec)
-                except BaseException:
-                    with trio.CancelScope(shield=True):
-                        await d.networks.detach(name)
-                    raise
-            except BaseException:
-                d.devices.active.pop(name, None)
-                await d.devices.undo_start(plan)
-                raise
+            handle = await self.networks.attach(
+                name, record.config, userns, make_ns=make_ns, security=sec.settings
+            )
+            undo.undo(lambda: self.networks.detach(name), "detach its network")
+            spec = replace(spec, netns=handle.path)
+            reply = await self._spawn(spec)
         except BaseException as e:
-            with trio.CancelScope(shield=True):
-                await d.files(_remove_run_dir, d.container_run_dir(name))
-                await d.files(d.security.unpin_userns, name)
+            await undo.revert()
             msg = e.message if isinstance(e, LxpyError) else f"{type(e).__name__}: {e}"
-            self.last_exit[name] = {"reason": "error", "detail": msg}
-            d.set_state(name, State.STOPPED)
+            self.set_last_exit(name, {"reason": "error", "detail": msg})
+            d.table.set_state(name, State.STOPPED)
             raise
         sock = Path(spec.control_socket)
-        d.running[name] = RunInfo(
+        entry = d.table.get(name)
+        assert entry is not None  # its lock is held: it cannot be deleted
+        entry.run = RunInfo(
             init_pid=int(reply["init_pid"]),  # type: ignore[call-overload]
             monitor_pid=int(reply["monitor_pid"]),  # type: ignore[call-overload]
             started_at=_iso(datetime.now(UTC).timestamp()),
             socket=sock,
         )
-        self.last_exit[name] = None
-        d.set_state(name, State.RUNNING)
-        if d.ksmd is not None:
-            d.ksmd.kick()
-        run = _Run(sock)
-        self.runs[name] = run
+        entry.last_exit = None
+        d.table.set_state(name, State.RUNNING)
+        if self.ksmd is not None:
+            self.ksmd.kick()
+        run = Watch(sock)
+        entry.watch = run
         await self.nursery.start(self._watch, name, run)
         info = d.running.get(name)
         if info is not None:
-            await d.devices.started(name, info.init_pid)
-        await d.resources.rebalance()
+            await self.devices.started(name, info.init_pid)
+        await self.resources.rebalance()
 
     async def _read_ahead(self, rootfs: str, init: str) -> None:
         """Have the kernel read init and its libraries into the page cache
@@ -484,7 +507,11 @@ class Lifecycle:
 
     # -- following a monitor ---------------------------------------------------
     async def _watch(
-        self, name: str, run: _Run, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        name: str,
+        run: Watch,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         started = False
         try:
@@ -528,16 +555,17 @@ class Lifecycle:
         """A status or state event from the monitor."""
         d = self.d
         new = _STATES.get(str(status.get("state")))
-        if new is None or name not in d.states:
+        entry = d.table.get(name)
+        if new is None or entry is None or entry.state is None:
             return
         if status.get("last_exit") is not None:
             # After a reboot inside: why the previous init ended.
-            self.last_exit[name] = _exit_info(status.get("last_exit"))
-        info = d.running.get(name)
+            entry.last_exit = _exit_info(status.get("last_exit"))
+        info = entry.run
         pid = status.get("init_pid")
         if info is not None and isinstance(pid, int) and pid > 0 and pid != info.init_pid:
             # A reboot: a new init (and a new pid namespace) under the same monitor.
-            d.running[name] = RunInfo(
+            entry.run = RunInfo(
                 init_pid=pid,
                 monitor_pid=info.monitor_pid,
                 started_at=_iso(status.get("started_at")) or info.started_at,
@@ -545,47 +573,54 @@ class Lifecycle:
             )
             # Its monitor re-made the disks it was started with: the ones
             # changed live since are made right again.
-            self.nursery.start_soon(d.devices.rebooted, name, pid)
-        if d.states[name] == State.STOPPING and new != State.STOPPING:
+            self.nursery.start_soon(self.devices.rebooted, name, pid)
+        if entry.state == State.STOPPING and new != State.STOPPING:
             return  # a stop is under way: only its end counts
-        d.set_state(name, new)
+        d.table.set_state(name, new)
 
-    async def _ended(self, name: str, run: _Run) -> None:
+    async def _ended(self, name: str, run: Watch) -> None:
         d = self.d
         data = await d.files(_read_json, self.state_file(name))
-        info = d.running.pop(name, None)
-        asked = self._stops.pop(name, None)
+        info, asked = None, None
+        entry = d.table.get(name)
+        if entry is not None:
+            info, asked = entry.run, entry.stop_asked
+            entry.run, entry.stop_asked = None, None
         if data is not None and data.get("state") == "STOPPED":
             new = State.STOPPED
-            self.last_exit[name] = _exit_info(data.get("last_exit"), asked)
+            self.set_last_exit(name, _exit_info(data.get("last_exit"), asked))
             lost = False
         else:
             new = State.ERROR
             pid = info.monitor_pid if info else "?"
-            self.last_exit[name] = {
-                "reason": "monitor-lost",
-                "detail": f"its monitor (pid {pid}) ended without saying why init ended; "
-                "the container was killed with it",
-            }
+            self.set_last_exit(
+                name,
+                {
+                    "reason": "monitor-lost",
+                    "detail": f"its monitor (pid {pid}) ended without saying why init ended; "
+                    "the container was killed with it",
+                },
+            )
             lost = True
             # Init died with its monitor (PDEATHSIG); whatever came in from
             # outside (nsenter) and the cgroup directories go too.
             await trio.to_thread.run_sync(_remove_cgroups, self.d.cgroup(name))
-        await d.networks.detach(name)
-        await d.devices.stopped(name)
-        await d.files(d.security.unpin_userns, name)
+        await self.networks.detach(name)
+        await self.devices.stopped(name)
+        await d.files(self.security.unpin_userns, name)
         if not lost:
             await d.files(_remove_run_dir, d.container_run_dir(name))
-        if self.runs.get(name) is run:
-            del self.runs[name]
+        entry = d.table.get(name)
+        if entry is not None and entry.watch is run:
+            entry.watch = None
         if name in d.states:
-            d.set_state(name, new)
+            d.table.set_state(name, new)
         log.info("container %s ended: %s", name, self.last_exit.get(name))
-        await d.resources.rebalance()
+        await self.resources.rebalance()
         if not lost and name in d.states:
             # boot.restart: started again, or left in ERROR with the reason.
             raw = data.get("last_exit") if data else None
-            d.boot.ended(name, raw if isinstance(raw, dict) else None)
+            self._ended_hook(name, raw if isinstance(raw, dict) else None)
 
     # -- stop ------------------------------------------------------------------
     async def stop(
@@ -598,21 +633,23 @@ class Lifecycle:
             NotFound; InvalidArgument: it is not running; LxpyError: the
             monitor did not answer in time.
         """
-        async with self.d.lock(name):
+        async with self.d.table.lock(name):
             await self.stop_locked(name, grace, force)
 
     async def stop_locked(self, name: str, grace: float, force: bool) -> None:
         """stop() for a caller that holds the container's lock."""
         d = self.d
-        d.require(name)
+        d.table.require(name)
         run = self.runs.get(name)
         if run is None:
             raise InvalidArgument(
                 f"container {name!r} is not running",
                 hint=f"its state is {d.states.get(name)}; start it with: lxpy start {name}",
             )
-        d.set_state(name, State.STOPPING)
-        self._stops[name] = _StopAsked(force, grace)
+        d.table.set_state(name, State.STOPPING)
+        entry = d.table.get(name)
+        assert entry is not None  # its lock is held: it cannot be deleted
+        entry.stop_asked = StopAsked(force, grace)
         wait = (0 if force else grace) + STOP_MARGIN
         try:
             if force:
@@ -637,7 +674,7 @@ class Lifecycle:
             as stop() and start(); InvalidArgument, Busy: a config the start
             would refuse (the container is left running).
         """
-        async with self.d.lock(name):
+        async with self.d.table.lock(name):
             running = name in self.runs
             if running:
                 await self.check_start(name)
@@ -654,14 +691,14 @@ class Lifecycle:
         Raises:
             NotFound; InvalidArgument, Busy: naming the key and what is wrong.
         """
-        record = self.d.require(name)
+        record = self.d.table.require(name)
         init = await self.d.files(lambda: self._spec(record, self._template(record)).init)
-        await configcheck.check_start(self.d, name, record.config, init, snapshot)
+        await configcheck.check_start(self.d, self.networks, name, record.config, init, snapshot)
 
     def restarted(self, name: str, detail: str) -> None:
         """Record that lxpy stopped and started container `name` again
         (its last_exit while it runs, as a reboot inside records one)."""
-        self.last_exit[name] = {"reason": "restarted", "detail": detail}
+        self.set_last_exit(name, {"reason": "restarted", "detail": detail})
 
     # -- freeze ----------------------------------------------------------------
     async def freeze(self, name: str, on: bool) -> None:
@@ -670,9 +707,9 @@ class Lifecycle:
         Raises:
             NotFound; InvalidArgument: not running; Busy: the monitor refused.
         """
-        async with self.d.lock(name):
+        async with self.d.table.lock(name):
             d = self.d
-            d.require(name)
+            d.table.require(name)
             run = self.runs.get(name)
             if run is None or d.states.get(name) not in (State.RUNNING, State.FROZEN):
                 raise InvalidArgument(
@@ -680,13 +717,13 @@ class Lifecycle:
                     hint=f"its state is {d.states.get(name)}",
                 )
             await monitor_request(run.socket, "freeze" if on else "thaw")
-            d.set_state(name, State.FROZEN if on else State.RUNNING)
+            d.table.set_state(name, State.FROZEN if on else State.RUNNING)
 
     # -- console log -----------------------------------------------------------
     async def console_log(self, name: str) -> str:
         """The console output kept since boot (the monitor's ring buffer), or
         the tail of the console log file when it is not running."""
-        self.d.require(name)
+        self.d.table.require(name)
         run = self.runs.get(name)
         if run is not None:
             try:
@@ -699,8 +736,6 @@ class Lifecycle:
     # -- deleting and renaming -------------------------------------------------
     async def forget(self, name: str) -> None:
         """Remove what a deleted container left here (run dir, console logs)."""
-        self.last_exit.pop(name, None)
-        self._stops.pop(name, None)
 
         def work() -> None:
             _remove_run_dir(self.d.container_run_dir(name))
@@ -747,42 +782,53 @@ class Lifecycle:
                 status = await monitor_request(sock, "status", wait=5)
             except LxpyError as e:
                 log.warning("container %s: its monitor socket does not answer: %s", name, e.message)
+        entry = d.table.get(name)
+        assert entry is not None  # adopt_all() goes through the records
         if status is not None and status.get("state") in _STATES:
-            d.running[name] = RunInfo(
+            info = RunInfo(
                 init_pid=int(status.get("init_pid") or 0),  # type: ignore[call-overload]
                 monitor_pid=int(status.get("monitor_pid") or 0),  # type: ignore[call-overload]
                 started_at=_iso(status.get("started_at")),
                 socket=sock,
             )
-            d.states[name] = _STATES[str(status["state"])]
+            entry.run = info
+            d.table.found(name, _STATES[str(status["state"])])
             if int(status.get("boots") or 0) > 1:  # type: ignore[call-overload]
-                self.last_exit[name] = _exit_info(status.get("last_exit"))
-            run = _Run(sock, ready=status.get("ready") is True)
-            self.runs[name] = run
+                entry.last_exit = _exit_info(status.get("last_exit"))
+            run = Watch(sock, ready=status.get("ready") is True)
+            entry.watch = run
             await self.nursery.start(self._watch, name, run)
-            await d.devices.adopted(name, d.running[name].init_pid)
-            log.info("container %s: adopted (init %s)", name, d.running[name].init_pid)
-            await self._into_scope(name, d.running[name].monitor_pid)
+            await self.devices.adopted(name, info.init_pid)
+            log.info("container %s: adopted (init %s)", name, info.init_pid)
+            await self._into_scope(name, info.monitor_pid)
             return
         data = await d.files(_read_json, self.state_file(name))
         if data is None:
-            if d.networks.nics(name) or name in d.networks.attached:
-                await d.networks.detach(name)
-            await d.files(d.security.unpin_userns, name)
+            if self.networks.nics(name) or name in self.networks.attached:
+                await self.networks.detach(name)
+            await d.files(self.security.unpin_userns, name)
             return
         if data.get("state") == "STOPPED":
-            self.last_exit[name] = _exit_info(data.get("last_exit"))
+            entry.last_exit = _exit_info(data.get("last_exit"))
             await d.files(_remove_run_dir, d.container_run_dir(name))
         else:
-            d.states[name] = State.ERROR
-            self.last_exit[name] = {
+            d.table.found(name, State.ERROR)
+            entry.last_exit = {
                 "reason": "monitor-lost",
                 "detail": f"its monitor (pid {data.get('monitor_pid', '?')}) is gone; "
                 f"the container was {data.get('state', 'running')} when it was last seen",
             }
             await trio.to_thread.run_sync(_remove_cgroups, self.d.cgroup(name))
-        await d.networks.detach(name)
-        await d.files(d.security.unpin_userns, name)
+        await self.networks.detach(name)
+        await d.files(self.security.unpin_userns, name)
+
+
+def _ignore_start(name: str) -> None:
+    pass
+
+
+def _ignore_end(name: str, last_exit: Mapping[str, object] | None) -> None:
+    pass
 
 
 def _read_json(path: Path) -> dict[str, object] | None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 
 from lxpy.daemon import openapi
-from lxpy.daemon.containers import Containers
+from lxpy.daemon.assemble import Services
 from lxpy.daemon.http import TEXT_TYPE, Request, Router, Text
 from lxpy.daemon.lifecycle import DEFAULT_STOP_TIMEOUT
 from lxpy.daemon.readiness import DEFAULT_WAIT_TIMEOUT, wait_ready
-from lxpy.daemon.service import Daemon
 from lxpy.errors import InvalidArgument
 
 STOP_PROPERTIES = {
@@ -58,9 +57,9 @@ def _wait_args(body: dict[str, object]) -> float | None:
     return float(timeout)
 
 
-def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
+def add_lifecycle_routes(r: Router, s: Services) -> None:
     """POST start/stop/restart/freeze/unfreeze and GET console/log of a container."""
-    life = d.lifecycle
+    life, containers = s.lifecycle, s.containers
     C = "/1.0/containers/{name}"
     container = openapi.ref("Container")
 
@@ -72,7 +71,7 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
     async def answer(name: str, wait: float | None) -> dict[str, object]:
         if wait is None:
             return await containers.describe(name, stats="omit", addresses=[])
-        await wait_ready(d, name, wait)
+        await wait_ready(life, s.networks, name, wait)
         return await containers.describe(name, stats="omit")
 
     async def start(req: Request) -> object:
@@ -109,7 +108,7 @@ def add_lifecycle_routes(r: Router, d: Daemon, containers: Containers) -> None:
 
     async def stop_all(req: Request) -> object:
         timeout, _force = stop_args(req.json())
-        return await d.boot.stop_all(timeout)
+        return await s.boot.stop_all(timeout)
 
     r.add(
         "POST",

@@ -24,9 +24,9 @@ from pathlib import Path
 import trio
 
 from lxpy.daemon import background, http, rootlock
+from lxpy.daemon.assemble import assemble
 from lxpy.daemon.peers import DEFAULT_GROUPS, Groups, group_gid
 from lxpy.daemon.routes import build_router
-from lxpy.daemon.service import Daemon
 from lxpy.errors import Busy, LxpyError
 from lxpy.kernel import acl
 from lxpy.kernel.cgroups import remove_parent
@@ -226,8 +226,8 @@ async def run(settings: Settings, bound: list[int], ready: int = -1) -> None:
         # A socket held by a live daemon fails the start before the pool is
         # opened (which can mean making a loop-file filesystem).
         await trio.to_thread.run_sync(_prepare_socket_path, settings.socket)
-        daemon = await Daemon.open(settings, nursery)
-        router = build_router(daemon)
+        services = await assemble(settings, nursery)
+        router = build_router(services)
         listener, ino = await bind_socket(
             settings.socket, Groups(settings.admin_group, settings.user_group)
         )

@@ -33,6 +33,7 @@ from lxpy.daemon import portfilter
 from lxpy.daemon.networks import Networks
 from lxpy.errors import AlreadyExists, InvalidArgument, NotFound
 from lxpy.model.network import mac_address, veth_name
+from lxpy.model.security import SecurityConfig
 from lxpy.network import links
 from lxpy.network.links import Nic
 from lxpy.revert import AsyncRevert
@@ -124,7 +125,7 @@ async def plug(
         mac=check_hwaddr(hwaddr) if hwaddr else mac_address(str(nets.root), container, i),
         ipv4=ipv4,
     )
-    (nic,) = portfilter.flagged([nic], config or {})
+    (nic,) = portfilter.flagged([nic], SecurityConfig.from_config(config or {}))
     # Claimed before the first await, as Networks.attach claims its NICs.
     nets.attached[container] = (*old, nic)
 

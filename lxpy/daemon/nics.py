@@ -32,6 +32,7 @@ from lxpy.daemon.registry import write_atomic
 from lxpy.errors import Busy, InvalidArgument, LxpyError
 from lxpy.model.network import Network, mac_address, network_list, veth_name
 from lxpy.model.paths import RunPaths
+from lxpy.model.security import SecurityConfig
 from lxpy.network import dnsmasq, l2filter, links
 from lxpy.network.links import Nic
 from lxpy.revert import AsyncRevert
@@ -98,6 +99,7 @@ class ContainerNics:
         config: Mapping[str, object],
         userns: str = "",
         make_ns: Callable[[Path], Awaitable[None]] | None = None,
+        security: SecurityConfig | None = None,
     ) -> NetnsHandle:
         """Make container `container`'s network namespace with one NIC per
         network its config names (eth0, eth1, ...), each host end on its
@@ -117,7 +119,9 @@ class ContainerNics:
         Each port gets the filter rules its config asks for (security.
         mac_filtering, security.ipv4_filtering) before its veth exists; an
         IPv4-filtered NIC without a pinned address is given one, as a static
-        lease (lxpy.daemon.portfilter).
+        lease (lxpy.daemon.portfilter). `security`: the container's security
+        settings, when the caller parsed them already (a start has);
+        read from `config` otherwise.
 
         Raises:
             NotFound: a named network does not exist (the default one is made).
@@ -148,7 +152,7 @@ class ContainerNics:
                 )
                 for i, net in enumerate(nets)
             ),
-            config,
+            security if security is not None else SecurityConfig.from_config(config),
         )
         if container in self.attached or self.netns_path(container).exists():
             await self.detach(container)
@@ -297,11 +301,12 @@ class ContainerNics:
             LxpyError: nft refused the rules (the old ones stay).
             Busy: no address is free for it.
         """
-        leases = await self._leases_for(portfilter.flagged(self.nics(container), config))
+        sec = SecurityConfig.from_config(config)
+        leases = await self._leases_for(portfilter.flagged(self.nics(container), sec))
         old = self.nics(container)
         if not old:
             return False
-        new = self._fix_addresses(container, portfilter.flagged(old, config), leases)
+        new = self._fix_addresses(container, portfilter.flagged(old, sec), leases)
         if new == old:
             return True
         self.attached[container] = new

@@ -44,13 +44,9 @@ def taken_addresses(
     return taken
 
 
-def flagged(nics: Iterable[Nic], config: Mapping[str, object]) -> tuple[Nic, ...]:
-    """`nics` with the filtering flags `config` asks for.
-
-    Raises:
-        InvalidArgument: bad security.* keys.
-    """
-    sec = SecurityConfig.from_config(config)
+def flagged(nics: Iterable[Nic], sec: SecurityConfig) -> tuple[Nic, ...]:
+    """`nics` with the filtering flags a container's security settings
+    `sec` ask for."""
     return tuple(
         replace(n, mac_filtering=sec.filters_mac, ipv4_filtering=sec.ipv4_filtering) for n in nics
     )

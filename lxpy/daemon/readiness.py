@@ -25,7 +25,8 @@ import ipaddress
 
 import trio
 
-from lxpy.daemon.service import Daemon
+from lxpy.daemon.lifecycle import Lifecycle
+from lxpy.daemon.networks import Networks
 from lxpy.errors import LxpyError, TimedOut
 from lxpy.model.network import Network
 from lxpy.network import links
@@ -57,8 +58,7 @@ def _wanted(nic: Nic, net: Network | None) -> str:
     return "an address" + (f" of {net.subnet}" if net is not None else "")
 
 
-async def _address_held(d: Daemon, name: str, nic: Nic) -> None:
-    nets = d.networks
+async def _address_held(nets: Networks, name: str, nic: Nic) -> None:
     path = nets.netns_path(name)
     net = nets.nets.get(nic.network)
     # Subscribed before the first look, so no change falls in between.
@@ -75,8 +75,8 @@ async def _address_held(d: Daemon, name: str, nic: Nic) -> None:
                     raise
 
 
-def _stopped(d: Daemon, name: str) -> LxpyError:
-    why = d.lifecycle.last_exit.get(name) or {}
+def _stopped(lifecycle: Lifecycle, name: str) -> LxpyError:
+    why = lifecycle.last_exit.get(name) or {}
     detail = f" ({why['detail']})" if why.get("detail") else ""
     return LxpyError(
         f"container {name!r} stopped before it was ready{detail}",
@@ -84,7 +84,7 @@ def _stopped(d: Daemon, name: str) -> LxpyError:
     )
 
 
-async def wait_ready(d: Daemon, name: str, seconds: float) -> None:
+async def wait_ready(lifecycle: Lifecycle, networks: Networks, name: str, seconds: float) -> None:
     """Return once running container `name` is ready (module docstring).
 
     Raises:
@@ -92,10 +92,10 @@ async def wait_ready(d: Daemon, name: str, seconds: float) -> None:
         LxpyError: it is not running, or stopped while booting, or its
             addresses could not be read.
     """
-    run = d.lifecycle.runs.get(name)
+    run = lifecycle.runs.get(name)
     if run is None or run.ended.is_set():
-        raise _stopped(d, name)
-    nics = d.networks.nics(name)
+        raise _stopped(lifecycle, name)
+    nics = networks.nics(name)
     # eth0 only: the templates' network configuration (networkd, udhcpc)
     # asks for an address there and nowhere else.
     nic = nics[0] if nics else None
@@ -114,11 +114,11 @@ async def wait_ready(d: Daemon, name: str, seconds: float) -> None:
                 while not run.ready:
                     await run.changed.wait()
                 if nic is not None:
-                    net = d.networks.nets.get(nic.network)
+                    net = networks.nets.get(nic.network)
                     pending = (
                         f"{nic.peer} does not hold {_wanted(nic, net)} on network {nic.network}"
                     )
-                    await _address_held(d, name, nic)
+                    await _address_held(networks, name, nic)
                 done = True
             except OSError as e:
                 failure = e
@@ -126,7 +126,7 @@ async def wait_ready(d: Daemon, name: str, seconds: float) -> None:
     if done:
         return
     if run.ended.is_set():
-        raise _stopped(d, name)
+        raise _stopped(lifecycle, name)
     if failure is not None:
         raise LxpyError(
             f"cannot tell whether container {name!r} is ready: {failure}",

@@ -35,18 +35,16 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from lxpy.daemon.events import now_iso
 from lxpy.daemon.journal import Journal
 from lxpy.daemon.registry import Registry
 from lxpy.errors import LxpyError
 from lxpy.model.images import is_fingerprint
+from lxpy.model.network import Network
 from lxpy.model.paths import RootPaths, image_volume, rotated_log
 from lxpy.storage.base import Backend
-
-if TYPE_CHECKING:
-    from lxpy.daemon.networks import Networks
 
 log = logging.getLogger("lxpyd.recovery")
 
@@ -165,7 +163,18 @@ def settle_containers(journal: Journal, s: Settler) -> None:
     s.clean_downloads()
 
 
-def settle_networks(journal: Journal, nets: Networks) -> None:
+class NetworkTable(Protocol):
+    """What settling network intents works on: lxpy.daemon.networks.Networks
+    (named by its shape, since that module calls this one)."""
+
+    nets: dict[str, Network]
+
+    def remove_leftovers(self, name: str) -> None: ...
+
+    def apply_table(self) -> None: ...
+
+
+def settle_networks(journal: Journal, nets: NetworkTable) -> None:
     """Settle the network intents. Blocking; call it once the network
     records are loaded and before any is brought up."""
 

@@ -36,7 +36,7 @@ from lxpy.kernel.stats import disk_usage, read_stats
 from lxpy.model.limits import CGROUP_KEYS, Limits, host_cpus
 
 if TYPE_CHECKING:
-    from lxpy.daemon.service import Daemon
+    from lxpy.daemon.state import Daemon
 
 log = logging.getLogger("lxpyd.resources")
 

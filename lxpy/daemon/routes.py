@@ -13,20 +13,18 @@ from functools import partial
 import trio
 
 from lxpy.daemon import openapi
+from lxpy.daemon.assemble import Services
 from lxpy.daemon.backups import add_backup_routes
-from lxpy.daemon.containers import Containers
 from lxpy.daemon.device_routes import add_device_routes, add_volume_routes
 from lxpy.daemon.events import EVENT_TYPES
 from lxpy.daemon.http import Request, Router, Send, Stream
 from lxpy.daemon.httpread import Limits
 from lxpy.daemon.image_routes import add_image_routes
-from lxpy.daemon.images import Images
 from lxpy.daemon.lifecycle_routes import STOP_BODY, add_lifecycle_routes, stop_args
+from lxpy.daemon.networks import Networks
 from lxpy.daemon.peers import Groups
 from lxpy.daemon.policy import Policy, owner_of
-from lxpy.daemon.service import Daemon
 from lxpy.daemon.streams import add_stream_routes
-from lxpy.daemon.templates import Templates
 from lxpy.errors import InvalidArgument
 from lxpy.model.network import MAX_IFNAME
 
@@ -46,9 +44,10 @@ def _timeout(req: Request) -> float | None:
     return value
 
 
-def build_router(d: Daemon) -> Router:
-    """Every endpoint of API 1.0, bound to daemon `d`, with the access
-    policy (lxpy.daemon.policy) judging each request."""
+def build_router(s: Services) -> Router:
+    """Every endpoint of API 1.0, bound to the subsystems `s` of a daemon,
+    with the access policy (lxpy.daemon.policy) judging each request."""
+    d = s.state
     conf = d.settings
     r = Router(
         Groups(conf.admin_group, conf.user_group),
@@ -56,9 +55,7 @@ def build_router(d: Daemon) -> Router:
     )
     policy = Policy(lambda: d.records)
     r.authorize = policy.authorize
-    templates = Templates(d)
-    images = Images(d)
-    containers = Containers(d, templates, images)
+    templates, images, containers = s.templates, s.images, s.containers
     ops = d.ops
 
     # -- server -------------------------------------------------------------
@@ -337,18 +334,18 @@ def build_router(d: Daemon) -> Router:
         stream=True,
         response=S("Event"),
     )
-    add_network_routes(r, d, policy)
-    add_lifecycle_routes(r, d, containers)
-    add_device_routes(r, d)
-    add_volume_routes(r, d)
+    add_network_routes(r, s.networks, policy)
+    add_lifecycle_routes(r, s)
+    add_device_routes(r, s.devices)
+    add_volume_routes(r, s.volumes)
     add_stream_routes(r, d)
-    add_backup_routes(r, d, containers)
+    add_backup_routes(r, s.backups)
     return r
 
 
-def add_network_routes(r: Router, d: Daemon, policy: Policy) -> None:
+def add_network_routes(r: Router, networks: Networks, policy: Policy) -> None:
     """The /1.0/networks endpoints (managed bridges)."""
-    nets = d.networks
+    nets = networks
     network_obj: dict[str, object] = {"type": "object", "additionalProperties": True}
 
     def macs(container: str) -> list[str]:

@@ -22,7 +22,7 @@ import errno
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +35,7 @@ from lxpy.model.config import Container
 from lxpy.model.security import IdmapRecord, SecurityConfig
 
 if TYPE_CHECKING:
-    from lxpy.daemon.service import Daemon
+    from lxpy.daemon.state import Daemon
 
 log = logging.getLogger("lxpyd.security")
 
@@ -149,6 +149,20 @@ def _pick(
     return IdmapRecord(uid.start, gid.start, size, method, True)
 
 
+@dataclass(frozen=True)
+class StartSecurity:
+    """What a start needs of a container's security settings, checked once
+    (Security.for_start)."""
+
+    # The record it starts with: with its ID range, if unprivileged.
+    record: Container
+    settings: SecurityConfig
+    # The host IDs its user namespace maps to; None: privileged (none).
+    ids: idranges.IdMap | None
+    # Its LaunchSpec fields (launch_fields), but `userns`.
+    fields: dict[str, object]
+
+
 class Security:
     """ID ranges and user namespaces of daemon `d`'s containers."""
 
@@ -256,10 +270,15 @@ class Security:
                 rootfs cannot follow.
             Busy: no free range, or a fixed base that overlaps another.
         """
+        return await self._assign(name, check_config(config), current, fresh)
+
+    async def _assign(
+        self, name: str, sec: SecurityConfig, current: IdmapRecord | None, fresh: bool
+    ) -> IdmapRecord | None:
+        # assign() for settings checked already (`sec`).
         # The choice is made holding this daemon's lock (its own blocks,
         # claims included, cannot change meanwhile) and the host-wide one
         # (nor can any other lxpyd's).
-        sec = check_config(config)
         if not sec.privileged:
             # Probed once, in a worker thread; known, it is read right here.
             problem = _USERNS[0] if _USERNS else await self.d.files(userns_problem)
@@ -318,28 +337,33 @@ class Security:
         self._claims.pop(name, None)
         await self.publish()
 
-    async def for_start(self, record: Container) -> Container:
-        """`record` with the ID range it starts with, saved when it changed.
+    async def for_start(self, record: Container) -> StartSecurity:
+        """What the start of `record` needs of its security settings,
+        checked once: the record with the ID range it starts with (picked
+        now if it had none, and saved when it changed), its ID map and its
+        launch fields.
 
         Raises:
             as assign().
         """
         sec = check_config(record.config)
         if sec.privileged:
-            return record
-        rec = await self.assign(record.name, record.config, record.idmap, fresh=False)
+            return StartSecurity(record, sec, None, launch_fields(record, sec))
+        rec = await self._assign(record.name, sec, record.idmap, fresh=False)
         if rec == record.idmap:
             await self.release(record.name)
-            return record
-        new = replace(record, idmap=rec)
-        try:
-            await self.d.files(self.d.registry.save, new)
-            self.d.records[record.name] = new
-            self.stale.discard(record.name)
-        finally:
-            await self.release(record.name)
-        log.info("container %s: host ID range %s", record.name, rec.to_json() if rec else None)
-        return new
+            new = record
+        else:
+            new = replace(record, idmap=rec)
+            try:
+                await self.d.files(self.d.registry.save, new)
+                self.d.table.put(new)
+                self.stale.discard(record.name)
+            finally:
+                await self.release(record.name)
+            log.info("container %s: host ID range %s", record.name, rec.to_json() if rec else None)
+        ids = idranges.IdMap(rec.uid_base, rec.gid_base, rec.size) if rec is not None else None
+        return StartSecurity(new, sec, ids, launch_fields(new, sec))
 
     # -- user namespaces -------------------------------------------------------
     def userns_path(self, name: str) -> Path:
@@ -391,14 +415,14 @@ def check_update(record: Container, config: Mapping[str, object]) -> None:
         )
 
 
-def launch_fields(record: Container) -> dict[str, object]:
-    """The LaunchSpec fields of `record`'s security settings, but `userns`
-    (an unprivileged record must have its range: see Security.for_start).
+def launch_fields(record: Container, sec: SecurityConfig) -> dict[str, object]:
+    """The LaunchSpec fields of `record`'s security settings `sec` (checked
+    by check_config), but `userns` (an unprivileged record must have its
+    range: see Security.for_start).
 
     Raises:
-        InvalidArgument: bad security.* keys.
+        InvalidArgument: an unprivileged record without its range.
     """
-    sec = check_config(record.config)
     out: dict[str, object] = {
         "drop_caps": sec.drop_caps,
         "syscalls_deny": sec.syscalls_deny,

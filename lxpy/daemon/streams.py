@@ -41,7 +41,7 @@ from lxpy.api.streams import (
     parse_json,
 )
 from lxpy.daemon.http import Request, Router, Upgrade
-from lxpy.daemon.service import Daemon
+from lxpy.daemon.state import Daemon
 from lxpy.errors import InvalidArgument, LxpyError
 from lxpy.runtime.attach import ExecSpec
 from lxpy.runtime.control import MonitorClient, check_reply
@@ -69,7 +69,7 @@ def require_upgrade(req: Request) -> None:
 
 
 def _monitor_socket(d: Daemon, name: str) -> Path:
-    d.require(name)
+    d.table.require(name)
     run = d.running.get(name)
     if run is None:
         raise InvalidArgument(

@@ -22,7 +22,7 @@ import trio
 from lxpy.build.builder import build_rootfs
 from lxpy.daemon.events import now_iso
 from lxpy.daemon.operations import Operation, Report
-from lxpy.daemon.service import Daemon
+from lxpy.daemon.state import Daemon
 from lxpy.errors import Busy, LxpyError, NotFound, is_full
 from lxpy.model.suggest import not_found_hint
 from lxpy.model.template import TemplateDef, load_templates

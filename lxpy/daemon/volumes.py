@@ -12,7 +12,7 @@ written.
 
 from __future__ import annotations
 
-from lxpy.daemon.service import Daemon
+from lxpy.daemon.state import Daemon
 from lxpy.errors import Busy, NotFound
 from lxpy.model.names import validate_name
 from lxpy.model.suggest import not_found_hint

@@ -14,7 +14,7 @@ class State(StrEnum):
     ERROR = "ERROR"
 
 
-# Which state may follow which. Daemon.set_state, the one place a
+# Which state may follow which. ContainerTable.set_state, the one place a
 # container's state changes after it is loaded or made, refuses anything
 # else: an illegal move is a bug, logged and raised, never a silent jump.
 TRANSITIONS: dict[State, frozenset[State]] = {

@@ -87,3 +87,65 @@ def test_the_zygote_defers_what_no_monitor_uses() -> None:
     ).stdout.split()
     assert "lxpy.runtime.monitor" in out
     assert {"inspect", "ast", "dis", "tokenize", "linecache"} & set(out) == set()
+
+
+def _daemon_imports(lxpy_dir: Path) -> dict[str, set[str]]:
+    """Module -> the lxpy.daemon modules it names in an import, read with
+    ast from the files under `lxpy_dir`/daemon: imports inside functions and
+    under TYPE_CHECKING count too, since a cycle there is a cycle of design
+    even when Python happens to load it."""
+    import ast
+
+    def module_of(path: Path) -> str:
+        parts = list(path.relative_to(lxpy_dir.parent).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    files = {module_of(p): p for p in sorted((lxpy_dir / "daemon").rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for mod, path in files.items():
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                # `from lxpy.daemon import configcheck` names a module;
+                # `from lxpy.daemon.state import Daemon` names its module.
+                subs = {f"{node.module}.{a.name}" for a in node.names}
+                found = subs & files.keys()
+                names.update(found or {node.module})
+        graph[mod] = {n for n in names if n in files and n != mod}
+    return graph
+
+
+def _import_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle of `graph` as a path (first module repeated at its end), or []."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(mod: str) -> list[str]:
+        if mod in path:
+            return [*path[path.index(mod) :], mod]
+        if mod in done:
+            return []
+        path.append(mod)
+        for dep in sorted(graph[mod]):
+            found = visit(dep)
+            if found:
+                return found
+        path.pop()
+        done.add(mod)
+        return []
+
+    for mod in sorted(graph):
+        found = visit(mod)
+        if found:
+            return found
+    return []
+
+
+def test_the_daemon_has_no_import_cycle() -> None:
+    # The shared state imports no subsystem, and subsystems are handed the
+    # peers they use (lxpy.daemon.assemble): no module of lxpyd imports one
+    # that imports it back, not even inside a function.
+    lxpy_dir = Path(__file__).resolve().parents[2] / "lxpy"
+    assert _import_cycle(_daemon_imports(lxpy_dir)) == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lxpy.errors import InvalidArgument, LxpyError
+from lxpy.errors import AlreadyExists, InvalidArgument, LxpyError, NotFound
 from lxpy.model import tomlw
 from lxpy.model.config import Container, parse_value
 from lxpy.model.names import validate_name
@@ -154,17 +154,45 @@ def test_state_machine() -> None:
 
 
 def test_the_daemon_refuses_a_move_the_lifecycle_forbids() -> None:
-    from lxpy.daemon.events import EventBus
-    from lxpy.daemon.service import Daemon
+    from pathlib import Path
 
-    # Only what set_state uses: the states and the event bus.
-    d = Daemon.__new__(Daemon)
-    d.states, d.bus = {"web": State.STOPPED}, EventBus()
+    from lxpy.daemon.events import EventBus
+    from lxpy.daemon.table import ContainerTable
+    from lxpy.model.config import Container
+
+    table = ContainerTable(EventBus(), lambda name: Path(f"{name}.toml"))
+    table.load({"web": Container("web", "busybox", "now")}, {})
     with pytest.raises(LxpyError, match="cannot go from STOPPED to RUNNING"):
-        d.set_state("web", State.RUNNING)
-    assert d.states["web"] == State.STOPPED
-    d.set_state("web", State.STARTING)
-    assert d.states["web"] == State.STARTING
+        table.set_state("web", State.RUNNING)
+    assert table.states["web"] == State.STOPPED
+    table.set_state("web", State.STARTING)
+    assert table.states["web"] == State.STARTING
+
+
+def test_forgetting_a_container_leaves_nothing_of_it() -> None:
+    from pathlib import Path
+
+    from lxpy.daemon.events import EventBus
+    from lxpy.daemon.table import ContainerTable, RunInfo
+    from lxpy.model.config import Container
+
+    table = ContainerTable(EventBus(), lambda name: Path(f"{name}.toml"))
+    table.load({"web": Container("web", "busybox", "now")}, {"bad": "unreadable"})
+    entry = table.get("web")
+    assert entry is not None
+    entry.run = RunInfo(1, 2, "", Path("s"))
+    entry.last_exit = {"reason": "error"}
+    table.reserve("new")
+    assert table.known("web") and table.known("bad") and not table.known("new")
+    with pytest.raises(AlreadyExists):
+        table.reserve("web")
+    table.forget("web")
+    table.unreserve("new")
+    views = (table.records, table.states, table.running, table.last_exits, table.watches)
+    assert all("web" not in v and "new" not in v for v in views)
+    assert list(table.states) == ["bad"]
+    with pytest.raises(NotFound):
+        table.require("web")
 
 
 def test_toml_writer_quotes_and_nests() -> None:

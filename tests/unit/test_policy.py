@@ -38,12 +38,13 @@ def _router():  # type: ignore[no-untyped-def]
         settings=Settings(admin_group="lxadmins", user_group="lxusers"),
         records=RECORDS,
         ops=None,
-        networks=None,
-        lifecycle=None,
         bus=None,
-        boot=None,
     )
-    return build_router(d)  # type: ignore[arg-type]
+    names = ("networks", "lifecycle", "boot", "devices", "volumes", "templates", "images")
+    services = SimpleNamespace(
+        state=d, containers=None, backups=SimpleNamespace(d=d), **dict.fromkeys(names)
+    )
+    return build_router(services)  # type: ignore[arg-type]
 
 
 def _ask(caller: peers.Caller, method: str, path: str, body: bytes = b"") -> None:

@@ -66,17 +66,17 @@ def test_shifted_containers_keep_their_map() -> None:
 
 def test_launch_fields() -> None:
     priv = Container("p", "t", "now", {"security.privileged": True, "security.no_new_privs": True})
-    fields = launch_fields(priv)
+    fields = launch_fields(priv, check_config(priv.config))
     assert "uid_base" not in fields and fields["no_new_privs"] is True
     unpriv = Container("u", "t", "now", {}, IdmapRecord(1065536, 1131072))
-    fields = launch_fields(unpriv)
+    fields = launch_fields(unpriv, check_config(unpriv.config))
     assert (fields["uid_base"], fields["gid_base"], fields["idmap_method"]) == (
         1065536,
         1131072,
         "idmapped",
     )
     with pytest.raises(InvalidArgument, match="no ID range"):
-        launch_fields(Container("n", "t", "now"))
+        launch_fields(Container("n", "t", "now"), check_config({}))
 
 
 def test_launch_spec_security_fields() -> None:
@@ -145,7 +145,8 @@ def test_nesting_is_a_checked_key_shown_in_info_and_sent_to_the_launch() -> None
     assert "nesting" not in describe(off) and describe(on).endswith(
         "nesting on (container runtimes may run inside)"
     )
-    assert launch_fields(off)["nesting"] is False and launch_fields(on)["nesting"] is True
+    assert launch_fields(off, check_config(off.config))["nesting"] is False
+    assert launch_fields(on, check_config(on.config))["nesting"] is True
     base = {"name": "c", "rootfs": "/", "control_socket": "/run/x.sock"}
     spec = LaunchSpec.from_json(
         base | {"nesting": True, "cgroup_view": "hybrid", "cgroup_v1": ["memory:memory"]}

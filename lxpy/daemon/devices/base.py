@@ -18,8 +18,9 @@ A type is a subclass of DeviceType in a module of its own
     stop      after the container stopped: release what start took;
     forget    when the device or its container is removed for good.
 
-Every method gets the daemon and the container's name; none may block the
-event loop (blocking work goes through d.files / trio.to_thread).
+Every method gets the DeviceHost (the daemon's shared state and the peers
+devices use) and the container's name; none may block the event loop
+(blocking work goes through h.d.files / trio.to_thread).
 """
 
 from __future__ import annotations
@@ -33,9 +34,27 @@ from lxpy.model.suggest import did_you_mean
 from lxpy.revert import AsyncRevert
 
 if TYPE_CHECKING:
-    from lxpy.daemon.service import Daemon
+    import trio
+
+    from lxpy.daemon.networks import Networks
+    from lxpy.daemon.state import Daemon
+    from lxpy.daemon.volumes import Volumes
 
 Parser = Callable[[str, str], str]
+
+
+@dataclass(frozen=True)
+class DeviceHost:
+    """What a device type works with: the daemon's shared state and the
+    peers of the devices service (lxpy.daemon.devices.service)."""
+
+    d: Daemon
+    networks: Networks
+    volumes: Volumes
+    # Where long-lived device tasks (a proxy's forwarder) run.
+    nursery: trio.Nursery
+    # The devices in effect in each running container (Devices.active).
+    active: dict[str, set[str]]
 
 
 def text(key: str, value: str) -> str:
@@ -159,7 +178,7 @@ class DeviceType:
             InvalidArgument: naming the device and the keys.
         """
 
-    async def check(self, d: Daemon, dev: Dev) -> None:
+    async def check(self, h: DeviceHost, dev: Dev) -> None:
         """What the host must hold for the device (its source exists), and
         that it does not clash with the container's other devices.
 
@@ -177,14 +196,14 @@ class DeviceType:
         return " ".join(f"{k}={v}" for k, v in dev.options.items() if k != "type")
 
     # -- a container's life ------------------------------------------------
-    async def start(self, d: Daemon, dev: Dev, plan: StartPlan) -> None:
+    async def start(self, h: DeviceHost, dev: Dev, plan: StartPlan) -> None:
         """Set the device up for a start, before init runs."""
         plan.active.add(dev.name)
 
-    async def started(self, d: Daemon, dev: Dev, pid: int) -> None:
+    async def started(self, h: DeviceHost, dev: Dev, pid: int) -> None:
         """The container's init runs as host pid `pid`."""
 
-    async def plug(self, d: Daemon, dev: Dev, pid: int) -> bool | None:
+    async def plug(self, h: DeviceHost, dev: Dev, pid: int) -> bool | None:
         """Add the device to the running container whose init is host pid
         `pid`; False when it is not in effect after all (a disk whose
         source is missing and not required), else None or True.
@@ -194,7 +213,7 @@ class DeviceType:
         """
         raise self.not_live(dev, "added to")
 
-    async def unplug(self, d: Daemon, dev: Dev, pid: int) -> None:
+    async def unplug(self, h: DeviceHost, dev: Dev, pid: int) -> None:
         """Take the device out of the running container (init: host pid `pid`).
 
         Raises:
@@ -209,21 +228,21 @@ class DeviceType:
             hint=f"stop container {dev.container!r} first, change it, and start it again",
         )
 
-    async def rebooted(self, d: Daemon, dev: Dev, pid: int) -> None:
+    async def rebooted(self, h: DeviceHost, dev: Dev, pid: int) -> None:
         """The container rebooted inside: a new init (host pid `pid`) under
         the same monitor, in a new mount namespace. Set up again what lived
         only there (the monitor mounts again what the start planned)."""
 
-    async def adopted(self, d: Daemon, dev: Dev, pid: int) -> None:
+    async def adopted(self, h: DeviceHost, dev: Dev, pid: int) -> None:
         """The running container (init: host pid `pid`) was found by a new
         lxpyd: make again what died with the last one (a proxy's forwarder)."""
 
-    async def daemon_ready(self, d: Daemon) -> None:
+    async def daemon_ready(self, h: DeviceHost) -> None:
         """lxpyd has adopted its running containers: settle host state of
         the type's own that outlives lxpyd (a proxy's DNAT table)."""
 
-    async def stop(self, d: Daemon, dev: Dev) -> None:
+    async def stop(self, h: DeviceHost, dev: Dev) -> None:
         """Release what start() took, once the container has stopped."""
 
-    async def forget(self, d: Daemon, dev: Dev) -> None:
+    async def forget(self, h: DeviceHost, dev: Dev) -> None:
         """The device (or its container) is removed for good."""

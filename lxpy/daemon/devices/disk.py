@@ -15,18 +15,15 @@ import logging
 import os
 import stat
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
-from lxpy.daemon.devices.base import Dev, DeviceType, Key, StartPlan, boolean, is_true
+from lxpy.daemon.devices.base import Dev, DeviceHost, DeviceType, Key, StartPlan, boolean, is_true
 from lxpy.errors import InvalidArgument, LxpyError, NotFound
 from lxpy.kernel.inroot import Rootfs, RootfsError
 from lxpy.model.names import validate_name
 from lxpy.runtime import disks
 
 log = logging.getLogger("lxpyd.devices")
-
-if TYPE_CHECKING:
-    from lxpy.daemon.service import Daemon
 
 # Where a disk may not go: the container's own kernel file systems, which
 # the launch mounts over anything there, and its root.
@@ -107,9 +104,9 @@ class Disk(DeviceType):
     def restricted_reason(self, options: Mapping[str, str]) -> str | None:
         return "disk devices mount host paths or shared volumes into the container"
 
-    async def check(self, d: Daemon, dev: Dev) -> None:
+    async def check(self, h: DeviceHost, dev: Dev) -> None:
         opts = dev.options
-        record = d.require(dev.container)
+        record = h.d.table.require(dev.container)
         for other, o in record.devices.items():
             if other != dev.name and o.get("type") == self.NAME and o.get("path") == opts["path"]:
                 raise InvalidArgument(
@@ -118,19 +115,19 @@ class Disk(DeviceType):
                     hint="each disk needs a path of its own",
                 )
         if opts.get("pool"):
-            await d.volumes.require(opts["source"])
-        source = self.host_source(d, opts)
-        rootfs = d.backend.container_path(dev.container)
-        await d.files(_check_target, rootfs, source, dev)
+            await h.volumes.require(opts["source"])
+        source = self.host_source(h, opts)
+        rootfs = h.d.backend.container_path(dev.container)
+        await h.d.files(_check_target, rootfs, source, dev)
 
-    def host_source(self, d: Daemon, options: Mapping[str, str]) -> str:
+    def host_source(self, h: DeviceHost, options: Mapping[str, str]) -> str:
         """The host path the device mounts: its source, or the custom
         volume's path in the pool."""
         if options.get("pool"):
-            return str(d.backend.volume_path(options["source"]))
+            return str(h.d.backend.volume_path(options["source"]))
         return options["source"]
 
-    async def mount(self, d: Daemon, dev: Dev) -> dict[str, object] | None:
+    async def mount(self, h: DeviceHost, dev: Dev) -> dict[str, object] | None:
         """What the launch path (or a hot-plug) mounts for `dev`; None for
         a missing source that is not required.
 
@@ -139,28 +136,28 @@ class Disk(DeviceType):
                 directory or file.
         """
         opts = dev.options
-        source = self.host_source(d, opts)
-        m = await d.files(_mount_of, source, dev)
+        source = self.host_source(h, opts)
+        m = await h.d.files(_mount_of, source, dev)
         if m is None:
             log.warning("%s: source %s is missing; started without it", dev.label, source)
         return m
 
-    async def start(self, d: Daemon, dev: Dev, plan: StartPlan) -> None:
-        m = await self.mount(d, dev)
+    async def start(self, h: DeviceHost, dev: Dev, plan: StartPlan) -> None:
+        m = await self.mount(h, dev)
         if m is not None:
             plan.mounts.append(m)
             plan.active.add(dev.name)
 
-    async def plug(self, d: Daemon, dev: Dev, pid: int) -> bool:
-        source = self.host_source(d, dev.options)
+    async def plug(self, h: DeviceHost, dev: Dev, pid: int) -> bool:
+        source = self.host_source(h, dev.options)
         try:
-            return await d.files(_plug, pid, source, dev)
+            return await h.d.files(_plug, pid, source, dev)
         except (OSError, RootfsError) as e:
             raise _mount_error(dev, e, "mounted in") from None
 
-    async def unplug(self, d: Daemon, dev: Dev, pid: int) -> None:
+    async def unplug(self, h: DeviceHost, dev: Dev, pid: int) -> None:
         try:
-            await d.files(disks.unplug, pid, dev.options["path"])
+            await h.d.files(disks.unplug, pid, dev.options["path"])
         except OSError as e:
             raise _mount_error(dev, e, "unmounted from") from None
 

@@ -22,18 +22,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import trio
 
 from lxpy.daemon import nicplug
-from lxpy.daemon.devices.base import Dev, DeviceType, Key, keyed
+from lxpy.daemon.devices.base import Dev, DeviceHost, DeviceType, Key, keyed
 from lxpy.errors import InvalidArgument, NotFound
 from lxpy.model.network import network_list
 from lxpy.network import links, proxy
-
-if TYPE_CHECKING:
-    from lxpy.daemon.service import Daemon
 
 NICTYPES = ("bridged", "macvlan")
 
@@ -106,9 +103,9 @@ class NicDevice(DeviceType):
         where = f"on {o['parent']} (macvlan)" if "parent" in o else f"on network {o['network']}"
         return f"{o['name']} {where}"
 
-    async def check(self, d: Daemon, dev: Dev) -> None:
+    async def check(self, h: DeviceHost, dev: Dev) -> None:
         o = dev.options
-        record = d.require(dev.container)
+        record = h.d.table.require(dev.container)
         taken = {f"eth{i}" for i in range(len(network_list(record.config.get("network"))))}
         for other, oo in record.devices.items():
             if other != dev.name and oo.get("type") == self.NAME:
@@ -120,9 +117,9 @@ class NicDevice(DeviceType):
                 hint="pick another name=, e.g. eth9",
             )
         if "network" in o:
-            net = await d.networks._network_for(o["network"])
+            net = await h.networks._network_for(o["network"])
             if "ipv4.address" in o:
-                d.networks.check_pinned(dev.container, net, o["ipv4.address"])
+                h.networks.check_pinned(dev.container, net, o["ipv4.address"])
         else:
             found = await trio.to_thread.run_sync(links.existing_links, [o["parent"]])
             if not found:
@@ -131,18 +128,18 @@ class NicDevice(DeviceType):
                     hint="give a host interface (`ip link`)",
                 )
 
-    async def started(self, d: Daemon, dev: Dev, pid: int) -> None:
-        await self.plug(d, dev, pid)
+    async def started(self, h: DeviceHost, dev: Dev, pid: int) -> None:
+        await self.plug(h, dev, pid)
 
-    async def plug(self, d: Daemon, dev: Dev, pid: int) -> None:
+    async def plug(self, h: DeviceHost, dev: Dev, pid: int) -> None:
         o = dev.options
         netns = proxy.netns_of(pid)
         if "parent" in o:
             await nicplug.plug_macvlan(netns, o["name"], o["parent"], o.get("hwaddr"))
             return
-        record = d.records.get(dev.container)
+        record = h.d.records.get(dev.container)
         await nicplug.plug(
-            d.networks,
+            h.networks,
             dev.container,
             netns,
             o["network"],
@@ -152,13 +149,13 @@ class NicDevice(DeviceType):
             config=record.config if record is not None else None,
         )
 
-    async def unplug(self, d: Daemon, dev: Dev, pid: int) -> None:
+    async def unplug(self, h: DeviceHost, dev: Dev, pid: int) -> None:
         o = dev.options
         if "parent" in o:
             await nicplug.unplug_macvlan(proxy.netns_of(pid), o["name"])
             return
         try:
-            await nicplug.unplug(d.networks, dev.container, o["name"])
+            await nicplug.unplug(h.networks, dev.container, o["name"])
         except NotFound:
             # Not recorded (an lxpyd that crashed before it was): remove
             # whatever has the name inside.

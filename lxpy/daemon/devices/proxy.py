@@ -22,19 +22,16 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import trio
 
-from lxpy.daemon.devices.base import Dev, DeviceType, Key, StartPlan
+from lxpy.daemon.devices.base import Dev, DeviceHost, DeviceType, Key, StartPlan
 from lxpy.daemon.proxyd import Forwarder
 from lxpy.errors import Busy, InvalidArgument, Unsupported
 from lxpy.model.network import root_id
 from lxpy.network import proxy
 from lxpy.revert import AsyncRevert
-
-if TYPE_CHECKING:
-    from lxpy.daemon.service import Daemon
 
 log = logging.getLogger("lxpyd.devices")
 
@@ -76,9 +73,9 @@ class Proxy(DeviceType):
     def describe(self, dev: Dev) -> str:
         return f"{dev.options['listen']} -> {dev.options['connect']}"
 
-    async def check(self, d: Daemon, dev: Dev) -> None:
+    async def check(self, h: DeviceHost, dev: Dev) -> None:
         lst, _ = proxy.parse_pair(dev.options["listen"], dev.options["connect"])
-        for name, record in d.records.items():
+        for name, record in h.d.records.items():
             for other, o in record.devices.items():
                 if (name, other) == (dev.container, dev.name) or o.get("type") != self.NAME:
                     continue
@@ -94,7 +91,7 @@ class Proxy(DeviceType):
         s = await trio.to_thread.run_sync(proxy.bind, lst)
         s.close()
 
-    async def start(self, d: Daemon, dev: Dev, plan: StartPlan) -> None:
+    async def start(self, h: DeviceHost, dev: Dev, plan: StartPlan) -> None:
         slot = (dev.container, dev.name)
         lst, _ = proxy.parse_pair(dev.options["listen"], dev.options["connect"])
         try:
@@ -110,24 +107,24 @@ class Proxy(DeviceType):
         plan.undos.undo(release, f"free port {lst}")
         plan.active.add(dev.name)
 
-    async def started(self, d: Daemon, dev: Dev, pid: int) -> None:
+    async def started(self, h: DeviceHost, dev: Dev, pid: int) -> None:
         sock = self.held.pop((dev.container, dev.name), None)
-        await self._run(d, dev, pid, sock)
+        await self._run(h, dev, pid, sock)
 
-    async def plug(self, d: Daemon, dev: Dev, pid: int) -> None:
-        await self._run(d, dev, pid, None)
+    async def plug(self, h: DeviceHost, dev: Dev, pid: int) -> None:
+        await self._run(h, dev, pid, None)
 
-    async def adopted(self, d: Daemon, dev: Dev, pid: int) -> None:
-        await self._run(d, dev, pid, None)
+    async def adopted(self, h: DeviceHost, dev: Dev, pid: int) -> None:
+        await self._run(h, dev, pid, None)
 
-    async def _run(self, d: Daemon, dev: Dev, pid: int, sock: socket.socket | None) -> None:
+    async def _run(self, h: DeviceHost, dev: Dev, pid: int, sock: socket.socket | None) -> None:
         slot = (dev.container, dev.name)
         lst, con = proxy.parse_pair(dev.options["listen"], dev.options["connect"])
         if sock is None:
             sock = await trio.to_thread.run_sync(proxy.bind, lst)
         # The bound namespace of a container on a network outlives its init
         # (a reboot inside keeps it): the forwarder keeps reaching it.
-        bound = d.networks.netns_path(dev.container)
+        bound = h.networks.netns_path(dev.container)
         netns = bound if await trio.to_thread.run_sync(bound.exists) else proxy.netns_of(pid)
         fwd = Forwarder(f"{dev.container}/{dev.name}", sock, con, str(netns))
 
@@ -139,18 +136,18 @@ class Proxy(DeviceType):
             self.rules.pop(slot, None)
 
         async with AsyncRevert(dev.label) as rv:
-            await d.lifecycle.nursery.start(fwd.run)
+            await h.nursery.start(fwd.run)
             self.forwarders[slot] = fwd
             rv.undo(stop_forwarder, f"stop the forwarder of {dev.label}")
             if proxy.dnat_possible(con):
                 self.rules[slot] = proxy.Dnat(dev.container, dev.name, lst, con.addr, con.port)
                 rv.undo(drop_rule, f"drop the DNAT rule of {dev.label}")
-                await self._apply(d)
+                await self._apply(h)
 
-    async def unplug(self, d: Daemon, dev: Dev, pid: int) -> None:
-        await self.stop(d, dev)
+    async def unplug(self, h: DeviceHost, dev: Dev, pid: int) -> None:
+        await self.stop(h, dev)
 
-    async def stop(self, d: Daemon, dev: Dev) -> None:
+    async def stop(self, h: DeviceHost, dev: Dev) -> None:
         slot = (dev.container, dev.name)
         held = self.held.pop(slot, None)
         if held is not None:
@@ -159,22 +156,22 @@ class Proxy(DeviceType):
         if fwd is not None:
             fwd.close()
         if self.rules.pop(slot, None) is not None:
-            await self._apply(d)
+            await self._apply(h)
 
-    async def forget(self, d: Daemon, dev: Dev) -> None:
-        await self.stop(d, dev)
+    async def forget(self, h: DeviceHost, dev: Dev) -> None:
+        await self.stop(h, dev)
 
-    async def daemon_ready(self, d: Daemon) -> None:
+    async def daemon_ready(self, h: DeviceHost) -> None:
         # The table as the adopted containers' proxies say: rules of a
         # container that ended while no lxpyd ran go.
         try:
-            await self._apply(d)
+            await self._apply(h)
         except Unsupported:
             if self.rules:
                 raise
 
-    async def _apply(self, d: Daemon) -> None:
-        table = proxy.table_name(root_id(str(d.settings.root)))
+    async def _apply(self, h: DeviceHost) -> None:
+        table = proxy.table_name(root_id(str(h.d.settings.root)))
         rules = list(self.rules.values())
         await trio.to_thread.run_sync(proxy.apply, table, rules)
 

@@ -14,9 +14,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+import trio
+
 from lxpy.daemon.devices import TYPES, device_type
-from lxpy.daemon.devices.base import Dev, StartPlan
-from lxpy.daemon.service import Daemon
+from lxpy.daemon.devices.base import Dev, DeviceHost, StartPlan
+from lxpy.daemon.networks import Networks
+from lxpy.daemon.state import Daemon
+from lxpy.daemon.volumes import Volumes
 from lxpy.errors import AlreadyExists, InvalidArgument, LxpyError, NotFound
 from lxpy.model.config import Container
 from lxpy.model.devices import MAX_DEVICES, parse_device, validate_device_name
@@ -28,10 +32,17 @@ log = logging.getLogger("lxpyd.devices")
 
 
 class Devices:
-    def __init__(self, d: Daemon) -> None:
+    """Devices of daemon `d`'s containers; NICs on `networks`, disks on
+    `volumes`, long-lived device tasks in `nursery`."""
+
+    def __init__(
+        self, d: Daemon, networks: Networks, volumes: Volumes, nursery: trio.Nursery
+    ) -> None:
         self.d = d
         # The devices in effect in each running container.
         self.active: dict[str, set[str]] = {}
+        # What each device type is handed.
+        self.host = DeviceHost(d, networks, volumes, nursery, self.active)
         # The devices each running container was started with, as they
         # were: its monitor sets them up again at a reboot inside.
         self.launched: dict[str, dict[str, Mapping[str, str]]] = {}
@@ -48,12 +59,12 @@ class Devices:
 
     def list(self, name: str) -> list[dict[str, object]]:
         """GET /1.0/containers/NAME/devices."""
-        record = self.d.require(name)
+        record = self.d.table.require(name)
         return [self.describe(name, n, o) for n, o in sorted(record.devices.items())]
 
     def get(self, name: str, dev: str) -> dict[str, object]:
         """GET /1.0/containers/NAME/devices/DEV."""
-        record = self.d.require(name)
+        record = self.d.table.require(name)
         return self.describe(name, dev, self._require(record, dev))
 
     def _require(self, record: Container, dev: str) -> Mapping[str, str]:
@@ -78,7 +89,7 @@ class Devices:
         shaped = parse_device(dev, raw)
         t = device_type(shaped["type"])
         options = t.validate(dev, shaped)
-        await t.check(self.d, Dev(name, dev, options))
+        await t.check(self.host, Dev(name, dev, options))
         return options
 
     # -- changing -----------------------------------------------------------
@@ -99,8 +110,8 @@ class Devices:
             raise InvalidArgument(f"'type' must be a device type, got {kind!r}")
         if not isinstance(config, dict):
             raise InvalidArgument(f"'config' must be an object of key: value, got {config!r}")
-        async with d.lock(name):
-            record = d.require(name)
+        async with d.table.lock(name):
+            record = d.table.require(name)
             if dev in record.devices:
                 raise AlreadyExists(
                     f"container {name!r} has a device {dev!r} already",
@@ -124,12 +135,12 @@ class Devices:
             ) as op:
                 in_effect = False
                 if pid is not None:
-                    in_effect = await t.plug(d, device, pid) is not False
-                    op.undo(lambda: t.unplug(d, device, pid), f"unplug {device.label}")
+                    in_effect = await t.plug(self.host, device, pid) is not False
+                    op.undo(lambda: t.unplug(self.host, device, pid), f"unplug {device.label}")
                     op.step("plugged")
                 await d.files(d.registry.save, new)
                 op.step("recorded")
-            d.records[name] = new
+            d.table.put(new)
             if in_effect:
                 self.active.setdefault(name, set()).add(dev)
         d.bus.lifecycle("device-added", f"containers/{name}", {"device": dev, "live": in_effect})
@@ -143,8 +154,8 @@ class Devices:
             NotFound; Unsupported: its type cannot leave a running container.
         """
         d = self.d
-        async with d.lock(name):
-            record = d.require(name)
+        async with d.table.lock(name):
+            record = d.table.require(name)
             options = self._require(record, dev)
             device = Dev(name, dev, options)
             t = device_type(options["type"])
@@ -160,14 +171,14 @@ class Devices:
                 options=dict(options),
             ) as op:
                 if live and pid is not None:
-                    await t.unplug(d, device, pid)
-                    op.undo(lambda: t.plug(d, device, pid), f"plug {device.label} back")
+                    await t.unplug(self.host, device, pid)
+                    op.undo(lambda: t.plug(self.host, device, pid), f"plug {device.label} back")
                     op.step("unplugged")
                 await d.files(d.registry.save, new)
                 op.step("recorded")
-            d.records[name] = new
+            d.table.put(new)
             self.active.get(name, set()).discard(dev)
-            await _quietly(t.forget(d, device), f"forget {device.label}")
+            await _quietly(t.forget(self.host, device), f"forget {device.label}")
         d.bus.lifecycle("device-removed", f"containers/{name}", {"device": dev, "live": live})
         return {}
 
@@ -191,7 +202,7 @@ class Devices:
                 t = device_type(options.get("type", ""))
                 device = Dev(record.name, dev, options)
                 try:
-                    await t.start(self.d, device, plan)
+                    await t.start(self.host, device, plan)
                 except LxpyError as e:
                     # Named once: the type's own messages name the device.
                     if f"device {dev!r}" not in e.message:
@@ -214,7 +225,7 @@ class Devices:
             options = record.devices.get(dev)
             if options is not None:
                 t = device_type(options["type"])
-                await _quietly(t.started(self.d, Dev(name, dev, options), pid), f"{dev} started")
+                await _quietly(t.started(self.host, Dev(name, dev, options), pid), f"{dev} started")
 
     async def stopped(self, name: str) -> None:
         """Container `name` has stopped: release what its devices took."""
@@ -227,7 +238,7 @@ class Devices:
             options = record.devices.get(dev)
             if options is not None:
                 t = device_type(options["type"])
-                await _quietly(t.stop(self.d, Dev(name, dev, options)), f"stop {dev} of {name}")
+                await _quietly(t.stop(self.host, Dev(name, dev, options)), f"stop {dev} of {name}")
 
     async def adopted(self, name: str, pid: int) -> None:
         """Container `name` was found running (started by an earlier lxpyd),
@@ -240,7 +251,7 @@ class Devices:
         self.launched[name] = dict(record.devices)
         for dev, options in sorted(record.devices.items()):
             t = device_type(options.get("type", ""))
-            await _quietly(t.adopted(self.d, Dev(name, dev, options), pid), f"adopt {dev}")
+            await _quietly(t.adopted(self.host, Dev(name, dev, options), pid), f"adopt {dev}")
 
     async def rebooted(self, name: str, pid: int) -> None:
         """Container `name` rebooted inside (new init: host pid `pid`). Its
@@ -249,7 +260,7 @@ class Devices:
         the others set up again where they lived in the old init's mount
         namespace (a unix device's node)."""
         d = self.d
-        async with d.lock(name):
+        async with d.table.lock(name):
             record = d.records.get(name)
             if record is None or self._init_pid(name) != pid:
                 return
@@ -257,23 +268,25 @@ class Devices:
             for dev, options in launched.items():
                 if record.devices.get(dev) != options:
                     t = device_type(options.get("type", ""))
-                    await _quietly(t.unplug(d, Dev(name, dev, options), pid), f"unplug {dev}")
+                    await _quietly(
+                        t.unplug(self.host, Dev(name, dev, options), pid), f"unplug {dev}"
+                    )
             for dev in sorted(self.active.get(name, set())):
                 now = record.devices.get(dev)
                 if now is None:
                     continue
                 t = device_type(now["type"])
                 if launched.get(dev) != now:
-                    await _quietly(t.plug(d, Dev(name, dev, now), pid), f"plug {dev}")
+                    await _quietly(t.plug(self.host, Dev(name, dev, now), pid), f"plug {dev}")
                 else:
-                    await _quietly(t.rebooted(d, Dev(name, dev, now), pid), f"set up {dev}")
+                    await _quietly(t.rebooted(self.host, Dev(name, dev, now), pid), f"set up {dev}")
 
     async def forget_all(self, record: Container) -> None:
         """Container `record` is deleted: its devices are forgotten."""
         self.active.pop(record.name, None)
         for dev, options in record.devices.items():
             t = device_type(options.get("type", ""))
-            await _quietly(t.forget(self.d, Dev(record.name, dev, options)), f"forget {dev}")
+            await _quietly(t.forget(self.host, Dev(record.name, dev, options)), f"forget {dev}")
 
     # -- recovery -----------------------------------------------------------
     async def settle(self) -> None:
@@ -282,7 +295,7 @@ class Devices:
         is unplugged; a removal is finished."""
         d = self.d
         for t in TYPES.values():
-            await _quietly(t.daemon_ready(d), f"{t.NAME} devices ready")
+            await _quietly(t.daemon_ready(self.host), f"{t.NAME} devices ready")
         for path, fields in await d.files(d.journal.pending):
             op = fields.get("op")
             if op not in ("device-add", "device-remove"):
@@ -313,17 +326,17 @@ class Devices:
             if record.devices.get(dev) == options:
                 return "completed"
             if pid is not None:
-                await t.unplug(d, device, pid)
+                await t.unplug(self.host, device, pid)
             self.active.get(name, set()).discard(dev)
             return "undone"
         if dev in record.devices:
             if pid is not None:
-                await t.unplug(d, device, pid)
+                await t.unplug(self.host, device, pid)
             new = record.with_device(dev, None)
             await d.files(d.registry.save, new)
-            d.records[name] = new
+            d.table.put(new)
         self.active.get(name, set()).discard(dev)
-        await _quietly(t.forget(d, device), f"forget {device.label}")
+        await _quietly(t.forget(self.host, device), f"forget {device.label}")
         return "completed"
 
 

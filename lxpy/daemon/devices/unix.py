@@ -19,17 +19,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import trio
 
-from lxpy.daemon.devices.base import Dev, DeviceType, Key, keyed
+from lxpy.daemon.devices.base import Dev, DeviceHost, DeviceType, Key, keyed
 from lxpy.errors import InvalidArgument, LxpyError
 from lxpy.kernel import devices, hostdev
 from lxpy.revert import Revert
-
-if TYPE_CHECKING:
-    from lxpy.daemon.service import Daemon
 
 TYPES = tuple(hostdev.KINDS)
 
@@ -70,9 +67,9 @@ class UnixDevice(DeviceType):
         o = dev.options
         return f"{o['source']} -> {_target(o)} ({o.get('mode', '0660')})"
 
-    async def check(self, d: Daemon, dev: Dev) -> None:
+    async def check(self, h: DeviceHost, dev: Dev) -> None:
         await trio.to_thread.run_sync(hostdev.inspect, dev.options["source"], self.NAME)
-        record = d.require(dev.container)
+        record = h.d.table.require(dev.container)
         for other, o in record.devices.items():
             if other != dev.name and o.get("type") in TYPES and _target(o) == _target(dev.options):
                 raise InvalidArgument(
@@ -80,21 +77,21 @@ class UnixDevice(DeviceType):
                     hint="each node needs a path of its own",
                 )
 
-    async def started(self, d: Daemon, dev: Dev, pid: int) -> None:
-        await self._plug(d, dev, pid, others=_rules(d, dev, include=False))
+    async def started(self, h: DeviceHost, dev: Dev, pid: int) -> None:
+        await self._plug(h, dev, pid, others=_rules(h, dev, include=False))
 
-    async def plug(self, d: Daemon, dev: Dev, pid: int) -> None:
-        await self._plug(d, dev, pid, others=_rules(d, dev, include=False))
+    async def plug(self, h: DeviceHost, dev: Dev, pid: int) -> None:
+        await self._plug(h, dev, pid, others=_rules(h, dev, include=False))
 
-    async def rebooted(self, d: Daemon, dev: Dev, pid: int) -> None:
+    async def rebooted(self, h: DeviceHost, dev: Dev, pid: int) -> None:
         # The node was bound into the old init's mount namespace.
-        await self._plug(d, dev, pid, others=_rules(d, dev, include=False))
+        await self._plug(h, dev, pid, others=_rules(h, dev, include=False))
 
-    async def _plug(self, d: Daemon, dev: Dev, pid: int, others: list[str]) -> None:
+    async def _plug(self, h: DeviceHost, dev: Dev, pid: int, others: list[str]) -> None:
         opts = dev.options
         node = await trio.to_thread.run_sync(hostdev.inspect, opts["source"], self.NAME)
         rule = devices.node_rule(node.kind, node.major, node.minor)
-        host = _host_node(d, dev)
+        host = _host_node(h, dev)
 
         def work() -> None:
             uid = hostdev.host_id(pid, "uid", int(opts.get("uid", "0")))
@@ -102,7 +99,7 @@ class UnixDevice(DeviceType):
             with Revert(dev.label) as rv:
                 hostdev.make_node(str(host), node, uid, gid, int(opts.get("mode", "0660"), 8))
                 rv.undo(lambda: host.unlink(missing_ok=True), f"remove {host}")
-                cg = d.cgroup(dev.container)
+                cg = h.d.cgroup(dev.container)
                 if not devices.change_extra(cg, others, [*others, rule]):
                     raise LxpyError(
                         f"{dev.label}: the host has no devices cgroup to allow {opts['source']} in",
@@ -116,38 +113,38 @@ class UnixDevice(DeviceType):
 
         await trio.to_thread.run_sync(work)
 
-    async def unplug(self, d: Daemon, dev: Dev, pid: int) -> None:
-        others = _rules(d, dev, include=False)
+    async def unplug(self, h: DeviceHost, dev: Dev, pid: int) -> None:
+        others = _rules(h, dev, include=False)
         node = await trio.to_thread.run_sync(_node_or_none, dev.options["source"], self.NAME)
 
-        in_use = _in_use(d, dev)
+        in_use = _in_use(h, dev)
 
         def work() -> None:
             hostdev.unbind(pid, _target(dev.options))
             if node is not None:
                 rule = devices.node_rule(node.kind, node.major, node.minor)
-                cg = d.cgroup(dev.container)
+                cg = h.d.cgroup(dev.container)
                 devices.change_extra(cg, [*others, rule], others)
                 devices.narrow_parent(cg, [rule], in_use)
-            _host_node(d, dev).unlink(missing_ok=True)
+            _host_node(h, dev).unlink(missing_ok=True)
 
         await trio.to_thread.run_sync(work)
 
-    async def stop(self, d: Daemon, dev: Dev) -> None:
+    async def stop(self, h: DeviceHost, dev: Dev) -> None:
         node = await trio.to_thread.run_sync(_node_or_none, dev.options["source"], self.NAME)
-        in_use = _in_use(d, dev)
+        in_use = _in_use(h, dev)
 
         def work() -> None:
-            _host_node(d, dev).unlink(missing_ok=True)
+            _host_node(h, dev).unlink(missing_ok=True)
             if node is not None:
                 rule = devices.node_rule(node.kind, node.major, node.minor)
-                devices.narrow_parent(d.cgroup(dev.container), [rule], in_use)
+                devices.narrow_parent(h.d.cgroup(dev.container), [rule], in_use)
 
         await trio.to_thread.run_sync(work)
 
-    async def forget(self, d: Daemon, dev: Dev) -> None:
-        await self.stop(d, dev)
-        top = d.settings.paths.devices(dev.container)
+    async def forget(self, h: DeviceHost, dev: Dev) -> None:
+        await self.stop(h, dev)
+        top = h.d.settings.paths.devices(dev.container)
         await trio.to_thread.run_sync(lambda: _rmdir_if_empty(top))
 
 
@@ -165,9 +162,9 @@ def _target(options: Mapping[str, str]) -> str:
     return options.get("path") or hostdev.check_path(options["source"])
 
 
-def _host_node(d: Daemon, dev: Dev) -> Path:
+def _host_node(h: DeviceHost, dev: Dev) -> Path:
     # lxpyd's own node, on the root's filesystem (never nodev, unlike /run).
-    return d.settings.paths.device_node(dev.container, dev.name)
+    return h.d.settings.paths.device_node(dev.container, dev.name)
 
 
 def _node_or_none(source: str, kind: str) -> hostdev.Node | None:
@@ -177,14 +174,14 @@ def _node_or_none(source: str, kind: str) -> hostdev.Node | None:
         return None
 
 
-def _rules(d: Daemon, dev: Dev, include: bool) -> list[str]:
+def _rules(h: DeviceHost, dev: Dev, include: bool) -> list[str]:
     # The cgroup rules of the container's other node devices in effect.
-    return _container_rules(d, dev.container, None if include else dev.name)
+    return _container_rules(h, dev.container, None if include else dev.name)
 
 
-def _container_rules(d: Daemon, container: str, skip: str | None = None) -> list[str]:
-    record = d.records.get(container)
-    active = d.devices.active.get(container, set())
+def _container_rules(h: DeviceHost, container: str, skip: str | None = None) -> list[str]:
+    record = h.d.records.get(container)
+    active = h.active.get(container, set())
     out = []
     for name, o in sorted(record.devices.items() if record else ()):
         if o.get("type") not in TYPES or name not in active or name == skip:
@@ -195,11 +192,11 @@ def _container_rules(d: Daemon, container: str, skip: str | None = None) -> list
     return out
 
 
-def _in_use(d: Daemon, dev: Dev) -> list[str]:
+def _in_use(h: DeviceHost, dev: Dev) -> list[str]:
     # What the running containers' node devices hold, but `dev`.
     out = []
-    for container in sorted(d.devices.active):
-        out += _container_rules(d, container, dev.name if container == dev.container else None)
+    for container in sorted(h.active):
+        out += _container_rules(h, container, dev.name if container == dev.container else None)
     return out
 
 
