@@ -308,10 +308,8 @@ class Lifecycle:
                 return None
         got = defaults if isinstance(defaults, dict) else {}
         base = TemplateDef(record.template, "image", Source("image"))
-        return TemplateDef(
-            record.template,
-            "image",
-            Source("image"),
+        return replace(
+            base,
             init=str(got.get("init", base.init)),
             halt_signal=str(got.get("halt_signal", base.halt_signal)),
             reboot_signal=str(got.get("reboot_signal", base.reboot_signal)),
