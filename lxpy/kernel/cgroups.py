@@ -394,6 +394,29 @@ class ContainerCgroup:
                 _init_cpuset(d)
         return fresh
 
+    def mend(self) -> list[str]:
+        """Make these cgroups fit for init to be (re)launched into them,
+        after others changed the host's hierarchies meanwhile: a hierarchy
+        no longer mounted is left out, and the directory on a hierarchy
+        without controllers (a named one a tool mounts), if someone removed
+        it, is made again. On a hierarchy with controllers a missing
+        directory stays an error: making it again would drop its limits.
+        Returns what changed, for the log.
+        """
+        changed: list[str] = []
+        kept: list[tuple[Hierarchy, str]] = []
+        for h, d in self.dirs:
+            if not os.path.exists(os.path.join(h.mountpoint, "cgroup.procs")):
+                changed.append(f"{h.mountpoint} is no longer a cgroup hierarchy: left out")
+                continue
+            named = all(c.startswith("name=") for c in h.controllers)
+            if h.version == 1 and named and not os.path.isdir(d):
+                os.makedirs(d, exist_ok=True)
+                changed.append(f"{d} was removed: made again")
+            kept.append((h, d))
+        self.dirs = kept
+        return changed
+
     def attach(self, pid: int) -> None:
         """Move process `pid` (host pid namespace) into every directory.
 

@@ -344,6 +344,8 @@ class Monitor:
             os.chown(path, m.host_uid(0), m.host_gid(5))
 
     def _launch(self) -> None:
+        for change in self.cg.mend():
+            print(f"lxpy monitor {self.spec.name}: cgroups: {change}", file=sys.stderr)
         if self.spec.cgroup_view == "auto":
             # Decided here, from the hierarchies already read, so the launch
             # path does not scan the mount table again.

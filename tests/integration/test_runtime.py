@@ -244,6 +244,24 @@ def test_a_cgroup_hierarchy_mounted_later_holds_the_next_container(
     assert str(b.init_pid) in procs.read_text().split()
 
 
+def test_a_reboot_makes_again_the_cgroup_a_tool_removed_from_its_hierarchy(
+    named_hierarchy: Path, boot: Callable[..., Booted]
+) -> None:
+    # A tool that owns a named hierarchy may clear it while a container
+    # runs (the processes back to its root, the directories removed):
+    # init's next boot goes into a directory made again, not into an error.
+    b = boot()
+    mine = named_hierarchy / PARENT / (PREFIX + b.spec.name)
+    for pid in (mine / "cgroup.procs").read_text().split():
+        (named_hierarchy / "cgroup.procs").write_text(pid)
+    mine.rmdir()
+    nsenter(b.init_pid, "reboot", "-f")
+    st = wait_for(
+        lambda: (s := b.status())["boots"] == 2 and s["state"] == "RUNNING" and s, 10, "reboot"
+    )
+    assert str(st["init_pid"]) in (mine / "cgroup.procs").read_text().split()
+
+
 def test_a_kept_hierarchy_unmounted_since_is_read_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

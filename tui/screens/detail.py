@@ -210,6 +210,8 @@ class DetailScreen(ContainerScreen):
             self.ct = await self.lxpy.client.container(self.container_name)
         except NotFound:
             self.ct = {}
+            if not self.is_attached:
+                return  # closed while lxpyd answered
             self.query_one("#summary", Static).update(
                 f"container {self.container_name} does not exist (any more)"
             )
@@ -217,6 +219,8 @@ class DetailScreen(ContainerScreen):
             return
         except LxpyError as e:
             self.notify(e.message, severity="error")
+            return
+        if not self.is_attached:
             return
         self._summary()
         config = self.ct.get("config") or {}
@@ -231,6 +235,8 @@ class DetailScreen(ContainerScreen):
         try:
             devs = await self.lxpy.client.devices(self.container_name)
         except LxpyError:
+            return
+        if not self.is_attached:
             return
         rows = [
             (str(d["name"]), str(d.get("type", "")), yes_no(d.get("active")), device_line(d))
@@ -269,6 +275,8 @@ class DetailScreen(ContainerScreen):
             snaps = await self.lxpy.client.snapshots(self.container_name)
         except LxpyError:
             return
+        if not self.is_attached:
+            return
         table = self.query_one("#snapshots", DataTable)
         _refill(table, [(str(s["name"]), str(s.get("created_at") or "-")) for s in snaps])
         table.display = bool(snaps)
@@ -283,7 +291,8 @@ class DetailScreen(ContainerScreen):
             text = "(no console log: the container has not run since lxpyd started)\n"
         except LxpyError as e:
             text = f"(console log unavailable: {e.message})\n"
-        self.query_one("#console", ConsoleView).show(text)
+        if self.is_attached:
+            self.query_one("#console", ConsoleView).show(text)
 
     # -- live updates --------------------------------------------------------------
 
