@@ -49,6 +49,7 @@ from lxpy.model.settings import builtin_template_dir  # noqa: E402
 from lxpy.model.template import find_template  # noqa: E402
 from tests.conftest import (  # noqa: E402
     Daemon,
+    forget_host_ids,
     ksm_state,
     make_btrfs,
     restore_ksm,
@@ -692,7 +693,8 @@ class Lxpy:
 
     def cleanup(self) -> None:
         """Stop every container, lxpyd, and the zygote (which outlives lxpyd
-        by design, as the monitors do); remove the daemon's run dir."""
+        by design, as the monitors do); remove the daemon's run dir and its
+        entry in the host-wide record of ID blocks."""
         if self._closed:
             return
         self._closed = True
@@ -718,3 +720,4 @@ class Lxpy:
                 os.kill(zygote, signal.SIGKILL)
                 wait_gone(zygote, 5)
         shutil.rmtree(self.paths.run.dir, ignore_errors=True)
+        forget_host_ids(self.daemon.root)
