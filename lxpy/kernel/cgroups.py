@@ -411,8 +411,12 @@ class ContainerCgroup:
                 continue
             named = all(c.startswith("name=") for c in h.controllers)
             if h.version == 1 and named and not os.path.isdir(d):
-                os.makedirs(d, exist_ok=True)
-                changed.append(f"{d} was removed: made again")
+                try:
+                    os.makedirs(d, exist_ok=True)
+                except OSError as e:  # the launch then says what it cannot join
+                    changed.append(f"{d} was removed and cannot be made again: {e.strerror}")
+                else:
+                    changed.append(f"{d} was removed: made again")
             kept.append((h, d))
         self.dirs = kept
         return changed

@@ -344,8 +344,6 @@ class Monitor:
             os.chown(path, m.host_uid(0), m.host_gid(5))
 
     def _launch(self) -> None:
-        for change in self.cg.mend():
-            print(f"lxpy monitor {self.spec.name}: cgroups: {change}", file=sys.stderr)
         if self.spec.cgroup_view == "auto":
             # Decided here, from the hierarchies already read, so the launch
             # path does not scan the mount table again.
@@ -1068,6 +1066,10 @@ class Monitor:
             pass
         if reason == "reboot" and not self.stopping:
             self._set_state("REBOOTING")
+            # The hierarchies were read, and the cgroups made, at the first
+            # start: others may have changed them since.
+            for change in self.cg.mend():
+                print(f"lxpy monitor {self.spec.name}: cgroups: {change}", file=sys.stderr)
             try:
                 self._launch()
                 return
