@@ -39,7 +39,7 @@ from lxpy.kernel.inroot import Rootfs
 from lxpy.model.config import Container, Owner, check_key_length, validate_config
 from lxpy.model.images import parse_image_ref
 from lxpy.model.names import validate_name
-from lxpy.model.paths import image_volume
+from lxpy.model.paths import image_volume, rotated_log
 from lxpy.model.security import LIVE_KEYS, IdmapRecord
 from lxpy.model.state import State
 from lxpy.model.suggest import not_found_hint
@@ -628,6 +628,6 @@ def new_machine_id(rootfs: Path, name: str) -> None:
 
 def _move_logs(old: Path, new: Path) -> None:
     """Move a container's console log (and its rotated part) to a new name."""
-    for src, dst in ((old, new), (Daemon.rotated_log(old), Daemon.rotated_log(new))):
+    for src, dst in ((old, new), (rotated_log(old), rotated_log(new))):
         if src.exists():
             src.replace(dst)

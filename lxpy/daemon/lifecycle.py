@@ -49,6 +49,7 @@ from lxpy.kernel.idranges import IdMap
 from lxpy.kernel.inroot import Rootfs
 from lxpy.model.config import Container
 from lxpy.model.limits import KernelLimits
+from lxpy.model.paths import rotated_log
 from lxpy.model.state import State
 from lxpy.model.template import Source, TemplateDef, find_template
 from lxpy.runtime.control import check_reply
@@ -369,7 +370,7 @@ class Lifecycle:
         logf = Path(spec.console_log)
         logf.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if logf.exists() and logf.stat().st_size > CONSOLE_LOG_MAX:
-            logf.replace(Daemon.rotated_log(logf))
+            logf.replace(rotated_log(logf))
         spec.validate()
         kl = KernelLimits.from_config(record.config)
         for change in raise_host_inotify(kl.inotify_instances, kl.inotify_watches):
@@ -738,7 +739,7 @@ class Lifecycle:
         def work() -> None:
             _remove_run_dir(self.d.container_run_dir(name))
             log = self.d.console_log(name)
-            for p in (log, Daemon.rotated_log(log)):
+            for p in (log, rotated_log(log)):
                 p.unlink(missing_ok=True)
 
         await self.d.files(work)

@@ -28,7 +28,6 @@ from lxpy.errors import PoolFull, is_full, pool_full
 from lxpy.kernel import systemd
 from lxpy.kernel.cgroups import ContainerCgroup, Hierarchy
 from lxpy.model.network import root_id
-from lxpy.model.paths import rotated_log
 from lxpy.model.settings import Settings
 from lxpy.storage.base import Backend
 from lxpy.storage.pool import pool_info
@@ -108,11 +107,6 @@ class Daemon:
     def console_log(self, name: str) -> Path:
         """Where container `name`'s console is logged (kept across starts)."""
         return self.settings.paths.console_log(name)
-
-    @staticmethod
-    def rotated_log(log: Path) -> Path:
-        """Where console log `log` goes when a start rotates it."""
-        return rotated_log(log)
 
     def monitor_socket(self, name: str) -> Path:
         """Container `name`'s monitor control socket."""
